@@ -1,13 +1,19 @@
-"""Raw datasets as numpy arrays: the offline digits default (more loaders join here).
+"""Raw datasets as numpy arrays: offline digits, TFDS CIFAR(-N) and a user's own npz file.
 
 Every loader returns a `Dataset` of *raw* arrays; label noise, meta-set splits and tf.data
 pipelines are built elsewhere. Images are uint8 [N, H, W, C] in 0..255 so that one
 convention holds from loading to serving; per-channel `mean`/`std` are in [0, 1] pixel units.
+Flat feature vectors (npz only) stay float32 [N, D] with per-feature `mean`/`std` in raw units.
+
+`load(name)` is the one entry point: 'digits', a name in `TFDS_NAMES`, or 'npz:PATH'.
+Every failure the user can fix is a `DataError` with a one-line message.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+import zipfile
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,8 +33,9 @@ class Dataset(NamedTuple):
         x_test: like x_train, [M, ...].
         y_test: int64 [M], clean test labels.
         num_classes: K.
-        mean: per-channel mean of x/255 (tuple of C floats), used to standardise inputs.
-        std: per-channel std of x/255.
+        mean: per-channel mean of x/255 (tuple of C floats), used to standardise inputs;
+            for float32 [N, D] features, the per-feature mean of x_train (D floats).
+        std: per-channel std of x/255; for [N, D] features, the per-feature std (D floats).
     """
     x_train: np.ndarray
     y_train: np.ndarray

@@ -1,0 +1,109 @@
+"""Classifiers that return (logits, penultimate features), with input standardisation.
+
+Every classifier takes raw inputs (uint8-valued images [B, H, W, C] as float, or feature
+vectors [B, D]) and standardises them inside the model, so training, evaluation and the
+exported SavedModel share one input convention. The body after standardisation is one of
+the small nets here or a paper backbone from `clid_tf.resnets`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+class Standardize(keras.layers.Layer):
+    """(x * scale - mean) / std with constant (non-variable) per-channel statistics."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype) * self.scale
+        mean = np.asarray(self.mean, dtype=self.compute_dtype)
+        std = np.asarray(self.std, dtype=self.compute_dtype)
+        return (x - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "scale": self.scale}
+
+
+def _conv_bn_relu(x, filters: int, name: str):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                        name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def small_cnn(num_classes: int, input_shape: Sequence[int]) -> keras.Model:
+    """3-conv CNN for small images (digits 8x8): features [B, 128], logits [B, K]."""
+    inputs = keras.Input(tuple(input_shape))
+    x = _conv_bn_relu(inputs, 32, "block1")
+    x = _conv_bn_relu(x, 64, "block2")
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = _conv_bn_relu(x, 128, "block3")
+    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(features)
+    model = keras.Model(inputs, (logits, features), name="small_cnn")
+    model.feature_dim = 128
+    return model
+
+
+def mlp(num_classes: int, input_shape: Sequence[int], width: int = 256) -> keras.Model:
+    """Two hidden layers with BN and ReLU for flat features: features [B, width]."""
+    inputs = keras.Input(tuple(input_shape))
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i in (1, 2):
+        x = keras.layers.Dense(width, use_bias=False, name=f"dense{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                            name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    model = keras.Model(inputs, (logits, x), name="mlp")
+    model.feature_dim = width
+    return model
+
+
+def _body_builders() -> dict[str, Callable[[int, Sequence[int]], keras.Model]]:
+    builders = {"small_cnn": small_cnn, "mlp": mlp}
+    try:
+        from clid_tf import resnets  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return builders
+    for name, fn in resnets.BUILDERS.items():
+        builders[name] = lambda k, shape, fn=fn: fn(k)
+    return builders
+
+
+BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
+             "wrn28_2")
+
+
+def build(name: str, *, num_classes: int, input_shape: Sequence[int],
+          mean: Sequence[float], std: Sequence[float], seed: int | None = None) -> keras.Model:
+    """Raw input [B, *input_shape] -> (logits float32 [B, K], features float32 [B, d]).
+
+    Images (rank-3 input_shape) are scaled by 1/255 before standardisation, matching the
+    [0, 1]-unit `mean`/`std` of `clid_tf.datasets`; flat features use `mean`/`std` as is.
+    """
+    builders = _body_builders()
+    if name not in builders:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(builders)}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    is_image = len(input_shape) == 3
+    body = builders[name](num_classes, input_shape)
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = Standardize(mean, std, 1.0 / 255.0 if is_image else 1.0, name="standardize")(inputs)
+    logits, features = body(x)
+    model = keras.Model(inputs, (logits, features), name=f"classifier_{name}")
+    model.feature_dim = int(body.feature_dim)
+    return model

@@ -1,0 +1,55 @@
+"""Meta-nets that turn per-sample training signals into loss weights (METHOD.md 2.1)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from clid_tf import objectives
+
+
+def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
+                  name: str) -> keras.layers.Dense:
+    """Dense layer with PyTorch nn.Linear's default init: U(+-1/sqrt(fan_in)) for both."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.layers.Dense(
+        units, activation=activation, name=name,
+        kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
+        bias_initializer=keras.initializers.RandomUniform(
+            -bound, bound, seed=None if seed is None else seed + 1))
+
+
+class WeightNet(keras.Model):
+    """Meta-Weight-Net: per-sample loss -> weight in (0, 1). MLP 1 -> hidden -> 1.
+
+    Call: losses float [B] (detached per-sample CE) -> raw weights float [B]. The caller
+    normalises the weights to sum to one over the (global) batch.
+    """
+
+    def __init__(self, hidden: int = 100, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden")
+        self.out = _torch_linear(1, hidden, "sigmoid", None if seed is None else seed + 2,
+                                 "out")
+
+    def call(self, losses):
+        losses = tf.stop_gradient(losses)
+        return tf.squeeze(self.out(self.hidden(losses[:, None])), axis=-1)
+
+    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor):
+        """Meta-weighted training loss of a batch, differentiable in phi and theta.
+
+        Args:
+          logits: float [B, K] classifier outputs.
+          features: float [B, d] (unused by WNet; part of the meta-net interface).
+          labels: int [B] noisy training labels.
+
+        Returns:
+          (scalar sum_i w~_i * CE_i with w~ normalised to sum to one, raw weights [B]).
+        """
+        del features
+        losses = objectives.per_sample_ce(logits, labels)
+        weights = self(losses)
+        return objectives.weighted_mean(losses, weights), weights

@@ -1,0 +1,45 @@
+"""Which training samples form the meta set (METHOD.md section 3). Pure numpy, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_subset(num_train: int, *, size: int, seed: int) -> np.ndarray:
+    """CLID-MU's meta set: `size` indices drawn uniformly without replacement.
+
+    The samples stay in the training set and their labels are never read.
+    Returns int64 [size], sorted.
+    """
+    if not 0 < size <= num_train:
+        raise ValueError(f"meta_size={size} must be in [1, {num_train}] (the training set size)")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_train, size=size, replace=False)).astype(np.int64)
+
+
+def balanced_split(labels: np.ndarray, *, size: int, num_classes: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Meta-Weight-Net's labelled meta set: size // K samples per class of `labels`.
+
+    As in the reference, classes are balanced by the (noisy) label the data carries, and the
+    meta samples are removed from training.
+
+    Args:
+      labels: int [N] labels used for stratification.
+    Returns:
+      (meta indices int64 [size // K * K], remaining training indices int64), both sorted.
+    """
+    per_class = size // num_classes
+    if per_class < 1:
+        raise ValueError(f"meta_size={size} is smaller than the number of classes {num_classes}")
+    rng = np.random.default_rng(seed)
+    meta = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) <= per_class:
+            raise ValueError(f"meta_size={size} needs {per_class} samples of class {c} "
+                             f"and training must keep some; class {c} has {len(members)}")
+        meta.append(rng.choice(members, size=per_class, replace=False))
+    meta = np.sort(np.concatenate(meta)).astype(np.int64)
+    rest = np.setdiff1d(np.arange(len(labels)), meta).astype(np.int64)
+    return meta, rest

@@ -1,0 +1,414 @@
+"""Synthetic label noise (METHOD.md section 4): pure, seeded numpy functions.
+
+Every function is deterministic given its `seed` and never touches global RNG state.
+Class-conditional kinds ('sym', 'pair', 'flip', ...) build a K x K transition matrix C
+(row y is the distribution of the noisy label given clean label y) and sample each label
+from its row; 'instance' builds one such row per sample from the image (Xia et al. 2020).
+
+Conventions that differ between the reference code paths (METHOD.md section 12 point 8):
+'sym' is the reference `unif` noise, C = rate/K * ones + (1 - rate) * I, so a label is kept
+with probability 1 - rate + rate/K and the expected flip rate is rate*(K-1)/K; 'sym_exact'
+flips with probability exactly `rate` to a uniformly random other class (SSL convention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KINDS: tuple[str, ...] = (
+        'none', 'sym', 'sym_exact', 'pair', 'flip', 'flip2', 'asym_cifar10',
+        'asym_cifar100', 'instance', 'hierarchical')
+
+# Standard CIFAR-100 fine label -> coarse (superclass) label, 20 superclasses of 5 classes.
+CIFAR100_COARSE: tuple[int, ...] = (
+        4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+        6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+        5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+        10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+        16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+
+# CIFAR-10 asymmetric noise: truck->automobile, bird->airplane, cat<->dog, deer->horse.
+CIFAR10_ASYM_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+
+INSTANCE_NORM_STD = 0.1  # sd of the per-sample flip rate (reference `norm_std`)
+_INSTANCE_CHUNK = 1024  # rows of flattened images multiplied at once
+
+_REQUIRED_CLASSES = {'asym_cifar10': 10, 'asym_cifar100': 100, 'hierarchical': 100}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, name: str = 'labels') -> np.ndarray:
+    """Returns `labels` as int64 [N]; ValueError unless 1-D integers in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f'{name} must be 1-D, got shape {labels.shape}')
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f'{name} must be integers, got dtype {labels.dtype}')
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f'{name} must lie in [0, {num_classes}), got range '
+                         f'[{labels.min()}, {labels.max()}]')
+    return labels
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+    return int(num_classes)
+
+
+def _check_rate(rate: float) -> float:
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0:  # also rejects NaN
+        raise ValueError(f'noise rate must lie in [0, 1], got {rate}')
+    return rate
+
+
+def _check_kind(kind: str, num_classes: int) -> None:
+    if kind not in KINDS:
+        raise ValueError(f'unknown noise kind {kind!r}; expected one of {", ".join(KINDS)}')
+    needed = _REQUIRED_CLASSES.get(kind)
+    if needed is not None and num_classes != needed:
+        raise ValueError(f'noise kind {kind!r} needs num_classes={needed}, got {num_classes}')
+    if kind == 'flip2' and num_classes < 3:
+        raise ValueError(f"noise kind 'flip2' needs num_classes >= 3, got {num_classes}")
+
+
+# ------------------------------------------------------------------- transition matrices
+
+
+def _sym(rate: float, k: int) -> np.ndarray:
+    return rate / k * np.ones((k, k)) + (1.0 - rate) * np.eye(k)
+
+
+def _sym_exact(rate: float, k: int) -> np.ndarray:
+    c = np.full((k, k), rate / (k - 1))
+    np.fill_diagonal(c, 1.0 - rate)
+    return c
+
+
+def _from_targets(rate: float, targets: np.ndarray) -> np.ndarray:
+    """Each class y moves w.p. `rate` to targets[y] (targets[y] == y means untouched)."""
+    k = len(targets)
+    c = np.eye(k)
+    moved = np.flatnonzero(targets != np.arange(k))
+    c[moved, moved] = 1.0 - rate
+    c[moved, targets[moved]] += rate
+    return c
+
+
+def _flip(rate: float, k: int, rng: np.random.Generator, *, n_targets: int) -> np.ndarray:
+    """Each class spreads `rate` evenly over `n_targets` random other classes."""
+    c = (1.0 - rate) * np.eye(k)
+    for y in range(k):
+        others = np.delete(np.arange(k), y)
+        c[y, rng.choice(others, size=n_targets, replace=False)] = rate / n_targets
+    return c
+
+
+def _superclass_members() -> list[np.ndarray]:
+    """Fine classes of each CIFAR-100 superclass, ascending: 20 arrays of 5 ints."""
+    coarse = np.asarray(CIFAR100_COARSE)
+    return [np.flatnonzero(coarse == s) for s in range(20)]
+
+
+def _asym_cifar100(rate: float) -> np.ndarray:
+    targets = np.arange(100)
+    for members in _superclass_members():
+        targets[members] = np.roll(members, -1)  # next class of the superclass, cyclic
+    return _from_targets(rate, targets)
+
+
+def _hierarchical(rate: float) -> np.ndarray:
+    c = (1.0 - rate) * np.eye(100)
+    for members in _superclass_members():
+        for y in members:
+            c[y, members[members != y]] = rate / (len(members) - 1)
+    return c
+
+
+def _matrix(kind: str, rate: float, k: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == 'none':
+        return np.eye(k)
+    if kind == 'sym':
+        return _sym(rate, k)
+    if kind == 'sym_exact':
+        return _sym_exact(rate, k)
+    if kind == 'pair':
+        return _from_targets(rate, (np.arange(k) + 1) % k)
+    if kind == 'flip':
+        return _flip(rate, k, rng, n_targets=1)
+    if kind == 'flip2':
+        return _flip(rate, k, rng, n_targets=2)
+    if kind == 'asym_cifar10':
+        targets = np.arange(10)
+        targets[list(CIFAR10_ASYM_MAP)] = list(CIFAR10_ASYM_MAP.values())
+        return _from_targets(rate, targets)
+    if kind == 'asym_cifar100':
+        return _asym_cifar100(rate)
+    if kind == 'hierarchical':
+        return _hierarchical(rate)
+    raise ValueError(f'noise kind {kind!r} has no class-level transition matrix')
+
+
+def noise_matrix(*, kind: str, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """The designed transition matrix that `corrupt` samples from for a class-level kind.
+
+    For 'flip'/'flip2' the random targets come from `seed`, exactly as in `corrupt` with
+    the same seed. 'instance' has no class-level matrix and raises ValueError.
+
+    Args:
+        kind: a name from KINDS other than 'instance'.
+        rate: noise rate in [0, 1].
+        num_classes: K.
+        seed: seed for the random targets of 'flip'/'flip2'.
+
+    Returns:
+        float64 [K, K], C[i, j] = P(noisy = j | clean = i); rows sum to 1.
+    """
+    num_classes = _check_num_classes(num_classes)
+    _check_kind(kind, num_classes)
+    return _matrix(kind, _check_rate(rate), num_classes, np.random.default_rng(seed))
+
+
+# --------------------------------------------------------------------------------- sampling
+
+
+def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One categorical draw per row of float [n, K] probabilities -> int64 [n]."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs)) * cdf[:, -1]
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+
+
+def _sample_matrix(labels: np.ndarray, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    noisy = labels.copy()
+    for y in np.flatnonzero(np.diag(c) < 1.0):
+        idx = np.flatnonzero(labels == y)
+        if idx.size:
+            noisy[idx] = _sample_rows(np.broadcast_to(c[y], (idx.size, len(c))), rng)
+    return noisy
+
+
+def truncated_normal(mean: float, std: float, size: int, *, seed: int | np.random.Generator,
+                     low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Samples N(mean, std) truncated to [low, high] by rejection (no scipy).
+
+    Args:
+        mean: mean of the untruncated normal; should lie in [low, high] (acceptance >= 1/2).
+        std: its standard deviation, > 0.
+        size: number of samples.
+        seed: an int seed or a numpy Generator.
+        low: lower bound.
+        high: upper bound.
+
+    Returns:
+        float64 [size] in [low, high].
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty(size)
+    todo = np.arange(size)
+    while todo.size:
+        draw = rng.normal(mean, std, todo.size)
+        ok = (draw >= low) & (draw <= high)
+        out[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+    return out
+
+
+def _softmax_rows(a: np.ndarray) -> np.ndarray:
+    a = a - a.max(axis=1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def instance_probabilities(labels: np.ndarray, images: np.ndarray, *, rate: float,
+                           num_classes: int, seed: int) -> np.ndarray:
+    """Per-sample noisy-label distributions of Xia et al. 2020 instance-dependent noise.
+
+    q_i ~ TruncNormal(rate, 0.1, [0, 1]); W ~ N(0, 1) of shape (K, D, K);
+    a = x_i @ W[y_i] with x_i the raw flattened pixels as float (0..255, un-normalised);
+    a[y_i] = -inf; P_i = q_i * softmax(a); P_i[y_i] += 1 - q_i.
+    W is drawn one class at a time from a per-class child seed and the products are
+    computed in chunks, so memory stays O(D*K + chunk*D + N*K).
+
+    Args:
+        labels: int [N] clean labels in [0, K).
+        images: [N, ...] any numeric dtype (typically uint8 [N, H, W, C]); D = prod(...).
+        rate: mean flip rate in [0, 1].
+        num_classes: K.
+        seed: the seed.
+
+    Returns:
+        float64 [N, K]; row i sums to 1 and P[i, labels[i]] = 1 - q_i.
+    """
+    num_classes = _check_num_classes(num_classes)
+    labels = _check_labels(labels, num_classes)
+    rate = _check_rate(rate)
+    images = _check_images(images, len(labels))
+    q_seq, *w_seqs = np.random.SeedSequence(seed).spawn(num_classes + 1)
+    q = truncated_normal(rate, INSTANCE_NORM_STD, len(labels), seed=np.random.default_rng(q_seq))
+    flat = images.reshape(len(labels), -1)
+    probs = np.zeros((len(labels), num_classes))
+    for y in range(num_classes):
+        w = np.random.default_rng(w_seqs[y]).standard_normal((flat.shape[1], num_classes))
+        idx = np.flatnonzero(labels == y)
+        for start in range(0, idx.size, _INSTANCE_CHUNK):
+            rows = idx[start:start + _INSTANCE_CHUNK]
+            a = flat[rows].astype(np.float64) @ w
+            a[:, y] = -np.inf
+            probs[rows] = q[rows, None] * _softmax_rows(a)
+            probs[rows, y] += 1.0 - q[rows]
+    return probs
+
+
+def _check_images(images: np.ndarray | None, n: int) -> np.ndarray:
+    if images is None:
+        raise ValueError("noise kind 'instance' needs images")
+    images = np.asarray(images)
+    if images.ndim < 2 or len(images) != n:
+        raise ValueError(f'images must have shape [N={n}, ...], got {images.shape}')
+    if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_):
+        raise ValueError(f'images must be numeric, got dtype {images.dtype}')
+    return images
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, seed: int,
+            images: np.ndarray | None = None) -> np.ndarray:
+    """Injects synthetic label noise of one kind (METHOD.md section 4).
+
+    Kinds: 'none' (copy); 'sym' (reference `unif`: C = rate/K + (1-rate) I, flip rate
+    rate*(K-1)/K); 'sym_exact' (flip w.p. rate to a uniform other class); 'pair'
+    (y -> (y+1) mod K); 'flip' (per class, one random other class drawn from `seed`);
+    'flip2' (two random other classes, rate/2 each); 'asym_cifar10' (9->1, 2->0, 3<->5,
+    4->7, K=10); 'asym_cifar100' (next class of the same CIFAR-100 superclass, cyclic,
+    K=100); 'hierarchical' (uniform over the other 4 classes of the superclass, K=100);
+    'instance' (Xia et al. 2020, see `instance_probabilities`; needs `images`; note that
+    rate 0 still flips about 8% because q_i ~ TruncNormal(0, 0.1, [0, 1]), as in the
+    reference).
+
+    Args:
+        labels: int [N] clean labels in [0, num_classes).
+        kind: one of KINDS.
+        rate: noise rate in [0, 1].
+        num_classes: K >= 2.
+        seed: seed of every random choice (targets, flip rates, W and the sampling).
+        images: [N, ...] raw images (0..255), needed by 'instance' only.
+
+    Returns:
+        int64 [N] noisy labels (a new array).
+
+    Raises:
+        ValueError: unknown kind, rate outside [0, 1], labels out of range, 'instance'
+            without images, or a kind used with the wrong num_classes.
+    """
+    num_classes = _check_num_classes(num_classes)
+    _check_kind(kind, num_classes)
+    rate = _check_rate(rate)
+    labels = _check_labels(labels, num_classes)
+    if kind == 'none':
+        return labels.copy()
+    if kind == 'instance':
+        probs = instance_probabilities(labels, images, rate=rate, num_classes=num_classes,
+                                       seed=seed)
+        # Sampling uses its own stream, independent of those drawing q and W.
+        sample_seq = np.random.SeedSequence([int(seed), 1])
+        return _sample_rows(probs, np.random.default_rng(sample_seq))
+    rng = np.random.default_rng(seed)
+    return _sample_matrix(labels, _matrix(kind, rate, num_classes, rng), rng)
+
+
+def transition_matrix(clean: np.ndarray, noisy: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """Realised transition matrix T[i, j] = P(noisy = j | clean = i).
+
+    Args:
+        clean: int [N] clean labels in [0, K).
+        noisy: int [N] noisy labels in [0, K).
+        num_classes: K.
+
+    Returns:
+        float64 [K, K]; rows of classes present in `clean` sum to 1, others are all zero.
+    """
+    num_classes = _check_num_classes(num_classes)
+    clean = _check_labels(clean, num_classes, 'clean')
+    noisy = _check_labels(noisy, num_classes, 'noisy')
+    if clean.shape != noisy.shape:
+        raise ValueError(f'clean and noisy differ in shape: {clean.shape} vs {noisy.shape}')
+    counts = np.bincount(clean * num_classes + noisy, minlength=num_classes ** 2)
+    counts = counts.reshape(num_classes, num_classes).astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def flip_rate(clean: np.ndarray, noisy: np.ndarray) -> float:
+    """Fraction of labels changed; 0.0 for empty inputs.
+
+    Args:
+        clean: int [N] clean labels.
+        noisy: int [N] noisy labels.
+
+    Returns:
+        mean(clean != noisy) as a Python float.
+    """
+    clean, noisy = np.asarray(clean), np.asarray(noisy)
+    if clean.shape != noisy.shape:
+        raise ValueError(f'clean and noisy differ in shape: {clean.shape} vs {noisy.shape}')
+    return float(np.mean(clean != noisy)) if clean.size else 0.0
+
+
+def imbalance_counts(n_max: int, *, gamma: float, num_classes: int) -> np.ndarray:
+    """Per-class sizes n_c = floor(n_max * (1/gamma)^(c/(K-1))) (reference `--gamma`).
+
+    Args:
+        n_max: size of class 0 (the largest).
+        gamma: imbalance ratio >= 1; 1 keeps n_max for every class.
+        num_classes: K.
+
+    Returns:
+        int64 [K], non-increasing.
+    """
+    gamma = float(gamma)
+    if not gamma >= 1.0:  # also rejects NaN
+        raise ValueError(f'imbalance gamma must be >= 1, got {gamma}')
+    denom = max(num_classes - 1, 1)
+    return np.array([math.floor(n_max * (1.0 / gamma) ** (c / denom))
+                     for c in range(num_classes)], dtype=np.int64)
+
+
+def imbalance_indices(labels: np.ndarray, *, gamma: float, seed: int,
+                      num_classes: int | None = None) -> np.ndarray:
+    """Indices of a long-tailed subset: n_c samples of class c, chosen by the labels given.
+
+    Pass the *true* labels (selection by true label after noise injection, METHOD.md
+    section 4 "Imbalance"). n_max is the size of the largest class; a class with fewer
+    than n_c samples keeps all of them, so gamma = 1 keeps everything. Which samples of a
+    class are kept is drawn uniformly from `seed`.
+
+    Args:
+        labels: int [N] true labels in [0, K).
+        gamma: imbalance ratio >= 1.
+        seed: the seed.
+        num_classes: K; defaults to labels.max() + 1.
+
+    Returns:
+        int64 [M] sorted indices into `labels`.
+    """
+    labels = np.asarray(labels)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 1
+    num_classes = int(num_classes)
+    labels = _check_labels(labels, max(num_classes, 1))
+    per_class = np.bincount(labels, minlength=num_classes)
+    sizes = imbalance_counts(int(per_class.max(initial=0)), gamma=gamma,
+                             num_classes=num_classes)
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(np.flatnonzero(labels == c), size=min(sizes[c], per_class[c]),
+                       replace=False) for c in range(num_classes)]
+    return np.sort(np.concatenate(kept)).astype(np.int64)

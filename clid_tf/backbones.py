@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
+from clid_tf import resnets
+
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -74,17 +76,12 @@ def mlp(num_classes: int, input_shape: Sequence[int], width: int = 256) -> keras
 
 def _body_builders() -> dict[str, Callable[[int, Sequence[int]], keras.Model]]:
     builders = {"small_cnn": small_cnn, "mlp": mlp}
-    try:
-        from clid_tf import resnets  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return builders
     for name, fn in resnets.BUILDERS.items():
-        builders[name] = lambda k, shape, fn=fn: fn(k)
+        builders[name] = lambda k, shape, fn=fn: fn(k, input_shape=tuple(shape))
     return builders
 
 
-BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
-             "wrn28_2")
+BACKBONES = ("small_cnn", "mlp", *resnets.BUILDERS)
 
 
 def build(name: str, *, num_classes: int, input_shape: Sequence[int],

@@ -18,7 +18,7 @@ META_OBJECTIVE_LABELS = {
     "entropy": "none",
     "ce_clean": "clean",
     "ce_noisy": "noisy",
-    "mae_noisy": "noisy",
+    "mae": "noisy",
 }
 
 
@@ -64,6 +64,6 @@ def meta_objective(name: str, *, tau: float) -> Callable[..., tf.Tensor]:
         return lambda features, logits, labels: mean_entropy(logits)
     if name in ("ce_clean", "ce_noisy"):
         return lambda features, logits, labels: tf.reduce_mean(per_sample_ce(logits, labels))
-    if name == "mae_noisy":
+    if name == "mae":
         return lambda features, logits, labels: tf.reduce_mean(per_sample_mae(logits, labels))
     raise ValueError(f"unknown meta objective {name!r}; choose from {sorted(META_OBJECTIVE_LABELS)}")

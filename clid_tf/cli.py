@@ -1,0 +1,194 @@
+"""The command line: every absl flag of a training run, and `main`, the composition root.
+
+Only this module reads FLAGS; it passes plain arguments to the library. `define_flags()`
+is called by the entry point (`python -m clid_tf.train`) and by tools/tests that need the
+training flags, never at import time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae")
+HUMAN_NOISE = ("worst", "aggre", "rand1", "rand2", "rand3", "noisy100")
+
+
+class RunError(Exception):
+    """A problem with the user's flags, files or data: reported as one line, exit code 2."""
+
+
+def define_flags() -> None:
+    """Defines every flag of a training run (idempotent)."""
+    if "method" in FLAGS:
+        return
+    # TensorFlow logs every checkpoint and export at INFO; show warnings unless asked.
+    FLAGS.set_default("verbosity", logging.WARNING)
+    from clid_tf import backbones, noise  # pylint: disable=import-outside-toplevel
+    # ---- run and output
+    flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
+                        "the SavedModel and results.json. Must be new or empty. "
+                        "Default: a fresh ./runs/<method>-<time> folder.")
+    flags.DEFINE_integer("seed", 0, "Seed for noise, meta set, shuffling and initialisation.")
+    flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bars, 2 one line "
+                         "per epoch.", lower_bound=0, upper_bound=2)
+    flags.DEFINE_bool("export", True, "Export a SavedModel for serving at the end.")
+    # ---- data and noise
+    flags.DEFINE_string("dataset", "digits", "Dataset: 'digits' (offline scikit-learn 8x8 "
+                        "digits), 'cifar10', 'cifar100', 'cifar10_n', 'cifar100_n' (TFDS), "
+                        "or 'npz:PATH' for your own arrays.")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS_DATA_DIR).")
+    flags.DEFINE_enum("noise", "sym", (*noise.KINDS, *HUMAN_NOISE),
+                      "Label noise injected into the training labels: a synthetic model "
+                      "(sym = reference convention, flip rate rate*(K-1)/K) or a human "
+                      "label set of CIFAR-N (worst, aggre, rand1..3 for cifar10_n; "
+                      "noisy100 for cifar100_n).")
+    flags.DEFINE_float("noise_rate", 0.4, "Rate of the synthetic noise model.",
+                       lower_bound=0.0, upper_bound=1.0)
+    # ---- model
+    flags.DEFINE_enum("backbone", "small_cnn", backbones.BACKBONES,
+                      "Classifier network; it returns logits and penultimate features.")
+    # ---- method and meta-learning
+    flags.DEFINE_enum("method", "clid", METHODS,
+                      "ce: plain cross-entropy, no meta-net. Otherwise the meta objective: "
+                      "clid (label-free, meta set = random training samples, labels never "
+                      "read), entropy (label-free control), ce_clean (oracle Meta-Weight-Net "
+                      "with a clean class-balanced meta set removed from training), ce_noisy "
+                      "and mae (same split, noisy labels).")
+    flags.DEFINE_enum("meta_net", "wnet", ("wnet",), "Meta-net: wnet (Meta-Weight-Net "
+                      "1-100-1 on the per-sample loss).")
+    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set.",
+                         lower_bound=1)
+    flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
+                         lower_bound=2)
+    flags.DEFINE_float("tau", 0.5, "CLID temperature on feature similarities.",
+                       lower_bound=1e-6)
+    flags.DEFINE_integer("warmup_epochs", 5, "Epochs of plain cross-entropy before meta "
+                         "updates begin.", lower_bound=0)
+    flags.DEFINE_enum("meta_optimizer", "adam", ("adam", "sgd"), "Meta-net optimiser "
+                      "(reference: SGD without momentum for WNet, Adam for VRI).")
+    flags.DEFINE_float("meta_lr", 1e-3, "Meta-net learning rate.", lower_bound=0.0)
+    flags.DEFINE_float("meta_weight_decay", 5e-4, "Meta-net L2 weight decay (PyTorch "
+                       "style, added to the gradient).", lower_bound=0.0)
+    # ---- optimisation
+    flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
+    flags.DEFINE_float("lr", 0.05, "Classifier learning rate (SGD with momentum).",
+                       lower_bound=0.0)
+    flags.DEFINE_float("momentum", 0.9, "Classifier SGD momentum.", lower_bound=0.0,
+                       upper_bound=1.0)
+    flags.DEFINE_float("weight_decay", 5e-4, "Classifier L2 weight decay (PyTorch style).",
+                       lower_bound=0.0)
+    flags.DEFINE_enum("lr_schedule", "cosine", ("cosine", "cosine_periodic", "multistep",
+                      "constant"), "Per-epoch classifier learning-rate schedule.")
+    flags.DEFINE_integer("lr_tmax", 0, "Cosine T_max in epochs (0: the number of epochs).",
+                         lower_bound=0)
+    flags.DEFINE_float("lr_eta_min", 1e-3, "Cosine minimum learning rate.", lower_bound=0.0)
+    flags.DEFINE_list("lr_milestones", [], "Multistep: epochs at which lr is multiplied by "
+                      "--lr_gamma.")
+    flags.DEFINE_float("lr_gamma", 0.1, "Multistep decay factor.", lower_bound=0.0)
+    flags.DEFINE_integer("eval_batch_size", 500, "Batch size for test evaluation.",
+                         lower_bound=1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flags parser that reports a bad flag or flagfile as one line and exits 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    """Entry point for `absl.app.run`: any RunError/DataError becomes one line and exit 2."""
+    from clid_tf import datasets  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run()
+    except (RunError, datasets.DataError) as error:
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> dict:
+    """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
+    from clid_tf import experiment  # pylint: disable=import-outside-toplevel
+    workdir = prepare_workdir(FLAGS.workdir or _default_workdir())
+    with open(os.path.join(workdir, "flags.cfg"), "w") as f:
+        f.write(FLAGS.flags_into_string())
+    print(f"workdir: {workdir}")
+    try:
+        setup = experiment.prepare(
+            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
+            noise_rate=FLAGS.noise_rate, human_noise=FLAGS.noise in HUMAN_NOISE,
+            method=FLAGS.method, meta_size=FLAGS.meta_size, seed=FLAGS.seed)
+    except ValueError as error:
+        raise RunError(str(error)) from error
+    started = time.time()
+    results = experiment.train(
+        setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
+        meta_net=FLAGS.meta_net, tau=FLAGS.tau, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
+        lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
+        lr_schedule=FLAGS.lr_schedule, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,
+        lr_milestones=[int(m) for m in FLAGS.lr_milestones], lr_gamma=FLAGS.lr_gamma,
+        meta_optimizer=FLAGS.meta_optimizer, meta_lr=FLAGS.meta_lr,
+        meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
+        eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        export=FLAGS.export)
+    results["train_seconds"] = round(time.time() - started, 1)
+    results["flags"] = {name: FLAGS[name].value for name in sorted(_training_flag_names())}
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    print(f"final test accuracy {results['final_test_accuracy']:.4f}, best "
+          f"{results['best_test_accuracy']:.4f}; results in {workdir}")
+    return results
+
+
+def _training_flag_names() -> list[str]:
+    return [f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__])]
+
+
+def _default_workdir() -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{FLAGS.dataset.replace(':', '_').replace('/', '_')}"
+                        f"-{FLAGS.method}-{stamp}")
+
+
+def prepare_workdir(path: str) -> str:
+    """Creates `path`; refuses one that holds files (an earlier run) or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"workdir {path} exists and is not a folder")
+    if os.path.isdir(path) and os.listdir(path):
+        raise RunError(f"workdir {path} is not empty (it holds an earlier run); "
+                       "choose a new --workdir")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise RunError(f"workdir {path} cannot be written: {error.strerror}") from error
+    return path
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Writes JSON to a temporary file, then renames it over `path`."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

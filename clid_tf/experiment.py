@@ -1,0 +1,163 @@
+"""One training run from plain arguments: data, noise and meta set, then model and fit.
+
+`prepare` does everything that can fail on bad input (before any output is written);
+`train` builds the model, fits it, and writes TensorBoard events, checkpoints and the
+SavedModel. `clid_tf.cli` wires flags to these two functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence
+
+import keras
+import numpy as np
+
+from clid_tf import backbones
+from clid_tf import callbacks as callbacks_lib
+from clid_tf import data
+from clid_tf import datasets
+from clid_tf import export as export_lib
+from clid_tf import meta_model
+from clid_tf import meta_nets
+from clid_tf import meta_sets
+from clid_tf import noise as noise_lib
+from clid_tf import objectives
+from clid_tf import schedules
+
+LABEL_FREE = ("clid", "entropy")
+
+
+class Setup(NamedTuple):
+    """Data of one run after noise injection and the meta-set split.
+
+    Attributes:
+      dataset: the raw `datasets.Dataset`.
+      noisy_labels: int64 [N] training labels the classifier sees (all N samples).
+      train_indices: int64 [N_train] samples trained on.
+      meta_indices: int64 [M] meta-set samples, or None for method 'ce'.
+      meta_labels: int64 [M] labels the meta objective reads, or None (label-free).
+    """
+    dataset: datasets.Dataset
+    noisy_labels: np.ndarray
+    train_indices: np.ndarray
+    meta_indices: np.ndarray | None
+    meta_labels: np.ndarray | None
+
+
+def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float,
+            human_noise: bool, method: str, meta_size: int, seed: int) -> Setup:
+    """Loads data, injects noise and splits the meta set. Raises ValueError/DataError."""
+    ds = datasets.load(dataset, human_label=noise if human_noise else None, data_dir=data_dir)
+    if human_noise:
+        noisy = ds.y_train.astype(np.int64)
+    else:
+        noisy = noise_lib.corrupt(ds.y_train, kind=noise, rate=noise_rate,
+                                  num_classes=ds.num_classes, seed=seed, images=ds.x_train)
+    everything = np.arange(len(noisy), dtype=np.int64)
+    if method == "ce":
+        return Setup(ds, noisy, everything, None, None)
+    if method in LABEL_FREE:
+        meta = meta_sets.random_subset(len(noisy), size=meta_size, seed=seed)
+        return Setup(ds, noisy, everything, meta, None)
+    if method == "ce_clean" and ds.y_train_clean is None:
+        raise ValueError(f"method ce_clean needs clean training labels; dataset {dataset} "
+                         "has none (give y_train_clean in the npz)")
+    meta, rest = meta_sets.balanced_split(noisy, size=meta_size, num_classes=ds.num_classes,
+                                          seed=seed)
+    source = ds.y_train_clean if method == "ce_clean" else noisy
+    return Setup(ds, noisy, rest, meta, source[meta].astype(np.int64))
+
+
+def noise_report(setup: Setup) -> dict:
+    """Realised noise of the samples trained on: flip rate and transition matrix [K, K]."""
+    clean = setup.dataset.y_train_clean
+    if clean is None:
+        return {"realised_noise_rate": None}
+    idx = setup.train_indices
+    return {
+        "realised_noise_rate": noise_lib.flip_rate(clean[idx], setup.noisy_labels[idx]),
+        "noise_transition_matrix": np.round(noise_lib.transition_matrix(
+            clean[idx], setup.noisy_labels[idx], num_classes=setup.dataset.num_classes),
+            4).tolist(),
+    }
+
+
+def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, tau: float,
+                warmup_steps: int, weight_decay: float, meta_weight_decay: float,
+                seed: int) -> meta_model.MetaReweightModel:
+    """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
+    ds = setup.dataset
+    net = backbones.build(backbone, num_classes=ds.num_classes,
+                          input_shape=ds.x_train.shape[1:], mean=ds.mean, std=ds.std,
+                          seed=seed)
+    if method == "ce":
+        return meta_model.MetaReweightModel(net, weight_decay=weight_decay)
+    if meta_net != "wnet":
+        raise ValueError(f"unknown meta-net {meta_net!r}")
+    weight_net = meta_nets.WeightNet(seed=seed)
+    weight_net(np.zeros([1], np.float32))
+    return meta_model.MetaReweightModel(
+        net, weight_net, meta_objective=objectives.meta_objective(method, tau=tau),
+        meta_objective_name=method, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        meta_weight_decay=meta_weight_decay)
+
+
+def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
+          tau: float, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
+          momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
+          lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
+          meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
+          warmup_epochs: int, eval_batch_size: int, seed: int, verbose: int,
+          export: bool) -> dict:
+    """Fits the model and returns the results dict (accuracies, noise, history)."""
+    ds = setup.dataset
+    idx = setup.train_indices
+    steps_per_epoch = len(idx) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size} exceeds the {len(idx)} training samples")
+    if setup.meta_indices is not None and meta_batch_size > len(setup.meta_indices):
+        raise ValueError(f"meta_batch_size={meta_batch_size} exceeds the meta set "
+                         f"({len(setup.meta_indices)} samples)")
+    keras.utils.set_random_seed(seed)
+    model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net, tau=tau,
+                        warmup_steps=warmup_epochs * steps_per_epoch,
+                        weight_decay=weight_decay, meta_weight_decay=meta_weight_decay,
+                        seed=seed)
+    schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
+                               epochs=epochs, t_max=lr_tmax, eta_min=lr_eta_min,
+                               milestones=lr_milestones, gamma=lr_gamma)
+    meta_opt = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[meta_optimizer]
+    model.compile(keras.optimizers.SGD(schedule, momentum=momentum),
+                  meta_opt(meta_lr) if model.meta_net is not None else None)
+
+    clean = ds.y_train_clean
+    has_meta = setup.meta_indices is not None
+    stream = data.train_stream(
+        ds.x_train[idx], setup.noisy_labels[idx], batch_size=batch_size, seed=seed,
+        is_noisy=None if clean is None else setup.noisy_labels[idx] != clean[idx],
+        meta_images=ds.x_train[setup.meta_indices] if has_meta else None,
+        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size)
+    test = data.eval_dataset(ds.x_test, ds.y_test, batch_size=eval_batch_size)
+    history = model.fit(
+        stream, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test,
+        verbose=verbose,
+        callbacks=[keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+                   callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))])
+    if export:
+        export_lib.export_saved_model(
+            model.backbone, os.path.join(workdir, "saved_model"),
+            input_shape=ds.x_train.shape[1:],
+            input_dtype="uint8" if ds.x_train.dtype == np.uint8 else "float32")
+    accuracy = [float(a) for a in history.history["val_accuracy"]]
+    best_epoch = int(np.argmax(accuracy))
+    return {
+        "final_test_accuracy": accuracy[-1],
+        "best_test_accuracy": accuracy[best_epoch],
+        "best_epoch": best_epoch + 1,
+        **noise_report(setup),
+        "num_train": int(len(idx)),
+        "num_meta": 0 if not has_meta else int(len(setup.meta_indices)),
+        "num_test": int(len(ds.y_test)),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }

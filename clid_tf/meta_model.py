@@ -109,7 +109,7 @@ class MetaReweightModel(keras.Model):
             else:
                 loss, weights = tf.cond(
                     meta_active,
-                    lambda: self.meta_net.weighted_loss(logits, features, batch["label"]),
+                    lambda: self.meta_net.weighted_loss(logits, features, batch["label"])[:2],
                     lambda: self._plain_loss(logits, batch["label"]))
         grads = tape.gradient(loss, theta)
         self.optimizer.apply(_with_l2(grads, theta, self.weight_decay), theta)

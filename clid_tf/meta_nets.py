@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
 from clid_tf import objectives
+
+
+class WeightedLoss(NamedTuple):
+    """What a meta-net makes of one training batch.
+
+    loss: scalar training loss, differentiable in theta (through the logits) and phi.
+    weights: the meta-net's output per sample, [B] (WNet) or [B, K] (VRI); monitoring.
+    regularizer: scalar term of the meta-net's own objective (VRI's KL), added to the meta
+      loss when phi is updated; 0 for WNet.
+    """
+    loss: tf.Tensor
+    weights: tf.Tensor
+    regularizer: tf.Tensor
 
 
 def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
@@ -47,9 +61,11 @@ class WeightNet(keras.Model):
           labels: int [B] noisy training labels.
 
         Returns:
-          (scalar sum_i w~_i * CE_i with w~ normalised to sum to one, raw weights [B]).
+          WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, raw weights
+          [B], regularizer 0).
         """
         del features
         losses = objectives.per_sample_ce(logits, labels)
         weights = self(losses)
-        return objectives.weighted_mean(losses, weights), weights
+        return WeightedLoss(objectives.weighted_mean(losses, weights), weights,
+                            tf.zeros([], losses.dtype))

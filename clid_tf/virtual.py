@@ -16,7 +16,7 @@ import tensorflow as tf
 
 class MetaResult(NamedTuple):
     """Outputs of one meta-gradient computation."""
-    meta_loss: tf.Tensor          # scalar meta objective at theta'
+    meta_loss: tf.Tensor          # scalar meta objective at theta' (plus the regularizer)
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable
     virtual_loss: tf.Tensor       # scalar L_f(theta, phi) before the meta update
 
@@ -46,7 +46,7 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
 
     Args:
       backbone: classifier, images -> (logits [B, K], features [B, d]).
-      meta_net: model with `weighted_loss(logits, features, labels) -> (loss, weights)`.
+      meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
       batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
       lr: current scheduled classifier learning rate (the virtual-step size).
@@ -60,10 +60,11 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
         with tf.GradientTape() as inner:
             inner.watch(theta)
             logits, features, _ = forward(backbone, theta, frozen, batch["image"])
-            virtual_loss, _ = meta_net.weighted_loss(logits, features, batch["label"])
-        theta_prime = lookahead(theta, inner.gradient(virtual_loss, theta), lr)
+            virtual = meta_net.weighted_loss(logits, features, batch["label"])
+        theta_prime = lookahead(theta, inner.gradient(virtual.loss, theta), lr)
         # Meta step: the look-ahead classifier on the meta batch.
         meta_logits, meta_features, _ = forward(backbone, theta_prime, frozen,
                                                 meta_batch["image"])
         meta_loss = meta_objective(meta_features, meta_logits, meta_batch.get("label"))
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), virtual_loss)
+        meta_loss += tf.cast(virtual.regularizer, meta_loss.dtype)
+    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), virtual.loss)

@@ -85,9 +85,10 @@ class MetaReweightModel(keras.Model):
             loss, weights = self._actual_step(batch, meta_active=False)
             return self._log(lr, loss, weights, batch, None, meta_active=False)
         meta_active = self.optimizer.iterations >= self.warmup_steps
-        meta_loss = tf.cond(meta_active,
-                            lambda: self._virtual_and_meta_step(batch, data["meta"], lr),
-                            lambda: tf.constant(0.0))
+        meta_loss = tf.cond(
+            meta_active,
+            lambda: tf.cast(self._virtual_and_meta_step(batch, data["meta"], lr), tf.float32),
+            lambda: tf.constant(0.0))
         loss, weights = self._actual_step(batch, meta_active=meta_active)
         return self._log(lr, loss, weights, batch, meta_loss, meta_active=meta_active)
 

@@ -1,0 +1,156 @@
+"""Variational Rectification Inference (VRI) meta-net (METHOD.md sections 2.2 and 12.7).
+
+VRI rectifies the logits rather than weighting the loss: for each training sample it
+infers a per-class weight vector w in (0, 1)^K from the detached backbone feature and the
+noisy label, and trains the classifier on softmax(w * logits). The weight is a sample of
+the amortised posterior q(w | x, y~) = sigmoid(N(mu, exp(log_var))); the prior p(w | x)
+is the same network with a zero vector in place of the label embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from clid_tf import meta_nets
+from clid_tf import objectives
+
+
+def kl_divergence(mu_q: tf.Tensor, log_var_q: tf.Tensor, mu_p: tf.Tensor,
+                  log_var_p: tf.Tensor) -> tf.Tensor:
+    """Mean elementwise KL(N(mu_q, exp(log_var_q)) || N(mu_p, exp(log_var_p))).
+
+    0.5 * (lv_p - lv_q + (exp(lv_q) + (mu_q - mu_p)^2) / exp(lv_p) - 1), averaged over
+    every element (batch and classes).
+
+    Args:
+      mu_q: float [B, K] posterior means.
+      log_var_q: float [B, K] posterior log-variances.
+      mu_p: float [B, K] prior means.
+      log_var_p: float [B, K] prior log-variances.
+
+    Returns:
+      Scalar float, >= 0, and 0 when the two distributions are identical.
+    """
+    ratio = (tf.exp(log_var_q) + tf.square(mu_q - mu_p)) * tf.exp(-log_var_p)
+    return tf.reduce_mean(0.5 * (log_var_p - log_var_q + ratio - 1.0))
+
+
+def _offset(seed: int | None, i: int) -> int | None:
+    return None if seed is None else seed + i
+
+
+def _xavier_dense(units: int, activation: str | None, seed: int | None,
+                  name: str) -> keras.layers.Dense:
+    """Dense with torch.nn.init.xavier_normal_ (untruncated N(0, 2/(in+out))), zero bias."""
+    init = keras.initializers.VarianceScaling(
+        scale=1.0, mode="fan_avg", distribution="untruncated_normal", seed=seed)
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=init,
+                              bias_initializer="zeros", name=name)
+
+
+class VRINet(keras.Model):
+    """VRI meta-net: (detached feature, noisy label) -> per-class logit weights [B, K].
+
+    Architecture (reference `meta_net.py::vri(576, 1024, 512, K)`): concat(stop_gradient(
+    features) [B, d], Embedding(K, embed_dim)(labels) [B, e]) -> Dense 1024 -> tanh ->
+    Dense 512 -> tanh -> Dense 512 -> tanh -> heads `mean` and `log_var` (512 -> K).
+    Dense kernels are Xavier-normal, biases zero; the embedding starts at N(0, 1), the
+    PyTorch nn.Embedding default (the reference only re-initialises its Linear layers).
+    The layers are built in the constructor, so the variables exist before `compile`.
+
+    `call(features, labels)` gives the posterior (mu, log_var), `prior(features)` the prior
+    (mu_p, log_var_p); `weighted_loss` implements the `meta_nets.WeightedLoss` interface.
+    """
+
+    def __init__(self, num_classes: int, feature_dim: int, *, embed_dim: int = 64,
+                 hidden: Sequence[int] = (1024, 512, 512), kl_weight: float = 0.01,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.feature_dim = int(feature_dim)
+        self.embed_dim = int(embed_dim)
+        self.kl_weight = float(kl_weight)
+        self.noise = keras.random.SeedGenerator(seed)
+        self.embedding = keras.layers.Embedding(
+            self.num_classes, self.embed_dim, name="embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(
+                0.0, 1.0, seed=_offset(seed, 1)))
+        self.hidden_layers = [_xavier_dense(units, "tanh", _offset(seed, 2 + i),
+                                            f"hidden{i + 1}")
+                              for i, units in enumerate(hidden)]
+        self.mean_head = _xavier_dense(self.num_classes, None, _offset(seed, 2 + len(hidden)),
+                                       "mean")
+        self.log_var_head = _xavier_dense(self.num_classes, None,
+                                          _offset(seed, 3 + len(hidden)), "log_var")
+        self._build_layers()
+
+    def _build_layers(self) -> None:
+        self.embedding.build((None,))
+        width = self.feature_dim + self.embed_dim
+        for layer in self.hidden_layers:
+            layer.build((None, width))
+            width = layer.units
+        self.mean_head.build((None, width))
+        self.log_var_head.build((None, width))
+        self.built = True
+
+    def _encode(self, features: tf.Tensor, embedding: tf.Tensor):
+        """MLP on concat(stop_gradient(features) [B, d], embedding [B, e]) -> (mu, log_var).
+
+        The stop-gradient mirrors the reference's `feat.detach()`: the meta-net never sends
+        gradient into the backbone through its input.
+        """
+        features = tf.cast(tf.stop_gradient(features), embedding.dtype)
+        x = tf.concat([features, embedding], axis=-1)
+        for layer in self.hidden_layers:
+            x = layer(x)
+        return self.mean_head(x), self.log_var_head(x)
+
+    def call(self, features: tf.Tensor, labels: tf.Tensor):
+        """Posterior q(w | x, y~). features float [B, d], labels int [B] -> 2 x float [B, K]."""
+        return self._encode(features, self.embedding(labels))
+
+    def prior(self, features: tf.Tensor):
+        """Prior p(w | x): zero label embedding. features float [B, d] -> 2 x float [B, K]."""
+        batch = tf.shape(features)[0]
+        return self._encode(features, tf.zeros([batch, self.embed_dim], self.compute_dtype))
+
+    def sample_weights(self, mu: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
+        """w = sigmoid(mu + exp(0.5 * log_var) * eps), eps ~ N(0, I) drawn afresh. [B, K]."""
+        eps = keras.random.normal(tf.shape(mu), dtype=mu.dtype, seed=self.noise)
+        return tf.sigmoid(mu + tf.exp(0.5 * log_var) * eps)
+
+    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor,
+                      labels: tf.Tensor) -> meta_nets.WeightedLoss:
+        """Rectified training loss of a batch, differentiable in theta and phi.
+
+        loss = mean_i CE(softmax(w_i * logits_i), y~_i): theta gets gradient through the
+        logits, phi through w. eps is resampled on every call (virtual and actual step).
+
+        The KL regulariser: the reference adds lam * KL to the virtual loss, where it is a
+        no-op (METHOD.md 10.2): the meta-net input is detached, so the KL has no theta
+        gradient, leaves theta' unchanged and never reaches phi. It also calls its
+        `kl_loss(mu1, lv1, mu2, lv2)` with std = exp(0.5 * log_var) in the log-var slots.
+        Here the KL is the correct Gaussian KL(q || p) with log-variances
+        (`kl_divergence`), returned as `regularizer` = kl_weight * KL and NOT added to
+        `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
+        (posterior and prior, which share the network) as VRI's ELBO intends.
+
+        Args:
+          logits: float [B, K] classifier outputs.
+          features: float [B, d] penultimate backbone features (detached here).
+          labels: int [B] noisy training labels.
+
+        Returns:
+          WeightedLoss(scalar loss, weights w float [B, K] in (0, 1), scalar regularizer).
+        """
+        mu, log_var = self(features, labels)
+        mu_p, log_var_p = self.prior(features)
+        weights = self.sample_weights(mu, log_var)
+        rectified = tf.cast(weights, logits.dtype) * logits
+        loss = tf.reduce_mean(objectives.per_sample_ce(rectified, labels))
+        regularizer = self.kl_weight * kl_divergence(mu, log_var, mu_p, log_var_p)
+        return meta_nets.WeightedLoss(loss, weights, regularizer)

@@ -1,0 +1,49 @@
+"""Small models shared by tests: a float64 Dense-BN-ReLU-Dense classifier and batches."""
+
+import contextlib
+
+import keras
+import numpy as np
+
+from clid_tf import meta_nets
+
+
+@contextlib.contextmanager
+def floatx(dtype: str):
+    """Temporarily sets Keras' default float type (float64 for finite differences)."""
+    old = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(old)
+
+
+def tiny_classifier(num_inputs=3, hidden=4, num_classes=3, seed=0) -> keras.Model:
+    """x [B, num_inputs] -> (logits [B, K], features [B, hidden]) with one BatchNorm."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((num_inputs,))
+    h = keras.layers.Dense(hidden, name="dense1")(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn")(h)
+    features = keras.layers.ReLU()(h)
+    logits = keras.layers.Dense(num_classes, name="dense2")(features)
+    model = keras.Model(inputs, (logits, features))
+    model.feature_dim = hidden
+    return model
+
+
+def weight_net(seed=0) -> meta_nets.WeightNet:
+    net = meta_nets.WeightNet(hidden=8, seed=seed)
+    net(np.zeros([1], keras.config.floatx()))
+    return net
+
+
+def batches(batch=6, meta=5, num_inputs=3, num_classes=3, seed=0, meta_labels=False):
+    rng = np.random.default_rng(seed)
+    dtype = keras.config.floatx()
+    train = {"image": rng.normal(size=(batch, num_inputs)).astype(dtype),
+             "label": rng.integers(0, num_classes, batch).astype(np.int32)}
+    meta_batch = {"image": rng.normal(size=(meta, num_inputs)).astype(dtype)}
+    if meta_labels:
+        meta_batch["label"] = rng.integers(0, num_classes, meta).astype(np.int32)
+    return train, meta_batch

@@ -1,0 +1,141 @@
+"""One MetaReweightModel.train_step against a reference step written with plain TF ops."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clid_tf import clid as clid_lib
+from clid_tf import meta_model
+from clid_tf import objectives
+from tests import helpers
+
+LR, MOMENTUM, WD = 0.2, 0.9, 5e-4
+META_LR, META_WD = 0.05, 5e-4
+BN_EPS, BN_MOMENTUM = 1e-5, 0.9
+
+
+def _ref_forward(theta, x):
+    """Dense -> BN (batch statistics) -> ReLU -> Dense with explicit tensors."""
+    w1, b1, gamma, beta, w2, b2 = theta
+    h = x @ w1 + b1
+    mean, var = tf.nn.moments(h, axes=[0])
+    features = tf.nn.relu((h - mean) / tf.sqrt(var + BN_EPS) * gamma + beta)
+    return features @ w2 + b2, features, mean, var
+
+
+def _ref_wnet(phi, losses):
+    a1, c1, a2, c2 = phi
+    hidden = tf.nn.relu(tf.stop_gradient(losses)[:, None] @ a1 + c1)
+    return tf.squeeze(tf.sigmoid(hidden @ a2 + c2), -1)
+
+
+def _ref_weighted(theta, phi, x, y):
+    logits, features, mean, var = _ref_forward(theta, x)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    w = _ref_wnet(phi, losses)
+    return tf.reduce_sum(w / tf.reduce_sum(w) * losses), (mean, var)
+
+
+def reference_step(theta, phi, moving, batch, meta_batch):
+    """Section 2.0 by hand: virtual step, SGD meta step, momentum-SGD actual step."""
+    x, y = batch["image"], batch["label"]
+    with tf.GradientTape() as outer:
+        outer.watch(phi)
+        with tf.GradientTape() as inner:
+            inner.watch(theta)
+            virtual_loss, _ = _ref_weighted(theta, phi, x, y)
+        grads = inner.gradient(virtual_loss, theta)
+        theta_prime = [t - LR * g for t, g in zip(theta, grads)]
+        meta_logits, meta_features, _, _ = _ref_forward(theta_prime, meta_batch["image"])
+        meta_loss = clid_lib.clid(meta_features, meta_logits, tau=0.5)
+    meta_grads = outer.gradient(meta_loss, phi)
+    phi_new = [p - META_LR * (g + META_WD * p) for p, g in zip(phi, meta_grads)]
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        loss, (mean, var) = _ref_weighted(theta, phi_new, x, y)
+    grads = tape.gradient(loss, theta)
+    theta_new = [t - LR * (g + WD * t) for t, g in zip(theta, grads)]  # first momentum step
+    moving_mean, moving_var = moving
+    moving_new = [BN_MOMENTUM * moving_mean + (1 - BN_MOMENTUM) * mean,
+                  BN_MOMENTUM * moving_var + (1 - BN_MOMENTUM) * var]
+    return theta_new, phi_new, moving_new, float(meta_loss), float(loss)
+
+
+def _build(seed=0, warmup_steps=0):
+    backbone = helpers.tiny_classifier(seed=seed)
+    meta_net = helpers.weight_net(seed=seed)
+    model = meta_model.MetaReweightModel(
+        backbone, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
+        warmup_steps=warmup_steps, weight_decay=WD, meta_weight_decay=META_WD)
+    model.compile(keras.optimizers.SGD(LR, momentum=MOMENTUM), keras.optimizers.SGD(META_LR))
+    return model
+
+
+def test_train_step_matches_reference_step():
+    with helpers.floatx("float64"):
+        model = _build()
+        batch, meta_batch = helpers.batches(batch=8, meta=6)
+        backbone, meta_net = model.backbone, model.meta_net
+        theta = [tf.constant(v.numpy()) for v in backbone.trainable_variables]
+        phi = [tf.constant(v.numpy()) for v in meta_net.trainable_variables]
+        moving = [tf.constant(v.numpy()) for v in backbone.non_trainable_variables]
+        want_theta, want_phi, want_moving, want_meta, want_loss = reference_step(
+            theta, phi, moving, batch, meta_batch)
+
+        logs = tf.function(model.train_step)({"train": batch, "meta": meta_batch})
+
+        for got, want in zip(backbone.trainable_variables, want_theta):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+        for got, want in zip(meta_net.trainable_variables, want_phi):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+        for got, want in zip(backbone.non_trainable_variables, want_moving):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(float(logs["meta_clid"]), want_meta, rtol=1e-6)  # float32 trackers
+        np.testing.assert_allclose(float(logs["loss"]), want_loss, rtol=1e-6)
+        # The meta-net moved before the actual step: phi changed, and the actual step used it.
+        assert any(not np.allclose(a.numpy(), b.numpy())
+                   for a, b in zip(meta_net.trainable_variables, phi))
+
+
+def test_warmup_is_plain_cross_entropy_and_leaves_meta_net_alone():
+    model = _build(warmup_steps=2)
+    batch, meta_batch = helpers.batches()
+    phi0 = [v.numpy().copy() for v in model.meta_net.trainable_variables]
+    step = tf.function(model.train_step)
+    logs = step({"train": batch, "meta": meta_batch})
+    for a, b in zip(model.meta_net.trainable_variables, phi0):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert float(logs["meta_clid"]) == 0.0
+    step({"train": batch, "meta": meta_batch})
+    step({"train": batch, "meta": meta_batch})  # third step: meta updates have begun
+    assert any(not np.array_equal(a.numpy(), b)
+               for a, b in zip(model.meta_net.trainable_variables, phi0))
+
+
+def test_plain_ce_model_matches_manual_sgd():
+    backbone = helpers.tiny_classifier()
+    model = meta_model.MetaReweightModel(backbone, weight_decay=0.0)
+    model.compile(keras.optimizers.SGD(LR))
+    batch, _ = helpers.batches()
+    theta = [tf.constant(v.numpy()) for v in backbone.trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        logits, _, _, _ = _ref_forward(theta, batch["image"])
+        loss = tf.reduce_mean(objectives.per_sample_ce(logits, batch["label"]))
+    want = [t - LR * g for t, g in zip(theta, tape.gradient(loss, theta))]
+    tf.function(model.train_step)({"train": batch})
+    for got, w in zip(backbone.trainable_variables, want):
+        np.testing.assert_allclose(got.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_monitoring_separates_clean_and_noisy_weights():
+    model = _build()
+    batch, meta_batch = helpers.batches(batch=8)
+    batch["is_noisy"] = np.array([True, False] * 4)
+    logs = tf.function(model.train_step)({"train": batch, "meta": meta_batch})
+    raw = model.meta_net(objectives.per_sample_ce(model.backbone(batch["image"],
+                                                                training=False)[0],
+                                                 batch["label"])).numpy()
+    assert 0.0 < float(logs["weight_clean"]) < 1.0 and 0.0 < float(logs["weight_noisy"]) < 1.0
+    assert raw.shape == (8,)

@@ -30,8 +30,6 @@ def define_flags() -> None:
     """Defines every flag of a training run (idempotent)."""
     if "method" in FLAGS:
         return
-    # TensorFlow logs every checkpoint and export at INFO; show warnings unless asked.
-    FLAGS.set_default("verbosity", logging.WARNING)
     from clid_tf import backbones, noise  # pylint: disable=import-outside-toplevel
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
@@ -97,6 +95,9 @@ def define_flags() -> None:
     flags.DEFINE_float("lr_gamma", 0.1, "Multistep decay factor.", lower_bound=0.0)
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for test evaluation.",
                          lower_bound=1)
+    flags.DEFINE_integer("select_keep", 5, "Label-free checkpoint selection: keep the test "
+                         "logits of this many lowest meta-set-CLID epochs for the ensembles.",
+                         lower_bound=1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -113,6 +114,8 @@ def main(argv: list[str]) -> None:
     from clid_tf import datasets  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # TensorFlow logs every save at INFO: hide that
+        logging.set_verbosity(logging.WARNING)
     try:
         run()
     except (RunError, datasets.DataError) as error:
@@ -148,13 +151,16 @@ def run() -> dict:
         lr_milestones=[int(m) for m in FLAGS.lr_milestones], lr_gamma=FLAGS.lr_gamma,
         meta_optimizer=FLAGS.meta_optimizer, meta_lr=FLAGS.meta_lr,
         meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
-        eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        eval_batch_size=FLAGS.eval_batch_size, select_keep=FLAGS.select_keep,
+        seed=FLAGS.seed, verbose=FLAGS.verbose,
         export=FLAGS.export)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = {name: FLAGS[name].value for name in sorted(_training_flag_names())}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
-    print(f"final test accuracy {results['final_test_accuracy']:.4f}, best "
-          f"{results['best_test_accuracy']:.4f}; results in {workdir}")
+    print(f"test accuracy: final {results['final_test_accuracy']:.4f}, best (oracle) "
+          f"{results['best_test_accuracy']:.4f}, lowest-CLID epoch "
+          f"{results['selected_accuracy']:.4f}, top-5 CLID ensemble "
+          f"{results['ensemble5_accuracy']:.4f}; results in {workdir}")
     return results
 
 

@@ -24,6 +24,7 @@ from clid_tf import meta_sets
 from clid_tf import noise as noise_lib
 from clid_tf import objectives
 from clid_tf import schedules
+from clid_tf import selection as selection_lib
 
 LABEL_FREE = ("clid", "entropy")
 
@@ -37,12 +38,15 @@ class Setup(NamedTuple):
       train_indices: int64 [N_train] samples trained on.
       meta_indices: int64 [M] meta-set samples, or None for method 'ce'.
       meta_labels: int64 [M] labels the meta objective reads, or None (label-free).
+      selection_indices: int64 [M] unlabelled samples whose CLID ranks epochs for label-free
+        checkpoint selection: the meta set, or for 'ce' a random subset of the same size.
     """
     dataset: datasets.Dataset
     noisy_labels: np.ndarray
     train_indices: np.ndarray
     meta_indices: np.ndarray | None
     meta_labels: np.ndarray | None
+    selection_indices: np.ndarray
 
 
 def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float,
@@ -55,18 +59,18 @@ def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float
         noisy = noise_lib.corrupt(ds.y_train, kind=noise, rate=noise_rate,
                                   num_classes=ds.num_classes, seed=seed, images=ds.x_train)
     everything = np.arange(len(noisy), dtype=np.int64)
-    if method == "ce":
-        return Setup(ds, noisy, everything, None, None)
-    if method in LABEL_FREE:
+    if method in ("ce", *LABEL_FREE):
         meta = meta_sets.random_subset(len(noisy), size=meta_size, seed=seed)
-        return Setup(ds, noisy, everything, meta, None)
+        if method == "ce":
+            return Setup(ds, noisy, everything, None, None, meta)
+        return Setup(ds, noisy, everything, meta, None, meta)
     if method == "ce_clean" and ds.y_train_clean is None:
         raise ValueError(f"method ce_clean needs clean training labels; dataset {dataset} "
                          "has none (give y_train_clean in the npz)")
     meta, rest = meta_sets.balanced_split(noisy, size=meta_size, num_classes=ds.num_classes,
                                           seed=seed)
     source = ds.y_train_clean if method == "ce_clean" else noisy
-    return Setup(ds, noisy, rest, meta, source[meta].astype(np.int64))
+    return Setup(ds, noisy, rest, meta, source[meta].astype(np.int64), meta)
 
 
 def noise_report(setup: Setup) -> dict:
@@ -108,8 +112,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
           meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
-          warmup_epochs: int, eval_batch_size: int, seed: int, verbose: int,
-          export: bool) -> dict:
+          warmup_epochs: int, eval_batch_size: int, select_keep: int, seed: int,
+          verbose: int, export: bool) -> dict:
     """Fits the model and returns the results dict (accuracies, noise, history)."""
     ds = setup.dataset
     idx = setup.train_indices
@@ -138,26 +142,33 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         is_noisy=None if clean is None else setup.noisy_labels[idx] != clean[idx],
         meta_images=ds.x_train[setup.meta_indices] if has_meta else None,
         meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size)
-    test = data.eval_dataset(ds.x_test, ds.y_test, batch_size=eval_batch_size)
-    history = model.fit(
-        stream, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test,
-        verbose=verbose,
-        callbacks=[keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-                   callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))])
+    selection = selection_lib.ClidSelection(
+        ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
+        batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
+        keep=select_keep, seed=seed, eval_batch_size=eval_batch_size)
+    model.fit(stream, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+              shuffle=False,  # the stream reshuffles itself
+              callbacks=[  # selection first: it adds the test metrics the others log
+                  selection,
+                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+                  callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))])
     if export:
         export_lib.export_saved_model(
             model.backbone, os.path.join(workdir, "saved_model"),
             input_shape=ds.x_train.shape[1:],
             input_dtype="uint8" if ds.x_train.dtype == np.uint8 else "float32")
-    accuracy = [float(a) for a in history.history["val_accuracy"]]
+    summary = selection.summary()
+    accuracy = summary["test_accuracy"]
     best_epoch = int(np.argmax(accuracy))
     return {
         "final_test_accuracy": accuracy[-1],
         "best_test_accuracy": accuracy[best_epoch],
         "best_epoch": best_epoch + 1,
+        **{k: summary[k] for k in ("selected_epoch", "selected_accuracy",
+                                   "ensemble3_accuracy", "ensemble5_accuracy")},
         **noise_report(setup),
         "num_train": int(len(idx)),
         "num_meta": 0 if not has_meta else int(len(setup.meta_indices)),
         "num_test": int(len(ds.y_test)),
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "history": {k: [float(v) for v in vals] for k, vals in model.history.history.items()},
     }

@@ -196,6 +196,7 @@ class ClidSelection(keras.callbacks.Callback):
     added to the epoch `logs`:
 
       meta_set_clid       this epoch's meta-set CLID
+      test_accuracy       this epoch's test accuracy
       selected_accuracy   test accuracy of the lowest-CLID epoch so far (acc_1)
       ensemble3_accuracy  top-3 logit-sum ensemble (over fewer epochs while fewer exist)
       ensemble5_accuracy  top-5 logit-sum ensemble (over at most `keep` epochs)
@@ -245,7 +246,8 @@ class ClidSelection(keras.callbacks.Callback):
         self.test_accuracy.append(accuracy(logits, self.test_labels))
         self.store.update(score, number, logits)
         if logs is not None:
-            logs.update(meta_set_clid=score, **self._accuracies())
+            logs.update(meta_set_clid=score, test_accuracy=self.test_accuracy[-1],
+                        **self._accuracies())
 
     def _accuracies(self) -> dict[str, float]:
         """acc_1, acc_3, acc_5 over what the store holds (k capped at its size)."""

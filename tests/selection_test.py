@@ -1,5 +1,8 @@
 """CLID model selection: meta-set CLID, the top-k logit store and the Keras callback."""
 
+import glob
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -26,6 +29,17 @@ def _separable(n, seed):
     centers = np.array([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0]], np.float32)
     labels = rng.integers(0, NUM_CLASSES, size=n)
     return (centers[labels] + rng.normal(size=(n, DIM))).astype(np.float32), labels
+
+
+def _event_tags(directory):
+    """Scalar tags in the TensorBoard event files under `directory`."""
+    tags = set()
+    for path in glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"),
+                          recursive=True):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    return tags
 
 
 def _manual_meta_clid(backbone, images, batches, tau):
@@ -112,26 +126,32 @@ def test_ensemble_sums_raw_logits_not_probabilities():
 
 
 # ---------------------------------------------------------------- the callback
-def test_callback_logs_and_summary_consistent_with_history():
+def test_callback_logs_and_summary_consistent_with_history(tmp_path):
     keras.utils.set_random_seed(0)
     train_x, train_y = _separable(240, seed=0)
+    # 30% label noise and small batches at SGD(0.1): CLID is not monotone over epochs,
+    # so the selected epoch is not simply the last one.
+    rng = np.random.default_rng(9)
+    flip = rng.random(len(train_y)) < 0.3
+    train_y = np.where(flip, rng.integers(0, NUM_CLASSES, len(train_y)), train_y)
     meta_x, _ = _separable(60, seed=1)
     test_x, test_y = _separable(150, seed=2)
     model = meta_model.MetaReweightModel(_backbone(seed=0))  # method ce: no meta-net
     model.compile(keras.optimizers.SGD(0.1))
-    # Noisy steps (high LR, small batches) so CLID varies across epochs.
-    epochs, keep, meta_batch, seed = 6, 3, 25, 11
+    epochs, keep, meta_batch, seed = 6, 3, 25, 11  # meta batches 25, 25, 10
     callback = selection.ClidSelection(meta_x, test_x, test_y, batch_size=meta_batch,
                                        tau=0.5, keep=keep, seed=seed, eval_batch_size=64)
-    history = model.fit(data.train_stream(train_x, train_y, batch_size=16, seed=0),
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    history = model.fit(data.train_stream(train_x, train_y, batch_size=8, seed=0),
                         epochs=epochs, steps_per_epoch=3, verbose=0,
                         validation_data=data.eval_dataset(test_x, test_y, batch_size=64),
-                        callbacks=[callback]).history
+                        callbacks=[callback, board]).history
 
     new_keys = ("meta_set_clid", "selected_accuracy", "ensemble3_accuracy",
                 "ensemble5_accuracy")
     for key in new_keys:
         assert len(history[key]) == epochs, key
+    assert {f"epoch_{key}" for key in new_keys} <= _event_tags(str(tmp_path))
     summary = callback.summary()
     meta_clid = np.array(summary["meta_clid"])
     np.testing.assert_allclose(meta_clid, history["meta_set_clid"], rtol=1e-6)
@@ -148,6 +168,7 @@ def test_callback_logs_and_summary_consistent_with_history():
                                    history["val_accuracy"][best], atol=1e-6)
     selected = int(np.argmin(meta_clid)) + 1
     assert summary["selected_epoch"] == selected
+    assert selected < epochs  # the noisy setup above makes selection non-trivial
     np.testing.assert_allclose(summary["selected_accuracy"],
                                history["val_accuracy"][selected - 1], atol=1e-6)
     assert summary["selected_accuracy"] == history["selected_accuracy"][-1]

@@ -78,8 +78,10 @@ def test_weights_and_loss_match_numpy():
     net = vri.VRINet(K, D, seed=5)
     mu, log_var = (t.numpy() for t in net(features, labels))
     mu_p, log_var_p = (t.numpy() for t in net.prior(features))
-    # The first draw of the net's generator equals the first draw of a fresh one.
-    eps = keras.random.normal((B, K), seed=keras.random.SeedGenerator(5)).numpy()
+    # The net's first draw equals a fresh generator's first draw of the same dtype (the
+    # compute dtype follows the global Keras dtype policy).
+    eps = keras.random.normal((B, K), dtype=net.compute_dtype,
+                              seed=keras.random.SeedGenerator(5)).numpy()
     out = net.weighted_loss(logits, features, labels)
     w = out.weights.numpy()
     np.testing.assert_allclose(w, 1 / (1 + np.exp(-(mu + np.exp(0.5 * log_var) * eps))),

@@ -1,0 +1,315 @@
+"""Batch image augmentation for tf.data (METHOD.md section 5 and section 10 point 5).
+
+`build(kind, image_shape=..., seed=...)` returns a function for `dataset.map` that takes a
+batch of raw images, float32 [B, H, W, C] with integer values in 0..255 (unnormalised; the
+model normalises), and returns a batch of the same shape, dtype and value range:
+
+- 'none': the identity.
+- 'weak': per image, a horizontal flip with probability 0.5 (`flip=False` disables it, e.g.
+  for digits), then an HxW crop at a uniform offset of the image reflect-padded by `pad`
+  pixels (torchvision RandomHorizontalFlip + RandomCrop(32, padding=4, reflect)).
+- 'strong': weak, then FixMatch's RandAugmentMC(n=2, m=10): per image, 2 ops drawn with
+  replacement from the 14-op pool `OPS`, each applied with probability 0.5 at an integer
+  level drawn uniformly from [1, 10); then always CutoutAbs with a grey (127) square of half
+  the image side (16 px on 32x32). This is the pipeline the reference code applies to both the
+  training and the meta images.
+
+Each op follows the PIL code of FixMatch's `randaugment.py` (kekmodel/FixMatch-pytorch) on
+uint8 images, including its quirks: Brightness/Color/Contrast/Sharpness factors are
+0.05 + 0.09 * level, so always in [0.14, 0.86]; Solarize's threshold is 256 - int(25.6 * level);
+geometric ops fill with black (0) and use nearest-neighbour sampling; Cutout draws PIL's
+inclusive rectangle, so an interior square is (v+1)x(v+1) = 17x17 and squares near the right or
+bottom edge are clipped (down to 9x9). Every op rounds to integers as PIL does, so values stay
+integral. Where this differs from PIL:
+- All ops are computed for the whole batch and selected per image with `tf.where`
+  (vectorised, no per-image Python), which costs about 14 op evaluations per round.
+- Rotate/Shear/Translate use `keras.ops.image.affine_transform` with PIL's pixel-centre
+  convention; a source coordinate that lands exactly on a half pixel can round the other way
+  (float32 vs PIL's double), which moves a pixel in rare cases.
+- Sharpness rounds the 3x3 SMOOTH filter as Pillow does, but in float32.
+- Color and Contrast use PIL's integer RGB->L weights; on one-channel images Color is the
+  identity (as in PIL on mode 'L').
+
+Keras preprocessing layers are not used: `RandomCrop` takes one offset per batch and does not
+reflect-pad, `RandAugment` has a different op pool and magnitude rule, and every Keras random
+layer draws from its own stateful `SeedGenerator` that cannot take a per-call seed, so it could
+not share the single seed stream below.
+
+Randomness and determinism: all draws are stateless (`tf.random.stateless_*`) from one [2]
+seed per call. By default that seed comes from a `tf.random.Generator` built from `seed`, so
+two pipelines built with the same seed give the same images as long as the map runs
+sequentially (or with `tf.data` determinism and op determinism enabled), and successive batches
+and epochs differ. With a parallel map the order in which calls take seeds is not fixed; for
+exact reproducibility there, pass a per-batch seed:
+`fn(images, stateless_seed=s)` with `s` an int32/int64 [2] tensor, e.g. zipped from
+`tf.data.Dataset.random(seed).batch(2)`. Build pipelines outside any distribution-strategy
+scope (the generator lives on the CPU, where tf.data runs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+KINDS: tuple[str, ...] = ('none', 'weak', 'strong')
+
+# FixMatch pool, in the order of `fixmatch_augment_pool()`.
+OPS: tuple[str, ...] = (
+        'AutoContrast', 'Brightness', 'Color', 'Contrast', 'Equalize', 'Identity', 'Posterize',
+        'Rotate', 'Sharpness', 'ShearX', 'ShearY', 'Solarize', 'TranslateX', 'TranslateY')
+NUM_OPS = 2  # RandAugmentMC n
+MAGNITUDE = 10  # RandAugmentMC m: levels are integers in [1, m)
+PARAMETER_MAX = 10  # FixMatch's level scale: a parameter is level * max_v / PARAMETER_MAX
+CROP_PAD = 4
+GREY = 127.0
+_OP = {name: i for i, name in enumerate(OPS)}
+
+
+def build(kind: str, *, image_shape: Sequence[int], seed: int, flip: bool = True,
+          pad: int = CROP_PAD) -> Callable[..., tf.Tensor]:
+    """Augmentation function for `dataset.map` on batches of raw images.
+
+    Args:
+      kind: one of KINDS.
+      image_shape: (H, W, C) of one image, C in {1, 3}.
+      seed: seeds the stream of per-batch random draws.
+      flip: random horizontal flips ('weak' and 'strong'); False for digits.
+      pad: reflect padding before the random crop; must be < min(H, W).
+
+    Returns:
+      fn(images, stateless_seed=None): images float32 [B, H, W, C] in 0..255 -> float32
+      [B, H, W, C] in 0..255. `stateless_seed` (int [2]) replaces the internal generator.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"augmentation kind must be one of {KINDS}, got {kind!r}")
+    if len(image_shape) != 3 or int(image_shape[2]) not in (1, 3):
+        raise ValueError(f"image_shape must be (H, W, C) with C in (1, 3), got {image_shape}")
+    h, w, _ = (int(d) for d in image_shape)
+    if kind == 'none':
+        return lambda images, stateless_seed=None: tf.cast(images, tf.float32)
+    if not 0 <= pad < min(h, w):
+        raise ValueError(f"reflect padding {pad} must be in [0, {min(h, w)})")
+    with tf.device('/CPU:0'):
+        generator = tf.random.Generator.from_seed(seed)
+
+    def augment(images: tf.Tensor, stateless_seed: tf.Tensor | None = None) -> tf.Tensor:
+        images = tf.ensure_shape(tf.cast(images, tf.float32), [None, *image_shape])
+        if stateless_seed is None:
+            stateless_seed = generator.make_seeds(1)[:, 0]
+        s_weak, s_ops, s_cut = _split(stateless_seed, 3)
+        images = _flip_and_crop(images, s_weak, flip=flip, pad=pad)
+        if kind == 'strong':
+            for s in _split(s_ops, NUM_OPS):
+                images = _random_op(images, s)
+            images = _cutout(images, s_cut, size=min(h, w) // 2)
+        return images
+
+    return augment
+
+
+def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
+    return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _per_image(values: tf.Tensor) -> tf.Tensor:
+    """[B] -> [B, 1, 1, 1], to broadcast against images [B, H, W, C]."""
+    return tf.reshape(values, [-1, 1, 1, 1])
+
+
+def _flip_and_crop(images: tf.Tensor, seed: tf.Tensor, *, flip: bool, pad: int) -> tf.Tensor:
+    """Per-image random horizontal flip, then a random crop of the reflect-padded image."""
+    b = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    s_flip, s_crop = _split(seed, 2)
+    if flip:
+        flipped = tf.random.stateless_uniform([b], s_flip) < 0.5
+        images = tf.where(_per_image(flipped), tf.reverse(images, [2]), images)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode='REFLECT')
+    offsets = tf.random.stateless_uniform([b, 2], s_crop, 0, 2 * pad + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None]  # [B, H] row indices into the padded image
+    cols = offsets[:, 1:] + tf.range(w)[None]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+def _random_op(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One RandAugmentMC round: per image a pool op, applied with p=0.5 at a level in [1, m)."""
+    b = tf.shape(images)[0]
+    s_op, s_apply, s_level, s_sign = _split(seed, 4)
+    op = tf.random.stateless_uniform([b], s_op, 0, len(OPS), dtype=tf.int32)
+    applied = tf.random.stateless_uniform([b], s_apply) < 0.5
+    level = tf.random.stateless_uniform([b], s_level, 1, MAGNITUDE, dtype=tf.int32)
+    sign = tf.where(tf.random.stateless_uniform([b], s_sign) < 0.5, -1.0, 1.0)
+    return _apply_op(images, tf.where(applied, op, _OP['Identity']), level, sign)
+
+
+def _apply_op(images: tf.Tensor, op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
+    """Applies OPS[op[i]] at level[i] (int in [1, m)) with sign[i] (+-1) to image i.
+
+    Geometric ops (and Identity) go through one batched warp; each pixel op is computed for
+    the whole batch and selected per image.
+    """
+    out = _warp(images, _pil_affine(op, level, sign, images.shape[1:3]))
+    lv = _per_image(tf.cast(level, tf.float32))
+    for name, fn in _PIXEL_OPS.items():
+        out = tf.where(_per_image(tf.equal(op, _OP[name])), fn(images, lv), out)
+    return out
+
+
+def _pil_affine(op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor,
+                hw: Sequence[int]) -> tf.Tensor:
+    """float64 [B, 6] PIL AFFINE data (a, b, c, d, e, f) of each image's geometric op.
+
+    Rotate/ShearX/ShearY/TranslateX/TranslateY as FixMatch calls PIL (Image.rotate builds its
+    matrix about the centre, cos/sin rounded to 15 decimals); any other op gets the identity.
+    """
+    h, w = hw
+    level = tf.cast(level, tf.float64)
+    sign = tf.cast(sign, tf.float64)
+    zero, one = tf.zeros_like(level), tf.ones_like(level)
+    is_op = {name: tf.equal(op, _OP[name]) for name in
+             ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')}
+    angle = -(sign * tf.floor(level * 30 / PARAMETER_MAX) * (math.pi / 180))
+    cos = tf.round(tf.cos(angle) * 1e15) / 1e15
+    sin = tf.round(tf.sin(angle) * 1e15) / 1e15
+    shear = sign * (level * 0.3 / PARAMETER_MAX)
+    shift = level * 0.3 / PARAMETER_MAX  # int(+-shift * side) truncates towards zero
+    a = tf.where(is_op['Rotate'], cos, one)
+    b = tf.where(is_op['Rotate'], sin, tf.where(is_op['ShearX'], shear, zero))
+    d = tf.where(is_op['Rotate'], -sin, tf.where(is_op['ShearY'], shear, zero))
+    cx, cy = w / 2, h / 2
+    c = tf.where(is_op['Rotate'], (a * -cx + b * -cy) + cx,
+                 tf.where(is_op['TranslateX'], sign * tf.floor(shift * w), zero))
+    f = tf.where(is_op['Rotate'], (d * -cx + a * -cy) + cy,
+                 tf.where(is_op['TranslateY'], sign * tf.floor(shift * h), zero))
+    return tf.stack([a, b, c, d, a, f], axis=1)
+
+
+def _warp(images: tf.Tensor, coeffs: tf.Tensor) -> tf.Tensor:
+    """PIL Image.transform(AFFINE, NEAREST, fill 0) per image, in its 16.16 fixed point.
+
+    Output pixel (x, y) reads input (floor(a (x+.5) + b (y+.5) + c), floor(d (x+.5) + ...)),
+    with PIL's rounding of the coefficients to multiples of 2**-16, so ties fall as in PIL.
+    """
+    h, w, ch = images.shape[1:]
+    fixed = tf.cast(tf.floor(coeffs * 65536.0 + 0.5), tf.int64)  # [B, 6]
+    a, b, _, d, e, _ = (fixed[:, i, None, None] for i in range(6))
+    c0, f0 = (tf.cast(tf.floor(v * 65536.0 + 0.5), tf.int64)[:, None, None] for v in (
+            coeffs[:, 2] + coeffs[:, 0] * 0.5 + coeffs[:, 1] * 0.5,
+            coeffs[:, 5] + coeffs[:, 3] * 0.5 + coeffs[:, 4] * 0.5))
+    xs = tf.range(w, dtype=tf.int64)[None, None, :]
+    ys = tf.range(h, dtype=tf.int64)[None, :, None]
+    x_in = tf.math.floordiv(c0 + xs * a + ys * b, 65536)  # [B, H, W]
+    y_in = tf.math.floordiv(f0 + xs * d + ys * e, 65536)
+    inside = (x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)
+    index = tf.clip_by_value(y_in, 0, h - 1) * w + tf.clip_by_value(x_in, 0, w - 1)
+    out = tf.gather(tf.reshape(images, [-1, h * w, ch]), tf.reshape(index, [-1, h * w]),
+                    batch_dims=1)
+    return tf.where(inside[..., None], tf.reshape(out, [-1, h, w, ch]), 0.0)
+
+
+def _factor(level: tf.Tensor) -> tf.Tensor:
+    """Enhance factor 0.9 * level / 10 + 0.05, computed in double as PIL's caller does."""
+    return tf.cast(tf.cast(level, tf.float64) * 0.9 / PARAMETER_MAX + 0.05, tf.float32)
+
+
+def _blend(degenerate: tf.Tensor, x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """PIL Image.blend(degenerate, x, factor), truncated to uint8 values."""
+    return tf.floor(tf.clip_by_value(degenerate + factor * (x - degenerate), 0.0, 255.0))
+
+
+def _luminance(x: tf.Tensor) -> tf.Tensor:
+    """PIL's RGB -> L conversion, [B, H, W, C] -> [B, H, W, 1]; identity on C = 1."""
+    if x.shape[-1] == 1:
+        return x
+    weights = tf.constant([19595.0, 38470.0, 7471.0])
+    return tf.floor((tf.reduce_sum(x * weights, -1, keepdims=True) + 32768.0) / 65536.0)
+
+
+def _auto_contrast(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    del level
+    lo = tf.reduce_min(x, [1, 2], keepdims=True)
+    hi = tf.reduce_max(x, [1, 2], keepdims=True)
+    x64, lo64 = tf.cast(x, tf.float64), tf.cast(lo, tf.float64)
+    scale = 255.0 / tf.maximum(tf.cast(hi, tf.float64) - lo64, 1.0)  # PIL's double LUT maths
+    out = tf.clip_by_value(tf.floor(x64 * scale - lo64 * scale), 0.0, 255.0)
+    return tf.where(hi > lo, tf.cast(out, tf.float32), x)
+
+
+def _brightness(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    return _blend(tf.zeros_like(x), x, _factor(level))
+
+
+def _color(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    return _blend(_luminance(x), x, _factor(level))
+
+
+def _contrast(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    mean = tf.floor(tf.reduce_mean(_luminance(x), [1, 2, 3], keepdims=True) + 0.5)
+    return _blend(mean, x, _factor(level))
+
+
+def _equalize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    """PIL ImageOps.equalize per image and channel, via one bincount over the batch."""
+    del level
+    h, w, c = x.shape[1:]
+    rows = tf.reshape(tf.transpose(tf.cast(x, tf.int32), [0, 3, 1, 2]), [-1, h * w])
+    n = tf.shape(rows)[0]  # B * C histograms of 256 bins
+    hist = tf.math.bincount(rows + 256 * tf.range(n)[:, None], minlength=n * 256,
+                            maxlength=n * 256)
+    hist = tf.reshape(hist, [n, 256])
+    step = (h * w - tf.gather(hist, tf.reduce_max(rows, 1), batch_dims=1)) // 255
+    cum = tf.cumsum(hist, axis=1, exclusive=True)
+    lut = (step[:, None] // 2 + cum) // tf.maximum(step, 1)[:, None]
+    lut = tf.where(step[:, None] > 0, tf.minimum(lut, 255), tf.range(256)[None])
+    out = tf.cast(tf.gather(lut, rows, batch_dims=1), tf.float32)
+    return tf.transpose(tf.reshape(out, [-1, c, h, w]), [0, 2, 3, 1])
+
+
+def _posterize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    bits = tf.floor(level * 4 / PARAMETER_MAX) + 4
+    quantum = tf.pow(2.0, 8.0 - bits)
+    return tf.floor(x / quantum) * quantum
+
+
+def _sharpness(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    """Blend with PIL's SMOOTH filter (3x3, centre 5, others 1, /13; border pixels kept)."""
+    h, w, c = x.shape[1:]
+    kernel = np.ones((3, 3, c, 1), np.float32)
+    kernel[1, 1] = 5.0
+    smooth = tf.nn.depthwise_conv2d(x, kernel / 13.0, [1, 1, 1, 1], 'VALID')
+    smooth = tf.pad(tf.floor(smooth + 0.5), [[0, 0], [1, 1], [1, 1], [0, 0]])
+    border = np.ones((1, h, w, 1), bool)
+    border[:, 1:-1, 1:-1] = False
+    return _blend(tf.where(border, x, smooth), x, _factor(level))
+
+
+def _solarize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+    threshold = 256 - tf.floor(level * 256 / PARAMETER_MAX)
+    return tf.where(x < threshold, x, 255.0 - x)
+
+
+_PIXEL_OPS = {
+        'AutoContrast': _auto_contrast, 'Brightness': _brightness, 'Color': _color,
+        'Contrast': _contrast, 'Equalize': _equalize, 'Posterize': _posterize,
+        'Sharpness': _sharpness, 'Solarize': _solarize}
+
+
+def _cutout(images: tf.Tensor, seed: tf.Tensor, *, size: int) -> tf.Tensor:
+    """FixMatch CutoutAbs(img, size): a grey box with PIL's inclusive corners, per image.
+
+    x0 = int(max(0, U[0, W) - size/2)), x1 = min(W, x0 + size), pixels x0..x1 inclusive
+    (clipped to the image); the same for y.
+    """
+    h, w = images.shape[1], images.shape[2]
+    centre = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed) * [w, h]
+    start = tf.floor(tf.maximum(0.0, centre - size / 2))
+    end = start + size  # inclusive; min(W, .) does not matter once the mask is clipped
+    xs, ys = tf.range(w, dtype=tf.float32), tf.range(h, dtype=tf.float32)
+    in_x = (xs[None] >= start[:, :1]) & (xs[None] <= end[:, :1])  # [B, W]
+    in_y = (ys[None] >= start[:, 1:]) & (ys[None] <= end[:, 1:])  # [B, H]
+    box = in_y[:, :, None, None] & in_x[:, None, :, None]
+    return tf.where(box, GREY, images)

@@ -19,6 +19,9 @@ from absl import logging
 FLAGS = flags.FLAGS
 
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae")
+# Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
+BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
+             "wrn28_2")
 HUMAN_NOISE = ("worst", "aggre", "rand1", "rand2", "rand3", "noisy100")
 
 
@@ -30,7 +33,7 @@ def define_flags() -> None:
     """Defines every flag of a training run (idempotent)."""
     if "method" in FLAGS:
         return
-    from clid_tf import backbones, noise  # pylint: disable=import-outside-toplevel
+    from clid_tf import noise  # pylint: disable=import-outside-toplevel
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
                         "the SavedModel and results.json. Must be new or empty. "
@@ -52,7 +55,7 @@ def define_flags() -> None:
     flags.DEFINE_float("noise_rate", 0.4, "Rate of the synthetic noise model.",
                        lower_bound=0.0, upper_bound=1.0)
     # ---- model
-    flags.DEFINE_enum("backbone", "small_cnn", backbones.BACKBONES,
+    flags.DEFINE_enum("backbone", "small_cnn", BACKBONES,
                       "Classifier network; it returns logits and penultimate features.")
     # ---- method and meta-learning
     flags.DEFINE_enum("method", "clid", METHODS,
@@ -129,18 +132,23 @@ def _fail(message: str) -> None:
 
 def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
-    from clid_tf import experiment  # pylint: disable=import-outside-toplevel
-    workdir = prepare_workdir(FLAGS.workdir or _default_workdir())
+    from clid_tf import datasets, splits  # pylint: disable=import-outside-toplevel
+    workdir = FLAGS.workdir or _default_workdir()
+    created = check_workdir(workdir)
+    try:  # numpy only: bad data is reported before TensorFlow starts
+        setup = splits.prepare(
+            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
+            noise_rate=FLAGS.noise_rate, human_noise=FLAGS.noise in HUMAN_NOISE,
+            method=FLAGS.method, meta_size=FLAGS.meta_size, batch_size=FLAGS.batch_size,
+            meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed)
+    except (ValueError, datasets.DataError) as error:
+        if created:
+            os.rmdir(workdir)
+        raise RunError(str(error)) from error
     with open(os.path.join(workdir, "flags.cfg"), "w") as f:
         f.write(FLAGS.flags_into_string())
     print(f"workdir: {workdir}")
-    try:
-        setup = experiment.prepare(
-            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
-            noise_rate=FLAGS.noise_rate, human_noise=FLAGS.noise in HUMAN_NOISE,
-            method=FLAGS.method, meta_size=FLAGS.meta_size, seed=FLAGS.seed)
-    except ValueError as error:
-        raise RunError(str(error)) from error
+    from clid_tf import experiment  # pylint: disable=import-outside-toplevel
     started = time.time()
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
@@ -174,13 +182,17 @@ def _default_workdir() -> str:
                         f"-{FLAGS.method}-{stamp}")
 
 
-def prepare_workdir(path: str) -> str:
-    """Creates `path`; refuses one that holds files (an earlier run) or cannot be written."""
+def check_workdir(path: str) -> bool:
+    """Refuses a workdir that holds files (an earlier run) or cannot be created/written.
+
+    Creates the folder (empty) to prove it can be written; returns whether it was created.
+    """
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"workdir {path} exists and is not a folder")
     if os.path.isdir(path) and os.listdir(path):
         raise RunError(f"workdir {path} is not empty (it holds an earlier run); "
                        "choose a new --workdir")
+    created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write_test")
@@ -189,7 +201,7 @@ def prepare_workdir(path: str) -> str:
         os.remove(probe)
     except OSError as error:
         raise RunError(f"workdir {path} cannot be written: {error.strerror}") from error
-    return path
+    return created
 
 
 def write_json_atomic(path: str, payload: dict) -> None:

@@ -1,8 +1,7 @@
-"""One training run from plain arguments: data, noise and meta set, then model and fit.
+"""One training run from plain arguments: the model, its optimisers, data streams and fit.
 
-`prepare` does everything that can fail on bad input (before any output is written);
-`train` builds the model, fits it, and writes TensorBoard events, checkpoints and the
-SavedModel. `clid_tf.cli` wires flags to these two functions.
+`clid_tf.splits.prepare` has already checked the input; `train` builds the model, fits it,
+and writes TensorBoard events, checkpoints and the SavedModel.
 """
 
 from __future__ import annotations
@@ -16,76 +15,14 @@ import numpy as np
 from clid_tf import backbones
 from clid_tf import callbacks as callbacks_lib
 from clid_tf import data
-from clid_tf import datasets
 from clid_tf import export as export_lib
 from clid_tf import meta_model
 from clid_tf import meta_nets
-from clid_tf import meta_sets
-from clid_tf import noise as noise_lib
 from clid_tf import objectives
 from clid_tf import schedules
 from clid_tf import selection as selection_lib
-
-LABEL_FREE = ("clid", "entropy")
-
-
-class Setup(NamedTuple):
-    """Data of one run after noise injection and the meta-set split.
-
-    Attributes:
-      dataset: the raw `datasets.Dataset`.
-      noisy_labels: int64 [N] training labels the classifier sees (all N samples).
-      train_indices: int64 [N_train] samples trained on.
-      meta_indices: int64 [M] meta-set samples, or None for method 'ce'.
-      meta_labels: int64 [M] labels the meta objective reads, or None (label-free).
-      selection_indices: int64 [M] unlabelled samples whose CLID ranks epochs for label-free
-        checkpoint selection: the meta set, or for 'ce' a random subset of the same size.
-    """
-    dataset: datasets.Dataset
-    noisy_labels: np.ndarray
-    train_indices: np.ndarray
-    meta_indices: np.ndarray | None
-    meta_labels: np.ndarray | None
-    selection_indices: np.ndarray
-
-
-def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float,
-            human_noise: bool, method: str, meta_size: int, seed: int) -> Setup:
-    """Loads data, injects noise and splits the meta set. Raises ValueError/DataError."""
-    ds = datasets.load(dataset, human_label=noise if human_noise else None, data_dir=data_dir)
-    if human_noise:
-        noisy = ds.y_train.astype(np.int64)
-    else:
-        noisy = noise_lib.corrupt(ds.y_train, kind=noise, rate=noise_rate,
-                                  num_classes=ds.num_classes, seed=seed, images=ds.x_train)
-    everything = np.arange(len(noisy), dtype=np.int64)
-    if method in ("ce", *LABEL_FREE):
-        meta = meta_sets.random_subset(len(noisy), size=meta_size, seed=seed)
-        if method == "ce":
-            return Setup(ds, noisy, everything, None, None, meta)
-        return Setup(ds, noisy, everything, meta, None, meta)
-    if method == "ce_clean" and ds.y_train_clean is None:
-        raise ValueError(f"method ce_clean needs clean training labels; dataset {dataset} "
-                         "has none (give y_train_clean in the npz)")
-    meta, rest = meta_sets.balanced_split(noisy, size=meta_size, num_classes=ds.num_classes,
-                                          seed=seed)
-    source = ds.y_train_clean if method == "ce_clean" else noisy
-    return Setup(ds, noisy, rest, meta, source[meta].astype(np.int64), meta)
-
-
-def noise_report(setup: Setup) -> dict:
-    """Realised noise of the samples trained on: flip rate and transition matrix [K, K]."""
-    clean = setup.dataset.y_train_clean
-    if clean is None:
-        return {"realised_noise_rate": None}
-    idx = setup.train_indices
-    return {
-        "realised_noise_rate": noise_lib.flip_rate(clean[idx], setup.noisy_labels[idx]),
-        "noise_transition_matrix": np.round(noise_lib.transition_matrix(
-            clean[idx], setup.noisy_labels[idx], num_classes=setup.dataset.num_classes),
-            4).tolist(),
-    }
-
+from clid_tf import splits
+from clid_tf.splits import Setup
 
 def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, tau: float,
                 warmup_steps: int, weight_decay: float, meta_weight_decay: float,
@@ -118,11 +55,6 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
     ds = setup.dataset
     idx = setup.train_indices
     steps_per_epoch = len(idx) // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size={batch_size} exceeds the {len(idx)} training samples")
-    if setup.meta_indices is not None and meta_batch_size > len(setup.meta_indices):
-        raise ValueError(f"meta_batch_size={meta_batch_size} exceeds the meta set "
-                         f"({len(setup.meta_indices)} samples)")
     keras.utils.set_random_seed(seed)
     model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net, tau=tau,
                         warmup_steps=warmup_epochs * steps_per_epoch,
@@ -166,7 +98,7 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         "best_epoch": best_epoch + 1,
         **{k: summary[k] for k in ("selected_epoch", "selected_accuracy",
                                    "ensemble3_accuracy", "ensemble5_accuracy")},
-        **noise_report(setup),
+        **splits.noise_report(setup),
         "num_train": int(len(idx)),
         "num_meta": 0 if not has_meta else int(len(setup.meta_indices)),
         "num_test": int(len(ds.y_test)),

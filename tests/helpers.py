@@ -11,12 +11,14 @@ from clid_tf import meta_nets
 @contextlib.contextmanager
 def floatx(dtype: str):
     """Temporarily sets Keras' default float type (float64 for finite differences)."""
-    old = keras.config.floatx()
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     try:
         yield
     finally:
-        keras.config.set_floatx(old)
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
 
 
 def tiny_classifier(num_inputs=3, hidden=4, num_classes=3, seed=0) -> keras.Model:

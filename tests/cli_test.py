@@ -1,0 +1,173 @@
+"""The command line as a user drives it: real subprocess runs on digits, and bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clid_tf import backbones
+from clid_tf import datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--epochs=2", "--warmup_epochs=1", "--meta_size=100", "--verbose=0"]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "clid_tf.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "clid")
+    proc = run_cli(f"--workdir={workdir}", "--flagfile=flags/digits_sym40.cfg", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+def test_run_writes_results_flags_checkpoints(finished_run):
+    workdir, proc = finished_run
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    for key in ("final_test_accuracy", "best_test_accuracy", "realised_noise_rate",
+                "selected_accuracy", "ensemble5_accuracy", "noise_transition_matrix"):
+        assert key in results
+    assert 0.0 <= results["final_test_accuracy"] <= results["best_test_accuracy"] <= 1.0
+    assert results["final_test_accuracy"] > 0.3  # far above chance after 2 epochs
+    # sym 0.4 with K = 10 flips 36% of labels in expectation
+    assert abs(results["realised_noise_rate"] - 0.36) < 0.05
+    assert results["flags"]["method"] == "clid" and results["flags"]["epochs"] == 2
+    assert results["flags"]["noise_rate"] == 0.4
+    assert len(results["history"]["meta_clid"]) == 2
+    assert "--method=clid" in open(os.path.join(workdir, "flags.cfg")).read()
+    assert glob.glob(os.path.join(workdir, "checkpoints", "ckpt-2.index"))
+    assert "test accuracy: final" in proc.stdout
+
+
+def _scalars(event_dir):
+    values = {}
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                number = (tf.make_ndarray(value.tensor) if value.HasField("tensor")
+                          else value.simple_value)
+                values.setdefault(value.tag, []).append(float(number))
+    return values
+
+
+def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
+    workdir, _ = finished_run
+    scalars = _scalars(os.path.join(workdir, "tensorboard", "train"))
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    for tag in ("epoch_loss", "epoch_meta_clid", "epoch_lr", "epoch_meta_lr",
+                "epoch_test_accuracy", "epoch_weight_clean", "epoch_weight_noisy",
+                "epoch_meta_set_clid", "epoch_selected_accuracy"):
+        assert len(scalars[tag]) == 2, tag
+    np.testing.assert_allclose(scalars["epoch_test_accuracy"],
+                               results["history"]["test_accuracy"], rtol=1e-6)
+    # Epoch 2 has meta updates: the meta-net weights clean samples above noisy ones.
+    assert scalars["epoch_weight_clean"][1] > scalars["epoch_weight_noisy"][1]
+    assert scalars["epoch_meta_clid"][1] > 1.0
+
+
+def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path):
+    workdir, _ = finished_run
+    data = datasets.load_digits()
+    images = data.x_test[:16]
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "model = tf.saved_model.load(sys.argv[1])\n"
+        "out = model.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
+        "np.save(sys.argv[3], out['probabilities'].numpy())\n"
+        "np.save(sys.argv[4], out['class_ids'].numpy())\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(workdir, "saved_model"),
+         str(tmp_path / "images.npy"), str(tmp_path / "probs.npy"), str(tmp_path / "ids.npy")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The Keras model, restored from the run's last checkpoint.
+    backbone = backbones.build("small_cnn", num_classes=10, input_shape=(8, 8, 1),
+                               mean=data.mean, std=data.std)
+    checkpoint = tf.train.Checkpoint(backbone=backbone)
+    checkpoint.restore(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+                       ).expect_partial()
+    logits, _ = backbone(images.astype(np.float32), training=False)
+    want = tf.nn.softmax(logits).numpy()
+    served = np.load(tmp_path / "probs.npy")
+    np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), want.argmax(axis=1))
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_helpfull_documents_every_flag():
+    proc = run_cli("--helpfull")
+    assert proc.returncode in (0, 1)  # absl exits 1 after printing help
+    assert "Traceback" not in proc.stderr
+    for name in ("workdir", "dataset", "noise", "noise_rate", "method", "meta_size", "tau",
+                 "warmup_epochs", "meta_optimizer", "meta_lr", "lr_schedule", "backbone"):
+        assert f"--{name}" in proc.stdout, name
+
+
+def _assert_one_line_error(proc, needle):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:") and needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--noise_rate=1.5"], "noise_rate"),
+    (["--noise_rate=-0.1"], "noise_rate"),
+    (["--method=bogus"], "method"),
+    (["--dataset=imagenet"], "imagenet"),
+    (["--meta_size=5000"], "meta_size"),
+    (["--method=ce_clean", "--meta_size=5000"], "meta_size"),
+    (["--batch_size=5000"], "batch_size"),
+    (["--flagfile=flags/does_not_exist.cfg"], "does_not_exist"),
+    (["--epochs=0"], "epochs"),
+    (["stray_argument"], "stray_argument"),
+])
+def test_bad_flags_give_one_error_line(tmp_path, args, needle):
+    workdir = tmp_path / "run"
+    proc = run_cli(f"--workdir={workdir}", *args)
+    _assert_one_line_error(proc, needle)
+
+
+def test_existing_run_is_refused_and_left_intact(tmp_path):
+    workdir = tmp_path / "earlier"
+    workdir.mkdir()
+    (workdir / "results.json").write_text('{"final_test_accuracy": 0.9}')
+    proc = run_cli(f"--workdir={workdir}", *FAST)
+    _assert_one_line_error(proc, "not empty")
+    assert (workdir / "results.json").read_text() == '{"final_test_accuracy": 0.9}'
+    assert sorted(os.listdir(workdir)) == ["results.json"]
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = run_cli(f"--workdir={blocker / 'run'}", *FAST)
+    _assert_one_line_error(proc, "cannot be written")
+
+
+def test_backbone_flag_names_match_the_registry():
+    from clid_tf import cli
+    assert tuple(cli.BACKBONES) == tuple(backbones.BACKBONES)
+
+
+def test_flag_errors_are_reported_before_tensorflow_loads():
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys\nfrom clid_tf import train\nsys.argv = ['x', '--method=bogus']\n"
+         "try:\n    train.run_main()\nexcept SystemExit:\n    pass\n"
+         "print('tensorflow' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr

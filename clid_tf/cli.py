@@ -64,8 +64,12 @@ def define_flags() -> None:
                       "read), entropy (label-free control), ce_clean (oracle Meta-Weight-Net "
                       "with a clean class-balanced meta set removed from training), ce_noisy "
                       "and mae (same split, noisy labels).")
-    flags.DEFINE_enum("meta_net", "wnet", ("wnet",), "Meta-net: wnet (Meta-Weight-Net "
-                      "1-100-1 on the per-sample loss).")
+    flags.DEFINE_enum("meta_net", "wnet", ("wnet", "vri"), "Meta-net: wnet (Meta-Weight-Net "
+                      "1-100-1 on the per-sample loss, weights normalised over the batch) or "
+                      "vri (Variational Rectification Inference: per-sample per-class "
+                      "weights on the logits from features and the noisy label).")
+    flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
+                       "meta-net's objective.", lower_bound=0.0)
     flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set.",
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
@@ -152,7 +156,7 @@ def run() -> dict:
     started = time.time()
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
-        meta_net=FLAGS.meta_net, tau=FLAGS.tau, epochs=FLAGS.epochs,
+        meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
         lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         lr_schedule=FLAGS.lr_schedule, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,

@@ -22,10 +22,23 @@ from clid_tf import objectives
 from clid_tf import schedules
 from clid_tf import selection as selection_lib
 from clid_tf import splits
+from clid_tf import vri
 from clid_tf.splits import Setup
 
-def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, tau: float,
-                warmup_steps: int, weight_decay: float, meta_weight_decay: float,
+def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float,
+                   seed: int) -> keras.Model:
+    """WNet (loss -> weight) or VRI (feature, noisy label -> per-class logit weights)."""
+    if kind == "wnet":
+        net = meta_nets.WeightNet(seed=seed)
+        net(np.zeros([1], np.float32))
+        return net
+    if kind == "vri":
+        return vri.VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)
+    raise ValueError(f"unknown meta-net {kind!r}")
+
+
+def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_kl: float,
+                tau: float, warmup_steps: int, weight_decay: float, meta_weight_decay: float,
                 seed: int) -> meta_model.MetaReweightModel:
     """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
     ds = setup.dataset
@@ -34,18 +47,16 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, tau:
                           seed=seed)
     if method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=weight_decay)
-    if meta_net != "wnet":
-        raise ValueError(f"unknown meta-net {meta_net!r}")
-    weight_net = meta_nets.WeightNet(seed=seed)
-    weight_net(np.zeros([1], np.float32))
     return meta_model.MetaReweightModel(
-        net, weight_net, meta_objective=objectives.meta_objective(method, tau=tau),
+        net, build_meta_net(meta_net, num_classes=ds.num_classes, feature_dim=net.feature_dim,
+                            vri_kl=vri_kl, seed=seed),
+        meta_objective=objectives.meta_objective(method, tau=tau),
         meta_objective_name=method, warmup_steps=warmup_steps, weight_decay=weight_decay,
         meta_weight_decay=meta_weight_decay)
 
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
-          tau: float, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
+          vri_kl: float, tau: float, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
           meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
@@ -56,7 +67,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
     idx = setup.train_indices
     steps_per_epoch = len(idx) // batch_size
     keras.utils.set_random_seed(seed)
-    model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net, tau=tau,
+    model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net,
+                        vri_kl=vri_kl, tau=tau,
                         warmup_steps=warmup_epochs * steps_per_epoch,
                         weight_decay=weight_decay, meta_weight_decay=meta_weight_decay,
                         seed=seed)

@@ -39,9 +39,8 @@ so two pipelines built with the same seed give the same images as long as the ma
 sequentially, while successive batches and epochs differ. With `num_parallel_calls` the order
 in which calls take seeds is not fixed; for exact reproducibility there, pass a per-batch seed,
 `fn(images, stateless_seed=s)` with `s` int32/int64 [2], e.g. from
-`tf.data.Dataset.random(seed).batch(2)` zipped with the images. Build the function outside any
-distribution-strategy scope. Cost on one CPU thread (tf.data map), batch of 100 32x32x3 images:
-about 3 ms for 'weak' and 20 ms for 'strong'.
+`tf.data.Dataset.random(seed).batch(2)` zipped with the images. Cost on one CPU thread
+(tf.data map) for a batch of 100 32x32x3 images: about 3 ms 'weak', 20 ms 'strong'.
 """
 
 from __future__ import annotations

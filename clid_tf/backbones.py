@@ -88,6 +88,9 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
           mean: Sequence[float], std: Sequence[float], seed: int | None = None) -> keras.Model:
     """Raw input [B, *input_shape] -> (logits float32 [B, K], features float32 [B, d]).
 
+    The model has `feature_dim` (d) and `head`, the final Dense layer (used by the
+    last-layer meta scope).
+
     Images (rank-3 input_shape) are scaled by 1/255 before standardisation, matching the
     [0, 1]-unit `mean`/`std` of `clid_tf.datasets`; flat features use `mean`/`std` as is.
     """
@@ -103,4 +106,5 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
     logits, features = body(x)
     model = keras.Model(inputs, (logits, features), name=f"classifier_{name}")
     model.feature_dim = int(body.feature_dim)
+    model.head = body.get_layer("logits")  # logits = features @ head.kernel + head.bias
     return model

@@ -74,6 +74,12 @@ def define_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
                          lower_bound=2)
+    flags.DEFINE_enum("meta_grad", "jvp", ("jvp", "tape"), "How the exact hypergradient is "
+                      "computed: jvp (one forward-mode pass over the training batch) or tape "
+                      "(reverse-over-reverse nested tapes, the readable reference).")
+    flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
+                      "virtual step: full (all, exact) or last_layer (classifier head only, "
+                      "features reused; cheap, for large backbones).")
     flags.DEFINE_float("tau", 0.5, "CLID temperature on feature similarities.",
                        lower_bound=1e-6)
     flags.DEFINE_integer("warmup_epochs", 5, "Epochs of plain cross-entropy before meta "
@@ -156,7 +162,8 @@ def run() -> dict:
     started = time.time()
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
-        meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau, epochs=FLAGS.epochs,
+        meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau,
+        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
         lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         lr_schedule=FLAGS.lr_schedule, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,

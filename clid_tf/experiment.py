@@ -38,8 +38,8 @@ def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: flo
 
 
 def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_kl: float,
-                tau: float, warmup_steps: int, weight_decay: float, meta_weight_decay: float,
-                seed: int) -> meta_model.MetaReweightModel:
+                tau: float, meta_grad: str, meta_scope: str, weight_decay: float,
+                meta_weight_decay: float, seed: int) -> meta_model.MetaReweightModel:
     """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
     ds = setup.dataset
     net = backbones.build(backbone, num_classes=ds.num_classes,
@@ -51,12 +51,13 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
         net, build_meta_net(meta_net, num_classes=ds.num_classes, feature_dim=net.feature_dim,
                             vri_kl=vri_kl, seed=seed),
         meta_objective=objectives.meta_objective(method, tau=tau),
-        meta_objective_name=method, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        meta_objective_name=method, meta_grad=meta_grad, meta_scope=meta_scope,
+        weight_decay=weight_decay,
         meta_weight_decay=meta_weight_decay)
 
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
-          vri_kl: float, tau: float, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
+          vri_kl: float, tau: float, meta_grad: str, meta_scope: str, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
           meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
@@ -68,8 +69,7 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
     steps_per_epoch = len(idx) // batch_size
     keras.utils.set_random_seed(seed)
     model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net,
-                        vri_kl=vri_kl, tau=tau,
-                        warmup_steps=warmup_epochs * steps_per_epoch,
+                        vri_kl=vri_kl, tau=tau, meta_grad=meta_grad, meta_scope=meta_scope,
                         weight_decay=weight_decay, meta_weight_decay=meta_weight_decay,
                         seed=seed)
     schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
@@ -90,12 +90,19 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
         batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
         keep=select_keep, seed=seed, eval_batch_size=eval_batch_size)
-    model.fit(stream, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-              shuffle=False,  # the stream reshuffles itself
-              callbacks=[  # selection first: it adds the test metrics the others log
-                  selection,
-                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-                  callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))])
+    callbacks = [  # selection first: it adds the test metrics the others log
+        selection,
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))]
+    history: dict[str, list[float]] = {}
+    for first, last, meta_active in _phases(model, warmup_epochs, epochs):
+        model.set_meta_active(meta_active)
+        fitted = model.fit(stream, initial_epoch=first, epochs=last,
+                           steps_per_epoch=steps_per_epoch, verbose=verbose,
+                           shuffle=False,  # the stream reshuffles itself
+                           callbacks=callbacks)
+        for key, values in fitted.history.items():  # None where a phase lacks a metric
+            history.setdefault(key, [None] * first).extend(float(v) for v in values)
     if export:
         export_lib.export_saved_model(
             model.backbone, os.path.join(workdir, "saved_model"),
@@ -114,5 +121,13 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         "num_train": int(len(idx)),
         "num_meta": 0 if not has_meta else int(len(setup.meta_indices)),
         "num_test": int(len(ds.y_test)),
-        "history": {k: [float(v) for v in vals] for k, vals in model.history.history.items()},
+        "history": history,
     }
+
+
+def _phases(model: meta_model.MetaReweightModel, warmup_epochs: int, epochs: int):
+    """(first epoch, end epoch, meta updates on?) per fit call: warm-up with plain CE first."""
+    if model.meta_net is None:
+        return [(0, epochs, False)]
+    warmup = min(warmup_epochs, epochs)
+    return [p for p in [(0, warmup, False), (warmup, epochs, True)] if p[1] > p[0]]

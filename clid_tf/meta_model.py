@@ -4,7 +4,9 @@ One train_step per training batch (METHOD.md section 2.0):
   1. virtual step  theta' = theta - lr * grad_theta L_f(theta, phi)   (second order)
   2. meta step     phi <- meta_optimizer(grad_phi L_meta(theta'))     L_meta = CLID, ...
   3. actual step   theta <- optimizer(grad_theta L_f(theta, phi_new))
-With no meta-net the step is plain cross-entropy training (method `ce`).
+Steps 1 and 3 share one recorded forward pass of the training batch (same theta, same
+batch statistics). With no meta-net, or while `meta_active` is False (warm-up), the step
+is plain cross-entropy training.
 """
 
 from __future__ import annotations
@@ -31,19 +33,25 @@ class MetaReweightModel(keras.Model):
     Data per step: {'train': {'image', 'label', optional 'is_noisy'}, 'meta': {'image',
     optional 'label'}}. 'is_noisy' is ground truth used for monitoring only; 'label' in the
     meta batch exists only for labelled meta objectives (ce_clean, ce_noisy, ...).
+
+    `meta_active` is a Python switch read when the train function is traced: set it, then
+    reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
     """
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
                  meta_objective: Callable[..., tf.Tensor] | None = None,
-                 meta_objective_name: str = "clid", warmup_steps: int = 0,
-                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4, **kwargs):
+                 meta_objective_name: str = "clid", meta_grad: str = "jvp",
+                 meta_scope: str = "full", weight_decay: float = 5e-4,
+                 meta_weight_decay: float = 5e-4, **kwargs):
         super().__init__(**kwargs)
         if meta_net is not None and meta_objective is None:
             raise ValueError("a meta-net needs a meta objective")
         self.backbone = backbone
         self.meta_net = meta_net
         self.meta_objective = meta_objective
-        self.warmup_steps = int(warmup_steps)
+        self.meta_grad = meta_grad
+        self.meta_scope = meta_scope
+        self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
         self.meta_weight_decay = float(meta_weight_decay)
         mean = keras.metrics.Mean
@@ -55,23 +63,24 @@ class MetaReweightModel(keras.Model):
             "clean": mean(name="weight_clean"),
             "noisy": mean(name="weight_noisy"),
         }
-        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.test_loss = mean(name="loss")
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values(),
-                self.test_accuracy, self.test_loss]
+        return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values()]
 
     def compile(self, optimizer, meta_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self.meta_optimizer = meta_optimizer
-        # Build optimizer state now: variables cannot be created inside the step's tf.cond.
         self.optimizer.build(self.backbone.trainable_variables)
         if self.meta_net is not None:
             if meta_optimizer is None:
                 raise ValueError("a meta-net needs a meta optimizer")
             self.meta_optimizer.build(self.meta_net.trainable_variables)
+
+    def set_meta_active(self, active: bool) -> None:
+        """Switches meta updates on or off; the next fit traces a new train function."""
+        self.meta_active = bool(active) and self.meta_net is not None
+        self.train_function = None
 
     def call(self, images, training=False):
         """Raw images [B, ...] -> logits [B, K]."""
@@ -80,68 +89,62 @@ class MetaReweightModel(keras.Model):
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):
         batch = data["train"]
-        lr = self.optimizer.learning_rate
-        if self.meta_net is None:
-            loss, weights = self._actual_step(batch, meta_active=False)
-            return self._log(lr, loss, weights, batch, None, meta_active=False)
-        meta_active = self.optimizer.iterations >= self.warmup_steps
-        meta_loss = tf.cond(
-            meta_active,
-            lambda: tf.cast(self._virtual_and_meta_step(batch, data["meta"], lr), tf.float32),
-            lambda: tf.constant(0.0))
-        loss, weights = self._actual_step(batch, meta_active=meta_active)
-        return self._log(lr, loss, weights, batch, meta_loss, meta_active=meta_active)
+        lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
+        if not self.meta_active:
+            loss = self._plain_step(batch)
+            return self._log(loss, lr)
+        fwd = virtual.train_forward(self.backbone, batch["image"])
+        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, lr)
+        loss, weights = self._actual_step(batch, fwd)
+        return self._log(loss, lr, meta_loss=meta_loss, weights=weights, batch=batch)
 
-    def _virtual_and_meta_step(self, batch, meta_batch, lr) -> tf.Tensor:
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
-        result = virtual.meta_gradients(self.backbone, self.meta_net, batch, meta_batch,
-                                        lr=lr, meta_objective=self.meta_objective)
+        result = virtual.meta_gradients(
+            self.backbone, self.meta_net, batch, meta_batch, lr=lr,
+            meta_objective=self.meta_objective, meta_grad=self.meta_grad,
+            scope=self.meta_scope, fwd=fwd)
         phi = self.meta_net.trainable_variables
         self.meta_optimizer.apply(_with_l2(result.meta_grads, phi, self.meta_weight_decay), phi)
         return result.meta_loss
 
-    def _actual_step(self, batch, *, meta_active):
-        """Step 3: weights from the updated meta-net (no gradient into phi), update theta."""
-        theta = self.backbone.trainable_variables
-        with tf.GradientTape() as tape:
-            logits, features = self.backbone(batch["image"], training=True)
-            if self.meta_net is None:
-                loss, weights = self._plain_loss(logits, batch["label"])
-            else:
-                loss, weights = tf.cond(
-                    meta_active,
-                    lambda: self.meta_net.weighted_loss(logits, features, batch["label"])[:2],
-                    lambda: self._plain_loss(logits, batch["label"]))
-        grads = tape.gradient(loss, theta)
-        self.optimizer.apply(_with_l2(grads, theta, self.weight_decay), theta)
-        return loss, tf.stop_gradient(weights)
+    def _actual_step(self, batch, fwd):
+        """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
+        dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
+                                              batch["label"])
+        self._apply(virtual.backprop(fwd, tf.stop_gradient(dz)))
+        for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
+            variable.assign(value)
+        return weighted.loss, tf.stop_gradient(weighted.weights)
 
-    @staticmethod
-    def _plain_loss(logits, labels):
-        losses = objectives.per_sample_ce(logits, labels)
-        return tf.reduce_mean(losses), tf.ones_like(losses)
+    def _plain_step(self, batch):
+        with tf.GradientTape() as tape:
+            logits, _ = self.backbone(batch["image"], training=True)
+            loss = tf.reduce_mean(objectives.per_sample_ce(logits, batch["label"]))
+        self._apply(tape.gradient(loss, self.backbone.trainable_variables))
+        return loss
+
+    def _apply(self, grads):
+        theta = self.backbone.trainable_variables
+        self.optimizer.apply(_with_l2(grads, theta, self.weight_decay), theta)
 
     # ---------------------------------------------------------------- monitoring
-    def _log(self, lr, loss, weights, batch, meta_loss, *, meta_active):
+    def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
-        if self.meta_net is not None:
-            active = tf.cast(meta_active, tf.float32)
-            self.meta_trackers["meta"].update_state(meta_loss, sample_weight=active)
+        if self.meta_trackers:
             self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
-            if "is_noisy" in batch:
-                per_sample = tf.reshape(weights, [tf.shape(weights)[0], -1])
-                per_sample = tf.reduce_mean(per_sample, axis=1)
-                noisy = tf.cast(batch["is_noisy"], tf.float32) * active
-                clean = (1.0 - tf.cast(batch["is_noisy"], tf.float32)) * active
-                self.meta_trackers["clean"].update_state(per_sample, sample_weight=clean)
+        updated = [self.loss_tracker, self.lr_tracker]
+        if self.meta_trackers:
+            updated.append(self.meta_trackers["meta_lr"])
+        if meta_loss is not None:
+            self.meta_trackers["meta"].update_state(meta_loss)
+            updated.append(self.meta_trackers["meta"])
+            if "is_noisy" in batch:  # ground truth, for monitoring only
+                per_sample = tf.reduce_mean(
+                    tf.reshape(weights, [tf.shape(weights)[0], -1]), axis=1)
+                noisy = tf.cast(batch["is_noisy"], per_sample.dtype)
                 self.meta_trackers["noisy"].update_state(per_sample, sample_weight=noisy)
-        return {m.name: m.result() for m in
-                [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values()]}
-
-    def test_step(self, data):
-        images, labels = data
-        logits = self.backbone(images, training=False)[0]
-        self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
-        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
+                self.meta_trackers["clean"].update_state(per_sample, sample_weight=1.0 - noisy)
+                updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
+        return {m.name: m.result() for m in updated}

@@ -1,9 +1,21 @@
-"""The functional look-ahead of meta-learning: theta' = theta - lr * grad L_f(theta, phi).
+"""The look-ahead of meta-learning and its exact hypergradient (METHOD.md 2.0, 11).
 
-The backbone runs through Keras 3 `stateless_call` with explicit weight tensors, so the
-virtual and meta forwards use batch statistics (training mode) while the real model's
-BatchNorm moving statistics stay untouched, as with the throw-away model copy of the
-PyTorch reference (METHOD.md sections 2.0 and 11).
+Notation for one training batch: z(theta) = backbone logits [B, K], L_f(z, phi) the
+meta-net's weighted loss, dz(phi) = dL_f/dz [B, K]. Then
+
+  virtual step   theta' = theta - lr * J_z^T dz(phi)          (plain SGD, current lr)
+  meta loss      L_meta(theta')  on the meta batch (CLID, ...)
+  hypergradient  dL_meta/dphi = -lr * (d dz/d phi)^T (J_z v),  v = dL_meta/dtheta'
+
+phi enters only through dz, so the hypergradient needs J_z v, one forward-mode pass over
+the training batch (`meta_grad='jvp'`), instead of differentiating through the backward
+pass (`meta_grad='tape'`, the readable reverse-over-reverse reference). Both are exact,
+also with BatchNorm in training mode, where z_i depends on the whole batch.
+
+The backbone runs through Keras 3 `stateless_call` with explicit weight tensors: virtual
+and meta forwards use batch statistics and leave the model's BN moving averages alone.
+One recorded forward of the training batch (`train_forward`) serves the virtual step and
+the actual step.
 """
 
 from __future__ import annotations
@@ -13,24 +25,61 @@ from typing import Callable, NamedTuple, Sequence
 import keras
 import tensorflow as tf
 
+META_GRADS = ("jvp", "tape")
+META_SCOPES = ("full", "last_layer")
+
 
 class MetaResult(NamedTuple):
-    """Outputs of one meta-gradient computation."""
+    """Outputs of one hypergradient computation."""
     meta_loss: tf.Tensor          # scalar meta objective at theta' (plus the regularizer)
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable
     virtual_loss: tf.Tensor       # scalar L_f(theta, phi) before the meta update
 
 
+class TrainForward(NamedTuple):
+    """The training batch's forward pass at theta, recorded for later backward passes."""
+    tape: tf.GradientTape         # persistent; recorded theta -> logits
+    theta: list[tf.Tensor]        # trainable weight values
+    frozen: list[tf.Tensor]       # non-trainable values before the step
+    logits: tf.Tensor             # [B, K]
+    features: tf.Tensor           # [B, d]
+    non_trainable: list[tf.Tensor]  # BN statistics updated by this batch
+
+
 def forward(model: keras.Model, trainable: Sequence[tf.Tensor],
             non_trainable: Sequence[tf.Tensor], images: tf.Tensor, *, training: bool = True):
-    """Run `model` with the given weight tensors; returns (logits, features, new_non_trainable).
+    """Run `model` with the given weights; returns (logits, features, new_non_trainable).
 
-    The returned non-trainable values (BN moving statistics) are the updated copies; the
-    model's own variables are not assigned.
+    The model's own variables are not assigned; updated BN statistics are returned.
     """
     (logits, features), new_non_trainable = model.stateless_call(
         list(trainable), list(non_trainable), images, training=training)
     return logits, features, new_non_trainable
+
+
+def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
+    """Forward of the training batch [B, ...] at the current weights, on a persistent tape."""
+    theta = [v.value for v in backbone.trainable_variables]
+    frozen = [v.value for v in backbone.non_trainable_variables]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(theta)
+        logits, features, updated = forward(backbone, theta, frozen, images)
+    return TrainForward(tape, theta, frozen, logits, features, updated)
+
+
+def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
+    """J_z^T dz: gradients w.r.t. theta of a loss whose logit gradient is dz [B, K]."""
+    return fwd.tape.gradient(fwd.logits, fwd.theta, output_gradients=dz,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
+                   labels: tf.Tensor):
+    """dz = dL_f/dz at fixed logits [B, K], differentiable in phi; returns (dz, WeightedLoss)."""
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        weighted = meta_net.weighted_loss(logits, features, labels)
+    return tape.gradient(weighted.loss, logits), weighted
 
 
 def lookahead(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None],
@@ -39,32 +88,104 @@ def lookahead(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None],
     return [p if g is None else p - tf.cast(lr, p.dtype) * g for p, g in zip(params, grads)]
 
 
+def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
+    logits, features, _ = forward(backbone, theta, frozen, meta_batch["image"])
+    return meta_objective(features, logits, meta_batch.get("label"))
+
+
+def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
+                       labels: tf.Tensor, meta_batch: dict, *, lr: tf.Tensor,
+                       meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
+    """Reverse-over-reverse: differentiate L_meta through the recorded backward pass."""
+    phi = meta_net.trainable_variables
+    with tf.GradientTape() as outer:
+        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+        theta_prime = lookahead(fwd.theta, backprop(fwd, dz), lr)           # virtual step
+        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+        meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
+    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
+
+
+def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
+                      images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
+                      lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
+    """Forward-over-reverse: one JVP of the training batch replaces the double backward."""
+    phi = meta_net.trainable_variables
+    with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
+        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+    theta_prime = lookahead(fwd.theta, backprop(fwd, tf.stop_gradient(dz)), lr)
+    with tf.GradientTape() as meta_tape:
+        meta_tape.watch(theta_prime)
+        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+    v = meta_tape.gradient(meta_loss, theta_prime,
+                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    with tf.autodiff.ForwardAccumulator(fwd.theta, v) as accumulator:
+        logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
+    jz_v = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
+    grads = phi_tape.gradient(
+        [dz, weighted.regularizer], phi,
+        output_gradients=[-tf.cast(lr, dz.dtype) * tf.cast(jz_v, dz.dtype),
+                          tf.ones_like(weighted.regularizer)])
+    return MetaResult(meta_loss + regularizer, grads, weighted.loss)
+
+
+def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
+                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
+                             lr: tf.Tensor,
+                             meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
+    """Virtual step on the classifier head only, features fixed (fast meta-reweighting).
+
+    logits = features @ W + b; theta' = (W, b) - lr * grad; the meta batch's features are
+    computed once at theta (training-mode BN, stateless) and reused.
+    """
+    head = backbone.head
+    kernel, bias = head.kernel.value, head.bias.value
+    features = tf.stop_gradient(fwd.features)
+    _, meta_features, _ = forward(backbone, fwd.theta, fwd.frozen, meta_batch["image"])
+    meta_features = tf.stop_gradient(meta_features)
+    phi = meta_net.trainable_variables
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            inner.watch([kernel, bias])
+            weighted = meta_net.weighted_loss(features @ kernel + bias, features, labels)
+        new_kernel, new_bias = lookahead([kernel, bias],
+                                         inner.gradient(weighted.loss, [kernel, bias]), lr)
+        meta_logits = meta_features @ new_kernel + new_bias
+        meta_loss = meta_objective(meta_features, meta_logits, meta_batch.get("label"))
+        meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
+    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
+
+
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
-                   meta_batch: dict, *, lr: tf.Tensor,
-                   meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
-    """Exact hypergradient d L_meta(theta'(phi)) / d phi by reverse-over-reverse tapes.
+                   meta_batch: dict, *, lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                   meta_grad: str = "jvp", scope: str = "full",
+                   fwd: TrainForward | None = None) -> MetaResult:
+    """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
     Args:
-      backbone: classifier, images -> (logits [B, K], features [B, d]).
+      backbone: classifier, images -> (logits [B, K], features [B, d]); for
+        scope='last_layer' it has a `head` Dense layer with logits = features @ W + b.
       meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
       batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
       lr: current scheduled classifier learning rate (the virtual-step size).
       meta_objective: fn(features [n, d], logits [n, K], labels or None) -> scalar.
+      meta_grad: 'jvp' (forward-over-reverse, default) or 'tape' (reverse-over-reverse).
+      scope: 'full' (all of theta) or 'last_layer' (classifier head only).
+      fwd: the recorded training forward, when the caller already has it.
     """
-    theta = [v.value for v in backbone.trainable_variables]
-    frozen = [v.value for v in backbone.non_trainable_variables]
-    phi = meta_net.trainable_variables
-    with tf.GradientTape() as outer:
-        # Virtual step: L_f(theta, phi) and its gradient, recorded for second order.
-        with tf.GradientTape() as inner:
-            inner.watch(theta)
-            logits, features, _ = forward(backbone, theta, frozen, batch["image"])
-            virtual = meta_net.weighted_loss(logits, features, batch["label"])
-        theta_prime = lookahead(theta, inner.gradient(virtual.loss, theta), lr)
-        # Meta step: the look-ahead classifier on the meta batch.
-        meta_logits, meta_features, _ = forward(backbone, theta_prime, frozen,
-                                                meta_batch["image"])
-        meta_loss = meta_objective(meta_features, meta_logits, meta_batch.get("label"))
-        meta_loss += tf.cast(virtual.regularizer, meta_loss.dtype)
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), virtual.loss)
+    fwd = fwd or train_forward(backbone, batch["image"])
+    labels = batch["label"]
+    if scope == "last_layer":
+        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
+                                        meta_objective=meta_objective)
+    if scope != "full":
+        raise ValueError(f"unknown meta scope {scope!r}; choose from {META_SCOPES}")
+    if meta_grad == "tape":
+        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
+                                  meta_objective=meta_objective)
+    if meta_grad == "jvp":
+        return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
+                                 lr=lr, meta_objective=meta_objective)
+    raise ValueError(f"unknown meta_grad {meta_grad!r}; choose from {META_GRADS}")

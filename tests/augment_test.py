@@ -1,0 +1,207 @@
+"""Tests for clid_tf.augment: ranges, weak crops, Cutout, per-image randomness, seeding, PIL ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clid_tf import augment
+
+SHAPES = ((8, 8, 1), (32, 32, 3))
+
+
+def _images(n: int, shape: tuple[int, ...], seed: int = 0, *, no_grey: bool = False) -> np.ndarray:
+    """float32 [n, H, W, C] of random integers in 0..255 (never 127 if no_grey)."""
+    x = np.random.default_rng(seed).integers(0, 255, (n, *shape))
+    if no_grey:
+        x = np.where(x >= 127, x + 1, x)
+    return x.astype(np.float32)
+
+
+def _run(fn, x: np.ndarray, batch: int = 4) -> np.ndarray:
+    """Applies fn through `from_tensor_slices(x).batch(batch).map(fn)`; returns all outputs."""
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch).map(fn)
+    return np.concatenate([b.numpy() for b in ds])
+
+
+def _window_match(out: np.ndarray, image: np.ndarray, pad: int) -> list[tuple[bool, int, int]]:
+    """All (flipped, dy, dx) with out == crop at (dy, dx) of reflect-pad(flip?(image))."""
+    h, w = image.shape[:2]
+    found = []
+    for flipped in (False, True):
+        src = image[:, ::-1] if flipped else image
+        padded = np.pad(src, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                if np.array_equal(padded[dy:dy + h, dx:dx + w], out):
+                    found.append((flipped, dy, dx))
+    return found
+
+
+def _has_square(mask: np.ndarray, k: int) -> bool:
+    """Whether the bool [H, W] mask contains an all-True k x k square."""
+    s = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    sums = s[k:, k:] - s[:-k, k:] - s[k:, :-k] + s[:-k, :-k]
+    return bool((sums == k * k).any())
+
+
+def test_build_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='kind'):
+        augment.build('medium', image_shape=(32, 32, 3), seed=0)
+    with pytest.raises(ValueError, match='image_shape'):
+        augment.build('weak', image_shape=(32, 32, 2), seed=0)
+    with pytest.raises(ValueError, match='padding'):
+        augment.build('weak', image_shape=(4, 4, 1), seed=0)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('kind', augment.KINDS)
+def test_shape_dtype_and_integer_range_are_kept(kind, shape):
+    x = _images(12, shape)
+    x[0] = 0.0  # constant images and the extremes must survive every op
+    x[1] = 255.0
+    out = _run(augment.build(kind, image_shape=shape, seed=1), x)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    np.testing.assert_array_equal(out, np.round(out))
+
+
+def test_none_is_the_identity():
+    x = _images(8, (32, 32, 3))
+    fn = augment.build('none', image_shape=(32, 32, 3), seed=0)
+    np.testing.assert_array_equal(_run(fn, x), x)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('flip', (True, False))
+def test_weak_is_a_shifted_window_of_the_reflect_padded_image(shape, flip):
+    x = _images(24, shape, seed=2)
+    out = _run(augment.build('weak', image_shape=shape, seed=3, flip=flip), x)
+    matches = [_window_match(o, i, pad=4) for o, i in zip(out, x)]
+    assert all(matches), 'every output is a crop of the padded (possibly flipped) input'
+    flips = {m[0][0] for m in matches}
+    offsets = {m[0][1:] for m in matches}
+    assert flips == ({False, True} if flip else {False})
+    assert len(offsets) > 5, 'crop offsets are drawn per image'
+
+
+@pytest.mark.parametrize('shape, side', (((32, 32, 3), 16), ((8, 8, 1), 4)))
+def test_strong_ends_with_a_grey_cutout_square(shape, side):
+    x = _images(64, shape, seed=4, no_grey=True)
+    out = _run(augment.build('strong', image_shape=shape, seed=5), x, batch=16)
+    grey = (out == augment.GREY).all(axis=-1)
+    # PIL's inclusive box has sides in [side/2 + 1, side + 1], clipped at the right/bottom edge.
+    assert all(_has_square(g, side // 2 + 1) for g in grey)
+    assert not any(_has_square(g, side + 2) for g in grey)
+    full = np.mean([_has_square(g, side) for g in grey])
+    assert full > 0.4, f'most squares are not clipped (FixMatch: 61%), got {full:.0%}'
+
+
+def test_grey_box_is_fixmatch_cutout_abs():
+    draw = pytest.importorskip('PIL.ImageDraw')
+    image_mod = pytest.importorskip('PIL.Image')
+    w = h = 32
+    v = 16
+    centres = np.random.default_rng(6).uniform(0, 32, (40, 2)).astype(np.float32)
+    centres[:4] = [[0, 0], [31.9, 31.9], [8.5, 23.99], [24.0, 7.0]]
+    out = augment._grey_box(tf.zeros([40, h, w, 1]), tf.constant(centres), size=v).numpy()
+    for got, (cx, cy) in zip(out[..., 0], centres):
+        # FixMatch CutoutAbs on the same centre.
+        x0, y0 = int(max(0, cx - v / 2.)), int(max(0, cy - v / 2.))
+        x1, y1 = int(min(w, x0 + v)), int(min(h, y0 + v))
+        img = image_mod.new('L', (w, h), 0)
+        draw.Draw(img).rectangle((x0, y0, x1, y1), 127)
+        np.testing.assert_array_equal(got, np.asarray(img, np.float32))
+
+
+@pytest.mark.parametrize('shape', ((32, 32, 3), (32, 32, 1), (8, 8, 1)))
+def test_every_op_level_and_sign_matches_fixmatch_pil(shape):
+    image_mod = pytest.importorskip('PIL.Image')
+    ops_mod = pytest.importorskip('PIL.ImageOps')
+    enhance = pytest.importorskip('PIL.ImageEnhance')
+    affine = image_mod.Transform.AFFINE
+
+    def fixmatch(img, name, level, sign):  # randaugment.py, fixmatch_augment_pool()
+        f = level * 0.9 / 10 + 0.05
+        t = sign * level * 0.3 / 10
+        return {
+                'AutoContrast': lambda: ops_mod.autocontrast(img),
+                'Brightness': lambda: enhance.Brightness(img).enhance(f),
+                'Color': lambda: enhance.Color(img).enhance(f),
+                'Contrast': lambda: enhance.Contrast(img).enhance(f),
+                'Equalize': lambda: ops_mod.equalize(img),
+                'Identity': lambda: img,
+                'Posterize': lambda: ops_mod.posterize(img, int(level * 4 / 10) + 4),
+                'Rotate': lambda: img.rotate(sign * int(level * 30 / 10)),
+                'Sharpness': lambda: enhance.Sharpness(img).enhance(f),
+                'ShearX': lambda: img.transform(img.size, affine, (1, t, 0, 0, 1, 0)),
+                'ShearY': lambda: img.transform(img.size, affine, (1, 0, 0, t, 1, 0)),
+                'Solarize': lambda: ops_mod.solarize(img, 256 - int(level * 256 / 10)),
+                'TranslateX': lambda: img.transform(
+                        img.size, affine, (1, 0, int(t * img.size[0]), 0, 1, 0)),
+                'TranslateY': lambda: img.transform(
+                        img.size, affine, (1, 0, 0, 0, 1, int(t * img.size[1]))),
+        }[name]()
+
+    combos = [(k, level, sign) for k in range(len(augment.OPS)) for level in range(1, 10)
+              for sign in (-1, 1)]
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (len(combos), *shape))
+    smooth = np.clip(128 + np.cumsum(rng.integers(-24, 25, (len(combos), *shape)), 2), 0, 255)
+    x = np.where(np.arange(len(combos))[:, None, None, None] % 2 == 0, noise, smooth)
+    x = x.astype(np.uint8)
+    op, level, sign = (np.array(c) for c in zip(*combos))
+    out = augment._apply_op(tf.constant(x, tf.float32), tf.constant(op, tf.int32),
+                            tf.constant(level, tf.int32), tf.constant(sign, tf.float32)).numpy()
+    for got, image, (k, lv, sg) in zip(out, x, combos):
+        pil = image_mod.fromarray(image[..., 0] if shape[-1] == 1 else image)
+        want = np.asarray(fixmatch(pil, augment.OPS[k], lv, sg), np.float32).reshape(shape)
+        np.testing.assert_array_equal(got, want, err_msg=f'{augment.OPS[k]} level {lv} sign {sg}')
+
+
+@pytest.mark.parametrize('kind, distinct', (('weak', 10), ('strong', 14)))
+def test_images_in_a_batch_get_different_augmentations(kind, distinct):
+    x = np.repeat(_images(1, (32, 32, 3), seed=8), 16, axis=0)
+    out = _run(augment.build(kind, image_shape=(32, 32, 3), seed=9), x, batch=16)
+    assert len({o.tobytes() for o in out}) >= distinct
+
+
+@pytest.mark.parametrize('kind', ('weak', 'strong'))
+def test_same_seed_gives_the_same_pipeline_outputs(kind):
+    x = _images(12, (32, 32, 3), seed=10)
+
+    def outputs(seed):
+        return _run(augment.build(kind, image_shape=(32, 32, 3), seed=seed), x)
+
+    first = outputs(11)
+    np.testing.assert_array_equal(first, outputs(11))
+    assert not np.array_equal(first, outputs(12))
+
+
+def test_each_pass_over_a_dataset_draws_new_augmentations():
+    x = _images(8, (32, 32, 3), seed=13)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(4).map(
+            augment.build('strong', image_shape=(32, 32, 3), seed=14))
+    epoch1, epoch2 = (np.concatenate([b.numpy() for b in ds]) for _ in range(2))
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_runs_in_graph_mode_inside_tf_data_and_parallel_map_with_explicit_seeds():
+    fn = augment.build('strong', image_shape=(8, 8, 1), seed=15, flip=False)
+    eager_at_trace = []
+
+    def traced(images, seed):
+        eager_at_trace.append(tf.executing_eagerly())
+        return {'image': fn(images, stateless_seed=seed)}
+
+    x = _images(32, (8, 8, 1), seed=16)
+
+    def outputs():
+        ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(x).batch(4),
+                                 tf.data.Dataset.random(seed=17).batch(2))
+        ds = ds.map(traced, num_parallel_calls=4, deterministic=True)
+        return np.concatenate([b['image'].numpy() for b in ds])
+
+    np.testing.assert_array_equal(outputs(), outputs())
+    assert eager_at_trace and not any(eager_at_trace)

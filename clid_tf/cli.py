@@ -74,9 +74,11 @@ def define_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
                          lower_bound=2)
-    flags.DEFINE_enum("meta_grad", "jvp", ("jvp", "tape"), "How the exact hypergradient is "
-                      "computed: jvp (one forward-mode pass over the training batch) or tape "
-                      "(reverse-over-reverse nested tapes, the readable reference).")
+    flags.DEFINE_enum("meta_grad", "tape", ("tape", "jvp"), "How the exact hypergradient is "
+                      "computed: tape (reverse-over-reverse through the recorded backward "
+                      "pass; fastest here, see tools/bench_speed.py) or jvp (one "
+                      "forward-mode pass over the training batch). Both give the same "
+                      "gradient.")
     flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
                       "virtual step: full (all, exact) or last_layer (classifier head only, "
                       "features reused; cheap, for large backbones).")

@@ -8,9 +8,11 @@ meta-net's weighted loss, dz(phi) = dL_f/dz [B, K]. Then
   hypergradient  dL_meta/dphi = -lr * (d dz/d phi)^T (J_z v),  v = dL_meta/dtheta'
 
 phi enters only through dz, so the hypergradient needs J_z v, one forward-mode pass over
-the training batch (`meta_grad='jvp'`), instead of differentiating through the backward
-pass (`meta_grad='tape'`, the readable reverse-over-reverse reference). Both are exact,
-also with BatchNorm in training mode, where z_i depends on the whole batch.
+the training batch (`meta_grad='jvp'`), instead of differentiating through the recorded
+backward pass (`meta_grad='tape'`, reverse-over-reverse). Both are exact, also with
+BatchNorm in training mode, where z_i depends on the whole batch. TensorFlow computes many
+forward-mode JVPs by transposing backward functions, so on CPU 'jvp' measured slower than
+'tape' (tools/bench_speed.py); 'tape' is the default.
 
 The backbone runs through Keras 3 `stateless_call` with explicit weight tensors: virtual
 and meta forwards use batch statistics and leave the model's BN moving averages alone.
@@ -25,7 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 import keras
 import tensorflow as tf
 
-META_GRADS = ("jvp", "tape")
+META_GRADS = ("tape", "jvp")
 META_SCOPES = ("full", "last_layer")
 
 
@@ -159,7 +161,7 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
                    meta_batch: dict, *, lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
-                   meta_grad: str = "jvp", scope: str = "full",
+                   meta_grad: str = "tape", scope: str = "full",
                    fwd: TrainForward | None = None) -> MetaResult:
     """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
@@ -171,7 +173,7 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
       lr: current scheduled classifier learning rate (the virtual-step size).
       meta_objective: fn(features [n, d], logits [n, K], labels or None) -> scalar.
-      meta_grad: 'jvp' (forward-over-reverse, default) or 'tape' (reverse-over-reverse).
+      meta_grad: 'tape' (reverse-over-reverse, default) or 'jvp' (forward-over-reverse).
       scope: 'full' (all of theta) or 'last_layer' (classifier head only).
       fwd: the recorded training forward, when the caller already has it.
     """

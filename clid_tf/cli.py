@@ -54,6 +54,12 @@ def define_flags() -> None:
                       "noisy100 for cifar100_n).")
     flags.DEFINE_float("noise_rate", 0.4, "Rate of the synthetic noise model.",
                        lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_enum("augment", "none", ("none", "weak", "strong"),
+                      "Augmentation of training and meta images: weak (flip + 4-pixel "
+                      "reflect-padded crop) or strong (weak + RandAugment n=2 m=10 + Cutout, "
+                      "the reference pipeline for CIFAR).")
+    flags.DEFINE_bool("augment_flip", True, "Random horizontal flips in weak/strong "
+                      "augmentation (turn off for digits and text-like images).")
     # ---- model
     flags.DEFINE_enum("backbone", "small_cnn", BACKBONES,
                       "Classifier network; it returns logits and penultimate features.")
@@ -153,6 +159,9 @@ def run() -> dict:
             noise_rate=FLAGS.noise_rate, human_noise=FLAGS.noise in HUMAN_NOISE,
             method=FLAGS.method, meta_size=FLAGS.meta_size, batch_size=FLAGS.batch_size,
             meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed)
+        if FLAGS.augment != "none" and setup.dataset.x_train.ndim != 4:
+            raise ValueError(f"--augment={FLAGS.augment} needs images; dataset "
+                             f"{FLAGS.dataset} has feature vectors")
     except (ValueError, datasets.DataError) as error:
         if created:
             os.rmdir(workdir)
@@ -165,7 +174,8 @@ def run() -> dict:
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
         meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau,
-        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, epochs=FLAGS.epochs,
+        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, augment=FLAGS.augment,
+        augment_flip=FLAGS.augment_flip, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
         lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         lr_schedule=FLAGS.lr_schedule, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,

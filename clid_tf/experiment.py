@@ -12,6 +12,7 @@ from typing import NamedTuple, Sequence
 import keras
 import numpy as np
 
+from clid_tf import augment as augment_lib
 from clid_tf import backbones
 from clid_tf import callbacks as callbacks_lib
 from clid_tf import data
@@ -57,7 +58,8 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
-          vri_kl: float, tau: float, meta_grad: str, meta_scope: str, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
+          vri_kl: float, tau: float, meta_grad: str, meta_scope: str, augment: str,
+          augment_flip: bool, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
           meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
@@ -85,7 +87,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         ds.x_train[idx], setup.noisy_labels[idx], batch_size=batch_size, seed=seed,
         is_noisy=None if clean is None else setup.noisy_labels[idx] != clean[idx],
         meta_images=ds.x_train[setup.meta_indices] if has_meta else None,
-        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size)
+        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size,
+        augment=_augmentation(augment, ds.x_train.shape[1:], flip=augment_flip, seed=seed))
     selection = selection_lib.ClidSelection(
         ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
         batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
@@ -123,6 +126,12 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         "num_test": int(len(ds.y_test)),
         "history": history,
     }
+
+
+def _augmentation(kind: str, input_shape, *, flip: bool, seed: int):
+    if kind == "none":
+        return None
+    return augment_lib.build(kind, image_shape=input_shape, seed=seed, flip=flip)
 
 
 def _phases(model: meta_model.MetaReweightModel, warmup_epochs: int, epochs: int):

@@ -60,6 +60,9 @@ def define_flags() -> None:
                       "the reference pipeline for CIFAR).")
     flags.DEFINE_bool("augment_flip", True, "Random horizontal flips in weak/strong "
                       "augmentation (turn off for digits and text-like images).")
+    flags.DEFINE_float("imbalance_gamma", 1.0, "Class imbalance of the training set: class c "
+                       "keeps n_max * gamma^(-c/(K-1)) samples (by true label); 1 = off.",
+                       lower_bound=1.0)
     # ---- model
     flags.DEFINE_enum("backbone", "small_cnn", BACKBONES,
                       "Classifier network; it returns logits and penultimate features.")
@@ -100,6 +103,8 @@ def define_flags() -> None:
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
+    flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over "
+                         "the training set (floor(N / batch_size)).", lower_bound=0)
     flags.DEFINE_float("lr", 0.05, "Classifier learning rate (SGD with momentum).",
                        lower_bound=0.0)
     flags.DEFINE_float("momentum", 0.9, "Classifier SGD momentum.", lower_bound=0.0,
@@ -113,6 +118,8 @@ def define_flags() -> None:
     flags.DEFINE_float("lr_eta_min", 1e-3, "Cosine minimum learning rate.", lower_bound=0.0)
     flags.DEFINE_list("lr_milestones", [], "Multistep: epochs at which lr is multiplied by "
                       "--lr_gamma.")
+    flags.register_validator("lr_milestones", lambda v: all(m.strip().isdigit() for m in v),
+                             message="--lr_milestones must be epoch numbers, e.g. 80,120")
     flags.DEFINE_float("lr_gamma", 0.1, "Multistep decay factor.", lower_bound=0.0)
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for test evaluation.",
                          lower_bound=1)
@@ -158,7 +165,8 @@ def run() -> dict:
             dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
             noise_rate=FLAGS.noise_rate, human_noise=FLAGS.noise in HUMAN_NOISE,
             method=FLAGS.method, meta_size=FLAGS.meta_size, batch_size=FLAGS.batch_size,
-            meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed)
+            meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed,
+            imbalance_gamma=FLAGS.imbalance_gamma)
         if FLAGS.augment != "none" and setup.dataset.x_train.ndim != 4:
             raise ValueError(f"--augment={FLAGS.augment} needs images; dataset "
                              f"{FLAGS.dataset} has feature vectors")
@@ -177,7 +185,8 @@ def run() -> dict:
         meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, augment=FLAGS.augment,
         augment_flip=FLAGS.augment_flip, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
-        lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
+        steps_per_epoch=FLAGS.steps_per_epoch, lr=FLAGS.lr, momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
         lr_schedule=FLAGS.lr_schedule, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,
         lr_milestones=[int(m) for m in FLAGS.lr_milestones], lr_gamma=FLAGS.lr_gamma,
         meta_optimizer=FLAGS.meta_optimizer, meta_lr=FLAGS.meta_lr,

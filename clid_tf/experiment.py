@@ -59,7 +59,8 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
           vri_kl: float, tau: float, meta_grad: str, meta_scope: str, augment: str,
-          augment_flip: bool, epochs: int, batch_size: int, meta_batch_size: int, lr: float,
+          augment_flip: bool, epochs: int, batch_size: int, meta_batch_size: int,
+          steps_per_epoch: int, lr: float,
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
           meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
@@ -68,7 +69,7 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
     """Fits the model and returns the results dict (accuracies, noise, history)."""
     ds = setup.dataset
     idx = setup.train_indices
-    steps_per_epoch = len(idx) // batch_size
+    steps_per_epoch = steps_per_epoch or len(idx) // batch_size
     keras.utils.set_random_seed(seed)
     model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net,
                         vri_kl=vri_kl, tau=tau, meta_grad=meta_grad, meta_scope=meta_scope,

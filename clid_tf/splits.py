@@ -39,14 +39,15 @@ class Setup(NamedTuple):
 
 def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float,
             human_noise: bool, method: str, meta_size: int, batch_size: int,
-            meta_batch_size: int, seed: int) -> Setup:
+            meta_batch_size: int, seed: int, imbalance_gamma: float = 1.0) -> Setup:
     """Loads data, injects noise, splits the meta set and checks the batch sizes.
 
     Raises:
       ValueError or datasets.DataError with a one-line message on bad input.
     """
     setup = _split(dataset=dataset, data_dir=data_dir, noise=noise, noise_rate=noise_rate,
-                   human_noise=human_noise, method=method, meta_size=meta_size, seed=seed)
+                   human_noise=human_noise, method=method, meta_size=meta_size, seed=seed,
+                   imbalance_gamma=imbalance_gamma)
     if batch_size > len(setup.train_indices):
         raise ValueError(f"batch_size={batch_size} exceeds the "
                          f"{len(setup.train_indices)} training samples")
@@ -57,24 +58,27 @@ def prepare(*, dataset: str, data_dir: str | None, noise: str, noise_rate: float
 
 
 def _split(*, dataset, data_dir, noise, noise_rate, human_noise, method, meta_size,
-           seed) -> Setup:
+           seed, imbalance_gamma) -> Setup:
     ds = datasets.load(dataset, human_label=noise if human_noise else None, data_dir=data_dir)
     if human_noise:
         noisy = ds.y_train.astype(np.int64)
     else:
         noisy = noise_lib.corrupt(ds.y_train, kind=noise, rate=noise_rate,
                                   num_classes=ds.num_classes, seed=seed, images=ds.x_train)
-    everything = np.arange(len(noisy), dtype=np.int64)
+    # Long-tailed subset, selected by true label after noise injection (reference).
+    true = ds.y_train_clean if ds.y_train_clean is not None else ds.y_train
+    pool = (noise_lib.imbalance_indices(true, gamma=imbalance_gamma, seed=seed,
+                                        num_classes=ds.num_classes)
+            if imbalance_gamma > 1.0 else np.arange(len(noisy), dtype=np.int64))
     if method in ("ce", *LABEL_FREE):
-        meta = meta_sets.random_subset(len(noisy), size=meta_size, seed=seed)
-        if method == "ce":
-            return Setup(ds, noisy, everything, None, None, meta)
-        return Setup(ds, noisy, everything, meta, None, meta)
+        meta = pool[meta_sets.random_subset(len(pool), size=meta_size, seed=seed)]
+        return Setup(ds, noisy, pool, None if method == "ce" else meta, None, meta)
     if method == "ce_clean" and ds.y_train_clean is None:
         raise ValueError(f"method ce_clean needs clean training labels; dataset {dataset} "
                          "has none (give y_train_clean in the npz)")
-    meta, rest = meta_sets.balanced_split(noisy, size=meta_size, num_classes=ds.num_classes,
-                                          seed=seed)
+    meta, rest = meta_sets.balanced_split(noisy[pool], size=meta_size,
+                                          num_classes=ds.num_classes, seed=seed)
+    meta, rest = pool[meta], pool[rest]
     source = ds.y_train_clean if method == "ce_clean" else noisy
     return Setup(ds, noisy, rest, meta, source[meta].astype(np.int64), meta)
 

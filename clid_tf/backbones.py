@@ -85,11 +85,13 @@ BACKBONES = ("small_cnn", "mlp", *resnets.BUILDERS)
 
 
 def build(name: str, *, num_classes: int, input_shape: Sequence[int],
-          mean: Sequence[float], std: Sequence[float], seed: int | None = None) -> keras.Model:
+          mean: Sequence[float], std: Sequence[float], seed: int | None = None,
+          sync_batchnorm: bool = False) -> keras.Model:
     """Raw input [B, *input_shape] -> (logits float32 [B, K], features float32 [B, d]).
 
     The model has `feature_dim` (d) and `head`, the final Dense layer (used by the
-    last-layer meta scope).
+    last-layer meta scope). `sync_batchnorm` makes every BatchNormalization use the
+    statistics of the global batch under a multi-replica strategy.
 
     Images (rank-3 input_shape) are scaled by 1/255 before standardisation, matching the
     [0, 1]-unit `mean`/`std` of `clid_tf.datasets`; flat features use `mean`/`std` as is.
@@ -107,4 +109,8 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
     model = keras.Model(inputs, (logits, features), name=f"classifier_{name}")
     model.feature_dim = int(body.feature_dim)
     model.head = body.get_layer("logits")  # logits = features @ head.kernel + head.bias
+    if sync_batchnorm:
+        for layer in body._flatten_layers():  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
     return model

@@ -88,6 +88,14 @@ def define_flags() -> None:
                       "pass; fastest here, see tools/bench_speed.py) or jvp (one "
                       "forward-mode pass over the training batch). Both give the same "
                       "gradient.")
+    flags.DEFINE_enum("strategy", "default", ("default", "mirrored", "multi_worker", "tpu"),
+                      "tf.distribute strategy: default (one device), mirrored (all local "
+                      "GPUs), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu. "
+                      "Batch sizes are global; results equal the single-device ones.")
+    flags.register_multi_flags_validator(
+        ["strategy", "meta_grad"], lambda f: f["strategy"] == "default" or f["meta_grad"] != "jvp",
+        message="--meta_grad=jvp runs on one replica only (TensorFlow's forward mode does "
+                "not pass through the cross-replica BatchNorm); use --meta_grad=tape")
     flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
                       "virtual step: full (all, exact) or last_layer (classifier head only, "
                       "features reused; cheap, for large backbones).")
@@ -182,7 +190,8 @@ def run() -> dict:
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
         meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau,
-        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, augment=FLAGS.augment,
+        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, strategy=FLAGS.strategy,
+        augment=FLAGS.augment,
         augment_flip=FLAGS.augment_flip, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,
         steps_per_epoch=FLAGS.steps_per_epoch, lr=FLAGS.lr, momentum=FLAGS.momentum,

@@ -16,6 +16,7 @@ from clid_tf import augment as augment_lib
 from clid_tf import backbones
 from clid_tf import callbacks as callbacks_lib
 from clid_tf import data
+from clid_tf import distribute
 from clid_tf import export as export_lib
 from clid_tf import meta_model
 from clid_tf import meta_nets
@@ -40,12 +41,13 @@ def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: flo
 
 def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_kl: float,
                 tau: float, meta_grad: str, meta_scope: str, weight_decay: float,
-                meta_weight_decay: float, seed: int) -> meta_model.MetaReweightModel:
+                meta_weight_decay: float, seed: int,
+                sync_batchnorm: bool = False) -> meta_model.MetaReweightModel:
     """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
     ds = setup.dataset
     net = backbones.build(backbone, num_classes=ds.num_classes,
                           input_shape=ds.x_train.shape[1:], mean=ds.mean, std=ds.std,
-                          seed=seed)
+                          seed=seed, sync_batchnorm=sync_batchnorm)
     if method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=weight_decay)
     return meta_model.MetaReweightModel(
@@ -58,7 +60,8 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
-          vri_kl: float, tau: float, meta_grad: str, meta_scope: str, augment: str,
+          vri_kl: float, tau: float, meta_grad: str, meta_scope: str, strategy: str,
+          augment: str,
           augment_flip: bool, epochs: int, batch_size: int, meta_batch_size: int,
           steps_per_epoch: int, lr: float,
           momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
@@ -71,16 +74,19 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
     idx = setup.train_indices
     steps_per_epoch = steps_per_epoch or len(idx) // batch_size
     keras.utils.set_random_seed(seed)
-    model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net,
-                        vri_kl=vri_kl, tau=tau, meta_grad=meta_grad, meta_scope=meta_scope,
-                        weight_decay=weight_decay, meta_weight_decay=meta_weight_decay,
-                        seed=seed)
-    schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
-                               epochs=epochs, t_max=lr_tmax, eta_min=lr_eta_min,
-                               milestones=lr_milestones, gamma=lr_gamma)
-    meta_opt = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[meta_optimizer]
-    model.compile(keras.optimizers.SGD(schedule, momentum=momentum),
-                  meta_opt(meta_lr) if model.meta_net is not None else None)
+    distribution = distribute.make_strategy(strategy)
+    with distribution.scope():
+        model = build_model(setup, backbone=backbone, method=method, meta_net=meta_net,
+                            vri_kl=vri_kl, tau=tau, meta_grad=meta_grad,
+                            meta_scope=meta_scope, weight_decay=weight_decay,
+                            meta_weight_decay=meta_weight_decay, seed=seed,
+                            sync_batchnorm=distribution.num_replicas_in_sync > 1)
+        schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
+                                   epochs=epochs, t_max=lr_tmax, eta_min=lr_eta_min,
+                                   milestones=lr_milestones, gamma=lr_gamma)
+        meta_opt = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[meta_optimizer]
+        model.compile(keras.optimizers.SGD(schedule, momentum=momentum),
+                      meta_opt(meta_lr) if model.meta_net is not None else None)
 
     clean = ds.y_train_clean
     has_meta = setup.meta_indices is not None

@@ -16,15 +16,20 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from clid_tf import distribute
 from clid_tf import objectives
 from clid_tf import virtual
 
 
 def _with_l2(grads, variables, weight_decay: float):
-    """PyTorch-style (coupled) weight decay: g + wd * v, which then goes through momentum."""
+    """PyTorch-style (coupled) weight decay: g + wd * v, which then goes through momentum.
+
+    Optimizers sum replica gradients, so each replica adds its 1/R share of the decay.
+    """
     if not weight_decay:
         return grads
-    return [g + weight_decay * v for g, v in zip(grads, variables)]
+    share = weight_decay / distribute.num_replicas()
+    return [g + share * v for g, v in zip(grads, variables)]
 
 
 class MetaReweightModel(keras.Model):
@@ -63,6 +68,7 @@ class MetaReweightModel(keras.Model):
             "clean": mean(name="weight_clean"),
             "noisy": mean(name="weight_noisy"),
         }
+        self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
 
     @property
     def metrics(self):
@@ -120,7 +126,7 @@ class MetaReweightModel(keras.Model):
     def _plain_step(self, batch):
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
-            loss = tf.reduce_mean(objectives.per_sample_ce(logits, batch["label"]))
+            loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
         self._apply(tape.gradient(loss, self.backbone.trainable_variables))
         return loss
 
@@ -130,6 +136,7 @@ class MetaReweightModel(keras.Model):
 
     # ---------------------------------------------------------------- monitoring
     def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
+        loss = distribute.global_sum(loss)  # replica shares -> the global value
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
         if self.meta_trackers:
@@ -138,7 +145,7 @@ class MetaReweightModel(keras.Model):
         if self.meta_trackers:
             updated.append(self.meta_trackers["meta_lr"])
         if meta_loss is not None:
-            self.meta_trackers["meta"].update_state(meta_loss)
+            self.meta_trackers["meta"].update_state(distribute.global_sum(meta_loss))
             updated.append(self.meta_trackers["meta"])
             if "is_noisy" in batch:  # ground truth, for monitoring only
                 per_sample = tf.reduce_mean(

@@ -11,6 +11,7 @@ from typing import Callable
 import tensorflow as tf
 
 from clid_tf import clid as clid_lib
+from clid_tf import distribute
 
 # Meta objectives: name -> which label the meta batch must carry ('none' = label-free).
 META_OBJECTIVE_LABELS = {
@@ -35,8 +36,12 @@ def per_sample_mae(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 
 def normalize_weights(weights: tf.Tensor) -> tf.Tensor:
-    """w / sum(w) over the batch, or w unchanged when the sum is 0. float [B] -> [B]."""
-    total = tf.reduce_sum(weights)
+    """w / sum(w) over the GLOBAL batch, or w unchanged when the sum is 0. float [B] -> [B].
+
+    Under a multi-replica strategy the sum runs over all replicas, so each replica's
+    weighted sum is its share of the single-device loss.
+    """
+    total = distribute.global_sum(tf.reduce_sum(weights))
     return tf.where(tf.equal(total, 0.0), weights, weights / tf.where(
         tf.equal(total, 0.0), tf.ones_like(total), total))
 

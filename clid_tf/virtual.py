@@ -18,6 +18,9 @@ The backbone runs through Keras 3 `stateless_call` with explicit weight tensors:
 and meta forwards use batch statistics and leave the model's BN moving averages alone.
 One recorded forward of the training batch (`train_forward`) serves the virtual step and
 the actual step.
+
+Under tf.distribute every replica computes its share of each global quantity, following
+the rule stated in `clid_tf.distribute`; with one device the code reduces to the above.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from typing import Callable, NamedTuple, Sequence
 import keras
 import tensorflow as tf
 
+from clid_tf import distribute
+
 META_GRADS = ("tape", "jvp")
 META_SCOPES = ("full", "last_layer")
 
 
 class MetaResult(NamedTuple):
-    """Outputs of one hypergradient computation."""
-    meta_loss: tf.Tensor          # scalar meta objective at theta' (plus the regularizer)
+    """Outputs of one hypergradient computation (per replica under a strategy)."""
+    meta_loss: tf.Tensor          # this replica's share of the meta objective at theta'
+                                  # plus the regularizer; summed over replicas = global
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable
     virtual_loss: tf.Tensor       # scalar L_f(theta, phi) before the meta update
 
@@ -70,9 +76,14 @@ def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
 
 
 def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
-    """J_z^T dz: gradients w.r.t. theta of a loss whose logit gradient is dz [B, K]."""
+    """J_z^T dz: this replica's gradients w.r.t. theta of a loss with logit gradient dz."""
     return fwd.tape.gradient(fwd.logits, fwd.theta, output_gradients=dz,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def virtual_gradient(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
+    """grad_theta L_f of the global batch: replica gradients summed (differentiable)."""
+    return distribute.global_sum(backprop(fwd, dz))
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
@@ -90,9 +101,16 @@ def lookahead(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None],
     return [p if g is None else p - tf.cast(lr, p.dtype) * g for p, g in zip(params, grads)]
 
 
+def replica_meta_loss(meta_objective, features, logits, labels) -> tf.Tensor:
+    """This replica's share of the meta objective on the meta batch gathered from all
+    replicas: every replica differentiates the same global value, so each takes 1/R."""
+    features, logits, labels = distribute.gather((features, logits, labels))
+    return meta_objective(features, logits, labels) / distribute.num_replicas()
+
+
 def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
     logits, features, _ = forward(backbone, theta, frozen, meta_batch["image"])
-    return meta_objective(features, logits, meta_batch.get("label"))
+    return replica_meta_loss(meta_objective, features, logits, meta_batch.get("label"))
 
 
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
@@ -102,7 +120,7 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-        theta_prime = lookahead(fwd.theta, backprop(fwd, dz), lr)           # virtual step
+        theta_prime = lookahead(fwd.theta, virtual_gradient(fwd, dz), lr)   # virtual step
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
     return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
@@ -115,12 +133,12 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-    theta_prime = lookahead(fwd.theta, backprop(fwd, tf.stop_gradient(dz)), lr)
+    theta_prime = lookahead(fwd.theta, virtual_gradient(fwd, tf.stop_gradient(dz)), lr)
     with tf.GradientTape() as meta_tape:
         meta_tape.watch(theta_prime)
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
-    v = meta_tape.gradient(meta_loss, theta_prime,
-                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    v = distribute.global_sum(meta_tape.gradient(
+        meta_loss, theta_prime, unconnected_gradients=tf.UnconnectedGradients.ZERO))
     with tf.autodiff.ForwardAccumulator(fwd.theta, v) as accumulator:
         logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
     jz_v = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -151,10 +169,11 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
         with tf.GradientTape() as inner:
             inner.watch([kernel, bias])
             weighted = meta_net.weighted_loss(features @ kernel + bias, features, labels)
-        new_kernel, new_bias = lookahead([kernel, bias],
-                                         inner.gradient(weighted.loss, [kernel, bias]), lr)
+        head_grads = distribute.global_sum(inner.gradient(weighted.loss, [kernel, bias]))
+        new_kernel, new_bias = lookahead([kernel, bias], head_grads, lr)
         meta_logits = meta_features @ new_kernel + new_bias
-        meta_loss = meta_objective(meta_features, meta_logits, meta_batch.get("label"))
+        meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
+                                      meta_batch.get("label"))
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
     return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
 

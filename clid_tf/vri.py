@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from clid_tf import meta_nets
+from clid_tf import distribute
 from clid_tf import objectives
 
 
@@ -34,8 +35,14 @@ def kl_divergence(mu_q: tf.Tensor, log_var_q: tf.Tensor, mu_p: tf.Tensor,
     Returns:
       Scalar float, >= 0, and 0 when the two distributions are identical.
     """
+    return tf.reduce_mean(kl_per_sample(mu_q, log_var_q, mu_p, log_var_p))
+
+
+def kl_per_sample(mu_q: tf.Tensor, log_var_q: tf.Tensor, mu_p: tf.Tensor,
+                  log_var_p: tf.Tensor) -> tf.Tensor:
+    """The elementwise Gaussian KL of `kl_divergence` averaged over classes only. [B]."""
     ratio = (tf.exp(log_var_q) + tf.square(mu_q - mu_p)) * tf.exp(-log_var_p)
-    return tf.reduce_mean(0.5 * (log_var_p - log_var_q + ratio - 1.0))
+    return tf.reduce_mean(0.5 * (log_var_p - log_var_q + ratio - 1.0), axis=-1)
 
 
 def _offset(seed: int | None, i: int) -> int | None:
@@ -151,6 +158,8 @@ class VRINet(keras.Model):
         mu_p, log_var_p = self.prior(features)
         weights = self.sample_weights(mu, log_var)
         rectified = tf.cast(weights, logits.dtype) * logits
-        loss = tf.reduce_mean(objectives.per_sample_ce(rectified, labels))
-        regularizer = self.kl_weight * kl_divergence(mu, log_var, mu_p, log_var_p)
+        # Shares of global-batch means, so replicas' gradients sum to the 1-device ones.
+        loss = distribute.global_mean(objectives.per_sample_ce(rectified, labels))
+        regularizer = self.kl_weight * distribute.global_mean(
+            kl_per_sample(mu, log_var, mu_p, log_var_p))
         return meta_nets.WeightedLoss(loss, weights, regularizer)

@@ -2,12 +2,12 @@
 
 Every (method, meta-net, noise, rate, seed) run is one `python -m clid_tf.train` subprocess
 with its own workdir OUT/<cell>/seed<k>, e.g. OUT/sym-0.4-clid-wnet/seed0 (its output goes
-to OUT/<cell>/seed<k>.log). Method
-`ce` has no meta-net, so it runs once per noise setting. When all runs are done the tool
-writes OUT/results.csv (one row per run) and OUT/results.md (one row per setting: mean ±
-sample std over seeds of the last, best (oracle), lowest-meta-CLID and top-5 CLID ensemble
-test accuracies) and prints the table. A failed run is recorded and the benchmark goes on;
-the exit code is then 1. An interrupted benchmark continues with --resume.
+to OUT/<cell>/seed<k>.log). Method `ce` has no meta-net, so it runs once per noise setting.
+When all runs are done the tool writes OUT/results.csv (one row per run) and OUT/results.md
+(one row per setting: mean ± sample std over seeds of the last, best (oracle),
+lowest-meta-CLID and top-5 CLID ensemble test accuracies) and prints the table. A failed
+run is recorded and the benchmark goes on; the exit code is then 1. An interrupted
+benchmark continues with --resume.
 
   python tools/bench_accuracy.py --out=bench/digits --seeds=0,1,2 --parallel=2
   python tools/bench_accuracy.py --out=bench/quick --methods=ce,clid --noises=sym:0.4 \\

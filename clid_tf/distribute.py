@@ -1,0 +1,74 @@
+"""tf.distribute strategies and the cross-replica rules that keep global-batch semantics.
+
+Under MirroredStrategy / MultiWorkerMirroredStrategy each replica sees 1/R of every global
+batch. The single rule of this codebase: every loss a replica differentiates is its SHARE
+of the global loss, so that summing replica gradients (what Keras optimizers do on `apply`,
+and what `global_sum` does in the virtual step) gives the single-device gradient:
+
+  - WNet weights are normalised by their sum over the global batch (`global_sum`);
+  - mean losses divide by the global batch size (`global_mean`);
+  - CLID (and every meta objective) is computed on the meta batch gathered from all
+    replicas (`gather`, which carries gradients) and divided by R, because each of the R
+    replicas differentiates its own copy of the same global value.
+
+With the default strategy (one device) all of these are identities.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(kind: str) -> tf.distribute.Strategy:
+    """'default' (one device), 'mirrored' (all local GPUs, or CPU), 'multi_worker'
+    (MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable), or
+    'tpu' (TPUStrategy via TPUClusterResolver)."""
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {kind!r}; choose from {STRATEGIES}")
+
+
+def _replica_context() -> tf.distribute.ReplicaContext | None:
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def num_replicas() -> int:
+    """R, the number of replicas in sync (1 outside a multi-replica step)."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def global_sum(values):
+    """Sum over replicas of a tensor or nested structure (differentiable)."""
+    context = _replica_context()
+    return values if context is None else context.all_reduce(
+        tf.distribute.ReduceOp.SUM, values)
+
+
+def global_mean(per_sample: tf.Tensor) -> tf.Tensor:
+    """This replica's share of the global-batch mean: sum(local) / global batch size."""
+    local_size = tf.cast(tf.shape(per_sample)[0], per_sample.dtype)
+    return tf.reduce_sum(per_sample) / global_sum(local_size)
+
+
+def gather(values):
+    """Concatenates a tensor (or nested structure) over replicas along axis 0, with gradients."""
+    context = _replica_context()
+    if context is None:
+        return values
+    return tf.nest.map_structure(
+        lambda v: None if v is None else context.all_gather(v, axis=0), values)

@@ -1,0 +1,309 @@
+"""Small-loss meta sets for the `ce_sloss` / `mae_sloss` baselines (METHOD.md section 3).
+
+After the warm-up, at the start of every epoch, the per-sample cross-entropy of the whole
+training set (inference mode, noisy labels) is fitted with a 2-component Gaussian mixture
+as in DivideMix (losses min-max normalised, `max_iter=10, reg_covar=5e-4, tol=1e-2`,
+seeded). The posterior of the lower-mean component is each sample's clean probability; per
+noisy class the `size // K` samples with the highest clean probability form this epoch's
+meta set, whose meta objective (CE or MAE) reads their NOISY labels. The samples stay in
+training.
+
+Deliberate differences from the reference (utilities.py::eval_train):
+  * the GMM is seeded (`seed + epoch`) so a run is reproducible;
+  * ties in clean probability (it saturates at 1.0 for the clearly clean samples) are
+    broken by the lower loss, then by the lower index;
+  * meta batches are drawn uniformly WITH replacement from the current meta set by a
+    seeded stateless draw per batch, not by an epoch-wise shuffled loader;
+  * selection always scores the whole training set (main_vri.py re-scores only the previous
+    meta set, METHOD.md section 10 point 7).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from clid_tf import selection as selection_lib
+
+GMM_OPTIONS = {"n_components": 2, "max_iter": 10, "reg_covar": 5e-4, "tol": 1e-2}
+
+
+# ---------------------------------------------------------------- pure numpy
+def normalize_losses(losses: np.ndarray) -> np.ndarray:
+    """Min-max normalises losses float [N] to [0, 1] (float64 [N]).
+
+    Non-finite losses (a diverged sample) count as the largest finite loss. A constant
+    input gives all zeros.
+    """
+    x = np.asarray(losses, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(x)
+    if not finite.any():
+        return np.zeros_like(x)
+    high = x[finite].max()
+    x = np.where(finite, x, high)
+    span = high - x.min()
+    return np.zeros_like(x) if span <= 0 else (x - x.min()) / span
+
+
+def clean_probability(losses: np.ndarray, *, seed: int) -> np.ndarray:
+    """Posterior of the lower-mean component of a 2-GMM fitted to the losses (DivideMix).
+
+    Args:
+      losses: float [N] per-sample losses (CE with the noisy labels).
+      seed: `random_state` of the GMM (k-means initialisation); same seed, same output.
+
+    Returns:
+      float64 [N] in [0, 1]: probability that each sample's label is clean. With fewer than
+      2 samples or constant losses nothing separates the samples: all 0.5.
+    """
+    x = normalize_losses(losses)
+    if len(x) < 2 or np.all(x == x[0]):
+        return np.full(len(x), 0.5)
+    gmm = GaussianMixture(random_state=int(seed), **GMM_OPTIONS)
+    with warnings.catch_warnings():  # 10 EM steps often stop before tol, as in DivideMix
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(x[:, None])
+    posterior = gmm.predict_proba(x[:, None])
+    return posterior[:, int(np.argmin(gmm.means_.reshape(-1)))].astype(np.float64)
+
+
+def per_class_size(size: int, num_classes: int) -> int:
+    """size // K, which must be at least 1."""
+    per_class = int(size) // int(num_classes)
+    if per_class < 1:
+        raise ValueError(f"meta_size={size} is smaller than the number of classes "
+                         f"{num_classes}")
+    return per_class
+
+
+def select_small_loss(losses: np.ndarray, noisy_labels: np.ndarray, *, size: int,
+                      num_classes: int, seed: int) -> np.ndarray:
+    """The small-loss meta set: top size // K samples per noisy class by clean probability.
+
+    Args:
+      losses: float [N] per-sample CE with the noisy labels.
+      noisy_labels: int [N] labels the classifier is trained with.
+      size: meta-set size; each class contributes size // K (a class with fewer samples
+        contributes all it has).
+      num_classes: K.
+      seed: GMM seed (see `clean_probability`).
+
+    Returns:
+      int64 [<= size // K * K] sorted indices into the N samples. Ties in clean probability
+      go to the lower loss, then to the lower index.
+    """
+    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+    labels = np.asarray(noisy_labels).reshape(-1)
+    if len(losses) != len(labels):
+        raise ValueError(f"{len(losses)} losses but {len(labels)} labels")
+    per_class = per_class_size(size, num_classes)
+    prob = clean_probability(losses, seed=seed)
+    order_loss = normalize_losses(losses)  # finite stand-in for the tie-break
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        rank = np.lexsort((members, order_loss[members], -prob[members]))
+        chosen.append(members[rank[:per_class]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def initial_indices(noisy_labels: np.ndarray, *, size: int, num_classes: int,
+                    seed: int) -> np.ndarray:
+    """Meta set before the first selection: size // K random samples per noisy class.
+
+    Like `clid_tf.meta_sets.balanced_split`, but the samples stay in training and a class
+    with fewer samples gives all it has.
+
+    Returns:
+      int64 [<= size // K * K] sorted indices into `noisy_labels`.
+    """
+    labels = np.asarray(noisy_labels).reshape(-1)
+    per_class = per_class_size(size, num_classes)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample CE, float logits [N, K] and int labels [N] -> float64 [N]."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return log_norm - z[np.arange(len(z)), np.asarray(labels, dtype=np.int64)]
+
+
+def precision(indices: np.ndarray, noisy_labels: np.ndarray,
+              clean_labels: np.ndarray) -> float:
+    """Fraction of the selected samples whose noisy label equals the clean one."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx) == 0:
+        return float("nan")
+    return float(np.mean(np.asarray(noisy_labels)[idx] == np.asarray(clean_labels)[idx]))
+
+
+# ---------------------------------------------------------------- the meta stream
+class DynamicMetaSet:
+    """A meta set whose members change during training, read by a live tf.data stream.
+
+    Holds the training images/noisy labels as constants and the current meta indices in a
+    `tf.Variable` int64 [M] (M = size // K * K, fixed) plus the number of valid entries
+    (a selection may be smaller than M when a class is short; the tail is padding). The
+    stream reads both variables inside the pipeline, so `assign` takes effect for every
+    batch produced afterwards without rebuilding the dataset or its iterator. Batches
+    already sitting in a downstream `prefetch` buffer were produced earlier and still
+    carry the previous selection.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
+                 size: int, num_classes: int):
+        """
+        Args:
+          images: [N, ...] raw training inputs (kept in their dtype, cast per batch).
+          labels: int [N] noisy training labels (the meta objective reads these).
+          indices: int [<= M] initial meta indices into the N samples.
+          size: meta-set size; M = size // K * K.
+          num_classes: K.
+        """
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.num_samples = len(images)
+        self.capacity = per_class_size(size, num_classes) * int(num_classes)
+        with tf.device("/CPU:0"):  # tf.data runs on the host
+            self._images = tf.constant(np.asarray(images))
+            self._labels = tf.constant(np.asarray(labels).astype(np.int32))
+            self._indices = tf.Variable(tf.zeros([self.capacity], tf.int64),
+                                        trainable=False, name="sloss_meta_indices")
+            self._count = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                      name="sloss_meta_count")
+        self.assign(indices)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The current meta indices, int64 [m] (m <= M)."""
+        return self._indices.numpy()[:int(self._count.numpy())]
+
+    def assign(self, indices: np.ndarray) -> None:
+        """Replaces the meta set by `indices` (int [1..M], into the N training samples)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not 1 <= len(idx) <= self.capacity:
+            raise ValueError(f"a meta set needs 1 to {self.capacity} indices, got {len(idx)}")
+        if idx.min() < 0 or idx.max() >= self.num_samples:
+            raise ValueError(f"meta indices must be in [0, {self.num_samples})")
+        padded = np.resize(idx, self.capacity)  # padding repeats valid indices
+        # Indices first, count second: a concurrent read sees valid indices either way.
+        self._indices.assign(padded)
+        self._count.assign(len(idx))
+
+    def stream(self, batch_size: int, seed: int,
+               augment: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+        """Endless meta batches {'image': float32 [b, ...], 'label': int32 [b]}.
+
+        Batch t draws b positions uniformly WITH replacement from the current meta set by
+        `tf.random.stateless_uniform` seeded with (seed, t), so the sequence of positions
+        is reproducible; which samples they map to depends on the selection at the time
+        the batch is produced.
+
+        Args:
+          batch_size: b >= 1 (may exceed the meta-set size: draws are with replacement).
+          seed: stream seed.
+          augment: batch augmentation applied to the float images, or None.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        draw = self._batch_fn(int(batch_size), int(seed))
+        stream = tf.data.Dataset.counter().map(draw)  # sequential: produced on demand
+        if augment is not None:
+            stream = stream.map(lambda b: {**b, "image": augment(b["image"])})
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        return stream.with_options(options)
+
+    def _batch_fn(self, batch_size: int, seed: int) -> Callable[[tf.Tensor], dict]:
+        def draw(step: tf.Tensor) -> dict:
+            positions = tf.random.stateless_uniform(
+                [batch_size], seed=tf.stack([tf.constant(seed, tf.int64), step]),
+                minval=tf.constant(0, tf.int64), maxval=self._count.read_value(),
+                dtype=tf.int64)
+            idx = tf.gather(self._indices.read_value(), positions)
+            return {"image": tf.cast(tf.gather(self._images, idx), tf.float32),
+                    "label": tf.gather(self._labels, idx)}
+        return draw
+
+
+# ---------------------------------------------------------------- the callback
+class SelectionRecord(NamedTuple):
+    """One re-selection: 1-based epoch, the chosen indices int64 [m], and their precision
+    (fraction with a clean noisy label; None without clean labels)."""
+    epoch: int
+    indices: np.ndarray
+    precision: float | None
+
+
+class SmallLossReselection(keras.callbacks.Callback):
+    """Re-selects the small-loss meta set at the start of every epoch it is fitted with.
+
+    `on_epoch_begin`: per-sample CE of `self.model.backbone` (training=False, raw images,
+    noisy labels) over all training samples in batches of `batch_size`, then
+    `select_small_loss` with GMM seed `seed + epoch` (epoch 1-based), then
+    `meta_set.assign`. Each selection is appended to `self.history`. With `clean_labels`
+    its precision is logged as `sloss_meta_precision` at the end of the epoch, so put this
+    callback before TensorBoard in `callbacks=[...]`.
+
+    Pass it only to the fit of the meta phase (after the warm-up).
+    """
+
+    def __init__(self, meta_set: DynamicMetaSet, images: np.ndarray,
+                 noisy_labels: np.ndarray, *, size: int, num_classes: int, seed: int,
+                 batch_size: int = 500, clean_labels: np.ndarray | None = None):
+        super().__init__()
+        if len(images) != len(noisy_labels):
+            raise ValueError(f"{len(images)} images but {len(noisy_labels)} labels")
+        if clean_labels is not None and len(clean_labels) != len(noisy_labels):
+            raise ValueError(f"{len(clean_labels)} clean labels for {len(noisy_labels)} "
+                             "samples")
+        self.meta_set = meta_set
+        self.images = images
+        self.noisy_labels = np.asarray(noisy_labels).astype(np.int64)
+        self.clean_labels = None if clean_labels is None else np.asarray(clean_labels)
+        self.size = int(size)
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.history: list[SelectionRecord] = []
+        self._forward: selection_lib.Forward | None = None
+
+    def on_train_begin(self, logs=None):
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None:
+            raise ValueError("SmallLossReselection needs a model with a `.backbone`")
+        self._forward = selection_lib.inference_function(backbone)
+
+    def training_losses(self) -> np.ndarray:
+        """Per-sample CE float64 [N] of the current backbone with the noisy labels."""
+        logits = selection_lib.predict_logits(self._forward, self.images,
+                                              batch_size=self.batch_size)
+        return cross_entropy(logits, self.noisy_labels)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        number = int(epoch) + 1
+        indices = select_small_loss(self.training_losses(), self.noisy_labels,
+                                    size=self.size, num_classes=self.num_classes,
+                                    seed=self.seed + number)
+        self.meta_set.assign(indices)
+        known = self.clean_labels is not None
+        self.history.append(SelectionRecord(
+            number, indices,
+            precision(indices, self.noisy_labels, self.clean_labels) if known else None))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.history and self.history[-1].precision is not None:
+            logs["sloss_meta_precision"] = self.history[-1].precision

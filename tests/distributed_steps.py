@@ -1,0 +1,87 @@
+"""Runs a few MetaReweightModel train steps under a strategy and saves the resulting state.
+
+Not a test itself: `distribute_test.py` runs it in subprocesses (a process fixes its
+logical devices before TensorFlow starts) and compares the single-device, mirrored and
+multi-worker results.
+
+  python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_grad=tape
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GLOBAL_BATCH, META_BATCH = 8, 6
+STEPS = int(os.environ.get("STEPS", 3))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--strategy", default="default")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--meta_grad", default="tape")
+    parser.add_argument("--meta_scope", default="full")
+    args = parser.parse_args()
+
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
+    if args.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy(
+            [f"/cpu:{i}" for i in range(args.replicas)])
+    else:
+        from clid_tf import distribute  # pylint: disable=import-outside-toplevel
+        strategy = distribute.make_strategy(args.strategy)
+
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from clid_tf import meta_model, objectives  # pylint: disable=import-outside-toplevel
+    from tests import helpers  # pylint: disable=import-outside-toplevel
+
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    with strategy.scope():
+        backbone = helpers.tiny_classifier(hidden=5)
+        backbone.head = backbone.get_layer("dense2")
+        for layer in backbone.layers:  # batch statistics over the global batch
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+        model = meta_model.MetaReweightModel(
+            backbone, helpers.weight_net(),
+            meta_objective=objectives.meta_objective("clid", tau=0.5),
+            meta_grad=args.meta_grad, meta_scope=args.meta_scope)
+        model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))
+
+    step = tf.function(model.train_step)
+    replicas = strategy.num_replicas_in_sync
+    meta_losses = []
+    for k in range(STEPS):
+        batch, meta = helpers.batches(batch=GLOBAL_BATCH, meta=META_BATCH, seed=k)
+        data = {"train": batch, "meta": meta}
+
+        def shard(context, data=data):
+            i, n = context.replica_id_in_sync_group, context.num_replicas_in_sync
+            return tf.nest.map_structure(
+                lambda a: a[i * len(a) // n:(i + 1) * len(a) // n], data)
+
+        logs = strategy.run(step, args=(
+            strategy.experimental_distribute_values_from_function(shard),))
+        meta_losses.append(float(strategy.experimental_local_results(logs["meta_clid"])[0]))
+    state = {f"theta{i}": v.numpy() for i, v in enumerate(backbone.trainable_variables)}
+    state.update({f"bn{i}": v.numpy() for i, v in enumerate(backbone.non_trainable_variables)})
+    state.update({f"phi{i}": v.numpy()
+                  for i, v in enumerate(model.meta_net.trainable_variables)})
+    np.savez(args.out, meta_losses=np.array(meta_losses), **state)
+    print(json.dumps({"replicas": replicas, "meta_losses": meta_losses}))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ from absl import logging
 
 FLAGS = flags.FLAGS
 
-METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae")
+METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
 # Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
              "wrn28_2")
@@ -72,7 +72,9 @@ def define_flags() -> None:
                       "clid (label-free, meta set = random training samples, labels never "
                       "read), entropy (label-free control), ce_clean (oracle Meta-Weight-Net "
                       "with a clean class-balanced meta set removed from training), ce_noisy "
-                      "and mae (same split, noisy labels).")
+                      "and mae (same split, noisy labels), ce_sloss / mae_sloss (after the "
+                      "warm-up, every epoch the meta set is the meta_size/K lowest-loss "
+                      "samples per noisy class by a 2-component GMM; noisy labels).")
     flags.DEFINE_enum("meta_net", "wnet", ("wnet", "vri"), "Meta-net: wnet (Meta-Weight-Net "
                       "1-100-1 on the per-sample loss, weights normalised over the batch) or "
                       "vri (Variational Rectification Inference: per-sample per-class "

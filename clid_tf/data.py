@@ -11,7 +11,8 @@ import tensorflow as tf
 def train_stream(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  is_noisy: np.ndarray | None = None, meta_images: np.ndarray | None = None,
                  meta_labels: np.ndarray | None = None, meta_batch_size: int = 100,
-                 augment: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+                 augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                 meta_stream: tf.data.Dataset | None = None) -> tf.data.Dataset:
     """Endless stream of {'train': {...}, 'meta': {...}} batches for `MetaReweightModel.fit`.
 
     Args:
@@ -22,18 +23,23 @@ def train_stream(images: np.ndarray, labels: np.ndarray, *, batch_size: int, see
         meta batches then carry no labels at all).
       augment: batch augmentation (clid_tf.augment.build) applied to training and meta
         images alike, as in the reference; None for none.
+      meta_stream: a ready meta-batch stream (e.g. clid_tf.sloss.DynamicMetaSet.stream)
+        instead of meta_images/meta_labels.
     Each epoch is a reshuffle; batches have static shapes (drop_remainder) for XLA.
     """
     train = {"image": images, "label": labels.astype(np.int32)}
     if is_noisy is not None:
         train["is_noisy"] = is_noisy.astype(bool)
     stream = _endless(train, batch_size, seed, augment)
-    if meta_images is None:
+    if meta_images is not None:
+        if meta_stream is not None:
+            raise ValueError("give meta_images or meta_stream, not both")
+        meta = {"image": meta_images}
+        if meta_labels is not None:
+            meta["label"] = meta_labels.astype(np.int32)
+        meta_stream = _endless(meta, meta_batch_size, seed + 1, augment)
+    if meta_stream is None:
         return stream.map(lambda t: {"train": t}).prefetch(tf.data.AUTOTUNE)
-    meta = {"image": meta_images}
-    if meta_labels is not None:
-        meta["label"] = meta_labels.astype(np.int32)
-    meta_stream = _endless(meta, meta_batch_size, seed + 1, augment)
     return (tf.data.Dataset.zip(stream, meta_stream)
             .map(lambda t, m: {"train": t, "meta": m}).prefetch(tf.data.AUTOTUNE))
 

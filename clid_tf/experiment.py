@@ -23,6 +23,7 @@ from clid_tf import meta_nets
 from clid_tf import objectives
 from clid_tf import schedules
 from clid_tf import selection as selection_lib
+from clid_tf import sloss as sloss_lib
 from clid_tf import splits
 from clid_tf import vri
 from clid_tf.splits import Setup
@@ -90,12 +91,23 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
 
     clean = ds.y_train_clean
     has_meta = setup.meta_indices is not None
+    augment_fn = _augmentation(augment, ds.x_train.shape[1:], flip=augment_flip, seed=seed)
+    reselect = meta_set = None
+    if method in splits.SMALL_LOSS:  # the meta set changes every epoch
+        meta_set = sloss_lib.DynamicMetaSet(
+            ds.x_train[idx], setup.noisy_labels[idx], np.searchsorted(idx, setup.meta_indices),
+            size=len(setup.meta_indices), num_classes=ds.num_classes)
+        reselect = sloss_lib.SmallLossReselection(
+            meta_set, ds.x_train[idx], setup.noisy_labels[idx], size=len(setup.meta_indices),
+            num_classes=ds.num_classes, seed=seed, batch_size=eval_batch_size,
+            clean_labels=None if clean is None else clean[idx])
     stream = data.train_stream(
         ds.x_train[idx], setup.noisy_labels[idx], batch_size=batch_size, seed=seed,
         is_noisy=None if clean is None else setup.noisy_labels[idx] != clean[idx],
-        meta_images=ds.x_train[setup.meta_indices] if has_meta else None,
-        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size,
-        augment=_augmentation(augment, ds.x_train.shape[1:], flip=augment_flip, seed=seed))
+        meta_images=ds.x_train[setup.meta_indices] if has_meta and not meta_set else None,
+        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size, augment=augment_fn,
+        meta_stream=meta_set.stream(meta_batch_size, seed + 1, augment=augment_fn)
+        if meta_set else None)
     selection = selection_lib.ClidSelection(
         ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
         batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
@@ -110,7 +122,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         fitted = model.fit(stream, initial_epoch=first, epochs=last,
                            steps_per_epoch=steps_per_epoch, verbose=verbose,
                            shuffle=False,  # the stream reshuffles itself
-                           callbacks=callbacks)
+                           callbacks=[reselect, *callbacks] if meta_active and reselect
+                           else callbacks)
         for key, values in fitted.history.items():  # None where a phase lacks a metric
             history.setdefault(key, [None] * first).extend(float(v) for v in values)
     if export:

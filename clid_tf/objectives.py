@@ -20,6 +20,8 @@ META_OBJECTIVE_LABELS = {
     "ce_clean": "clean",
     "ce_noisy": "noisy",
     "mae": "noisy",
+    "ce_sloss": "noisy",
+    "mae_sloss": "noisy",
 }
 
 
@@ -67,8 +69,8 @@ def meta_objective(name: str, *, tau: float) -> Callable[..., tf.Tensor]:
         return lambda features, logits, labels: clid_lib.clid_xla(features, logits, tau=tau)
     if name == "entropy":
         return lambda features, logits, labels: mean_entropy(logits)
-    if name in ("ce_clean", "ce_noisy"):
+    if name in ("ce_clean", "ce_noisy", "ce_sloss"):
         return lambda features, logits, labels: tf.reduce_mean(per_sample_ce(logits, labels))
-    if name == "mae":
+    if name in ("mae", "mae_sloss"):
         return lambda features, logits, labels: tf.reduce_mean(per_sample_mae(logits, labels))
     raise ValueError(f"unknown meta objective {name!r}; choose from {sorted(META_OBJECTIVE_LABELS)}")

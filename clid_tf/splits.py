@@ -15,6 +15,7 @@ from clid_tf import meta_sets
 from clid_tf import noise as noise_lib
 
 LABEL_FREE = ("clid", "entropy")
+SMALL_LOSS = ("ce_sloss", "mae_sloss")
 
 
 class Setup(NamedTuple):
@@ -73,6 +74,11 @@ def _split(*, dataset, data_dir, noise, noise_rate, human_noise, method, meta_si
     if method in ("ce", *LABEL_FREE):
         meta = pool[meta_sets.random_subset(len(pool), size=meta_size, seed=seed)]
         return Setup(ds, noisy, pool, None if method == "ce" else meta, None, meta)
+    if method in SMALL_LOSS:  # re-selected each epoch (clid_tf.sloss); samples stay in training
+        meta, _ = meta_sets.balanced_split(noisy[pool], size=meta_size,
+                                           num_classes=ds.num_classes, seed=seed)
+        meta = pool[meta]
+        return Setup(ds, noisy, pool, meta, noisy[meta].astype(np.int64), meta)
     if method == "ce_clean" and ds.y_train_clean is None:
         raise ValueError(f"method ce_clean needs clean training labels; dataset {dataset} "
                          "has none (give y_train_clean in the npz)")

@@ -68,11 +68,14 @@ class MetaReweightModel(keras.Model):
             "clean": mean(name="weight_clean"),
             "noisy": mean(name="weight_noisy"),
         }
+        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.test_loss = mean(name="loss")
         self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values()]
+        return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values(),
+                self.test_accuracy, self.test_loss]
 
     def compile(self, optimizer, meta_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
@@ -155,3 +158,11 @@ class MetaReweightModel(keras.Model):
                 self.meta_trackers["clean"].update_state(per_sample, sample_weight=1.0 - noisy)
                 updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
         return {m.name: m.result() for m in updated}
+
+    def test_step(self, data):
+        """`evaluate` on (raw images [B, ...], labels int [B]): accuracy and CE loss."""
+        images, labels = data
+        logits = self.backbone(images, training=False)[0]
+        self.test_accuracy.update_state(labels, logits)
+        self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
+        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}

@@ -43,36 +43,39 @@ def test_run_writes_results_flags_checkpoints(finished_run):
     assert abs(results["realised_noise_rate"] - 0.36) < 0.05
     assert results["flags"]["method"] == "clid" and results["flags"]["epochs"] == 2
     assert results["flags"]["noise_rate"] == 0.4
-    assert len(results["history"]["meta_clid"]) == 2
+    assert len(results["history"]["meta_clid"]) == 2  # None for the warm-up epoch
     assert "--method=clid" in open(os.path.join(workdir, "flags.cfg")).read()
     assert glob.glob(os.path.join(workdir, "checkpoints", "ckpt-2.index"))
     assert "test accuracy: final" in proc.stdout
 
 
 def _scalars(event_dir):
+    """tag -> values in step order, over every event file (one per fit phase)."""
     values = {}
     for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 number = (tf.make_ndarray(value.tensor) if value.HasField("tensor")
                           else value.simple_value)
-                values.setdefault(value.tag, []).append(float(number))
-    return values
+                values.setdefault(value.tag, []).append((event.step, float(number)))
+    return {tag: [v for _, v in sorted(pairs)] for tag, pairs in values.items()}
 
 
 def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
     workdir, _ = finished_run
     scalars = _scalars(os.path.join(workdir, "tensorboard", "train"))
     results = json.load(open(os.path.join(workdir, "results.json")))
-    for tag in ("epoch_loss", "epoch_meta_clid", "epoch_lr", "epoch_meta_lr",
-                "epoch_test_accuracy", "epoch_weight_clean", "epoch_weight_noisy",
-                "epoch_meta_set_clid", "epoch_selected_accuracy"):
+    for tag in ("epoch_loss", "epoch_lr", "epoch_meta_lr", "epoch_test_accuracy",
+                "epoch_meta_set_clid", "epoch_selected_accuracy", "epoch_ensemble5_accuracy"):
         assert len(scalars[tag]) == 2, tag
+    for tag in ("epoch_meta_clid", "epoch_weight_clean", "epoch_weight_noisy"):
+        assert len(scalars[tag]) == 1, tag  # epoch 1 is the warm-up: no meta updates
     np.testing.assert_allclose(scalars["epoch_test_accuracy"],
                                results["history"]["test_accuracy"], rtol=1e-6)
-    # Epoch 2 has meta updates: the meta-net weights clean samples above noisy ones.
-    assert scalars["epoch_weight_clean"][1] > scalars["epoch_weight_noisy"][1]
-    assert scalars["epoch_meta_clid"][1] > 1.0
+    assert results["history"]["meta_clid"][0] is None
+    # With meta updates the meta-net weights clean samples above noisy ones.
+    assert scalars["epoch_weight_clean"][0] > scalars["epoch_weight_noisy"][0]
+    assert scalars["epoch_meta_clid"][0] > 1.0
 
 
 def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path):

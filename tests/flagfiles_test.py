@@ -1,20 +1,26 @@
-"""Every flags/*.cfg: a readable flagfile that parses and runs one training step.
+"""Every flags/*.cfg: a readable flagfile that parses, wires up and trains one step.
 
-The named settings are parsed in-process against the real definitions
-(`cli.define_flags()`), each inside `flagsaver` so no value leaks into another test.
-Nested `--flagfile=flags/...` lines are relative to the repository root, so every test
-runs from there (`monkeypatch.chdir`).
+Flagfiles are parsed in-process against the real definitions (`cli.define_flags()`),
+each test inside `flagsaver` so no value leaks into another test. Nested
+`--flagfile=flags/...` lines are relative to the repository root, so every test runs from
+there (`monkeypatch.chdir`).
 
-The one-step runs use TFDS's `mock_data` with an `as_dataset_fn` rather than its random
-`num_examples` generator, because:
-  * the random generator gives train and test the same size, and ce_clean on CIFAR-100
-    needs every (noisy) class twice in train (one meta sample per class, and training
-    keeps some), i.e. thousands of examples, which would also make the test split (and
-    its evaluation on CPU) thousands of images;
-  * here the clean label of example i is i % K (each class 20 times in train), the
-    human-noise fields of cifar10_n are in [0, K) on train and -1 on test, as in the real
-    TFDS data (random mock values would be in range too, but not -1 on test), and the
-    test split has 16 images: two eval batches of 8.
+Runs on mock data use TFDS's `mock_data` with an `as_dataset_fn` rather than its random
+`num_examples` generator, because that generator gives train and test the same size, and
+ce_clean on CIFAR-100 needs every noisy class at least twice in train (one meta sample per
+class, and training keeps some): thousands of images, and as many test images to evaluate
+on CPU. Here the clean label of train example i is i % K (each class 20 times), the
+human-noise fields of cifar10_n are in [0, K) on train (40% resampled) and -1 on test, as
+in the real TFDS data, and the test split has 16 images (two eval batches of 8).
+
+Time (2 CPU cores): one CIFAR training step costs 10-20 s, nearly all of it tracing (the
+strong-augmentation pipelines and the second-order meta step), so all 22 CIFAR settings
+take about 6 minutes. By default one step runs for one file per code path (files that
+differ only in numbers such as the noise rate or meta_lr, or in which CIFAR-10N label set
+they read, share one); every file still goes through the CLI wiring, its noise injection
+and its learning-rate schedule (`test_setting_wires_up_on_mock_data`, under a second).
+The other files' steps are marked `slow` and skipped unless a marker expression is
+given: `pytest -m slow tests/flagfiles_test.py` runs them, `-m "slow or not slow"` all.
 """
 
 from __future__ import annotations
@@ -33,15 +39,13 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
+from clid_tf import experiment
+from clid_tf import schedules
+from clid_tf import splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 _INCLUDE = re.compile(r"^--flagfile=(\S+)$")
-
-
-def _flagfiles() -> list[str]:
-    return sorted(f"flags/{name}" for name in os.listdir(os.path.join(ROOT, "flags"))
-                  if name.endswith(".cfg"))
 
 
 def _lines(path: str) -> list[str]:
@@ -49,19 +53,57 @@ def _lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-FLAGFILES = _flagfiles()
-# Files pulled in by another file (common_cifar.cfg, digits_common.cfg) are shared values,
+def _resolved(path: str) -> dict[str, str]:
+    """flag -> value text of a flagfile, nested files expanded, later lines winning.
+
+    Used only to group files and to size the mock runs; the tests parse with absl.
+    """
+    values: dict[str, str] = {}
+    for line in _lines(path):
+        if (m := _INCLUDE.match(line)):
+            values.update(_resolved(m.group(1)))
+        elif line.startswith("--"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+FLAGFILES = sorted(f"flags/{name}" for name in os.listdir(os.path.join(ROOT, "flags"))
+                   if name.endswith(".cfg"))
+# Files pulled in by another file (common_cifar.cfg, digits_common.cfg) hold shared values,
 # not settings: they are parsed but not run on their own.
 INCLUDES = sorted({m.group(1) for path in FLAGFILES for line in _lines(path)
                    if (m := _INCLUDE.match(line))})
 SETTINGS = [path for path in FLAGFILES if path not in INCLUDES]
 
 
+def _code_path(path: str) -> tuple:
+    """What decides which code a training step runs; numbers and label-set names aside."""
+    values = _resolved(path)
+    noise = values.get("noise")
+    return (values.get("dataset"), "human" if noise in cli.HUMAN_NOISE else noise,
+            *(values.get(key) for key in ("backbone", "meta_net", "method", "augment",
+                                          "lr_schedule", "meta_optimizer", "meta_grad",
+                                          "meta_scope", "warmup_epochs")))
+
+
+def _step_representatives() -> dict[str, str]:
+    """setting -> the setting whose training step stands for it (the last in name order:
+    sym60 rather than sym20/40, worst rather than aggre/rand1)."""
+    groups: dict[tuple, list[str]] = {}
+    for path in SETTINGS:
+        groups.setdefault(_code_path(path), []).append(path)
+    return {path: max(group) for group in groups.values() for path in group}
+
+
+REPRESENTATIVE = _step_representatives()
+
+
 @pytest.fixture(autouse=True)
 def _repo_root_and_flags(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(ROOT)
     cli.define_flags()
-    with flagsaver.flagsaver():  # every value set by a test is restored afterwards
+    with flagsaver.flagsaver():  # every value a test sets is restored afterwards
         yield
 
 
@@ -80,7 +122,7 @@ def test_the_named_settings_exist() -> None:
                  "cifar10_n_worst_vri_clid", "cifar10_n_aggre_vri_clid",
                  "cifar10_n_rand1_vri_clid", "digits_sym40"):
         assert f"flags/{name}.cfg" in FLAGFILES, name
-    for path in FLAGFILES:  # every CLID setting has its oracle baseline
+    for path in FLAGFILES:  # every CIFAR CLID setting has its oracle baseline
         if path.startswith("flags/cifar") and path.endswith("_clid.cfg"):
             assert path.replace("_clid.cfg", "_ce_clean.cfg") in FLAGFILES, path
     assert INCLUDES == ["flags/common_cifar.cfg", "flags/digits_common.cfg"]
@@ -101,8 +143,10 @@ def test_file_is_a_commented_header_then_one_flag_per_line(path: str) -> None:
 
 @pytest.mark.parametrize("path", FLAGFILES)
 def test_file_parses_against_the_real_flags(path: str) -> None:
-    _parse(f"--flagfile={path}")  # an unknown flag or bad value raises flags.Error
+    _parse(f"--flagfile={path}")  # an unknown flag or a bad value raises flags.Error
     assert FLAGS.is_parsed()
+    for name, value in _resolved(path).items():  # every line reached absl
+        assert FLAGS[name].present, (path, name, value)
 
 
 def test_command_line_overrides_the_file() -> None:
@@ -112,13 +156,8 @@ def test_command_line_overrides_the_file() -> None:
     assert FLAGS.meta_lr == 1e-5  # the rest of the file still holds
 
 
-def test_flags_do_not_leak_between_tests() -> None:
-    assert FLAGS["method"].value == FLAGS["method"].default
-    assert FLAGS["dataset"].value == "digits"
-
-
 # The reference values of METHOD.md sections 2.1, 2.2, 5 and 12, written out again here so
-# a typo in a flagfile, or a file whose name says something else, fails this test.
+# that a typo in a flagfile, or a file whose name says something else, fails this test.
 _COMMON = dict(batch_size=100, meta_batch_size=100, meta_size=1000, tau=0.5, momentum=0.9,
                weight_decay=5e-4, lr_eta_min=1e-3, meta_weight_decay=5e-4,
                augment="strong", warmup_epochs=0, meta_scope="full", steps_per_epoch=0)
@@ -144,24 +183,23 @@ def test_cifar_setting_matches_its_name_and_the_reference(path: str) -> None:
     want = {**_COMMON, **(_WNET if name["net"] == "wnet" else _VRI),
             **_PER_METHOD[name["net"], name["method"]],
             "dataset": name["dataset"], "noise": name["noise"] or name["human"],
-            "meta_net": name["net"],
-            "method": name["method"]}
+            "meta_net": name["net"], "method": name["method"]}
     if name["net"] == "vri":  # ResNet-34 for human noise, else PreAct-ResNet-18
         want["backbone"] = "resnet34" if name["dataset"] == "cifar10_n" else "preact_resnet18"
     if name["rate"]:
         want["noise_rate"] = int(name["rate"]) / 100
     else:
         assert name["dataset"] == "cifar10_n" and name["human"] in cli.HUMAN_NOISE, path
-    got = {key: FLAGS[key].value for key in want}
-    assert got == want, path
+    assert {key: FLAGS[key].value for key in want} == want, path
 
 
-# --------------------------------------------------------------------------- one step
+# --------------------------------------------------------------------------- mock runs
 
 _TRAIN_PER_CLASS = 20
 _TEST_SIZE = 16
 _HUMAN_FIELDS = ("aggre_label", "worse_label", "random_label1", "random_label2",
                  "random_label3", "noise_label")
+_HUMAN_RESAMPLED = 0.4  # share of train labels the fake human label sets redraw
 
 
 def _fake_split(self: Any, split: Any, **kwargs: Any) -> tf.data.Dataset:
@@ -175,39 +213,95 @@ def _fake_split(self: Any, split: Any, **kwargs: Any) -> tf.data.Dataset:
     example = {"image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "label": label}
     for field in _HUMAN_FIELDS:
         if field in self.info.features:
-            flipped = rng.integers(0, num_classes, n)  # ~ 40% of labels changed
-            noisy = np.where(rng.random(n) < 0.4, flipped, label)
+            redrawn = rng.integers(0, num_classes, n)
+            noisy = np.where(rng.random(n) < _HUMAN_RESAMPLED, redrawn, label)
             example[field] = noisy if train else np.full(n, -1, np.int64)
     return tf.data.Dataset.from_tensor_slices(example)
 
 
-# One training step, the smallest batches and meta set; no SavedModel export.
-_TINY = ("--epochs=1", "--steps_per_epoch=1", "--warmup_epochs=0", "--batch_size=4",
-         "--meta_batch_size=4", "--meta_size=20", "--eval_batch_size=8", "--export=false",
-         "--verbose=0")
-# The settings' backbones stay, except WRN-28-10 (36M parameters), which is swapped for
-# WRN-28-2, the same code path at width 2: its first second-order step on 2 CPU cores
-# dominates this file's time otherwise. PreAct-ResNet-18 and ResNet-34 run as they are.
+# The smallest batches and meta set, no SavedModel. ce_clean takes meta_size // K samples
+# per class, so CIFAR-100 needs a meta set of 100.
+_SMALL = ("--batch_size=4", "--meta_batch_size=4", "--eval_batch_size=8", "--export=false",
+          "--verbose=0")
+# The settings' backbones run as they are except WRN-28-10 (36M parameters), swapped for
+# WRN-28-2, the same code at width 2: on 2 CPU cores one WNet run then takes about 12 s
+# instead of about 20 s. PreAct-ResNet-18 and ResNet-34 run unchanged.
 _SMALLER_BACKBONE = {"wrn28_10": "wrn28_2"}
 
 
-def _tiny_overrides(path: str) -> list[str]:
-    args = list(_TINY)
-    lines = _lines(path)
-    if "--dataset=cifar100" in lines and "--method=ce_clean" in lines:
-        args.append("--meta_size=100")  # ce_clean takes meta_size // K per class: K = 100
-    for line in lines:
-        if line.startswith("--backbone=") and line[11:] in _SMALLER_BACKBONE:
-            args.append(f"--backbone={_SMALLER_BACKBONE[line[11:]]}")
+def _small_overrides(path: str) -> list[str]:
+    values = _resolved(path)
+    meta_size = 100 if values.get("dataset", "").startswith("cifar100") else 20
+    args = [*_SMALL, f"--meta_size={meta_size}"]
+    if values.get("backbone") in _SMALLER_BACKBONE:
+        args.append(f"--backbone={_SMALLER_BACKBONE[values['backbone']]}")
     return args
 
 
+def _expected_noise_rate() -> float:
+    """Expected flip rate of the parsed setting's noise on the mock data."""
+    k = 100 if FLAGS.dataset.startswith("cifar100") else 10
+    if FLAGS.noise in cli.HUMAN_NOISE:
+        return _HUMAN_RESAMPLED * (k - 1) / k
+    if FLAGS.noise == "sym":  # reference convention
+        return FLAGS.noise_rate * (k - 1) / k
+    return FLAGS.noise_rate
+
+
 @pytest.mark.parametrize("path", SETTINGS)
-def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path) -> None:
+def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None:
+    """The CLI with the file's own epochs and schedule, up to (not into) training."""
+    seen = {}
+
+    def fake_train(setup: splits.Setup, **kwargs: Any) -> dict:
+        seen.update(kwargs, setup=setup)
+        return {key: 0.0 for key in ("final_test_accuracy", "best_test_accuracy",
+                                     "selected_accuracy", "ensemble5_accuracy")}
+
+    monkeypatch.setattr(experiment, "train", fake_train)
     workdir = tmp_path / "run"
-    overrides = _tiny_overrides(path)
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
-        _parse(f"--flagfile={path}", *overrides, f"--workdir={workdir}")
+        _parse(f"--flagfile={path}", *_small_overrides(path), f"--workdir={workdir}")
+        cli.run()
+        expected_rate = _expected_noise_rate()
+        epochs, lr, eta_min = FLAGS.epochs, FLAGS.lr, FLAGS.lr_eta_min
+    assert (workdir / "results.json").exists() and (workdir / "flags.cfg").exists()
+    setup = seen["setup"]
+    num_classes = setup.dataset.num_classes
+    assert 0 <= setup.noisy_labels.min() and setup.noisy_labels.max() < num_classes
+    realised = splits.noise_report(setup)["realised_noise_rate"]
+    assert abs(realised - expected_rate) < 0.1, (realised, expected_rate)
+    # The learning rate at the start of every epoch of the file's full run.
+    schedule = schedules.build(seen["lr_schedule"], seen["lr"], steps_per_epoch=1,
+                               epochs=seen["epochs"], t_max=seen["lr_tmax"],
+                               eta_min=seen["lr_eta_min"], milestones=seen["lr_milestones"],
+                               gamma=seen["lr_gamma"])
+    lrs = np.array([float(schedule(epoch) if callable(schedule) else schedule)
+                    for epoch in range(epochs)])
+    assert lrs[0] == pytest.approx(lr) and np.isfinite(lrs).all()
+    assert (lrs >= eta_min - 1e-9).all() and (lrs <= lr + 1e-9).all()
+    if seen["lr_schedule"].startswith("cosine"):  # it anneals within the run
+        assert lrs.min() < eta_min + 0.01 * (lr - eta_min)
+
+
+_ONE_STEP = ("--epochs=1", "--steps_per_epoch=1", "--warmup_epochs=0")
+
+
+def _step_param(path: str):
+    if REPRESENTATIVE[path] == path:
+        return path
+    return pytest.param(path, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("path", [_step_param(path) for path in SETTINGS])
+def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path, request) -> None:
+    if REPRESENTATIVE[path] != path and not request.config.option.markexpr:
+        pytest.skip(f"same code path as {REPRESENTATIVE[path]}, which runs by default; "
+                    "run with -m slow")
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(as_dataset_fn=_fake_split):
+        _parse(f"--flagfile={path}", *_small_overrides(path), *_ONE_STEP,
+               f"--workdir={workdir}")
         file_flags = {k: FLAGS[k].value for k in ("dataset", "method", "meta_net", "noise")}
         cli.run()
     results = json.loads((workdir / "results.json").read_text())
@@ -224,5 +318,3 @@ def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path) -> Non
         assert len(meta) == 1 and math.isfinite(meta[0]), meta
     if file_flags["dataset"].startswith("cifar"):
         assert results["num_test"] == _TEST_SIZE
-        if file_flags["noise"] in cli.HUMAN_NOISE:  # the human label set, not clean labels
-            assert 0.2 < results["realised_noise_rate"] < 0.6

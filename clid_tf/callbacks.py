@@ -1,33 +1,114 @@
-"""Callbacks for a training run: per-epoch checkpoints and extra TensorBoard scalars."""
+"""Callbacks of a training run: resumable checkpoints with run state, and a NaN guard."""
 
 from __future__ import annotations
 
+import glob
+import json
+import math
+import os
+import re
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 
-class CheckpointEveryEpoch(keras.callbacks.Callback):
-    """Saves backbone, meta-net and both optimizers after every epoch.
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/Inf; the message names the step and the quantity."""
 
-    tf.train.CheckpointManager writes each checkpoint under a new name and only then updates
-    its index file, so a crash never leaves the latest checkpoint half-written.
+
+class RunState(keras.callbacks.Callback):
+    """Checkpoints everything a resumed run needs, after every epoch.
+
+    `checkpoints/ckpt-E` (tf.train.CheckpointManager) holds the backbone, the meta-net
+    (VRI's noise-generator state included), both optimizers (iterations, hence the
+    learning-rate schedule position) and the epoch; `checkpoints/state-E.npz` holds the
+    per-epoch history and the label-free selection state. The npz is written first (to a
+    temporary name, then renamed), and CheckpointManager writes the checkpoint files before
+    updating its index, so a crash at any moment leaves the last complete epoch intact.
+    Data order needs no state: every epoch's shuffles and augmentations are seeded by the
+    epoch number (clid_tf.data).
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 3):
+    def __init__(self, directory: str, model: keras.Model, selection=None,
+                 max_to_keep: int = 3):
         super().__init__()
         self.directory = directory
+        self.selection = selection
         self.max_to_keep = max_to_keep
+        self.history: dict[str, list[float | None]] = {}
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.manager = None
-
-    def on_train_begin(self, logs=None):
-        model = self.model
         parts = {"backbone": model.backbone, "optimizer": model.optimizer, "epoch": self.epoch}
         if getattr(model, "meta_net", None) is not None:
             parts.update(meta_net=model.meta_net, meta_optimizer=model.meta_optimizer)
-        self.manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(**parts), self.directory, max_to_keep=self.max_to_keep)
+        self.checkpoint = tf.train.Checkpoint(**parts)
+        os.makedirs(directory, exist_ok=True)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                  max_to_keep=max_to_keep)
+
+    def restore(self) -> int:
+        """Restores the latest complete epoch; returns it (0 when there is none)."""
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return 0
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        epoch = int(self.epoch.numpy())
+        with np.load(self._state_path(epoch)) as state:
+            self.history = json.loads(str(state["history"]))
+            if self.selection is not None:
+                self.selection.set_state(dict(state))
+        return epoch
 
     def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            column = self.history.setdefault(key, [None] * epoch)
+            column.extend([None] * (epoch - len(column)))
+            column.append(float(value))
+        state = {"history": np.asarray(json.dumps(self.history))}
+        if self.selection is not None:
+            state.update(self.selection.get_state())
+        path = self._state_path(epoch + 1)
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, **state)
+        os.replace(path + ".tmp", path)
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+        self._drop_old_states()
+
+    def _state_path(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"state-{epoch}.npz")
+
+    def _drop_old_states(self) -> None:
+        kept = {int(p.rsplit("-", 1)[1]) for p in self.manager.checkpoints}
+        for path in glob.glob(os.path.join(self.directory, "state-*.npz")):
+            number = int(re.search(r"state-(\d+)\.npz$", path).group(1))
+            if number not in kept:
+                os.remove(path)
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss, meta loss or meta weight is NaN/Inf.
+
+    Raising before the epoch ends means no checkpoint is written after the fault: the last
+    good one stays the latest.
+    """
+
+    WATCHED = ("loss", "meta_", "weight_")
+
+    def __init__(self, steps_per_epoch: int):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if name.startswith(self.WATCHED) and not math.isfinite(float(value)):
+                step = self._epoch * self.steps_per_epoch + batch + 1
+                kept = (f"the last good checkpoint (epoch {self._epoch}) is kept"
+                        if self._epoch else "no checkpoint had been written yet")
+                raise NonFiniteError(
+                    f"non-finite {name} ({float(value)}) at epoch {self._epoch + 1}, step "
+                    f"{batch + 1} (global step {step}); training stopped and {kept}")

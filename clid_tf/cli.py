@@ -42,6 +42,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bars, 2 one line "
                          "per epoch.", lower_bound=0, upper_bound=2)
     flags.DEFINE_bool("export", True, "Export a SavedModel for serving at the end.")
+    flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last "
+                      "checkpoint (start it if the folder is new or empty). Rerun the same "
+                      "command after a crash or kill.")
+    flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
+                      "gives identical weights and results (slower on GPU).")
     # ---- data and noise
     flags.DEFINE_string("dataset", "digits", "Dataset: 'digits' (offline scikit-learn 8x8 "
                         "digits), 'cifar10', 'cifar100', 'cifar10_n', 'cifar100_n' (TFDS), "
@@ -158,6 +163,11 @@ def main(argv: list[str]) -> None:
         run()
     except (RunError, datasets.DataError) as error:
         _fail(str(error))
+    except Exception as error:  # pylint: disable=broad-except
+        if type(error).__name__ != "NonFiniteError":  # clid_tf.callbacks, imported lazily
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
 
 
 def _fail(message: str) -> None:
@@ -169,7 +179,12 @@ def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
     from clid_tf import datasets, splits  # pylint: disable=import-outside-toplevel
     workdir = FLAGS.workdir or _default_workdir()
-    created = check_workdir(workdir)
+    resuming = FLAGS.resume and _has_checkpoint(workdir)
+    if resuming:
+        check_resumable(workdir)
+        created = False
+    else:
+        created = check_workdir(workdir, allow_partial=FLAGS.resume)
     try:  # numpy only: bad data is reported before TensorFlow starts
         setup = splits.prepare(
             dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
@@ -184,10 +199,17 @@ def run() -> dict:
         if created:
             os.rmdir(workdir)
         raise RunError(str(error)) from error
-    with open(os.path.join(workdir, "flags.cfg"), "w") as f:
-        f.write(FLAGS.flags_into_string())
+    split_path = os.path.join(workdir, "split.npz")
+    if resuming:
+        check_same_split(split_path, setup)
+    else:
+        write_file_atomic(os.path.join(workdir, "flags.cfg"), FLAGS.flags_into_string())
+        save_split(split_path, setup)
     print(f"workdir: {workdir}")
     from clid_tf import experiment  # pylint: disable=import-outside-toplevel
+    if FLAGS.deterministic:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        tf.config.experimental.enable_op_determinism()
     started = time.time()
     results = experiment.train(
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
@@ -203,8 +225,7 @@ def run() -> dict:
         meta_optimizer=FLAGS.meta_optimizer, meta_lr=FLAGS.meta_lr,
         meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
         eval_batch_size=FLAGS.eval_batch_size, select_keep=FLAGS.select_keep,
-        seed=FLAGS.seed, verbose=FLAGS.verbose,
-        export=FLAGS.export)
+        seed=FLAGS.seed, verbose=FLAGS.verbose, export=FLAGS.export, resume=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = {name: FLAGS[name].value for name in sorted(_training_flag_names())}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
@@ -225,16 +246,68 @@ def _default_workdir() -> str:
                         f"-{FLAGS.method}-{stamp}")
 
 
-def check_workdir(path: str) -> bool:
+def _has_checkpoint(workdir: str) -> bool:
+    return os.path.exists(os.path.join(workdir, "checkpoints", "checkpoint"))
+
+
+def check_resumable(workdir: str) -> None:
+    """A run can resume when it is unfinished and was started with the same flags."""
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        raise RunError(f"the run in {workdir} is complete (results.json exists); "
+                       "nothing to resume")
+    try:
+        with open(os.path.join(workdir, "flags.cfg")) as f:
+            saved = f.read()
+    except OSError as error:
+        raise RunError(f"cannot resume {workdir}: flags.cfg unreadable "
+                       f"({error.strerror})") from error
+    ignored = ("--resume", "--noresume", "--verbose", "--verbosity", "--workdir", "--export",
+               "--noexport")
+    def significant(text):
+        return {line for line in text.splitlines() if not line.startswith(ignored)}
+    changed = sorted(significant(FLAGS.flags_into_string()) ^ significant(saved))
+    if changed:
+        names = sorted({line.split("=")[0] for line in changed})
+        raise RunError(f"cannot resume {workdir}: flags differ from the checkpointed run "
+                       f"({', '.join(names)})")
+
+
+def save_split(path: str, setup) -> None:
+    """The noisy labels and sample indices of the run, checked again on resume."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **_split_arrays(setup))
+    os.replace(path + ".tmp", path)
+
+
+def check_same_split(path: str, setup) -> None:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    with np.load(path) as saved:
+        for key, value in _split_arrays(setup).items():
+            if not np.array_equal(saved[key], value):
+                raise RunError(f"cannot resume: the {key.replace('_', ' ')} differ from the "
+                               "checkpointed run (data or code changed)")
+
+
+def _split_arrays(setup) -> dict:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    none = np.zeros([0], np.int64)
+    return {"noisy_labels": setup.noisy_labels, "train_indices": setup.train_indices,
+            "meta_indices": none if setup.meta_indices is None else setup.meta_indices}
+
+
+def check_workdir(path: str, *, allow_partial: bool = False) -> bool:
     """Refuses a workdir that holds files (an earlier run) or cannot be created/written.
 
-    Creates the folder (empty) to prove it can be written; returns whether it was created.
+    With allow_partial (--resume), a run that died before its first checkpoint may be
+    started again in place. Creates the folder (empty) to prove it can be written;
+    returns whether it was created.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"workdir {path} exists and is not a folder")
-    if os.path.isdir(path) and os.listdir(path):
+    if os.path.isdir(path) and os.listdir(path) and not allow_partial:
         raise RunError(f"workdir {path} is not empty (it holds an earlier run); "
-                       "choose a new --workdir")
+                       "choose a new --workdir, or pass --resume to continue it")
     created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
@@ -249,7 +322,11 @@ def check_workdir(path: str) -> bool:
 
 def write_json_atomic(path: str, payload: dict) -> None:
     """Writes JSON to a temporary file, then renames it over `path`."""
+    write_file_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_file_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)

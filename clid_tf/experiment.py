@@ -62,15 +62,15 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
           vri_kl: float, tau: float, meta_grad: str, meta_scope: str, strategy: str,
-          augment: str,
-          augment_flip: bool, epochs: int, batch_size: int, meta_batch_size: int,
-          steps_per_epoch: int, lr: float,
-          momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
-          lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float,
-          meta_optimizer: str, meta_lr: float, meta_weight_decay: float,
-          warmup_epochs: int, eval_batch_size: int, select_keep: int, seed: int,
-          verbose: int, export: bool) -> dict:
-    """Fits the model and returns the results dict (accuracies, noise, history)."""
+          augment: str, augment_flip: bool, epochs: int, batch_size: int,
+          meta_batch_size: int, steps_per_epoch: int, lr: float, momentum: float,
+          weight_decay: float, lr_schedule: str, lr_tmax: int, lr_eta_min: float,
+          lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
+          meta_lr: float, meta_weight_decay: float, warmup_epochs: int,
+          eval_batch_size: int, select_keep: int, seed: int, verbose: int, export: bool,
+          resume: bool = False) -> dict:
+    """Fits the model (continuing the workdir's last checkpoint if `resume`) and returns the
+    results dict (accuracies, noise, history)."""
     ds = setup.dataset
     idx = setup.train_indices
     steps_per_epoch = steps_per_epoch or len(idx) // batch_size
@@ -88,50 +88,77 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         meta_opt = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[meta_optimizer]
         model.compile(keras.optimizers.SGD(schedule, momentum=momentum),
                       meta_opt(meta_lr) if model.meta_net is not None else None)
-
-    clean = ds.y_train_clean
-    has_meta = setup.meta_indices is not None
-    augment_fn = _augmentation(augment, ds.x_train.shape[1:], flip=augment_flip, seed=seed)
-    reselect = meta_set = None
-    if method in splits.SMALL_LOSS:  # the meta set changes every epoch
-        meta_set = sloss_lib.DynamicMetaSet(
-            ds.x_train[idx], setup.noisy_labels[idx], np.searchsorted(idx, setup.meta_indices),
-            size=len(setup.meta_indices), num_classes=ds.num_classes)
-        reselect = sloss_lib.SmallLossReselection(
-            meta_set, ds.x_train[idx], setup.noisy_labels[idx], size=len(setup.meta_indices),
-            num_classes=ds.num_classes, seed=seed, batch_size=eval_batch_size,
-            clean_labels=None if clean is None else clean[idx])
-    stream = data.train_stream(
-        ds.x_train[idx], setup.noisy_labels[idx], batch_size=batch_size, seed=seed,
-        is_noisy=None if clean is None else setup.noisy_labels[idx] != clean[idx],
-        meta_images=ds.x_train[setup.meta_indices] if has_meta and not meta_set else None,
-        meta_labels=setup.meta_labels, meta_batch_size=meta_batch_size, augment=augment_fn,
-        meta_stream=meta_set.stream(meta_batch_size, seed + 1, augment=augment_fn)
-        if meta_set else None)
     selection = selection_lib.ClidSelection(
         ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
         batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
         keep=select_keep, seed=seed, eval_batch_size=eval_batch_size)
-    callbacks = [  # selection first: it adds the test metrics the others log
+    run_state = callbacks_lib.RunState(os.path.join(workdir, "checkpoints"), model, selection)
+    start_epoch = run_state.restore() if resume else 0
+    if start_epoch:
+        print(f"resuming after epoch {start_epoch} of {epochs}")
+    streams = _Streams(setup, method=method, batch_size=batch_size, meta_batch_size=meta_batch_size,
+                       steps_per_epoch=steps_per_epoch, eval_batch_size=eval_batch_size,
+                       augment=_augmentation(augment, ds.x_train.shape[1:], flip=augment_flip,
+                                             seed=seed), seed=seed)
+    callbacks = [  # selection first: it adds the test metrics that the others record
         selection,
+        callbacks_lib.NonFiniteGuard(steps_per_epoch),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-        callbacks_lib.CheckpointEveryEpoch(os.path.join(workdir, "checkpoints"))]
-    history: dict[str, list[float]] = {}
-    for first, last, meta_active in _phases(model, warmup_epochs, epochs):
+        run_state]
+    for first, last, meta_active in _phases(model, warmup_epochs, epochs, start_epoch):
         model.set_meta_active(meta_active)
-        fitted = model.fit(stream, initial_epoch=first, epochs=last,
-                           steps_per_epoch=steps_per_epoch, verbose=verbose,
-                           shuffle=False,  # the stream reshuffles itself
-                           callbacks=[reselect, *callbacks] if meta_active and reselect
-                           else callbacks)
-        for key, values in fitted.history.items():  # None where a phase lacks a metric
-            history.setdefault(key, [None] * first).extend(float(v) for v in values)
+        extra = [streams.reselect] if meta_active and streams.reselect else []
+        model.fit(streams.train(first), initial_epoch=first, epochs=last,
+                  steps_per_epoch=steps_per_epoch, verbose=verbose,
+                  shuffle=False,  # the stream shuffles itself, seeded per epoch
+                  callbacks=[*extra, *callbacks])
     if export:
         export_lib.export_saved_model(
             model.backbone, os.path.join(workdir, "saved_model"),
             input_shape=ds.x_train.shape[1:],
             input_dtype="uint8" if ds.x_train.dtype == np.uint8 else "float32")
-    summary = selection.summary()
+    return _results(setup, selection.summary(), run_state.history)
+
+
+class _Streams:
+    """Builds the (train, meta) stream of each fit phase; owns the sloss meta set."""
+
+    def __init__(self, setup: Setup, *, method: str, batch_size: int, meta_batch_size: int,
+                 steps_per_epoch: int, eval_batch_size: int, augment, seed: int):
+        ds, idx = setup.dataset, setup.train_indices
+        self.setup, self.augment, self.seed = setup, augment, seed
+        self.batch_size, self.meta_batch_size = batch_size, meta_batch_size
+        self.steps_per_epoch = steps_per_epoch
+        clean = ds.y_train_clean
+        self.is_noisy = None if clean is None else setup.noisy_labels[idx] != clean[idx]
+        self.meta_set = self.reselect = None
+        if method in splits.SMALL_LOSS:  # the meta set changes every epoch
+            size = len(setup.meta_indices)
+            self.meta_set = sloss_lib.DynamicMetaSet(
+                ds.x_train[idx], setup.noisy_labels[idx],
+                np.searchsorted(idx, setup.meta_indices), size=size,
+                num_classes=ds.num_classes)
+            self.reselect = sloss_lib.SmallLossReselection(
+                self.meta_set, ds.x_train[idx], setup.noisy_labels[idx], size=size,
+                num_classes=ds.num_classes, seed=seed, batch_size=eval_batch_size,
+                clean_labels=None if clean is None else clean[idx])
+
+    def train(self, first_epoch: int):
+        setup, ds, idx = self.setup, self.setup.dataset, self.setup.train_indices
+        fixed_meta = setup.meta_indices is not None and self.meta_set is None
+        return data.train_stream(
+            ds.x_train[idx], setup.noisy_labels[idx], batch_size=self.batch_size,
+            seed=self.seed, steps_per_epoch=self.steps_per_epoch, first_epoch=first_epoch,
+            is_noisy=self.is_noisy,
+            meta_images=ds.x_train[setup.meta_indices] if fixed_meta else None,
+            meta_labels=setup.meta_labels, meta_batch_size=self.meta_batch_size,
+            augment=self.augment,
+            meta_stream=None if self.meta_set is None else self.meta_set.stream(
+                self.meta_batch_size, self.seed + 1, augment=self.augment,
+                first_step=first_epoch * self.steps_per_epoch))
+
+
+def _results(setup: Setup, summary: dict, history: dict) -> dict:
     accuracy = summary["test_accuracy"]
     best_epoch = int(np.argmax(accuracy))
     return {
@@ -141,9 +168,9 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         **{k: summary[k] for k in ("selected_epoch", "selected_accuracy",
                                    "ensemble3_accuracy", "ensemble5_accuracy")},
         **splits.noise_report(setup),
-        "num_train": int(len(idx)),
-        "num_meta": 0 if not has_meta else int(len(setup.meta_indices)),
-        "num_test": int(len(ds.y_test)),
+        "num_train": int(len(setup.train_indices)),
+        "num_meta": 0 if setup.meta_indices is None else int(len(setup.meta_indices)),
+        "num_test": int(len(setup.dataset.y_test)),
         "history": history,
     }
 
@@ -154,9 +181,10 @@ def _augmentation(kind: str, input_shape, *, flip: bool, seed: int):
     return augment_lib.build(kind, image_shape=input_shape, seed=seed, flip=flip)
 
 
-def _phases(model: meta_model.MetaReweightModel, warmup_epochs: int, epochs: int):
-    """(first epoch, end epoch, meta updates on?) per fit call: warm-up with plain CE first."""
-    if model.meta_net is None:
-        return [(0, epochs, False)]
-    warmup = min(warmup_epochs, epochs)
-    return [p for p in [(0, warmup, False), (warmup, epochs, True)] if p[1] > p[0]]
+def _phases(model: meta_model.MetaReweightModel, warmup_epochs: int, epochs: int,
+            start: int = 0):
+    """(first epoch, end epoch, meta updates on?) per fit call: warm-up with plain CE first,
+    skipping what a resumed run (`start` epochs done) has already trained."""
+    warmup = epochs if model.meta_net is None else min(warmup_epochs, epochs)
+    phases = [(max(start, 0), warmup, False), (max(start, warmup), epochs, True)]
+    return [p for p in phases if p[1] > p[0]]

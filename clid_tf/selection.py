@@ -255,6 +255,30 @@ class ClidSelection(keras.callbacks.Callback):
         return {names[k]: self.store.ensemble_accuracy(self.test_labels, min(k, len(self.store)))
                 for k in ENSEMBLE_SIZES}
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue after a restart, as numpy arrays (for an npz)."""
+        entries = self.store.entries
+        return {
+            "selection_epochs": np.asarray(self.epochs, np.int64),
+            "selection_meta_clid": np.asarray(self.meta_clid, np.float64),
+            "selection_test_accuracy": np.asarray(self.test_accuracy, np.float64),
+            "selection_store_scores": np.asarray([e.score for e in entries], np.float64),
+            "selection_store_epochs": np.asarray([e.epoch for e in entries], np.int64),
+            "selection_store_logits": (np.stack([e.logits for e in entries]) if entries
+                                       else np.zeros((0,), np.float32)),
+        }
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restores what `get_state` returned."""
+        self.epochs = [int(e) for e in state["selection_epochs"]]
+        self.meta_clid = [float(v) for v in state["selection_meta_clid"]]
+        self.test_accuracy = [float(v) for v in state["selection_test_accuracy"]]
+        self.store = TopKLogits(self.store.max_size)
+        for score, epoch, logits in zip(state["selection_store_scores"],
+                                        state["selection_store_epochs"],
+                                        state["selection_store_logits"]):
+            self.store.update(float(score), int(epoch), logits)
+
     def summary(self) -> dict:
         """Final selection results.
 

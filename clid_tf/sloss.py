@@ -204,7 +204,8 @@ class DynamicMetaSet:
         self._count.assign(len(idx))
 
     def stream(self, batch_size: int, seed: int,
-               augment: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+               augment: Callable[..., tf.Tensor] | None = None,
+               first_step: int = 0) -> tf.data.Dataset:
         """Endless meta batches {'image': float32 [b, ...], 'label': int32 [b]}.
 
         Batch t draws b positions uniformly WITH replacement from the current meta set by
@@ -215,14 +216,19 @@ class DynamicMetaSet:
         Args:
           batch_size: b >= 1 (may exceed the meta-set size: draws are with replacement).
           seed: stream seed.
-          augment: batch augmentation applied to the float images, or None.
+          augment: batch augmentation applied to the float images, or None; its draws
+            are seeded by (seed, t) too.
+          first_step: t of the first batch (a resumed run continues the sequence).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         draw = self._batch_fn(int(batch_size), int(seed))
-        stream = tf.data.Dataset.counter().map(draw)  # sequential: produced on demand
+        stream = tf.data.Dataset.counter(first_step).map(draw)  # sequential: on demand
         if augment is not None:
-            stream = stream.map(lambda b: {**b, "image": augment(b["image"])})
+            steps = tf.data.Dataset.counter(first_step).map(
+                lambda t: tf.stack([tf.constant(seed + 7919, tf.int64), t]))
+            stream = tf.data.Dataset.zip(stream, steps).map(
+                lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
         options = tf.data.Options()
         options.experimental_optimization.inject_prefetch = False
         return stream.with_options(options)

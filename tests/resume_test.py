@@ -1,0 +1,100 @@
+"""Operations: kill -9 and resume, determinism, and the NaN guard, through the real CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = ["--epochs=5", "--warmup_epochs=2", "--meta_size=100", "--verbose=0", "--export=false",
+       "--resume", "--deterministic"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _command(workdir, *extra):
+    return [sys.executable, "-m", "clid_tf.train", f"--workdir={workdir}", *RUN, *extra]
+
+
+def _run(workdir, *extra):
+    proc = subprocess.run(_command(workdir, *extra), cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    return proc
+
+
+def _results(workdir):
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    del results["train_seconds"]
+    del results["flags"]["workdir"]
+    return results
+
+
+def _weights(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    names = [n for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n]
+    assert any("backbone" in n for n in names) and any("meta_net" in n for n in names)
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def _assert_same_run(a, b):
+    assert _results(a) == _results(b)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
+
+
+def test_kill_mid_epoch_then_same_command_resumes_to_the_same_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run(straight).returncode == 0
+    # Start the same run, kill -9 it during epoch 4 (meta phase), run the command again.
+    proc = subprocess.Popen(_command(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "ckpt-3.index"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "the run never reached epoch 3"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "killed too late: the run had finished"
+    resumed = _run(killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch" in resumed.stdout
+    _assert_same_run(straight, killed)
+    # Twice the same command, from scratch: identical results.json and weights.
+    again = tmp_path / "again"
+    assert _run(again).returncode == 0
+    _assert_same_run(straight, again)
+
+
+def test_resume_refuses_changed_flags_and_finished_runs(tmp_path):
+    workdir = tmp_path / "run"
+    assert _run(workdir, "--epochs=1", "--warmup_epochs=1").returncode == 0
+    os.remove(workdir / "results.json")
+    proc = _run(workdir, "--epochs=1", "--warmup_epochs=1", "--lr=0.1")
+    assert proc.returncode == 2 and "flags differ" in proc.stderr and "--lr" in proc.stderr
+    assert _run(workdir, "--epochs=1", "--warmup_epochs=1").returncode == 0
+    proc = _run(workdir, "--epochs=1", "--warmup_epochs=1")
+    assert proc.returncode == 2 and "complete" in proc.stderr
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    workdir = tmp_path / "nan"
+    # Epoch 1 trains normally; from epoch 2 the learning rate explodes.
+    proc = _run(workdir, "--epochs=3", "--warmup_epochs=1", "--lr_schedule=multistep",
+                "--lr_milestones=1", "--lr_gamma=1e7")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "non-finite" in lines[0] and "epoch 2, step" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "results.json").exists()
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-1")
+    for name, value in _weights(workdir).items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name

@@ -87,10 +87,11 @@ class RunState(keras.callbacks.Callback):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first step whose loss, meta loss or meta weight is NaN/Inf.
+    """Stops training at the first step whose loss, meta loss or meta weight is NaN/Inf, and
+    at the end of an epoch whose model or meta-net variables (BN statistics included) are.
 
-    Raising before the epoch ends means no checkpoint is written after the fault: the last
-    good one stays the latest.
+    It must come before RunState in the callback list: raising before the checkpoint is
+    written keeps the last good checkpoint the latest.
     """
 
     WATCHED = ("loss", "meta_", "weight_")
@@ -103,12 +104,24 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_epoch_end(self, epoch, logs=None):
+        nets = [self.model.backbone, getattr(self.model, "meta_net", None)]
+        for variable in (v for net in nets if net is not None for v in net.variables):
+            if "float" in str(variable.dtype) and not bool(
+                    tf.reduce_all(tf.math.is_finite(variable.value))):
+                raise NonFiniteError(
+                    f"non-finite values in {variable.path} at the end of epoch {epoch + 1}; "
+                    f"training stopped and {self._kept(epoch)}")
+
+    def _kept(self, epoch: int) -> str:
+        return (f"the last good checkpoint (epoch {epoch}) is kept" if epoch
+                else "no checkpoint had been written yet")
+
     def on_train_batch_end(self, batch, logs=None):
         for name, value in (logs or {}).items():
             if name.startswith(self.WATCHED) and not math.isfinite(float(value)):
                 step = self._epoch * self.steps_per_epoch + batch + 1
-                kept = (f"the last good checkpoint (epoch {self._epoch}) is kept"
-                        if self._epoch else "no checkpoint had been written yet")
                 raise NonFiniteError(
                     f"non-finite {name} ({float(value)}) at epoch {self._epoch + 1}, step "
-                    f"{batch + 1} (global step {step}); training stopped and {kept}")
+                    f"{batch + 1} (global step {step}); training stopped and "
+                    f"{self._kept(self._epoch)}")

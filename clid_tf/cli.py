@@ -45,6 +45,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last "
                       "checkpoint (start it if the folder is new or empty). Rerun the same "
                       "command after a crash or kill.")
+    flags.DEFINE_bool("audit", False, "After training, audit the training labels with the "
+                      "last checkpoints (clid_tf.audit): audit.csv, results.json['audit'] "
+                      "and tensorboard/audit.")
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
                       "gives identical weights and results (slower on GPU).")
     # ---- data and noise
@@ -233,6 +236,13 @@ def run() -> dict:
           f"{results['best_test_accuracy']:.4f}, lowest-CLID epoch "
           f"{results['selected_accuracy']:.4f}, top-5 CLID ensemble "
           f"{results['ensemble5_accuracy']:.4f}; results in {workdir}")
+    if FLAGS.audit:
+        from clid_tf import audit  # pylint: disable=import-outside-toplevel
+        try:
+            results["audit"] = audit.audit(workdir, setup=setup)
+        except audit.AuditError as error:
+            raise RunError(f"audit: {error}") from error
+        print(audit.summary(results["audit"]))
     return results
 
 
@@ -262,7 +272,7 @@ def check_resumable(workdir: str) -> None:
         raise RunError(f"cannot resume {workdir}: flags.cfg unreadable "
                        f"({error.strerror})") from error
     ignored = ("--resume", "--noresume", "--verbose", "--verbosity", "--workdir", "--export",
-               "--noexport")
+               "--noexport", "--audit", "--noaudit")
     def significant(text):
         return {line for line in text.splitlines() if not line.startswith(ignored)}
     changed = sorted(significant(FLAGS.flags_into_string()) ^ significant(saved))

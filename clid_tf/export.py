@@ -1,32 +1,163 @@
-"""SavedModel export for serving: raw images in, class probabilities and ids out."""
+"""SavedModel export for serving: raw images in, class probabilities and ids out.
+
+The exported SavedModel (tag set `serve`) has this stable interface; docs/serving.md shows
+how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
+
+`serving_default` (the signature TensorFlow Serving uses when a request names none)
+    in:  `images`         `input_dtype` [batch, *input_shape]: raw inputs, uint8 0..255
+                          images [batch, H, W, C] or float32 feature vectors [batch, D]
+    out: `probabilities`  float32 [batch, K]: softmax over the K classes
+         `class_ids`      int64 [batch]: argmax of `probabilities`
+
+`serving_bytes` (only for uint8 images with 1, 3 or 4 channels)
+    in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
+                          images, each decoded to [H, W, C] uint8
+    out: the same two outputs as `serving_default`
+
+Standardisation lives inside the backbone, so clients send raw pixels and do no
+preprocessing.
+
+Wrong inputs. The signature's TensorSpec is recorded in the SavedModel, but TensorFlow does
+not enforce its shape when a tf.Tensor is fed (neither `loaded.signatures[...]` nor
+TensorFlow Serving; a wrong rank can even abort the process inside a oneDNN kernel). So
+the graph checks the shape itself with `tf.ensure_shape`, which fails with
+`InvalidArgumentError: ... Shape of tensor images [2,8,8] is not compatible with expected
+shape [?,8,8,1]`. A tensor of the wrong dtype fails before the graph runs with
+`InvalidArgumentError: ... was expected to be a uint8 tensor but is a float tensor`
+(TensorFlow's own check). NumPy arrays and Python lists passed to `loaded.signatures[...]`
+are converted to the signature's dtype first (so float pixels are truncated to uint8
+silently) and a wrong shape then raises TypeError `Can not cast TensorSpec(shape=(2, 8, 8),
+...) to TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8, ...)`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from typing import Sequence
 
 import keras
 import tensorflow as tf
 
+SIGNATURE_KEY = "serving_default"
+BYTES_SIGNATURE_KEY = "serving_bytes"
+INPUT_NAME = "images"
+BYTES_INPUT_NAME = "image_bytes"
+PROBABILITIES = "probabilities"
+CLASS_IDS = "class_ids"
+SERVE_TAG = "serve"
 
-def export_saved_model(backbone: keras.Model, path: str, *, input_shape: Sequence[int],
-                       input_dtype: tf.DType = tf.uint8) -> None:
-    """Writes a SavedModel whose `serving_default` signature is
 
-        images: `input_dtype` [batch, *input_shape] raw inputs (uint8 0..255 images)
-        -> {'probabilities': float32 [batch, K], 'class_ids': int64 [batch]}
+def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
+                       input_shape: Sequence[int],
+                       input_dtype: tf.DType | str = tf.uint8) -> None:
+    """Writes a SavedModel with the signatures described in the module docstring.
 
-    Standardisation lives inside `backbone`, so serving needs no preprocessing. Load with
-    `tf.saved_model.load(path).signatures['serving_default']` or TensorFlow Serving.
+    `backbone` maps raw inputs [batch, *input_shape] (as float32) to (logits, features).
+    `input_dtype` (a tf.DType or its name, e.g. "uint8" or "float32") is the dtype
+    clients send.
+
+    The model is written to `path + '.tmp'` and renamed to `path` only when complete, so
+    `path` never holds a half-written model (a stale `.tmp` folder from an interrupted
+    export is replaced). Raises ValueError when `path` exists and is a file or a non-empty
+    folder. Local paths only (the rename uses `os`).
     """
-    spec = tf.TensorSpec([None, *input_shape], input_dtype, name="images")
+    path = os.path.normpath(os.fspath(path))
+    _check_target(path)
+    input_shape = tuple(int(d) for d in input_shape)
+    input_dtype = tf.as_dtype(input_dtype)
 
     def serve(images):
+        # The signature does not enforce the shape of a fed tensor; this does.
+        images = tf.ensure_shape(images, [None, *input_shape], name="check_images_shape")
         logits, _ = backbone(tf.cast(images, tf.float32), training=False)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        return {"probabilities": probabilities,
-                "class_ids": tf.argmax(probabilities, axis=-1)}
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {PROBABILITIES: probabilities,
+                CLASS_IDS: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 
     archive = keras.export.ExportArchive()
     archive.track(backbone)
-    archive.add_endpoint("serving_default", serve, input_signature=[spec])
-    archive.write_out(path, verbose=False)
+    archive.add_endpoint(
+        SIGNATURE_KEY, serve,
+        input_signature=[tf.TensorSpec([None, *input_shape], input_dtype, name=INPUT_NAME)])
+    if input_dtype == tf.uint8 and len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
+
+        def serve_bytes(image_bytes):
+            def decode(encoded):
+                image = tf.io.decode_image(encoded, channels=input_shape[-1], dtype=tf.uint8,
+                                           expand_animations=False)
+                return tf.ensure_shape(image, input_shape, name="check_decoded_shape")
+
+            images = tf.map_fn(decode, image_bytes,
+                               fn_output_signature=tf.TensorSpec(input_shape, tf.uint8))
+            return serve(images)
+
+        archive.add_endpoint(
+            BYTES_SIGNATURE_KEY, serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
+
+    tmp = path + ".tmp"
+    if os.path.lexists(tmp):
+        _remove(tmp)
+    try:
+        archive.write_out(tmp, verbose=False)
+        _check_target(path)  # created meanwhile?
+        os.replace(tmp, path)  # atomic; replaces only a missing path or an empty folder
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+        raise
+
+
+def describe_signature(path: str | os.PathLike) -> str:
+    """A short description of the SavedModel's serving signatures, one line each, e.g.
+
+        serving_default: images uint8 [batch, 8, 8, 1] -> class_ids int64 [batch],
+            probabilities float32 [batch, 10]
+
+    Reads `saved_model.pb` only (no variables are loaded, no graph runs).
+    """
+    # pylint: disable=import-outside-toplevel
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(os.fspath(path), "saved_model.pb"), "rb") as f:
+        model.ParseFromString(f.read())
+    graphs = [g for g in model.meta_graphs if SERVE_TAG in g.meta_info_def.tags]
+    if not graphs:
+        raise ValueError(f"{path} has no MetaGraph tagged {SERVE_TAG!r}")
+    lines = []
+    for key in sorted(graphs[0].signature_def):
+        if key.startswith("__"):  # __saved_model_init_op
+            continue
+        sig = graphs[0].signature_def[key]
+        inputs = ", ".join(_describe_tensor(n, sig.inputs[n]) for n in sorted(sig.inputs))
+        outputs = ", ".join(_describe_tensor(n, sig.outputs[n]) for n in sorted(sig.outputs))
+        lines.append(f"{key}: {inputs} -> {outputs}")
+    return "\n".join(lines)
+
+
+def _describe_tensor(name: str, info) -> str:
+    dtype = tf.as_dtype(info.dtype).name
+    if info.tensor_shape.unknown_rank:
+        return f"{name} {dtype} [unknown rank]"
+    dims = ["batch" if i == 0 and d.size == -1 else "?" if d.size == -1 else str(d.size)
+            for i, d in enumerate(info.tensor_shape.dim)]
+    return f"{name} {dtype} [{', '.join(dims)}]"
+
+
+def _check_target(path: str) -> None:
+    if os.path.isdir(path):
+        if os.listdir(path):
+            raise ValueError(f"SavedModel target {path} is a non-empty folder; refusing to "
+                             "overwrite it (remove it or choose another path)")
+    elif os.path.lexists(path):
+        raise ValueError(f"SavedModel target {path} exists and is not a folder")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)

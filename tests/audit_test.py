@@ -157,25 +157,24 @@ def _finish(proc, timeout=240):
     return proc.returncode, out, err
 
 
-def _run_all(commands):
-    """Runs the (module, *args) commands concurrently; [(returncode, stdout, stderr)]."""
-    procs = [_start(*command) for command in commands]
-    return [_finish(proc) for proc in procs]
-
-
 @pytest.fixture(scope="module")
 def audited_runs(tmp_path_factory):
-    """A 4-epoch CLID run and a 2-epoch CE run on digits (40% sym), each then audited."""
+    """A 4-epoch CLID run and a 2-epoch CE run on digits (40% sym), each then audited.
+
+    The two trainings run concurrently; each audit starts as soon as its run is done.
+    """
     base = tmp_path_factory.mktemp("audit")
-    clid, ce = str(base / "clid"), str(base / "ce")
     common = ["--meta_size=100", "--verbose=0", "--export=false"]
-    trained = _run_all([
-        ("clid_tf.train", f"--workdir={clid}", "--epochs=4", "--warmup_epochs=1", *common),
-        ("clid_tf.train", f"--workdir={ce}", "--method=ce", "--epochs=2", *common)])
-    for returncode, _, err in trained:
+    jobs = {"ce": ["--method=ce", "--epochs=2"],
+            "clid": ["--epochs=4", "--warmup_epochs=1"]}
+    training = {name: _start("clid_tf.train", f"--workdir={base / name}", *args, *common)
+                for name, args in jobs.items()}
+    audits = {}
+    for name, proc in training.items():
+        returncode, _, err = _finish(proc)
         assert returncode == 0, err[-3000:]
-    audited = _run_all([("clid_tf.audit", f"--workdir={w}") for w in (clid, ce)])
-    return {"clid": (clid, audited[0]), "ce": (ce, audited[1])}
+        audits[name] = _start("clid_tf.audit", f"--workdir={base / name}")
+    return {name: (str(base / name), _finish(proc)) for name, proc in audits.items()}
 
 
 def _read_csv(workdir):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = ["--epochs=5", "--warmup_epochs=2", "--meta_size=100", "--verbose=0", "--export=false",
-       "--resume", "--deterministic"]
+RUN = ["--epochs=5", "--warmup_epochs=2", "--steps_per_epoch=6", "--meta_size=100",
+       "--verbose=0", "--export=false", "--resume", "--deterministic"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -59,7 +60,7 @@ def test_kill_mid_epoch_then_same_command_resumes_to_the_same_run(tmp_path):
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert marker.exists(), "the run never reached epoch 3"
-    time.sleep(0.3)
+    time.sleep(0.15)  # into epoch 4
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists(), "killed too late: the run had finished"
@@ -91,10 +92,15 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
                 "--lr_milestones=1", "--lr_gamma=1e7")
     assert proc.returncode == 3, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "non-finite" in lines[0] and "epoch 2, step" in lines[0]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    match = re.search(r"non-finite .+ at (?:the end of )?epoch (\d+)", lines[0])
+    assert match, lines[0]
+    epoch = int(match.group(1))
+    assert epoch >= 2  # the fault came after the learning rate exploded
     assert "Traceback" not in proc.stderr
     assert not (workdir / "results.json").exists()
-    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-1")
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert latest.endswith(f"ckpt-{epoch - 1}") and f"epoch {epoch - 1}) is kept" in lines[0]
     for name, value in _weights(workdir).items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name

@@ -62,7 +62,7 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
           vri_kl: float, tau: float, meta_grad: str, meta_scope: str, strategy: str,
-          augment: str, augment_flip: bool, epochs: int, batch_size: int,
+          jit_compile: bool, augment: str, augment_flip: bool, epochs: int, batch_size: int,
           meta_batch_size: int, steps_per_epoch: int, lr: float, momentum: float,
           weight_decay: float, lr_schedule: str, lr_tmax: int, lr_eta_min: float,
           lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
@@ -87,7 +87,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
                                    milestones=lr_milestones, gamma=lr_gamma)
         meta_opt = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[meta_optimizer]
         model.compile(keras.optimizers.SGD(schedule, momentum=momentum),
-                      meta_opt(meta_lr) if model.meta_net is not None else None)
+                      meta_opt(meta_lr) if model.meta_net is not None else None,
+                      jit_compile=jit_compile)
     selection = selection_lib.ClidSelection(
         ds.x_train[setup.selection_indices], ds.x_test, ds.y_test,
         batch_size=min(meta_batch_size, len(setup.selection_indices)), tau=tau,
@@ -116,7 +117,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         export_lib.export_saved_model(
             model.backbone, os.path.join(workdir, "saved_model"),
             input_shape=ds.x_train.shape[1:],
-            input_dtype="uint8" if ds.x_train.dtype == np.uint8 else "float32")
+            input_dtype="uint8" if ds.x_train.dtype == np.uint8 else "float32",
+            overwrite=resume)  # a resumed run may have exported before it died
     return _results(setup, selection.summary(), run_state.history)
 
 

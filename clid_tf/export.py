@@ -51,7 +51,8 @@ SERVE_TAG = "serve"
 
 def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
                        input_shape: Sequence[int],
-                       input_dtype: tf.DType | str = tf.uint8) -> None:
+                       input_dtype: tf.DType | str = tf.uint8,
+                       overwrite: bool = False) -> None:
     """Writes a SavedModel with the signatures described in the module docstring.
 
     `backbone` maps raw inputs [batch, *input_shape] (as float32) to (logits, features).
@@ -61,10 +62,13 @@ def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
     The model is written to `path + '.tmp'` and renamed to `path` only when complete, so
     `path` never holds a half-written model (a stale `.tmp` folder from an interrupted
     export is replaced). Raises ValueError when `path` exists and is a file or a non-empty
-    folder. Local paths only (the rename uses `os`).
+    folder, unless `overwrite`: then a complete earlier model at `path` is replaced by the
+    new one (moved to `path + '.old'` and deleted after the rename; `path` may be missing
+    for that instant, but never holds a partial model). Local paths only (uses `os`).
     """
     path = os.path.normpath(os.fspath(path))
-    _check_target(path)
+    if not overwrite:
+        _check_target(path)
     input_shape = tuple(int(d) for d in input_shape)
     input_dtype = tf.as_dtype(input_dtype)
 
@@ -97,17 +101,25 @@ def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
             BYTES_SIGNATURE_KEY, serve_bytes,
             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
 
-    tmp = path + ".tmp"
-    if os.path.lexists(tmp):
-        _remove(tmp)
+    tmp, old = path + ".tmp", path + ".old"
+    for stale in (tmp, old):
+        if os.path.lexists(stale):
+            _remove(stale)
     try:
         archive.write_out(tmp, verbose=False)
-        _check_target(path)  # created meanwhile?
+        if overwrite and os.path.lexists(path):
+            os.replace(path, old)
+        else:
+            _check_target(path)  # created meanwhile?
         os.replace(tmp, path)  # atomic; replaces only a missing path or an empty folder
     except BaseException:
         with contextlib.suppress(OSError):
             _remove(tmp)
+            if os.path.lexists(old) and not os.path.lexists(path):
+                os.replace(old, path)  # put the earlier model back
         raise
+    if os.path.lexists(old):
+        _remove(old)
 
 
 def describe_signature(path: str | os.PathLike) -> str:

@@ -70,6 +70,7 @@ class MetaReweightModel(keras.Model):
         }
         self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.test_loss = mean(name="loss")
+        self.trace_count = 0  # Python side effect: counts how often train_step is traced
         self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
 
     @property
@@ -97,6 +98,7 @@ class MetaReweightModel(keras.Model):
 
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):
+        self.trace_count += 1
         batch = data["train"]
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
         if not self.meta_active:

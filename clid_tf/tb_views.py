@@ -96,7 +96,7 @@ def render_curve(xs: np.ndarray, ys: np.ndarray, *, x_max: float, y_max: float =
       x_max: right end of the x axis; y_max: top of the y axis.
       height, width: image size in pixels.
       histograms: (values float [m], colour) pairs drawn as translucent bars on `bins`
-        equal bins of [0, x_max] (values outside are left out); the tallest bar of all
+        equal bins of [0, x_max] (values outside or not finite are left out); the tallest bar of all
         reaches 90% of the plot height, so the bars show shape, not the y axis.
       colour: colour of the curve, drawn 1 pixel wide with exactly this RGB value.
 
@@ -123,8 +123,9 @@ def _draw_bars(image: np.ndarray, area: PlotArea,
                histograms: Sequence[tuple[np.ndarray, Colour]], bins: int,
                alpha: float = 0.3) -> None:
     """Alpha-blends one bar per non-empty bin of each histogram into `image` (float)."""
-    counts = [np.histogram(np.asarray(v, np.float64), bins=bins, range=(0.0, area.x_max))[0]
-              for v, _ in histograms]
+    values = [np.asarray(v, np.float64) for v, _ in histograms]
+    counts = [np.histogram(v[np.isfinite(v)], bins=bins, range=(0.0, area.x_max))[0]
+              for v in values]
     peak = max([c.max() for c in counts if c.size], default=0)
     if peak == 0:
         return
@@ -255,15 +256,17 @@ def weighting_function_image(meta_net: keras.Model, losses: np.ndarray,
 
     Args:
       meta_net: a WeightNet (losses float [n] -> weights float [n]).
-      losses: float [m] per-sample losses; the x axis runs from 0 to their 99th
-        percentile, and at least to 5.
+      losses: float [m] per-sample losses; the x axis runs from 0 to the 99th
+        percentile of the finite ones, and at least to 5.
       groups: (losses float [m_g], colour) drawn as faint histogram bars behind the curve.
       height, width: image size; points: grid size of the curve.
 
     Returns:
       uint8 [height, width, 3].
     """
-    x_max = max(5.0, float(np.percentile(losses, 99))) if len(losses) else 5.0
+    finite = np.asarray(losses, np.float64)
+    finite = finite[np.isfinite(finite)]
+    x_max = max(5.0, float(np.percentile(finite, 99))) if len(finite) else 5.0
     grid = np.linspace(0.0, x_max, points)
     curve = np.asarray(meta_net(tf.constant(grid, meta_net.compute_dtype)), np.float64)
     return render_curve(grid, curve, x_max=x_max, height=height, width=width,

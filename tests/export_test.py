@@ -193,6 +193,21 @@ def test_export_into_empty_folder_and_over_stale_tmp(exported, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_export_overwrite_replaces_earlier_model(tmp_path):
+    target = str(tmp_path / "model")
+    first = backbones.build("mlp", num_classes=3, input_shape=(5,), mean=(0,) * 5,
+                            std=(1,) * 5, seed=0)
+    export.export_saved_model(first, target, input_shape=(5,), input_dtype="float32")
+    second = backbones.build("mlp", num_classes=4, input_shape=(5,), mean=(0,) * 5,
+                             std=(1,) * 5, seed=1)
+    with pytest.raises(ValueError, match="non-empty"):
+        export.export_saved_model(second, target, input_shape=(5,), input_dtype="float32")
+    export.export_saved_model(second, target, input_shape=(5,), input_dtype="float32",
+                              overwrite=True)
+    assert "probabilities float32 [batch, 4]" in export.describe_signature(target)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
     backbone, _ = exported
 
@@ -200,7 +215,8 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
         os.makedirs(os.path.join(filepath, "variables"))
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export.keras.export.ExportArchive, "write_out", write_out_then_fail)
+    archive_class = type(export.keras.export.ExportArchive())  # a backend subclass
+    monkeypatch.setattr(archive_class, "write_out", write_out_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_saved_model(backbone, str(tmp_path / "model"), input_shape=SHAPE)
     assert os.listdir(tmp_path) == []

@@ -126,22 +126,78 @@ def _assert_one_line_error(proc, needle):
     assert lines[0].startswith("error:") and needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--noise_rate=1.5"], "noise_rate"),
-    (["--noise_rate=-0.1"], "noise_rate"),
-    (["--method=bogus"], "method"),
-    (["--dataset=imagenet"], "imagenet"),
-    (["--meta_size=5000"], "meta_size"),
-    (["--method=ce_clean", "--meta_size=5000"], "meta_size"),
-    (["--batch_size=5000"], "batch_size"),
-    (["--flagfile=flags/does_not_exist.cfg"], "does_not_exist"),
-    (["--epochs=0"], "epochs"),
-    (["stray_argument"], "stray_argument"),
-])
-def test_bad_flags_give_one_error_line(tmp_path, args, needle):
-    workdir = tmp_path / "run"
-    proc = run_cli(f"--workdir={workdir}", *args)
-    _assert_one_line_error(proc, needle)
+def _npz(path, **overrides):
+    """A valid small image npz, with some arrays replaced or (value None) removed."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+              "y_train": rng.integers(0, 3, 40), "x_test": rng.integers(0, 256, (10, 8, 8),
+                                                                        dtype=np.uint8),
+              "y_test": rng.integers(0, 3, 10)}
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return f"--dataset=npz:{path}"
+
+
+def _bad_inputs(tmp):
+    """(case, command-line arguments, text the error line must contain): flags, conflicting
+    combinations, flagfiles, npz data files and workdirs."""
+    (tmp / "malformed.cfg").write_text("--method=clid\nthis line is not a flag\n")
+    (tmp / "bad_value.cfg").write_text("--epochs=abc\n")
+    (tmp / "pickled.npz").write_bytes(b"")
+    np.savez(tmp / "pickled.npz", x_train=np.array([{"a": 1}] * 4, dtype=object),
+             y_train=np.zeros(4), x_test=np.zeros((2, 8, 8)), y_test=np.zeros(2))
+    return [
+        ("rate above 1", ["--noise_rate=1.5"], "noise_rate"),
+        ("negative rate", ["--noise_rate=-0.1"], "noise_rate"),
+        ("unknown method", ["--method=bogus"], "method"),
+        ("unknown dataset", ["--dataset=imagenet"], "imagenet"),
+        ("unknown backbone", ["--backbone=vgg99"], "backbone"),
+        ("zero epochs", ["--epochs=0"], "epochs"),
+        ("negative lr", ["--lr=-1"], "lr"),
+        ("bad milestones", ["--lr_schedule=multistep", "--lr_milestones=a,3"], "lr_milestones"),
+        ("meta set larger than training", ["--meta_size=5000"], "meta_size"),
+        ("clean meta set too large", ["--method=ce_clean", "--meta_size=5000"], "meta_size"),
+        ("batch larger than training", ["--batch_size=5000"], "batch_size"),
+        ("stray argument", ["stray_argument"], "stray_argument"),
+        ("jvp with a multi-replica strategy", ["--strategy=mirrored", "--meta_grad=jvp"],
+         "meta_grad=jvp"),
+        ("human noise on digits", ["--noise=worst"], "worst"),
+        ("asym CIFAR-10 noise on a 3-class npz",
+         [_npz(tmp / "three.npz"), "--noise=asym_cifar10"], "10"),
+        ("ce_clean without clean labels", [_npz(tmp / "noclean.npz"), "--method=ce_clean",
+                                           "--meta_size=6", "--batch_size=8",
+                                           "--meta_batch_size=4"], "clean"),
+        ("augmentation of feature vectors",
+         [_npz(tmp / "flat.npz", x_train=np.zeros((40, 5)), x_test=np.zeros((10, 5))),
+          "--backbone=mlp", "--augment=weak", "--meta_size=10", "--batch_size=8",
+          "--meta_batch_size=8"], "augment"),
+        ("missing flagfile", ["--flagfile=flags/does_not_exist.cfg"], "does_not_exist"),
+        ("malformed flagfile", [f"--flagfile={tmp / 'malformed.cfg'}"], "not a flag"),
+        ("bad value in flagfile", [f"--flagfile={tmp / 'bad_value.cfg'}"], "epochs"),
+        ("missing npz", [f"--dataset=npz:{tmp / 'nowhere.npz'}"], "nowhere.npz"),
+        ("npz missing a key", [_npz(tmp / "nokey.npz", y_test=None)], "y_test"),
+        ("pickled npz", [f"--dataset=npz:{tmp / 'pickled.npz'}"], "pickle"),
+        ("npz wrong shape", [_npz(tmp / "shape.npz", x_train=np.zeros(40))], "x_train"),
+        ("npz labels out of range", [_npz(tmp / "neg.npz", y_train=-np.ones(40, int))],
+         "y_train"),
+        ("npz NaN features",
+         [_npz(tmp / "nan.npz", x_train=np.full((40, 8, 8), np.nan))], "NaN"),
+        ("npz empty split", [_npz(tmp / "empty.npz", x_test=np.zeros((0, 8, 8), np.uint8),
+                                  y_test=np.zeros(0, int))], "empty"),
+    ]
+
+
+def test_bad_input_table_gives_one_error_line_each(tmp_path):
+    cases = _bad_inputs(tmp_path)
+    assert len(cases) >= 20
+    for case, args, needle in cases:
+        workdir = tmp_path / "run"
+        proc = run_cli(f"--workdir={workdir}", "--verbose=0", *args)
+        try:
+            _assert_one_line_error(proc, needle)
+        except AssertionError as error:
+            raise AssertionError(f"case {case!r}: {error}") from error
+        assert not workdir.exists(), f"case {case!r} left a workdir behind"
 
 
 def test_existing_run_is_refused_and_left_intact(tmp_path):

@@ -46,7 +46,7 @@ def test_ce_has_a_selection_set_but_no_meta_set():
 
 
 def test_imbalance_keeps_fewer_samples_of_later_classes():
-    setup = _prepare("clid", imbalance_gamma=10.0, meta_size=50)
+    setup = _prepare("clid", imbalance_gamma=10.0, meta_size=50, meta_batch_size=50)
     counts = np.bincount(setup.dataset.y_train_clean[setup.train_indices], minlength=10)
     assert counts[0] > counts[9] * 5 and np.isin(setup.meta_indices, setup.train_indices).all()
 

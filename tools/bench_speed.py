@@ -3,8 +3,8 @@
 Prints a markdown table of steps/s and peak step memory for the plain `ce` step and the
 `clid` meta step with each hypergradient route and scope, with ratios to the plain step.
 Timings come from one process, modes interleaved round by round (this machine is noisy);
-memory comes from one subprocess per mode (peak RSS growth over the step on CPU, peak
-allocator bytes on GPU).
+memory comes from one subprocess per mode (on CPU: peak resident memory during three steps
+above the resident memory before them, via Linux's VmHWM reset; on GPU: peak allocator bytes).
 
   python tools/bench_speed.py --backbone=resnet32 --batch_size=100 --meta_batch_size=100
 """
@@ -12,7 +12,6 @@ allocator bytes on GPU).
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -85,10 +84,21 @@ def peak_memory_bytes(run_step) -> int:
         run_step()
         return tf.config.experimental.get_memory_info("GPU:0")["peak"]
     run_step()  # trace and warm up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_step()
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak RSS (VmHWM)
+        f.write("5")
     for _ in range(3):
         run_step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_in_subprocess(mode: str) -> int | None:

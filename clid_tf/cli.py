@@ -109,6 +109,11 @@ def define_flags() -> None:
     flags.DEFINE_bool("jit_compile", False, "Compile the whole train step with XLA (every "
                       "method and meta-net). Faster on GPU/TPU; on CPU oneDNN convolutions "
                       "are faster than XLA's (tools/bench_speed.py --jit_compile).")
+    flags.register_multi_flags_validator(
+        ["strategy", "jit_compile"], lambda f: f["strategy"] == "default" or not f["jit_compile"],
+        message="--jit_compile of the whole step fails under tf.distribute strategies (XLA "
+                "cannot reach variables mirrored on other devices); the CLID kernel is "
+                "XLA-compiled anyway")
     flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
                       "virtual step: full (all, exact) or last_layer (classifier head only, "
                       "features reused; cheap, for large backbones).")

@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--meta_grad", default="tape")
     parser.add_argument("--meta_scope", default="full")
+    parser.add_argument("--jit_compile", action="store_true")
     args = parser.parse_args()
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -60,7 +61,7 @@ def main():
             meta_grad=args.meta_grad, meta_scope=args.meta_scope)
         model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))
 
-    step = tf.function(model.train_step)
+    step = tf.function(model.train_step, jit_compile=args.jit_compile)
     replicas = strategy.num_replicas_in_sync
     meta_losses = []
     for k in range(STEPS):

@@ -52,8 +52,9 @@ def small_cnn(num_classes: int, input_shape: Sequence[int]) -> keras.Model:
     x = _conv_bn_relu(x, 64, "block2")
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
     x = _conv_bn_relu(x, 128, "block3")
-    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(features)
+    # Pooling and the classifier run in float32 under a mixed-precision policy too.
+    features = keras.layers.GlobalAveragePooling2D(dtype="float32", name="features")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
     model = keras.Model(inputs, (logits, features), name="small_cnn")
     model.feature_dim = 128
     return model
@@ -68,8 +69,9 @@ def mlp(num_classes: int, input_shape: Sequence[int], width: int = 256) -> keras
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                             name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
-    model = keras.Model(inputs, (logits, x), name="mlp")
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
+    model = keras.Model(inputs, (logits, features), name="mlp")
     model.feature_dim = width
     return model
 
@@ -86,12 +88,14 @@ BACKBONES = ("small_cnn", "mlp", *resnets.BUILDERS)
 
 def build(name: str, *, num_classes: int, input_shape: Sequence[int],
           mean: Sequence[float], std: Sequence[float], seed: int | None = None,
-          sync_batchnorm: bool = False) -> keras.Model:
+          sync_batchnorm: bool = False, dtype_policy: str = "float32") -> keras.Model:
     """Raw input [B, *input_shape] -> (logits float32 [B, K], features float32 [B, d]).
 
     The model has `feature_dim` (d) and `head`, the final Dense layer (used by the
     last-layer meta scope). `sync_batchnorm` makes every BatchNormalization use the
-    statistics of the global batch under a multi-replica strategy.
+    statistics of the global batch under a multi-replica strategy. `dtype_policy`
+    ('mixed_bfloat16') computes the body in bfloat16 with float32 variables; logits and
+    features are float32 in every policy.
 
     Images (rank-3 input_shape) are scaled by 1/255 before standardisation, matching the
     [0, 1]-unit `mean`/`std` of `clid_tf.datasets`; flat features use `mean`/`std` as is.
@@ -102,11 +106,17 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
     if seed is not None:
         keras.utils.set_random_seed(seed)
     is_image = len(input_shape) == 3
-    body = builders[name](num_classes, input_shape)
-    inputs = keras.Input(tuple(input_shape), name="images")
-    x = Standardize(mean, std, 1.0 / 255.0 if is_image else 1.0, name="standardize")(inputs)
-    logits, features = body(x)
-    model = keras.Model(inputs, (logits, features), name=f"classifier_{name}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        body = builders[name](num_classes, input_shape)
+        inputs = keras.Input(tuple(input_shape), name="images")
+        x = Standardize(mean, std, 1.0 / 255.0 if is_image else 1.0,
+                        name="standardize")(inputs)
+        logits, features = body(x)
+        model = keras.Model(inputs, (logits, features), name=f"classifier_{name}")
+    finally:
+        keras.config.set_dtype_policy(previous)
     model.feature_dim = int(body.feature_dim)
     model.head = body.get_layer("logits")  # logits = features @ head.kernel + head.bias
     if sync_batchnorm:

@@ -114,6 +114,12 @@ def define_flags() -> None:
         message="--jit_compile of the whole step fails under tf.distribute strategies (XLA "
                 "cannot reach variables mirrored on other devices); the CLID kernel is "
                 "XLA-compiled anyway")
+    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_bfloat16"),
+                      "Backbone compute precision. mixed_bfloat16: bfloat16 activations, "
+                      "float32 variables; logits, features, losses, CLID and the meta-net "
+                      "stay float32. bfloat16 keeps float32's exponent range, so no loss "
+                      "scaling is needed; float16 is not offered (dynamic loss scaling "
+                      "does not carry through the second-order virtual step).")
     flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
                       "virtual step: full (all, exact) or last_layer (classifier head only, "
                       "features reused; cheap, for large backbones).")
@@ -226,7 +232,7 @@ def run() -> dict:
         setup, workdir=workdir, backbone=FLAGS.backbone, method=FLAGS.method,
         meta_net=FLAGS.meta_net, vri_kl=FLAGS.vri_kl, tau=FLAGS.tau,
         meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope, strategy=FLAGS.strategy,
-        jit_compile=FLAGS.jit_compile,
+        jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
         augment=FLAGS.augment,
         augment_flip=FLAGS.augment_flip, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, meta_batch_size=FLAGS.meta_batch_size,

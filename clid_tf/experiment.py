@@ -42,13 +42,15 @@ def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: flo
 
 def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_kl: float,
                 tau: float, meta_grad: str, meta_scope: str, weight_decay: float,
-                meta_weight_decay: float, seed: int,
-                sync_batchnorm: bool = False) -> meta_model.MetaReweightModel:
+                meta_weight_decay: float, seed: int, sync_batchnorm: bool = False,
+                mixed_precision: str = "none") -> meta_model.MetaReweightModel:
     """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
     ds = setup.dataset
     net = backbones.build(backbone, num_classes=ds.num_classes,
                           input_shape=ds.x_train.shape[1:], mean=ds.mean, std=ds.std,
-                          seed=seed, sync_batchnorm=sync_batchnorm)
+                          seed=seed, sync_batchnorm=sync_batchnorm,
+                          dtype_policy="float32" if mixed_precision == "none"
+                          else mixed_precision)
     if method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=weight_decay)
     return meta_model.MetaReweightModel(
@@ -62,7 +64,7 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
           vri_kl: float, tau: float, meta_grad: str, meta_scope: str, strategy: str,
-          jit_compile: bool, augment: str, augment_flip: bool, epochs: int, batch_size: int,
+          jit_compile: bool, mixed_precision: str, augment: str, augment_flip: bool, epochs: int, batch_size: int,
           meta_batch_size: int, steps_per_epoch: int, lr: float, momentum: float,
           weight_decay: float, lr_schedule: str, lr_tmax: int, lr_eta_min: float,
           lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
@@ -81,7 +83,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
                             vri_kl=vri_kl, tau=tau, meta_grad=meta_grad,
                             meta_scope=meta_scope, weight_decay=weight_decay,
                             meta_weight_decay=meta_weight_decay, seed=seed,
-                            sync_batchnorm=distribution.num_replicas_in_sync > 1)
+                            sync_batchnorm=distribution.num_replicas_in_sync > 1,
+                            mixed_precision=mixed_precision)
         schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
                                    epochs=epochs, t_max=lr_tmax, eta_min=lr_eta_min,
                                    milestones=lr_milestones, gamma=lr_gamma)

@@ -74,3 +74,28 @@ def test_xla_step_equals_graph_step():
                        + model.meta_net.trainable_variables])
     for a, b in zip(*states):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mixed_bfloat16_keeps_losses_clid_and_meta_net_in_float32():
+    keras.utils.set_random_seed(0)
+    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0, dtype_policy="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert net.get_layer("small_cnn").get_layer("block1_conv").compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in net.trainable_variables)
+    meta_net = experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
+                                         vri_kl=0.01, seed=0)
+    model = meta_model.MetaReweightModel(
+        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))
+    model.compile(keras.optimizers.SGD(0.05), keras.optimizers.Adam(1e-3))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 1)).astype(np.float32)
+    logits, features = net(images, training=False)
+    assert logits.dtype == "float32" and features.dtype == "float32"
+    phi0 = [v.numpy().copy() for v in meta_net.trainable_variables]
+    logs = tf.function(model.train_step)({
+        "train": {"image": images, "label": rng.integers(0, 3, 16).astype(np.int32)},
+        "meta": {"image": images[:8]}})
+    assert np.isfinite(float(logs["meta_clid"])) and np.isfinite(float(logs["loss"]))
+    assert all(v.dtype == "float32" for v in meta_net.trainable_variables)
+    assert any(not np.allclose(a, v.numpy()) for a, v in zip(phi0, meta_net.trainable_variables))

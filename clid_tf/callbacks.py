@@ -12,9 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN/Inf; the message names the step and the quantity."""
+from clid_tf.errors import NonFiniteError
 
 
 class RunState(keras.callbacks.Callback):

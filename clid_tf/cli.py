@@ -16,6 +16,8 @@ import time
 from absl import flags
 from absl import logging
 
+from clid_tf import errors
+
 FLAGS = flags.FLAGS
 
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
@@ -180,9 +182,7 @@ def main(argv: list[str]) -> None:
         run()
     except (RunError, datasets.DataError) as error:
         _fail(str(error))
-    except Exception as error:  # pylint: disable=broad-except
-        if type(error).__name__ != "NonFiniteError":  # clid_tf.callbacks, imported lazily
-            raise
+    except errors.NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)
 

@@ -1,0 +1,5 @@
+"""Exceptions that end a run with one line for the user (no TensorFlow import here)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/Inf; the message names the step and the quantity."""

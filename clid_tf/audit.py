@@ -40,6 +40,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from clid_tf import atomic_io
+
 CHECKPOINT_DIR = "checkpoints"
 CSV_NAME = "audit.csv"
 TENSORBOARD_DIR = os.path.join("tensorboard", "audit")
@@ -170,11 +172,11 @@ def read_run_config(workdir: str) -> RunConfig:
 
 def prepare_setup(config: RunConfig):
     """The run's `splits.Setup` (same noisy labels, training indices and meta split)."""
-    from clid_tf import cli, datasets, splits  # pylint: disable=import-outside-toplevel
+    from clid_tf import datasets, splits  # pylint: disable=import-outside-toplevel
     try:
         return splits.prepare(
             dataset=config.dataset, data_dir=config.data_dir, noise=config.noise,
-            noise_rate=config.noise_rate, human_noise=config.noise in cli.HUMAN_NOISE,
+            noise_rate=config.noise_rate, human_noise=config.noise in datasets.HUMAN_LABELS,
             method=config.method, meta_size=config.meta_size, batch_size=config.batch_size,
             meta_batch_size=config.meta_batch_size, seed=config.seed,
             imbalance_gamma=config.imbalance_gamma)
@@ -427,13 +429,12 @@ def write_csv_atomic(path: str, rows: Sequence[dict[str, Any]],
 
 def merge_results(path: str, metrics: dict[str, Any]) -> None:
     """Sets results["audit"] = metrics in the JSON file `path` (atomic), keeping the rest."""
-    from clid_tf import cli  # pylint: disable=import-outside-toplevel
     results = {}
     if os.path.isfile(path):
         with open(path) as f:
             results = json.load(f)
     results["audit"] = metrics
-    cli.write_json_atomic(path, results)
+    atomic_io.write_json(path, results)
 
 
 def write_scalars(logdir: str, metrics: dict[str, Any], step: int) -> None:
@@ -533,6 +534,14 @@ def _fail(message: str) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app  # pylint: disable=ungrouped-imports
-    from clid_tf import cli as _cli  # pylint: disable=ungrouped-imports
+    from absl import flags as _flags  # pylint: disable=ungrouped-imports
+
+    def _parse(argv):  # a bad flag is one line and exit code 2, as for training
+        try:
+            return _flags.FLAGS(argv)
+        except _flags.Error as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
     define_flags()
-    app.run(main, flags_parser=_cli.parse_flags)
+    app.run(main, flags_parser=_parse)

@@ -16,6 +16,8 @@ import time
 from absl import flags
 from absl import logging
 
+from clid_tf import atomic_io
+from clid_tf import datasets
 from clid_tf import errors
 
 FLAGS = flags.FLAGS
@@ -24,7 +26,7 @@ METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "
 # Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
              "wrn28_2")
-HUMAN_NOISE = ("worst", "aggre", "rand1", "rand2", "rand3", "noisy100")
+HUMAN_NOISE = tuple(datasets.HUMAN_LABELS)  # CIFAR-N label sets by their CLI names
 
 
 class RunError(Exception):
@@ -173,7 +175,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """Entry point for `absl.app.run`: any RunError/DataError becomes one line and exit 2."""
-    from clid_tf import datasets  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # TensorFlow logs every save at INFO: hide that
@@ -194,7 +195,7 @@ def _fail(message: str) -> None:
 
 def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
-    from clid_tf import datasets, splits  # pylint: disable=import-outside-toplevel
+    from clid_tf import splits  # pylint: disable=import-outside-toplevel
     workdir = FLAGS.workdir or _default_workdir()
     resuming = FLAGS.resume and _has_checkpoint(workdir)
     if resuming:
@@ -220,7 +221,7 @@ def run() -> dict:
     if resuming:
         check_same_split(split_path, setup)
     else:
-        write_file_atomic(os.path.join(workdir, "flags.cfg"), FLAGS.flags_into_string())
+        atomic_io.write_text(os.path.join(workdir, "flags.cfg"), FLAGS.flags_into_string())
         save_split(split_path, setup)
     print(f"workdir: {workdir}")
     from clid_tf import experiment  # pylint: disable=import-outside-toplevel
@@ -246,7 +247,7 @@ def run() -> dict:
         seed=FLAGS.seed, verbose=FLAGS.verbose, export=FLAGS.export, resume=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = {name: FLAGS[name].value for name in sorted(_training_flag_names())}
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    atomic_io.write_json(os.path.join(workdir, "results.json"), results)
     print(f"test accuracy: final {results['final_test_accuracy']:.4f}, best (oracle) "
           f"{results['best_test_accuracy']:.4f}, lowest-CLID epoch "
           f"{results['selected_accuracy']:.4f}, top-5 CLID ensemble "
@@ -345,13 +346,4 @@ def check_workdir(path: str, *, allow_partial: bool = False) -> bool:
     return created
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Writes JSON to a temporary file, then renames it over `path`."""
-    write_file_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
-
-def write_file_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -224,7 +224,13 @@ def run() -> dict:
         atomic_io.write_text(os.path.join(workdir, "flags.cfg"), FLAGS.flags_into_string())
         save_split(split_path, setup)
     print(f"workdir: {workdir}")
-    from clid_tf import experiment  # pylint: disable=import-outside-toplevel
+    from clid_tf import experiment, tb_views  # pylint: disable=import-outside-toplevel
+    if not resuming:  # a resumed run's TensorBoard folder has them already
+        logdir = os.path.join(workdir, "tensorboard")
+        tb_views.write_hparams(logdir, {name: FLAGS[name].value
+                                        for name in sorted(_training_flag_names())
+                                        if name not in ("workdir", "resume", "verbose")})
+        tb_views.write_layout(logdir)
     if FLAGS.deterministic:
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         tf.config.experimental.enable_op_determinism()

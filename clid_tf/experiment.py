@@ -25,6 +25,7 @@ from clid_tf import schedules
 from clid_tf import selection as selection_lib
 from clid_tf import sloss as sloss_lib
 from clid_tf import splits
+from clid_tf import tb_views
 from clid_tf import vri
 from clid_tf.splits import Setup
 
@@ -104,10 +105,14 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
                        steps_per_epoch=steps_per_epoch, eval_batch_size=eval_batch_size,
                        augment=_augmentation(augment, ds.x_train.shape[1:], flip=augment_flip,
                                              seed=seed), seed=seed)
-    callbacks = [  # selection first: it adds the test metrics that the others record
+    logdir = os.path.join(workdir, "tensorboard")
+    callbacks = [  # selection and StepTimer first: they add metrics the others record
         selection,
+        tb_views.StepTimer(),
         callbacks_lib.NonFiniteGuard(steps_per_epoch),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        tb_views.MetaViews(logdir, ds.x_train[idx], setup.noisy_labels[idx],
+                           streams.is_noisy, seed=seed, eval_batch_size=eval_batch_size),
+        keras.callbacks.TensorBoard(logdir),
         run_state]
     for first, last, meta_active in _phases(model, warmup_epochs, epochs, start_epoch):
         model.set_meta_active(meta_active)
@@ -176,7 +181,7 @@ def _results(setup: Setup, summary: dict, history: dict) -> dict:
         "num_train": int(len(setup.train_indices)),
         "num_meta": 0 if setup.meta_indices is None else int(len(setup.meta_indices)),
         "num_test": int(len(setup.dataset.y_test)),
-        "history": history,
+        "history": {k: v for k, v in history.items() if k != "step_time"},  # wall-clock
     }
 
 

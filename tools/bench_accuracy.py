@@ -393,8 +393,8 @@ def report(rows: Sequence[dict], *, header: str) -> str:
     parts = ["# Accuracy benchmark", "", header, "",
              "Test accuracy, mean ± sample std over seeds: last = final epoch, best = "
              "oracle (best test epoch), CLID-selected = epoch with the lowest meta-set "
-             "CLID, CLID top-5 ensemble = the 5 lowest-CLID epochs' predictions averaged. "
-             "seeds = finished runs (ok/all where some failed); realised noise = mean "
+             "CLID, CLID top-5 ensemble = argmax of the summed test logits of the 5 "
+             "lowest-CLID epochs. seeds = finished runs (ok/all where some failed); realised noise = mean "
              "fraction of flipped training labels.", "",
              markdown_table(aggregate(rows))]
     failed = [row for row in rows if row["status"] != "ok"]

@@ -3,8 +3,9 @@
 Prints a markdown table of steps/s and peak step memory for the plain `ce` step and the
 `clid` meta step with each hypergradient route and scope, with ratios to the plain step.
 Timings come from one process, modes interleaved round by round (this machine is noisy);
-memory comes from one subprocess per mode (on CPU: peak resident memory during three steps
-above the resident memory before them, via Linux's VmHWM reset; on GPU: peak allocator bytes).
+memory comes from one subprocess per mode: the peak bytes of TensorFlow's allocator during one
+step, weights included (on CPU with TF_CPU_ALLOCATOR_USE_BFC=true, which gives the CPU the
+GPU allocator's statistics).
 
   python tools/bench_speed.py --backbone=resnet32 --batch_size=100 --meta_batch_size=100
 """
@@ -76,35 +77,24 @@ def build_step(mode: str):
 
 
 def peak_memory_bytes(run_step) -> int:
-    """Peak memory growth of the step beyond what the built model already holds."""
+    """Peak bytes held by TensorFlow's allocator during one step (weights included).
+
+    On CPU the subprocess runs with TF_CPU_ALLOCATOR_USE_BFC=true, which makes the CPU
+    allocator keep the same statistics as the GPU one.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    if tf.config.list_physical_devices("GPU"):
-        run_step()
-        tf.config.experimental.reset_memory_stats("GPU:0")
-        run_step()
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
     run_step()  # trace and warm up
+    tf.config.experimental.reset_memory_stats(device)
     run_step()
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak RSS (VmHWM)
-        f.write("5")
-    for _ in range(3):
-        run_step()
-    return (_status_kib("VmHWM") - before) * 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return tf.config.experimental.get_memory_info(device)["peak"]
 
 
 def memory_in_subprocess(mode: str) -> int | None:
     args = [sys.executable, os.path.abspath(__file__), f"--memory_mode={mode}",
             *[a for a in sys.argv[1:] if not a.startswith("--memory_mode")]]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK "):
             return int(line.split()[1])

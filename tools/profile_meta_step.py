@@ -1,0 +1,127 @@
+"""Where the time of one CLID-MU meta step goes, by timing cumulative prefixes of the step.
+
+Each stage is a tf.function that runs the meta step up to and including that stage, so the
+difference between consecutive stages is the cost of one stage. All stages are measured in
+one process, interleaved round by round, and reported beside the plain CE step.
+
+  python tools/profile_meta_step.py --backbone=resnet32 --batch_size=100
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
+flags.DEFINE_integer("batch_size", 100, "Training batch size.")
+flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
+flags.DEFINE_integer("image_size", 32, "Square image side.")
+flags.DEFINE_integer("channels", 3, "Image channels.")
+flags.DEFINE_integer("rounds", 5, "Timing rounds.")
+flags.DEFINE_integer("steps", 3, "Calls per stage per round.")
+
+STAGES = (
+    ("1 training forward, recorded", "forward"),
+    ("2 + logit gradient and virtual backward (theta')", "virtual"),
+    ("3 + meta forward at theta' and CLID", "meta_loss"),
+    ("4 + hypergradient (backward through 3 and 2)", "hypergradient"),
+    ("5 + meta-net update and actual step = full train_step", "train_step"),
+)
+
+
+def main(argv):
+    del argv
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from clid_tf import backbones, experiment, meta_model, objectives, virtual  # noqa
+
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    rng = np.random.default_rng(0)
+    batch = {"image": tf.constant(rng.integers(0, 256, (FLAGS.batch_size, *shape)), tf.float32),
+             "label": tf.constant(rng.integers(0, 10, FLAGS.batch_size), tf.int32)}
+    meta = {"image": tf.constant(rng.integers(0, 256, (FLAGS.meta_batch_size, *shape)),
+                                 tf.float32)}
+
+    def build(with_meta_net):
+        keras.utils.set_random_seed(0)
+        net = backbones.build(FLAGS.backbone, num_classes=10, input_shape=shape,
+                              mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
+        if not with_meta_net:
+            model = meta_model.MetaReweightModel(net)
+            model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+            return model
+        model = meta_model.MetaReweightModel(
+            net, experiment.build_meta_net("wnet", num_classes=10, feature_dim=net.feature_dim,
+                                           vri_kl=0.01, seed=0),
+            meta_objective=objectives.meta_objective("clid", tau=0.5), meta_grad="tape")
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
+        return model
+
+    plain, model = build(False), build(True)
+    lr = tf.constant(0.05)
+    objective = model.meta_objective
+
+    def prefix(stage):
+        def run():
+            fwd = virtual.train_forward(model.backbone, batch["image"])
+            if stage == "forward":
+                return tf.reduce_sum(fwd.logits)
+            phi = model.meta_net.trainable_variables
+            with tf.GradientTape() as outer:
+                dz, _ = virtual.logit_gradient(model.meta_net, fwd.logits, fwd.features,
+                                               batch["label"])
+                theta_prime = virtual.lookahead(fwd.theta, virtual.virtual_gradient(fwd, dz),
+                                                lr)
+                if stage == "virtual":
+                    return tf.add_n([tf.reduce_sum(t) for t in theta_prime])
+                logits, features, _ = virtual.forward(model.backbone, theta_prime, fwd.frozen,
+                                                      meta["image"])
+                meta_loss = objective(features, logits, None)
+            if stage == "meta_loss":
+                return meta_loss
+            grads = outer.gradient(meta_loss, phi)
+            return tf.add_n([tf.reduce_sum(g) for g in grads])
+        return tf.function(run)
+
+    steps = {name: prefix(stage) for name, stage in STAGES[:4]}
+    steps[STAGES[4][0]] = tf.function(lambda: model.train_step({"train": batch, "meta": meta})
+                                      ["loss"])
+    steps["plain ce train_step"] = tf.function(lambda: plain.train_step({"train": batch})
+                                               ["loss"])
+    for fn in steps.values():
+        fn()
+        fn()
+    times = {name: [] for name in steps}
+    for _ in range(FLAGS.rounds):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                fn().numpy()
+            times[name].append((time.perf_counter() - start) / FLAGS.steps)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    base = median["plain ce train_step"]
+    print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
+          f"CPU ({os.cpu_count()} cores), meta_grad=tape; median of {FLAGS.rounds} rounds\n")
+    print("| stage (cumulative) | ms | this stage, ms | this stage vs plain step |")
+    print("|---|---:|---:|---:|")
+    previous = 0.0
+    for name, _ in STAGES:
+        t = median[name]
+        print(f"| {name} | {t * 1e3:.0f} | {(t - previous) * 1e3:.0f} | "
+              f"{(t - previous) / base:.2f}x |")
+        previous = t
+    print(f"| plain ce train_step (forward + backward + update) | {base * 1e3:.0f} | | 1.00x |")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -8,7 +8,6 @@ training flags, never at import time.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 import time

@@ -7,7 +7,7 @@ and writes TensorBoard events, checkpoints and the SavedModel.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -28,6 +28,7 @@ from clid_tf import splits
 from clid_tf import tb_views
 from clid_tf import vri
 from clid_tf.splits import Setup
+
 
 def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float,
                    seed: int) -> keras.Model:

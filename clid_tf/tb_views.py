@@ -28,7 +28,6 @@ from tensorboard.plugins.hparams import api as hp
 
 from clid_tf import meta_nets
 from clid_tf import objectives
-from clid_tf import selection as selection_lib
 
 Colour = tuple[int, int, int]
 

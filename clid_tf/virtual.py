@@ -41,7 +41,6 @@ class MetaResult(NamedTuple):
     meta_loss: tf.Tensor          # this replica's share of the meta objective at theta'
                                   # plus the regularizer; summed over replicas = global
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable
-    virtual_loss: tf.Tensor       # scalar L_f(theta, phi) before the meta update
 
 
 class TrainForward(NamedTuple):
@@ -123,7 +122,7 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
         theta_prime = lookahead(fwd.theta, virtual_gradient(fwd, dz), lr)   # virtual step
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
+    return MetaResult(meta_loss, outer.gradient(meta_loss, phi))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
@@ -147,7 +146,7 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
         [dz, weighted.regularizer], phi,
         output_gradients=[-tf.cast(lr, dz.dtype) * tf.cast(jz_v, dz.dtype),
                           tf.ones_like(weighted.regularizer)])
-    return MetaResult(meta_loss + regularizer, grads, weighted.loss)
+    return MetaResult(meta_loss + regularizer, grads)
 
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
@@ -175,7 +174,7 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
         meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
                                       meta_batch.get("label"))
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi), weighted.loss)
+    return MetaResult(meta_loss, outer.gradient(meta_loss, phi))
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,

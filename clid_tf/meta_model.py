@@ -122,7 +122,7 @@ class MetaReweightModel(keras.Model):
     def _actual_step(self, batch, fwd):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
-                                              batch["label"])
+                                              batch["label"], regularize=False)
         self._apply(virtual.backprop(fwd, tf.stop_gradient(dz)))
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)

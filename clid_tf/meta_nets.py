@@ -52,7 +52,8 @@ class WeightNet(keras.Model):
         losses = tf.stop_gradient(losses)
         return tf.squeeze(self.out(self.hidden(losses[:, None])), axis=-1)
 
-    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor):
+    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
+                      regularize: bool = True):
         """Meta-weighted training loss of a batch, differentiable in phi and theta.
 
         Args:
@@ -64,7 +65,7 @@ class WeightNet(keras.Model):
           WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, raw weights
           [B], regularizer 0).
         """
-        del features
+        del features, regularize  # WNet has no regulariser
         losses = objectives.per_sample_ce(logits, labels)
         weights = self(losses)
         return WeightedLoss(objectives.weighted_mean(losses, weights), weights,

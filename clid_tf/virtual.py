@@ -86,11 +86,15 @@ def virtual_gradient(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
-                   labels: tf.Tensor):
-    """dz = dL_f/dz at fixed logits [B, K], differentiable in phi; returns (dz, WeightedLoss)."""
+                   labels: tf.Tensor, *, regularize: bool = True):
+    """dz = dL_f/dz at fixed logits [B, K], differentiable in phi; returns (dz, WeightedLoss).
+
+    regularize=False skips the meta-net's own regulariser (VRI's prior and KL), which only
+    the meta step uses.
+    """
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        weighted = meta_net.weighted_loss(logits, features, labels)
+        weighted = meta_net.weighted_loss(logits, features, labels, regularize=regularize)
     return tape.gradient(weighted.loss, logits), weighted
 
 

@@ -130,8 +130,8 @@ class VRINet(keras.Model):
         eps = keras.random.normal(tf.shape(mu), dtype=mu.dtype, seed=self.noise)
         return tf.sigmoid(mu + tf.exp(0.5 * log_var) * eps)
 
-    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor,
-                      labels: tf.Tensor) -> meta_nets.WeightedLoss:
+    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
+                      regularize: bool = True) -> meta_nets.WeightedLoss:
         """Rectified training loss of a batch, differentiable in theta and phi.
 
         loss = mean_i CE(softmax(w_i * logits_i), y~_i): theta gets gradient through the
@@ -155,11 +155,13 @@ class VRINet(keras.Model):
           WeightedLoss(scalar loss, weights w float [B, K] in (0, 1), scalar regularizer).
         """
         mu, log_var = self(features, labels)
-        mu_p, log_var_p = self.prior(features)
         weights = self.sample_weights(mu, log_var)
         rectified = tf.cast(weights, logits.dtype) * logits
         # Shares of global-batch means, so replicas' gradients sum to the 1-device ones.
         loss = distribute.global_mean(objectives.per_sample_ce(rectified, labels))
+        if not regularize:  # the actual step: the KL would be discarded, skip the prior net
+            return meta_nets.WeightedLoss(loss, weights, tf.zeros([], loss.dtype))
+        mu_p, log_var_p = self.prior(features)
         regularizer = self.kl_weight * distribute.global_mean(
             kl_per_sample(mu, log_var, mu_p, log_var_p))
         return meta_nets.WeightedLoss(loss, weights, regularizer)

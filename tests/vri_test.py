@@ -184,3 +184,13 @@ def test_meta_model_one_step_updates_phi_and_theta():
     theta_changed = [not np.array_equal(a, v.numpy())
                      for a, v in zip(theta, backbone.trainable_variables)]
     assert all(phi_changed) and all(theta_changed)
+
+
+def test_without_regulariser_same_loss_and_weights_and_no_prior():
+    logits, features, labels = _inputs()
+    full = vri.VRINet(K, D, seed=5).weighted_loss(logits, features, labels)
+    light = vri.VRINet(K, D, seed=5).weighted_loss(logits, features, labels,
+                                                   regularize=False)
+    np.testing.assert_array_equal(full.weights.numpy(), light.weights.numpy())
+    np.testing.assert_allclose(full.loss.numpy(), light.loss.numpy(), rtol=1e-7)
+    assert float(light.regularizer) == 0.0 and float(full.regularizer) > 0.0

@@ -50,7 +50,9 @@ def small_cnn(num_classes: int, input_shape: Sequence[int]) -> keras.Model:
     inputs = keras.Input(tuple(input_shape))
     x = _conv_bn_relu(inputs, 32, "block1")
     x = _conv_bn_relu(x, 64, "block2")
-    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    # float32 max pooling: XLA has MaxPoolGradGrad (the meta step's second order) for
+    # float32 only, so the whole step compiles in every precision; weightless, so exact.
+    x = keras.layers.MaxPooling2D(2, dtype="float32", name="pool")(x)
     x = _conv_bn_relu(x, 128, "block3")
     # Pooling and the classifier run in float32 under a mixed-precision policy too.
     features = keras.layers.GlobalAveragePooling2D(dtype="float32", name="features")(x)
@@ -94,8 +96,8 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
     The model has `feature_dim` (d) and `head`, the final Dense layer (used by the
     last-layer meta scope). `sync_batchnorm` makes every BatchNormalization use the
     statistics of the global batch under a multi-replica strategy. `dtype_policy`
-    ('mixed_bfloat16') computes the body in bfloat16 with float32 variables; logits and
-    features are float32 in every policy.
+    ('mixed_float16', 'mixed_bfloat16') computes the body in float16 or bfloat16 with
+    float32 variables; logits and features are float32 in every policy.
 
     Images (rank-3 input_shape) are scaled by 1/255 before standardisation, matching the
     [0, 1]-unit `mean`/`std` of `clid_tf.datasets`; flat features use `mean`/`std` as is.

@@ -117,12 +117,14 @@ def define_flags() -> None:
         message="--jit_compile of the whole step fails under tf.distribute strategies (XLA "
                 "cannot reach variables mirrored on other devices); the CLID kernel is "
                 "XLA-compiled anyway")
-    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_bfloat16"),
-                      "Backbone compute precision. mixed_bfloat16: bfloat16 activations, "
-                      "float32 variables; logits, features, losses, CLID and the meta-net "
-                      "stay float32. bfloat16 keeps float32's exponent range, so no loss "
-                      "scaling is needed; float16 is not offered (dynamic loss scaling "
-                      "does not carry through the second-order virtual step).")
+    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_float16", "mixed_bfloat16"),
+                      "Backbone compute precision, float32 variables; logits, features, "
+                      "losses, CLID and the meta-net stay float32. mixed_float16: float16 "
+                      "activations with dynamic loss scaling of every backward pass, the "
+                      "second-order one included (each optimizer skips steps that "
+                      "overflow); for GPUs with float16 tensor cores. mixed_bfloat16: no "
+                      "loss scaling needed (float32's exponent range); TPUs, recent GPUs "
+                      "and CPUs with AVX512-BF16.")
     flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
                       "virtual step: full (all, exact) or last_layer (classifier head only, "
                       "features reused; cheap, for large backbones).")

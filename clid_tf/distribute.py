@@ -72,3 +72,15 @@ def gather(values):
         return values
     return tf.nest.map_structure(
         lambda v: None if v is None else context.all_gather(v, axis=0), values)
+
+
+def spread_non_finite(grads):
+    """Gradients, made non-finite on every replica when any replica's are.
+
+    Under dynamic loss scaling every replica must skip the same steps; with one replica
+    the gradients are returned as they are.
+    """
+    if _replica_context() is None:
+        return grads
+    poison = global_sum(tf.add_n([tf.reduce_sum(g * 0) for g in grads if g is not None]))
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]

@@ -7,6 +7,11 @@ One train_step per training batch (METHOD.md section 2.0):
 Steps 1 and 3 share one recorded forward pass of the training batch (same theta, same
 batch statistics). With no meta-net, or while `meta_active` is False (warm-up), the step
 is plain cross-entropy training.
+
+A float16 backbone (Keras policy mixed_float16) gets dynamic loss scaling: `compile`
+wraps both optimizers in keras.optimizers.LossScaleOptimizer, every backward pass runs on
+scaled losses (`virtual.LossScales`), and each optimizer skips the steps whose gradients
+overflowed and halves its scale.
 """
 
 from __future__ import annotations
@@ -21,15 +26,25 @@ from clid_tf import objectives
 from clid_tf import virtual
 
 
-def _with_l2(grads, variables, weight_decay: float):
+def _with_l2(grads, variables, weight_decay: float, scale=None):
     """PyTorch-style (coupled) weight decay: g + wd * v, which then goes through momentum.
 
     Optimizers sum replica gradients, so each replica adds its 1/R share of the decay.
+    Gradients that carry a loss scale get the decay times that `scale`.
     """
     if not weight_decay:
         return grads
     share = weight_decay / distribute.num_replicas()
+    if scale is not None:
+        share = share * scale
     return [g + share * v for g, v in zip(grads, variables)]
+
+
+def _loss_scale(optimizer):
+    """The current dynamic loss scale of a LossScaleOptimizer (a value read now), else None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return tf.convert_to_tensor(optimizer.dynamic_scale)
+    return None
 
 
 class MetaReweightModel(keras.Model):
@@ -79,6 +94,11 @@ class MetaReweightModel(keras.Model):
                 self.test_accuracy, self.test_loss]
 
     def compile(self, optimizer, meta_optimizer=None, **kwargs):
+        if self.backbone.dtype_policy.name == "mixed_float16":  # as keras.Model does
+            wrap = keras.optimizers.LossScaleOptimizer
+            optimizer = optimizer if isinstance(optimizer, wrap) else wrap(optimizer)
+            if meta_optimizer is not None and not isinstance(meta_optimizer, wrap):
+                meta_optimizer = wrap(meta_optimizer)
         super().compile(optimizer=optimizer, **kwargs)
         self.meta_optimizer = meta_optimizer
         self.optimizer.build(self.backbone.trainable_variables)
@@ -111,33 +131,62 @@ class MetaReweightModel(keras.Model):
 
     def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
+        train_scale, meta_scale = _loss_scale(self.optimizer), _loss_scale(self.meta_optimizer)
         result = virtual.meta_gradients(
             self.backbone, self.meta_net, batch, meta_batch, lr=lr,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
-            scope=self.meta_scope, fwd=fwd)
+            scope=self.meta_scope, fwd=fwd,
+            scales=None if meta_scale is None else virtual.LossScales(train_scale, meta_scale))
         phi = self.meta_net.trainable_variables
-        self.meta_optimizer.apply(_with_l2(result.meta_grads, phi, self.meta_weight_decay), phi)
-        return result.meta_loss
+        if result.virtual_finite is None:
+            self._apply(self.meta_optimizer, result.meta_grads, phi, self.meta_weight_decay)
+            return result.meta_loss
+        self._apply(self.meta_optimizer, result.meta_grads, phi, self.meta_weight_decay,
+                    keep_scale=tf.logical_not(result.virtual_finite))
+        # A step skipped for an overflowed virtual step reports NaN, which _log leaves out.
+        return tf.where(result.virtual_finite, result.meta_loss, float("nan"))
 
     def _actual_step(self, batch, fwd):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
                                               batch["label"], regularize=False)
-        self._apply(virtual.backprop(fwd, tf.stop_gradient(dz)))
+        scale = _loss_scale(self.optimizer)
+        dz = tf.stop_gradient(dz if scale is None else dz * scale)
+        self._apply(self.optimizer, virtual.backprop(fwd, dz),
+                    self.backbone.trainable_variables, self.weight_decay)
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
         return weighted.loss, tf.stop_gradient(weighted.weights)
 
     def _plain_step(self, batch):
+        theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
-        self._apply(tape.gradient(loss, self.backbone.trainable_variables))
+            scale = _loss_scale(self.optimizer)
+            scaled_loss = loss if scale is None else loss * scale
+        self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay)
         return loss
 
-    def _apply(self, grads):
-        theta = self.backbone.trainable_variables
-        self.optimizer.apply(_with_l2(grads, theta, self.weight_decay), theta)
+    @staticmethod
+    def _apply(optimizer, grads, variables, weight_decay, keep_scale=None):
+        """optimizer.apply with coupled weight decay.
+
+        Under loss scaling the gradients carry the optimizer's scale, an overflow on any
+        replica makes every replica skip, and `keep_scale` (a bool tensor) marks an
+        overflow that is not this scale's doing (the meta step after an overflowed
+        virtual step): the step is skipped but the scale is not halved.
+        """
+        scale = _loss_scale(optimizer)
+        if scale is None:
+            optimizer.apply(_with_l2(grads, variables, weight_decay), variables)
+            return
+        counter = tf.convert_to_tensor(optimizer.step_counter)
+        optimizer.apply(_with_l2(distribute.spread_non_finite(grads), variables, weight_decay,
+                                 scale), variables)
+        if keep_scale is not None:
+            optimizer.dynamic_scale.assign(tf.where(keep_scale, scale, optimizer.dynamic_scale))
+            optimizer.step_counter.assign(tf.where(keep_scale, counter, optimizer.step_counter))
 
     # ---------------------------------------------------------------- monitoring
     def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
@@ -149,8 +198,20 @@ class MetaReweightModel(keras.Model):
         updated = [self.loss_tracker, self.lr_tracker]
         if self.meta_trackers:
             updated.append(self.meta_trackers["meta_lr"])
+        scales = {}  # float16 loss scales, where the optimizers have them
+        for name, optimizer in (("loss_scale", self.optimizer),
+                                ("meta_loss_scale", self.meta_optimizer)):
+            scale = _loss_scale(optimizer)
+            if scale is not None:
+                scales[name] = scale
         if meta_loss is not None:
-            self.meta_trackers["meta"].update_state(distribute.global_sum(meta_loss))
+            meta_loss = distribute.global_sum(meta_loss)
+            if scales:  # a skipped meta step's loss (NaN) is not averaged in
+                finite = tf.math.is_finite(meta_loss)
+                self.meta_trackers["meta"].update_state(
+                    tf.where(finite, meta_loss, 0.0), sample_weight=tf.cast(finite, tf.float32))
+            else:
+                self.meta_trackers["meta"].update_state(meta_loss)
             updated.append(self.meta_trackers["meta"])
             if "is_noisy" in batch:  # ground truth, for monitoring only
                 per_sample = tf.reduce_mean(
@@ -159,7 +220,7 @@ class MetaReweightModel(keras.Model):
                 self.meta_trackers["noisy"].update_state(per_sample, sample_weight=noisy)
                 self.meta_trackers["clean"].update_state(per_sample, sample_weight=1.0 - noisy)
                 updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
-        return {m.name: m.result() for m in updated}
+        return {**{m.name: m.result() for m in updated}, **scales}
 
     def test_step(self, data):
         """`evaluate` on (raw images [B, ...], labels int [B]): accuracy and CE loss."""

@@ -21,6 +21,14 @@ the actual step.
 
 Under tf.distribute every replica computes its share of each global quantity, following
 the rule stated in `clid_tf.distribute`; with one device the code reduces to the above.
+
+float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
+optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
+meta objective. The second-order pass of the 'tape' route runs through the float16
+backward of the training batch with cotangents lr * J v; to keep them scaled by S_m
+(not S_m / S_t), the virtual step divides by S_t with an op whose backward passes the
+cotangent on unchanged (`_unscale_keeping_cotangent`). The returned meta gradients are
+then S_m times the true ones, which the meta optimizer's LossScaleOptimizer removes.
 """
 
 from __future__ import annotations
@@ -36,11 +44,20 @@ META_GRADS = ("tape", "jvp")
 META_SCOPES = ("full", "last_layer")
 
 
+class LossScales(NamedTuple):
+    """Dynamic loss scales of float16 training (scalars; both 1 means no scaling)."""
+    train: tf.Tensor              # S_t: the classifier optimizer's LossScaleOptimizer scale
+    meta: tf.Tensor               # S_m: the meta optimizer's LossScaleOptimizer scale
+
+
 class MetaResult(NamedTuple):
     """Outputs of one hypergradient computation (per replica under a strategy)."""
     meta_loss: tf.Tensor          # this replica's share of the meta objective at theta'
                                   # plus the regularizer; summed over replicas = global
-    meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable
+    meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable, times
+                                  # the meta loss scale S_m when one is given
+    virtual_finite: tf.Tensor | None = None  # with loss scales: whether the virtual
+                                  # step's gradient was finite (else S_t overflowed it)
 
 
 class TrainForward(NamedTuple):
@@ -80,9 +97,34 @@ def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def virtual_gradient(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
-    """grad_theta L_f of the global batch: replica gradients summed (differentiable)."""
-    return distribute.global_sum(backprop(fwd, dz))
+def _unscale_keeping_cotangent(tensors: list[tf.Tensor], scale: tf.Tensor) -> list[tf.Tensor]:
+    """Forward: t / scale for each t. Backward: the cotangent unchanged (not / scale).
+
+    Differentiating through it yields `scale` times the true gradient, with every
+    intermediate of that backward pass scaled too (what float16 loss scaling needs).
+    """
+    @tf.custom_gradient
+    def unscale(*values):
+        return [v / tf.cast(scale, v.dtype) for v in values], lambda *dys: list(dys)
+    return unscale(*tensors)
+
+
+def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Whether every element of every tensor is finite (a scalar bool)."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
+                     train_scale: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """grad_theta L_f of the global batch: replica gradients summed (differentiable).
+
+    With `train_scale` S_t the float16 backward runs on S_t * dz; the result is unscaled
+    by `_unscale_keeping_cotangent`, so its derivative is S_t times the true one.
+    """
+    if train_scale is None:
+        return distribute.global_sum(backprop(fwd, dz))
+    scaled = distribute.global_sum(backprop(fwd, dz * tf.cast(train_scale, dz.dtype)))
+    return _unscale_keeping_cotangent(scaled, train_scale)
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
@@ -118,30 +160,49 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
 
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                        labels: tf.Tensor, meta_batch: dict, *, lr: tf.Tensor,
-                       meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
+                       meta_objective: Callable[..., tf.Tensor],
+                       scales: LossScales | None = None) -> MetaResult:
     """Reverse-over-reverse: differentiate L_meta through the recorded backward pass."""
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-        theta_prime = lookahead(fwd.theta, virtual_gradient(fwd, dz), lr)   # virtual step
+        train_scale = None if scales is None else scales.train
+        virtual_grads = virtual_gradient(fwd, dz, train_scale)
+        theta_prime = lookahead(fwd.theta, virtual_grads, lr)
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
-        meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi))
+        regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
+    # With scales, the path through theta' comes back S_t times too large (see
+    # virtual_gradient); the regularizer's does not pass there, so it is weighted by S_t
+    # to match, and the sum is divided by S_t.
+    s_t, s_m = (tf.cast(s, meta_loss.dtype) for s in (scales or (1.0, 1.0)))
+    grads = outer.gradient([meta_loss, regularizer], phi, output_gradients=[s_m, s_t * s_m])
+    return MetaResult(meta_loss + regularizer,
+                      [None if g is None else g / tf.cast(s_t, g.dtype) for g in grads],
+                      None if scales is None else all_finite(virtual_grads))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
-                      lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
-    """Forward-over-reverse: one JVP of the training batch replaces the double backward."""
+                      lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                      scales: LossScales | None = None) -> MetaResult:
+    """Forward-over-reverse: one JVP of the training batch replaces the double backward.
+
+    With `scales`, v and J_z v carry S_m (float16 tangents), so the result is S_m times
+    the true gradient, as in the tape route.
+    """
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-    theta_prime = lookahead(fwd.theta, virtual_gradient(fwd, tf.stop_gradient(dz)), lr)
+    train_scale = None if scales is None else scales.train
+    virtual_grads = virtual_gradient(fwd, tf.stop_gradient(dz), train_scale)
+    theta_prime = lookahead(fwd.theta, virtual_grads, lr)
     with tf.GradientTape() as meta_tape:
         meta_tape.watch(theta_prime)
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+    meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
     v = distribute.global_sum(meta_tape.gradient(
-        meta_loss, theta_prime, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        meta_loss, theta_prime, output_gradients=meta_scale,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO))
     with tf.autodiff.ForwardAccumulator(fwd.theta, v) as accumulator:
         logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
     jz_v = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -149,18 +210,22 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
     grads = phi_tape.gradient(
         [dz, weighted.regularizer], phi,
         output_gradients=[-tf.cast(lr, dz.dtype) * tf.cast(jz_v, dz.dtype),
-                          tf.ones_like(weighted.regularizer)])
-    return MetaResult(meta_loss + regularizer, grads)
+                          tf.ones_like(weighted.regularizer)
+                          * tf.cast(meta_scale, weighted.regularizer.dtype)])
+    return MetaResult(meta_loss + regularizer, grads,
+                      None if scales is None else all_finite(virtual_grads))
 
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
                              fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                             lr: tf.Tensor,
-                             meta_objective: Callable[..., tf.Tensor]) -> MetaResult:
+                             lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                             scales: LossScales | None = None) -> MetaResult:
     """Virtual step on the classifier head only, features fixed (fast meta-reweighting).
 
     logits = features @ W + b; theta' = (W, b) - lr * grad; the meta batch's features are
-    computed once at theta (training-mode BN, stateless) and reused.
+    computed once at theta (training-mode BN, stateless) and reused. Everything
+    differentiated here is float32 (head, logits, features), so `scales` only multiplies
+    the result by S_m, the factor the meta optimizer removes.
     """
     head = backbone.head
     kernel, bias = head.kernel.value, head.bias.value
@@ -178,13 +243,18 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
         meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
                                       meta_batch.get("label"))
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    return MetaResult(meta_loss, outer.gradient(meta_loss, phi))
+    grads = outer.gradient(meta_loss, phi)
+    if scales is None:
+        return MetaResult(meta_loss, grads)
+    return MetaResult(meta_loss, [g * tf.cast(scales.meta, g.dtype) for g in grads],
+                      all_finite(head_grads))
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
                    meta_batch: dict, *, lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
                    meta_grad: str = "tape", scope: str = "full",
-                   fwd: TrainForward | None = None) -> MetaResult:
+                   fwd: TrainForward | None = None,
+                   scales: LossScales | None = None) -> MetaResult:
     """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
     Args:
@@ -198,18 +268,20 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       meta_grad: 'tape' (reverse-over-reverse, default) or 'jvp' (forward-over-reverse).
       scope: 'full' (all of theta) or 'last_layer' (classifier head only).
       fwd: the recorded training forward, when the caller already has it.
+      scales: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
+        true ones. None: no loss scaling.
     """
     fwd = fwd or train_forward(backbone, batch["image"])
     labels = batch["label"]
     if scope == "last_layer":
         return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                        meta_objective=meta_objective)
+                                        meta_objective=meta_objective, scales=scales)
     if scope != "full":
         raise ValueError(f"unknown meta scope {scope!r}; choose from {META_SCOPES}")
     if meta_grad == "tape":
         return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                  meta_objective=meta_objective)
+                                  meta_objective=meta_objective, scales=scales)
     if meta_grad == "jvp":
         return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
-                                 lr=lr, meta_objective=meta_objective)
+                                 lr=lr, meta_objective=meta_objective, scales=scales)
     raise ValueError(f"unknown meta_grad {meta_grad!r}; choose from {META_GRADS}")

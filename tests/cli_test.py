@@ -109,6 +109,24 @@ def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path
     np.testing.assert_allclose(served.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
+    """--mixed_precision=mixed_float16 end to end: both loss scales are logged and
+    checkpointed (so a resumed run continues with them), and the SavedModel serves."""
+    workdir = str(tmp_path / "f16")
+    proc = run_cli(f"--workdir={workdir}", "--mixed_precision=mixed_float16", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.load(open(os.path.join(workdir, "results.json")))["history"]
+    assert len(history["loss_scale"]) == 2 and len(history["meta_loss_scale"]) == 2
+    assert all(0 < s <= 2.0**15 for s in history["loss_scale"] + history["meta_loss_scale"])
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    saved = sorted(float(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()
+                   if "dynamic_scale" in name)
+    assert saved == sorted([history["loss_scale"][-1], history["meta_loss_scale"][-1]])
+    served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
+        "serving_default"](images=tf.constant(datasets.load_digits().x_test[:8]))
+    np.testing.assert_allclose(served["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-3)
+
+
 def test_helpfull_documents_every_flag():
     proc = run_cli("--helpfull")
     assert proc.returncode in (0, 1)  # absl exits 1 after printing help

@@ -99,3 +99,27 @@ def test_mixed_bfloat16_keeps_losses_clid_and_meta_net_in_float32():
     assert np.isfinite(float(logs["meta_clid"])) and np.isfinite(float(logs["loss"]))
     assert all(v.dtype == "float32" for v in meta_net.trainable_variables)
     assert any(not np.allclose(a, v.numpy()) for a, v in zip(phi0, meta_net.trainable_variables))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_xla_meta_step_of_the_cnn_compiles_in_low_precision(policy):
+    """The second-order step through max pooling needs MaxPoolGradGrad, which XLA has for
+    float32 only: small_cnn pools in float32 so that every precision compiles."""
+    keras.utils.set_random_seed(0)
+    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0, dtype_policy=policy)
+    model = meta_model.MetaReweightModel(
+        net, experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
+                                       vri_kl=0.0, seed=0),
+        meta_objective=objectives.meta_objective("clid", tau=0.5))
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3),
+                  jit_compile=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
+    stream = data.train_stream(images, rng.integers(0, 3, 32), batch_size=16, seed=0,
+                               is_noisy=np.zeros(32, bool), meta_images=images[:8],
+                               meta_batch_size=8)
+    history = model.fit(stream, steps_per_epoch=2, epochs=2, verbose=0, shuffle=False)
+    assert model.trace_count == 1
+    assert np.isfinite(history.history["meta_clid"]).all()
+    assert ("loss_scale" in history.history) == (policy == "mixed_float16")

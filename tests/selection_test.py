@@ -143,7 +143,7 @@ def test_callback_logs_and_summary_consistent_with_history(tmp_path):
                                        tau=0.5, keep=keep, seed=seed, eval_batch_size=64)
     board = keras.callbacks.TensorBoard(str(tmp_path))
     history = model.fit(data.train_stream(train_x, train_y, batch_size=8, seed=0),
-                        epochs=epochs, steps_per_epoch=3, verbose=0,
+                        epochs=epochs, steps_per_epoch=3, verbose=0, shuffle=False,
                         validation_data=data.eval_dataset(test_x, test_y, batch_size=64),
                         callbacks=[callback, board]).history
 

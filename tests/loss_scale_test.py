@@ -1,0 +1,168 @@
+"""float16 training: loss scaling through the second-order meta step, and step skipping."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from clid_tf import backbones
+from clid_tf import experiment
+from clid_tf import meta_model
+from clid_tf import objectives
+from clid_tf import virtual
+from clid_tf import vri
+from tests import helpers
+
+ROUTES = [("tape", "full"), ("jvp", "full"), ("tape", "last_layer")]
+
+
+def _flat(grads):
+    return np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in grads])
+
+
+@pytest.mark.parametrize("meta_net_kind", ["wnet", "vri"])
+@pytest.mark.parametrize("meta_grad,scope", ROUTES)
+def test_scaled_meta_gradients_are_the_meta_scale_times_the_true_ones(meta_grad, scope,
+                                                                     meta_net_kind):
+    """In float64 (no rounding to hide behind) loss scales change nothing but the factor
+    S_m, also for VRI, whose KL regulariser does not pass through the virtual step."""
+    with helpers.floatx("float64"):
+        backbone = helpers.tiny_classifier(hidden=5)
+        backbone.head = backbone.get_layer("dense2")
+        batch, meta_batch = helpers.batches(batch=10, meta=7)
+        objective = objectives.meta_objective("clid", tau=0.5)
+        results = []
+        for scales in (None, virtual.LossScales(tf.constant(2.0**9, tf.float64),
+                                                tf.constant(2.0**5, tf.float64))):
+            meta_net = (helpers.weight_net() if meta_net_kind == "wnet"  # same noise draws
+                        else vri.VRINet(3, 5, hidden=(16, 8, 8), kl_weight=0.5, seed=0))
+            results.append(virtual.meta_gradients(
+                backbone, meta_net, batch, meta_batch, lr=tf.constant(0.3, tf.float64),
+                meta_objective=objective, meta_grad=meta_grad, scope=scope, scales=scales))
+        plain, scaled = results
+        np.testing.assert_allclose(scaled.meta_loss.numpy(), plain.meta_loss.numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(_flat(scaled.meta_grads), 2.0**5 * _flat(plain.meta_grads),
+                                   rtol=1e-9, atol=1e-15)
+        assert np.abs(_flat(plain.meta_grads)).max() > 1e-6
+
+
+def _float16_and_float32_twins():
+    build = lambda policy: backbones.build(  # noqa: E731
+        "small_cnn", num_classes=10, input_shape=(8, 8, 1), mean=(0.3,), std=(0.4,), seed=0,
+        dtype_policy=policy)
+    reference, half = build("float32"), build("mixed_float16")
+    for h, r in zip(half.weights, reference.weights):
+        h.assign(r)
+    return reference, half
+
+
+@pytest.mark.parametrize("meta_grad", ["tape", "jvp"])
+def test_loss_scaling_rescues_a_float16_hypergradient_that_underflows(meta_grad):
+    """A meta objective of small magnitude (1e-4 CLID) makes the second-order float16 pass
+    underflow: unscaled, the hypergradient is far from float32's; scaled, it is close."""
+    reference, half = _float16_and_float32_twins()
+    meta_net = experiment.build_meta_net("wnet", num_classes=10,
+                                         feature_dim=reference.feature_dim, vri_kl=0.0, seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (64, 8, 8, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, 64).astype(np.int32)}
+    meta_batch = {"image": rng.integers(0, 256, (32, 8, 8, 1)).astype(np.float32)}
+    clid = objectives.meta_objective("clid", tau=0.5)
+    small = lambda f, z, y: 1e-4 * clid(f, z, y)  # noqa: E731
+
+    def grads(backbone, scales=None):
+        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
+                                        lr=tf.constant(0.1), meta_objective=small,
+                                        meta_grad=meta_grad, scales=scales)
+        return _flat(result.meta_grads) / (1.0 if scales is None else float(scales.meta))
+
+    truth = grads(reference)
+    error = lambda g: np.linalg.norm(g - truth) / np.linalg.norm(truth)  # noqa: E731
+    scale = tf.constant(2.0**10)
+    assert error(grads(half)) > 0.3
+    assert error(grads(half, virtual.LossScales(scale, scale))) < 0.1
+
+
+def _float16_model(meta_grad="tape"):
+    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0, dtype_policy="mixed_float16")
+    meta_net = experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
+                                         vri_kl=0.0, seed=0)
+    model = meta_model.MetaReweightModel(
+        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
+        meta_grad=meta_grad)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 1)).astype(np.float32)
+    data = {"train": {"image": images, "label": rng.integers(0, 3, 16).astype(np.int32)},
+            "meta": {"image": images[:8]}}
+    return model, data
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def test_float16_model_wraps_both_optimizers_and_reports_the_scales():
+    model, data = _float16_model()
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.meta_optimizer, keras.optimizers.LossScaleOptimizer)
+    logs = tf.function(model.train_step)(data)
+    assert float(logs["loss_scale"]) == 2.0**15 and float(logs["meta_loss_scale"]) > 0
+    assert np.isfinite(float(logs["meta_clid"]))
+
+
+@pytest.mark.parametrize("meta_grad", ["tape", "jvp"])
+def test_overflowing_steps_are_skipped_and_only_the_guilty_scale_halves(meta_grad):
+    model, data = _float16_model(meta_grad)
+    step = tf.function(model.train_step)
+    theta = _values(model.backbone.trainable_variables)
+    phi = _values(model.meta_net.trainable_variables)
+
+    # S_t overflows the training backward: the virtual step is inf, so the meta step is
+    # skipped too, but the meta scale is not to blame and stays.
+    model.optimizer.dynamic_scale.assign(2.0**60)
+    model.meta_optimizer.dynamic_scale.assign(2.0**10)
+    logs = step(data)
+    for before, v in zip(theta + phi, model.backbone.trainable_variables
+                         + model.meta_net.trainable_variables):
+        np.testing.assert_array_equal(before, v.numpy())  # skipped: nothing moved
+    assert float(model.optimizer.dynamic_scale) == 2.0**59
+    assert float(model.meta_optimizer.dynamic_scale) == 2.0**10
+    assert int(model.optimizer.iterations) == 0 and int(model.meta_optimizer.iterations) == 0
+    assert float(logs["meta_clid"]) == 0.0  # no finite meta loss averaged in yet
+
+    # S_m overflows the meta backward only: phi stays, theta takes its step.
+    model.optimizer.dynamic_scale.assign(2.0**10)
+    model.meta_optimizer.dynamic_scale.assign(2.0**60)
+    step(data)
+    assert float(model.optimizer.dynamic_scale) == 2.0**10
+    assert float(model.meta_optimizer.dynamic_scale) == 2.0**59
+    assert int(model.optimizer.iterations) == 1 and int(model.meta_optimizer.iterations) == 0
+    for before, v in zip(phi, model.meta_net.trainable_variables):
+        np.testing.assert_array_equal(before, v.numpy())
+
+    for _ in range(60):  # the meta scale comes down until meta steps go through
+        logs = step(data)
+    assert float(logs["meta_loss_scale"]) < 2.0**40 and int(model.meta_optimizer.iterations) > 0
+    assert np.isfinite(float(logs["meta_clid"])) and float(logs["meta_clid"]) > 0
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(phi, model.meta_net.trainable_variables))
+
+
+def test_weight_decay_is_scaled_with_the_gradients():
+    """The decay is added to the scaled gradient as wd * S * theta, so that after
+    LossScaleOptimizer's division one SGD step moves theta by exactly -lr * wd * theta
+    more than the same step without decay."""
+    after = {}
+    for weight_decay in (0.0, 0.1):
+        model, data = _float16_model()
+        model.weight_decay = weight_decay
+        model.set_meta_active(False)
+        theta = _values(model.backbone.trainable_variables)
+        tf.function(model.train_step)(data)
+        assert int(model.optimizer.iterations) == 1
+        after[weight_decay] = _values(model.backbone.trainable_variables)
+    for t, decayed, plain in zip(theta, after[0.1], after[0.0]):
+        np.testing.assert_allclose(decayed - plain, -0.05 * 0.1 * t, rtol=1e-3, atol=1e-7)

@@ -96,11 +96,13 @@ def define_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
                          lower_bound=2)
-    flags.DEFINE_enum("meta_grad", "tape", ("tape", "jvp"), "How the exact hypergradient is "
-                      "computed: tape (reverse-over-reverse through the recorded backward "
-                      "pass; fastest here, see tools/bench_speed.py) or jvp (one "
-                      "forward-mode pass over the training batch). Both give the same "
-                      "gradient.")
+    flags.DEFINE_enum("meta_grad", "tape", ("tape", "recompute", "jvp"),
+                      "How the exact hypergradient is computed: tape (reverse-over-reverse "
+                      "through the recorded backward pass; fastest here, see "
+                      "tools/bench_speed.py), recompute (the same in two passes that "
+                      "recomputes the virtual backward: about 20% less peak memory for a "
+                      "little more time) or jvp (one forward-mode pass over the training "
+                      "batch). All give the same gradient.")
     flags.DEFINE_enum("strategy", "default", ("default", "mirrored", "multi_worker", "tpu"),
                       "tf.distribute strategy: default (one device), mirrored (all local "
                       "GPUs), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu. "

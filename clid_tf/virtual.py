@@ -9,8 +9,11 @@ meta-net's weighted loss, dz(phi) = dL_f/dz [B, K]. Then
 
 phi enters only through dz, so the hypergradient needs J_z v, one forward-mode pass over
 the training batch (`meta_grad='jvp'`), instead of differentiating through the recorded
-backward pass (`meta_grad='tape'`, reverse-over-reverse). Both are exact, also with
-BatchNorm in training mode, where z_i depends on the whole batch. TensorFlow computes many
+backward pass (`meta_grad='tape'`, reverse-over-reverse). `meta_grad='recompute'` is the
+tape route in two passes: v first, then the virtual backward again, recorded and
+differentiated with cotangent -lr v, so the meta forward's activations and the recorded
+virtual backward are never held together (less peak memory, a little more time). All are
+exact, also with BatchNorm in training mode, where z_i depends on the whole batch. TensorFlow computes many
 forward-mode JVPs by transposing backward functions, so on CPU 'jvp' measured slower than
 'tape' (tools/bench_speed.py); 'tape' is the default.
 
@@ -40,7 +43,7 @@ import tensorflow as tf
 
 from clid_tf import distribute
 
-META_GRADS = ("tape", "jvp")
+META_GRADS = ("tape", "recompute", "jvp")
 META_SCOPES = ("full", "last_layer")
 
 
@@ -181,6 +184,42 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
                       None if scales is None else all_finite(virtual_grads))
 
 
+def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
+                            fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
+                            lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                            scales: LossScales | None = None) -> MetaResult:
+    """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
+    backward unrecorded), then the virtual backward recomputed on a tape and
+    differentiated with cotangent -lr v. Same gradient as `hypergradient_tape`."""
+    phi = meta_net.trainable_variables
+    train_scale = None if scales is None else scales.train
+    with tf.GradientTape() as phi_tape:
+        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+        with phi_tape.stop_recording():
+            virtual_grads = virtual_gradient(fwd, dz, train_scale)
+            theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+            with tf.GradientTape() as meta_tape:
+                meta_tape.watch(theta_prime)
+                meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch,
+                                       meta_objective)
+            meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
+            v = meta_tape.gradient(meta_loss, theta_prime, output_gradients=meta_scale,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        with tf.control_dependencies(v):  # runs after v, so graph CSE cannot merge it with
+            dz_again = tf.identity(dz)    # the unrecorded backward above
+        recorded = virtual_gradient(fwd, dz_again, train_scale)
+        regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
+    # v is this replica's share; the global sum inside virtual_gradient sums the shares.
+    # As in the tape route, the theta' path comes back S_t times too large.
+    s_t = tf.cast(1.0 if scales is None else scales.train, meta_loss.dtype)
+    grads = phi_tape.gradient(
+        [recorded, regularizer], phi,
+        output_gradients=[[-tf.cast(lr, g.dtype) * g for g in v], s_t * meta_scale])
+    return MetaResult(meta_loss + regularizer,
+                      [None if g is None else g / tf.cast(s_t, g.dtype) for g in grads],
+                      None if scales is None else all_finite(virtual_grads))
+
+
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
                       lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
@@ -265,7 +304,8 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
       lr: current scheduled classifier learning rate (the virtual-step size).
       meta_objective: fn(features [n, d], logits [n, K], labels or None) -> scalar.
-      meta_grad: 'tape' (reverse-over-reverse, default) or 'jvp' (forward-over-reverse).
+      meta_grad: 'tape' (reverse-over-reverse, default), 'recompute' (the same in two
+        passes, less memory) or 'jvp' (forward-over-reverse).
       scope: 'full' (all of theta) or 'last_layer' (classifier head only).
       fwd: the recorded training forward, when the caller already has it.
       scales: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
@@ -281,6 +321,9 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
     if meta_grad == "tape":
         return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
                                   meta_objective=meta_objective, scales=scales)
+    if meta_grad == "recompute":
+        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
+                                       meta_objective=meta_objective, scales=scales)
     if meta_grad == "jvp":
         return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
                                  lr=lr, meta_objective=meta_objective, scales=scales)

@@ -44,6 +44,7 @@ def _stream(labelled_meta):
     (None, None, "tape", "full"),
     ("wnet", "clid", "tape", "full"),
     ("wnet", "clid", "jvp", "full"),
+    ("wnet", "clid", "recompute", "full"),
     ("wnet", "clid", "tape", "last_layer"),
     ("wnet", "ce_clean", "tape", "full"),
     ("vri", "clid", "tape", "full"),

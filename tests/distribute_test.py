@@ -31,7 +31,8 @@ def _assert_same_state(a, b):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-@pytest.mark.parametrize("mode", [["--meta_grad=tape"], ["--meta_scope=last_layer"]])
+@pytest.mark.parametrize("mode", [["--meta_grad=tape"], ["--meta_grad=recompute"],
+                                  ["--meta_scope=last_layer"]])
 def test_mirrored_two_replicas_match_one_device(tmp_path, mode):
     single = _run(tmp_path / "single.npz", "--strategy=default", *mode)
     mirrored = _run(tmp_path / "mirrored.npz", "--strategy=mirrored", "--replicas=2", *mode)

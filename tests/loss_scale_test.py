@@ -13,7 +13,7 @@ from clid_tf import virtual
 from clid_tf import vri
 from tests import helpers
 
-ROUTES = [("tape", "full"), ("jvp", "full"), ("tape", "last_layer")]
+ROUTES = [("tape", "full"), ("recompute", "full"), ("jvp", "full"), ("tape", "last_layer")]
 
 
 def _flat(grads):
@@ -57,7 +57,7 @@ def _float16_and_float32_twins():
     return reference, half
 
 
-@pytest.mark.parametrize("meta_grad", ["tape", "jvp"])
+@pytest.mark.parametrize("meta_grad", ["tape", "recompute", "jvp"])
 def test_loss_scaling_rescues_a_float16_hypergradient_that_underflows(meta_grad):
     """A meta objective of small magnitude (1e-4 CLID) makes the second-order float16 pass
     underflow: unscaled, the hypergradient is far from float32's; scaled, it is close."""
@@ -113,7 +113,7 @@ def test_float16_model_wraps_both_optimizers_and_reports_the_scales():
     assert np.isfinite(float(logs["meta_clid"]))
 
 
-@pytest.mark.parametrize("meta_grad", ["tape", "jvp"])
+@pytest.mark.parametrize("meta_grad", ["tape", "recompute", "jvp"])
 def test_overflowing_steps_are_skipped_and_only_the_guilty_scale_halves(meta_grad):
     model, data = _float16_model(meta_grad)
     step = tf.function(model.train_step)

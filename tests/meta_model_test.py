@@ -72,7 +72,7 @@ def _build(seed=0, meta_grad="jvp"):
     return model
 
 
-@pytest.mark.parametrize("meta_grad", ["jvp", "tape"])
+@pytest.mark.parametrize("meta_grad", ["jvp", "tape", "recompute"])
 def test_train_step_matches_reference_step(meta_grad):
     with helpers.floatx("float64"):
         model = _build(meta_grad=meta_grad)

@@ -30,8 +30,9 @@ flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
 flags.DEFINE_integer("image_size", 32, "Square image side.")
 flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
-flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_jvp", "clid_last_layer"],
-                  "Modes: ce, clid_tape, clid_jvp, clid_last_layer (and vri_* variants).")
+flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_recompute", "clid_jvp", "clid_last_layer"],
+                  "Modes: ce, clid_tape, clid_recompute, clid_jvp, clid_last_layer (and vri_* "
+                  "variants).")
 flags.DEFINE_integer("rounds", 5, "Timing rounds (modes interleaved).")
 flags.DEFINE_integer("steps", 5, "Steps per mode per round.")
 flags.DEFINE_bool("jit_compile", False, "Compile each train step with XLA.")
@@ -68,7 +69,7 @@ def build_step(mode: str):
                                              feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
         model = meta_model.MetaReweightModel(
             net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
-            meta_grad="tape" if route == "tape" else "jvp",
+            meta_grad="tape" if route == "last_layer" else route,
             meta_scope="last_layer" if route == "last_layer" else "full")
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
     step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)

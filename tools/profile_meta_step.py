@@ -1,8 +1,10 @@
-"""Where the time of one CLID-MU meta step goes, by timing cumulative prefixes of the step.
+"""Where the time and memory of one CLID-MU meta step go, by cumulative prefixes of the step.
 
 Each stage is a tf.function that runs the meta step up to and including that stage, so the
 difference between consecutive stages is the cost of one stage. All stages are measured in
-one process, interleaved round by round, and reported beside the plain CE step.
+one process, interleaved round by round, and reported beside the plain CE step. With
+--memory (default) the process runs on TensorFlow's BFC allocator (on CPU:
+TF_CPU_ALLOCATOR_USE_BFC=true) and each prefix's peak bytes are reported too.
 
   python tools/profile_meta_step.py --backbone=resnet32 --batch_size=100
 """
@@ -27,6 +29,7 @@ flags.DEFINE_integer("image_size", 32, "Square image side.")
 flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("rounds", 5, "Timing rounds.")
 flags.DEFINE_integer("steps", 3, "Calls per stage per round.")
+flags.DEFINE_bool("memory", True, "Also report each prefix's peak allocator memory.")
 
 STAGES = (
     ("1 training forward, recorded", "forward"),
@@ -39,6 +42,8 @@ STAGES = (
 
 def main(argv):
     del argv
+    if FLAGS.memory:
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read when TensorFlow starts
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -101,6 +106,13 @@ def main(argv):
     for fn in steps.values():
         fn()
         fn()
+    peak = {}
+    if FLAGS.memory:
+        device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+        for name, fn in steps.items():
+            tf.config.experimental.reset_memory_stats(device)
+            fn().numpy()
+            peak[name] = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
     times = {name: [] for name in steps}
     for _ in range(FLAGS.rounds):
         for name, fn in steps.items():
@@ -112,15 +124,19 @@ def main(argv):
     base = median["plain ce train_step"]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
           f"CPU ({os.cpu_count()} cores), meta_grad=tape; median of {FLAGS.rounds} rounds\n")
-    print("| stage (cumulative) | ms | this stage, ms | this stage vs plain step |")
-    print("|---|---:|---:|---:|")
+    mem = lambda name: (f" {peak[name]:.0f} | {peak[name] / peak['plain ce train_step']:.2f}x |"  # noqa: E731
+                        if peak else "")
+    extra = (" peak MiB | peak vs plain step |", "---:|---:|") if peak else ("", "")
+    print("| stage (cumulative) | ms | this stage, ms | this stage vs plain step |" + extra[0])
+    print("|---|---:|---:|---:|" + extra[1])
     previous = 0.0
     for name, _ in STAGES:
         t = median[name]
         print(f"| {name} | {t * 1e3:.0f} | {(t - previous) * 1e3:.0f} | "
-              f"{(t - previous) / base:.2f}x |")
+              f"{(t - previous) / base:.2f}x |" + mem(name))
         previous = t
-    print(f"| plain ce train_step (forward + backward + update) | {base * 1e3:.0f} | | 1.00x |")
+    print(f"| plain ce train_step (forward + backward + update) | {base * 1e3:.0f} | | 1.00x |"
+          + mem("plain ce train_step"))
 
 
 if __name__ == "__main__":

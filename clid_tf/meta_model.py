@@ -60,7 +60,7 @@ class MetaReweightModel(keras.Model):
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
                  meta_objective: Callable[..., tf.Tensor] | None = None,
-                 meta_objective_name: str = "clid", meta_grad: str = "tape",
+                 meta_objective_name: str = "clid", meta_grad: str = "recompute",
                  meta_scope: str = "full", weight_decay: float = 5e-4,
                  meta_weight_decay: float = 5e-4, **kwargs):
         super().__init__(**kwargs)

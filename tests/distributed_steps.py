@@ -25,7 +25,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--strategy", default="default")
     parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--meta_grad", default="tape")
+    parser.add_argument("--meta_grad", default="recompute")
     parser.add_argument("--meta_scope", default="full")
     parser.add_argument("--jit_compile", action="store_true")
     args = parser.parse_args()

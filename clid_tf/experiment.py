@@ -66,10 +66,10 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
 
 def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: str,
           vri_kl: float, tau: float, meta_grad: str, meta_scope: str, strategy: str,
-          jit_compile: bool, mixed_precision: str, augment: str, augment_flip: bool, epochs: int, batch_size: int,
-          meta_batch_size: int, steps_per_epoch: int, lr: float, momentum: float,
-          weight_decay: float, lr_schedule: str, lr_tmax: int, lr_eta_min: float,
-          lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
+          jit_compile: bool, mixed_precision: str, augment: str, augment_flip: bool,
+          epochs: int, batch_size: int, meta_batch_size: int, steps_per_epoch: int,
+          lr: float, momentum: float, weight_decay: float, lr_schedule: str, lr_tmax: int,
+          lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
           meta_lr: float, meta_weight_decay: float, warmup_epochs: int,
           eval_batch_size: int, select_keep: int, seed: int, verbose: int, export: bool,
           resume: bool = False) -> dict:

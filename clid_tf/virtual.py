@@ -28,10 +28,10 @@ the rule stated in `clid_tf.distribute`; with one device the code reduces to the
 
 float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
 optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
-meta objective. The second-order pass of the 'tape' route runs through the float16
-backward of the training batch with cotangents lr * J v; to keep them scaled by S_m
-(not S_m / S_t), the virtual step divides by S_t with an op whose backward passes the
-cotangent on unchanged (`_unscale_keeping_cotangent`). The returned meta gradients are
+meta objective. The second-order pass of the 'tape' and 'recompute' routes runs through
+the float16 backward of the training batch with cotangents lr * J v; to keep them scaled
+by S_m (not S_m / S_t), the virtual step divides by S_t with an op whose backward passes
+the cotangent on unchanged (`_unscale_keeping_cotangent`). The returned meta gradients are
 then S_m times the true ones, which the meta optimizer's LossScaleOptimizer removes.
 """
 
@@ -49,7 +49,7 @@ META_SCOPES = ("full", "last_layer")
 
 
 class LossScales(NamedTuple):
-    """Dynamic loss scales of float16 training (scalars; both 1 means no scaling)."""
+    """Dynamic loss scales of float16 training (scalar tensors)."""
     train: tf.Tensor              # S_t: the classifier optimizer's LossScaleOptimizer scale
     meta: tf.Tensor               # S_m: the meta optimizer's LossScaleOptimizer scale
 

@@ -124,8 +124,11 @@ def main(argv):
     base = median["plain ce train_step"]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
           f"CPU ({os.cpu_count()} cores), meta_grad=tape; median of {FLAGS.rounds} rounds\n")
-    mem = lambda name: (f" {peak[name]:.0f} | {peak[name] / peak['plain ce train_step']:.2f}x |"  # noqa: E731
-                        if peak else "")
+    def mem(name):
+        if not peak:
+            return ""
+        return f" {peak[name]:.0f} | {peak[name] / peak['plain ce train_step']:.2f}x |"
+
     extra = (" peak MiB | peak vs plain step |", "---:|---:|") if peak else ("", "")
     print("| stage (cumulative) | ms | this stage, ms | this stage vs plain step |" + extra[0])
     print("|---|---:|---:|---:|" + extra[1])

@@ -5,7 +5,7 @@ Prints a markdown table of steps/s and peak step memory for the plain `ce` step 
 Timings come from one process, modes interleaved round by round (this machine is noisy);
 memory comes from one subprocess per mode: the peak bytes of TensorFlow's allocator during one
 step, weights included (on CPU with TF_CPU_ALLOCATOR_USE_BFC=true, which gives the CPU the
-GPU allocator's statistics).
+GPU allocator's statistics). Shared set-up: tools/step_bench.py.
 
   python tools/bench_speed.py --backbone=resnet32 --batch_size=100 --meta_batch_size=100
 """
@@ -13,23 +13,17 @@ GPU allocator's statistics).
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+import step_bench  # noqa: E402  (tools/, on sys.path when this script runs)
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", "resnet32", "Backbone name (clid_tf.backbones.BACKBONES).")
-flags.DEFINE_integer("batch_size", 100, "Training batch size.")
-flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
-flags.DEFINE_integer("image_size", 32, "Square image side.")
-flags.DEFINE_integer("channels", 3, "Image channels.")
-flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_recompute", "clid_jvp", "clid_last_layer"],
                   "Modes: ce, clid_tape, clid_recompute, clid_jvp, clid_last_layer (and vri_* "
                   "variants).")
@@ -41,54 +35,13 @@ flags.DEFINE_string("memory_mode", None, "Internal: measure this mode's memory a
 
 
 def build_step(mode: str):
-    """A compiled train step of `mode` and its fixed input batch."""
-    import keras  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
+    """A compiled train step of `mode` on the fixed synthetic batch."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    from clid_tf import backbones, experiment, meta_model, objectives  # noqa: E402
-
-    keras.utils.set_random_seed(0)
-    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-    net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes, input_shape=shape,
-                          mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
-    rng = np.random.default_rng(0)
-    batch = {"image": tf.constant(rng.integers(0, 256, (FLAGS.batch_size, *shape)),
-                                  tf.float32),
-             "label": tf.constant(rng.integers(0, FLAGS.num_classes, FLAGS.batch_size),
-                                  tf.int32)}
-    meta = {"image": tf.constant(rng.integers(0, 256, (FLAGS.meta_batch_size, *shape)),
-                                 tf.float32)}
-    if mode == "ce":
-        model = meta_model.MetaReweightModel(net)
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
-    else:
-        kind, route = mode.split("_", 1)
-        meta_net = experiment.build_meta_net("wnet" if kind == "clid" else "vri",
-                                             num_classes=FLAGS.num_classes,
-                                             feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
-        model = meta_model.MetaReweightModel(
-            net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
-            meta_grad="tape" if route == "last_layer" else route,
-            meta_scope="last_layer" if route == "last_layer" else "full")
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
+    model = step_bench.build_model(mode)
+    batch, meta = step_bench.synthetic_batches()
     step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
     data = {"train": batch, "meta": meta}
     return lambda: step(data)["loss"].numpy()
-
-
-def peak_memory_bytes(run_step) -> int:
-    """Peak bytes held by TensorFlow's allocator during one step (weights included).
-
-    On CPU the subprocess runs with TF_CPU_ALLOCATOR_USE_BFC=true, which makes the CPU
-    allocator keep the same statistics as the GPU one.
-    """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
-    run_step()  # trace and warm up
-    tf.config.experimental.reset_memory_stats(device)
-    run_step()
-    return tf.config.experimental.get_memory_info(device)["peak"]
 
 
 def memory_in_subprocess(mode: str) -> int | None:
@@ -105,23 +58,16 @@ def memory_in_subprocess(mode: str) -> int | None:
 def main(argv):
     del argv
     if FLAGS.memory_mode:
-        print("PEAK", peak_memory_bytes(build_step(FLAGS.memory_mode)))
+        run_step = build_step(FLAGS.memory_mode)
+        run_step()  # trace and warm up
+        print("PEAK", step_bench.peak_bytes(run_step))
         return
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     steps = {mode: build_step(mode) for mode in FLAGS.modes}
-    for run_step in steps.values():  # trace, compile, warm caches
-        run_step()
-        run_step()
-    times = {mode: [] for mode in steps}
-    for _ in range(FLAGS.rounds):
-        for mode, run_step in steps.items():
-            start = time.perf_counter()
-            for _ in range(FLAGS.steps):
-                run_step()
-            times[mode].append((time.perf_counter() - start) / FLAGS.steps)
+    seconds = step_bench.median_seconds(steps, FLAGS.rounds, FLAGS.steps)
     memory = {mode: memory_in_subprocess(mode) if FLAGS.memory else None for mode in steps}
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
-    base_t = statistics.median(times[FLAGS.modes[0]])
+    base_t = seconds[FLAGS.modes[0]]
     base_m = memory[FLAGS.modes[0]]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
           f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, {device}, "
@@ -130,7 +76,7 @@ def main(argv):
     print("| mode | ms/step | steps/s | time vs ce | peak step memory (MiB) | memory vs ce |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode in steps:
-        t = statistics.median(times[mode])
+        t = seconds[mode]
         m = memory[mode]
         mem = "n/a" if m is None else f"{m / 2**20:.0f}"
         mem_ratio = "n/a" if not (m and base_m) else f"{m / base_m:.2f}x"

@@ -12,21 +12,16 @@ TF_CPU_ALLOCATOR_USE_BFC=true) and each prefix's peak bytes are reported too.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+import step_bench  # noqa: E402  (tools/, on sys.path when this script runs)
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
-flags.DEFINE_integer("batch_size", 100, "Training batch size.")
-flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
-flags.DEFINE_integer("image_size", 32, "Square image side.")
-flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("rounds", 5, "Timing rounds.")
 flags.DEFINE_integer("steps", 3, "Calls per stage per round.")
 flags.DEFINE_bool("memory", True, "Also report each prefix's peak allocator memory.")
@@ -44,35 +39,12 @@ def main(argv):
     del argv
     if FLAGS.memory:
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read when TensorFlow starts
-    import keras  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, experiment, meta_model, objectives, virtual  # noqa
+    from clid_tf import virtual  # noqa: E402
 
-    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-    rng = np.random.default_rng(0)
-    batch = {"image": tf.constant(rng.integers(0, 256, (FLAGS.batch_size, *shape)), tf.float32),
-             "label": tf.constant(rng.integers(0, 10, FLAGS.batch_size), tf.int32)}
-    meta = {"image": tf.constant(rng.integers(0, 256, (FLAGS.meta_batch_size, *shape)),
-                                 tf.float32)}
-
-    def build(with_meta_net):
-        keras.utils.set_random_seed(0)
-        net = backbones.build(FLAGS.backbone, num_classes=10, input_shape=shape,
-                              mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
-        if not with_meta_net:
-            model = meta_model.MetaReweightModel(net)
-            model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
-            return model
-        model = meta_model.MetaReweightModel(
-            net, experiment.build_meta_net("wnet", num_classes=10, feature_dim=net.feature_dim,
-                                           vri_kl=0.01, seed=0),
-            meta_objective=objectives.meta_objective("clid", tau=0.5), meta_grad="tape")
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
-        return model
-
-    plain, model = build(False), build(True)
+    batch, meta = step_bench.synthetic_batches()
+    plain, model = step_bench.build_model("ce"), step_bench.build_model("clid_tape")
     lr = tf.constant(0.05)
     objective = model.meta_objective
 
@@ -103,24 +75,10 @@ def main(argv):
                                       ["loss"])
     steps["plain ce train_step"] = tf.function(lambda: plain.train_step({"train": batch})
                                                ["loss"])
-    for fn in steps.values():
-        fn()
-        fn()
-    peak = {}
-    if FLAGS.memory:
-        device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-        for name, fn in steps.items():
-            tf.config.experimental.reset_memory_stats(device)
-            fn().numpy()
-            peak[name] = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
-    times = {name: [] for name in steps}
-    for _ in range(FLAGS.rounds):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            for _ in range(FLAGS.steps):
-                fn().numpy()
-            times[name].append((time.perf_counter() - start) / FLAGS.steps)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    calls = {name: (lambda fn=fn: fn().numpy()) for name, fn in steps.items()}
+    median = step_bench.median_seconds(calls, FLAGS.rounds, FLAGS.steps)
+    peak = ({name: step_bench.peak_bytes(call) / 2**20 for name, call in calls.items()}
+            if FLAGS.memory else {})
     base = median["plain ce train_step"]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
           f"CPU ({os.cpu_count()} cores), meta_grad=tape; median of {FLAGS.rounds} rounds\n")

@@ -1,0 +1,92 @@
+"""What tools/bench_speed.py and tools/profile_meta_step.py share: the problem-size flags,
+a fixed synthetic batch, the models they time, and how they time and weigh a step.
+
+Imported by those scripts (their folder is on sys.path when they run); TensorFlow is
+imported inside the functions so that a script can set allocator variables first.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("backbone", "resnet32", "Backbone name (clid_tf.backbones.BACKBONES).")
+flags.DEFINE_integer("batch_size", 100, "Training batch size.")
+flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
+flags.DEFINE_integer("image_size", 32, "Square image side.")
+flags.DEFINE_integer("channels", 3, "Image channels.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+
+
+def synthetic_batches():
+    """A fixed training batch {'image' [B, H, W, C], 'label' [B]} and meta batch {'image'}."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    rng = np.random.default_rng(0)
+    batch = {"image": tf.constant(rng.integers(0, 256, (FLAGS.batch_size, *shape)),
+                                  tf.float32),
+             "label": tf.constant(rng.integers(0, FLAGS.num_classes, FLAGS.batch_size),
+                                  tf.int32)}
+    meta = {"image": tf.constant(rng.integers(0, 256, (FLAGS.meta_batch_size, *shape)),
+                                 tf.float32)}
+    return batch, meta
+
+
+def build_model(mode: str):
+    """A compiled MetaReweightModel: 'ce' (no meta-net) or '<clid|vri>_<route>' with route
+    recompute, tape, jvp (full scope) or last_layer; WNet for 'clid', VRI for 'vri'."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from clid_tf import backbones, experiment, meta_model, objectives  # noqa: E402
+
+    keras.utils.set_random_seed(0)
+    net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
+                          input_shape=(FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
+                          mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
+    if mode == "ce":
+        model = meta_model.MetaReweightModel(net)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+        return model
+    kind, route = mode.split("_", 1)
+    meta_net = experiment.build_meta_net("wnet" if kind == "clid" else "vri",
+                                         num_classes=FLAGS.num_classes,
+                                         feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
+    model = meta_model.MetaReweightModel(
+        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
+        meta_grad="tape" if route == "last_layer" else route,
+        meta_scope="last_layer" if route == "last_layer" else "full")
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
+    return model
+
+
+def median_seconds(calls: dict, rounds: int, steps: int) -> dict:
+    """Median seconds per call of each no-argument callable, after two warm-up calls each;
+    the callables are interleaved round by round (this machine is noisy)."""
+    for call in calls.values():  # trace, compile, warm caches
+        call()
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                call()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_bytes(call) -> int:
+    """Peak bytes held by TensorFlow's allocator during one call (weights included).
+
+    On CPU this needs TF_CPU_ALLOCATOR_USE_BFC=true set before TensorFlow starts, which
+    makes the CPU allocator keep the GPU allocator's statistics.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    call()
+    return tf.config.experimental.get_memory_info(device)["peak"]

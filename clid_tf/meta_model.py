@@ -121,67 +121,67 @@ class MetaReweightModel(keras.Model):
         self.trace_count += 1
         batch = data["train"]
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
+        train_scale = _loss_scale(self.optimizer)  # float16 only, else None
         if not self.meta_active:
-            loss = self._plain_step(batch)
+            loss = self._plain_step(batch, train_scale)
             return self._log(loss, lr)
         fwd = virtual.train_forward(self.backbone, batch["image"])
-        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, lr)
-        loss, weights = self._actual_step(batch, fwd)
+        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, lr, train_scale)
+        loss, weights = self._actual_step(batch, fwd, train_scale)
         return self._log(loss, lr, meta_loss=meta_loss, weights=weights, batch=batch)
 
-    def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr) -> tf.Tensor:
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr, train_scale) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
-        train_scale, meta_scale = _loss_scale(self.optimizer), _loss_scale(self.meta_optimizer)
+        meta_scale = _loss_scale(self.meta_optimizer)
         result = virtual.meta_gradients(
             self.backbone, self.meta_net, batch, meta_batch, lr=lr,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
             scope=self.meta_scope, fwd=fwd,
             scales=None if meta_scale is None else virtual.LossScales(train_scale, meta_scale))
-        phi = self.meta_net.trainable_variables
-        if result.virtual_finite is None:
-            self._apply(self.meta_optimizer, result.meta_grads, phi, self.meta_weight_decay)
+        overflowed = (None if result.virtual_finite is None
+                      else tf.logical_not(result.virtual_finite))
+        self._apply(self.meta_optimizer, result.meta_grads, self.meta_net.trainable_variables,
+                    self.meta_weight_decay, meta_scale, keep_scale=overflowed)
+        if overflowed is None:
             return result.meta_loss
-        self._apply(self.meta_optimizer, result.meta_grads, phi, self.meta_weight_decay,
-                    keep_scale=tf.logical_not(result.virtual_finite))
         # A step skipped for an overflowed virtual step reports NaN, which _log leaves out.
-        return tf.where(result.virtual_finite, result.meta_loss, float("nan"))
+        return tf.where(overflowed, float("nan"), result.meta_loss)
 
-    def _actual_step(self, batch, fwd):
+    def _actual_step(self, batch, fwd, train_scale):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
                                               batch["label"], regularize=False)
-        scale = _loss_scale(self.optimizer)
-        dz = tf.stop_gradient(dz if scale is None else dz * scale)
-        self._apply(self.optimizer, virtual.backprop(fwd, dz),
-                    self.backbone.trainable_variables, self.weight_decay)
+        self._apply(self.optimizer,
+                    virtual.backprop(fwd, dz if train_scale is None else dz * train_scale),
+                    self.backbone.trainable_variables, self.weight_decay, train_scale)
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
-        return weighted.loss, tf.stop_gradient(weighted.weights)
+        return weighted.loss, weighted.per_sample_weights()
 
-    def _plain_step(self, batch):
+    def _plain_step(self, batch, train_scale):
         theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
-            scale = _loss_scale(self.optimizer)
-            scaled_loss = loss if scale is None else loss * scale
-        self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay)
+            scaled_loss = loss if train_scale is None else loss * train_scale
+        self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay,
+                    train_scale)
         return loss
 
     @staticmethod
-    def _apply(optimizer, grads, variables, weight_decay, keep_scale=None):
+    def _apply(optimizer, grads, variables, weight_decay, scale=None, keep_scale=None):
         """optimizer.apply with coupled weight decay.
 
-        Under loss scaling the gradients carry the optimizer's scale, an overflow on any
-        replica makes every replica skip, and `keep_scale` (a bool tensor) marks an
-        overflow that is not this scale's doing (the meta step after an overflowed
-        virtual step): the step is skipped but the scale is not halved.
+        With a loss `scale` (float16: the optimizer's current LossScaleOptimizer scale) the
+        gradients carry it, an overflow on any replica makes every replica skip, and
+        `keep_scale` (a bool tensor) marks an overflow that is not this scale's doing (the
+        meta step after an overflowed virtual step): skipped, but the scale is not halved.
         """
-        scale = _loss_scale(optimizer)
         if scale is None:
             optimizer.apply(_with_l2(grads, variables, weight_decay), variables)
             return
-        counter = tf.convert_to_tensor(optimizer.step_counter)
+        if keep_scale is not None:
+            counter = tf.convert_to_tensor(optimizer.step_counter)
         optimizer.apply(_with_l2(distribute.spread_non_finite(grads), variables, weight_decay,
                                  scale), variables)
         if keep_scale is not None:
@@ -190,13 +190,13 @@ class MetaReweightModel(keras.Model):
 
     # ---------------------------------------------------------------- monitoring
     def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
+        """Metrics of one step; `weights` [B] are the per-sample meta weights."""
         loss = distribute.global_sum(loss)  # replica shares -> the global value
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
-        if self.meta_trackers:
-            self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
         updated = [self.loss_tracker, self.lr_tracker]
         if self.meta_trackers:
+            self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
             updated.append(self.meta_trackers["meta_lr"])
         scales = {}  # float16 loss scales, where the optimizers have them
         for name, optimizer in (("loss_scale", self.optimizer),
@@ -214,11 +214,9 @@ class MetaReweightModel(keras.Model):
                 self.meta_trackers["meta"].update_state(meta_loss)
             updated.append(self.meta_trackers["meta"])
             if "is_noisy" in batch:  # ground truth, for monitoring only
-                per_sample = tf.reduce_mean(
-                    tf.reshape(weights, [tf.shape(weights)[0], -1]), axis=1)
-                noisy = tf.cast(batch["is_noisy"], per_sample.dtype)
-                self.meta_trackers["noisy"].update_state(per_sample, sample_weight=noisy)
-                self.meta_trackers["clean"].update_state(per_sample, sample_weight=1.0 - noisy)
+                noisy = tf.cast(batch["is_noisy"], weights.dtype)
+                self.meta_trackers["noisy"].update_state(weights, sample_weight=noisy)
+                self.meta_trackers["clean"].update_state(weights, sample_weight=1.0 - noisy)
                 updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
         return {**{m.name: m.result() for m in updated}, **scales}
 

@@ -23,6 +23,10 @@ class WeightedLoss(NamedTuple):
     weights: tf.Tensor
     regularizer: tf.Tensor
 
+    def per_sample_weights(self) -> tf.Tensor:
+        """[B]: `weights` averaged over its trailing axes (VRI: over classes)."""
+        return tf.reduce_mean(tf.reshape(self.weights, [tf.shape(self.weights)[0], -1]), axis=1)
+
 
 def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
                   name: str) -> keras.layers.Dense:

@@ -240,9 +240,8 @@ def per_sample_meta_weights(backbone: keras.Model, meta_net: keras.Model
     def compute(images, labels):
         logits, features = backbone(images, training=False)
         losses = objectives.per_sample_ce(logits, labels)
-        weights = meta_net.weighted_loss(logits, features, labels, regularize=False).weights
-        weights = tf.reshape(weights, [tf.shape(weights)[0], -1])
-        return losses, tf.reduce_mean(tf.cast(weights, losses.dtype), axis=1)
+        weighted = meta_net.weighted_loss(logits, features, labels, regularize=False)
+        return losses, tf.cast(weighted.per_sample_weights(), losses.dtype)
 
     return compute
 

@@ -29,10 +29,12 @@ the rule stated in `clid_tf.distribute`; with one device the code reduces to the
 float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
 optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
 meta objective. The second-order pass of the 'tape' and 'recompute' routes runs through
-the float16 backward of the training batch with cotangents lr * J v; to keep them scaled
-by S_m (not S_m / S_t), the virtual step divides by S_t with an op whose backward passes
-the cotangent on unchanged (`_unscale_keeping_cotangent`). The returned meta gradients are
-then S_m times the true ones, which the meta optimizer's LossScaleOptimizer removes.
+the float16 backward of the training batch with cotangents lr * J v; plain autodiff would
+scale them by S_m / S_t. The virtual step therefore multiplies dz by S_t and divides the
+gradient by S_t with ops whose backward passes the cotangent on unchanged
+(`_rescale_value_only`): the virtual step's value is exact, its derivative is the true one,
+and every cotangent inside carries S_m. The returned meta gradients are S_m times the true
+ones, which the meta optimizer's LossScaleOptimizer removes.
 """
 
 from __future__ import annotations
@@ -101,16 +103,17 @@ def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _unscale_keeping_cotangent(tensors: list[tf.Tensor], scale: tf.Tensor) -> list[tf.Tensor]:
-    """Forward: t / scale for each t. Backward: the cotangent unchanged (not / scale).
+def _rescale_value_only(tensors: list[tf.Tensor], factor: tf.Tensor) -> list[tf.Tensor]:
+    """Forward: t * factor for each t. Backward: the cotangent unchanged (not * factor).
 
-    Differentiating through it yields `scale` times the true gradient, with every
-    intermediate of that backward pass scaled too (what float16 loss scaling needs).
+    A pair of these around a float16 backward pass (factor S, then 1/S) scales the values
+    inside it by S while the derivative through the pair stays the true one, so the
+    second-order pass through it keeps whatever scale its own cotangents carry.
     """
     @tf.custom_gradient
-    def unscale(*values):
-        return [v / tf.cast(scale, v.dtype) for v in values], lambda *dys: list(dys)
-    return unscale(*tensors)
+    def rescale(*values):
+        return [v * tf.cast(factor, v.dtype) for v in values], lambda *dys: list(dys)
+    return rescale(*tensors)
 
 
 def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -122,13 +125,14 @@ def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
                      train_scale: tf.Tensor | None = None) -> list[tf.Tensor]:
     """grad_theta L_f of the global batch: replica gradients summed (differentiable).
 
-    With `train_scale` S_t the float16 backward runs on S_t * dz; the result is unscaled
-    by `_unscale_keeping_cotangent`, so its derivative is S_t times the true one.
+    With `train_scale` S_t the float16 backward runs on S_t * dz and the result is divided
+    by S_t, both through `_rescale_value_only`: values and derivative as without scaling.
     """
     if train_scale is None:
         return distribute.global_sum(backprop(fwd, dz))
-    scaled = distribute.global_sum(backprop(fwd, dz * tf.cast(train_scale, dz.dtype)))
-    return _unscale_keeping_cotangent(scaled, train_scale)
+    [scaled_dz] = _rescale_value_only([dz], train_scale)
+    scaled = distribute.global_sum(backprop(fwd, scaled_dz))
+    return _rescale_value_only(scaled, 1.0 / train_scale)
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
@@ -174,14 +178,9 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
         virtual_grads = virtual_gradient(fwd, dz, train_scale)
         theta_prime = lookahead(fwd.theta, virtual_grads, lr)
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
-        regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
-    # With scales, the path through theta' comes back S_t times too large (see
-    # virtual_gradient); the regularizer's does not pass there, so it is weighted by S_t
-    # to match, and the sum is divided by S_t.
-    s_t, s_m = (tf.cast(s, meta_loss.dtype) for s in (scales or (1.0, 1.0)))
-    grads = outer.gradient([meta_loss, regularizer], phi, output_gradients=[s_m, s_t * s_m])
-    return MetaResult(meta_loss + regularizer,
-                      [None if g is None else g / tf.cast(s_t, g.dtype) for g in grads],
+        total = meta_loss + tf.cast(weighted.regularizer, meta_loss.dtype)
+    meta_scale = tf.cast(1.0 if scales is None else scales.meta, total.dtype)
+    return MetaResult(total, outer.gradient(total, phi, output_gradients=meta_scale),
                       None if scales is None else all_finite(virtual_grads))
 
 
@@ -211,13 +210,10 @@ def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
         recorded = virtual_gradient(fwd, dz_again, train_scale)
         regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     # v is this replica's share; the global sum inside virtual_gradient sums the shares.
-    # As in the tape route, the theta' path comes back S_t times too large.
-    s_t = tf.cast(1.0 if scales is None else scales.train, meta_loss.dtype)
     grads = phi_tape.gradient(
         [recorded, regularizer], phi,
-        output_gradients=[[-tf.cast(lr, g.dtype) * g for g in v], s_t * meta_scale])
-    return MetaResult(meta_loss + regularizer,
-                      [None if g is None else g / tf.cast(s_t, g.dtype) for g in grads],
+        output_gradients=[[-tf.cast(lr, g.dtype) * g for g in v], meta_scale])
+    return MetaResult(meta_loss + regularizer, grads,
                       None if scales is None else all_finite(virtual_grads))
 
 

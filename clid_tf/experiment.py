@@ -111,14 +111,14 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
         selection,
         tb_views.StepTimer(),
         callbacks_lib.NonFiniteGuard(steps_per_epoch),
-        tb_views.MetaViews(logdir, ds.x_train[idx], setup.noisy_labels[idx],
+        tb_views.MetaViews(logdir, streams.train_images, streams.train_labels,
                            streams.is_noisy, seed=seed, eval_batch_size=eval_batch_size),
         keras.callbacks.TensorBoard(logdir),
         run_state]
     for first, last, meta_active in _phases(model, warmup_epochs, epochs, start_epoch):
         model.set_meta_active(meta_active)
         extra = [streams.reselect] if meta_active and streams.reselect else []
-        model.fit(streams.train(first), initial_epoch=first, epochs=last,
+        model.fit(streams.train(first, meta=meta_active), initial_epoch=first, epochs=last,
                   steps_per_epoch=steps_per_epoch, verbose=verbose,
                   shuffle=False,  # the stream shuffles itself, seeded per epoch
                   callbacks=[*extra, *callbacks])
@@ -138,35 +138,40 @@ class _Streams:
                  steps_per_epoch: int, eval_batch_size: int, augment, seed: int):
         ds, idx = setup.dataset, setup.train_indices
         self.setup, self.augment, self.seed = setup, augment, seed
+        self.train_images, self.train_labels = ds.x_train[idx], setup.noisy_labels[idx]
         self.batch_size, self.meta_batch_size = batch_size, meta_batch_size
         self.steps_per_epoch = steps_per_epoch
         clean = ds.y_train_clean
-        self.is_noisy = None if clean is None else setup.noisy_labels[idx] != clean[idx]
+        self.is_noisy = None if clean is None else self.train_labels != clean[idx]
         self.meta_set = self.reselect = None
         if method in splits.SMALL_LOSS:  # the meta set changes every epoch
             size = len(setup.meta_indices)
             self.meta_set = sloss_lib.DynamicMetaSet(
-                ds.x_train[idx], setup.noisy_labels[idx],
+                self.train_images, self.train_labels,
                 np.searchsorted(idx, setup.meta_indices), size=size,
                 num_classes=ds.num_classes)
             self.reselect = sloss_lib.SmallLossReselection(
-                self.meta_set, ds.x_train[idx], setup.noisy_labels[idx], size=size,
+                self.meta_set, self.train_images, self.train_labels, size=size,
                 num_classes=ds.num_classes, seed=seed, batch_size=eval_batch_size,
                 clean_labels=None if clean is None else clean[idx])
 
-    def train(self, first_epoch: int):
-        setup, ds, idx = self.setup, self.setup.dataset, self.setup.train_indices
-        fixed_meta = setup.meta_indices is not None and self.meta_set is None
+    def train(self, first_epoch: int, *, meta: bool):
+        """Batches from `first_epoch` on; with meta batches only if `meta` (the warm-up
+        never reads them). Every stream is seeded by epoch or step, so a phase sees the
+        same batches wherever it starts."""
+        setup = self.setup
+        fixed_meta = meta and setup.meta_indices is not None and self.meta_set is None
         return data.train_stream(
-            ds.x_train[idx], setup.noisy_labels[idx], batch_size=self.batch_size,
+            self.train_images, self.train_labels, batch_size=self.batch_size,
             seed=self.seed, steps_per_epoch=self.steps_per_epoch, first_epoch=first_epoch,
             is_noisy=self.is_noisy,
-            meta_images=ds.x_train[setup.meta_indices] if fixed_meta else None,
+            meta_images=setup.dataset.x_train[setup.meta_indices] if fixed_meta else None,
             meta_labels=setup.meta_labels, meta_batch_size=self.meta_batch_size,
             augment=self.augment,
-            meta_stream=None if self.meta_set is None else self.meta_set.stream(
+            meta_stream=self.meta_set.stream(
                 self.meta_batch_size, self.seed + 1, augment=self.augment,
-                first_step=first_epoch * self.steps_per_epoch))
+                first_step=first_epoch * self.steps_per_epoch)
+            if meta and self.meta_set is not None else None)
 
 
 def _results(setup: Setup, summary: dict, history: dict) -> dict:

@@ -94,7 +94,7 @@ _FIELDS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "backbone": (str, _REQUIRED),
     "vri_kl": (float, 0.01),
     "tau": (float, 0.5),
-    "meta_grad": (str, "tape"),
+    "meta_grad": (str, "recompute"),
     "meta_scope": (str, "full"),
     "weight_decay": (float, 5e-4),
     "meta_weight_decay": (float, 5e-4),

@@ -10,19 +10,20 @@ from clid_tf import data
 from clid_tf import experiment
 from clid_tf import meta_model
 from clid_tf import objectives
+from tests import helpers
 
 
-def _model(meta_net, objective, meta_grad="tape", scope="full", seed=0):
-    keras.utils.set_random_seed(seed)
+def _model(meta_net, objective, meta_grad="tape", scope="full"):
+    keras.utils.set_random_seed(0)
     net = backbones.build("mlp", num_classes=3, input_shape=(4,), mean=(0.0,) * 4,
-                          std=(1.0,) * 4, seed=seed)
+                          std=(1.0,) * 4, seed=0)
     if meta_net is None:
         model = meta_model.MetaReweightModel(net)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
         return model
     model = meta_model.MetaReweightModel(
         net, experiment.build_meta_net(meta_net, num_classes=3, feature_dim=net.feature_dim,
-                                       vri_kl=0.01, seed=seed),
+                                       vri_kl=0.01, seed=0),
         meta_objective=objectives.meta_objective(objective, tau=0.5),
         meta_objective_name=objective, meta_grad=meta_grad, meta_scope=scope)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3),
@@ -52,7 +53,7 @@ def _stream(labelled_meta):
 ])
 def test_xla_train_step_traces_once_and_trains(meta_net, objective, meta_grad, scope):
     model = _model(meta_net, objective, meta_grad, scope)
-    theta0 = [v.numpy().copy() for v in model.backbone.trainable_variables]
+    theta0 = helpers.snapshot(model.backbone.trainable_variables)
     history = model.fit(_stream(objective in ("ce_clean", "mae")), steps_per_epoch=3,
                         epochs=2, verbose=0, shuffle=False)
     assert model.trace_count == 1  # 6 steps, one trace, no retracing
@@ -79,24 +80,15 @@ def test_xla_step_equals_graph_step():
 
 def test_mixed_bfloat16_keeps_losses_clid_and_meta_net_in_float32():
     keras.utils.set_random_seed(0)
-    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
-                          std=(0.4,), seed=0, dtype_policy="mixed_bfloat16")
+    model, data_ = helpers.small_cnn_meta_model("mixed_bfloat16")
+    net, meta_net = model.backbone, model.meta_net
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     assert net.get_layer("small_cnn").get_layer("block1_conv").compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for v in net.trainable_variables)
-    meta_net = experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
-                                         vri_kl=0.01, seed=0)
-    model = meta_model.MetaReweightModel(
-        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))
-    model.compile(keras.optimizers.SGD(0.05), keras.optimizers.Adam(1e-3))
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (16, 8, 8, 1)).astype(np.float32)
-    logits, features = net(images, training=False)
+    logits, features = net(data_["train"]["image"], training=False)
     assert logits.dtype == "float32" and features.dtype == "float32"
-    phi0 = [v.numpy().copy() for v in meta_net.trainable_variables]
-    logs = tf.function(model.train_step)({
-        "train": {"image": images, "label": rng.integers(0, 3, 16).astype(np.int32)},
-        "meta": {"image": images[:8]}})
+    phi0 = helpers.snapshot(meta_net.trainable_variables)
+    logs = tf.function(model.train_step)(data_)
     assert np.isfinite(float(logs["meta_clid"])) and np.isfinite(float(logs["loss"]))
     assert all(v.dtype == "float32" for v in meta_net.trainable_variables)
     assert any(not np.allclose(a, v.numpy()) for a, v in zip(phi0, meta_net.trainable_variables))
@@ -106,22 +98,10 @@ def test_xla_meta_step_of_the_cnn_compiles_in_float16_with_loss_scaling():
     """The second-order step through max pooling needs MaxPoolGradGrad, which XLA has for
     float32 only: small_cnn pools in float32 so that 16-bit policies compile (the same
     layer serves mixed_bfloat16), and the loss-scaled step compiles with its conds."""
-    policy = "mixed_float16"
     keras.utils.set_random_seed(0)
-    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
-                          std=(0.4,), seed=0, dtype_policy=policy)
-    model = meta_model.MetaReweightModel(
-        net, experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
-                                       vri_kl=0.0, seed=0),
-        meta_objective=objectives.meta_objective("clid", tau=0.5))
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3),
-                  jit_compile=True)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
-    stream = data.train_stream(images, rng.integers(0, 3, 32), batch_size=16, seed=0,
-                               is_noisy=np.zeros(32, bool), meta_images=images[:8],
-                               meta_batch_size=8)
-    history = model.fit(stream, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+    model, data_ = helpers.small_cnn_meta_model("mixed_float16", jit_compile=True)
+    history = model.fit(tf.data.Dataset.from_tensors(data_).repeat(), steps_per_epoch=3,
+                        epochs=1, verbose=0, shuffle=False)
     assert model.trace_count == 1
     assert np.isfinite(history.history["meta_clid"]).all()
-    assert history.history["loss_scale"][-1] > 0
+    assert history.history["loss_scale"] == [2.0**15]  # no overflow in 3 steps

@@ -8,7 +8,6 @@ multi-worker results.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -17,7 +16,7 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GLOBAL_BATCH, META_BATCH = 8, 6
-STEPS = int(os.environ.get("STEPS", 3))
+STEPS = 3
 
 
 def main():
@@ -62,7 +61,6 @@ def main():
         model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))
 
     step = tf.function(model.train_step, jit_compile=args.jit_compile)
-    replicas = strategy.num_replicas_in_sync
     meta_losses = []
     for k in range(STEPS):
         batch, meta = helpers.batches(batch=GLOBAL_BATCH, meta=META_BATCH, seed=k)
@@ -81,7 +79,6 @@ def main():
     state.update({f"phi{i}": v.numpy()
                   for i, v in enumerate(model.meta_net.trainable_variables)})
     np.savez(args.out, meta_losses=np.array(meta_losses), **state)
-    print(json.dumps({"replicas": replicas, "meta_losses": meta_losses}))
 
 
 if __name__ == "__main__":

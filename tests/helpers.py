@@ -5,7 +5,11 @@ import contextlib
 import keras
 import numpy as np
 
+from clid_tf import backbones
+from clid_tf import experiment
+from clid_tf import meta_model
 from clid_tf import meta_nets
+from clid_tf import objectives
 
 
 @contextlib.contextmanager
@@ -49,3 +53,28 @@ def batches(batch=6, meta=5, num_inputs=3, num_classes=3, seed=0, meta_labels=Fa
     if meta_labels:
         meta_batch["label"] = rng.integers(0, num_classes, meta).astype(np.int32)
     return train, meta_batch
+
+
+def small_cnn_meta_model(policy: str, meta_grad: str = "tape", jit_compile: bool = False):
+    """WNet + CLID on small_cnn (3 classes, 8x8x1) under a Keras dtype policy, compiled
+    with SGD(0.05, momentum 0.9) and Adam(1e-3); returns (model, one step's data: 16
+    uint8-range float32 images with labels, the first 8 as the meta batch)."""
+    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0, dtype_policy=policy)
+    meta_net = experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
+                                         vri_kl=0.0, seed=0)
+    model = meta_model.MetaReweightModel(
+        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
+        meta_grad=meta_grad)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3),
+                  jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 1)).astype(np.float32)
+    data = {"train": {"image": images, "label": rng.integers(0, 3, 16).astype(np.int32)},
+            "meta": {"image": images[:8]}}
+    return model, data
+
+
+def snapshot(variables) -> list[np.ndarray]:
+    """Copies of the variables' current values."""
+    return [v.numpy().copy() for v in variables]

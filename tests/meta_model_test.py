@@ -103,8 +103,8 @@ def test_warmup_is_plain_cross_entropy_and_leaves_meta_net_alone():
     model = _build()
     model.set_meta_active(False)
     batch, meta_batch = helpers.batches()
-    phi0 = [v.numpy().copy() for v in model.meta_net.trainable_variables]
-    theta0 = [v.numpy().copy() for v in model.backbone.trainable_variables]
+    phi0 = helpers.snapshot(model.meta_net.trainable_variables)
+    theta0 = helpers.snapshot(model.backbone.trainable_variables)
     logs = tf.function(model.train_step)({"train": batch, "meta": meta_batch})
     for a, b in zip(model.meta_net.trainable_variables, phi0):
         np.testing.assert_array_equal(a.numpy(), b)
@@ -141,7 +141,6 @@ def test_monitoring_separates_clean_and_noisy_weights():
     theta = [tf.constant(v.numpy()) for v in backbone.trainable_variables]
     phi = [tf.constant(v.numpy()) for v in meta_net.trainable_variables]
     moving = [tf.constant(v.numpy()) for v in backbone.non_trainable_variables]
-    meta_batch["image"] = meta_batch["image"].astype(np.float32)
     logs = tf.function(model.train_step)({"train": batch, "meta": meta_batch})
     # The logged weights are the updated meta-net's raw weights in the actual step.
     _, phi_new, _, _, _ = reference_step(theta, phi, moving, batch, meta_batch)

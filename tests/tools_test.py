@@ -21,14 +21,16 @@ def _table(tool, *args):
 def test_bench_speed_reports_time_and_memory_ratios_to_the_plain_step():
     rows = _table("bench_speed.py", "--modes=ce,clid_recompute")
     assert [r[0] for r in rows] == ["ce", "clid_recompute"]
-    assert rows[0][3] == "1.00x" and rows[0][5] == "1.00x"
-    for row in rows:
-        assert float(row[1]) > 0 and int(row[4]) > 0  # ms/step, peak MiB
-        assert float(row[3].rstrip("x")) > 0 and float(row[5].rstrip("x")) > 0
+    ce, meta = rows
+    assert int(ce[4]) > 0 and int(meta[4]) > 0  # peak MiB measured, not "n/a"
+    # the meta step (virtual, meta and actual step) costs more time and memory than CE
+    assert float(meta[3].rstrip("x")) > 1.0 and float(meta[5].rstrip("x")) >= 1.0
 
 
 def test_profile_meta_step_reports_every_stage_with_memory():
     rows = _table("profile_meta_step.py")
     assert [r[0][0] for r in rows[:5]] == list("12345")
-    assert rows[5][0].startswith("plain ce train_step") and rows[5][3] == "1.00x"
-    assert all(len(r) == 6 and float(r[4]) > 0 for r in rows)
+    assert rows[5][0].startswith("plain ce train_step")
+    assert all(len(r) == 6 and float(r[4]) > 0 for r in rows)  # peak MiB for every stage
+    # cumulative prefixes: the full meta step takes longer than its forward alone
+    assert float(rows[4][1]) > float(rows[0][1])

@@ -143,7 +143,7 @@ def test_all_routes_give_the_tape_hypergradient_with_batchnorm(meta_net_kind):
 
 def test_forward_leaves_batchnorm_statistics_untouched():
     backbone = helpers.tiny_classifier()
-    before = [v.numpy().copy() for v in backbone.non_trainable_variables]
+    before = helpers.snapshot(backbone.non_trainable_variables)
     batch, meta_batch = helpers.batches()
     meta_net = helpers.weight_net()
     result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,

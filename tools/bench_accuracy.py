@@ -106,9 +106,7 @@ class Run:
 
 
 def define_flags() -> None:
-    """Defines the benchmark's flags (idempotent; never at import time)."""
-    if "noises" in FLAGS:
-        return
+    """Defines the benchmark's flags (called by main, never at import time)."""
     flags.DEFINE_string("out", None, "Output folder (required). Must be new or empty unless "
                         "--resume.")
     flags.DEFINE_bool("resume", False, "Continue the benchmark in a non-empty --out: skip "
@@ -448,12 +446,11 @@ class Progress:
         per_run = (time.monotonic() - self.started) / self.finished_here
         return per_run * (self.total - self.done)
 
-    def update(self, *, ok: bool | None = None) -> None:
-        """Counts one finished run (unless ok is None) and redraws."""
-        if ok is not None:
-            self.done += 1
-            self.finished_here += 1
-            self.failed += not ok
+    def update(self, *, ok: bool) -> None:
+        """Counts one finished run and redraws."""
+        self.done += 1
+        self.finished_here += 1
+        self.failed += not ok
         self.draw()
 
     def draw(self) -> None:

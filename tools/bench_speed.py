@@ -47,7 +47,7 @@ def build_step(mode: str):
 def memory_in_subprocess(mode: str) -> int | None:
     args = [sys.executable, os.path.abspath(__file__), f"--memory_mode={mode}",
             *[a for a in sys.argv[1:] if not a.startswith("--memory_mode")]]
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    env = {**os.environ, **step_bench.BFC_ALLOCATOR}
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK "):
@@ -62,11 +62,10 @@ def main(argv):
         run_step()  # trace and warm up
         print("PEAK", step_bench.peak_bytes(run_step))
         return
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     steps = {mode: build_step(mode) for mode in FLAGS.modes}
     seconds = step_bench.median_seconds(steps, FLAGS.rounds, FLAGS.steps)
     memory = {mode: memory_in_subprocess(mode) if FLAGS.memory else None for mode in steps}
-    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+    device = step_bench.device_name()
     base_t = seconds[FLAGS.modes[0]]
     base_m = memory[FLAGS.modes[0]]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "

@@ -38,10 +38,10 @@ STAGES = (
 def main(argv):
     del argv
     if FLAGS.memory:
-        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read when TensorFlow starts
+        os.environ.update(step_bench.BFC_ALLOCATOR)  # read when TensorFlow starts
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import virtual  # noqa: E402
+    from clid_tf import virtual
 
     batch, meta = step_bench.synthetic_batches()
     plain, model = step_bench.build_model("ce"), step_bench.build_model("clid_tape")
@@ -81,7 +81,7 @@ def main(argv):
             if FLAGS.memory else {})
     base = median["plain ce train_step"]
     print(f"\n{FLAGS.backbone}, batch {FLAGS.batch_size}, meta batch {FLAGS.meta_batch_size}, "
-          f"CPU ({os.cpu_count()} cores), meta_grad=tape; median of {FLAGS.rounds} rounds\n")
+          f"{step_bench.device_name()}, meta_grad=tape; median of {FLAGS.rounds} rounds\n")
     def mem(name):
         if not peak:
             return ""

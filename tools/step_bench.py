@@ -12,6 +12,9 @@ import time
 
 from absl import flags
 
+# Read when TensorFlow starts: gives the CPU allocator the GPU allocator's statistics.
+BFC_ALLOCATOR = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backbone", "resnet32", "Backbone name (clid_tf.backbones.BACKBONES).")
 flags.DEFINE_integer("batch_size", 100, "Training batch size.")
@@ -41,7 +44,7 @@ def build_model(mode: str):
     recompute, tape, jvp (full scope) or last_layer; WNet for 'clid', VRI for 'vri'."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, experiment, meta_model, objectives  # noqa: E402
+    from clid_tf import backbones, experiment, meta_model, objectives
 
     keras.utils.set_random_seed(0)
     net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
@@ -79,11 +82,17 @@ def median_seconds(calls: dict, rounds: int, steps: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def device_name() -> str:
+    """'GPU' or 'CPU (N cores)', for table captions."""
+    import os  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return "GPU" if tf.config.list_logical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+
+
 def peak_bytes(call) -> int:
     """Peak bytes held by TensorFlow's allocator during one call (weights included).
 
-    On CPU this needs TF_CPU_ALLOCATOR_USE_BFC=true set before TensorFlow starts, which
-    makes the CPU allocator keep the GPU allocator's statistics.
+    On CPU this needs BFC_ALLOCATOR in the environment before TensorFlow starts.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"

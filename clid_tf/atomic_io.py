@@ -3,15 +3,23 @@ see a half-written file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 
-def write_text(path: str, text: str) -> None:
+@contextlib.contextmanager
+def open_atomic(path: str, mode: str = "w", **kwargs):
+    """open(path + '.tmp', mode) that replaces `path` when the block ends without error."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, mode, **kwargs) as f:
+        yield f
     os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    with open_atomic(path) as f:
+        f.write(text)
 
 
 def write_json(path: str, payload: dict) -> None:

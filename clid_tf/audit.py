@@ -186,7 +186,7 @@ def prepare_setup(config: RunConfig):
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoint_epoch(path: str) -> int:
-    """Epoch of a CheckpointEveryEpoch checkpoint: '.../ckpt-12' -> 12."""
+    """Epoch of a RunState checkpoint: '.../ckpt-12' -> 12 (kept free of TensorFlow)."""
     return int(path.rsplit("-", 1)[-1])
 
 
@@ -419,12 +419,10 @@ def audit_table(indices: np.ndarray, probs: np.ndarray, given: np.ndarray,
 def write_csv_atomic(path: str, rows: Sequence[dict[str, Any]],
                      columns: Sequence[str]) -> None:
     """Writes rows as CSV to a temporary file, then renames it over `path`."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_io.open_atomic(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def merge_results(path: str, metrics: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clid_tf import atomic_io
 from clid_tf.errors import NonFiniteError
 
 
@@ -33,7 +34,6 @@ class RunState(keras.callbacks.Callback):
         super().__init__()
         self.directory = directory
         self.selection = selection
-        self.max_to_keep = max_to_keep
         self.history: dict[str, list[float | None]] = {}
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         parts = {"backbone": model.backbone, "optimizer": model.optimizer, "epoch": self.epoch}
@@ -65,10 +65,8 @@ class RunState(keras.callbacks.Callback):
         state = {"history": np.asarray(json.dumps(self.history))}
         if self.selection is not None:
             state.update(self.selection.get_state())
-        path = self._state_path(epoch + 1)
-        with open(path + ".tmp", "wb") as f:
+        with atomic_io.open_atomic(self._state_path(epoch + 1), "wb") as f:
             np.savez(f, **state)
-        os.replace(path + ".tmp", path)
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         self._drop_old_states()

@@ -311,9 +311,8 @@ def check_resumable(workdir: str) -> None:
 def save_split(path: str, setup) -> None:
     """The noisy labels and sample indices of the run, checked again on resume."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    with open(path + ".tmp", "wb") as f:
+    with atomic_io.open_atomic(path, "wb") as f:
         np.savez(f, **_split_arrays(setup))
-    os.replace(path + ".tmp", path)
 
 
 def check_same_split(path: str, setup) -> None:

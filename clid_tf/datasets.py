@@ -75,11 +75,10 @@ def load_digits(*, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
     labels = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = model_selection.train_test_split(
             images, labels, test_size=test_fraction, random_state=split_seed, stratify=labels)
-    pixels = x_train.astype(np.float64) / 255.0
+    mean, std = _feature_stats(x_train)
     return Dataset(
             x_train=x_train, y_train=y_train, y_train_clean=y_train.copy(),
-            x_test=x_test, y_test=y_test, num_classes=10,
-            mean=(float(pixels.mean()),), std=(float(pixels.std()),))
+            x_test=x_test, y_test=y_test, num_classes=10, mean=mean, std=std)
 
 
 # --------------------------------------------------------------------------- TFDS CIFAR(-N)
@@ -149,12 +148,16 @@ def _tfds_spec(name: str) -> _TfdsSpec:
     return _TFDS_SPECS[name]
 
 
+def _no_human_labels(name: str, human_label: str) -> DataError:
+    return DataError(f'dataset {name!r} has no human noisy labels; '
+                     f'drop human_label={human_label!r} (only cifar10_n, cifar100_n)')
+
+
 def _noisy_label_key(name: str, spec: _TfdsSpec, human_label: str | None) -> str | None:
     """The TFDS feature holding the noisy train labels, or None for a clean dataset."""
     if not spec.human_labels:
         if human_label is not None:
-            raise DataError(f'dataset {name!r} has no human noisy labels; '
-                            f'drop human_label={human_label!r} (only cifar10_n, cifar100_n)')
+            raise _no_human_labels(name, human_label)
         return None
     if human_label is None:
         raise DataError(f'dataset {name!r} needs a human_label, one of '
@@ -436,8 +439,7 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
         return load_tfds(name, human_label=human_label, data_dir=data_dir)
     if name == 'digits' or name.startswith('npz:'):
         if human_label is not None:
-            raise DataError(f'dataset {name!r} has no human noisy labels; '
-                            f'drop human_label={human_label!r} (only cifar10_n, cifar100_n)')
+            raise _no_human_labels(name, human_label)
         if name == 'digits':
             return load_digits()
         if not name[len('npz:'):]:

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from clid_tf.errors import DataError
+
 TFDS_NAMES = ('cifar10', 'cifar100', 'cifar10_n', 'cifar100_n')
 NAMES = ('digits',) + TFDS_NAMES
 
@@ -30,10 +32,6 @@ HUMAN_LABELS = {
         'rand3': 'random_label3',
         'noisy100': 'noise_label',
 }
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message is one line meant for the user."""
 
 
 class Dataset(NamedTuple):

@@ -3,3 +3,7 @@
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN/Inf; the message names the step and the quantity."""
+
+
+class DataError(ValueError):
+    """Bad or missing data (files, arrays, labels); the message is one line for the user."""

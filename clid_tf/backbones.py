@@ -126,3 +126,95 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
     return model
+
+
+# ---------------------------------------------------------------- a user's own Keras model
+@keras.saving.register_keras_serializable(package="clid_tf")
+class DenseLogits(keras.layers.Layer):
+    """The logits of a Dense head without its activation: x @ kernel + bias.
+
+    Wraps a classifier's final Dense layer (often softmax-activated, as in
+    keras.applications) and shares its variables, so training updates the user's model.
+    """
+
+    def __init__(self, dense: keras.layers.Dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+        self.kernel = dense.kernel
+        self.bias = dense.bias
+
+    def call(self, features):
+        logits = keras.ops.matmul(keras.ops.cast(features, self.dense.compute_dtype),
+                                  self.dense.kernel)
+        if self.dense.bias is not None:
+            logits = logits + self.dense.bias
+        return keras.ops.cast(logits, "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "dense": keras.saving.serialize_keras_object(self.dense)}
+
+    @classmethod
+    def from_config(cls, config):
+        dense = keras.saving.deserialize_keras_object(config.pop("dense"))
+        return cls(dense, **config)
+
+    def build(self, input_shape):
+        if not self.dense.built:
+            self.dense.build(input_shape)
+            self.kernel, self.bias = self.dense.kernel, self.dense.bias
+        self.built = True
+
+
+def _final_dense(model: keras.Model) -> keras.layers.Dense | None:
+    """The Dense layer that produces the model's (single) output, skipping a trailing
+    Activation/Softmax layer; None if the output is not a Dense layer's."""
+    layer = model.layers[-1] if model.layers else None
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        layer = layer.input._keras_history.operation  # pylint: disable=protected-access
+    return layer if isinstance(layer, keras.layers.Dense) else None
+
+
+def as_classifier(model: keras.Model) -> keras.Model:
+    """A Keras model -> one that returns (logits [B, K], features [B, d]) with `.head`
+    (the final Dense layer: logits = features @ head.kernel + head.bias) and `.feature_dim`.
+
+    Accepted: a model that already returns (logits, features) (as `build` makes them); or a
+    functional/Sequential classifier whose last layer is Dense (any activation, e.g.
+    keras.applications with weights=None): its penultimate activations (the Dense layer's
+    input) are tapped as features and the Dense layer's pre-activation output is used as
+    logits. The returned model shares the user's layers and variables.
+
+    Raises:
+      ValueError: one line, for a model with neither form (no Dense head).
+    """
+    if hasattr(model, "feature_dim") and hasattr(model, "head"):
+        return model
+    outputs = getattr(model, "outputs", None)
+    if outputs is None:
+        raise ValueError(f"model {model.name!r} is not built (give it an Input or call it "
+                         "once), or is a subclassed model; pass a functional or Sequential "
+                         "classifier, or one that returns (logits, features)")
+    if len(outputs) == 2:
+        logits, features = outputs
+        head = logits._keras_history.operation  # pylint: disable=protected-access
+        wrapped = keras.Model(_inputs(model), (logits, features), name=f"{model.name}_clid")
+        wrapped.head = head if isinstance(head, keras.layers.Dense) else None
+        wrapped.feature_dim = int(features.shape[-1])
+        return wrapped
+    dense = _final_dense(model)
+    if len(outputs) != 1 or dense is None:
+        raise ValueError(f"model {model.name!r} has no Dense head: its output is not a Dense "
+                         "layer's, so there are no logits and penultimate features to tap; "
+                         "end it with keras.layers.Dense(num_classes), or return "
+                         "(logits, features)")
+    features = dense.input
+    logits = DenseLogits(dense, name="logits_of_" + dense.name)(features)
+    wrapped = keras.Model(_inputs(model), (logits, features), name=f"{model.name}_clid")
+    wrapped.head = dense
+    wrapped.feature_dim = int(features.shape[-1])
+    return wrapped
+
+
+def _inputs(model: keras.Model):
+    """The model's input tensor, or its list when it has several."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs

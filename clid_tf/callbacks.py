@@ -1,4 +1,5 @@
-"""Callbacks of a training run: resumable checkpoints with run state, and a NaN guard."""
+"""Callbacks of a training run: the warm-up switch, resumable checkpoints with run state,
+and a NaN guard. They combine with any of Keras' own."""
 
 from __future__ import annotations
 
@@ -29,17 +30,21 @@ class RunState(keras.callbacks.Callback):
     epoch number (clid_tf.data).
     """
 
-    def __init__(self, directory: str, model: keras.Model, selection=None,
-                 max_to_keep: int = 3):
+    def __init__(self, directory: str, model: keras.Model, selection=(), max_to_keep: int = 3):
+        """
+        Args:
+          directory: the checkpoint folder.
+          model: a model with `checkpoint_parts()` (its networks and optimizers).
+          selection: the `ClidSelection` callbacks whose state is kept (one per network).
+          max_to_keep: epoch checkpoints kept for resuming.
+        """
         super().__init__()
         self.directory = directory
-        self.selection = selection
+        self.selections = list(selection) if isinstance(selection, (list, tuple)) else [
+            selection]
         self.history: dict[str, list[float | None]] = {}
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        parts = {"backbone": model.backbone, "optimizer": model.optimizer, "epoch": self.epoch}
-        if getattr(model, "meta_net", None) is not None:
-            parts.update(meta_net=model.meta_net, meta_optimizer=model.meta_optimizer)
-        self.checkpoint = tf.train.Checkpoint(**parts)
+        self.checkpoint = tf.train.Checkpoint(**model.checkpoint_parts(), epoch=self.epoch)
         os.makedirs(directory, exist_ok=True)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                   max_to_keep=max_to_keep)
@@ -53,8 +58,8 @@ class RunState(keras.callbacks.Callback):
         epoch = int(self.epoch.numpy())
         with np.load(self._state_path(epoch)) as state:
             self.history = json.loads(str(state["history"]))
-            if self.selection is not None:
-                self.selection.set_state(dict(state))
+            for selection in self.selections:
+                selection.set_state(dict(state))
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
@@ -63,8 +68,8 @@ class RunState(keras.callbacks.Callback):
             column.extend([None] * (epoch - len(column)))
             column.append(float(value))
         state = {"history": np.asarray(json.dumps(self.history))}
-        if self.selection is not None:
-            state.update(self.selection.get_state())
+        for selection in self.selections:
+            state.update(selection.get_state())
         with atomic_io.open_atomic(self._state_path(epoch + 1), "wb") as f:
             np.savez(f, **state)
         self.epoch.assign(epoch + 1)
@@ -82,6 +87,30 @@ class RunState(keras.callbacks.Callback):
                 os.remove(path)
 
 
+class WarmUp(keras.callbacks.Callback):
+    """Plain cross-entropy for the first `epochs` epochs, meta updates after.
+
+    Sets `model.meta_active` at the start of every epoch and, when it changes, traces the
+    train function anew (the switch is a Python value read at tracing, so each phase runs
+    its own graph at full speed). Resuming with `initial_epoch` picks the right phase.
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        if epochs < 0:
+            raise ValueError(f"warm-up epochs must be >= 0, got {epochs}")
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._switch(epoch < self.epochs)
+
+    def _switch(self, warming_up: bool) -> None:
+        active = not warming_up and getattr(self.model, "meta_net", None) is not None
+        if active != self.model.meta_active:
+            self.model.meta_active = active
+            self.model.make_train_function(force=True)
+
+
 class NonFiniteGuard(keras.callbacks.Callback):
     """Stops training at the first step whose loss, meta loss or meta weight is NaN/Inf, and
     at the end of an epoch whose model or meta-net variables (BN statistics included) are.
@@ -92,7 +121,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     WATCHED = ("loss", "meta_", "weight_")
 
-    def __init__(self, steps_per_epoch: int):
+    def __init__(self, steps_per_epoch: int | None = None):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
         self._epoch = 0
@@ -101,8 +130,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        nets = [self.model.backbone, getattr(self.model, "meta_net", None)]
-        for variable in (v for net in nets if net is not None for v in net.variables):
+        for variable in self.model.variables:
             if "float" in str(variable.dtype) and not bool(
                     tf.reduce_all(tf.math.is_finite(variable.value))):
                 raise NonFiniteError(
@@ -116,8 +144,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         for name, value in (logs or {}).items():
             if name.startswith(self.WATCHED) and not math.isfinite(float(value)):
-                step = self._epoch * self.steps_per_epoch + batch + 1
+                where = f"epoch {self._epoch + 1}, step {batch + 1}"
+                if self.steps_per_epoch:
+                    where += f" (global step {self._epoch * self.steps_per_epoch + batch + 1})"
                 raise NonFiniteError(
-                    f"non-finite {name} ({float(value)}) at epoch {self._epoch + 1}, step "
-                    f"{batch + 1} (global step {step}); training stopped and "
+                    f"non-finite {name} ({float(value)}) at {where}; training stopped and "
                     f"{self._kept(self._epoch)}")

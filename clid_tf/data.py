@@ -1,93 +1,205 @@
-"""tf.data pipelines: the zipped (training batch, meta batch) stream and the test set."""
+"""tf.data pipelines over a split's `sources.Source`: training batches, meta batches, and
+batches in order for inference.
+
+Every pipeline is a stream of indices into the source, mapped to inputs by `Source.read`
+(a gather for arrays, parallel file decoding for image files), so nothing holds a split in
+one array. Per-sample fields (labels, the is-noisy monitor) are small int arrays kept as
+tables and gathered by the same indices.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
 
+from clid_tf import sources
 
-def train_stream(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-                 steps_per_epoch: int | None = None, first_epoch: int = 0,
-                 is_noisy: np.ndarray | None = None, meta_images: np.ndarray | None = None,
-                 meta_labels: np.ndarray | None = None, meta_batch_size: int = 100,
-                 augment: Callable[..., tf.Tensor] | None = None,
-                 meta_stream: tf.data.Dataset | None = None) -> tf.data.Dataset:
-    """Endless stream of {'train': {...}, 'meta': {...}} batches for `MetaReweightModel.fit`.
+_INDEX_CHUNK = 4096  # positions mapped to source indices per vectorised gather
 
-    Epoch e (counted from `first_epoch`) is a function of (seed, e) alone: its shuffles and
-    augmentation draws are seeded by the epoch number, so a run resumed at epoch e sees the
-    same batches as an uninterrupted one. Batches have static shapes (drop_remainder) for XLA.
+
+def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: int,
+                  seed: int, steps_per_epoch: int, first_epoch: int = 0,
+                  fields: Mapping[str, np.ndarray] | None = None,
+                  augment: Callable[..., tf.Tensor] | None = None) -> tf.data.Dataset:
+    """Endless batches {'image': float32 [b, ...], **fields}, `steps_per_epoch` per epoch.
+
+    Epoch e is a function of (seed, e) alone: its order is a stateless shuffle of
+    `indices` seeded by e (as many passes as the epoch needs), and its augmentation draws
+    are seeded by (e, step), so a run resumed at epoch e sees the same batches as an
+    uninterrupted one. Batches have static shapes (drop_remainder) for XLA.
 
     Args:
-      images: [N, ...] raw training inputs; labels: int [N] noisy training labels.
-      steps_per_epoch: batches per epoch (default N // batch_size, one pass).
+      source: the split's inputs.
+      indices: int [n] source indices the batches draw from (e.g. the training samples,
+        or the meta set).
+      batch_size: b <= n.
+      seed: stream seed.
+      steps_per_epoch: batches per epoch.
       first_epoch: epoch the stream starts at (0-based).
-      is_noisy: bool [N] ground truth for monitoring, or None when unknown.
-      meta_images: [M, ...] meta-set inputs, or None (no meta-net).
-      meta_labels: int [M] labels for labelled meta objectives, or None (label-free: the
-        meta batches then carry no labels at all).
-      augment: batch augmentation (clid_tf.augment.build) applied to training and meta
-        images alike, as in the reference; None for none.
-      meta_stream: a ready meta-batch stream (e.g. clid_tf.sloss.DynamicMetaSet.stream)
-        instead of meta_images/meta_labels.
+      fields: name -> array [len(source)] of per-sample values (e.g. 'label', 'is_noisy'),
+        gathered by source index into each batch.
+      augment: batch augmentation (clid_tf.augment.build), or None.
     """
-    steps_per_epoch = steps_per_epoch or len(images) // batch_size
-    train = {"image": images, "label": labels.astype(np.int32)}
-    if is_noisy is not None:
-        train["is_noisy"] = is_noisy.astype(bool)
-    stream = _epochs(train, batch_size, seed, first_epoch, steps_per_epoch, augment)
-    if meta_images is not None:
-        if meta_stream is not None:
-            raise ValueError("give meta_images or meta_stream, not both")
-        meta = {"image": meta_images}
-        if meta_labels is not None:
-            meta["label"] = meta_labels.astype(np.int32)
-        meta_stream = _epochs(meta, meta_batch_size, seed + 1, first_epoch, steps_per_epoch,
-                              augment)
-    if meta_stream is None:
-        return stream.map(lambda t: {"train": t}).prefetch(tf.data.AUTOTUNE)
-    return (tf.data.Dataset.zip(stream, meta_stream)
+    indices = np.asarray(indices, np.int64)
+    n = len(indices)
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} is larger than the {n} samples it draws from")
+    table = tf.constant(indices)
+    passes = -(-steps_per_epoch * batch_size // n)  # permutations needed for one epoch
+
+    def epoch_order(epoch):
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+        return (tf.data.Dataset.range(passes)
+                .map(lambda p: tf.random.experimental.stateless_shuffle(
+                    tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p])))
+                .unbatch().take(steps_per_epoch * batch_size))
+
+    positions = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
+    ids = positions.batch(_INDEX_CHUNK).map(lambda p: tf.gather(table, p)).unbatch()
+    batches = source.read(ids, batch_size=batch_size, drop_remainder=True)
+    batches = batches.map(_with_fields(fields))
+    if augment is None:
+        return batches
+    steps = tf.data.Dataset.counter(first_epoch * steps_per_epoch).map(
+        lambda t: tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + t // steps_per_epoch,
+                            t % steps_per_epoch]))
+    return tf.data.Dataset.zip(batches, steps).map(
+        lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
+
+
+def training_stream(train: tf.data.Dataset,
+                    meta: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """{'train': batch} or {'train': batch, 'meta': meta batch} elements, prefetched: the
+    input of `MetaReweightModel.fit`."""
+    if meta is None:
+        return train.map(lambda t: {"train": t}).prefetch(tf.data.AUTOTUNE)
+    return (tf.data.Dataset.zip(train, meta)
             .map(lambda t, m: {"train": t, "meta": m}).prefetch(tf.data.AUTOTUNE))
 
 
-def _epochs(arrays: dict, batch_size: int, seed: int, first_epoch: int,
-            steps_per_epoch: int, augment) -> tf.data.Dataset:
-    """Endless batches, `steps_per_epoch` per epoch, each epoch seeded by its number."""
-    n = len(next(iter(arrays.values())))
-    if batch_size > n:
-        raise ValueError(f"batch size {batch_size} is larger than the {n} samples it draws from")
-    tensors = {key: tf.constant(value) for key, value in arrays.items()}
-    passes = -(-steps_per_epoch * batch_size // n)  # permutations needed for one epoch
-
-    def one_epoch(epoch):
-        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-        order = tf.data.Dataset.range(passes).map(
-            lambda p: tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p]))).unbatch()
-        batches = (order.batch(batch_size, drop_remainder=True)
-                   .take(steps_per_epoch)
-                   .map(lambda ix: _images_to_float(
-                       {key: tf.gather(t, ix) for key, t in tensors.items()})))
-        if augment is None:
-            return batches
-        step_seeds = tf.data.Dataset.range(steps_per_epoch).map(
-            lambda step: tf.stack([epoch_seed, step]))
-        return tf.data.Dataset.zip(batches, step_seeds).map(
-            lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
-
-    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
-
-
-def eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
-    """(images float32 [b, ...], labels int32 [b]) batches in order, for evaluate/predict."""
-    return (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-            .batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, tf.float32), y))
+def ordered_batches(source: sources.Source, indices: np.ndarray | None = None, *,
+                    batch_size: int) -> tf.data.Dataset:
+    """(source indices int64 [b], float32 inputs [b, ...]) in the order of `indices` (all
+    samples when None); the last batch may be smaller. For inference passes."""
+    indices = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(
+        indices, np.int64)
+    ids = tf.data.Dataset.from_tensor_slices(indices)
+    return (source.read(ids, batch_size=batch_size)
+            .map(lambda i, x: (i, tf.cast(x, tf.float32)))
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _images_to_float(batch: dict) -> dict:
-    """Raw inputs stay compact (uint8) in the pipeline and become float32 per batch."""
-    return {k: tf.cast(v, tf.float32) if k == "image" else v for k, v in batch.items()}
+def _with_fields(fields: Mapping[str, np.ndarray] | None):
+    """(ids, inputs) -> {'image': float32 inputs, **fields gathered at ids}."""
+    tables = {key: tf.constant(np.asarray(value)) for key, value in (fields or {}).items()}
+
+    def to_batch(ids, inputs):
+        batch = {"image": tf.cast(inputs, tf.float32)}
+        batch.update({key: tf.gather(table, ids) for key, table in tables.items()})
+        return batch
+
+    return to_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Some samples of a split: a source, which of its indices, and their labels.
+
+    Attributes:
+      source: the split's `sources.Source`.
+      indices: int64 [n] source indices, or None for every sample in order.
+      labels: int [n] labels of those samples (aligned with `indices`), or None.
+    """
+    source: sources.Source
+    indices: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def ids(self) -> np.ndarray:
+        """int64 [n] source indices of the part."""
+        return (np.arange(len(self.source), dtype=np.int64) if self.indices is None
+                else np.asarray(self.indices, np.int64))
+
+
+def as_part(value) -> Part:
+    """A `Part` from a Part, a Source, an array of inputs, or an (inputs, labels) pair."""
+    if isinstance(value, Part):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        inputs, labels = value
+        return dataclasses.replace(as_part(inputs), labels=np.asarray(labels))
+    if hasattr(value, "read") and hasattr(value, "element_shape"):
+        return Part(value)
+    return Part(sources.ArraySource(as_input_array(value)))
+
+
+def as_input_array(x) -> np.ndarray:
+    """A user's inputs as an ArraySource-ready array: uint8 kept, anything else float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: int,
+                seed: int, with_meta: bool = True,
+                meta_data=None) -> tuple[tf.data.Dataset, int | None, Part | None]:
+    """The `MetaReweightModel.fit` input for a user's own data.
+
+    Args:
+      x: inputs as an array [N, ...] (with int labels `y` [N]), or a tf.data.Dataset of
+        (inputs [b, ...], labels [b]) batches (then `y` is None).
+      batch_size: training batch size for array inputs.
+      meta_size: size of the label-free meta set drawn from the training inputs when
+        `meta_data` is None: a seeded random subset for arrays; for a Dataset, the first
+        meta_size inputs of one pass over it (held in memory).
+      meta_batch_size: meta batch size (at most the meta-set size).
+      seed: seed of the shuffles and of the meta-set draw.
+      with_meta: False for a model without a meta-net (no meta batches).
+      meta_data: inputs [M, ...] of a meta set to use instead (labels are not read).
+
+    Returns:
+      (stream of {'train': {'image', 'label'}, 'meta': {'image'}} elements, steps per epoch
+      or None when the dataset defines it, the meta set as a `Part` or None).
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("give labels inside the dataset, as (inputs, labels) batches")
+        train = x.map(lambda inputs, labels: {"image": tf.cast(inputs, tf.float32),
+                                             "label": tf.cast(labels, tf.int32)})
+        if not with_meta:
+            return training_stream(train), None, None
+        if meta_data is None:
+            meta_data = np.concatenate([np.asarray(b) for b, _ in
+                                        x.unbatch().take(meta_size).batch(1024)
+                                        .as_numpy_iterator()])
+        meta = Part(sources.ArraySource(as_input_array(meta_data)))
+        size = min(meta_batch_size, len(meta))
+        meta_stream = (tf.data.Dataset.from_tensor_slices(meta.source.array)
+                       .shuffle(len(meta), seed=seed, reshuffle_each_iteration=True).repeat()
+                       .batch(size, drop_remainder=True)
+                       .map(lambda m: {"image": tf.cast(m, tf.float32)}))
+        return training_stream(train, meta_stream), None, meta
+    if y is None:
+        raise ValueError("fit(x, y) needs labels y for array inputs")
+    source = sources.ArraySource(as_input_array(x))
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != len(source):
+        raise ValueError(f"y must be int labels [N] = [{len(source)}], got shape {labels.shape}")
+    steps = len(source) // batch_size
+    train = epoch_batches(source, np.arange(len(source)), batch_size=batch_size, seed=seed,
+                          steps_per_epoch=steps, fields={"label": labels.astype(np.int32)})
+    if not with_meta:
+        return training_stream(train), steps, None
+    if meta_data is None:
+        rng = np.random.default_rng(seed)
+        meta = Part(source, np.sort(rng.choice(len(source), min(meta_size, len(source)),
+                                               replace=False)))
+    else:
+        meta = Part(sources.ArraySource(as_input_array(meta_data)))
+    meta_stream = epoch_batches(meta.source, meta.ids(), batch_size=min(meta_batch_size, len(meta)),
+                                seed=seed + 1, steps_per_epoch=steps)
+    return training_stream(train, meta_stream), steps, meta

@@ -8,6 +8,7 @@ how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
                           images [batch, H, W, C] or float32 feature vectors [batch, D]
     out: `probabilities`  float32 [batch, K]: softmax over the K classes
          `class_ids`      int64 [batch]: argmax of `probabilities`
+         `class_names`    string [batch]: the name of each predicted class
 
 `serving_bytes` (only for uint8 images with 1, 3 or 4 channels)
     in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
@@ -15,7 +16,9 @@ how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
     out: the same two outputs as `serving_default`
 
 Standardisation lives inside the backbone, so clients send raw pixels and do no
-preprocessing.
+preprocessing. Several networks (a top-k CLID checkpoint ensemble, DivideMix's two networks)
+export as one model: their logits are averaged before the softmax, so `class_ids` is the
+argmax of the summed raw logits, the ensemble rule of the label-free selection.
 
 Wrong inputs. The signature's TensorSpec is recorded in the SavedModel, but TensorFlow does
 not enforce its shape when a tf.Tensor is fed (neither `loaded.signatures[...]` nor
@@ -46,18 +49,21 @@ INPUT_NAME = "images"
 BYTES_INPUT_NAME = "image_bytes"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
+CLASS_NAMES = "class_names"
 SERVE_TAG = "serve"
 
 
-def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
-                       input_shape: Sequence[int],
+def export_saved_model(networks: keras.Model | Sequence[keras.Model],
+                       path: str | os.PathLike, *, input_shape: Sequence[int],
                        input_dtype: tf.DType | str = tf.uint8,
+                       class_names: Sequence[str] | None = None,
                        overwrite: bool = False) -> None:
     """Writes a SavedModel with the signatures described in the module docstring.
 
-    `backbone` maps raw inputs [batch, *input_shape] (as float32) to (logits, features).
-    `input_dtype` (a tf.DType or its name, e.g. "uint8" or "float32") is the dtype
-    clients send.
+    `networks` is one backbone, or several whose logits are averaged; each maps raw
+    inputs [batch, *input_shape] (as float32) to (logits, features). `input_dtype` (a
+    tf.DType or its name, e.g. "uint8" or "float32") is the dtype clients send.
+    `class_names` (K strings, default '0'..'K-1') feed the `class_names` output.
 
     The model is written to `path + '.tmp'` and renamed to `path` only when complete, so
     `path` never holds a half-written model (a stale `.tmp` folder from an interrupted
@@ -71,17 +77,24 @@ def export_saved_model(backbone: keras.Model, path: str | os.PathLike, *,
         _check_target(path)
     input_shape = tuple(int(d) for d in input_shape)
     input_dtype = tf.as_dtype(input_dtype)
+    networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
+    num_classes = int(networks[0].outputs[0].shape[-1])
+    names = tf.constant([str(c) for c in (class_names or range(num_classes))])
 
     def serve(images):
         # The signature does not enforce the shape of a fed tensor; this does.
         images = tf.ensure_shape(images, [None, *input_shape], name="check_images_shape")
-        logits, _ = backbone(tf.cast(images, tf.float32), training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        return {PROBABILITIES: probabilities,
-                CLASS_IDS: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+        x = tf.cast(images, tf.float32)
+        logits = tf.add_n([tf.cast(net(x, training=False)[0], tf.float32)
+                           for net in networks]) / len(networks)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
+                CLASS_NAMES: tf.gather(names, class_ids)}
 
     archive = keras.export.ExportArchive()
-    archive.track(backbone)
+    for net in networks:
+        archive.track(net)
     archive.add_endpoint(
         SIGNATURE_KEY, serve,
         input_signature=[tf.TensorSpec([None, *input_shape], input_dtype, name=INPUT_NAME)])

@@ -21,6 +21,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from clid_tf import backbones
+from clid_tf import data
 from clid_tf import distribute
 from clid_tf import objectives
 from clid_tf import virtual
@@ -47,6 +49,7 @@ def _loss_scale(optimizer):
     return None
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class MetaReweightModel(keras.Model):
     """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
 
@@ -59,26 +62,47 @@ class MetaReweightModel(keras.Model):
     """
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
-                 meta_objective: Callable[..., tf.Tensor] | None = None,
-                 meta_objective_name: str = "clid", meta_grad: str = "recompute",
-                 meta_scope: str = "full", weight_decay: float = 5e-4,
-                 meta_weight_decay: float = 5e-4, **kwargs):
+                 meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
+                 meta_objective_name: str | None = None,
+                 meta_grad: str = "recompute", meta_scope: str = "full",
+                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4, **kwargs):
+        """
+        Args:
+          backbone: any Keras classifier: one that returns (logits, features), or a
+            functional/Sequential model whose last layer is Dense (its penultimate
+            activations are tapped as features, `backbones.as_classifier`).
+          meta_net: `meta_nets.WeightNet`, `vri.VRINet`, or None (plain cross-entropy).
+          meta_objective: a name of `objectives.META_OBJECTIVE_LABELS` ('clid': label-free)
+            or fn(features [n, d], logits [n, K], labels [n] or None) -> scalar.
+          tau: CLID temperature (named objectives).
+          meta_objective_name: the name logged for it (`meta_<name>`); default: its name.
+          meta_grad, meta_scope: how the hypergradient is computed (clid_tf.virtual).
+          weight_decay, meta_weight_decay: PyTorch-style coupled L2 of theta and phi.
+        """
         super().__init__(**kwargs)
-        if meta_net is not None and meta_objective is None:
-            raise ValueError("a meta-net needs a meta objective")
-        self.backbone = backbone
+        self.backbone = backbones.as_classifier(backbone)
         self.meta_net = meta_net
+        name = getattr(meta_objective, "__name__", "objective")
+        self.meta_objective_name = meta_objective_name or (
+            meta_objective if isinstance(meta_objective, str)
+            else "objective" if name == "<lambda>" else name)
+        if isinstance(meta_objective, str):
+            meta_objective = objectives.meta_objective(meta_objective, tau=tau)
         self.meta_objective = meta_objective
+        self.tau = float(tau)
         self.meta_grad = meta_grad
         self.meta_scope = meta_scope
         self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
         self.meta_weight_decay = float(meta_weight_decay)
+        if meta_net is not None and hasattr(meta_net, "build_for"):  # VRI: sized by the data
+            meta_net.build_for(feature_dim=self.backbone.feature_dim,
+                               num_classes=int(self.backbone.outputs[0].shape[-1]))
         mean = keras.metrics.Mean
         self.loss_tracker = mean(name="loss")
         self.lr_tracker = mean(name="lr")
         self.meta_trackers = {} if meta_net is None else {
-            "meta": mean(name=f"meta_{meta_objective_name}"),
+            "meta": mean(name=f"meta_{self.meta_objective_name}"),
             "meta_lr": mean(name="meta_lr"),
             "clean": mean(name="weight_clean"),
             "noisy": mean(name="weight_noisy"),
@@ -86,6 +110,7 @@ class MetaReweightModel(keras.Model):
         self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.test_loss = mean(name="loss")
         self.trace_count = 0  # Python side effect: counts how often train_step is traced
+        self.meta_set = None  # the meta set `fit` drew from array or dataset inputs
         self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
 
     @property
@@ -111,6 +136,56 @@ class MetaReweightModel(keras.Model):
         """Switches meta updates on or off; the next fit traces a new train function."""
         self.meta_active = bool(active) and self.meta_net is not None
         self.train_function = None
+
+    def fit(self, x=None, y=None, *, batch_size: int | None = None, meta_data=None,
+            meta_size: int = 1000, meta_batch_size: int = 100, seed: int = 0, **kwargs):
+        """keras.Model.fit on a user's data, or on a ready stream.
+
+        x may be inputs [N, ...] with int labels y [N], a tf.data.Dataset of (inputs,
+        labels) batches, or the stream `clid_tf.data.training_stream` makes ({'train': ...,
+        'meta': ...} elements, as the CLI passes). For the first two a label-free meta set
+        is drawn from the training inputs when `meta_data` (inputs only) is not given: a
+        random `meta_size` subset (seeded), or for a Dataset its first `meta_size` inputs;
+        it is kept as `self.meta_set`, where `ClidSelection` finds it. Every other argument
+        is keras.Model.fit's (epochs, callbacks, validation_data, initial_epoch, ...).
+        """
+        if not _is_training_stream(x):
+            x, steps, self.meta_set = data.user_stream(
+                x, y, batch_size=batch_size or 32, meta_size=meta_size,
+                meta_batch_size=meta_batch_size, seed=seed,
+                with_meta=self.meta_net is not None, meta_data=meta_data)
+            y = None
+            if steps is not None:
+                kwargs.setdefault("steps_per_epoch", steps)
+            kwargs.pop("shuffle", None)  # the stream shuffles itself, seeded per epoch
+        return super().fit(x, y, **kwargs)
+
+    def checkpoint_parts(self) -> dict:
+        """The trackables a resumable checkpoint holds (networks and optimizer states)."""
+        parts = {"backbone": self.backbone, "optimizer": self.optimizer}
+        if self.meta_net is not None:
+            parts.update(meta_net=self.meta_net, meta_optimizer=self.meta_optimizer)
+        return parts
+
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "meta_net": (None if self.meta_net is None
+                         else keras.saving.serialize_keras_object(self.meta_net)),
+            "meta_objective": self.meta_objective_name, "tau": self.tau,
+            "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
+            "weight_decay": self.weight_decay, "meta_weight_decay": self.meta_weight_decay,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        meta_net = config.pop("meta_net")
+        if meta_net is not None:
+            meta_net = keras.saving.deserialize_keras_object(meta_net)
+        return cls(backbone, meta_net, **config)
 
     def call(self, images, training=False):
         """Raw images [B, ...] -> logits [B, K]."""
@@ -227,3 +302,9 @@ class MetaReweightModel(keras.Model):
         self.test_accuracy.update_state(labels, logits)
         self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
         return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
+
+
+def _is_training_stream(x) -> bool:
+    """Whether x is a ready {'train': ..., 'meta': ...} stream rather than user data."""
+    return (isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, dict)
+            and "train" in x.element_spec)

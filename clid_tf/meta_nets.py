@@ -39,6 +39,7 @@ def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | N
             -bound, bound, seed=None if seed is None else seed + 1))
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class WeightNet(keras.Model):
     """Meta-Weight-Net: per-sample loss -> weight in (0, 1). MLP 1 -> hidden -> 1.
 
@@ -48,9 +49,16 @@ class WeightNet(keras.Model):
 
     def __init__(self, hidden: int = 100, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.units, self.seed = int(hidden), seed
         self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden")
         self.out = _torch_linear(1, hidden, "sigmoid", None if seed is None else seed + 2,
                                  "out")
+        self.hidden.build((None, 1))
+        self.out.build((None, self.units))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.units, "seed": self.seed}
 
     def call(self, losses):
         losses = tf.stop_gradient(losses)
@@ -74,3 +82,16 @@ class WeightNet(keras.Model):
         weights = self(losses)
         return WeightedLoss(objectives.weighted_mean(losses, weights), weights,
                             tf.zeros([], losses.dtype))
+
+
+def build(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float = 0.01,
+          seed: int | None = None) -> keras.Model:
+    """'wnet' (loss -> weight) or 'vri' (feature, noisy label -> per-class logit weights)."""
+    if kind == "wnet":
+        net = WeightNet(seed=seed)
+        net(tf.zeros([1]))
+        return net
+    if kind == "vri":
+        from clid_tf import vri  # pylint: disable=import-outside-toplevel
+        return vri.VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)
+    raise ValueError(f"unknown meta-net {kind!r}; choose from wnet, vri")

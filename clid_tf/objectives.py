@@ -63,14 +63,19 @@ def meta_objective(name: str, *, tau: float) -> Callable[..., tf.Tensor]:
     """The meta loss `fn(features [n,d], logits [n,K], labels [n] or None) -> scalar`.
 
     Labels are the clean labels for 'ce_clean', the noisy ones for 'ce_noisy'/'mae_noisy',
-    and are never read by the label-free 'clid' and 'entropy'.
+    and are never read by the label-free 'clid' and 'entropy'. The function's `__name__`
+    is `name` (the model logs it as `meta_<name>`).
     """
     if name == "clid":
-        return lambda features, logits, labels: clid_lib.clid_xla(features, logits, tau=tau)
-    if name == "entropy":
-        return lambda features, logits, labels: mean_entropy(logits)
-    if name in ("ce_clean", "ce_noisy", "ce_sloss"):
-        return lambda features, logits, labels: tf.reduce_mean(per_sample_ce(logits, labels))
-    if name in ("mae", "mae_sloss"):
-        return lambda features, logits, labels: tf.reduce_mean(per_sample_mae(logits, labels))
-    raise ValueError(f"unknown meta objective {name!r}; choose from {sorted(META_OBJECTIVE_LABELS)}")
+        fn = lambda features, logits, labels: clid_lib.clid_xla(features, logits, tau=tau)
+    elif name == "entropy":
+        fn = lambda features, logits, labels: mean_entropy(logits)
+    elif name in ("ce_clean", "ce_noisy", "ce_sloss"):
+        fn = lambda features, logits, labels: tf.reduce_mean(per_sample_ce(logits, labels))
+    elif name in ("mae", "mae_sloss"):
+        fn = lambda features, logits, labels: tf.reduce_mean(per_sample_mae(logits, labels))
+    else:
+        raise ValueError(f"unknown meta objective {name!r}; choose from "
+                         f"{sorted(META_OBJECTIVE_LABELS)}")
+    fn.__name__ = name
+    return fn

@@ -8,21 +8,25 @@ epochs with the lowest meta CLID are kept; from them come
   acc_3  argmax of the SUM of raw test logits of the 3 lowest-CLID epochs,
   acc_5  the same for the 5 lowest-CLID epochs.
 
-Test labels are read only to report these accuracies, never to rank epochs. Meta images
-are used as given (the reference strong-augments them; this project's pipeline does not
-augment).
+Test labels are read only to report these accuracies, never to rank epochs. The meta images
+are scored as they are, or through the training augmentation (`augment`; the reference
+scores them strongly augmented, as its loader augments every training image).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Callable, NamedTuple, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from clid_tf import atomic_io
 from clid_tf import clid as clid_lib
+from clid_tf import data
 
 # (raw images float32 [b, ...], training=False) -> (logits [b, K], features [b, d])
 Forward = Callable[..., tuple]
@@ -63,48 +67,51 @@ def weighted_mean(values: Sequence[float], sizes: Sequence[int]) -> float:
     return float(np.dot(np.asarray(values, dtype=np.float64), sizes) / sizes.sum())
 
 
-def meta_set_clid(backbone: Forward, images: np.ndarray, *, batch_size: int, tau: float,
-                  seed: int) -> float:
+def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: float,
+                  seed: int, augment: Callable[..., tf.Tensor] | None = None) -> float:
     """Meta-set CLID in inference mode: sum_b CLID_b * n_b / N (reference `test_meta`).
 
-    The meta images are shuffled with `seed` and cut into batches of `batch_size`; the last
+    The meta samples are shuffled with `seed` and cut into batches of `batch_size`; the last
     batch may be smaller. A last batch of one sample (degenerate CLID) is skipped, and N is
     then the number of samples actually scored (weights always sum to 1).
 
     Args:
-      backbone: model (or any callable with its signature) mapping raw images
+      backbone: model (or any callable with its signature) mapping raw inputs
         float32 [b, ...] with training=False to (logits [b, K], features [b, d]).
-      images: [N, ...] raw meta-set inputs (any numeric dtype; cast per batch).
+      meta: the meta set (a source and its indices); its labels are never read.
       batch_size: meta batch size b (the reference uses 100, like the meta step).
       tau: CLID temperature.
       seed: shuffle seed; the same seed gives the same batches and so the same value.
+      augment: batch augmentation of the training pipeline (the reference scores its meta
+        images strongly augmented), seeded by (seed, batch); None scores them as they are.
 
     Returns:
       The weighted mean CLID, a Python float.
     """
+    order = np.concatenate(shuffled_batches(len(meta), batch_size=batch_size, seed=seed))
     values, sizes = [], []
-    for idx in shuffled_batches(len(images), batch_size=batch_size, seed=seed):
-        logits, features = backbone(_as_float(images[idx]), training=False)
+    for b, (_, images) in enumerate(data.ordered_batches(meta.source, meta.ids()[order],
+                                                         batch_size=batch_size)):
+        if augment is not None:
+            images = augment(images, stateless_seed=tf.constant([seed, b], tf.int64))
+        logits, features = backbone(images, training=False)
         values.append(float(clid_lib.clid_xla(features, logits, tau=tau)))
-        sizes.append(len(idx))
+        sizes.append(int(images.shape[0]))
     return weighted_mean(values, sizes)
 
 
-# ---------------------------------------------------------------- test logits
-def predict_logits(backbone: Forward, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-    """Inference-mode logits float32 [N, K] of raw images [N, ...], in order."""
-    chunks = [np.asarray(backbone(_as_float(images[i:i + batch_size]), training=False)[0])
-              for i in range(0, len(images), batch_size)]
+# ---------------------------------------------------------------- logits
+def predict_logits(backbone: Forward, part: data.Part, *, batch_size: int) -> np.ndarray:
+    """Inference-mode logits float32 [n, K] of the part's inputs, in order."""
+    chunks = [np.asarray(backbone(images, training=False)[0])
+              for _, images in data.ordered_batches(part.source, part.ids(),
+                                                    batch_size=batch_size)]
     return np.concatenate(chunks, axis=0).astype(np.float32)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of logits [N, K] against int labels [N]."""
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
-
-
-def _as_float(images: np.ndarray) -> tf.Tensor:
-    return tf.convert_to_tensor(np.asarray(images), dtype=tf.float32)
 
 
 def inference_function(backbone: keras.Model) -> Forward:
@@ -122,10 +129,11 @@ def inference_function(backbone: keras.Model) -> Forward:
 
 # ---------------------------------------------------------------- top-k store
 class Entry(NamedTuple):
-    """One kept epoch: its ranking score, its (1-based) number and its test logits [N, K]."""
+    """One kept epoch: its ranking score, its (1-based) number and its test logits [N, K]
+    (None without a test set)."""
     score: float
     epoch: int
-    logits: np.ndarray
+    logits: np.ndarray | None
 
 
 def _rank_key(entry: Entry) -> tuple[float, int]:
@@ -135,7 +143,7 @@ def _rank_key(entry: Entry) -> tuple[float, int]:
 
 
 class TopKLogits:
-    """Test logits of the `max_size` epochs with the LOWEST score (reference
+    """The `max_size` epochs with the LOWEST score and their test logits (reference
     `update_best_results_dict`); only those logits are held in memory."""
 
     def __init__(self, max_size: int = 5):
@@ -152,15 +160,16 @@ class TopKLogits:
         """Kept entries, best (lowest score, then earliest epoch) first."""
         return list(self._entries)
 
-    def update(self, score: float, epoch: int, test_logits: np.ndarray) -> bool:
+    def update(self, score: float, epoch: int, test_logits: np.ndarray | None = None) -> bool:
         """Offers one epoch; returns whether it is kept (it may displace the worst entry).
 
         Args:
           score: ranking score, lower is better (meta-set CLID).
           epoch: epoch number; on equal scores the earlier epoch wins.
-          test_logits: float [N, K] raw test logits of that epoch.
+          test_logits: float [N, K] raw test logits of that epoch, or None.
         """
-        entry = Entry(float(score), int(epoch), np.asarray(test_logits))
+        entry = Entry(float(score), int(epoch),
+                      None if test_logits is None else np.asarray(test_logits))
         entries = sorted([*self._entries, entry], key=_rank_key)
         self._entries = entries[:self.max_size]
         return any(e is entry for e in self._entries)
@@ -188,113 +197,202 @@ class TopKLogits:
 
 # ---------------------------------------------------------------- the callback
 class ClidSelection(keras.callbacks.Callback):
-    """Per-epoch meta-set CLID, CLID model selection and top-k logit ensembles.
+    """Per-epoch meta-set CLID, label-free model selection and top-k logit ensembles.
 
-    At the end of every epoch, with `self.model.backbone` in inference mode: meta-set CLID
-    (shuffle seed = seed + epoch, epoch 1-based, so the value is reproducible), test logits
-    and test accuracy; the epoch is offered to a `TopKLogits(keep)` store. These entries are
-    added to the epoch `logs`:
+    At the end of every epoch, with the backbone in inference mode: the meta-set CLID
+    (shuffle seed = seed + epoch, epoch 1-based, so the value is reproducible), and, when a
+    test part is given, the test logits and accuracy. The epoch is offered to a
+    `TopKLogits(keep)` store ranked by CLID alone; the weights of every kept epoch are kept
+    too (in memory, or as files in `directory`), so the selected epoch and the top-k
+    ensemble can be exported after training. Logged into the epoch `logs`:
 
-      meta_set_clid       this epoch's meta-set CLID
-      test_accuracy       this epoch's test accuracy
+      meta_set_clid       this epoch's meta-set CLID (label-free)
+      test_accuracy       this epoch's test accuracy                     (with a test part)
       selected_accuracy   test accuracy of the lowest-CLID epoch so far (acc_1)
       ensemble3_accuracy  top-3 logit-sum ensemble (over fewer epochs while fewer exist)
       ensemble5_accuracy  top-5 logit-sum ensemble (over at most `keep` epochs)
 
     Keras hands one logs dict to the callbacks in list order and appends History last, so
-    History always records them, but this callback must come BEFORE TensorBoard (and any
-    other callback that reads them) in `callbacks=[...]`.
+    put this callback BEFORE TensorBoard (and any other reader of these logs).
 
-    Works with any model exposing `.backbone` (raw images -> (logits, features)), including
-    the plain `ce` method. State accumulates over every fit the instance is passed to.
+    Args:
+      meta: the meta set (`data.Part`, a Source, or an array of inputs); None uses the meta
+        set `MetaReweightModel.fit` drew (`model.meta_set`).
+      test: a test part with labels (a `data.Part`, or (inputs, labels)), or None. Test
+        labels are read only to report accuracies, never to rank epochs.
+      batch_size: meta batch size of the CLID (the training meta batch size).
+      tau: CLID temperature.
+      keep: how many lowest-CLID epochs to keep (weights and test logits).
+      seed: shuffle seed base.
+      eval_batch_size: batch size of the test pass.
+      augment: score the meta set through this batch augmentation (seeded), or None.
+      directory: keep the weights of the kept epochs as `epoch-E.npz` files here (needed
+        to resume); None keeps them in memory.
+      backbone: the network to score; None uses `model.backbone`.
+      prefix: prepended to every logged name (e.g. 'net1_' for one of two networks).
     """
 
-    def __init__(self, meta_images: np.ndarray, test_images: np.ndarray,
-                 test_labels: np.ndarray, *, batch_size: int = 100, tau: float = 0.5,
-                 keep: int = 5, seed: int = 0, eval_batch_size: int = 500):
+    def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,
+                 keep: int = 5, seed: int = 0, eval_batch_size: int = 500,
+                 augment: Callable[..., tf.Tensor] | None = None,
+                 directory: str | None = None, backbone: keras.Model | None = None,
+                 prefix: str = ""):
         super().__init__()
-        if len(test_images) != len(test_labels):
-            raise ValueError(f"{len(test_images)} test images but {len(test_labels)} labels")
-        shuffled_batches(len(meta_images), batch_size=batch_size, seed=seed)  # validates
-        self.meta_images = meta_images
-        self.test_images = test_images
-        self.test_labels = np.asarray(test_labels).astype(np.int64)
+        self.meta = None if meta is None else data.as_part(meta)
+        self.test = None if test is None else data.as_part(test)
+        if self.test is not None and self.test.labels is None:
+            raise ValueError("the test part needs labels")
         self.batch_size = int(batch_size)
+        if self.meta is not None:
+            shuffled_batches(len(self.meta), batch_size=self.batch_size, seed=seed)  # validates
         self.tau = float(tau)
         self.seed = int(seed)
         self.eval_batch_size = int(eval_batch_size)
+        self.augment = augment
+        self.directory = directory
+        self.prefix = prefix
+        self._backbone = backbone
         self.store = TopKLogits(keep)
         self.epochs: list[int] = []
         self.meta_clid: list[float] = []
         self.test_accuracy: list[float] = []
+        self._weights: dict[int, list[np.ndarray]] = {}  # memory mode: epoch -> weights
         self._forward: Forward | None = None
 
-    def on_train_begin(self, logs=None):
-        backbone = getattr(self.model, "backbone", None)
+    @property
+    def backbone(self) -> keras.Model:
+        backbone = self._backbone or getattr(self.model, "backbone", None)
         if backbone is None:
-            raise ValueError("ClidSelection needs a model with a `.backbone` attribute")
-        self._forward = inference_function(backbone)
+            raise ValueError("ClidSelection needs a model with a `.backbone` attribute "
+                             "(or a backbone= argument)")
+        return backbone
+
+    def on_train_begin(self, logs=None):
+        if self.meta is None:
+            meta = getattr(self.model, "meta_set", None)
+            if meta is None:
+                raise ValueError("ClidSelection needs a meta set: pass meta=, or fit a "
+                                 "MetaReweightModel on arrays or a dataset (it draws one)")
+            self.meta = data.as_part(meta)
+        self._forward = inference_function(self.backbone)
 
     def on_epoch_end(self, epoch, logs=None):
         number = int(epoch) + 1
-        score = meta_set_clid(self._forward, self.meta_images, batch_size=self.batch_size,
-                              tau=self.tau, seed=self.seed + number)
-        logits = predict_logits(self._forward, self.test_images,
-                                batch_size=self.eval_batch_size)
+        score = meta_set_clid(self._forward, self.meta, batch_size=self.batch_size,
+                              tau=self.tau, seed=self.seed + number, augment=self.augment)
+        logits = None
+        if self.test is not None:
+            logits = predict_logits(self._forward, self.test, batch_size=self.eval_batch_size)
+            self.test_accuracy.append(accuracy(logits, self.test.labels))
         self.epochs.append(number)
         self.meta_clid.append(score)
-        self.test_accuracy.append(accuracy(logits, self.test_labels))
-        self.store.update(score, number, logits)
+        if self.store.update(score, number, logits):
+            self._keep_weights(number)
+        self._drop_unkept_weights()
         if logs is not None:
-            logs.update(meta_set_clid=score, test_accuracy=self.test_accuracy[-1],
-                        **self._accuracies())
+            logs[self.prefix + "meta_set_clid"] = score
+            if self.test is not None:
+                logs[self.prefix + "test_accuracy"] = self.test_accuracy[-1]
+                logs.update({self.prefix + k: v for k, v in self._accuracies().items()})
 
+    # ------------------------------------------------------------ kept weights
+    def _weights_path(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"{self.prefix}epoch-{epoch}.npz")
+
+    def _keep_weights(self, epoch: int) -> None:
+        weights = [np.array(w) for w in self.backbone.get_weights()]
+        if self.directory is None:
+            self._weights[epoch] = weights
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        with atomic_io.open_atomic(self._weights_path(epoch), "wb") as f:
+            np.savez(f, *weights)
+
+    def _drop_unkept_weights(self) -> None:
+        kept = set(self.store.best_epochs())
+        for epoch in [e for e in self._weights if e not in kept]:
+            del self._weights[epoch]
+        if self.directory is not None and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                match = re.fullmatch(re.escape(self.prefix) + r"epoch-(\d+)\.npz", name)
+                if match and int(match.group(1)) not in kept:
+                    os.remove(os.path.join(self.directory, name))
+
+    def load_weights(self, network: keras.Model, epoch: int) -> None:
+        """Sets `network` (same architecture as the backbone) to the kept epoch's weights."""
+        if epoch not in self.store.best_epochs():
+            raise ValueError(f"epoch {epoch} is not among the kept epochs "
+                             f"{self.store.best_epochs()}")
+        if self.directory is None:
+            network.set_weights(self._weights[epoch])
+            return
+        with np.load(self._weights_path(epoch)) as saved:
+            network.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+
+    def members(self, k: int) -> list[keras.Model]:
+        """Copies of the backbone holding the weights of the k lowest-CLID epochs (for
+        inference and export: the copies have no `head` attribute)."""
+        members = []
+        for epoch in self.store.best_epochs(k):
+            clone = keras.models.clone_model(self.backbone)  # no `head`: for inference
+            self.load_weights(clone, epoch)
+            members.append(clone)
+        return members
+
+    # ------------------------------------------------------------ results
     def _accuracies(self) -> dict[str, float]:
         """acc_1, acc_3, acc_5 over what the store holds (k capped at its size)."""
         names = {1: "selected_accuracy", 3: "ensemble3_accuracy", 5: "ensemble5_accuracy"}
-        return {names[k]: self.store.ensemble_accuracy(self.test_labels, min(k, len(self.store)))
+        return {names[k]: self.store.ensemble_accuracy(self.test.labels,
+                                                       min(k, len(self.store)))
                 for k in ENSEMBLE_SIZES}
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Everything needed to continue after a restart, as numpy arrays (for an npz)."""
+        """Everything needed to continue after a restart, as numpy arrays (for an npz);
+        the kept weights are the files in `directory`."""
         entries = self.store.entries
+        has_logits = bool(entries) and entries[0].logits is not None
+        p = self.prefix
         return {
-            "selection_epochs": np.asarray(self.epochs, np.int64),
-            "selection_meta_clid": np.asarray(self.meta_clid, np.float64),
-            "selection_test_accuracy": np.asarray(self.test_accuracy, np.float64),
-            "selection_store_scores": np.asarray([e.score for e in entries], np.float64),
-            "selection_store_epochs": np.asarray([e.epoch for e in entries], np.int64),
-            "selection_store_logits": (np.stack([e.logits for e in entries]) if entries
-                                       else np.zeros((0,), np.float32)),
+            f"{p}selection_epochs": np.asarray(self.epochs, np.int64),
+            f"{p}selection_meta_clid": np.asarray(self.meta_clid, np.float64),
+            f"{p}selection_test_accuracy": np.asarray(self.test_accuracy, np.float64),
+            f"{p}selection_store_scores": np.asarray([e.score for e in entries], np.float64),
+            f"{p}selection_store_epochs": np.asarray([e.epoch for e in entries], np.int64),
+            f"{p}selection_store_logits": (np.stack([e.logits for e in entries]) if has_logits
+                                           else np.zeros((0,), np.float32)),
         }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Restores what `get_state` returned."""
-        self.epochs = [int(e) for e in state["selection_epochs"]]
-        self.meta_clid = [float(v) for v in state["selection_meta_clid"]]
-        self.test_accuracy = [float(v) for v in state["selection_test_accuracy"]]
+        p = self.prefix
+        self.epochs = [int(e) for e in state[f"{p}selection_epochs"]]
+        self.meta_clid = [float(v) for v in state[f"{p}selection_meta_clid"]]
+        self.test_accuracy = [float(v) for v in state[f"{p}selection_test_accuracy"]]
         self.store = TopKLogits(self.store.max_size)
-        for score, epoch, logits in zip(state["selection_store_scores"],
-                                        state["selection_store_epochs"],
-                                        state["selection_store_logits"]):
-            self.store.update(float(score), int(epoch), logits)
+        logits = state[f"{p}selection_store_logits"]
+        for i, (score, epoch) in enumerate(zip(state[f"{p}selection_store_scores"],
+                                               state[f"{p}selection_store_epochs"])):
+            self.store.update(float(score), int(epoch), logits[i] if len(logits) else None)
 
     def summary(self) -> dict:
         """Final selection results.
 
         Returns:
           selected_epoch: 1-based epoch with the lowest meta CLID (earliest on ties).
-          selected_accuracy, ensemble3_accuracy, ensemble5_accuracy: acc_1, acc_3, acc_5.
           kept: [{'epoch', 'meta_clid'}] of the stored epochs, best first.
-          epochs, meta_clid, test_accuracy: per-epoch lists, in training order.
+          epochs, meta_clid: per-epoch lists, in training order.
+          With a test part also selected_accuracy, ensemble3_accuracy, ensemble5_accuracy
+          (acc_1, acc_3, acc_5) and the per-epoch test_accuracy list.
         """
         if not self.epochs:
             raise ValueError("no epoch has been recorded yet")
-        return {
+        summary = {
             "selected_epoch": self.store.best_epochs(1)[0],
-            **self._accuracies(),
             "kept": [{"epoch": e.epoch, "meta_clid": e.score} for e in self.store.entries],
             "epochs": list(self.epochs),
             "meta_clid": list(self.meta_clid),
-            "test_accuracy": list(self.test_accuracy),
         }
+        if self.test is not None:
+            summary.update(self._accuracies(), test_accuracy=list(self.test_accuracy))
+        return summary

@@ -29,6 +29,7 @@ import tensorflow as tf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
+from clid_tf import data
 from clid_tf import selection as selection_lib
 
 GMM_OPTIONS = {"n_components": 2, "max_iter": 10, "reg_covar": 5e-4, "tol": 1e-2}
@@ -154,31 +155,31 @@ def precision(indices: np.ndarray, noisy_labels: np.ndarray,
 class DynamicMetaSet:
     """A meta set whose members change during training, read by a live tf.data stream.
 
-    Holds the training images/noisy labels as constants and the current meta indices in a
-    `tf.Variable` int64 [M] (M = size // K * K, fixed) plus the number of valid entries
-    (a selection may be smaller than M when a class is short; the tail is padding). The
-    stream reads both variables inside the pipeline, so `assign` takes effect for every
-    batch produced afterwards without rebuilding the dataset or its iterator. Batches
-    already sitting in a downstream `prefetch` buffer were produced earlier and still
-    carry the previous selection.
+    Holds the current meta indices (into the training split's source) in a `tf.Variable`
+    int64 [M] (M = size // K * K, fixed) plus the number of valid entries (a selection may
+    be smaller than M when a class is short; the tail is padding). The stream reads both
+    variables inside the pipeline, so `assign` takes effect for every batch produced
+    afterwards without rebuilding the dataset or its iterator. Batches already sitting in a
+    downstream `prefetch` buffer were produced earlier and still carry the previous
+    selection.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
-                 size: int, num_classes: int):
+    def __init__(self, source, labels: np.ndarray, indices: np.ndarray, *, size: int,
+                 num_classes: int):
         """
         Args:
-          images: [N, ...] raw training inputs (kept in their dtype, cast per batch).
-          labels: int [N] noisy training labels (the meta objective reads these).
-          indices: int [<= M] initial meta indices into the N samples.
+          source: the training split's `sources.Source`.
+          labels: int [len(source)] noisy training labels (the meta objective reads these).
+          indices: int [<= M] initial meta indices into the source.
           size: meta-set size; M = size // K * K.
           num_classes: K.
         """
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.num_samples = len(images)
+        if len(source) != len(labels):
+            raise ValueError(f"{len(source)} inputs but {len(labels)} labels")
+        self.source = source
+        self.num_samples = len(source)
         self.capacity = per_class_size(size, num_classes) * int(num_classes)
         with tf.device("/CPU:0"):  # tf.data runs on the host
-            self._images = tf.constant(np.asarray(images))
             self._labels = tf.constant(np.asarray(labels).astype(np.int32))
             self._indices = tf.Variable(tf.zeros([self.capacity], tf.int64),
                                         trainable=False, name="sloss_meta_indices")
@@ -192,7 +193,7 @@ class DynamicMetaSet:
         return self._indices.numpy()[:int(self._count.numpy())]
 
     def assign(self, indices: np.ndarray) -> None:
-        """Replaces the meta set by `indices` (int [1..M], into the N training samples)."""
+        """Replaces the meta set by `indices` (int [1..M], into the source)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if not 1 <= len(idx) <= self.capacity:
             raise ValueError(f"a meta set needs 1 to {self.capacity} indices, got {len(idx)}")
@@ -222,8 +223,11 @@ class DynamicMetaSet:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        draw = self._batch_fn(int(batch_size), int(seed))
-        stream = tf.data.Dataset.counter(first_step).map(draw)  # sequential: on demand
+        draw = self._draw_fn(int(batch_size), int(seed))
+        ids = tf.data.Dataset.counter(first_step).map(draw).unbatch()  # sequential: on demand
+        labels = self._labels
+        stream = self.source.read(ids, batch_size=int(batch_size), drop_remainder=True).map(
+            lambda i, x: {"image": tf.cast(x, tf.float32), "label": tf.gather(labels, i)})
         if augment is not None:
             steps = tf.data.Dataset.counter(first_step).map(
                 lambda t: tf.stack([tf.constant(seed + 7919, tf.int64), t]))
@@ -233,57 +237,61 @@ class DynamicMetaSet:
         options.experimental_optimization.inject_prefetch = False
         return stream.with_options(options)
 
-    def _batch_fn(self, batch_size: int, seed: int) -> Callable[[tf.Tensor], dict]:
-        def draw(step: tf.Tensor) -> dict:
+    def _draw_fn(self, batch_size: int, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
+        def draw(step: tf.Tensor) -> tf.Tensor:
             positions = tf.random.stateless_uniform(
                 [batch_size], seed=tf.stack([tf.constant(seed, tf.int64), step]),
                 minval=tf.constant(0, tf.int64), maxval=self._count.read_value(),
                 dtype=tf.int64)
-            idx = tf.gather(self._indices.read_value(), positions)
-            return {"image": tf.cast(tf.gather(self._images, idx), tf.float32),
-                    "label": tf.gather(self._labels, idx)}
+            return tf.gather(self._indices.read_value(), positions)
         return draw
 
 
 # ---------------------------------------------------------------- the callback
 class SelectionRecord(NamedTuple):
-    """One re-selection: 1-based epoch, the chosen indices int64 [m], and their precision
-    (fraction with a clean noisy label; None without clean labels)."""
+    """One re-selection: 1-based epoch, the chosen positions int64 [m] among the training
+    samples, and their precision (fraction with a clean noisy label; None without clean
+    labels)."""
     epoch: int
     indices: np.ndarray
     precision: float | None
 
 
 class SmallLossReselection(keras.callbacks.Callback):
-    """Re-selects the small-loss meta set at the start of every epoch it is fitted with.
+    """Re-selects the small-loss meta set at the start of every epoch after the warm-up.
 
-    `on_epoch_begin`: per-sample CE of `self.model.backbone` (training=False, raw images,
-    noisy labels) over all training samples in batches of `batch_size`, then
-    `select_small_loss` with GMM seed `seed + epoch` (epoch 1-based), then
-    `meta_set.assign`. Each selection is appended to `self.history`. With `clean_labels`
-    its precision is logged as `sloss_meta_precision` at the end of the epoch, so put this
-    callback before TensorBoard in `callbacks=[...]`.
-
-    Pass it only to the fit of the meta phase (after the warm-up).
+    `on_epoch_begin` (epochs >= `first_epoch`, 0-based): per-sample CE of
+    `self.model.backbone` (training=False, raw inputs, noisy labels) over the training
+    samples (streamed in batches of `batch_size`), then `select_small_loss` with GMM seed
+    `seed + epoch` (epoch 1-based), then `meta_set.assign`. Each selection is appended to
+    `self.history`. With `clean_labels` its precision is logged as `sloss_meta_precision`
+    at the end of the epoch, so put this callback before TensorBoard in `callbacks=[...]`.
     """
 
-    def __init__(self, meta_set: DynamicMetaSet, images: np.ndarray,
-                 noisy_labels: np.ndarray, *, size: int, num_classes: int, seed: int,
-                 batch_size: int = 500, clean_labels: np.ndarray | None = None):
+    def __init__(self, meta_set: DynamicMetaSet, train: data.Part, *, size: int,
+                 num_classes: int, seed: int, batch_size: int = 500,
+                 clean_labels: np.ndarray | None = None, first_epoch: int = 0):
+        """
+        Args:
+          meta_set: the live meta set to re-select.
+          train: the training samples with their noisy labels (aligned with its indices).
+          clean_labels: int [n] true labels of those samples, for the precision monitor.
+          first_epoch: the first epoch (0-based) that re-selects: the warm-up's end.
+        """
         super().__init__()
-        if len(images) != len(noisy_labels):
-            raise ValueError(f"{len(images)} images but {len(noisy_labels)} labels")
-        if clean_labels is not None and len(clean_labels) != len(noisy_labels):
-            raise ValueError(f"{len(clean_labels)} clean labels for {len(noisy_labels)} "
-                             "samples")
+        if train.labels is None or len(train.labels) != len(train):
+            raise ValueError("the training part needs one noisy label per sample")
+        if clean_labels is not None and len(clean_labels) != len(train):
+            raise ValueError(f"{len(clean_labels)} clean labels for {len(train)} samples")
         self.meta_set = meta_set
-        self.images = images
-        self.noisy_labels = np.asarray(noisy_labels).astype(np.int64)
+        self.train = train
+        self.noisy_labels = np.asarray(train.labels).astype(np.int64)
         self.clean_labels = None if clean_labels is None else np.asarray(clean_labels)
         self.size = int(size)
         self.num_classes = int(num_classes)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.first_epoch = int(first_epoch)
         self.history: list[SelectionRecord] = []
         self._forward: selection_lib.Forward | None = None
 
@@ -294,22 +302,25 @@ class SmallLossReselection(keras.callbacks.Callback):
         self._forward = selection_lib.inference_function(backbone)
 
     def training_losses(self) -> np.ndarray:
-        """Per-sample CE float64 [N] of the current backbone with the noisy labels."""
-        logits = selection_lib.predict_logits(self._forward, self.images,
+        """Per-sample CE float64 [n] of the current backbone with the noisy labels."""
+        logits = selection_lib.predict_logits(self._forward, self.train,
                                               batch_size=self.batch_size)
         return cross_entropy(logits, self.noisy_labels)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch < self.first_epoch:
+            return
         number = int(epoch) + 1
-        indices = select_small_loss(self.training_losses(), self.noisy_labels,
-                                    size=self.size, num_classes=self.num_classes,
-                                    seed=self.seed + number)
-        self.meta_set.assign(indices)
+        positions = select_small_loss(self.training_losses(), self.noisy_labels,
+                                      size=self.size, num_classes=self.num_classes,
+                                      seed=self.seed + number)
+        self.meta_set.assign(self.train.ids()[positions])
         known = self.clean_labels is not None
         self.history.append(SelectionRecord(
-            number, indices,
-            precision(indices, self.noisy_labels, self.clean_labels) if known else None))
+            number, positions,
+            precision(positions, self.noisy_labels, self.clean_labels) if known else None))
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.history and self.history[-1].precision is not None:
+        if (logs is not None and epoch >= self.first_epoch and self.history
+                and self.history[-1].precision is not None):
             logs["sloss_meta_precision"] = self.history[-1].precision

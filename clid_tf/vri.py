@@ -58,6 +58,7 @@ def _xavier_dense(units: int, activation: str | None, seed: int | None,
                               bias_initializer="zeros", name=name)
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class VRINet(keras.Model):
     """VRI meta-net: (detached feature, noisy label) -> per-class logit weights [B, K].
 
@@ -72,27 +73,49 @@ class VRINet(keras.Model):
     (mu_p, log_var_p); `weighted_loss` implements the `meta_nets.WeightedLoss` interface.
     """
 
-    def __init__(self, num_classes: int, feature_dim: int, *, embed_dim: int = 64,
-                 hidden: Sequence[int] = (1024, 512, 512), kl_weight: float = 0.01,
-                 seed: int | None = None, **kwargs):
+    def __init__(self, num_classes: int | None = None, feature_dim: int | None = None, *,
+                 embed_dim: int = 64, hidden: Sequence[int] = (1024, 512, 512),
+                 kl_weight: float = 0.01, seed: int | None = None, **kwargs):
+        """num_classes and feature_dim may be left None: `MetaReweightModel` sizes the
+        net for its backbone (`build_for`)."""
         super().__init__(**kwargs)
+        self.embed_dim = int(embed_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.kl_weight = float(kl_weight)
+        self.seed = seed
+        self.noise = keras.random.SeedGenerator(seed)
+        self.num_classes = self.feature_dim = None
+        if num_classes is not None and feature_dim is not None:
+            self.build_for(feature_dim=feature_dim, num_classes=num_classes)
+
+    def build_for(self, *, feature_dim: int, num_classes: int) -> None:
+        """Creates the layers for features [B, feature_dim] and K = num_classes classes."""
+        if self.num_classes is not None:
+            if (self.num_classes, self.feature_dim) != (num_classes, feature_dim):
+                raise ValueError(f"this VRINet is sized for {self.feature_dim}-d features and "
+                                 f"{self.num_classes} classes, not {feature_dim} and "
+                                 f"{num_classes}")
+            return
+        seed = self.seed
         self.num_classes = int(num_classes)
         self.feature_dim = int(feature_dim)
-        self.embed_dim = int(embed_dim)
-        self.kl_weight = float(kl_weight)
-        self.noise = keras.random.SeedGenerator(seed)
         self.embedding = keras.layers.Embedding(
             self.num_classes, self.embed_dim, name="embedding",
             embeddings_initializer=keras.initializers.RandomNormal(
                 0.0, 1.0, seed=_offset(seed, 1)))
         self.hidden_layers = [_xavier_dense(units, "tanh", _offset(seed, 2 + i),
                                             f"hidden{i + 1}")
-                              for i, units in enumerate(hidden)]
-        self.mean_head = _xavier_dense(self.num_classes, None, _offset(seed, 2 + len(hidden)),
-                                       "mean")
+                              for i, units in enumerate(self.hidden)]
+        self.mean_head = _xavier_dense(self.num_classes, None,
+                                       _offset(seed, 2 + len(self.hidden)), "mean")
         self.log_var_head = _xavier_dense(self.num_classes, None,
-                                          _offset(seed, 3 + len(hidden)), "log_var")
+                                          _offset(seed, 3 + len(self.hidden)), "log_var")
         self._build_layers()
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "feature_dim": self.feature_dim, "embed_dim": self.embed_dim,
+                "hidden": list(self.hidden), "kl_weight": self.kl_weight, "seed": self.seed}
 
     def _build_layers(self) -> None:
         self.embedding.build((None,))

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from clid_tf import backbones
 from clid_tf import datasets
+from clid_tf import loaders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--epochs=2", "--warmup_epochs=1", "--meta_size=100", "--verbose=0"]
@@ -80,7 +81,7 @@ def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
 
 def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path):
     workdir, _ = finished_run
-    data = datasets.load_digits()
+    data = loaders.load_digits()
     images = data.x_test[:16]
     np.save(tmp_path / "images.npy", images)
     script = (
@@ -123,7 +124,7 @@ def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
                    if "dynamic_scale" in name)
     assert saved == sorted([history["loss_scale"][-1], history["meta_loss_scale"][-1]])
     served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
-        "serving_default"](images=tf.constant(datasets.load_digits().x_test[:8]))
+        "serving_default"](images=tf.constant(loaders.load_digits().x_test[:8]))
     np.testing.assert_allclose(served["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from clid_tf import backbones
 from clid_tf import data
-from clid_tf import experiment
+from clid_tf import meta_nets
 from clid_tf import meta_model
 from clid_tf import objectives
 from tests import helpers
@@ -22,7 +22,7 @@ def _model(meta_net, objective, meta_grad="tape", scope="full"):
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
         return model
     model = meta_model.MetaReweightModel(
-        net, experiment.build_meta_net(meta_net, num_classes=3, feature_dim=net.feature_dim,
+        net, meta_nets.build(meta_net, num_classes=3, feature_dim=net.feature_dim,
                                        vri_kl=0.01, seed=0),
         meta_objective=objectives.meta_objective(objective, tau=0.5),
         meta_objective_name=objective, meta_grad=meta_grad, meta_scope=scope)
@@ -36,9 +36,9 @@ def _stream(labelled_meta):
     x = rng.normal(size=(64, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
     meta = np.arange(16)
-    return data.train_stream(x, y, batch_size=16, seed=0, is_noisy=np.zeros(64, bool),
-                             meta_images=x[meta], meta_batch_size=8,
-                             meta_labels=y[meta] if labelled_meta else None)
+    return helpers.array_stream(x, y, batch_size=16, seed=0, is_noisy=np.zeros(64, bool),
+                                meta_x=x[meta], meta_batch_size=8,
+                                meta_labels=y[meta] if labelled_meta else None)
 
 
 @pytest.mark.parametrize("meta_net,objective,meta_grad,scope", [

@@ -1,8 +1,10 @@
-"""Tests for clid_tf.datasets: TFDS CIFAR(-N) under tfds mocks, npz loading, dispatch."""
+"""Tests for clid_tf.datasets and clid_tf.tfds_cifar: TFDS CIFAR(-N) under tfds mocks,
+the fast offline failure, dispatch and the label checks every loader shares."""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -11,6 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clid_tf import datasets
+from clid_tf import loaders
+from clid_tf import tfds_cifar
 from clid_tf.datasets import DataError
 
 _FAKE_N = 12
@@ -32,6 +36,13 @@ def _assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 
 
 # --------------------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked TFDS data is never 'prepared': pretend the download host is reachable."""
+    monkeypatch.setattr(tfds_cifar, 'online', lambda: True)
+
 
 def _fake_as_dataset(*, noisy_train: int | None = None) -> Callable[..., tf.data.Dataset]:
     """A `mock_data(as_dataset_fn=...)` builder: clean 'label' = i % K, like real CIFAR-N.
@@ -70,16 +81,16 @@ def _fake_as_dataset(*, noisy_train: int | None = None) -> Callable[..., tf.data
 def test_load_tfds_mocked(name: str, human_label: str | None, num_classes: int,
                           mean: tuple[float, ...]) -> None:
     with tfds.testing.mock_data(num_examples=9):
-        data = datasets.load(name, human_label=human_label)
-    for x in (data.x_train, data.x_test):
+        data = loaders.load(name, human_label=human_label)
+    for x in (data.train.inputs.array, data.test.inputs.array):
         assert x.shape == (9, 32, 32, 3) and x.dtype == np.uint8
-    for y in (data.y_train, data.y_train_clean, data.y_test):
+    for y in (data.train.labels, data.train.clean_labels, data.test.labels):
         assert y.shape == (9,) and y.dtype == np.int64
         assert y.min() >= 0 and y.max() < num_classes
     assert data.num_classes == num_classes
     assert data.mean == mean and len(data.std) == 3
     if human_label is None:
-        np.testing.assert_array_equal(data.y_train, data.y_train_clean)
+        np.testing.assert_array_equal(data.train.labels, data.train.clean_labels)
 
 
 @pytest.mark.parametrize('name, human_label, field', [
@@ -94,12 +105,12 @@ def test_human_label_picks_field_and_test_uses_clean(name: str, human_label: str
                                                      field: str) -> None:
     assert datasets.HUMAN_LABELS[human_label] == field
     with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset()):
-        data = datasets.load(name, human_label=human_label)
+        data = loaders.load(name, human_label=human_label)
     k = data.num_classes
     clean = np.arange(_FAKE_N) % k
-    np.testing.assert_array_equal(data.y_train_clean, clean)
-    np.testing.assert_array_equal(data.y_train, (clean + _FIELD_OFFSET[field]) % k)
-    np.testing.assert_array_equal(data.y_test, clean)  # noisy fields are -1 on test
+    np.testing.assert_array_equal(data.train.clean_labels, clean)
+    np.testing.assert_array_equal(data.train.labels, (clean + _FIELD_OFFSET[field]) % k)
+    np.testing.assert_array_equal(data.test.labels, clean)  # noisy fields are -1 on test
 
 
 def test_fake_builder_mimics_tfds_minus_one_on_test() -> None:
@@ -113,7 +124,7 @@ def test_fake_builder_mimics_tfds_minus_one_on_test() -> None:
 def test_noisy_train_label_out_of_range_is_data_error() -> None:
     with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(noisy_train=-1)):
         with pytest.raises(DataError) as err:
-            datasets.load('cifar10_n', human_label='aggre')
+            loaders.load('cifar10_n', human_label='aggre')
     _assert_one_line(err, 'cifar10_n', 'aggre_label', 'outside [0, 10)')
 
 
@@ -129,188 +140,73 @@ def test_noisy_train_label_out_of_range_is_data_error() -> None:
 ])
 def test_human_label_errors(name: str, human_label: str | None, fragment: str) -> None:
     with pytest.raises(DataError) as err:  # raised before any TFDS access
-        datasets.load(name, human_label=human_label)
+        loaders.load(name, human_label=human_label)
     _assert_one_line(err, fragment)
 
 
-def test_unavailable_offline_is_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unavailable_download_is_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_load(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError('Failed to resolve host\nwww.cs.toronto.edu')
     monkeypatch.setattr(tfds, 'load', failing_load)
     with pytest.raises(DataError) as err:
-        datasets.load('cifar10', data_dir='/nowhere/tfds')
-    _assert_one_line(err, "'cifar10' is not available offline", 'ConnectionError',
+        loaders.load('cifar10', data_dir='/nowhere/tfds')
+    _assert_one_line(err, "'cifar10' is not available", 'ConnectionError',
                      'TFDS_DATA_DIR', '/nowhere/tfds')
+
+
+def test_offline_fails_at_once_without_trying_to_download(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.setattr(tfds_cifar, 'online', lambda: False)
+    monkeypatch.setattr(tfds, 'load', lambda *a, **k: pytest.fail('tried to download'))
+    started = time.time()
+    with pytest.raises(DataError) as err:
+        loaders.load('cifar10', data_dir='/nowhere/tfds')
+    assert time.time() - started < 10
+    _assert_one_line(err, "'cifar10' is not available (not prepared, and this machine is "
+                     'offline)', 'download_and_prepare --datasets=cifar10', '/nowhere/tfds')
+
+
+def test_online_reports_whether_the_download_host_answers() -> None:
+    assert isinstance(tfds_cifar.online(), bool)  # no network here: False, in well under 4 s
 
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(DataError) as err:
-        datasets.load('mnist')
-    _assert_one_line(err, "'mnist'", ', '.join(datasets.NAMES), 'npz:PATH')
+        loaders.load('mnist')
+    _assert_one_line(err, "'mnist'", ', '.join(datasets.BENCHMARKS), 'npz:...',
+                     'folder:...', 'list:...', 'tfds:...')
 
 
 def test_digits_dispatch() -> None:
-    data = datasets.load('digits')
-    assert data.x_train.shape[1:] == (8, 8, 1) and data.num_classes == 10
+    data = loaders.load('digits')
+    assert data.train.inputs.element_shape == (8, 8, 1) and data.num_classes == 10
+    assert len(data.train.labels) == 1437 and len(data.test.labels) == 360
+    assert data.class_names == tuple('0123456789') and not data.labels_given
+    np.testing.assert_array_equal(data.train.labels, data.train.clean_labels)
 
 
-# --------------------------------------------------------------------------- npz
-
-def _valid_arrays(x_shape: tuple[int, ...] = (6, 4, 4, 3)) -> dict[str, np.ndarray]:
-    """A small valid set: 6 train and 3 test rows of uint8 features, 3 classes."""
-    rng = np.random.default_rng(0)
-    return {
-            'x_train': rng.integers(0, 256, x_shape, dtype=np.uint8),
-            'y_train': np.array([0, 1, 2, 0, 1, 2]),
-            'x_test': rng.integers(0, 256, (3,) + x_shape[1:], dtype=np.uint8),
-            'y_test': np.array([2, 1, 0]),
-    }
+def test_class_names_come_from_the_tfds_info() -> None:
+    # A prepared dataset's info names its classes; an unprepared (mocked) one gives '0'..'9'.
+    with tfds.testing.mock_data(num_examples=4):
+        names = loaders.load('cifar10').class_names
+    assert names == tuple(tfds.builder('cifar10').info.features['label'].names)
+    assert len(names) == 10
 
 
-def _save(tmp_path: Any, arrays: dict[str, np.ndarray]) -> str:
-    path = os.path.join(tmp_path, 'data.npz')
-    np.savez(path, **arrays)
-    return path
-
-
-def test_npz_images_hw_gets_channel_axis(tmp_path: Any) -> None:
-    arrays = _valid_arrays((6, 5, 7))
-    data = datasets.load('npz:' + _save(tmp_path, arrays))
-    assert data.x_train.shape == (6, 5, 7, 1) and data.x_train.dtype == np.uint8
-    assert data.x_test.shape == (3, 5, 7, 1)
-    np.testing.assert_array_equal(data.x_train[..., 0], arrays['x_train'])
-    np.testing.assert_array_equal(data.y_train, arrays['y_train'])
-    assert data.y_train.dtype == np.int64 and data.y_train_clean is None
-    assert data.num_classes == 3
-    assert data.mean == pytest.approx((arrays['x_train'].mean() / 255,))
-    assert data.std == pytest.approx((arrays['x_train'].std() / 255,))
-
-
-def test_npz_images_hwc_round_trip_with_clean_labels(tmp_path: Any) -> None:
-    arrays = _valid_arrays((6, 4, 4, 3))
-    arrays['y_train_clean'] = np.array([0, 1, 2, 0, 1, 3])
-    data = datasets.load_npz(_save(tmp_path, arrays))
-    np.testing.assert_array_equal(data.x_train, arrays['x_train'])
-    np.testing.assert_array_equal(data.x_test, arrays['x_test'])
-    np.testing.assert_array_equal(data.y_test, arrays['y_test'])
-    np.testing.assert_array_equal(data.y_train_clean, arrays['y_train_clean'])
-    assert data.num_classes == 4  # max over all label arrays + 1
-    pixels = arrays['x_train'].reshape(-1, 3) / 255
-    assert data.mean == pytest.approx(tuple(pixels.mean(0)))
-    assert data.std == pytest.approx(tuple(pixels.std(0)))
-
-
-@pytest.mark.parametrize('scale', [1.0, 255.0])
-def test_npz_float_images_become_uint8(tmp_path: Any, scale: float) -> None:
-    arrays = _valid_arrays()
-    expected = arrays['x_train']
-    arrays['x_train'] = (expected / 255.0 * scale).astype(np.float32)
-    arrays['x_test'] = (arrays['x_test'] / 255.0 * scale).astype(np.float32)
-    data = datasets.load_npz(_save(tmp_path, arrays))
-    assert data.x_train.dtype == np.uint8
-    np.testing.assert_array_equal(data.x_train, expected)
-
-
-def test_npz_flat_features(tmp_path: Any) -> None:
-    arrays = _valid_arrays()
-    arrays['x_train'] = np.random.default_rng(1).normal(size=(6, 5)) * 10
-    arrays['x_train'][:, 2] = 7.0  # constant feature: std falls back to 1.0
-    arrays['x_test'] = np.ones((3, 5))
-    data = datasets.load_npz(_save(tmp_path, arrays))
-    assert data.x_train.dtype == np.float32 and data.x_train.shape == (6, 5)
-    np.testing.assert_allclose(data.x_train, arrays['x_train'], rtol=1e-6)
-    assert len(data.mean) == len(data.std) == 5
-    assert data.mean == pytest.approx(tuple(arrays['x_train'].mean(0)))
-    expected_std = arrays['x_train'].std(0)
-    expected_std[2] = 1.0
-    assert data.std == pytest.approx(tuple(expected_std))
-
-
-def _with(**changes: Any) -> Callable[[str], None]:
-    """Writes the valid arrays with `changes` (a None value drops the key) to the path."""
-    def write(path: str) -> None:
-        arrays = _valid_arrays()
-        arrays.update(changes)
-        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return write
-
-
-def _write_bytes(content: bytes) -> Callable[[str], None]:
-    def write(path: str) -> None:
-        with open(path, 'wb') as f:
-            f.write(content)
-    return write
-
-
-def _write_npy(path: str) -> None:
-    with open(path, 'wb') as f:
-        np.save(f, np.zeros(3))
-
-
-def _as_directory(path: str) -> None:
-    os.mkdir(path)
-
-
-def _no_file(path: str) -> None:
-    del path
-
-
-_NAN_X = np.full((6, 4, 4, 3), 0.5, np.float32)
-_NAN_X[0, 0, 0, 0] = np.nan
-
-_NPZ_ERRORS = [
-        ('missing file', _no_file, 'no such file'),
-        ('directory', _as_directory, 'not a file'),
-        ('text file', _write_bytes(b'x_train,y_train\n1,2\n'), 'not an npz archive'),
-        ('npy not npz', _write_npy, 'not an npz archive'),
-        ('corrupt zip', _write_bytes(b'PK\x03\x04garbage'), 'unreadable npz archive'),
-        ('pickled objects', _with(y_train=np.array([0, 1, 2, 0, 1, 'a'], dtype=object)),
-         'y_train is a pickled object array'),
-        ('missing keys', _with(x_test=None, y_test=None), 'missing arrays x_test, y_test'),
-        ('x 1-D', _with(x_train=np.zeros(6)), 'x_train must be [N, D], [N, H, W] or'),
-        ('x 5-D', _with(x_test=np.zeros((3, 4, 4, 3, 1))), 'x_test must be [N, D]'),
-        ('y 2-D', _with(y_train=np.zeros((6, 1), np.int64)), 'y_train must be 1-D'),
-        ('bad channels', _with(x_train=np.zeros((6, 4, 4, 2), np.uint8),
-                               x_test=np.zeros((3, 4, 4, 2), np.uint8)),
-         'images need 1 or 3 channels, got 2'),
-        ('shape differs', _with(x_test=np.zeros((3, 5, 4, 3), np.uint8)),
-         'x_train rows have shape (4, 4, 3) but x_test rows have (5, 4, 3)'),
-        ('flat vs image', _with(x_test=np.zeros((3, 48), np.uint8)), 'x_test rows have (48,)'),
-        ('x/y length', _with(y_train=np.array([0, 1, 2, 0, 1])),
-         'x_train has 6 rows but y_train has 5'),
-        ('float labels', _with(y_test=np.array([0.5, 1.0, 2.0])), 'y_test has non-integer'),
-        ('string labels', _with(y_test=np.array(['a', 'b', 'c'])), 'y_test has non-integer'),
-        ('negative labels', _with(y_train=np.array([0, 1, 2, 0, 1, -1])),
-         'y_train has negative labels'),
-        ('clean shape', _with(y_train_clean=np.array([0, 1, 2])),
-         'y_train_clean has shape (3,), y_train has (6,)'),
-        ('NaN', _with(x_train=_NAN_X), 'x_train contains NaN or Inf'),
-        ('Inf', _with(x_test=np.full((3, 4, 4, 3), np.inf)), 'x_test contains NaN or Inf'),
-        ('string features', _with(x_test=np.full((3, 4, 4, 3), 'a')), 'x_test is not numeric'),
-        ('pixels > 255', _with(x_test=np.full((3, 4, 4, 3), 300.0)),
-         'image pixels must lie in [0, 1] or [0, 255]'),
-        ('negative pixels', _with(x_test=np.full((3, 4, 4, 3), -1, np.int16)),
-         'image pixels must lie in'),
-        ('empty train', _with(x_train=np.zeros((0, 4, 4, 3), np.uint8),
-                              y_train=np.zeros(0, np.int64)), 'the train split is empty'),
-        ('empty test', _with(x_test=np.zeros((0, 4, 4, 3), np.uint8),
-                             y_test=np.zeros(0, np.int64)), 'the test split is empty'),
-        ('one class', _with(y_train=np.zeros(6, np.int64), y_test=np.zeros(3, np.int64)),
-         'needs at least 2 classes'),
-]
-
-
-@pytest.mark.parametrize('write, fragment', [case[1:] for case in _NPZ_ERRORS],
-                         ids=[case[0] for case in _NPZ_ERRORS])
-def test_npz_errors(tmp_path: Any, write: Callable[[str], None], fragment: str) -> None:
-    path = os.path.join(tmp_path, 'bad.npz')
-    write(path)
+@pytest.mark.parametrize('labels, k, fragment', [
+        (np.array([1, 2, 3, 1]), 4, 'class 0 of the training labels has no samples: labels '
+         'must run 0..3 (labels 1..K? subtract 1'),
+        (np.array([0, 2, 0, 2]), 3, 'class 1 of the training labels has no samples'),
+        (np.array([0, 1, 5]), 3, 'must lie in [0, 3), found [0, 5]'),
+        (np.array([], np.int64), 3, 'are empty'),
+])
+def test_check_labels_refuses_empty_classes_and_out_of_range(labels, k, fragment) -> None:
     with pytest.raises(DataError) as err:
-        datasets.load('npz:' + path)
-    _assert_one_line(err, f'npz file {path}: ', fragment)
+        datasets.check_labels(labels, k, what='training labels')
+    _assert_one_line(err, fragment)
 
 
-def test_npz_without_path_is_data_error() -> None:
+def test_image_size_only_for_file_and_tfds_data() -> None:
     with pytest.raises(DataError) as err:
-        datasets.load('npz:')
-    _assert_one_line(err, 'needs a file path')
+        loaders.load('digits', image_size=32)
+    _assert_one_line(err, '--image_size applies to folder:, list: and tfds: data')

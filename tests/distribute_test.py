@@ -105,12 +105,12 @@ FLOAT16_MIRRORED_SCRIPT = """
 import json, numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from clid_tf import backbones, experiment, meta_model, objectives
+from clid_tf import backbones, meta_model, meta_nets, objectives
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
                           std=(0.4,), seed=0, sync_batchnorm=True, dtype_policy="mixed_float16")
-    meta_net = experiment.build_meta_net("wnet", num_classes=3, feature_dim=net.feature_dim,
+    meta_net = meta_nets.build("wnet", num_classes=3, feature_dim=net.feature_dim,
                                          vri_kl=0.0, seed=0)
     model = meta_model.MetaReweightModel(
         net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))

@@ -39,7 +39,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
-from clid_tf import experiment
+from clid_tf import meta_nets
 from clid_tf import schedules
 from clid_tf import splits
 

@@ -13,6 +13,8 @@ from clid_tf import clid as clid_lib
 from clid_tf import data
 from clid_tf import meta_model
 from clid_tf import selection
+from clid_tf import sources
+from tests import helpers
 
 NUM_CLASSES = 3
 DIM = 4
@@ -79,7 +81,7 @@ def test_meta_set_clid_is_batch_weighted_mean(n, expected_sizes):
     batches = selection.shuffled_batches(n, batch_size=100, seed=5)
     assert [len(b) for b in batches] == expected_sizes
     expected = _manual_meta_clid(backbone, images, batches, tau=0.5)
-    got = selection.meta_set_clid(backbone, images, batch_size=100, tau=0.5, seed=5)
+    got = selection.meta_set_clid(backbone, data.as_part(images), batch_size=100, tau=0.5, seed=5)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # The weighting matters: an unweighted mean over batches would differ.
     if len(set(expected_sizes)) > 1:
@@ -88,7 +90,7 @@ def test_meta_set_clid_is_batch_weighted_mean(n, expected_sizes):
     # The compiled forward gives the same value.
     compiled = selection.inference_function(backbone)
     np.testing.assert_allclose(
-        selection.meta_set_clid(compiled, images, batch_size=100, tau=0.5, seed=5), got,
+        selection.meta_set_clid(compiled, data.as_part(images), batch_size=100, tau=0.5, seed=5), got,
         rtol=1e-5)
 
 
@@ -139,12 +141,12 @@ def test_callback_logs_and_summary_consistent_with_history(tmp_path):
     model = meta_model.MetaReweightModel(_backbone(seed=0))  # method ce: no meta-net
     model.compile(keras.optimizers.SGD(0.1))
     epochs, keep, meta_batch, seed = 6, 3, 25, 11  # meta batches 25, 25, 10
-    callback = selection.ClidSelection(meta_x, test_x, test_y, batch_size=meta_batch,
+    callback = selection.ClidSelection(meta_x, test=(test_x, test_y), batch_size=meta_batch,
                                        tau=0.5, keep=keep, seed=seed, eval_batch_size=64)
     board = keras.callbacks.TensorBoard(str(tmp_path))
-    history = model.fit(data.train_stream(train_x, train_y, batch_size=8, seed=0),
+    history = model.fit(helpers.array_stream(train_x, train_y, batch_size=8, seed=0),
                         epochs=epochs, steps_per_epoch=3, verbose=0, shuffle=False,
-                        validation_data=data.eval_dataset(test_x, test_y, batch_size=64),
+                        validation_data=(test_x, test_y),
                         callbacks=[callback, board]).history
 
     new_keys = ("meta_set_clid", "selected_accuracy", "ensemble3_accuracy",
@@ -188,7 +190,7 @@ def test_callback_logs_and_summary_consistent_with_history(tmp_path):
     assert summary["ensemble5_accuracy"] == acc3 == history["ensemble5_accuracy"][-1]
 
     # The last epoch is reproducible from the final weights (seed + 1-based epoch).
-    last = selection.meta_set_clid(model.backbone, meta_x, batch_size=meta_batch, tau=0.5,
+    last = selection.meta_set_clid(model.backbone, data.as_part(meta_x), batch_size=meta_batch, tau=0.5,
                                    seed=seed + epochs)
     np.testing.assert_allclose(last, meta_clid[-1], rtol=1e-5)
     logits = model.backbone(tf.constant(test_x), training=False)[0].numpy()
@@ -198,7 +200,7 @@ def test_callback_logs_and_summary_consistent_with_history(tmp_path):
 
 def test_callback_requires_backbone():
     model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(NUM_CLASSES)])
-    callback = selection.ClidSelection(np.zeros((4, DIM)), np.zeros((2, DIM)), np.zeros(2))
+    callback = selection.ClidSelection(np.zeros((4, DIM)), test=(np.zeros((2, DIM)), np.zeros(2)))
     callback.set_model(model)
     with pytest.raises(ValueError, match="backbone"):
         callback.on_train_begin()

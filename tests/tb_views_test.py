@@ -13,10 +13,11 @@ import tensorflow as tf
 
 from clid_tf import backbones
 from clid_tf import data
-from clid_tf import experiment
+from clid_tf import meta_nets
 from clid_tf import meta_model
 from clid_tf import objectives
 from clid_tf import tb_views
+from tests import helpers
 
 K, D, N = 3, 4, 200
 WARMUP, EPOCHS, STEPS = 1, 3, 4
@@ -78,7 +79,7 @@ def _data(seed: int = 0):
 def _model(kind: str = "wnet") -> meta_model.MetaReweightModel:
     backbone = backbones.build("mlp", num_classes=K, input_shape=(D,), mean=(0,) * D,
                                std=(1,) * D, seed=0)
-    meta_net = experiment.build_meta_net(kind, num_classes=K,
+    meta_net = meta_nets.build(kind, num_classes=K,
                                          feature_dim=backbone.feature_dim, vri_kl=0.01, seed=0)
     model = meta_model.MetaReweightModel(
         backbone, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))
@@ -109,8 +110,8 @@ def fitted(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp("tb"))
     x, noisy, is_noisy = _data()
     model = _model()
-    stream = data.train_stream(x, noisy, batch_size=20, seed=0, is_noisy=is_noisy,
-                               meta_images=x[:40], meta_batch_size=10)
+    stream = helpers.array_stream(x, noisy, batch_size=20, seed=0, is_noisy=is_noisy,
+                                  meta_x=x[:40], meta_batch_size=10)
     views = tb_views.MetaViews(logdir, x, noisy, is_noisy, sample_size=150, seed=0,
                                eval_batch_size=64)
     tb_views.write_hparams(logdir, {"method": "clid", "lr": 0.05, "epochs": np.int64(3),

@@ -44,7 +44,7 @@ def build_model(mode: str):
     recompute, tape, jvp (full scope) or last_layer; WNet for 'clid', VRI for 'vri'."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, experiment, meta_model, objectives
+    from clid_tf import backbones, meta_model, meta_nets, objectives
 
     keras.utils.set_random_seed(0)
     net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
@@ -55,7 +55,7 @@ def build_model(mode: str):
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
         return model
     kind, route = mode.split("_", 1)
-    meta_net = experiment.build_meta_net("wnet" if kind == "clid" else "vri",
+    meta_net = meta_nets.build("wnet" if kind == "clid" else "vri",
                                          num_classes=FLAGS.num_classes,
                                          feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
     model = meta_model.MetaReweightModel(

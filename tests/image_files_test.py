@@ -427,3 +427,11 @@ def test_make_image_folder_refuses_a_non_empty_folder(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith('error: --output_dir')
     assert os.listdir(tmp_path) == ['keep.txt']
+
+
+def test_file_checks_run_before_tensorflow_is_imported():
+    code = ('import sys; from clid_tf import image_files, tfds_images; '
+            "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'imported'")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -46,7 +46,7 @@ _GREY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I
 _GREY_FORMATS = ('PNG', 'JPEG')
 _TAIL_BYTES = 4096  # how far from the end an end-of-image marker is looked for
 _CHUNK = 256  # files per thread-pool task
-_THREADS = 8  # file-system calls release the GIL; Pillow's header parsing does not
+_THREADS = 32  # threads hide file-system latency (Pillow's parsing itself holds the GIL)
 _EXAMPLES = 3  # example files named in a message
 
 
@@ -274,7 +274,8 @@ def _list_labels(file: str, line_numbers: list[int], tokens: list[str],
         first_int, first_name = np.argmax(is_int), np.argmax(~is_int)
         raise _list_error(file, f'labels mix integers (line {line_numbers[first_int]}: '
                                 f'{tokens[first_int]!r}) and names (line '
-                                f'{line_numbers[first_name]}: {tokens[first_name]!r}); use one kind')
+                                f'{line_numbers[first_name]}: {tokens[first_name]!r}); '
+                                'use one kind')
     if is_int.all():
         labels = np.array([int(t) for t in tokens], np.int64)
         num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
@@ -329,9 +330,9 @@ def check_splits(splits: dict[str, FileList], *, image_size: int | None = None,
     Each file is opened with Pillow in a thread pool and only its header is parsed (format,
     size, colour mode; no pixel decode), plus a look at its last bytes for the end of the
     image (PNG IEND, JPEG EOI, GIF trailer; BMP: all pixel rows; WebP: Pillow's reader
-    checks it), which is how a truncated download shows. Usable files are PNG, JPEG, BMP, GIF and WebP
-    (what tf.io.decode_image reads) other than 1-bit BMP; data corrupted inside a file (not
-    at its end) is not detected here and fails later, when tf.data decodes it.
+    checks it), which is how a truncated download shows. Usable files are PNG, JPEG, BMP,
+    GIF and WebP (what tf.io.decode_image reads) other than 1-bit BMP; data corrupted inside
+    a file (not at its end) is not detected here and fails later, when tf.data decodes it.
 
     Unusable files are skipped with one counted warning when there are at most
     `max_bad_files` of them and at most `max_bad_fraction` of all files (both conditions);
@@ -410,7 +411,8 @@ def scan_headers(paths: Sequence[str]) -> HeaderScan:
 
 
 def read_header(path: str) -> tuple[int, int, bool, str | None]:
-    """(height, width, grey, problem) of one image file from its header (problem None: usable)."""
+    """(height, width, grey, problem) of one image file, from its header and last bytes;
+    problem is None for a usable file, else the reason."""
     try:
         with open(path, 'rb') as f, Image.open(f) as image:
             fmt = _FORMATS.get(image.format)

@@ -70,7 +70,8 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
     """The prepared TFDS dataset `name` (e.g. 'tf_flowers', 'food101', 'mnist:3.*.*').
 
     Args:
-      name: a TFDS name as tfds.builder takes it (with optional /config and :version).
+      name: a TFDS name as tfds.builder takes it (with optional /config and :version): a
+        dataset of tensorflow_datasets, or any dataset prepared (elsewhere) in data_dir.
       data_dir: TFDS data directory; None uses $TFDS_DATA_DIR or ~/tensorflow_datasets.
       image_size: S to resize every image to S x S; needed when the dataset's images have
         no fixed size.
@@ -291,7 +292,7 @@ def _read_into_memory(builder: Any, name: str, split: str, image_key: str, label
         raise DataError(f'TFDS dataset {name!r} ({split}): cannot decode an image to '
                         f'{_shape_text(shape)} ({detail}); pass --image_size=S to resize') from err
     if not images:
-        raise DataError(f'TFDS dataset {name!r}: the {split} split is empty')
+        return ArraySource(np.zeros((0, *shape), np.uint8)), np.zeros(0, np.int64)
     return ArraySource(np.concatenate(images)), np.concatenate(labels).astype(np.int64)
 
 
@@ -310,7 +311,9 @@ def _array_record_advice(builder: Any, name: str) -> str:
 
 def _check_labels(name: str, split: str, label_key: str, labels: np.ndarray,
                   num_classes: int) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if not labels.size:
+        raise DataError(f'TFDS dataset {name!r}: the {split} split is empty')
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(f'TFDS dataset {name!r} ({split}): {label_key!r} has values outside '
                         f'[0, {num_classes}) (min {labels.min()}, max {labels.max()})')
 

@@ -52,7 +52,8 @@ def test_drop_remainder_gives_static_batches(tmp_path):
 
 def test_grey_and_colour_jpeg_and_gif_first_frame(tmp_path):
     grey = write_tree(tmp_path / 'grey', {'a': 2, 'b': 1}, shape=(8, 8, 1))
-    files, shape, _ = image_files.check_images(image_files.folder_splits(tmp_path / 'grey')['train'])
+    files, shape, _ = image_files.check_images(
+            image_files.folder_splits(tmp_path / 'grey')['train'])
     assert shape == (8, 8, 1)
     np.testing.assert_array_equal(read_numpy(FileSource(files, shape), [2, 0]),
                                   np.stack([_pillow(grey[2], 1), _pillow(grey[0], 1)]))

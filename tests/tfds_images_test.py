@@ -171,6 +171,25 @@ def test_tfrecord_split_too_large_for_memory_is_an_error(prepared, monkeypatch):
                     'tfds build clid_tiny_grey --file_format=array_record')
 
 
+def test_a_dataset_prepared_elsewhere_needs_no_builder_code(tmp_path):
+    with tfds.core.registered.skip_registration():  # like a user's own builder, not installed
+        builder_class = _builder_class(
+                'ClidUnregistered',
+                features={'image': tfds.features.Image(shape=(4, 4, 3)),
+                          'label': tfds.features.ClassLabel(names=['a', 'b'])},
+                splits={'train': 4, 'test': 2},
+                example=lambda split, i: {'image': np.full((4, 4, 3), i, np.uint8),
+                                          'label': i % 2})
+    builder_class(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+    data = tfds_images.load_tfds_image_classification('clid_unregistered',
+                                                      data_dir=str(tmp_path))
+    assert data.class_names == ('a', 'b') and list(data.splits) == ['train', 'test']
+    source, labels = data.splits['train']
+    images = read_numpy(source, range(4))
+    np.testing.assert_array_equal(labels, images[:, 0, 0, 0] % 2)  # pixel value i, label i % 2
+    assert sorted(images[:, 0, 0, 0]) == [0, 1, 2, 3]
+
+
 def test_unprepared_and_unknown_datasets_fail_at_once(tmp_path):
     for name in ('clid_tiny_colour', 'mnist'):  # mnist: a real dataset, no download tried
         with pytest.raises(DataError) as err:

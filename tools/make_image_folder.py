@@ -2,12 +2,12 @@
 
 Each image is one of scikit-learn's 8x8 digits of its class, scaled up to --image_size,
 shifted by up to 1/8 of the size, drawn in a random foreground colour on a random
-background with pixel noise (all from --seed and the image's index), so a model can learn
+background with pixel noise (the same files for the same flags), so a model can learn
 the classes while no two files are equal. Classes are balanced (image i has digit
 i % num_classes) and named by their digit word (zero, one, ...), so the sorted class
 order differs from the digit order. Layout:
 
-  OUT/CLASS/000123.png                        (--val_images=0 --test_images=0)
+  OUT/CLASS/0000123.png                           (--val_images=0 --test_images=0)
   OUT/train/CLASS/..., OUT/val/..., OUT/test/...  (otherwise; empty splits are left out)
 
   python tools/make_image_folder.py --output_dir=/tmp/folder100k --num_images=100000
@@ -54,8 +54,8 @@ def _load_digits(size: int) -> None:
 
 
 def render(start: int, stop: int, *, num_classes: int, channels: int, seed: int) -> np.ndarray:
-    """uint8 [stop - start, size, size, channels]: images start..stop-1, image i of digit
-    i % num_classes, from (seed, start) only."""
+    """uint8 [stop - start, size, size, channels]: images start .. stop - 1 of a split
+    (image i shows digit i % num_classes), drawn from the seed (seed, start) only."""
     glyphs, labels = _glyphs
     rng = np.random.default_rng([seed, start])
     size = glyphs.shape[1]

@@ -150,7 +150,7 @@ class FileSource:
 
 
 def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | None):
-    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF string tensor (see FileSource).
+    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor (FileSource).
 
     Shared by FileSource and the TFDS sources, so both decode and resize alike.
     """

@@ -25,16 +25,21 @@ from absl import app, flags
 from PIL import Image
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Folder to create (must not exist or be empty).")
-flags.DEFINE_integer("num_images", 10_000, "Training images.")
-flags.DEFINE_integer("val_images", 0, "Validation images (written to OUT/val).")
-flags.DEFINE_integer("test_images", 0, "Test images (written to OUT/test).")
-flags.DEFINE_integer("num_classes", 10, "Classes, 2..10 (digits 0 .. num_classes - 1).")
-flags.DEFINE_integer("image_size", 32, "Height and width of every image.")
-flags.DEFINE_enum("channels", "3", ["1", "3"], "1 for grey images, 3 for colour.")
-flags.DEFINE_enum("format", "png", ["png", "jpeg"], "File format (.png or .jpg files).")
-flags.DEFINE_integer("seed", 0, "Seed of the image content.")
-flags.DEFINE_integer("workers", 0, "Writer processes; 0: one per CPU core.")
+
+
+def define_flags() -> None:
+    """The tool's flags (defined only when run, so tests can import the module)."""
+    flags.DEFINE_string("output_dir", None, "Folder to create (must not exist or be empty).")
+    flags.DEFINE_integer("num_images", 10_000, "Training images.")
+    flags.DEFINE_integer("val_images", 0, "Validation images (written to OUT/val).")
+    flags.DEFINE_integer("test_images", 0, "Test images (written to OUT/test).")
+    flags.DEFINE_integer("num_classes", 10, "Classes, 2..10 (digits 0 .. num_classes - 1).")
+    flags.DEFINE_integer("image_size", 32, "Height and width of every image.")
+    flags.DEFINE_enum("channels", "3", ["1", "3"], "1 for grey images, 3 for colour.")
+    flags.DEFINE_enum("format", "png", ["png", "jpeg"], "File format (.png or .jpg files).")
+    flags.DEFINE_integer("seed", 0, "Seed of the image content.")
+    flags.DEFINE_integer("workers", 0, "Writer processes; 0: one per CPU core.")
+
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
@@ -134,4 +139,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -16,9 +16,12 @@ Labels are not part of a source: they are small int arrays kept beside it
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from clid_tf.image_files import FileList
 
 
 class Source(Protocol):
@@ -93,3 +96,68 @@ def read_numpy(source: Source, indices: Sequence[int], *, batch_size: int = 500)
     if not parts:
         return np.zeros((0, *source.element_shape), source.dtype)
     return np.concatenate(parts)
+
+
+class FileSource:
+    """Image files read, decoded and resized by tf.data, in parallel map calls.
+
+    Each index i becomes tf.io.read_file(paths[i]) -> tf.io.decode_image(channels=C,
+    expand_animations=False; the first frame of a GIF) -> with image_size, a bilinear
+    antialiased tf.image.resize to (S, S) (the aspect ratio is not kept, as Keras'
+    image_dataset_from_directory does by default), rounded and clipped to uint8 -> a shape
+    check against element_shape. Nothing but the paths is held in memory.
+
+    Args:
+      files: the FileList (clid_tf.image_files), usually after check_splits.
+      element_shape: (H, W, C) from check_splits: (S, S, C) when image_size is given, else
+        the common size of all images.
+      image_size: S to resize to, or None when every image already has element_shape.
+    """
+
+    def __init__(self, files: FileList, element_shape: Sequence[int], *,
+                 image_size: int | None = None):
+        self.files = files
+        self.element_shape = tuple(int(d) for d in element_shape)
+        if len(self.element_shape) != 3 or self.element_shape[-1] not in (1, 3):
+            raise ValueError(f"images need an (H, W, 1 or 3) shape, got {self.element_shape}")
+        if image_size is not None and self.element_shape[:2] != (image_size, image_size):
+            raise ValueError(f"element_shape {self.element_shape} does not match "
+                             f"image_size {image_size}")
+        self.image_size = image_size
+        self.dtype = "uint8"
+        self._paths = None  # tf.constant string [N], made on first read
+
+    def __len__(self) -> int:
+        return len(self.files.paths)
+
+    def names(self) -> np.ndarray:
+        """str [N] file paths relative to the data root."""
+        return self.files.names()
+
+    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        if self._paths is None:
+            with tf.device("/CPU:0"):
+                self._paths = tf.constant(self.files.paths)
+        paths, shape, size = self._paths, self.element_shape, self.image_size
+
+        def load(i):
+            encoded = tf.io.read_file(tf.gather(paths, i))
+            return i, decode_image(encoded, element_shape=shape, image_size=size)
+
+        return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+
+def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | None):
+    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor (FileSource).
+
+    Shared by FileSource and the TFDS sources, so both decode and resize alike.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    image = tf.io.decode_image(encoded, channels=element_shape[-1], dtype=tf.uint8,
+                               expand_animations=False)
+    if image_size is not None:
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    return tf.ensure_shape(image, element_shape)

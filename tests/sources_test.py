@@ -1,0 +1,106 @@
+"""FileSource: image files decoded, resized and batched by tf.data, in the order asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from clid_tf import image_files
+from clid_tf.sources import FileSource, read_numpy
+from tests.image_files_test import pixels, write_image, write_tree
+
+
+def _batches(source, order, **kwargs):
+    ids = tf.data.Dataset.from_tensor_slices(np.asarray(order, np.int64))
+    return [(i, x) for i, x in source.read(ids, **kwargs).as_numpy_iterator()]
+
+
+def _pillow(path: str, channels: int) -> np.ndarray:
+    image = Image.open(path)
+    array = np.asarray(image.convert('RGB' if channels == 3 else 'L'))
+    return array if channels == 3 else array[..., None]
+
+
+def test_png_files_decode_exactly_in_the_order_asked(tmp_path):
+    write_tree(tmp_path, {'a': 5, 'b': 6}, shape=(6, 5, 3))
+    files = image_files.folder_splits(tmp_path)['train']
+    kept, shape, _ = image_files.check_images(files)
+    source = FileSource(kept, shape)
+    assert len(source) == 11 and source.element_shape == (6, 5, 3) and source.dtype == 'uint8'
+    order = np.random.default_rng(0).permutation(11)
+    batches = _batches(source, order, batch_size=4)
+    assert [len(i) for i, _ in batches] == [4, 4, 3]
+    ids = np.concatenate([i for i, _ in batches])
+    images = np.concatenate([x for _, x in batches])
+    np.testing.assert_array_equal(ids, order)  # parallel map, order kept
+    assert images.dtype == np.uint8
+    np.testing.assert_array_equal(images, np.stack([_pillow(files.paths[i], 3) for i in order]))
+    assert list(source.names()[:2]) == ['a/00.png', 'a/01.png']
+
+
+def test_drop_remainder_gives_static_batches(tmp_path):
+    write_tree(tmp_path, {'a': 4, 'b': 3})
+    files, shape, _ = image_files.check_images(image_files.folder_splits(tmp_path)['train'])
+    source = FileSource(files, shape)
+    ids = tf.data.Dataset.range(7)
+    dataset = source.read(ids, batch_size=3, drop_remainder=True)
+    assert dataset.element_spec[1].shape == (3, 6, 5, 3)
+    assert [list(i) for i, _ in dataset.as_numpy_iterator()] == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_grey_and_colour_jpeg_and_gif_first_frame(tmp_path):
+    grey = write_tree(tmp_path / 'grey', {'a': 2, 'b': 1}, shape=(8, 8, 1))
+    files, shape, _ = image_files.check_images(
+            image_files.folder_splits(tmp_path / 'grey')['train'])
+    assert shape == (8, 8, 1)
+    np.testing.assert_array_equal(read_numpy(FileSource(files, shape), [2, 0]),
+                                  np.stack([_pillow(grey[2], 1), _pillow(grey[0], 1)]))
+    colour = tmp_path / 'colour'
+    jpeg = write_image(colour / 'a' / 'x.jpg', pixels(1, (8, 8, 3)), 'JPEG', quality=90)
+    frames = [Image.fromarray(pixels(k, (8, 8, 3))).convert('P') for k in (2, 3)]
+    gif = str(colour / 'b' / 'y.gif')
+    (colour / 'b').mkdir()
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    files, shape, _ = image_files.check_images(image_files.folder_splits(colour)['train'])
+    got = read_numpy(FileSource(files, shape), [0, 1])
+    # JPEG: TensorFlow's decoder (fast integer IDCT) and Pillow's (accurate IDCT) differ a little
+    difference = np.abs(got[0].astype(int) - _pillow(jpeg, 3))
+    assert difference.max() <= 6 and difference.mean() < 1
+    np.testing.assert_array_equal(got[1], _pillow(gif, 3))  # first frame only
+
+
+def test_resize_to_image_size(tmp_path):
+    sizes = [(12, 20), (7, 7), (30, 9)]
+    paths = [write_image(tmp_path / ('a' if k < 2 else 'b') / f'{k}.png', pixels(k, (*hw, 3)))
+             for k, hw in enumerate(sizes)]
+    files = image_files.folder_splits(tmp_path)['train']
+    kept, shape, _ = image_files.check_images(files, image_size=10)
+    source = FileSource(kept, shape, image_size=10)
+    got = read_numpy(source, [0, 1, 2])
+    assert got.shape == (3, 10, 10, 3) and got.dtype == np.uint8
+    for image, path in zip(got, paths):
+        decoded = _pillow(path, 3)
+        resized = tf.image.resize(decoded, (10, 10), antialias=True).numpy()
+        np.testing.assert_array_equal(image, np.clip(np.round(resized), 0, 255))
+        # and close to Pillow's own antialiased bilinear resize
+        pil = np.asarray(Image.open(path).convert('RGB').resize((10, 10), Image.BILINEAR))
+        assert np.abs(image.astype(float) - pil).mean() < 8
+
+
+def test_a_file_of_another_size_fails_at_decode(tmp_path):
+    write_tree(tmp_path, {'a': 1, 'b': 1})
+    files, shape, _ = image_files.check_images(image_files.folder_splits(tmp_path)['train'])
+    write_image(files.paths[1], pixels(5, (9, 9, 3)))  # changed after the check
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        read_numpy(FileSource(files, shape), [0, 1])
+
+
+def test_element_shape_must_match_image_size(tmp_path):
+    write_tree(tmp_path, {'a': 1, 'b': 1})
+    files = image_files.folder_splits(tmp_path)['train']
+    with pytest.raises(ValueError, match='does not match image_size'):
+        FileSource(files, (6, 5, 3), image_size=8)
+    with pytest.raises(ValueError, match='1 or 3'):
+        FileSource(files, (6, 5, 4))

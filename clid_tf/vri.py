@@ -150,7 +150,9 @@ class VRINet(keras.Model):
         Here the KL is the correct Gaussian KL(q || p) with log-variances
         (`kl_divergence`), returned as `regularizer` = kl_weight * KL and NOT added to
         `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
-        (posterior and prior, which share the network) as VRI's ELBO intends.
+        (posterior and prior, which share the network) as VRI's ELBO intends. Hence
+        kl_weight = 0.01 is not the reference's lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
+        the reference-equivalent setting (BUILD.md, "VRI's KL", compares the two).
 
         Args:
           logits: float [B, K] classifier outputs.

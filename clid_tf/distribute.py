@@ -9,7 +9,13 @@ and what `global_sum` does in the virtual step) gives the single-device gradient
   - mean losses divide by the global batch size (`global_mean`);
   - CLID (and every meta objective) is computed on the meta batch gathered from all
     replicas (`gather`, which carries gradients) and divided by R, because each of the R
-    replicas differentiates its own copy of the same global value.
+    replicas differentiates its own copy of the same global value;
+  - per-sample random draws (VRI's eps) are drawn for the whole global batch from the
+    generator state every replica shares and each replica keeps its own rows
+    (`replica_rows`), so a sample gets the same draw as on one device.
+
+Replica i holds rows [i*n, (i+1)*n) of each global batch of R*n rows (tf.distribute splits
+a batch into R equal consecutive blocks; the input pipelines drop a smaller last batch).
 
 With the default strategy (one device) all of these are identities.
 """
@@ -63,6 +69,24 @@ def global_mean(per_sample: tf.Tensor) -> tf.Tensor:
     """This replica's share of the global-batch mean: sum(local) / global batch size."""
     local_size = tf.cast(tf.shape(per_sample)[0], per_sample.dtype)
     return tf.reduce_sum(per_sample) / global_sum(local_size)
+
+
+def replica_rows(global_rows: tf.Tensor) -> tf.Tensor:
+    """This replica's rows of a tensor every replica holds whole for the global batch.
+
+    Args:
+      global_rows: [R*n, ...], the same on every replica (e.g. noise drawn from a shared
+        generator state for the global batch).
+
+    Returns:
+      [n, ...], rows [i*n, (i+1)*n) on replica i: those of the samples it holds.
+    """
+    context = _replica_context()
+    if context is None:
+        return global_rows
+    n = tf.shape(global_rows)[0] // context.num_replicas_in_sync
+    start = tf.cast(context.replica_id_in_sync_group, n.dtype) * n
+    return global_rows[start:start + n]
 
 
 def gather(values):

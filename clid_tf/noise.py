@@ -9,6 +9,13 @@ Conventions that differ between the reference code paths (METHOD.md section 12 p
 'sym' is the reference `unif` noise, C = rate/K * ones + (1 - rate) * I, so a label is kept
 with probability 1 - rate + rate/K and the expected flip rate is rate*(K-1)/K; 'sym_exact'
 flips with probability exactly `rate` to a uniformly random other class (SSL convention).
+
+Matrices follow the reference code exactly: 'flip'/'flip2' are the one matrix of its
+`flip_labels_C` / `flip_labels_C_two` (numpy's legacy generator seeded with 1, one
+`choice` per row), whatever `seed` is, so seeds differ only in which samples flip;
+'asym_cifar100' is the loss-correction convention (`noisify_cifar100_asymmetric`): next
+class within consecutive index blocks 5i..5i+4, the block's last class to its first.
+'asym_cifar100_superclass' does the same within the true CIFAR-100 superclasses.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 
 KINDS: tuple[str, ...] = (
         'none', 'sym', 'sym_exact', 'pair', 'flip', 'flip2', 'asym_cifar10',
-        'asym_cifar100', 'instance', 'hierarchical')
+        'asym_cifar100', 'asym_cifar100_superclass', 'instance', 'hierarchical')
 
 # Standard CIFAR-100 fine label -> coarse (superclass) label, 20 superclasses of 5 classes.
 CIFAR100_COARSE: tuple[int, ...] = (
@@ -32,10 +39,13 @@ CIFAR100_COARSE: tuple[int, ...] = (
 # CIFAR-10 asymmetric noise: truck->automobile, bird->airplane, cat<->dog, deer->horse.
 CIFAR10_ASYM_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
 
+FLIP_MATRIX_SEED = 1  # the reference's fixed seed of flip_labels_C / flip_labels_C_two
+ASYM_CIFAR100_BLOCK = 5  # classes per consecutive index block of 'asym_cifar100'
 INSTANCE_NORM_STD = 0.1  # sd of the per-sample flip rate (reference `norm_std`)
 _INSTANCE_CHUNK = 1024  # rows of flattened images multiplied at once
 
-_REQUIRED_CLASSES = {'asym_cifar10': 10, 'asym_cifar100': 100, 'hierarchical': 100}
+_REQUIRED_CLASSES = {'asym_cifar10': 10, 'asym_cifar100': 100,
+                     'asym_cifar100_superclass': 100, 'hierarchical': 100}
 
 
 # --------------------------------------------------------------------------- validation
@@ -101,12 +111,22 @@ def _from_targets(rate: float, targets: np.ndarray) -> np.ndarray:
     return c
 
 
-def _flip(rate: float, k: int, rng: np.random.Generator, *, n_targets: int) -> np.ndarray:
-    """Each class spreads `rate` evenly over `n_targets` random other classes."""
+def _flip(rate: float, k: int, *, n_targets: int) -> np.ndarray:
+    """Each class spreads `rate` evenly over `n_targets` other classes, the reference's.
+
+    The reference (`flip_labels_C`, `flip_labels_C_two`) seeds numpy's legacy generator
+    with 1 and draws each row's targets in turn: `choice(others)` for one target,
+    `choice(others, 2, replace=False)` for two. A local RandomState(1) gives the same
+    stream without touching numpy's global state.
+    """
+    legacy = np.random.RandomState(FLIP_MATRIX_SEED)
     c = (1.0 - rate) * np.eye(k)
     for y in range(k):
         others = np.delete(np.arange(k), y)
-        c[y, rng.choice(others, size=n_targets, replace=False)] = rate / n_targets
+        if n_targets == 1:
+            c[y, legacy.choice(others)] = rate
+        else:
+            c[y, legacy.choice(others, n_targets, replace=False)] = rate / n_targets
     return c
 
 
@@ -117,9 +137,17 @@ def _superclass_members() -> list[np.ndarray]:
 
 
 def _asym_cifar100(rate: float) -> np.ndarray:
+    """Next class within index blocks 5i..5i+4, cyclic (`noisify_cifar100_asymmetric`)."""
+    classes = np.arange(100)
+    block_start = classes - classes % ASYM_CIFAR100_BLOCK
+    return _from_targets(rate, block_start + (classes + 1) % ASYM_CIFAR100_BLOCK)
+
+
+def _asym_cifar100_superclass(rate: float) -> np.ndarray:
+    """Next class of the same true superclass (fine labels ascending), cyclic."""
     targets = np.arange(100)
     for members in _superclass_members():
-        targets[members] = np.roll(members, -1)  # next class of the superclass, cyclic
+        targets[members] = np.roll(members, -1)
     return _from_targets(rate, targets)
 
 
@@ -131,7 +159,7 @@ def _hierarchical(rate: float) -> np.ndarray:
     return c
 
 
-def _matrix(kind: str, rate: float, k: int, rng: np.random.Generator) -> np.ndarray:
+def _matrix(kind: str, rate: float, k: int) -> np.ndarray:
     if kind == 'none':
         return np.eye(k)
     if kind == 'sym':
@@ -141,38 +169,39 @@ def _matrix(kind: str, rate: float, k: int, rng: np.random.Generator) -> np.ndar
     if kind == 'pair':
         return _from_targets(rate, (np.arange(k) + 1) % k)
     if kind == 'flip':
-        return _flip(rate, k, rng, n_targets=1)
+        return _flip(rate, k, n_targets=1)
     if kind == 'flip2':
-        return _flip(rate, k, rng, n_targets=2)
+        return _flip(rate, k, n_targets=2)
     if kind == 'asym_cifar10':
         targets = np.arange(10)
         targets[list(CIFAR10_ASYM_MAP)] = list(CIFAR10_ASYM_MAP.values())
         return _from_targets(rate, targets)
     if kind == 'asym_cifar100':
         return _asym_cifar100(rate)
+    if kind == 'asym_cifar100_superclass':
+        return _asym_cifar100_superclass(rate)
     if kind == 'hierarchical':
         return _hierarchical(rate)
     raise ValueError(f'noise kind {kind!r} has no class-level transition matrix')
 
 
-def noise_matrix(*, kind: str, rate: float, num_classes: int, seed: int) -> np.ndarray:
+def noise_matrix(*, kind: str, rate: float, num_classes: int) -> np.ndarray:
     """The designed transition matrix that `corrupt` samples from for a class-level kind.
 
-    For 'flip'/'flip2' the random targets come from `seed`, exactly as in `corrupt` with
-    the same seed. 'instance' has no class-level matrix and raises ValueError.
+    No matrix depends on a seed: 'flip'/'flip2' are the reference's fixed-seed matrices
+    whatever the seed of `corrupt`. 'instance' has no class-level matrix (ValueError).
 
     Args:
         kind: a name from KINDS other than 'instance'.
         rate: noise rate in [0, 1].
         num_classes: K.
-        seed: seed for the random targets of 'flip'/'flip2'.
 
     Returns:
         float64 [K, K], C[i, j] = P(noisy = j | clean = i); rows sum to 1.
     """
     num_classes = _check_num_classes(num_classes)
     _check_kind(kind, num_classes)
-    return _matrix(kind, _check_rate(rate), num_classes, np.random.default_rng(seed))
+    return _matrix(kind, _check_rate(rate), num_classes)
 
 
 # --------------------------------------------------------------------------------- sampling
@@ -286,10 +315,12 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
 
     Kinds: 'none' (copy); 'sym' (reference `unif`: C = rate/K + (1-rate) I, flip rate
     rate*(K-1)/K); 'sym_exact' (flip w.p. rate to a uniform other class); 'pair'
-    (y -> (y+1) mod K); 'flip' (per class, one random other class drawn from `seed`);
-    'flip2' (two random other classes, rate/2 each); 'asym_cifar10' (9->1, 2->0, 3<->5,
-    4->7, K=10); 'asym_cifar100' (next class of the same CIFAR-100 superclass, cyclic,
-    K=100); 'hierarchical' (uniform over the other 4 classes of the superclass, K=100);
+    (y -> (y+1) mod K); 'flip' (per class, one other class of the reference's fixed
+    matrix, `flip_labels_C` with seed 1); 'flip2' (two such classes, rate/2 each,
+    `flip_labels_C_two`); 'asym_cifar10' (9->1, 2->0, 3<->5, 4->7, K=10); 'asym_cifar100'
+    (next class within index blocks 5i..5i+4, 5i+4 -> 5i, K=100); 'asym_cifar100_superclass'
+    (next class of the same CIFAR-100 superclass, cyclic, K=100); 'hierarchical' (uniform
+    over the other 4 classes of the superclass, K=100);
     'instance' (Xia et al. 2020, see `instance_probabilities`; needs `images`; note that
     rate 0 still flips about 8% because q_i ~ TruncNormal(0, 0.1, [0, 1]), as in the
     reference).
@@ -299,7 +330,8 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
         kind: one of KINDS.
         rate: noise rate in [0, 1].
         num_classes: K >= 2.
-        seed: seed of every random choice (targets, flip rates, W and the sampling).
+        seed: seed of the sampling (and of 'instance''s flip rates and W); no
+            class-level matrix depends on it.
         images: [N, ...] raw images (0..255), needed by 'instance' only.
 
     Returns:
@@ -321,8 +353,8 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
         # Sampling uses its own stream, independent of those drawing q and W.
         sample_seq = np.random.SeedSequence([int(seed), 1])
         return _sample_rows(probs, np.random.default_rng(sample_seq))
-    rng = np.random.default_rng(seed)
-    return _sample_matrix(labels, _matrix(kind, rate, num_classes, rng), rng)
+    return _sample_matrix(labels, _matrix(kind, rate, num_classes),
+                          np.random.default_rng(seed))
 
 
 def transition_matrix(clean: np.ndarray, noisy: np.ndarray, *, num_classes: int) -> np.ndarray:

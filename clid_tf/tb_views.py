@@ -8,8 +8,8 @@
   write_layout   a custom-scalars layout: meta-set CLID beside test accuracy, the learning
                  rates, and the clean vs noisy mean weights, one chart each.
 
-Images are rasterised with numpy alone (no matplotlib): a line plot with axes, ticks and
-3x5-pixel digit labels.
+The weighting-function image is a matplotlib figure (axes, ticks, legend) rendered by the Agg
+backend straight to pixels, as TensorBoard's image-summary guide renders figures.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 from tensorboard.plugins.hparams import api as hp
@@ -29,178 +31,74 @@ from tensorboard.plugins.hparams import api as hp
 from clid_tf import meta_nets
 from clid_tf import objectives
 
-Colour = tuple[int, int, int]
-
-CURVE_COLOUR: Colour = (31, 119, 180)  # blue: the weighting function
-CLEAN_COLOUR: Colour = (44, 160, 44)  # green: losses of clean samples
-NOISY_COLOUR: Colour = (214, 39, 40)  # red: losses of noisy samples
-ALL_COLOUR: Colour = (127, 127, 127)  # grey: losses when noise is unknown
-AXIS_COLOUR: Colour = (0, 0, 0)
-GRID_COLOUR: Colour = (225, 225, 225)
-BACKGROUND: Colour = (255, 255, 255)
+CURVE_COLOUR = "tab:blue"  # the weighting function
+CLEAN_COLOUR = "tab:green"  # losses of clean samples
+NOISY_COLOUR = "tab:red"  # losses of noisy samples
+ALL_COLOUR = "tab:gray"  # losses when noise is unknown
 
 # Scalars (as Keras' TensorBoard names them, in its `train` run) shown in the HParams tab.
 HPARAM_METRICS = ("epoch_test_accuracy", "epoch_meta_set_clid", "epoch_selected_accuracy",
                   "epoch_ensemble5_accuracy")
 
+FIGURE_SIZE = (640, 400)  # width, height in pixels of the weighting-function image
+_DPI = 100
 
-# ---------------------------------------------------------------- rasterising
-class PlotArea(NamedTuple):
-    """Inclusive pixel bounds of the data area of a plot and the data range it shows.
 
-    x in [0, x_max] maps to columns left..right, y in [0, y_max] to rows bottom..top.
+# ---------------------------------------------------------------- figures
+def figure_to_image(figure: Figure) -> np.ndarray:
+    """Renders a figure with the Agg backend. -> uint8 [height, width, 3] (RGB).
+
+    The figure is a plain `matplotlib.figure.Figure`, never registered with pyplot, so
+    nothing global is left open once it is dropped.
     """
-    top: int
-    bottom: int
-    left: int
-    right: int
-    x_max: float
-    y_max: float = 1.0
-
-    def cols(self, x: np.ndarray) -> np.ndarray:
-        """Float column of each x (clipped to the area). float [n] -> float [n]."""
-        x = np.clip(np.asarray(x, np.float64), 0.0, self.x_max)
-        return self.left + x / self.x_max * (self.right - self.left)
-
-    def rows(self, y: np.ndarray) -> np.ndarray:
-        """Float row of each y (clipped to the area; y_max at the top). float [n] -> [n]."""
-        y = np.clip(np.asarray(y, np.float64), 0.0, self.y_max)
-        return self.bottom - y / self.y_max * (self.bottom - self.top)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-# Margins leave room for tick labels; the data area's height (bottom - top) is even for
-# the default 240-pixel image, so y = y_max / 2 falls exactly on one row.
-MARGIN_TOP, MARGIN_BOTTOM, MARGIN_LEFT, MARGIN_RIGHT = 10, 25, 40, 16
+def weighting_function_figure(grid: np.ndarray, curve: np.ndarray,
+                              groups: Sequence[tuple[str, np.ndarray, str]] = (), *,
+                              title: str = "WNet weighting function",
+                              size: tuple[int, int] = FIGURE_SIZE, bins: int = 40) -> Figure:
+    """The curve weight(loss) over the histograms of the samples' losses.
 
-
-def plot_area(height: int, width: int, x_max: float, y_max: float = 1.0) -> PlotArea:
-    """The data area of a height x width image with the module's fixed margins."""
-    if height <= MARGIN_TOP + MARGIN_BOTTOM + 2 or width <= MARGIN_LEFT + MARGIN_RIGHT + 2:
-        raise ValueError(f"image {height}x{width} is too small for a plot")
-    if not x_max > 0 or not y_max > 0:
-        raise ValueError(f"x_max and y_max must be positive, got {x_max}, {y_max}")
-    return PlotArea(MARGIN_TOP, height - 1 - MARGIN_BOTTOM, MARGIN_LEFT,
-                    width - 1 - MARGIN_RIGHT, float(x_max), float(y_max))
-
-
-def render_curve(xs: np.ndarray, ys: np.ndarray, *, x_max: float, y_max: float = 1.0,
-                 height: int = 240, width: int = 320,
-                 histograms: Sequence[tuple[np.ndarray, Colour]] = (), bins: int = 40,
-                 colour: Colour = CURVE_COLOUR) -> np.ndarray:
-    """Line plot of y(x) over faint histogram bars, as an RGB image.
+    Left axis: the weight in [0, 1] (the curve, drawn on top); right axis: the number of
+    samples per loss bin (translucent bars, one colour per group). The legend names the
+    curve and each group with its size.
 
     Args:
-      xs: float [n] increasing x values in [0, x_max].
-      ys: float [n] curve values (clipped to [0, y_max]).
-      x_max: right end of the x axis; y_max: top of the y axis.
-      height, width: image size in pixels.
-      histograms: (values float [m], colour) pairs drawn as translucent bars on `bins`
-        equal bins of [0, x_max] (values outside or not finite are left out); the tallest bar of all
-        reaches 90% of the plot height, so the bars show shape, not the y axis.
-      colour: colour of the curve, drawn 1 pixel wide with exactly this RGB value.
+      grid: float [n] increasing losses from 0 to the x-axis end.
+      curve: float [n] the weight at each grid loss.
+      groups: (name, losses float [m], colour) per group, e.g. clean and noisy samples;
+        losses beyond the axis or not finite are left out of the bars.
+      title: the figure title.
+      size: (width, height) in pixels.
+      bins: number of equal loss bins over the axis.
 
     Returns:
-      uint8 [height, width, 3].
+      a matplotlib Figure (render it with `figure_to_image`).
     """
-    area = plot_area(height, width, x_max, y_max)
-    image = np.empty([height, width, 3], np.float64)
-    image[:] = BACKGROUND
-    _draw_grid(image, area)
-    _draw_bars(image, area, histograms, bins)
-    _draw_axes(image, area)
-    image = np.round(image).astype(np.uint8)
-    _draw_polyline(image, area, xs, ys, colour)
-    return image
-
-
-def _draw_grid(image: np.ndarray, area: PlotArea) -> None:
-    for y in (0.5, 1.0):
-        image[int(round(area.rows(y * area.y_max))), area.left:area.right + 1] = GRID_COLOUR
-
-
-def _draw_bars(image: np.ndarray, area: PlotArea,
-               histograms: Sequence[tuple[np.ndarray, Colour]], bins: int,
-               alpha: float = 0.3) -> None:
-    """Alpha-blends one bar per non-empty bin of each histogram into `image` (float)."""
-    values = [np.asarray(v, np.float64) for v, _ in histograms]
-    counts = [np.histogram(v[np.isfinite(v)], bins=bins, range=(0.0, area.x_max))[0]
-              for v in values]
-    peak = max([c.max() for c in counts if c.size], default=0)
-    if peak == 0:
-        return
-    edges = np.round(area.cols(np.linspace(0.0, area.x_max, bins + 1))).astype(int)
-    for count, (_, colour) in zip(counts, histograms):
-        tops = np.round(area.rows(0.9 * area.y_max * count / peak)).astype(int)
-        for i in np.flatnonzero(count):
-            block = image[tops[i]:area.bottom + 1, edges[i]:max(edges[i + 1], edges[i] + 1)]
-            block[:] = (1.0 - alpha) * block + alpha * np.asarray(colour, np.float64)
-
-
-def _draw_axes(image: np.ndarray, area: PlotArea, tick: int = 4) -> None:
-    """Axis lines just outside the data area, ticks and labels at 0, max/2 and max."""
-    image[area.top:area.bottom + 2, area.left - 1] = AXIS_COLOUR
-    image[area.bottom + 1, area.left - 1:area.right + 1] = AXIS_COLOUR
-    for x in (0.0, area.x_max / 2, area.x_max):
-        col = int(round(area.cols(x)))
-        image[area.bottom + 1:area.bottom + 2 + tick, col] = AXIS_COLOUR
-        label = _format_tick(x)
-        _draw_text(image, label, area.bottom + 3 + tick, col - _text_width(label) // 2)
-    for y in (0.0, area.y_max / 2, area.y_max):
-        row = int(round(area.rows(y)))
-        image[row, area.left - 1 - tick:area.left] = AXIS_COLOUR
-        label = _format_tick(y)
-        _draw_text(image, label, row - _GLYPH_HEIGHT * _SCALE // 2,
-                   area.left - 3 - tick - _text_width(label))
-
-
-def _draw_polyline(image: np.ndarray, area: PlotArea, xs: np.ndarray, ys: np.ndarray,
-                   colour: Colour) -> None:
-    """Joins consecutive points with straight 1-pixel segments (dense sampling)."""
-    cols, rows = area.cols(xs), area.rows(ys)
-    pixels = [(np.round(rows[:1]), np.round(cols[:1]))]
-    for c0, r0, c1, r1 in zip(cols[:-1], rows[:-1], cols[1:], rows[1:]):
-        n = int(np.ceil(max(abs(c1 - c0), abs(r1 - r0)))) + 1
-        t = np.linspace(0.0, 1.0, n + 1)
-        pixels.append((np.round(r0 + t * (r1 - r0)), np.round(c0 + t * (c1 - c0))))
-    r = np.concatenate([p[0] for p in pixels]).astype(int)
-    c = np.concatenate([p[1] for p in pixels]).astype(int)
-    image[r, c] = colour
-
-
-def _format_tick(value: float) -> str:
-    if value == int(value) and value < 100:
-        return str(int(value))
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
-# 3x5 bitmap digits, drawn at _SCALE: enough for tick labels.
-_GLYPHS = {
-    "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
-    "2": ("111", "001", "111", "100", "111"), "3": ("111", "001", "111", "001", "111"),
-    "4": ("101", "101", "111", "001", "001"), "5": ("111", "100", "111", "001", "111"),
-    "6": ("111", "100", "111", "101", "111"), "7": ("111", "001", "001", "001", "001"),
-    "8": ("111", "101", "111", "101", "111"), "9": ("111", "101", "111", "001", "111"),
-    ".": ("0", "0", "0", "0", "1"),
-}
-_GLYPH_HEIGHT, _SCALE, _SPACING = 5, 2, 1
-
-
-def _text_width(text: str) -> int:
-    return sum((len(_GLYPHS[ch][0]) + _SPACING) * _SCALE for ch in text) - _SPACING * _SCALE
-
-
-def _draw_text(image: np.ndarray, text: str, row: int, col: int,
-               colour: Colour = AXIS_COLOUR) -> None:
-    """Draws digits and '.' with their top-left corner at (row, col); clipped to the image."""
-    height, width = image.shape[:2]
-    for ch in text:
-        glyph = np.array([[bit == "1" for bit in line] for line in _GLYPHS[ch]])
-        mask = np.kron(glyph, np.ones([_SCALE, _SCALE], bool))
-        rr, cc = np.nonzero(mask)
-        rr, cc = rr + row, cc + col
-        keep = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-        image[rr[keep], cc[keep]] = colour
-        col += (glyph.shape[1] + _SPACING) * _SCALE
+    width, height = size
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, layout="constrained")
+    weight_axis = figure.add_subplot()
+    count_axis = weight_axis.twinx()
+    x_max = float(grid[-1])
+    edges = np.linspace(0.0, x_max, bins + 1)
+    for name, losses, colour in groups:
+        losses = np.asarray(losses, np.float64)
+        count_axis.hist(losses[np.isfinite(losses)], bins=edges, color=colour, alpha=0.3,
+                        label=f"{name} samples (n={len(losses)})")
+    weight_axis.plot(grid, curve, color=CURVE_COLOUR, linewidth=2, label="WNet(loss)")
+    weight_axis.set_zorder(count_axis.get_zorder() + 1)  # the curve in front of the bars
+    weight_axis.patch.set_visible(False)
+    weight_axis.set(xlim=(0.0, x_max), ylim=(0.0, 1.02), xlabel="per-sample CE loss",
+                    ylabel="meta weight", title=title)
+    count_axis.set_ylabel("samples per bin")
+    weight_axis.grid(alpha=0.3)
+    handles = [h for axis in (weight_axis, count_axis)
+               for h in axis.get_legend_handles_labels()[0]]
+    weight_axis.legend(handles=handles, loc="upper right", fontsize="small")
+    return figure
 
 
 # ---------------------------------------------------------------- meta weights
@@ -247,8 +145,9 @@ def per_sample_meta_weights(backbone: keras.Model, meta_net: keras.Model
 
 
 def weighting_function_image(meta_net: keras.Model, losses: np.ndarray,
-                             groups: Sequence[tuple[np.ndarray, Colour]] = (), *,
-                             height: int = 240, width: int = 320,
+                             groups: Sequence[tuple[str, np.ndarray, str]] = (), *,
+                             title: str = "WNet weighting function",
+                             size: tuple[int, int] = FIGURE_SIZE,
                              points: int = 256) -> np.ndarray:
     """WNet's curve weight = WNet(loss) over the loss range of a sample, as an image.
 
@@ -256,8 +155,9 @@ def weighting_function_image(meta_net: keras.Model, losses: np.ndarray,
       meta_net: a WeightNet (losses float [n] -> weights float [n]).
       losses: float [m] per-sample losses; the x axis runs from 0 to the 99th
         percentile of the finite ones, and at least to 5.
-      groups: (losses float [m_g], colour) drawn as faint histogram bars behind the curve.
-      height, width: image size; points: grid size of the curve.
+      groups: (name, losses float [m_g], colour) drawn as histogram bars behind the curve.
+      title: the figure title.
+      size: (width, height) in pixels; points: grid size of the curve.
 
     Returns:
       uint8 [height, width, 3].
@@ -267,8 +167,8 @@ def weighting_function_image(meta_net: keras.Model, losses: np.ndarray,
     x_max = max(5.0, float(np.percentile(finite, 99))) if len(finite) else 5.0
     grid = np.linspace(0.0, x_max, points)
     curve = np.asarray(meta_net(tf.constant(grid, meta_net.compute_dtype)), np.float64)
-    return render_curve(grid, curve, x_max=x_max, height=height, width=width,
-                        histograms=groups)
+    return figure_to_image(weighting_function_figure(grid, curve, groups, title=title,
+                                                     size=size))
 
 
 class MetaViews(keras.callbacks.Callback):
@@ -281,9 +181,10 @@ class MetaViews(keras.callbacks.Callback):
 
       weights/clean, weights/noisy   histograms split by the ground-truth noise flags,
       weights/all                    instead, when the flags are unknown (is_noisy None),
-      wnet/weighting_function        (WNet only) image uint8 [1, H, W, 3] of the curve
-                                     WNet(loss), loss in [0, max(5, 99th pct)], over the
-                                     clean (green) / noisy (red) loss histograms.
+      wnet/weighting_function        (WNet only) image uint8 [1, 400, 640, 3], a figure of
+                                     the curve WNet(loss), loss in [0, max(5, 99th pct)],
+                                     over the clean (green) / noisy (red) loss histograms,
+                                     with axes, ticks and a legend.
 
     The noise flags are ground truth for monitoring only; nothing here touches training
     (VRI's noise seed state is restored after sampling).
@@ -338,7 +239,7 @@ class MetaViews(keras.callbacks.Callback):
                 weights.append(weight.numpy())
         return np.concatenate(losses), np.concatenate(weights)
 
-    def groups(self, values: np.ndarray) -> list[tuple[str, np.ndarray, Colour]]:
+    def groups(self, values: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
         """(name, values of the group, colour): clean and noisy, or all; empty ones dropped."""
         if self.is_noisy is None:
             return [("all", values, ALL_COLOUR)]
@@ -361,8 +262,9 @@ class MetaViews(keras.callbacks.Callback):
             for name, values, _ in self.groups(weights):
                 tf.summary.histogram(f"weights/{name}", values)
             if isinstance(meta_net, meta_nets.WeightNet):
-                bars = [(values, colour) for _, values, colour in self.groups(losses)]
-                image = weighting_function_image(meta_net, losses, bars)
+                image = weighting_function_image(
+                    meta_net, losses, self.groups(losses),
+                    title=f"WNet weighting function after epoch {epoch + 1}")
                 tf.summary.image("wnet/weighting_function", image[None])
         self._writer.flush()
 

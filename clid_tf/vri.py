@@ -149,9 +149,15 @@ class VRINet(keras.Model):
         return self._encode(features, tf.zeros([batch, self.embed_dim], self.compute_dtype))
 
     def sample_weights(self, mu: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
-        """w = sigmoid(mu + exp(0.5 * log_var) * eps), eps ~ N(0, I) drawn afresh. [B, K]."""
-        eps = keras.random.normal(tf.shape(mu), dtype=mu.dtype, seed=self.noise)
-        return tf.sigmoid(mu + tf.exp(0.5 * log_var) * eps)
+        """w = sigmoid(mu + exp(0.5 * log_var) * eps), eps ~ N(0, I) drawn afresh. [B, K].
+
+        eps is drawn for the global batch [R*B, K] and this replica keeps its rows, so each
+        sample gets the same eps on R replicas as on one device (replicas share the
+        generator state).
+        """
+        batch = tf.shape(mu)[0] * distribute.num_replicas()
+        eps = keras.random.normal([batch, self.num_classes], dtype=mu.dtype, seed=self.noise)
+        return tf.sigmoid(mu + tf.exp(0.5 * log_var) * distribute.replica_rows(eps))
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
                       regularize: bool = True) -> meta_nets.WeightedLoss:
@@ -167,7 +173,9 @@ class VRINet(keras.Model):
         Here the KL is the correct Gaussian KL(q || p) with log-variances
         (`kl_divergence`), returned as `regularizer` = kl_weight * KL and NOT added to
         `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
-        (posterior and prior, which share the network) as VRI's ELBO intends.
+        (posterior and prior, which share the network) as VRI's ELBO intends. Hence
+        kl_weight = 0.01 is not the reference's lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
+        the reference-equivalent setting (BUILD.md, "VRI's KL", compares the two).
 
         Args:
           logits: float [B, K] classifier outputs.

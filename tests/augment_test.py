@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image as image_mod
+from PIL import ImageDraw as draw
+from PIL import ImageEnhance as enhance
+from PIL import ImageOps as ops_mod
 
 from clid_tf import augment
 
@@ -99,8 +103,6 @@ def test_strong_ends_with_a_grey_cutout_square(shape, side):
 
 
 def test_grey_box_is_fixmatch_cutout_abs():
-    draw = pytest.importorskip('PIL.ImageDraw')
-    image_mod = pytest.importorskip('PIL.Image')
     w = h = 32
     v = 16
     centres = np.random.default_rng(6).uniform(0, 32, (40, 2)).astype(np.float32)
@@ -117,9 +119,6 @@ def test_grey_box_is_fixmatch_cutout_abs():
 
 @pytest.mark.parametrize('shape', ((32, 32, 3), (32, 32, 1), (8, 8, 1)))
 def test_every_op_level_and_sign_matches_fixmatch_pil(shape):
-    image_mod = pytest.importorskip('PIL.Image')
-    ops_mod = pytest.importorskip('PIL.ImageOps')
-    enhance = pytest.importorskip('PIL.ImageEnhance')
     affine = image_mod.Transform.AFFINE
 
     def fixmatch(img, name, level, sign):  # randaugment.py, fixmatch_augment_pool()

@@ -1,4 +1,5 @@
-"""Mirrored (2 logical CPUs) and multi-worker (2 local processes) steps equal 1 device."""
+"""Mirrored (2 logical CPUs) and multi-worker (2 local processes) steps equal 1 device,
+for WNet and for VRI (whose eps each replica takes from a global-batch draw)."""
 
 import json
 import os
@@ -32,7 +33,7 @@ def _assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("mode", [["--meta_grad=tape"], ["--meta_grad=recompute"],
-                                  ["--meta_scope=last_layer"]])
+                                  ["--meta_scope=last_layer"], ["--meta_net=vri"]])
 def test_mirrored_two_replicas_match_one_device(tmp_path, mode):
     single = _run(tmp_path / "single.npz", "--strategy=default", *mode)
     mirrored = _run(tmp_path / "mirrored.npz", "--strategy=mirrored", "--replicas=2", *mode)
@@ -49,16 +50,18 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_two_processes_match_one_device(tmp_path):
-    single = _run(tmp_path / "single.npz", "--strategy=default")
+@pytest.mark.parametrize("meta_net", ["wnet", "vri"])
+def test_multi_worker_two_processes_match_one_device(tmp_path, meta_net):
+    single = _run(tmp_path / "single.npz", "--strategy=default", f"--meta_net={meta_net}")
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(
             [sys.executable, SCRIPT, str(tmp_path / f"worker{index}.npz"),
-             "--strategy=multi_worker"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=_env(TF_CONFIG=json.dumps(config))))
+             "--strategy=multi_worker", f"--meta_net={meta_net}"], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(TF_CONFIG=json.dumps(config))))
     for proc in procs:
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]

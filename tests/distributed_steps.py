@@ -5,6 +5,7 @@ logical devices before TensorFlow starts) and compares the single-device, mirror
 multi-worker results.
 
   python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_grad=tape
+  python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_net=vri
 """
 
 import argparse
@@ -26,6 +27,7 @@ def main():
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--meta_grad", default="recompute")
     parser.add_argument("--meta_scope", default="full")
+    parser.add_argument("--meta_net", default="wnet", choices=("wnet", "vri"))
     parser.add_argument("--jit_compile", action="store_true")
     args = parser.parse_args()
 
@@ -43,7 +45,7 @@ def main():
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import meta_model, objectives  # pylint: disable=import-outside-toplevel
+    from clid_tf import meta_model, objectives, vri  # pylint: disable=import-outside-toplevel
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")
@@ -54,8 +56,10 @@ def main():
         for layer in backbone.layers:  # batch statistics over the global batch
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
+        meta_net = (helpers.weight_net() if args.meta_net == "wnet" else
+                    vri.VRINet(3, backbone.feature_dim, embed_dim=4, hidden=(16, 8), seed=0))
         model = meta_model.MetaReweightModel(
-            backbone, helpers.weight_net(),
+            backbone, meta_net,
             meta_objective=objectives.meta_objective("clid", tau=0.5),
             meta_grad=args.meta_grad, meta_scope=args.meta_scope)
         model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))

@@ -19,8 +19,8 @@ take about 6 minutes. By default one step runs for one file per code path (files
 differ only in numbers such as the noise rate or meta_lr, or in which CIFAR-10N label set
 they read, share one); every file still goes through the CLI wiring, its noise injection
 and its learning-rate schedule (`test_setting_wires_up_on_mock_data`, under a second).
-The other files' steps are marked `slow` and skipped unless a marker expression is
-given: `pytest -m slow tests/flagfiles_test.py` runs them, `-m "slow or not slow"` all.
+The other files' steps are marked `slow`, which pytest.ini deselects by default (`-m "not
+slow"`): `pytest -m slow tests/flagfiles_test.py` runs them, `-m "slow or not slow"` all.
 """
 
 from __future__ import annotations
@@ -300,9 +300,7 @@ def _step_param(path: str):
 
 
 @pytest.mark.parametrize("path", [_step_param(path) for path in SETTINGS])
-def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path, request) -> None:
-    if path not in DEFAULT_STEPS and not request.config.option.markexpr:
-        pytest.skip("covered by the default steps and the wiring test; run with -m slow")
+def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path) -> None:
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_small_overrides(path), *_ONE_STEP,

@@ -10,8 +10,8 @@ import pytest
 from clid_tf import noise
 
 CLASS_KINDS = ('sym', 'sym_exact', 'pair', 'flip', 'flip2', 'asym_cifar10', 'asym_cifar100',
-               'hierarchical')
-_K_FOR = {'asym_cifar100': 100, 'hierarchical': 100}
+               'asym_cifar100_superclass', 'hierarchical')
+_K_FOR = {'asym_cifar100': 100, 'asym_cifar100_superclass': 100, 'hierarchical': 100}
 
 # Two superclasses written out by name (aquatic mammals, people), independent of the table.
 AQUATIC_MAMMALS = (4, 30, 55, 72, 95)  # beaver, dolphin, otter, seal, whale
@@ -62,7 +62,8 @@ def _superclass_of() -> dict[int, list[int]]:
 
 def test_kinds_are_the_public_names():
     assert noise.KINDS == ('none', 'sym', 'sym_exact', 'pair', 'flip', 'flip2',
-                           'asym_cifar10', 'asym_cifar100', 'instance', 'hierarchical')
+                           'asym_cifar10', 'asym_cifar100', 'asym_cifar100_superclass',
+                           'instance', 'hierarchical')
 
 
 def test_cifar100_table_has_20_superclasses_of_5():
@@ -110,23 +111,136 @@ def test_pair_rate_one_shifts_every_label():
     np.testing.assert_array_equal(noisy, (clean + 1) % 7)
 
 
-@pytest.mark.parametrize('kind,n_targets', [('flip', 1), ('flip2', 2)])
-def test_flip_has_random_other_targets_from_seed(kind, n_targets):
+# The reference's flip targets, written out by running its flip_labels_C (one per row) and
+# flip_labels_C_two (two per row) after np.random.seed(1): row y's targets, for K=10, 100.
+FLIP_TARGETS = {
+        10: (6, 9, 6, 0, 0, 1, 8, 6, 2, 4),
+        100: (38, 13, 73, 10, 76, 6, 80, 65, 17, 1, 77, 72, 6, 26, 51, 21, 19, 85, 11, 29,
+              30, 14, 51, 69, 88, 88, 95, 97, 87, 13, 9, 7, 64, 62, 22, 58, 1, 0, 61, 82,
+              8, 89, 13, 48, 73, 30, 72, 3, 71, 21, 49, 58, 3, 69, 24, 43, 77, 26, 52, 81,
+              41, 83, 15, 65, 69, 25, 99, 88, 7, 26, 25, 22, 9, 67, 23, 27, 37, 57, 84, 38,
+              8, 32, 34, 10, 23, 15, 88, 25, 71, 93, 74, 62, 46, 32, 88, 23, 55, 65, 77, 3)}
+FLIP2_TARGETS = {
+        10: ((3, 9), (4, 8), (1, 8), (4, 8), (2, 5), (4, 7), (2, 9), (5, 8), (5, 6), (4, 5)),
+        100: ((84, 93), (45, 70), (57, 60), (11, 41), (44, 46), (0, 96), (47, 92), (80, 91),
+              (3, 17), (50, 53), (27, 91), (46, 55), (71, 76), (9, 42), (29, 82), (13, 61),
+              (17, 93), (15, 54), (48, 91), (9, 17), (26, 27), (75, 84), (59, 72), (55, 71),
+              (43, 83), (29, 95), (59, 83), (91, 99), (42, 75), (42, 63), (57, 99), (41, 94),
+              (60, 87), (69, 93), (33, 66), (61, 98), (26, 59), (19, 44), (17, 90), (59, 71),
+              (47, 89), (4, 26), (64, 88), (21, 53), (5, 33), (7, 89), (0, 64), (23, 80),
+              (16, 68), (1, 82), (52, 73), (2, 23), (21, 40), (62, 96), (34, 76), (8, 44),
+              (32, 58), (40, 49), (6, 89), (20, 89), (42, 75), (63, 66), (4, 25), (56, 99),
+              (14, 22), (16, 90), (28, 65), (53, 63), (41, 71), (22, 79), (33, 61), (31, 99),
+              (3, 23), (11, 74), (45, 94), (72, 74), (45, 87), (80, 99), (90, 97), (71, 92),
+              (48, 55), (72, 90), (36, 60), (14, 43), (46, 58), (64, 90), (24, 60), (20, 56),
+              (43, 96), (76, 99), (12, 65), (36, 75), (58, 80), (41, 72), (3, 37), (10, 46),
+              (52, 87), (13, 69), (21, 45), (20, 96))}
+
+
+# The reference constructions, line by line (numpy's legacy generator, as the reference's
+# np.random.seed(1) + np.random.choice; RandomState(1) gives the same stream locally).
+
+def _reference_flip_labels_C(corruption_prob, num_classes, seed=1):
+    rs = np.random.RandomState(seed)
+    C = np.eye(num_classes) * (1 - corruption_prob)
+    row_indices = np.arange(num_classes)
+    for i in range(num_classes):
+        C[i][rs.choice(row_indices[row_indices != i])] = corruption_prob
+    return C
+
+
+def _reference_flip_labels_C_two(corruption_prob, num_classes, seed=1):
+    rs = np.random.RandomState(seed)
+    C = np.eye(num_classes) * (1 - corruption_prob)
+    row_indices = np.arange(num_classes)
+    for i in range(num_classes):
+        C[i][rs.choice(row_indices[row_indices != i], 2, replace=False)] = corruption_prob / 2
+    return C
+
+
+def _reference_uniform_mix_C(mixing_ratio, num_classes):
+    return mixing_ratio * np.full((num_classes, num_classes), 1 / num_classes) + \
+        (1 - mixing_ratio) * np.eye(num_classes)
+
+
+def _reference_build_for_cifar100(size, noise_rate):  # also the reference's pair flip
+    P = (1. - noise_rate) * np.eye(size)
+    for i in np.arange(size - 1):
+        P[i, i + 1] = noise_rate
+    P[size - 1, 0] = noise_rate
+    return P
+
+
+def _reference_cifar100_asymmetric(noise_rate):  # noisify_cifar100_asymmetric's P
+    P = np.eye(100)
+    for i in np.arange(20):
+        init, end = i * 5, (i + 1) * 5
+        P[init:end, init:end] = _reference_build_for_cifar100(5, noise_rate)
+    return P
+
+
+def _reference_cifar10_asymmetric(n):
+    P = np.eye(10)
+    P[9, 9], P[9, 1] = 1. - n, n  # truck -> automobile
+    P[2, 2], P[2, 0] = 1. - n, n  # bird -> airplane
+    P[3, 3], P[3, 5] = 1. - n, n  # cat -> dog
+    P[5, 5], P[5, 3] = 1. - n, n  # dog -> cat
+    P[4, 4], P[4, 7] = 1. - n, n  # deer -> horse
+    return P
+
+
+def _targets_matrix(rate, targets):
+    c = (1.0 - rate) * np.eye(len(targets))
+    for y, ts in enumerate(targets):
+        c[y, list(np.atleast_1d(ts))] = rate / np.size(ts)
+    return c
+
+
+@pytest.mark.parametrize('kind,k,expected', [
+        ('sym', 10, lambda r: _reference_uniform_mix_C(r, 10)),
+        ('sym', 100, lambda r: _reference_uniform_mix_C(r, 100)),
+        ('pair', 10, lambda r: _reference_build_for_cifar100(10, r)),
+        ('pair', 100, lambda r: _reference_build_for_cifar100(100, r)),
+        ('asym_cifar10', 10, _reference_cifar10_asymmetric),
+        ('asym_cifar100', 100, _reference_cifar100_asymmetric),
+        ('flip', 10, lambda r: _reference_flip_labels_C(r, 10)),
+        ('flip', 100, lambda r: _reference_flip_labels_C(r, 100)),
+        ('flip2', 10, lambda r: _reference_flip_labels_C_two(r, 10)),
+        ('flip2', 100, lambda r: _reference_flip_labels_C_two(r, 100)),
+])
+def test_matrix_equals_the_reference_construction(kind, k, expected):
+    for rate in (0.2, 0.4):
+        np.testing.assert_allclose(noise.noise_matrix(kind=kind, rate=rate, num_classes=k),
+                                   expected(rate), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize('k', [10, 100])
+def test_flip_matrices_are_the_written_out_reference_ones(k):
+    rate = 0.4
+    np.testing.assert_array_equal(noise.noise_matrix(kind='flip', rate=rate, num_classes=k),
+                                  _targets_matrix(rate, FLIP_TARGETS[k]))
+    np.testing.assert_array_equal(noise.noise_matrix(kind='flip2', rate=rate, num_classes=k),
+                                  _targets_matrix(rate, FLIP2_TARGETS[k]))
+    # The literals are what the reference construction gives (guards them against typos).
+    np.testing.assert_array_equal(_reference_flip_labels_C(rate, k),
+                                  _targets_matrix(rate, FLIP_TARGETS[k]))
+    np.testing.assert_array_equal(_reference_flip_labels_C_two(rate, k),
+                                  _targets_matrix(rate, FLIP2_TARGETS[k]))
+
+
+@pytest.mark.parametrize('kind', ['flip', 'flip2'])
+def test_flip_matrix_is_one_for_every_seed(kind):
+    """Seeds choose which samples flip, never where: the realised matrices of two seeds
+    both match the one reference matrix, while the noisy labels differ."""
     k, rate = 10, 0.4
-    c = noise.noise_matrix(kind=kind, rate=rate, num_classes=k, seed=5)
-    np.testing.assert_allclose(np.diag(c), 1.0 - rate)
-    off = c - np.diag(np.diag(c))
-    np.testing.assert_array_equal((off > 0).sum(axis=1), np.full(k, n_targets))
-    np.testing.assert_allclose(off[off > 0], rate / n_targets)
-    # The map is drawn from the seed: other seeds give other maps, and 'flip' is not 'pair'.
-    others = [noise.noise_matrix(kind=kind, rate=rate, num_classes=k, seed=s) for s in range(4)]
-    assert not all(np.array_equal(c, o) for o in others)
-    pair = noise.noise_matrix(kind='pair', rate=rate, num_classes=k, seed=0)
-    assert not np.array_equal(c, pair)
-    # corrupt samples from exactly this matrix for the same seed.
+    c = noise.noise_matrix(kind=kind, rate=rate, num_classes=k)
     clean = _labels(100_000, k)
-    noisy = noise.corrupt(clean, kind=kind, rate=rate, num_classes=k, seed=5)
-    _assert_matches(clean, noisy, c)
+    first, second = (noise.corrupt(clean, kind=kind, rate=rate, num_classes=k, seed=s)
+                     for s in (5, 6))
+    assert not np.array_equal(first, second)
+    _assert_matches(clean, first, c)
+    _assert_matches(clean, second, c)
+    assert not np.array_equal(c, noise.noise_matrix(kind='pair', rate=rate, num_classes=k))
 
 
 def test_asym_cifar10_maps_only_the_named_classes():
@@ -142,10 +256,25 @@ def test_asym_cifar10_maps_only_the_named_classes():
     np.testing.assert_array_equal(noisy[untouched], clean[untouched])
 
 
-def test_asym_cifar100_next_class_in_superclass():
+def test_asym_cifar100_next_class_within_index_blocks_of_five():
     rate = 0.3
     clean = _labels(500_000, 100)
     noisy = noise.corrupt(clean, kind='asym_cifar100', rate=rate, num_classes=100, seed=3)
+    np.testing.assert_array_equal(noisy // 5, clean // 5)
+    expected = (1.0 - rate) * np.eye(100)
+    for y in range(100):
+        expected[y, y + 1 if y % 5 < 4 else y - 4] = rate
+    _assert_matches(clean, noisy, expected)
+    # Spelled out: 0->1->2->3->4->0, ..., 95->96->97->98->99->95 (not superclasses).
+    assert expected[4, 0] == expected[3, 4] == expected[99, 95] == rate
+    assert expected[AQUATIC_MAMMALS[0], AQUATIC_MAMMALS[1]] == 0.0
+
+
+def test_asym_cifar100_superclass_next_class_in_superclass():
+    rate = 0.3
+    clean = _labels(500_000, 100)
+    noisy = noise.corrupt(clean, kind='asym_cifar100_superclass', rate=rate, num_classes=100,
+                          seed=3)
     coarse = np.asarray(noise.CIFAR100_COARSE)
     np.testing.assert_array_equal(coarse[noisy], coarse[clean])
     expected = (1.0 - rate) * np.eye(100)
@@ -177,7 +306,7 @@ def test_hierarchical_uniform_within_superclass():
 @pytest.mark.parametrize('kind', CLASS_KINDS)
 def test_noise_matrix_rows_sum_to_one_and_match_realised(kind):
     k = _k(kind)
-    c = noise.noise_matrix(kind=kind, rate=0.35, num_classes=k, seed=9)
+    c = noise.noise_matrix(kind=kind, rate=0.35, num_classes=k)
     assert c.shape == (k, k) and c.dtype == np.float64
     np.testing.assert_allclose(c.sum(axis=1), 1.0)
     clean = _labels(_n(kind), k)
@@ -428,6 +557,7 @@ def _good(**overrides):
         (np.arange(10), dict(kind='instance', images=np.zeros((9, 4))), 'shape'),
         (np.arange(10), dict(kind='asym_cifar10', num_classes=100), 'num_classes=10'),
         (np.arange(10), dict(kind='asym_cifar100'), 'num_classes=100'),
+        (np.arange(10), dict(kind='asym_cifar100_superclass'), 'num_classes=100'),
         (np.arange(10), dict(kind='hierarchical'), 'num_classes=100'),
         (np.arange(2), dict(kind='flip2', num_classes=2), '>= 3'),
         (np.arange(1), dict(num_classes=1), '>= 2'),
@@ -448,4 +578,4 @@ def test_other_value_errors():
     with pytest.raises(ValueError, match='differ in shape'):
         noise.flip_rate(np.arange(3), np.arange(4))
     with pytest.raises(ValueError):
-        noise.noise_matrix(kind='instance', rate=0.2, num_classes=10, seed=0)
+        noise.noise_matrix(kind='instance', rate=0.2, num_classes=10)

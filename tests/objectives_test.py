@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import clid as clid_lib
 from clid_tf import objectives
+from tests import helpers
+from tests.clid_test import analytic_logit_grad, reference_clid
 
 
 def _softmax(z):
@@ -41,11 +42,29 @@ def test_mean_entropy():
     assert float(objectives.mean_entropy(LOGITS)) == pytest.approx(want, rel=1e-10)
 
 
+def test_clid_objective_matches_the_float64_numpy_reference():
+    """meta_objective('clid') against METHOD.md section 1 in numpy (value and logit
+    gradient), for two temperatures; labels, given or not, change nothing."""
+    features = np.random.default_rng(1).normal(size=(7, 5))
+    for tau in (0.5, 0.1):
+        objective = objectives.meta_objective("clid", tau=tau)
+        logits = tf.constant(LOGITS)
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = objective(features, logits, None)
+        want, _ = reference_clid(features, LOGITS, tau)
+        np.testing.assert_allclose(float(value), want, rtol=1e-12)
+        np.testing.assert_allclose(tape.gradient(value, logits).numpy(),
+                                   analytic_logit_grad(features, LOGITS, tau), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(float(objective(features, LOGITS, LABELS)), want,
+                                   rtol=1e-12)
+    assert not np.isclose(reference_clid(features, LOGITS, 0.5)[0],
+                          reference_clid(features, LOGITS, 0.1)[0])
+
+
 def test_meta_objectives_read_labels_only_when_labelled():
     features = np.random.default_rng(1).normal(size=(7, 5))
-    clid = objectives.meta_objective("clid", tau=0.5)
-    np.testing.assert_allclose(float(clid(features, LOGITS, None)),
-                               float(clid_lib.clid(features, LOGITS, tau=0.5)), rtol=1e-6)
     assert float(objectives.meta_objective("entropy", tau=0.5)(features, LOGITS, None)) > 0
     for name in ("ce_clean", "ce_noisy", "ce_sloss"):
         want = np.mean(objectives.per_sample_ce(LOGITS, LABELS).numpy())
@@ -57,9 +76,21 @@ def test_meta_objectives_read_labels_only_when_labelled():
         objectives.meta_objective("kl", tau=0.5)
 
 
-def test_weights_get_no_gradient_through_wnet_input():
-    losses = tf.constant([0.5, 1.5])
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        value = objectives.weighted_mean(losses, tf.stop_gradient(losses))
-    np.testing.assert_allclose(tape.gradient(value, losses).numpy(), [0.25, 0.75])
+def test_wnet_weights_pass_no_gradient_to_the_logits():
+    """d(WNet's weighted loss)/d logits = w~_i (softmax(z_i) - onehot(y_i)): the weights act
+    as constants, since the WeightNet stops the gradient at its input (the losses). Without
+    that stop-gradient the same net gives a different logit gradient."""
+    with helpers.floatx("float64"):
+        net = helpers.weight_net(seed=3)
+    logits = tf.constant(LOGITS)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        out = net.weighted_loss(logits, None, tf.constant(LABELS))
+        losses = objectives.per_sample_ce(logits, LABELS)
+        through = objectives.weighted_mean(losses, net.out(net.hidden(losses[:, None]))[:, 0])
+    assert tape.gradient(out.weights, logits) is None
+    w = out.weights.numpy()
+    want = (w / w.sum())[:, None] * (_softmax(LOGITS) - np.eye(4)[LABELS])
+    np.testing.assert_allclose(tape.gradient(out.loss, logits).numpy(), want, rtol=1e-10,
+                               atol=1e-14)
+    assert not np.allclose(tape.gradient(through, logits).numpy(), want, rtol=1e-6, atol=1e-9)

@@ -1,5 +1,6 @@
-"""TensorBoard views: the numpy line plot, and a tiny two-phase fit whose events hold the
-meta-weight histograms, WNet's weighting-function image, step time, HParams and layout."""
+"""TensorBoard views: the matplotlib weighting-function figure, and a tiny two-phase fit
+whose events hold the meta-weight histograms, WNet's weighting-function image (decoded from
+the event file), step time, HParams and layout."""
 
 from __future__ import annotations
 
@@ -23,47 +24,53 @@ K, D, N = 3, 4, 200
 WARMUP, EPOCHS, STEPS = 1, 3, 4
 
 
-# ---------------------------------------------------------------- the rasteriser
-def _curve_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the pixels that have exactly the curve colour."""
-    return np.nonzero(np.all(image == np.array(tb_views.CURVE_COLOUR, np.uint8), axis=-1))
+# ---------------------------------------------------------------- the figure
+def _blue_rows(image: np.ndarray) -> np.ndarray:
+    """Rows of the pixels close to the curve colour (matplotlib's tab:blue)."""
+    blue = np.array([31, 119, 180])
+    return np.nonzero(np.abs(image.astype(int) - blue).sum(axis=-1) < 40)[0]
 
 
-def test_constant_half_is_drawn_on_the_middle_row():
-    xs = np.linspace(0.0, 5.0, 50)
-    image = tb_views.render_curve(xs, np.full_like(xs, 0.5), x_max=5.0)
-    area = tb_views.plot_area(240, 320, 5.0)
-    rows, cols = _curve_pixels(image)
-    assert image.shape == (240, 320, 3) and image.dtype == np.uint8
-    assert (area.top + area.bottom) % 2 == 0
-    np.testing.assert_array_equal(np.unique(rows), [(area.top + area.bottom) // 2])
-    np.testing.assert_array_equal(np.unique(cols), np.arange(area.left, area.right + 1))
+def _figure(curve_value: float = 0.5):
+    grid = np.linspace(0.0, 6.0, 64)
+    rng = np.random.default_rng(0)
+    groups = [("clean", rng.gamma(1.0, 0.5, 300), tb_views.CLEAN_COLOUR),
+              ("noisy", np.append(rng.normal(3.5, 1.0, 100), np.inf), tb_views.NOISY_COLOUR)]
+    curve = np.full_like(grid, curve_value)
+    return grid, curve, groups, tb_views.weighting_function_figure(grid, curve, groups,
+                                                                   title="t")
 
 
-def test_rising_line_goes_from_bottom_left_to_top_right():
-    xs = np.linspace(0.0, 8.0, 9)
-    image = tb_views.render_curve(xs, xs / 8.0, x_max=8.0, height=120, width=200)
-    area = tb_views.plot_area(120, 200, 8.0)
-    rows, cols = _curve_pixels(image)
-    assert rows[cols == area.left].tolist() == [area.bottom]
-    assert rows[cols == area.right].tolist() == [area.top]
-    # every column covered, and monotone: the row never grows as the column grows
-    order = np.lexsort((-rows, cols))
-    assert len(np.unique(cols)) == area.right - area.left + 1
-    assert np.all(np.diff(rows[order]) <= 0)
+def test_figure_has_axes_labels_legend_and_the_curve():
+    grid, curve, groups, figure = _figure()
+    weight_axis, count_axis = figure.axes
+    assert weight_axis.get_xlabel() == "per-sample CE loss"
+    assert weight_axis.get_ylabel() == "meta weight"
+    assert count_axis.get_ylabel() == "samples per bin"
+    assert weight_axis.get_title() == "t"
+    assert weight_axis.get_xlim() == (0.0, 6.0) and weight_axis.get_ylim() == (0.0, 1.02)
+    labels = [t.get_text() for t in weight_axis.get_legend().get_texts()]
+    assert labels == ["WNet(loss)", "clean samples (n=300)", "noisy samples (n=101)"]
+    [line] = weight_axis.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), grid)
+    np.testing.assert_array_equal(line.get_ydata(), curve)
+    # 40 bars per group on the count axis: the group's losses inside [0, 6], inf left out
+    heights = np.array([bar.get_height() for bar in count_axis.patches]).reshape(2, 40)
+    for (_, losses, _), counts in zip(groups, heights):
+        np.testing.assert_array_equal(counts, np.histogram(losses, 40, range=(0.0, 6.0))[0])
+    assert weight_axis.get_zorder() > count_axis.get_zorder()  # curve in front
 
 
-def test_histogram_bars_are_faint_and_behind_the_curve():
-    xs = np.linspace(0.0, 5.0, 20)
-    bars = [(np.full(10, 1.0), tb_views.CLEAN_COLOUR), (np.full(5, 4.0), tb_views.NOISY_COLOUR)]
-    plain = tb_views.render_curve(xs, np.full_like(xs, 0.2), x_max=5.0)
-    image = tb_views.render_curve(xs, np.full_like(xs, 0.2), x_max=5.0, histograms=bars)
-    changed = np.any(image != plain, axis=-1)
-    assert changed.any()
-    assert np.array_equal(_curve_pixels(image)[0], _curve_pixels(plain)[0])  # curve on top
-    greenish = image[changed][:, 1] > image[changed][:, 0]
-    assert greenish.any() and (~greenish).any()  # both groups drawn, in their colours
-    assert image[changed].min() > 100  # translucent over white, never saturated
+def test_figure_renders_to_an_rgb_image_of_the_requested_size():
+    figure = _figure()[-1]
+    image = tb_views.figure_to_image(figure)
+    assert image.shape == (400, 640, 3) and image.dtype == np.uint8
+    small = tb_views.weighting_function_figure(np.linspace(0, 5, 8), np.ones(8), size=(320, 200))
+    assert tb_views.figure_to_image(small).shape == (200, 320, 3)
+    white = np.all(image == 255, axis=-1).mean()
+    assert 0.3 < white < 0.97  # mostly background, but drawn on
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # antialiased text, bars, line
+    assert len(_blue_rows(image)) > 500  # the curve
 
 
 # ---------------------------------------------------------------- the fit
@@ -160,12 +167,25 @@ def test_weighting_function_image_follows_the_net(fitted):
         out.kernel.assign(kernel)
         out.bias.assign(bias)
     events = _events(folder)
-    high, low = (_image(events, "wnet/weighting_function", s) for s in (10, 11))
-    assert high.shape == low.shape == (240, 320, 3)
+    trained, high, low = (_image(events, "wnet/weighting_function", s) for s in (WARMUP, 10, 11))
+    for image in (trained, high, low):  # decoded PNGs of the figure, drawn on
+        assert image.shape == (400, 640, 3) and image.dtype == np.uint8
+        assert 0.3 < np.all(image == 255, axis=-1).mean() < 0.97
     assert np.any(high != low)
-    area = tb_views.plot_area(240, 320, 5.0)
-    assert set(_curve_pixels(high)[0]) == {area.top}  # weight ~1: the top row
-    assert set(_curve_pixels(low)[0]) == {area.bottom}  # weight ~0: the bottom row
+    # The curve (blue) runs along the top of the plot for weight ~1, the bottom for ~0.
+    assert np.median(_blue_rows(high)) < 0.25 * 400 < 0.75 * 400 < np.median(_blue_rows(low))
+
+
+def test_weighting_function_figure_of_the_views_names_clean_and_noisy(fitted):
+    _, model, views, _ = fitted
+    losses, _ = views.meta_weights()
+    groups = views.groups(losses)
+    assert [name for name, _, _ in groups] == ["clean", "noisy"]
+    grid = np.linspace(0.0, 5.0, 16)
+    figure = tb_views.weighting_function_figure(grid, model.meta_net(grid).numpy(), groups)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["WNet(loss)", f"clean samples (n={np.sum(~views.is_noisy)})",
+                      f"noisy samples (n={np.sum(views.is_noisy)})"]
 
 
 def test_step_time_is_logged(fitted):

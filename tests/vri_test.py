@@ -194,3 +194,28 @@ def test_without_regulariser_same_loss_and_weights_and_no_prior():
     np.testing.assert_array_equal(full.weights.numpy(), light.weights.numpy())
     np.testing.assert_allclose(full.loss.numpy(), light.loss.numpy(), rtol=1e-7)
     assert float(light.regularizer) == 0.0 and float(full.regularizer) > 0.0
+
+
+def test_kl_weight_zero_is_the_reference_equivalent_no_kl():
+    """--vri_kl=0: the KL adds nothing to phi's objective (the reference's KL changes
+    nothing either), so the meta gradients are those of the meta loss alone."""
+    backbone = _backbone()
+    train, meta = _batches(2)
+    objective = objectives.meta_objective("clid", tau=0.5)
+    results = {}
+    for kl_weight in (0.0, 0.01):
+        net = vri.VRINet(K, backbone.feature_dim, kl_weight=kl_weight, seed=0)
+        results[kl_weight] = virtual.meta_gradients(backbone, net, train, meta,
+                                                    lr=tf.constant(0.1), meta_objective=objective)
+    logits, features = backbone(train["image"], training=True)
+    zero = vri.VRINet(K, backbone.feature_dim, kl_weight=0.0, seed=0)
+    assert float(zero.weighted_loss(logits, features, train["label"]).regularizer) == 0.0
+    # The two meta losses differ by exactly 0.01 * KL, and the KL moves phi's gradient.
+    with_kl, without = results[0.01], results[0.0]
+    mu, log_var = zero(features, train["label"])
+    kl = vri.kl_divergence(mu, log_var, *zero.prior(features))
+    np.testing.assert_allclose(float(with_kl.meta_loss) - float(without.meta_loss),
+                               0.01 * float(kl), rtol=1e-4)
+    assert float(kl) > 0
+    assert any(not np.allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy())
+               for a, b in zip(with_kl.meta_grads, without.meta_grads))

@@ -13,6 +13,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from clid_tf import image_files
 from clid_tf import sources
 from clid_tf.errors import DataError
 
@@ -107,11 +108,15 @@ def array_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def source_stats(source: sources.Source, *, sample: int = STATS_SAMPLE,
                  seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """`array_stats` of the whole split, or of a seeded sample of `sample` streamed inputs."""
+    """`array_stats` of the whole split, or of a seeded sample of `sample` streamed inputs
+    (image files are read with Pillow, so TensorFlow need not start)."""
     if isinstance(source, sources.ArraySource):
         return array_stats(source.array)
     n = len(source)
     ids = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+    if isinstance(source, sources.FileSource):
+        return array_stats(image_files.read_pixels(source.files.paths[ids],
+                                                   source.element_shape))
     return array_stats(sources.read_numpy(source, ids))
 
 

@@ -7,3 +7,7 @@ class NonFiniteError(RuntimeError):
 
 class DataError(ValueError):
     """Bad or missing data (files, arrays, labels); the message is one line for the user."""
+
+
+class RunError(Exception):
+    """A problem with the user's flags, files or data that is not a DataError: one line."""

@@ -79,7 +79,10 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
     input_dtype = tf.as_dtype(input_dtype)
     networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
     num_classes = int(networks[0].outputs[0].shape[-1])
-    names = tf.constant([str(c) for c in (class_names or range(num_classes))])
+    names = [str(c) for c in (class_names or range(num_classes))]
+    if len(names) != num_classes:
+        raise ValueError(f"the model has {num_classes} classes but {len(names)} class names")
+    names = tf.constant(names)
 
     def serve(images):
         # The signature does not enforce the shape of a fed tensor; this does.

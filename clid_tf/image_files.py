@@ -487,6 +487,26 @@ def _class_notes(train: FileList, root: str) -> list[str]:
 
 # --------------------------------------------------------------------------- helpers
 
+def read_pixels(paths: Sequence[str], element_shape: Sequence[int]) -> np.ndarray:
+    """Decoded images uint8 [n, H, W, C] with Pillow (no TensorFlow), each converted to
+    C channels (L or RGB) and, if its size differs, resized bilinearly to H x W.
+
+    For statistics (mean/std of a sample) before TensorFlow starts; the training pipeline
+    decodes with TensorFlow (`sources.FileSource`), whose resize differs by rounding.
+    """
+    height, width, channels = (int(d) for d in element_shape)
+
+    def read(path):
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
+            return np.asarray(image, np.uint8).reshape(height, width, channels)
+
+    return np.stack(_parallel_map(read, list(paths))) if len(paths) else np.zeros(
+        (0, height, width, channels), np.uint8)
+
+
 def _parallel_map(fn, items: list) -> list:
     """[fn(x) for x in items] in a thread pool (file-system work), in order."""
     chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]

@@ -30,7 +30,9 @@ from clid_tf.errors import DataError
 
 
 def load(name: str, *, human_label: str | None = None, data_dir: str | None = None,
-         data_root: str | None = None, image_size: int | None = None) -> Dataset:
+         data_root: str | None = None, image_size: int | None = None,
+         val_list: str | None = None, test_list: str | None = None,
+         class_names_file: str | None = None) -> Dataset:
     """Loads a dataset by CLI name (see the module docstring).
 
     Args:
@@ -41,6 +43,9 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
       data_root: the folder the paths of a 'list:' file are relative to (default: the
         list file's folder).
       image_size: resize images to image_size x image_size (file and TFDS data).
+      val_list, test_list: 'list:' data only: list files of a validation and a test split
+        (paths under the same data_root).
+      class_names_file: 'list:' data only: one class name per line (index = label).
 
     Raises:
       DataError: unknown name, a human_label where none exists, or any loader failure.
@@ -69,7 +74,9 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
     if kind == 'tfds':
         from clid_tf import tfds_images  # pylint: disable=import-outside-toplevel
         return from_tfds(tfds_images, arg, data_dir=data_dir, image_size=image_size)
-    return from_files(kind, arg, data_root=data_root, image_size=image_size)
+    return from_files(kind, arg, data_root=data_root, image_size=image_size,
+                      val_list=val_list, test_list=test_list,
+                      class_names_file=class_names_file)
 
 
 # --------------------------------------------------------------------------- digits
@@ -98,36 +105,35 @@ def load_digits(*, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
 
 # --------------------------------------------------------------------------- user files
 
-def from_files(kind: str, path: str, *, data_root: str | None,
-               image_size: int | None) -> Dataset:
-    """A class-folder tree ('folder') or a list file ('list'), streamed from disk."""
+def from_files(kind: str, path: str, *, data_root: str | None, image_size: int | None,
+               val_list: str | None = None, test_list: str | None = None,
+               class_names_file: str | None = None) -> Dataset:
+    """A class-folder tree ('folder') or "path label" list files ('list'), streamed."""
     from clid_tf import image_files  # pylint: disable=import-outside-toplevel
     if kind == 'folder':
-        if data_root is not None:
-            raise DataError('--data_root applies to list: data; a folder: path is the root')
+        if data_root is not None or val_list or test_list or class_names_file:
+            raise DataError('--data_root, --val_list, --test_list and --class_names_file '
+                            'apply to list: data; a folder: path holds its own splits')
         lists = image_files.folder_splits(path)
     else:
         root = data_root if data_root is not None else os.path.dirname(os.path.abspath(path))
-        lists = {'train': image_files.read_list(path, root=root)}
-    checked, checked_shape = {}, None
-    for split in sorted(lists, key=lambda s: s != 'train'):  # train first
-        checked[split], shape, warnings = image_files.check_images(lists[split],
-                                                                    image_size=image_size)
-        for warning in warnings:
-            print(f'warning: {warning}')
-        if checked_shape is None:
-            checked_shape = shape
-        elif shape != checked_shape:
-            raise DataError(f'the {split} images are {shape} but the train images are '
-                            f'{checked_shape}; pass --image_size to resize them all')
+        names = (None if class_names_file is None
+                 else image_files.read_class_names(class_names_file))
+        lists = {'train': image_files.read_list(path, root=root, class_names=names)}
+        for split, file in (('val', val_list), ('test', test_list)):
+            if file:
+                lists[split] = image_files.read_list(
+                    file, root=root, class_names=lists['train'].class_names)
+    checked, shape, warnings = image_files.check_splits(lists, image_size=image_size)
+    for warning in warnings:
+        print(f'warning: {warning}')
     class_names = tuple(checked['train'].class_names)
 
     def split(name):
         if name not in checked:
             return None
-        file_list = checked[name]
-        return Split(sources.FileSource(file_list, element_shape=checked_shape,
-                                        image_size=image_size), file_list.labels)
+        return Split(sources.FileSource(checked[name], shape, image_size=image_size),
+                     checked[name].labels)
 
     train = split('train')
     datasets.check_labels(train.labels, len(class_names), what='training labels')
@@ -142,8 +148,10 @@ def from_tfds(tfds_images, name: str, *, data_dir: str | None,
     """Any TFDS image classification dataset (user labels: no default noise)."""
     loaded = tfds_images.load_tfds_image_classification(name, data_dir=data_dir,
                                                         image_size=image_size)
+    for note in loaded.notes:
+        print(f'note: {note}')
     class_names = tuple(loaded.class_names)
-    splits = {key: Split(inputs, labels) for key, (inputs, labels) in loaded.splits.items()}
+    splits = {key: Split(part.source, part.labels) for key, part in loaded.splits.items()}
     if 'train' not in splits:
         raise DataError(f'TFDS dataset {name!r} has no train split')
     datasets.check_labels(splits['train'].labels, len(class_names), what='training labels')

@@ -157,8 +157,21 @@ class MetaReweightModel(keras.Model):
             y = None
             if steps is not None:
                 kwargs.setdefault("steps_per_epoch", steps)
-            kwargs.pop("shuffle", None)  # the stream shuffles itself, seeded per epoch
+        kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
         return super().fit(x, y, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        if self.meta_optimizer is not None:
+            config["meta_optimizer"] = keras.saving.serialize_keras_object(self.meta_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        """`keras.models.load_model` recompiles with both optimizers (their states are
+        restored afterwards with the weights)."""
+        config = {key: keras.saving.deserialize_keras_object(value)
+                  for key, value in config.items()}
+        self.compile(**config)
 
     def checkpoint_parts(self) -> dict:
         """The trackables a resumable checkpoint holds (networks and optimizer states)."""

@@ -1,4 +1,5 @@
-"""Meta-nets that turn per-sample training signals into loss weights (METHOD.md 2.1)."""
+"""Meta-nets that turn per-sample training signals into loss weights (METHOD.md 2.1):
+WNet here, VRI in clid_tf.vri, and `build(kind)` for either."""
 
 from __future__ import annotations
 
@@ -9,23 +10,8 @@ import keras
 import tensorflow as tf
 
 from clid_tf import objectives
-
-
-class WeightedLoss(NamedTuple):
-    """What a meta-net makes of one training batch.
-
-    loss: scalar training loss, differentiable in theta (through the logits) and phi.
-    weights: the meta-net's output per sample, [B] (WNet) or [B, K] (VRI); monitoring.
-    regularizer: scalar term of the meta-net's own objective (VRI's KL), added to the meta
-      loss when phi is updated; 0 for WNet.
-    """
-    loss: tf.Tensor
-    weights: tf.Tensor
-    regularizer: tf.Tensor
-
-    def per_sample_weights(self) -> tf.Tensor:
-        """[B]: `weights` averaged over its trailing axes (VRI: over classes)."""
-        return tf.reduce_mean(tf.reshape(self.weights, [tf.shape(self.weights)[0], -1]), axis=1)
+from clid_tf import vri
+from clid_tf.objectives import WeightedLoss
 
 
 def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
@@ -92,6 +78,5 @@ def build(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float = 0.01
         net(tf.zeros([1]))
         return net
     if kind == "vri":
-        from clid_tf import vri  # pylint: disable=import-outside-toplevel
         return vri.VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)
     raise ValueError(f"unknown meta-net {kind!r}; choose from wnet, vri")

@@ -6,12 +6,29 @@ meta-net is trained to make the look-ahead classifier minimise.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
 from clid_tf import clid as clid_lib
 from clid_tf import distribute
+
+class WeightedLoss(NamedTuple):
+    """What a meta-net makes of one training batch.
+
+    loss: scalar training loss, differentiable in theta (through the logits) and phi.
+    weights: the meta-net's output per sample, [B] (WNet) or [B, K] (VRI); monitoring.
+    regularizer: scalar term of the meta-net's own objective (VRI's KL), added to the meta
+      loss when phi is updated; 0 for WNet.
+    """
+    loss: tf.Tensor
+    weights: tf.Tensor
+    regularizer: tf.Tensor
+
+    def per_sample_weights(self) -> tf.Tensor:
+        """[B]: `weights` averaged over its trailing axes (VRI: over classes)."""
+        return tf.reduce_mean(tf.reshape(self.weights, [tf.shape(self.weights)[0], -1]), axis=1)
+
 
 # Meta objectives: name -> which label the meta batch must carry ('none' = label-free).
 META_OBJECTIVE_LABELS = {

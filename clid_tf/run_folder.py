@@ -137,7 +137,7 @@ class RunFolder:
                               "nothing to resume")
         changed = sorted(_significant(current_flags) ^ _significant(self.read_flags()))
         if changed:
-            names = sorted({line.split("=")[0].lstrip("-") for line in changed})
+            names = sorted({line.split("=")[0] for line in changed})
             raise FolderError(f"cannot resume {self.path}: flags differ from the "
                               f"checkpointed run ({', '.join(names)})")
 
@@ -148,6 +148,8 @@ class RunFolder:
 
     def check_split(self, arrays: dict[str, np.ndarray]) -> None:
         """The saved split equals `arrays` (same data, noise and seed as the saved run)."""
+        if not os.path.isfile(self.join("split.npz")):
+            raise FolderError(f"{self.path} has no split.npz: the run never started training")
         with np.load(self.join("split.npz")) as saved:
             for key, value in arrays.items():
                 if key not in saved or not np.array_equal(saved[key], value):

@@ -14,7 +14,6 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from clid_tf import meta_nets
 from clid_tf import distribute
 from clid_tf import objectives
 
@@ -70,7 +69,7 @@ class VRINet(keras.Model):
     The layers are built in the constructor, so the variables exist before `compile`.
 
     `call(features, labels)` gives the posterior (mu, log_var), `prior(features)` the prior
-    (mu_p, log_var_p); `weighted_loss` implements the `meta_nets.WeightedLoss` interface.
+    (mu_p, log_var_p); `weighted_loss` implements the `objectives.WeightedLoss` interface.
     """
 
     def __init__(self, num_classes: int | None = None, feature_dim: int | None = None, *,
@@ -160,7 +159,7 @@ class VRINet(keras.Model):
         return tf.sigmoid(mu + tf.exp(0.5 * log_var) * distribute.replica_rows(eps))
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
-                      regularize: bool = True) -> meta_nets.WeightedLoss:
+                      regularize: bool = True) -> objectives.WeightedLoss:
         """Rectified training loss of a batch, differentiable in theta and phi.
 
         loss = mean_i CE(softmax(w_i * logits_i), y~_i): theta gets gradient through the
@@ -191,8 +190,8 @@ class VRINet(keras.Model):
         # Shares of global-batch means, so replicas' gradients sum to the 1-device ones.
         loss = distribute.global_mean(objectives.per_sample_ce(rectified, labels))
         if not regularize:  # the actual step: the KL would be discarded, skip the prior net
-            return meta_nets.WeightedLoss(loss, weights, tf.zeros([], loss.dtype))
+            return objectives.WeightedLoss(loss, weights, tf.zeros([], loss.dtype))
         mu_p, log_var_p = self.prior(features)
         regularizer = self.kl_weight * distribute.global_mean(
             kl_per_sample(mu, log_var, mu_p, log_var_p))
-        return meta_nets.WeightedLoss(loss, weights, regularizer)
+        return objectives.WeightedLoss(loss, weights, regularizer)

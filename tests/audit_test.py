@@ -1,4 +1,5 @@
-"""The label audit: its pure metrics by hand, and real CLI runs on digits end to end."""
+"""The label audit: its pure metrics by hand, cross-fitting, and real CLI runs on digits
+(in sample and out of sample) end to end."""
 
 import csv
 import glob
@@ -11,48 +12,19 @@ import sys
 import numpy as np
 import pytest
 
-from clid_tf import audit
+from clid_tf import label_issues as audit
+from clid_tf import run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DIGITS_TRAIN = 1437
 
 
-# ---------------------------------------------------------------- flags.cfg
-def test_importing_the_module_defines_no_flags():
-    code = ("from absl import flags; before = len(list(flags.FLAGS)); "
+# ---------------------------------------------------------------- the command
+def test_importing_the_command_defines_no_flags_and_starts_no_tensorflow():
+    code = ("from absl import app, flags, logging; before = len(list(flags.FLAGS)); "
             "import clid_tf.audit; assert len(list(flags.FLAGS)) == before; "
             "import sys; assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
-
-
-def test_parse_flagfile_reads_values_booleans_and_no_prefixed_names():
-    text = ("# comment\n--dataset=digits\n--noise=sym\n--noise_rate=0.4\n--augment_flip\n"
-            "--noexport\n--lr_milestones=\n\n--data_dir=/a=b\n")
-    assert audit.parse_flagfile(text) == {
-        "dataset": "digits", "noise": "sym", "noise_rate": "0.4", "augment_flip": "true",
-        "export": "false", "lr_milestones": "", "data_dir": "/a=b"}
-
-
-def test_run_config_types_defaults_and_missing_flag():
-    values = {"dataset": "digits", "noise": "sym", "noise_rate": "0.4", "method": "ce",
-              "meta_size": "100", "batch_size": "100", "meta_batch_size": "100",
-              "seed": "3", "backbone": "small_cnn"}
-    config = audit.run_config(values)
-    assert config.seed == 3 and config.noise_rate == 0.4 and config.meta_net == "wnet"
-    assert config.data_dir is None and config.imbalance_gamma == 1.0
-    assert audit.run_config({**values, "data_dir": ""}).data_dir is None
-    with pytest.raises(audit.AuditError, match="--seed"):
-        audit.run_config({k: v for k, v in values.items() if k != "seed"})
-    with pytest.raises(audit.AuditError, match="bad --meta_size"):
-        audit.run_config({**values, "meta_size": "many"})
-
-
-def test_checkpoint_epoch_and_missing_checkpoints(tmp_path):
-    assert audit.checkpoint_epoch("/run/checkpoints/ckpt-12") == 12
-    with pytest.raises(audit.AuditError, match="no checkpoints"):
-        audit.checkpoint_paths(str(tmp_path))
-    with pytest.raises(audit.AuditError, match="flags.cfg not found"):
-        audit.read_run_config(str(tmp_path))
 
 
 # ---------------------------------------------------------------- pure metrics
@@ -103,12 +75,12 @@ def test_roc_auc_against_a_hand_count():
 
 
 def test_audit_metrics_with_and_without_clean_labels():
-    unknown = audit.audit_metrics(PROBS, GIVEN)
+    unknown = audit.metrics(PROBS, GIVEN)
     assert unknown["estimated_noise_rate"] == 0.5 and unknown["num_flagged"] == 2
     assert unknown["num_train"] == 4
     assert all(unknown[k] is None for k in ("true_noise_rate", "precision", "recall",
                                             "roc_auc"))
-    known = audit.audit_metrics(PROBS, GIVEN, CLEAN)
+    known = audit.metrics(PROBS, GIVEN, CLEAN)
     # Flagged = the 2 most suspicious: samples 3 (clean) and 1 (flipped).
     assert known["true_noise_rate"] == 0.5
     assert known["precision"] == 0.5 and known["recall"] == 0.5
@@ -117,29 +89,67 @@ def test_audit_metrics_with_and_without_clean_labels():
 
 
 def test_audit_table_rows_are_sorted_and_complete():
-    indices = np.array([10, 11, 12, 13])
-    rows = audit.audit_table(indices, PROBS, GIVEN, np.array([0.9, 0.1, 0.5, 0.2]), CLEAN)
-    assert [r["index"] for r in rows] == [13, 11, 12, 10]
-    first = rows[0]
-    assert first == {"index": 13, "given_label": 1, "predicted_label": 2,
-                     "predicted_prob": pytest.approx(0.9),
-                     "given_label_prob": pytest.approx(0.05), "meta_weight": 0.2,
-                     "suspicion": pytest.approx(0.95), "clean_label": 1, "is_flipped": 0}
+    scores = audit.Scores(PROBS, np.array([0.9, 0.1, 0.5, 0.2]))
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    rows = audit.table(names, scores, GIVEN, class_names=("cat", "dog", "emu"), clean=CLEAN)
+    assert [r["sample"] for r in rows] == ["d.png", "b.png", "c.png", "a.png"]
+    assert rows[0] == {"rank": 1, "sample": "d.png", "given_label": "dog",
+                       "predicted_label": "emu", "given_label_prob": pytest.approx(0.05),
+                       "predicted_prob": pytest.approx(0.9), "meta_weight": 0.2,
+                       "suspicion": pytest.approx(0.95), "flagged": 1, "true_label": "dog",
+                       "is_flipped": 0}
+    assert [r["flagged"] for r in rows] == [1, 1, 0, 0]  # estimated noise rate 0.5
     assert [r["is_flipped"] for r in rows] == [0, 1, 1, 0]
-    plain = audit.audit_table(indices, PROBS, GIVEN)
+    plain = audit.table(names, audit.Scores(PROBS, None), GIVEN, class_names=("a", "b", "c"))
     assert all(r["meta_weight"] == "" for r in plain)
-    assert "clean_label" not in plain[0] and "is_flipped" not in plain[0]
+    assert "true_label" not in plain[0] and "is_flipped" not in plain[0]
 
 
 def test_outputs_are_written_atomically_and_results_are_merged(tmp_path):
     path = str(tmp_path / "audit.csv")
-    audit.write_csv_atomic(path, [{"a": 1, "b": ""}, {"a": 2, "b": 0.5}], ["a", "b"])
+    audit.write_csv(path, [{"a": 1, "b": ""}, {"a": 2, "b": 0.5}])
     assert open(path).read().splitlines() == ["a,b", "1,", "2,0.5"]
-    results = str(tmp_path / "results.json")
-    json.dump({"final_test_accuracy": 0.9, "audit": {"old": 1}}, open(results, "w"))
-    audit.merge_results(results, {"roc_auc": 0.97})
-    assert json.load(open(results)) == {"final_test_accuracy": 0.9, "audit": {"roc_auc": 0.97}}
+    folder = run_folder.RunFolder(str(tmp_path))
+    json.dump({"final_test_accuracy": 0.9, "audit": {"old": 1}}, open(folder.results_path, "w"))
+    folder.merge_results("audit", {"roc_auc": 0.97})
+    assert json.load(open(folder.results_path)) == {"final_test_accuracy": 0.9,
+                                                    "audit": {"roc_auc": 0.97}}
     assert sorted(os.listdir(tmp_path)) == ["audit.csv", "results.json"]  # no .tmp left
+
+
+# ---------------------------------------------------------------- cross-fitting
+def test_folds_are_stratified_disjoint_and_seeded():
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    folds = audit.folds_of(labels, folds=5, seed=3)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(60))
+    for fold in folds:
+        np.testing.assert_array_equal(np.bincount(labels[fold], minlength=3), [6, 4, 2])
+    again = audit.folds_of(labels, folds=5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+    assert not np.array_equal(audit.folds_of(labels, folds=5, seed=4)[0], folds[0])
+
+
+def test_cross_fit_scores_every_sample_by_a_model_that_never_saw_it():
+    labels = np.arange(40) % 4
+    seen = []
+
+    def train_fold(positions):
+        trained_on = set(positions.tolist())
+        seen.append(trained_on)
+
+        def score(held):
+            assert not trained_on & set(held.tolist())  # out of sample
+            probs = np.zeros((len(held), 4))
+            probs[:, len(seen) - 1] = 1.0  # marks which fold's model scored each sample
+            return audit.Scores(probs, np.full(len(held), float(len(seen))))
+        return score
+
+    scores = audit.cross_fit(labels, train_fold, folds=4, seed=0)
+    assert len(seen) == 4 and all(len(s) == 30 for s in seen)
+    fold_of = scores.probs.argmax(1)
+    for k in range(4):
+        assert set(np.flatnonzero(fold_of == k)).isdisjoint(seen[k])
+        np.testing.assert_array_equal(scores.weights[fold_of == k], k + 1)
 
 
 # ---------------------------------------------------------------- real runs
@@ -164,7 +174,7 @@ def audited_runs(tmp_path_factory):
     The two trainings run concurrently; each audit starts as soon as its run is done.
     """
     base = tmp_path_factory.mktemp("audit")
-    common = ["--meta_size=100", "--verbose=0", "--export=false"]
+    common = ["--meta_size=100", "--verbose=0", "--export=none"]
     jobs = {"ce": ["--method=ce", "--epochs=2"],
             "clid": ["--epochs=4", "--warmup_epochs=1"]}
     training = {name: _start("clid_tf.train", f"--workdir={base / name}", *args, *common)
@@ -173,7 +183,7 @@ def audited_runs(tmp_path_factory):
     for name, proc in training.items():
         returncode, _, err = _finish(proc)
         assert returncode == 0, err[-3000:]
-        audits[name] = _start("clid_tf.audit", f"--workdir={base / name}")
+        audits[name] = _start("clid_tf.audit", f"--workdir={base / name}", "--audit_folds=0")
     return {name: (str(base / name), _finish(proc)) for name, proc in audits.items()}
 
 
@@ -195,10 +205,10 @@ def _scalar_tags(event_dir):
 def test_audit_of_a_clid_run(audited_runs):
     workdir, (returncode, out, err) = audited_runs["clid"]
     assert returncode == 0, err[-3000:]
-    assert "Audited 1437 training labels" in out and "ROC AUC" in out
+    assert "Audited 1437 training labels in sample" in out and "ROC AUC" in out
     rows = _read_csv(workdir)
     assert len(rows) == NUM_DIGITS_TRAIN
-    assert sorted(int(r["index"]) for r in rows) == list(range(NUM_DIGITS_TRAIN))
+    assert sorted(int(r["sample"]) for r in rows) == list(range(NUM_DIGITS_TRAIN))
     suspicion = np.array([float(r["suspicion"]) for r in rows])
     assert np.all(np.diff(suspicion) <= 0)  # most suspicious first
     np.testing.assert_allclose(suspicion, [1 - float(r["given_label_prob"]) for r in rows],
@@ -206,13 +216,13 @@ def test_audit_of_a_clid_run(audited_runs):
     weights = np.array([float(r["meta_weight"]) for r in rows])
     assert np.all((weights > 0) & (weights < 1))
     flipped = np.array([r["is_flipped"] == "1" for r in rows])
-    assert np.array_equal(flipped, [r["clean_label"] != r["given_label"] for r in rows])
+    assert np.array_equal(flipped, [r["true_label"] != r["given_label"] for r in rows])
     assert weights[flipped].mean() < weights[~flipped].mean()  # the meta-net agrees
 
     results = json.load(open(os.path.join(workdir, "results.json")))
     metrics = results["audit"]
     assert "final_test_accuracy" in results and "history" in results  # kept
-    assert metrics["checkpoint_epochs"] == [2, 3, 4] and metrics["has_meta_net"]
+    assert metrics["folds"] == 0 and metrics["has_meta_net"]
     assert metrics["num_train"] == NUM_DIGITS_TRAIN
     assert metrics["true_noise_rate"] == pytest.approx(results["realised_noise_rate"])
     assert metrics["true_noise_rate"] == pytest.approx(flipped.mean())
@@ -224,7 +234,7 @@ def test_audit_of_a_clid_run(audited_runs):
     tags = _scalar_tags(os.path.join(workdir, "tensorboard", "audit"))
     for name in ("precision", "recall", "roc_auc", "estimated_noise_rate"):
         step, value = tags[f"audit/{name}"]
-        assert step == 4 and value == pytest.approx(metrics[name], rel=1e-6)
+        assert step == 0 and value == pytest.approx(metrics[name], rel=1e-6)
 
 
 def test_audit_of_a_ce_run_has_no_meta_weights(audited_runs):
@@ -234,7 +244,7 @@ def test_audit_of_a_ce_run_has_no_meta_weights(audited_runs):
     assert len(rows) == NUM_DIGITS_TRAIN
     assert all(r["meta_weight"] == "" for r in rows)
     metrics = json.load(open(os.path.join(workdir, "results.json")))["audit"]
-    assert not metrics["has_meta_net"] and metrics["checkpoint_epochs"] == [1, 2]
+    assert not metrics["has_meta_net"] and metrics["folds"] == 0
     assert metrics["roc_auc"] > 0.8
 
 
@@ -244,10 +254,25 @@ def test_a_workdir_without_flags_or_checkpoints_is_one_error_line(audited_runs, 
     no_checkpoints = str(tmp_path / "flags_only")
     os.makedirs(no_checkpoints)
     shutil.copy(os.path.join(audited_runs["ce"][0], "flags.cfg"), no_checkpoints)
-    for workdir, message in ((no_flags, "flags.cfg not found"),
-                             (no_checkpoints, "no checkpoints")):
-        returncode, out, err = _finish(_start("clid_tf.audit", f"--workdir={workdir}"))
+    for workdir, message in ((no_flags, "flags.cfg is unreadable"),
+                             (no_checkpoints, "has no split.npz")):
+        returncode, out, err = _finish(_start("clid_tf.audit", f"--workdir={workdir}",
+                                              "--audit_folds=0"))
         assert returncode == 2
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert "Traceback" not in err and out == ""
+
+
+def test_out_of_sample_audit_of_a_clid_run(audited_runs, tmp_path):
+    workdir = str(tmp_path / "clid")
+    shutil.copytree(audited_runs["clid"][0], workdir)
+    returncode, out, err = _finish(_start("clid_tf.audit", f"--workdir={workdir}",
+                                          "--audit_folds=2"), timeout=300)
+    assert returncode == 0, err[-3000:]
+    assert "audit: training fold 2 of 2" in out and "2-fold cross-fitting" in out
+    metrics = json.load(open(os.path.join(workdir, "results.json")))["audit"]
+    assert metrics["folds"] == 2 and metrics["has_meta_net"]
+    assert metrics["roc_auc"] > 0.8
+    rows = _read_csv(workdir)
+    assert sorted(int(r["sample"]) for r in rows) == list(range(NUM_DIGITS_TRAIN))

@@ -75,7 +75,7 @@ def test_command_line():
     assert args[:3] == [sys.executable, "-m", "clid_tf.train"]
     assert args[3:] == ["--flagfile=/repo/flags/base.cfg", "--method=clid", "--noise=pair",
                         "--noise_rate=0.4", "--seed=2", "--meta_net=vri", "--verbose=0",
-                        "--export=false", "--epochs=2", "--verbose=2",
+                        "--export=none", "--epochs=2", "--verbose=2",
                         "--workdir=/out/pair-0.4-clid-vri/seed2"]
     ce = bench.Run(bench.Setting("ce", "-", "sym", 0.6), 0)
     ce_args = bench.command(ce, out="/out", flagfile="f.cfg", extra=[])
@@ -84,8 +84,8 @@ def test_command_line():
 
 
 def test_extra_flags_are_rejoined_and_checked():
-    assert bench.parse_extra(["--epochs=2", "--lr_milestones=10", "20", "--noexport"]) == [
-        "--epochs=2", "--lr_milestones=10,20", "--noexport"]
+    assert bench.parse_extra(["--epochs=2", "--lr_milestones=10", "20", "--export=none"]) == [
+        "--epochs=2", "--lr_milestones=10,20", "--export=none"]
     for bad in (["epochs=2"], ["--seed=1"], ["--method=ce"], ["--flagfile=x.cfg"]):
         with pytest.raises(bench.BenchError):
             bench.parse_extra(bad)

@@ -27,7 +27,8 @@ def run_cli(*args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "clid")
-    proc = run_cli(f"--workdir={workdir}", "--flagfile=flags/digits_sym40.cfg", *FAST)
+    proc = run_cli(f"--workdir={workdir}", "--flagfile=flags/digits_sym40.cfg", "--export=last",
+                   *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, proc
 
@@ -82,7 +83,7 @@ def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
 def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path):
     workdir, _ = finished_run
     data = loaders.load_digits()
-    images = data.x_test[:16]
+    images = data.test.inputs.array[:16]
     np.save(tmp_path / "images.npy", images)
     script = (
         "import sys, numpy as np, tensorflow as tf\n"
@@ -124,7 +125,7 @@ def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
                    if "dynamic_scale" in name)
     assert saved == sorted([history["loss_scale"][-1], history["meta_loss_scale"][-1]])
     served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
-        "serving_default"](images=tf.constant(loaders.load_digits().x_test[:8]))
+        "serving_default"](images=tf.constant(loaders.load_digits().test.inputs.array[:8]))
     np.testing.assert_allclose(served["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 
@@ -155,6 +156,32 @@ def _npz(path, **overrides):
     arrays.update(overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return f"--dataset=npz:{path}"
+
+
+def _folder(path, classes, corrupt=0):
+    """A class-folder tree of small PNGs: classes = {name: [(height, width), ...]}; the
+    first `corrupt` files of each class are cut short."""
+    from PIL import Image
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for name, sizes in classes.items():
+        (path / name).mkdir()
+        for i, (h, w) in enumerate(sizes):
+            file = path / name / f"{i}.png"
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(file)
+            if i < corrupt:
+                file.write_bytes(file.read_bytes()[:20])
+    return path
+
+
+def _list(tmp, name, *lines):
+    """A list file beside two class folders a/ and b/ of 8x8 PNGs (made once)."""
+    if not (tmp / "listed").exists():
+        _folder(tmp / "listed", {"a": [(8, 8)] * 2, "b": [(8, 8)] * 2})
+        (tmp / "one_name.txt").write_text("only\nsecond\n")
+    path = tmp / "listed" / f"{name}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _bad_inputs(tmp):
@@ -203,6 +230,32 @@ def _bad_inputs(tmp):
          [_npz(tmp / "nan.npz", x_train=np.full((40, 8, 8), np.nan))], "NaN"),
         ("npz empty split", [_npz(tmp / "empty.npz", x_test=np.zeros((0, 8, 8), np.uint8),
                                   y_test=np.zeros(0, int))], "empty"),
+        ("npz labels 1..K", [_npz(tmp / "onebased.npz", y_train=np.arange(40) % 3 + 1,
+                                  y_test=np.arange(10) % 3 + 1)], "class 0"),
+        ("feature vectors with a convolutional backbone",
+         [_npz(tmp / "vectors.npz", x_train=np.zeros((40, 5)), x_test=np.zeros((10, 5)))],
+         "--backbone=mlp"),
+        ("folder without class folders", [f"--dataset=folder:{_folder(tmp / 'empty', {})}"],
+         "no class subfolders"),
+        ("folder without images",
+         [f"--dataset=folder:{_folder(tmp / 'noimages', {'a': [], 'b': []})}"],
+         "no image files"),
+        ("folder with one class",
+         [f"--dataset=folder:{_folder(tmp / 'one', {'cat': [(8, 8)] * 4})}"], "2 classes"),
+        ("folder of mixed sizes",
+         [f"--dataset=folder:{_folder(tmp / 'mixed', {'a': [(8, 8)] * 3, 'b': [(9, 7)] * 3})}"],
+         "--image_size"),
+        ("folder of corrupt images",
+         [f"--dataset=folder:{_folder(tmp / 'corrupt', {'a': [(8, 8)] * 3, 'b': [(8, 8)] * 3}, corrupt=2)}"],
+         "corrupt"),
+        ("list line without a label", [f"--dataset=list:{_list(tmp, 'nolabel', 'a/0.png')}"],
+         "line 1"),
+        ("list naming a missing file",
+         [f"--dataset=list:{_list(tmp, 'missing', 'a/0.png 0', 'nowhere.png 1')}"], "missing"),
+        ("list label out of range",
+         [f"--dataset=list:{_list(tmp, 'range', 'a/0.png 0', 'b/0.png 5')}",
+          f"--class_names_file={tmp / 'one_name.txt'}"], "class"),
+        ("image size on arrays", ["--image_size=32"], "--image_size"),
     ]
 
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from clid_tf import backbones, export
 
 SHAPE = (8, 8, 1)
+NAMES = tuple(f"class{c}" for c in range(10))
 
 
 def _images(n, seed=0, shape=SHAPE):
@@ -34,7 +35,8 @@ def exported(tmp_path_factory):
     backbone = backbones.build("small_cnn", num_classes=10, input_shape=SHAPE, mean=(0.3,),
                                std=(0.37,), seed=0)
     path = str(tmp_path_factory.mktemp("export") / "saved_model")
-    export.export_saved_model(backbone, path, input_shape=SHAPE, input_dtype=tf.uint8)
+    export.export_saved_model(backbone, path, input_shape=SHAPE, input_dtype=tf.uint8,
+                              class_names=NAMES)
     return backbone, path
 
 
@@ -52,9 +54,9 @@ def test_export_writes_no_leftovers(exported):
 def test_describe_signature(exported):
     assert export.describe_signature(exported[1]).splitlines() == [
         "serving_bytes: image_bytes string [batch] -> class_ids int64 [batch], "
-        "probabilities float32 [batch, 10]",
+        "class_names string [batch], probabilities float32 [batch, 10]",
         "serving_default: images uint8 [batch, 8, 8, 1] -> class_ids int64 [batch], "
-        "probabilities float32 [batch, 10]"]
+        "class_names string [batch], probabilities float32 [batch, 10]"]
 
 
 def test_saved_model_cli_show_lists_serving_default(exported):
@@ -108,12 +110,39 @@ def test_signature_matches_keras_softmax(exported, loaded):
     backbone, _ = exported
     images = _images(5, seed=2)
     out = loaded.signatures["serving_default"](images=tf.constant(images))
-    assert sorted(out) == ["class_ids", "probabilities"]
+    assert sorted(out) == ["class_ids", "class_names", "probabilities"]
     assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (5, 10)
     assert out["class_ids"].dtype == tf.int64 and out["class_ids"].shape == (5,)
     want = _softmax(backbone, images)
     np.testing.assert_allclose(out["probabilities"].numpy(), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["class_ids"].numpy(), want.argmax(axis=1))
+    assert [n.decode() for n in out["class_names"].numpy()] == [
+        NAMES[c] for c in want.argmax(axis=1)]
+
+
+def test_ensemble_serves_the_argmax_of_summed_logits(tmp_path):
+    members = [backbones.build("small_cnn", num_classes=10, input_shape=SHAPE, mean=(0.3,),
+                               std=(0.37,), seed=seed) for seed in (1, 2, 3)]
+    path = str(tmp_path / "ensemble")
+    export.export_saved_model(members, path, input_shape=SHAPE)
+    images = _images(16, seed=4)
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    logits = [m(images.astype(np.float32), training=False)[0].numpy() for m in members]
+    np.testing.assert_allclose(out["probabilities"].numpy(),
+                               tf.nn.softmax(np.mean(logits, axis=0)).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), np.sum(logits, 0).argmax(1))
+    single = [m(images.astype(np.float32), training=False)[0].numpy().argmax(1)
+              for m in members]
+    assert any((s != out["class_ids"].numpy()).any() for s in single)  # a real ensemble
+
+
+def test_class_names_must_match_the_classes(tmp_path):
+    net = backbones.build("mlp", num_classes=3, input_shape=(4,), mean=(0,) * 4,
+                          std=(1,) * 4, seed=0)
+    with pytest.raises(ValueError, match="3 classes but 2 class names"):
+        export.export_saved_model(net, str(tmp_path / "m"), input_shape=(4,),
+                                  input_dtype="float32", class_names=("a", "b"))
 
 
 def _graph_ops(signature):
@@ -229,7 +258,7 @@ def test_flat_feature_model(tmp_path):
     export.export_saved_model(backbone, path, input_shape=(5,), input_dtype="float32")
     assert export.describe_signature(path) == (
         "serving_default: images float32 [batch, 5] -> class_ids int64 [batch], "
-        "probabilities float32 [batch, 3]")
+        "class_names string [batch], probabilities float32 [batch, 3]")
     signatures = tf.saved_model.load(path).signatures
     assert list(signatures) == ["serving_default"]
     x = np.random.RandomState(4).normal(size=(6, 5)).astype(np.float32)

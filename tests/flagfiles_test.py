@@ -39,7 +39,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
-from clid_tf import meta_nets
+from clid_tf import tfds_cifar
+from clid_tf.cli import training
 from clid_tf import schedules
 from clid_tf import splits
 
@@ -227,7 +228,7 @@ def _fake_split(self: Any, split: Any, **kwargs: Any) -> tf.data.Dataset:
 
 # The smallest batches and meta set, no SavedModel. ce_clean takes meta_size // K samples
 # per class, so CIFAR-100 needs a meta set of 100.
-_SMALL = ("--batch_size=4", "--meta_batch_size=4", "--eval_batch_size=8", "--export=false",
+_SMALL = ("--batch_size=4", "--meta_batch_size=4", "--eval_batch_size=8", "--export=none",
           "--verbose=0")
 # The settings' backbones run as they are except WRN-28-10 (36M parameters), swapped for
 # WRN-28-2, the same code at width 2: on 2 CPU cores one WNet run then takes about 12 s
@@ -254,17 +255,27 @@ def _expected_noise_rate() -> float:
     return FLAGS.noise_rate
 
 
+@pytest.fixture(autouse=True)
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked TFDS data is never 'prepared': pretend the download host is reachable."""
+    monkeypatch.setattr(tfds_cifar, "online", lambda: True)
+
+
 @pytest.mark.parametrize("path", SETTINGS)
 def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None:
     """The CLI with the file's own epochs and schedule, up to (not into) training."""
     seen = {}
 
-    def fake_train(setup: splits.Setup, **kwargs: Any) -> dict:
-        seen.update(kwargs, setup=setup)
-        return {key: 0.0 for key in ("final_test_accuracy", "best_test_accuracy",
-                                     "selected_accuracy", "ensemble5_accuracy")}
+    def fake_train(setup: splits.Setup, folder, **kwargs: Any) -> dict:
+        seen.update(setup=setup, lr_schedule=FLAGS.lr_schedule, lr=FLAGS.lr,
+                    epochs=FLAGS.epochs, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,
+                    lr_milestones=[int(m) for m in FLAGS.lr_milestones],
+                    lr_gamma=FLAGS.lr_gamma)
+        return {"selected_epoch": 1, **{key: 0.0 for key in (
+            "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
+            "ensemble5_accuracy")}}
 
-    monkeypatch.setattr(experiment, "train", fake_train)
+    monkeypatch.setattr(training, "train", fake_train)
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_small_overrides(path), f"--workdir={workdir}")

@@ -1,73 +1,120 @@
-"""The import graph stays a DAG with the math at the leaves, and only entry points use absl."""
+"""The import graph is layered: every clid_tf module imports only from lower layers, the
+math sits at the bottom, and only the command line touches absl flags."""
 
 import ast
 import os
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clid_tf")
-MODULES = sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "clid_tf")
+
+# Layer of every module, lowest first. A module may import (at module level or inside a
+# function) only from layers strictly below its own.
+LAYERS = [
+    # 0: leaves with no package imports: the math, noise models, TF-free plumbing
+    {"errors", "atomic_io", "clid", "noise", "meta_sets", "distribute", "schedules",
+     "augment", "resnets"},
+    # 1: image files on disk, losses and the meta-net interface, the run folder layout
+    {"image_files", "objectives", "run_folder"},
+    # 2: where inputs live (sources), VRI
+    {"sources", "vri"},
+    # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead
+    {"datasets", "data", "meta_nets", "backbones", "virtual"},
+    # 4: loaders of each kind, splits, label-free selection, export
+    {"npz_data", "tfds_cifar", "tfds_images", "splits", "selection", "export"},
+    # 5: dispatch, the algorithm, label issues
+    {"loaders", "meta_model", "label_issues"},
+    # 6: callbacks that read models, selection and data
+    {"sloss", "callbacks", "tb_views"},
+    # 7-11: the command line (the only reader of FLAGS): flags, the parts of a run, the
+    # audit (trains folds with those parts), the training command, the package
+    {"cli.flagdefs"}, {"cli.training"}, {"cli.auditing"}, {"cli.commands"}, {"cli"},
+    # 12: entry points and the lazy public API
+    {"train", "audit", "__init__"},
+]
+RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
+CLI = {"cli", "cli.flagdefs", "cli.training", "cli.auditing", "cli.commands", "train",
+       "audit"}
+
+
+def _modules():
+    found = []
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.relpath(os.path.join(folder, name), PACKAGE)[:-3]
+                found.append(path.replace(os.sep, ".").replace(".__init__", ""))
+    return sorted(found)
+
+
+def _source(module):
+    path = os.path.join(PACKAGE, *module.split("."))
+    return open(path + ".py" if os.path.isfile(path + ".py")
+                else os.path.join(path, "__init__.py")).read()
 
 
 def _imports(module):
     """(top-level imports, all imports) as dotted names, for one clid_tf module."""
-    tree = ast.parse(open(os.path.join(PACKAGE, f"{module}.py")).read())
+    tree = ast.parse(_source(module))
     top, every = set(), set()
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from clid_tf.cli import training` imports the submodule; the package
+            # itself counts only for names that are not submodules.
+            names = [f"{node.module}.{a.name}" for a in node.names]
         every.update(names)
         if node in tree.body:
             top.update(names)
     return top, every
 
 
-def _package_deps(names):
-    return {n.split(".")[1] for n in names if n.startswith("clid_tf.") and n.count(".") >= 1}
+def package_deps(names):
+    """clid_tf modules among dotted import names ('clid_tf.cli.flagdefs.FLAGS' -> cli.flagdefs)."""
+    modules = set(_modules())
+    deps = set()
+    for name in names:
+        if not name.startswith("clid_tf."):
+            continue
+        parts = name.split(".")[1:]
+        for n in range(len(parts), 0, -1):  # longest prefix that is a module
+            if ".".join(parts[:n]) in modules:
+                deps.add(".".join(parts[:n]))
+                break
+        else:
+            if parts and parts[0] == "__init__":
+                deps.add("__init__")
+    return deps
 
 
-@pytest.mark.parametrize("module,allowed", [
-    ("clid", set()), ("noise", set()), ("meta_sets", set()), ("errors", set()),
-    ("atomic_io", set()),
-    ("distribute", set()), ("objectives", {"clid", "distribute"}),
-    ("datasets", set()), ("splits", {"datasets", "meta_sets", "noise"}),
-])
-def test_leaf_modules_import_only_their_leaves(module, allowed):
-    _, every = _imports(module)
-    assert _package_deps(every) <= allowed
+def import_graph():
+    """module -> sorted package modules it imports (anywhere in its file)."""
+    return {m: sorted(package_deps(_imports(m)[1]) - {m}) for m in _modules()}
 
 
-def test_only_entry_points_touch_absl_flags():
-    for module in MODULES:
-        top, every = _imports(module)
-        uses_absl = any(n.startswith("absl") for n in every)
-        assert not uses_absl or module in ("cli", "train", "audit"), module
-        # audit defines its flags only inside its own main(), never at import
-        if module == "audit":
-            assert not any(n.startswith("absl") for n in top)
+def test_every_module_has_a_layer():
+    assert set(_modules()) == set(RANK), set(_modules()) ^ set(RANK)
 
 
-def test_cli_imports_no_tensorflow_at_module_level():
-    top, _ = _imports("cli")
-    assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top)
-    assert _package_deps(top) <= {"atomic_io", "datasets", "errors"}
+@pytest.mark.parametrize("module", sorted(RANK))
+def test_module_imports_only_lower_layers(module):
+    upward = [dep for dep in import_graph()[module] if RANK[dep] >= RANK[module]]
+    assert not upward, f"{module} (layer {RANK[module]}) imports {upward}"
 
 
-def test_import_graph_has_no_cycles():
-    graph = {m: _package_deps(_imports(m)[1]) - {m} for m in MODULES}
-    state = {}
+def test_only_the_command_line_touches_absl():
+    for module in _modules():
+        _, every = _imports(module)
+        if any(n.startswith("absl") for n in every):
+            assert module in CLI, module
 
-    def visit(node, path):
-        if state.get(node) == "done":
-            return
-        assert state.get(node) != "active", " -> ".join(path + [node])
-        state[node] = "active"
-        for dep in graph.get(node, ()):
-            visit(dep, path + [node])
-        state[node] = "done"
 
-    for module in MODULES:
-        visit(module, [])
+def test_the_command_line_checks_input_before_tensorflow_starts():
+    # Bad flags and data are reported in seconds, before TensorFlow is imported.
+    for module in ("cli.flagdefs", "cli.training", "cli.auditing", "cli.commands", "loaders",
+                   "datasets", "splits", "image_files", "npz_data", "run_folder", "__init__"):
+        top, _ = _imports(module)
+        assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top), module

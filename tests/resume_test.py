@@ -13,7 +13,7 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--epochs=5", "--warmup_epochs=2", "--steps_per_epoch=6", "--meta_size=100",
-       "--verbose=0", "--export=false", "--resume", "--deterministic"]
+       "--verbose=0", "--export=none", "--resume", "--deterministic"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -216,7 +216,7 @@ def command(run: Run, *, out: str, flagfile: str, extra: Sequence[str]) -> list[
             f"--seed={run.seed}"]
     if s.meta_net != NO_META_NET:
         args.append(f"--meta_net={s.meta_net}")
-    return [*args, "--verbose=0", "--export=false", *extra,
+    return [*args, "--verbose=0", "--export=none", *extra,
             f"--workdir={run.workdir(out)}"]
 
 

@@ -1,11 +1,12 @@
 """The command line (the only reader of absl FLAGS).
 
   flagdefs   every flag of the project and the parser that reports bad ones
-  training   `python -m clid_tf.train`: the training run's composition root
+  training   the parts of a training run built from the flags (data, model, streams)
   auditing   `python -m clid_tf.audit`: the label audit of a finished run
+  commands   `python -m clid_tf.train`: one run start to finish (the composition root)
 """
 
+from clid_tf.cli.commands import main, run
 from clid_tf.cli.flagdefs import (BACKBONES, EXPORTS, FLAGS, HUMAN_NOISE, METHODS,
-                                  define_flags, parse_flags,
-                                  training_flag_names)
-from clid_tf.cli.training import RunError, fail, main, run
+                                  define_flags, fail, parse_flags, training_flag_names)
+from clid_tf.errors import RunError

@@ -24,7 +24,8 @@ from clid_tf import meta_sets
 from clid_tf import run_folder
 from clid_tf import splits
 from clid_tf.cli import training
-from clid_tf.cli.flagdefs import FLAGS
+from clid_tf.cli.flagdefs import FLAGS, fail
+from clid_tf.errors import RunError
 
 IN_SAMPLE_CHECKPOINTS = 3
 
@@ -48,7 +49,7 @@ def flags_parser(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     """Entry point of `python -m clid_tf.audit` (after `flags_parser`)."""
     if len(argv) > 1:
-        training.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging  # pylint: disable=import-outside-toplevel
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
@@ -58,8 +59,8 @@ def main(argv: list[str]) -> None:
         folder.check_split(run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
                                                    setup.meta_indices, setup.val_indices))
         audit(folder, setup, folds=FLAGS.audit_folds)
-    except (training.RunError, run_folder.FolderError, ValueError) as error:
-        training.fail(str(error))
+    except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
+        fail(str(error))
 
 
 def audit(folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
@@ -137,7 +138,7 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     state = tf.train.get_checkpoint_state(folder.checkpoints)
     paths = list(state.all_model_checkpoint_paths) if state else []
     if not paths:
-        raise training.RunError(f"no checkpoints in {folder.checkpoints} to audit in sample")
+        raise RunError(f"no checkpoints in {folder.checkpoints} to audit in sample")
     paths = run_folder.ranked_paths(
         p if os.path.isabs(p) else os.path.join(folder.checkpoints, p)
         for p in paths)[-IN_SAMPLE_CHECKPOINTS:]
@@ -153,7 +154,7 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
         try:
             checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
         except (AssertionError, tf.errors.OpError) as error:
-            raise training.RunError(f"checkpoint {path} does not match the run's networks "
+            raise RunError(f"checkpoint {path} does not match the run's networks "
                                     f"(flags.cfg changed?): {str(error).splitlines()[0]}"
                                     ) from error
         scores = label_issues.score_part(model, part, batch_size=FLAGS.eval_batch_size)

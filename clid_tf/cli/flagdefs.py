@@ -63,6 +63,12 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS_DATA_DIR).")
     flags.DEFINE_string("data_root", None, "Folder the paths of a list: file are relative "
                         "to (default: the list file's folder).")
+    flags.DEFINE_string("val_list", None, "list: data: a list file of a validation split "
+                        "(same format, same --data_root), e.g. Clothing1M's clean_val.")
+    flags.DEFINE_string("test_list", None, "list: data: a list file of a test split, e.g. "
+                        "Clothing1M's clean_test.")
+    flags.DEFINE_string("class_names_file", None, "list: data: one class name per line "
+                        "(line i names label i).")
     flags.DEFINE_integer("image_size", None, "Resize folder:, list: and tfds: images to "
                          "SIZE x SIZE (needed when their sizes differ).", lower_bound=8)
     flags.DEFINE_enum("noise", None, (*noise.KINDS, *HUMAN_NOISE),
@@ -194,6 +200,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+
+
+def fail(message: str) -> None:
+    """One error line for the user, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def training_flag_names() -> list[str]:

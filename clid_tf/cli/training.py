@@ -1,87 +1,17 @@
-"""The training command: `run` is the composition root of a training run.
+"""The parts of a training run, built from the flags: data, model, streams, callbacks.
 
-It turns the flags into built parts (the data, a backbone, a meta-net, optimizers,
-callbacks) and hands them to the library exactly as a Python user would:
-`MetaReweightModel(...)`, `compile(...)`, `fit(...)`. The cli package is the only reader
-of FLAGS.
+They hand the library exactly what a Python user would: `MetaReweightModel(...)`,
+`compile(...)`, `fit(...)`. `train` fits and exports one run; the audit trains its folds
+with the same pieces. The cli package is the only reader of FLAGS.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import sys
-import time
-
-from absl import logging
-
 from clid_tf import datasets
 from clid_tf import loaders
-from clid_tf import errors
 from clid_tf import run_folder
+from clid_tf.errors import RunError
 from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, training_flag_names
-
-# The benchmark sets whose paper settings live in flags/ (printed when run without one).
-PAPER_SETTINGS = {"cifar10": "flags/cifar10_*.cfg", "cifar100": "flags/cifar100_*.cfg",
-                  "cifar10_n": "flags/cifar10_n_*.cfg"}
-
-
-class RunError(Exception):
-    """A problem with the user's flags, files or data: reported as one line, exit code 2."""
-
-
-def main(argv: list[str]) -> None:
-    """Entry point for `absl.app.run`: a bad input becomes one line and exit code 2."""
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:  # TensorFlow logs every save at INFO: hide that
-        logging.set_verbosity(logging.WARNING)
-    try:
-        run()
-    except (RunError, errors.DataError, run_folder.FolderError) as error:
-        fail(str(error))
-    except errors.NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3)
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-# ---------------------------------------------------------------- the training run
-def run() -> dict:
-    """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
-    folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
-    resuming = FLAGS.resume and folder.has_checkpoint()
-    if resuming:
-        folder.check_resumable(FLAGS.flags_into_string())
-    else:
-        folder.create(allow_partial=FLAGS.resume)
-    with folder.removed_on_failure():
-        setup = prepare_setup()  # numpy only: bad data is reported before TensorFlow starts
-        split = run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
-                                        setup.meta_indices, setup.val_indices)
-        if resuming:
-            folder.check_split(split)
-        else:
-            folder.write_flags(FLAGS.flags_into_string())
-            folder.save_split(split)
-        print(plan_line(setup, folder))
-        started = time.time()
-        results = train(setup, folder, resuming=resuming)
-    results["train_seconds"] = round(time.time() - started, 1)
-    results["flags"] = {name: FLAGS[name].value for name in sorted(training_flag_names())}
-    folder.write_results(results)
-    print(result_line(results, folder))
-    if FLAGS.audit:
-        from clid_tf.cli import auditing  # pylint: disable=import-outside-toplevel
-        results["audit"] = auditing.audit(folder, setup, folds=FLAGS.audit_folds)
-    print(f"look at it: tensorboard --logdir {folder.tensorboard} ; {folder.results_path}"
-          + ("" if FLAGS.audit else f" ; python -m clid_tf.audit --workdir={folder.path}"))
-    return results
-
 
 def default_noise() -> str:
     """--noise as given, else sym for the clean benchmarks and none for a user's labels."""
@@ -93,8 +23,9 @@ def default_noise() -> str:
 def load_dataset() -> datasets.Dataset:
     noise = default_noise()
     return loaders.load(FLAGS.dataset, human_label=noise if noise in HUMAN_NOISE else None,
-                         data_dir=FLAGS.data_dir, data_root=FLAGS.data_root,
-                         image_size=FLAGS.image_size)
+                        data_dir=FLAGS.data_dir, data_root=FLAGS.data_root,
+                        image_size=FLAGS.image_size, val_list=FLAGS.val_list,
+                        test_list=FLAGS.test_list, class_names_file=FLAGS.class_names_file)
 
 
 def prepare_setup():
@@ -116,37 +47,6 @@ def prepare_setup():
             val_split=FLAGS.val_split, imbalance_gamma=FLAGS.imbalance_gamma)
     except ValueError as error:
         raise RunError(str(error)) from error
-
-
-def plan_line(setup, folder: run_folder.RunFolder) -> str:
-    """One line before training: what will run and where the results go."""
-    noise = default_noise()
-    ds = setup.dataset
-    noise_text = ("labels as given" if noise == "none" else f"human labels {noise}"
-                  if noise in HUMAN_NOISE else f"{noise} noise {FLAGS.noise_rate:g}")
-    meta = "" if FLAGS.method == "ce" else f" + {FLAGS.meta_net}"
-    line = (f"training {FLAGS.backbone}{meta}, method {FLAGS.method}, on {FLAGS.dataset} "
-            f"({len(setup.train_indices)} train"
-            + ("" if setup.val_indices is None else f", {len(setup.val_indices)} held out")
-            + ("" if ds.val is None else f", {len(ds.val.labels)} val")
-            + ("" if ds.test is None else f", {len(ds.test.labels)} test")
-            + f", {ds.num_classes} classes; {noise_text}) for {FLAGS.epochs} epochs into "
-            f"{folder.path}")
-    if FLAGS.dataset in PAPER_SETTINGS and not FLAGS["flagfile"].present:
-        line += (f"\nnote: these are the generic defaults (tuned on digits); the paper's "
-                 f"settings for {FLAGS.dataset} are in {PAPER_SETTINGS[FLAGS.dataset]} "
-                 "(--flagfile=...)")
-    return line
-
-
-def result_line(results: dict, folder: run_folder.RunFolder) -> str:
-    if results.get("final_test_accuracy") is None:
-        return (f"done: lowest meta-set CLID at epoch {results['selected_epoch']}; no test "
-                f"split, so no test accuracy; results in {folder.path}")
-    return (f"test accuracy: final {results['final_test_accuracy']:.4f}, best (oracle) "
-            f"{results['best_test_accuracy']:.4f}, lowest-CLID epoch "
-            f"{results['selected_accuracy']:.4f}, top-5 CLID ensemble "
-            f"{results['ensemble5_accuracy']:.4f}; results in {folder.path}")
 
 
 def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
@@ -390,7 +290,3 @@ def _read(source, indices):
     return sources.read_numpy(source, indices)
 
 
-def _default_workdir() -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{FLAGS.dataset.replace(':', '_').replace('/', '_')}"
-                        f"-{FLAGS.method}-{stamp}")

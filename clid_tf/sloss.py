@@ -31,6 +31,7 @@ from sklearn.mixture import GaussianMixture
 
 from clid_tf import data
 from clid_tf import selection as selection_lib
+from clid_tf import sources
 
 GMM_OPTIONS = {"n_components": 2, "max_iter": 10, "reg_covar": 5e-4, "tol": 1e-2}
 
@@ -224,10 +225,24 @@ class DynamicMetaSet:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         draw = self._draw_fn(int(batch_size), int(seed))
-        ids = tf.data.Dataset.counter(first_step).map(draw).unbatch()  # sequential: on demand
         labels = self._labels
-        stream = self.source.read(ids, batch_size=int(batch_size), drop_remainder=True).map(
-            lambda i, x: {"image": tf.cast(x, tf.float32), "label": tf.gather(labels, i)})
+        steps = tf.data.Dataset.counter(first_step)
+        if isinstance(self.source, sources.ArraySource):
+            # Draw and gather in ONE map, which reads the meta-set variables and so stays
+            # sequential: a batch reflects the meta set of the moment it is produced
+            # (nothing is read ahead but the downstream prefetch).
+            table = self.source.table()
+
+            def draw_batch(step):
+                i = draw(step)
+                return {"image": tf.cast(tf.gather(table, i), tf.float32),
+                        "label": tf.gather(labels, i)}
+
+            stream = steps.map(draw_batch)
+        else:  # files decode in parallel map calls, which read a few batches ahead
+            stream = self.source.read(steps.map(draw).unbatch(), batch_size=int(batch_size),
+                                      drop_remainder=True).map(
+                lambda i, x: {"image": tf.cast(x, tf.float32), "label": tf.gather(labels, i)})
         if augment is not None:
             steps = tf.data.Dataset.counter(first_step).map(
                 lambda t: tf.stack([tf.constant(seed + 7919, tf.int64), t]))

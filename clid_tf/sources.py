@@ -73,12 +73,17 @@ class ArraySource:
     def names(self) -> None:
         return None
 
-    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+    def table(self):
+        """The inputs as one host tf.constant [N, *element_shape] (made once)."""
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         if self._table is None:
             with tf.device("/CPU:0"):  # tf.data runs on the host
                 self._table = tf.constant(self.array)
-        table = self._table
+        return self._table
+
+    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        table = self.table()
         return indices.batch(batch_size, drop_remainder=drop_remainder).map(
             lambda ids: (ids, tf.gather(table, ids)))
 

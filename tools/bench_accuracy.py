@@ -51,6 +51,9 @@ RESULT_KEYS = {
     "selected": "selected_accuracy",
     "ensemble3": "ensemble3_accuracy",
     "ensemble5": "ensemble5_accuracy",
+    "val_final": "final_val_accuracy",
+    "val_best": "best_val_accuracy",
+    "val_selected": "selected_val_accuracy",
     "realised_noise_rate": "realised_noise_rate",
     "train_seconds": "train_seconds",
 }
@@ -62,6 +65,13 @@ TABLE_ACCURACIES = {
     "best (oracle)": "best",
     "CLID-selected": "selected",
     "CLID top-5 ensemble": "ensemble5",
+}
+# Accuracies on the held-out part of the noisy training data (--val_split), against its
+# noisy labels: label-free of clean labels, the columns hyper-parameters are chosen by.
+TABLE_VAL = {
+    "val last (noisy)": "val_final",
+    "val best (noisy)": "val_best",
+    "val at CLID-selected (noisy)": "val_selected",
 }
 
 
@@ -340,7 +350,7 @@ def aggregate(rows: Sequence[dict]) -> list[Group]:
     for (noise, rate, method, meta_net), members in keyed.items():
         ok = [row for row in members if row["status"] == "ok"]
         stats = {column: mean_std(_present(row[column] for row in ok))
-                 for column in TABLE_ACCURACIES.values()}
+                 for column in (*TABLE_ACCURACIES.values(), *TABLE_VAL.values())}
         realised = mean_std(_present(row["realised_noise_rate"] for row in ok))
         groups.append(Group(noise, rate, method, meta_net, len(ok), len(members), stats,
                             None if realised is None else realised[0]))
@@ -371,7 +381,8 @@ def header_line(*, flagfile: str, extra: Sequence[str], seeds: Sequence[int]) ->
 
 def markdown_table(groups: Sequence[Group]) -> str:
     """One row per setting: accuracies as mean ± std over seeds, seeds, realised noise."""
-    columns = ["noise", "rate", "method", "meta-net", *TABLE_ACCURACIES, "seeds",
+    val = [name for name, c in TABLE_VAL.items() if any(g.stats[c] for g in groups)]
+    columns = ["noise", "rate", "method", "meta-net", *TABLE_ACCURACIES, *val, "seeds",
                "realised noise"]
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join(["---", "---:", "---", "---", *["---:"] * (len(columns) - 4)])
@@ -381,6 +392,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
         realised = "-" if g.realised_noise_rate is None else f"{g.realised_noise_rate:.3f}"
         cells = [g.noise, f"{g.rate:g}", g.method, g.meta_net,
                  *[format_mean_std(g.stats[c], g.num_ok) for c in TABLE_ACCURACIES.values()],
+                 *[format_mean_std(g.stats[TABLE_VAL[name]], g.num_ok) for name in val],
                  seeds, realised]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -138,9 +138,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("select_keep", 5, "Label-free checkpoint selection: keep the "
                          "weights (and test logits) of this many lowest meta-set-CLID epochs "
                          "for the selected model and the ensembles.", lower_bound=1)
-    flags.DEFINE_bool("select_augment", False, "Score the meta set for label-free selection "
-                      "through the training augmentation (as the reference does) instead of "
-                      "as it is.")
+    flags.DEFINE_enum("select_augment", "none", ("none", "weak", "strong"),
+                      "Label-free selection: score the meta set as it is (none) or through "
+                      "weak or strong augmentation (the reference scores it with its "
+                      "training augmentation, strong on CIFAR).")
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)

@@ -68,7 +68,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
         test=None if ds.test is None else data.Part(ds.test.inputs, None, ds.test.labels),
         batch_size=min(FLAGS.meta_batch_size, len(setup.selection_indices)), tau=FLAGS.tau,
         keep=FLAGS.select_keep, seed=FLAGS.seed, eval_batch_size=FLAGS.eval_batch_size,
-        augment=augmentation(ds) if FLAGS.select_augment else None,
+        augment=augmentation(ds, FLAGS.select_augment),
         directory=folder.selected_weights)
     run_state = callbacks_lib.RunState(folder.checkpoints, model, selection)
     start = run_state.restore() if resuming else 0
@@ -171,13 +171,14 @@ def meta_optimizer(model):
     return kind(FLAGS.meta_lr)
 
 
-def augmentation(ds):
-    """The flags' batch augmentation of training (and meta) images, or None."""
-    if FLAGS.augment == "none":
+def augmentation(ds, kind: str | None = None):
+    """A batch augmentation of images (`kind`, default --augment), or None for none."""
+    kind = FLAGS.augment if kind is None else kind
+    if kind == "none":
         return None
     from clid_tf import augment  # pylint: disable=import-outside-toplevel
-    return augment.build(FLAGS.augment, image_shape=ds.train.inputs.element_shape,
-                         seed=FLAGS.seed, flip=FLAGS.augment_flip)
+    return augment.build(kind, image_shape=ds.train.inputs.element_shape, seed=FLAGS.seed,
+                         flip=FLAGS.augment_flip)
 
 
 def noise_flags(setup):
@@ -261,7 +262,8 @@ def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: boo
 
 
 def results_of(setup, summary: dict, history: dict) -> dict:
-    """results.json: accuracies (when a test split exists), selection, noise, history."""
+    """results.json: accuracies (test ones when a test split exists; val ones against the
+    held-out part's labels, noisy, when there is one), selection, noise, history."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from clid_tf import splits  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
@@ -274,6 +276,10 @@ def results_of(setup, summary: dict, history: dict) -> dict:
                        best_epoch=best + 1,
                        **{k: summary[k] for k in ("selected_accuracy", "ensemble3_accuracy",
                                                   "ensemble5_accuracy")})
+    val = history.get("val_accuracy")
+    if val:
+        results.update(final_val_accuracy=val[-1], best_val_accuracy=max(val),
+                       selected_val_accuracy=val[summary["selected_epoch"] - 1])
     results.update(
         **splits.noise_report(setup),
         num_train=int(len(setup.train_indices)),

@@ -1,0 +1,93 @@
+"""The tf.data pipelines as training sees them: what a meta batch carries, end to end
+through the CLI, and the streams' determinism by epoch."""
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from clid_tf import cli
+from clid_tf import data
+from clid_tf import loaders
+from clid_tf import meta_model
+from clid_tf import sources
+
+FLAGS = flags.FLAGS
+
+
+def _run_recording_meta_batches(tmp_path, monkeypatch, *args):
+    """Runs the CLI in-process for one epoch of meta steps; returns every meta batch the
+    train step received (as numpy dicts)."""
+    cli.define_flags()
+    seen = []
+    original = meta_model.MetaReweightModel.train_step
+
+    def recording(self, batch):
+        if "meta" in batch:
+            seen.append(batch["meta"])
+        return original(self, batch)
+
+    monkeypatch.setattr(meta_model.MetaReweightModel, "train_step", recording)
+    with flagsaver.flagsaver():
+        FLAGS(["clid", f"--workdir={tmp_path / 'run'}", "--epochs=1", "--warmup_epochs=0",
+               "--steps_per_epoch=2", "--verbose=0", "--export=none", *args])
+        cli.run()
+    return seen
+
+
+def test_a_clid_runs_meta_batches_carry_no_label(tmp_path, monkeypatch):
+    seen = _run_recording_meta_batches(tmp_path, monkeypatch, "--method=clid")
+    assert seen and all(set(batch) == {"image"} for batch in seen)  # traced: no label key
+
+
+def test_an_oracle_runs_meta_batches_carry_the_clean_labels(tmp_path, monkeypatch):
+    seen = _run_recording_meta_batches(tmp_path, monkeypatch, "--method=ce_clean")
+    assert seen and all(set(batch) == {"image", "label"} for batch in seen)
+
+
+def test_epoch_batches_depend_on_the_epoch_only():
+    x = np.arange(50, dtype=np.float32)[:, None]
+    source = sources.ArraySource(x)
+    labels = (np.arange(50) % 5).astype(np.int32)
+
+    def first_batches(first_epoch, count):
+        stream = data.epoch_batches(source, np.arange(10, 50), batch_size=8, seed=3,
+                                    steps_per_epoch=5, first_epoch=first_epoch,
+                                    fields={"label": labels})
+        return [b for b in stream.take(count).as_numpy_iterator()]
+
+    straight = first_batches(0, 10)
+    resumed = first_batches(1, 5)  # epoch 1 on its own equals epoch 1 of the long stream
+    for a, b in zip(straight[5:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for batch in straight:
+        ids = batch["image"][:, 0].astype(int)
+        assert ids.min() >= 10  # only the given indices
+        np.testing.assert_array_equal(batch["label"], labels[ids])
+    epoch0 = np.concatenate([b["image"][:, 0] for b in straight[:5]])
+    assert len(np.unique(epoch0)) == 40  # one pass: every index once
+
+
+def test_ordered_batches_keep_order_and_end_with_a_smaller_batch():
+    source = sources.ArraySource(np.arange(23, dtype=np.uint8)[:, None])
+    order = np.random.default_rng(0).permutation(23)
+    batches = list(data.ordered_batches(source, order, batch_size=10).as_numpy_iterator())
+    assert [len(ids) for ids, _ in batches] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in batches]), order)
+    images = np.concatenate([x for _, x in batches])
+    assert images.dtype == np.float32
+    np.testing.assert_array_equal(images[:, 0], order)
+
+
+def test_user_stream_refuses_unaligned_labels():
+    with pytest.raises(ValueError, match="y must be int labels"):
+        data.user_stream(np.zeros((10, 3)), np.zeros(9), batch_size=5, meta_size=5,
+                         meta_batch_size=5, seed=0)
+    digits = loaders.load_digits()
+    stream, steps, meta = data.user_stream(digits.train.inputs.array[:100],
+                                           digits.train.labels[:100], batch_size=20,
+                                           meta_size=30, meta_batch_size=10, seed=0)
+    element = next(iter(stream))
+    assert steps == 5 and len(meta) == 30
+    assert set(element["train"]) == {"image", "label"} and set(element["meta"]) == {"image"}
+    assert element["meta"]["image"].shape == (10, 8, 8, 1)

@@ -158,6 +158,7 @@ def attempt(case: Case) -> Outcome:
     if case.summary == "run":  # the tool's own run: report its folder, then remove it
         for p in left:
             shutil.rmtree(os.path.join(cwd, p), ignore_errors=True)
+        left = [f"{p} (the run's results; removed by this tool)" for p in left]
     if case.workdir and os.path.exists(case.workdir):
         left.append(case.workdir)
     return Outcome(proc.returncode, seconds, left, describe(case, proc))

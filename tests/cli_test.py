@@ -208,7 +208,7 @@ def test_audit_and_benchmark_help_exit_0():
     assert "noise_rate" not in _entries(bench.stdout)  # the tool's own flags only
 
 
-def test_workdir_help_states_the_default_used(monkeypatch):
+def test_workdir_help_states_the_default_used():
     from absl.testing import flagsaver
     from clid_tf import cli
     from clid_tf.cli import commands

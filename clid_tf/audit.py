@@ -1,9 +1,19 @@
-"""`python -m clid_tf.audit --workdir=RUN`: rank a finished run's training labels by
-suspicion (clid_tf.cli.auditing; the scoring itself is clid_tf.label_issues)."""
+"""Rank a finished run's training labels by suspicion: which labels does the model doubt?
+
+  python -m clid_tf.audit --workdir=runs/digits-clid-20250101-093000
+  python -m clid_tf.audit --workdir=RUN --audit_folds=0   # in sample: the run's checkpoints
+
+Reads RUN/flags.cfg (any training flag given here overrides it) and RUN/split.npz, and writes
+RUN/audit.csv (most suspicious first), results.json['audit'] and tensorboard/audit. The
+scoring is clid_tf.label_issues; the command is clid_tf.cli.auditing.
+"""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if not __package__:  # run as a file (python clid_tf/audit.py): import the package instead
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # pylint: disable=wrong-import-position
 

@@ -37,8 +37,8 @@ class RunFolder:
     """Paths and files of one run in `path`."""
 
     def __init__(self, path: str):
-        self.path = os.path.normpath(path)
-        self._created = False
+        self.path = os.path.normpath(os.path.expanduser(path))  # no shell expands '--workdir=~/x'
+        self._created = None  # the outermost folder `create` made, removed on a failed start
 
     def join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -87,7 +87,7 @@ class RunFolder:
         if os.path.isdir(self.path) and os.listdir(self.path) and not allow_partial:
             raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
                               "choose a new --workdir, or pass --resume to continue it")
-        self._created = not os.path.exists(self.path)
+        self._created = _outermost_missing(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
             probe = self.join(".write_test")
@@ -101,14 +101,16 @@ class RunFolder:
     @contextlib.contextmanager
     def removed_on_failure(self) -> Iterator[None]:
         """Deletes what this run wrote if it fails before its first checkpoint, so a
-        refused or crashed start leaves no half run behind (the folder itself too, if this
-        run created it). A run with a checkpoint is kept, to be resumed."""
+        refused or crashed start leaves no half run behind (the folder itself too, and the
+        parents `create` made while they are empty). A run with a checkpoint is kept, to be
+        resumed."""
         try:
             yield
         except BaseException:
             if not self.has_checkpoint() and os.path.isdir(self.path):
                 if self._created:
                     shutil.rmtree(self.path, ignore_errors=True)
+                    _remove_empty_parents(self.path, up_to=self._created)
                 else:
                     for name in os.listdir(self.path):
                         target = self.join(name)
@@ -169,6 +171,28 @@ class RunFolder:
         results = self.read_results() if self.is_complete() else {}
         results[key] = value
         self.write_results(results)
+
+
+def _outermost_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (None: `path` exists)."""
+    missing = None
+    while path and not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty_parents(path: str, *, up_to: str) -> None:
+    """Removes the parents of `path` up to and including `up_to` while they are empty
+    (another run may have started in one of them meanwhile: that one stays)."""
+    while path != up_to:
+        path = os.path.dirname(path)
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def _significant(text: str) -> set[str]:

@@ -1,10 +1,13 @@
 """The command line as a user drives it: real subprocess runs on digits, and bad input."""
 
+import concurrent.futures
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +52,13 @@ def test_run_writes_results_flags_checkpoints(finished_run):
     assert "--method=clid" in open(os.path.join(workdir, "flags.cfg")).read()
     assert glob.glob(os.path.join(workdir, "checkpoints", "ckpt-2.index"))
     assert "test accuracy: final" in proc.stdout
+    plan = [line for line in proc.stdout.splitlines() if line.startswith("plan: ")]
+    assert plan == [f"plan: digits (1437 train, 360 test, 10 classes), sym noise 0.4; trainer "
+                    f"meta, method clid, meta-net wnet, backbone small_cnn; 2 epochs; results "
+                    f"in {workdir}"], proc.stdout
+    assert (f"look at it: tensorboard --logdir {workdir}/tensorboard ; cat "
+            f"{workdir}/results.json ; python -m clid_tf.audit --workdir={workdir}"
+            in proc.stdout.splitlines())
 
 
 def _scalars(event_dir):
@@ -129,18 +139,100 @@ def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
     np.testing.assert_allclose(served["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 
-def test_helpfull_documents_every_flag():
-    proc = run_cli("--helpfull")
-    assert proc.returncode in (0, 1)  # absl exits 1 after printing help
-    assert "Traceback" not in proc.stderr
-    for name in ("workdir", "dataset", "noise", "noise_rate", "method", "meta_size", "tau",
-                 "warmup_epochs", "meta_optimizer", "meta_lr", "lr_schedule", "backbone"):
-        assert f"--{name}" in proc.stdout, name
+def _entries(help_text):
+    """Flag name -> the text of its entry ('--name  facts' and its help lines)."""
+    entries, name = {}, None
+    for line in help_text.splitlines():
+        match = re.match(r"  --(?:\[no\])?(\w+)(?:  |$)", line)
+        if match:
+            name = match.group(1)
+            entries[name] = line
+        elif name and line.startswith("      "):
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exits_0():
+    from clid_tf.cli import flagdefs
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
+    out = proc.stdout
+    titles = [title for title, _ in flagdefs.HELP_GROUPS]
+    assert titles[:2] == ["run and output", "data and noise"]
+    positions = [out.index(f"\n{title}:\n") for title in titles]
+    assert positions == sorted(positions)
+    entries = _entries(out)
+    assert sorted(entries) == sorted(n for _, names in flagdefs.HELP_GROUPS for n in names)
+    assert "logtostderr" not in out and "helpfull:" not in out  # absl's flags only in --helpfull
+    assert entries["noise_rate"].startswith(
+        "  --noise_rate  default: 0.4; a number in the range [0.0, 1.0]")
+    assert entries["method"].startswith("  --method  default: clid; one of ce, clid, entropy")
+    assert entries["resume"].startswith("  --[no]resume  default: false")
+    assert entries["lr_milestones"].startswith("  --lr_milestones  default: empty")
+    assert "runs/<dataset>-<method>-<YYYYmmdd-HHMMSS>" in entries["workdir"]
+    assert max(len(line) for line in out.splitlines()) <= 100
+    for alias in ("-?", "--helpshort", "-help"):
+        again = run_cli(alias)
+        assert (again.returncode, again.stdout) == (0, out), alias
+    full = run_cli("--helpfull", "--epochs=3")
+    assert full.returncode == 0 and full.stdout.startswith(out.split("\n--helpfull")[0])
+    assert full.stdout.index("absl.logging:") > full.stdout.index("distribution and speed:")
+    assert "--[no]logtostderr" in full.stdout and "--verbosity" in full.stdout
+
+
+def test_every_training_flag_is_in_exactly_one_help_group():
+    from clid_tf import cli
+    from clid_tf.cli import flagdefs
+    cli.define_flags()
+    grouped = [name for _, names in flagdefs.HELP_GROUPS for name in names]
+    assert len(grouped) == len(set(grouped)), "a flag is in two help groups"
+    assert set(cli.training_flag_names()) - set(grouped) == set(), "add it to HELP_GROUPS"
+    assert set(grouped) - set(cli.training_flag_names()) == set(), "not a training flag"
+
+
+def test_audit_and_benchmark_help_exit_0():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    audit = subprocess.run([sys.executable, "-m", "clid_tf.audit", "--help"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    entries = _entries(audit.stdout)
+    assert list(entries)[:2] == ["workdir", "audit_folds"]
+    assert "finished training run (required)" in entries["workdir"]
+    assert "method" in entries and "resume" not in entries
+    bench = subprocess.run([sys.executable, "tools/bench_accuracy.py", "--help"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert {"out", "methods", "seeds", "extra"} <= set(_entries(bench.stdout))
+    assert "noise_rate" not in _entries(bench.stdout)  # the tool's own flags only
+
+
+def test_workdir_help_states_the_default_used():
+    from absl.testing import flagsaver
+    from clid_tf import cli
+    from clid_tf.cli import commands
+    cli.define_flags()
+    assert "Default: runs/<dataset>-<method>-<YYYYmmdd-HHMMSS> under the current folder, " \
+           "with ':' and '/' of --dataset as '_'" in cli.FLAGS["workdir"].help
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["x"])
+        assert re.fullmatch(r"runs/digits-clid-\d{8}-\d{6}", commands._default_workdir())
+        cli.FLAGS(["x", "--dataset=npz:data/mine.npz", "--method=ce"])
+        assert re.fullmatch(r"runs/npz_data_mine\.npz-ce-\d{8}-\d{6}",
+                            commands._default_workdir())
+
+
+# TensorFlow's C++ start-up log (printed at import, before absl::InitializeLog, whatever
+# TF_CPP_MIN_LOG_LEVEL says): not ours, so not counted. Python absl warnings are.
+TF_NATIVE_LOG = re.compile(r"[IWEF]0000 00:00:|WARNING: All log messages before absl::")
 
 
 def _assert_one_line_error(proc, needle):
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines()
+             if line.strip() and not TF_NATIVE_LOG.match(line)]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:") and needle in lines[0], lines[0]
@@ -189,6 +281,10 @@ def _bad_inputs(tmp):
     combinations, flagfiles, npz data files and workdirs."""
     (tmp / "malformed.cfg").write_text("--method=clid\nthis line is not a flag\n")
     (tmp / "bad_value.cfg").write_text("--epochs=abc\n")
+    (tmp / "typo.cfg").write_text("# a comment\n--metalr=0.01\n")
+    (tmp / "outer.cfg").write_text(f"--epochs=3\n--flagfile={tmp / 'typo.cfg'}\n")
+    (tmp / "inner_missing.cfg").write_text("--flagfile=flags/nowhere_inner.cfg\n")
+    (tmp / "empty_data").mkdir()
     (tmp / "pickled.npz").write_bytes(b"")
     np.savez(tmp / "pickled.npz", x_train=np.array([{"a": 1}] * 4, dtype=object),
              y_train=np.zeros(4), x_test=np.zeros((2, 8, 8)), y_test=np.zeros(2))
@@ -217,9 +313,35 @@ def _bad_inputs(tmp):
          [_npz(tmp / "flat.npz", x_train=np.zeros((40, 5)), x_test=np.zeros((10, 5))),
           "--backbone=mlp", "--augment=weak", "--meta_size=10", "--batch_size=8",
           "--meta_batch_size=8"], "augment"),
-        ("missing flagfile", ["--flagfile=flags/does_not_exist.cfg"], "does_not_exist"),
-        ("malformed flagfile", [f"--flagfile={tmp / 'malformed.cfg'}"], "not a flag"),
-        ("bad value in flagfile", [f"--flagfile={tmp / 'bad_value.cfg'}"], "epochs"),
+        ("missing flagfile", ["--flagfile=flags/does_not_exist.cfg"],
+         f"flagfile flags/does_not_exist.cfg not found relative to {ROOT}"),
+        ("flagfile named without its folder", ["--flagfile=digits_sym40.cfg"],
+         "did you mean flags/digits_sym40.cfg?"),
+        ("flagfile naming a missing flagfile", [f"--flagfile={tmp / 'inner_missing.cfg'}"],
+         f"flags/nowhere_inner.cfg (named on {tmp / 'inner_missing.cfg'} line 1) not found"),
+        ("flagfile that is a folder", [f"--flagfile={tmp}"], "cannot be read"),
+        ("malformed flagfile", [f"--flagfile={tmp / 'malformed.cfg'}"],
+         f"{tmp / 'malformed.cfg'} line 2: 'this line is not a flag' is not a flag"),
+        ("bad value in flagfile", [f"--flagfile={tmp / 'bad_value.cfg'}"],
+         f"{tmp / 'bad_value.cfg'} line 1: --epochs=abc: expected a positive integer"),
+        ("misspelt flag in flagfile", [f"--flagfile={tmp / 'typo.cfg'}"],
+         f"{tmp / 'typo.cfg'} line 2: unknown flag --metalr; did you mean --meta_lr"),
+        ("misspelt flag in a nested flagfile", [f"--flagfile={tmp / 'outer.cfg'}"],
+         f"{tmp / 'typo.cfg'} line 2 (included from {tmp / 'outer.cfg'} line 2): unknown flag"),
+        ("misspelt flag", ["--metalr=0.01"], "unknown flag --metalr; did you mean --meta_lr"),
+        ("flag of another tool", ["--out=bench"], "unknown flag --out"),
+        ("value for a boolean's no-form", ["--noresume=1"], "does not take an argument"),
+        ("flag without its value", ["--dataset", "--epochs=1"], "--dataset has no value"),
+        ("float for an integer", ["--epochs=3.5"], "--epochs=3.5: expected a positive integer"),
+        ("word for a boolean", ["--resume=maybe"], "expected true or false"),
+        ("one audit fold", ["--audit", "--audit_folds=1"], "--audit_folds=1 cannot cross-fit"),
+        ("multistep without milestones", ["--lr_schedule=multistep"], "needs --lr_milestones"),
+        ("CIFAR-N without a human label set", ["--dataset=cifar10_n"],
+         "--dataset=cifar10_n needs --noise=aggre|worst"),
+        ("the other CIFAR-N's label set", ["--dataset=cifar100_n", "--noise=worst"],
+         "--noise=noisy100"),
+        ("TFDS name typo", ["--dataset=tfds:mnsit", f"--data_dir={tmp / 'empty_data'}"],
+         "unknown TFDS dataset 'mnsit'"),
         ("missing npz", [f"--dataset=npz:{tmp / 'nowhere.npz'}"], "nowhere.npz"),
         ("npz missing a key", [_npz(tmp / "nokey.npz", y_test=None)], "y_test"),
         ("pickled npz", [f"--dataset=npz:{tmp / 'pickled.npz'}"], "pickle"),
@@ -256,20 +378,109 @@ def _bad_inputs(tmp):
          [f"--dataset=list:{_list(tmp, 'range', 'a/0.png 0', 'b/0.png 5')}",
           f"--class_names_file={tmp / 'one_name.txt'}"], "class"),
         ("image size on arrays", ["--image_size=32"], "--image_size"),
+        ("npz path without npz:", [f"--dataset={tmp / 'three.npz'}"],
+         f"--dataset=npz:{tmp / 'three.npz'}"),
+        ("folder path without folder:", [f"--dataset={tmp / 'one'}"],
+         f"--dataset=folder:{tmp / 'one'}"),
+        ("folder: naming a file", [f"--dataset=folder:{tmp / 'three.npz'}"], "not a folder"),
+        ("list: naming a folder", [f"--dataset=list:{tmp / 'listed'}"], "not a file"),
     ]
 
 
 def test_bad_input_table_gives_one_error_line_each(tmp_path):
+    """Each mistake: exit 2, one `error:` line naming it, within 10 s, no workdir (two
+    cases at a time; each case is timed on its own)."""
     cases = _bad_inputs(tmp_path)
-    assert len(cases) >= 20
-    for case, args, needle in cases:
-        workdir = tmp_path / "run"
+    assert len(cases) >= 55
+
+    def attempt(index_case):
+        index, (case, args, needle) = index_case
+        workdir = tmp_path / f"run{index}"
+        started = time.monotonic()
         proc = run_cli(f"--workdir={workdir}", "--verbose=0", *args)
-        try:
-            _assert_one_line_error(proc, needle)
-        except AssertionError as error:
-            raise AssertionError(f"case {case!r}: {error}") from error
-        assert not workdir.exists(), f"case {case!r} left a workdir behind"
+        return case, needle, proc, time.monotonic() - started, workdir
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for case, needle, proc, seconds, workdir in pool.map(attempt, enumerate(cases)):
+            try:
+                _assert_one_line_error(proc, needle)
+            except AssertionError as error:
+                raise AssertionError(f"case {case!r}: {error}") from error
+            assert not workdir.exists(), f"case {case!r} left a workdir behind"
+            assert seconds < 10, f"case {case!r} took {seconds:.1f} s"
+
+
+def test_a_strategy_that_cannot_start_is_one_line(tmp_path):
+    """--strategy=tpu without a TPU: one line, no workdir (after TensorFlow starts: seconds
+    more than the table's cases)."""
+    proc = run_cli(f"--workdir={tmp_path / 'run'}", "--strategy=tpu")
+    _assert_one_line_error(proc, "--strategy=tpu cannot start here")
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_another_folder_flagfile_paths_are_explained_and_nothing_is_left(tmp_path):
+    """Run where a new user might (not the repository root), without --workdir: a nested
+    flagfile path names its file, line and the folder to run from; a failed start leaves
+    the folder as it was (no runs/); --resume without --workdir is refused."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+
+    def run_here(*args):
+        return subprocess.run([sys.executable, "-m", "clid_tf.train", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    nested = os.path.join(ROOT, "flags", "digits_sym40.cfg")
+    _assert_one_line_error(run_here(f"--flagfile={nested}"),
+                           f"flagfile flags/digits_common.cfg (named on {nested} line 4) "
+                           f"not found relative to {tmp_path}")
+    assert f"run from {ROOT}" in run_here(f"--flagfile={nested}").stderr
+    _assert_one_line_error(run_here("--dataset=npz:nowhere.npz"), "nowhere.npz")
+    _assert_one_line_error(run_here("--resume"), "--resume needs --workdir")
+    _assert_one_line_error(run_here("--workdir=~/clid_tf_never/run", "--epochs=0"), "epochs")
+    assert os.listdir(tmp_path) == []
+
+
+def test_offline_cifar10_without_data_is_one_line_at_once(tmp_path, monkeypatch, capsys):
+    """No prepared CIFAR-10 and no internet: one line with the way to prepare it, before
+    any download is tried; online, TFDS is asked to download it (as usual)."""
+    from absl.testing import flagsaver
+    from clid_tf import cli, tfds_cifar
+    import tensorflow_datasets as tfds
+    cli.define_flags()
+    workdir, empty = tmp_path / "run", tmp_path / "tfds"
+    empty.mkdir()
+    args = ["x", f"--workdir={workdir}", "--dataset=cifar10", f"--data_dir={empty}"]
+    monkeypatch.setattr(tfds_cifar, "online", lambda: False)
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.parse_flags(args)
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["x"])
+        seconds = time.monotonic() - started
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert "'cifar10' is not available" in lines[0] and "download_and_prepare" in lines[0]
+    assert seconds < 10 and not workdir.exists()
+
+    asked = []
+    monkeypatch.setattr(tfds_cifar, "online", lambda: True)
+    monkeypatch.setattr(tfds, "load", lambda name, **kw: asked.append(name) or 1 / 0)
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.parse_flags(args)
+        with pytest.raises(SystemExit):
+            cli.main(["x"])
+    assert asked == ["cifar10"]  # online: the download is TFDS's to do
+    assert not workdir.exists()
+
+
+def test_human_label_sets_of_the_flags_match_the_loader():
+    from clid_tf import tfds_cifar
+    from clid_tf.cli import flagdefs
+    assert flagdefs.HUMAN_NOISE_OF == {name: spec.human_labels for name, spec in
+                                       tfds_cifar._TFDS_SPECS.items() if spec.human_labels}
+    assert set(flagdefs.HUMAN_NOISE) == {n for names in flagdefs.HUMAN_NOISE_OF.values()
+                                         for n in names}
 
 
 def test_existing_run_is_refused_and_left_intact(tmp_path):

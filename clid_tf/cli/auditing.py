@@ -15,7 +15,6 @@ after training.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
@@ -24,26 +23,25 @@ from clid_tf import meta_sets
 from clid_tf import run_folder
 from clid_tf import splits
 from clid_tf.cli import training
-from clid_tf.cli.flagdefs import FLAGS, fail
+from clid_tf.cli.flagdefs import AUDIT_GROUPS, AUDIT_HELP, FLAGS, fail, parse_flags
 from clid_tf.errors import RunError
 
 IN_SAMPLE_CHECKPOINTS = 3
 
 
 def flags_parser(argv: list[str]) -> list[str]:
-    """Parses the command line, then re-reads it on top of RUN/flags.cfg; one error line."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
+    """Parses the command line, then re-reads it on top of RUN/flags.cfg; --help, or one
+    error line (a bad line of flags.cfg named by its number)."""
+    parse_flags(argv, groups=AUDIT_GROUPS, help_overrides=AUDIT_HELP)
+    if not FLAGS.workdir:
+        fail("--workdir=RUN is required: the folder of a training run")
+    folder = run_folder.RunFolder(FLAGS.workdir)
     try:
-        FLAGS(argv)
-        if not FLAGS.workdir:
-            raise flags.Error("--workdir=RUN is required: the folder of a training run")
-        folder = run_folder.RunFolder(FLAGS.workdir)
         folder.read_flags()  # a readable flags.cfg, or one line
-        FLAGS.unparse_flags()
-        return FLAGS([argv[0], f"--flagfile={folder.flags_path}", *argv[1:]])
-    except (flags.Error, run_folder.FolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except run_folder.FolderError as error:
+        fail(str(error))
+    FLAGS.unparse_flags()
+    return parse_flags([argv[0], f"--flagfile={folder.flags_path}", *argv[1:]])
 
 
 def main(argv: list[str]) -> None:

@@ -7,6 +7,7 @@ so bad input is one line before TensorFlow starts), trains with the parts of
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -18,11 +19,8 @@ from clid_tf import errors
 from clid_tf import run_folder
 from clid_tf.cli import auditing
 from clid_tf.cli import training
-from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, fail, training_flag_names
-
-# The benchmark sets whose paper settings live in flags/ (printed when run without one).
-PAPER_SETTINGS = {"cifar10": "flags/cifar10_*.cfg", "cifar100": "flags/cifar100_*.cfg",
-                  "cifar10_n": "flags/cifar10_n_*.cfg"}
+from clid_tf.cli.flagdefs import (FLAGS, HUMAN_NOISE, PAPER_SETTINGS, fail,
+                                  training_flag_names)
 
 
 def main(argv: list[str]) -> None:
@@ -43,6 +41,8 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------------- the training run
 def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
+    if FLAGS.resume and not FLAGS.workdir:
+        raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
     resuming = FLAGS.resume and folder.has_checkpoint()
     if resuming:
@@ -50,7 +50,8 @@ def run() -> dict:
     else:
         folder.create(allow_partial=FLAGS.resume)
     with folder.removed_on_failure():
-        setup = training.prepare_setup()  # numpy only: bad data is reported before TensorFlow starts
+        with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
+            setup = training.prepare_setup()
         split = run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
                                         setup.meta_indices, setup.val_indices)
         if resuming:
@@ -67,30 +68,46 @@ def run() -> dict:
     print(result_line(results, folder))
     if FLAGS.audit:
         results["audit"] = auditing.audit(folder, setup, folds=FLAGS.audit_folds)
-    print(f"look at it: tensorboard --logdir {folder.tensorboard} ; {folder.results_path}"
-          + ("" if FLAGS.audit else f" ; python -m clid_tf.audit --workdir={folder.path}"))
+    print(look_line(folder, audited=FLAGS.audit))
     return results
 
 
 def plan_line(setup, folder: run_folder.RunFolder) -> str:
-    """One line before training: what will run and where the results go."""
+    """One line before training: the data and its size, the noise, what trains it, for how
+    long, and where the results go (and a note when a benchmark runs on generic defaults)."""
     noise = training.default_noise()
     ds = setup.dataset
+    sizes = [f"{len(setup.train_indices)} train"]
+    if setup.val_indices is not None:
+        sizes.append(f"{len(setup.val_indices)} held out")
+    for name, split in (("val", ds.val), ("test", ds.test)):
+        if split is not None:
+            sizes.append(f"{len(split.labels)} {name}")
     noise_text = ("labels as given" if noise == "none" else f"human labels {noise}"
                   if noise in HUMAN_NOISE else f"{noise} noise {FLAGS.noise_rate:g}")
-    meta = "" if FLAGS.method == "ce" else f" + {FLAGS.meta_net}"
-    line = (f"training {FLAGS.backbone}{meta}, method {FLAGS.method}, on {FLAGS.dataset} "
-            f"({len(setup.train_indices)} train"
-            + ("" if setup.val_indices is None else f", {len(setup.val_indices)} held out")
-            + ("" if ds.val is None else f", {len(ds.val.labels)} val")
-            + ("" if ds.test is None else f", {len(ds.test.labels)} test")
-            + f", {ds.num_classes} classes; {noise_text}) for {FLAGS.epochs} epochs into "
-            f"{folder.path}")
+    meta_net = "none" if FLAGS.method == "ce" else FLAGS.meta_net
+    epochs = f"{FLAGS.epochs} epoch{'s' if FLAGS.epochs != 1 else ''}"
+    line = (f"plan: {FLAGS.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
+            f"{noise_text}; trainer {_trainer()}, method {FLAGS.method}, meta-net {meta_net}, "
+            f"backbone {FLAGS.backbone}; {epochs}; results in {folder.path}")
     if FLAGS.dataset in PAPER_SETTINGS and not _flagfile_given():
         line += (f"\nnote: these are the generic defaults (tuned on digits); the paper's "
                  f"settings for {FLAGS.dataset} are in {PAPER_SETTINGS[FLAGS.dataset]} "
                  "(--flagfile=...)")
     return line
+
+
+def _trainer() -> str:
+    """The training algorithm: --trainer once that flag exists; until then the one trainer,
+    meta-reweighting ("meta": a meta-net trained through the virtual step, or plain ce)."""
+    return FLAGS.trainer if "trainer" in FLAGS else "meta"
+
+
+def look_line(folder: run_folder.RunFolder, *, audited: bool) -> str:
+    """One line after the run: the commands that show its results."""
+    return (f"look at it: tensorboard --logdir {folder.tensorboard} ; cat "
+            f"{folder.results_path} ; " + (f"head {folder.audit_csv}" if audited else
+                                          f"python -m clid_tf.audit --workdir={folder.path}"))
 
 
 def _flagfile_given() -> bool:
@@ -108,6 +125,19 @@ def result_line(results: dict, folder: run_folder.RunFolder) -> str:
             f"{results['best_test_accuracy']:.4f}, lowest-CLID epoch "
             f"{results['selected_accuracy']:.4f}, top-5 CLID ensemble "
             f"{results['ensemble5_accuracy']:.4f}; results in {folder.path}")
+
+
+@contextlib.contextmanager
+def _tfds_warnings_hidden():
+    """TFDS logs an absl WARNING when it probes a data folder that is not prepared; the
+    error line that follows says what to do (--verbosity shows them)."""
+    level = logging.get_verbosity()
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _default_workdir() -> str:

@@ -6,7 +6,14 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import os
+import re
+import shutil
 import sys
+import textwrap
+from typing import NamedTuple
 
 from absl import flags
 
@@ -19,8 +26,12 @@ METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
              "wrn28_2")
 HUMAN_NOISE = tuple(datasets.HUMAN_LABELS)  # CIFAR-N label sets by their CLI names
+# The human label sets of each CIFAR-N dataset (tfds_cifar's specs; cli_test checks they agree).
+HUMAN_NOISE_OF = {"cifar10_n": ("aggre", "worst", "rand1", "rand2", "rand3"),
+                  "cifar100_n": ("noisy100",)}
 EXPORTS = ("selected", "ensemble", "last", "none")
 # The benchmark sets whose paper settings live in flags/ (printed when run without one).
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_SETTINGS = {"cifar10": "flags/cifar10_*.cfg", "cifar100": "flags/cifar100_*.cfg",
                   "cifar10_n": "flags/cifar10_n_*.cfg"}
 
@@ -32,8 +43,10 @@ def define_flags() -> None:
     from clid_tf import noise  # pylint: disable=import-outside-toplevel
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
-                        "the SavedModel and results.json. Must be new or empty. "
-                        "Default: a fresh ./runs/<dataset>-<method>-<time> folder.")
+                        "the SavedModel and results.json; new or empty (unless --resume). "
+                        "Default: runs/<dataset>-<method>-<YYYYmmdd-HHMMSS> under the "
+                        "current folder, with ':' and '/' of --dataset as '_' (e.g. "
+                        "runs/digits-clid-20250101-093000).")
     flags.DEFINE_integer("seed", 0, "Seed for noise, meta set, shuffling and initialisation.")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bars, 2 one line "
                          "per epoch.", lower_bound=0, upper_bound=2)
@@ -51,6 +64,9 @@ def define_flags() -> None:
                          "trained with this run's settings and scored out of sample; 0 "
                          "scores in sample with the run's own last checkpoints.",
                          lower_bound=0)
+    flags.register_validator("audit_folds", lambda k: k != 1, message="--audit_folds=1 "
+                             "cannot cross-fit (each fold is scored by a model trained on the "
+                             "others): use 0 (in sample) or 2 or more")
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
                       "gives identical weights and results (slower on GPU).")
     # ---- data and noise
@@ -60,6 +76,7 @@ def define_flags() -> None:
                         "with PATH/train, PATH/val, PATH/test where present), 'list:FILE' "
                         "('relative/path label' lines, see --data_root), 'tfds:NAME' (any "
                         "TFDS image classification set).")
+    flags.register_validator("dataset", _not_a_bare_path)
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS_DATA_DIR).")
     flags.DEFINE_string("data_root", None, "Folder the paths of a list: file are relative "
                         "to (default: the list file's folder).")
@@ -78,6 +95,7 @@ def define_flags() -> None:
                       "noisy100 for cifar100_n). Default: sym on digits, cifar10 and "
                       "cifar100 (benchmarks with clean labels); none on your own data, "
                       "whose labels are used as given.")
+    flags.register_multi_flags_validator(["dataset", "noise"], _human_noise_fits_dataset)
     flags.DEFINE_float("noise_rate", 0.4, "Rate of the synthetic noise model.",
                        lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("val_split", 0.0, "Hold out this fraction of the (noisy) training "
@@ -162,6 +180,10 @@ def define_flags() -> None:
                       "--lr_gamma.")
     flags.register_validator("lr_milestones", lambda v: all(m.strip().isdigit() for m in v),
                              message="--lr_milestones must be epoch numbers, e.g. 80,120")
+    flags.register_multi_flags_validator(
+        ["lr_schedule", "lr_milestones"],
+        lambda f: f["lr_schedule"] != "multistep" or bool(f["lr_milestones"]),
+        message="--lr_schedule=multistep needs --lr_milestones (epochs, e.g. 80,120)")
     flags.DEFINE_float("lr_gamma", 0.1, "Multistep decay factor.", lower_bound=0.0)
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation passes.",
                          lower_bound=1)
@@ -192,20 +214,337 @@ def define_flags() -> None:
                       "and CPUs with AVX512-BF16.")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flags parser that reports a bad flag or flagfile as one line and exits 2."""
+def _not_a_bare_path(dataset: str) -> bool:
+    """--dataset given a path without its npz:/folder:/list: prefix gets the fix."""
+    if dataset in datasets.BENCHMARKS or any(dataset.startswith(p) for p in datasets.PREFIXES):
+        return True
+    path = os.path.expanduser(dataset)
+    if os.path.isdir(path):
+        kinds = ("folder:",)
+    elif path.endswith(".npz"):
+        kinds = ("npz:",)
+    elif path.endswith((".txt", ".lst", ".list", ".csv")):
+        kinds = ("list:",)
+    elif os.path.exists(path) or os.sep in path:
+        kinds = ("npz:", "folder:", "list:")
+    else:
+        return True  # not a path: the loaders report the unknown name
+    fixes = " or ".join(f"--dataset={kind}{dataset}" for kind in kinds)
+    raise flags.ValidationError(f"--dataset={dataset} looks like a path; name its kind: {fixes}")
+
+
+def _human_noise_fits_dataset(values: dict) -> bool:
+    """CIFAR-N trains on one of its human label sets, and only CIFAR-N has them."""
+    dataset, noise = values["dataset"], values["noise"]
+    sets = HUMAN_NOISE_OF.get(dataset)
+    if sets and noise not in sets:
+        what = "needs" if noise is None else f"has no human label set {noise!r}; it needs"
+        raise flags.ValidationError(f"--dataset={dataset} {what} --noise={'|'.join(sets)} "
+                                    "(the human label set to train on)")
+    if not sets and noise in HUMAN_NOISE:
+        owner = next(name for name, names in HUMAN_NOISE_OF.items() if noise in names)
+        raise flags.ValidationError(f"--noise={noise} is a human label set of {owner} (use "
+                                    f"--dataset={owner}); for synthetic noise on {dataset} "
+                                    "use e.g. --noise=sym")
+    return True
+
+
+# ------------------------------------------------------------------------------ help
+# Every training flag in exactly one group, in the order --help lists them
+# (cli_test fails when a flag defined above is in none).
+HELP_GROUPS = (
+    ("run and output", ("workdir", "seed", "verbose", "export", "resume", "audit",
+                        "audit_folds", "deterministic")),
+    ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
+                        "class_names_file", "image_size", "noise", "noise_rate", "val_split",
+                        "augment", "augment_flip", "imbalance_gamma")),
+    ("method, meta-net and backbone", (  # a --trainer flag belongs here
+        "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
+        "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
+        "meta_scope", "select_keep", "select_augment")),
+    ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
+                      "weight_decay", "lr_schedule", "lr_tmax", "lr_eta_min", "lr_milestones",
+                      "lr_gamma")),
+    ("distribution and speed", ("strategy", "jit_compile", "mixed_precision",
+                                "eval_batch_size")),
+)
+AUDIT_OWN = ("workdir", "audit_folds")
+# `python -m clid_tf.audit --help`: its own flags, then the run's that matter to it (they
+# override RUN/flags.cfg; --resume, --audit and --export are accepted and ignored).
+AUDIT_GROUPS = (("audit", AUDIT_OWN), *(
+    (f"{title} (override RUN/flags.cfg)",
+     tuple(n for n in names if n not in (*AUDIT_OWN, "resume", "audit", "export")))
+    for title, names in HELP_GROUPS))
+AUDIT_HELP = {"workdir": "The folder of a finished training run (required): its flags.cfg, "
+                         "split.npz and checkpoints are read; audit.csv, results.json['audit'] "
+                         "and tensorboard/audit are written."}
+_HELP_FLAGS = {"help": "short", "helpshort": "short", "?": "short", "helpfull": "full",
+               "helpxml": "xml"}
+_MAX_WIDTH = 100
+
+
+def help_text(groups, *, usage: str, full: bool = False,
+              overrides: dict[str, str] | None = None, width: int | None = None) -> str:
+    """`usage`, then each (title, flag names) group: every flag with its default, its range
+    or choices, and its help; with `full`, absl's own flags after."""
+    width = width or max(60, min(_MAX_WIDTH, shutil.get_terminal_size((_MAX_WIDTH, 24)).columns))
+    parts = [usage.strip("\n")]
+    for title, names in groups:
+        parts.append(f"\n{title}:")
+        parts.extend(_flag_entry(FLAGS[name], (overrides or {}).get(name), width)
+                     for name in names)
+    if full:  # then absl's (and any library's) flags, as absl lists them
+        for module in sorted(set(FLAGS.flags_by_module_dict()) - {__name__, sys.argv[0]}):
+            parts.append("\n" + FLAGS.module_help(module))
+    else:
+        parts.append("\n--helpfull also lists absl's own flags.")
+    return "\n".join(parts) + "\n"
+
+
+def _flag_entry(flag, help_override: str | None, width: int) -> str:
+    """'  --name  default: D; RANGE' then the help text, indented, wrapped to `width`."""
+    text = help_override or flag.help
+    facts = []
+    if flag.default is not None:
+        shown = ",".join(flag.default) if isinstance(flag.default, list) else flag.default_as_str
+        facts.append(f"default: {shown.strip(chr(39)) or 'empty'}")
+    elif not re.search("default|required", text, re.IGNORECASE):
+        facts.append("default: none")
+    values = getattr(flag.parser, "enum_values", None)
+    if values:
+        text = text.removeprefix(f"<{'|'.join(values)}>: ")
+        facts.append(f"one of {', '.join(values)}")
+    elif flag.parser.syntactic_help:
+        facts.append(flag.parser.syntactic_help)
+    head = f"  --{'[no]' if flag.boolean else ''}{flag.name}  {'; '.join(facts)}"
+    wrap = functools.partial(textwrap.wrap, width=width, break_long_words=False,
+                             break_on_hyphens=False)
+    return "\n".join([*wrap(head, subsequent_indent=" " * 8),
+                      *wrap(text, initial_indent=" " * 6, subsequent_indent=" " * 6)])
+
+
+def _help_asked(args: list[str]) -> str | None:
+    """'short', 'full' or 'xml' when the command line asks for help (before any '--')."""
+    for arg in args:
+        if arg == "--":
+            break
+        name, _, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name in _HELP_FLAGS and value.lower() in (
+                "", "true", "t", "1", "yes", "y"):
+            return _HELP_FLAGS[name]
+    return None
+
+
+# ------------------------------------------------------------------------------ parsing
+class _Arg(NamedTuple):
+    """One command-line argument after flagfile expansion, and where it was written."""
+    text: str
+    where: str | None  # 'FILE line N' (with the files that included it); None: the command line
+
+
+def parse_flags(argv: list[str], *, groups=None, help_overrides=None) -> list[str]:
+    """The absl flags parser of the entry points (app.run's flags_parser).
+
+    --help/-?/--helpshort print `groups` (default: the training flags, or a tool's own flags
+    when they are not defined) after __main__'s docstring, --helpfull adds absl's flags,
+    --helpxml is absl's XML; each exits 0. A bad flag, value, flagfile or flagfile line is
+    one `error:` line naming it (with the flagfile's path and line) and exit code 2.
+
+    Returns:
+      argv[0] and the positional arguments from the command line.
+    """
+    if groups is None:
+        groups = (HELP_GROUPS if training_flag_names() else
+                  (("flags", [f.name for f in FLAGS.get_flags_for_module(sys.argv[0])]),))
+    asked = _help_asked(argv[1:])
+    if asked == "xml":
+        FLAGS.write_help_in_xml_format(sys.stdout)
+    elif asked:
+        usage = sys.modules["__main__"].__doc__ or f"USAGE: {argv[0]} [flags]\n"
+        sys.stdout.write(help_text(groups, usage=usage, full=asked == "full",
+                                   overrides=help_overrides))
+    if asked:
+        sys.exit(0)
+    args = None
     try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        args = _expanded(argv[1:])
+        _check_values_given(args)
+        rest = FLAGS(argv)
+    except (flags.Error, ValueError) as error:
+        fail(_located(error, argv[0], args))
+    _check_flagfile_positionals(args, rest[1:])
+    return rest
 
 
+def _expanded(args: list[str]) -> list[_Arg]:
+    """`args` with every --flagfile replaced by its lines, as absl's
+    FlagValues.read_flags_from_files does it, each line remembering its file and number.
+    A flagfile that cannot be read raises flags.Error naming it and where it was named."""
+    out, rest = [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        if FLAGS._is_flag_file_directive(arg):  # pylint: disable=protected-access
+            if arg in ("--flagfile", "-flagfile"):
+                if not rest:
+                    raise flags.IllegalFlagValueError("--flagfile with no argument")
+                path = os.path.expanduser(rest.pop(0))
+            else:
+                path = FLAGS._extract_filename(arg)  # pylint: disable=protected-access
+            out.extend(_flagfile_lines(path, None, []))
+            continue
+        out.append(_Arg(arg, None))
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            if not FLAGS.is_gnu_getopt():
+                break
+        elif "=" not in arg and rest and not rest[0].startswith("-"):
+            name = arg.lstrip("-")  # '--name value': the value is not a flagfile directive
+            if name in FLAGS and not FLAGS[name].boolean:
+                out.append(_Arg(rest.pop(0), None))
+    return out + [_Arg(arg, None) for arg in rest]
+
+
+def _flagfile_lines(path: str, named_at: str | None, stack: list[str]) -> list[_Arg]:
+    """The argument lines of one flagfile, nested flagfiles expanded in place (absl's
+    FlagValues._get_flag_file_lines: blank lines and lines starting with # or // skipped;
+    a flagfile already being read is skipped, absl warns)."""
+    if not path or path in stack:
+        return []
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise flags.Error(_unreadable_flagfile(path, named_at, error)) from error
+    out = []
+    for number, line in enumerate(lines, 1):
+        where = f"{path} line {number}" + (f" (included from {named_at})" if named_at else "")
+        if line.isspace() or line.startswith(("#", "//")):
+            continue
+        if FLAGS._is_flag_file_directive(line):  # pylint: disable=protected-access
+            nested = FLAGS._extract_filename(line)  # pylint: disable=protected-access
+            out.extend(_flagfile_lines(nested, where, [*stack, path]))
+        else:
+            out.append(_Arg(line.strip(), where))
+    return out
+
+
+def _unreadable_flagfile(path: str, named_at: str | None, error: OSError) -> str:
+    """'flagfile P (named on F line N) not found relative to CWD ...; run from / did you
+    mean ...': the path, where it was named, and where it exists when it does."""
+    text = f"flagfile {path}" + (f" (named on {named_at})" if named_at else "")
+    if not isinstance(error, FileNotFoundError):
+        return f"{text} cannot be read: {error.strerror}"
+    if os.path.isabs(path):
+        return f"{text} not found"
+    text += (f" not found relative to {os.getcwd()} (flagfile paths are relative to the "
+             "folder you run in)")
+    if os.path.isfile(os.path.join(_REPO, path)):
+        return f"{text}; run from {_REPO}"
+    guess = os.path.join(_REPO, "flags", os.path.basename(path))
+    if os.path.isfile(guess):
+        shown = os.path.relpath(guess)
+        return f"{text}; did you mean {guess if shown.startswith('..') else shown}?"
+    return text
+
+
+def _check_values_given(args: list[_Arg]) -> None:
+    """'--name' of a training flag followed by another flag: absl would take that flag as
+    the value (no training flag has values that start with '--')."""
+    training = set(training_flag_names())
+    for arg, after in zip(args, args[1:]):
+        name = arg.text.lstrip("-")
+        if (arg.text.startswith("-") and "=" not in arg.text and name in training
+                and not FLAGS[name].boolean and after.text.startswith("--")):
+            raise _LocatedError(arg, f"--{name} has no value (the next argument, "
+                                     f"{after.text}, would be taken as it); write "
+                                     f"--{name}=VALUE")
+
+
+def _check_flagfile_positionals(args: list[_Arg], positionals: list[str]) -> None:
+    """A flagfile line that is not a flag is refused with its file and line (absl passes it
+    on as a positional argument); positional arguments from the command line are left to
+    the program."""
+    values, candidates = set(), []
+    for i, arg in enumerate(args):
+        name = arg.text.lstrip("-")
+        if arg.text.startswith("-") and "=" not in arg.text and name in FLAGS and not (
+                FLAGS[name].boolean):
+            values.add(i + 1)  # '--name value': the next argument is a value
+        elif not arg.text.startswith("-") and i not in values:
+            candidates.append(arg)
+    if [a.text for a in candidates] != positionals:
+        return  # cannot tell which line is which: leave them to the program
+    for arg in candidates:
+        if arg.where:
+            fail(f"{arg.where}: {arg.text!r} is not a flag (a flagfile holds --name=value "
+                 "lines; # starts a comment)")
+
+
+class _LocatedError(flags.Error):
+    """A bad argument found before absl parses: the argument and the message."""
+
+    def __init__(self, arg: _Arg, message: str):
+        super().__init__(message)
+        self.arg = arg
+
+
+def _located(error: Exception, program: str, args: list[_Arg] | None) -> str:
+    """The one-line message of a parse error, prefixed by the flagfile line it came from:
+    the first argument whose prefix of the command line fails with the same error."""
+    message = _message(error)
+    if isinstance(error, _LocatedError):
+        arg = error.arg
+    elif args is None:
+        return message
+    else:
+        arg, wanted = None, str(error)
+        for k in range(1, len(args) + 1):
+            FLAGS.unparse_flags()
+            try:
+                FLAGS([program, *(a.text for a in args[:k])])
+            except (flags.Error, ValueError) as again:
+                if str(again) == wanted:
+                    arg = args[k - 1]
+                    break
+        FLAGS.unparse_flags()
+    return message if arg is None or arg.where is None else f"{arg.where}: {message}"
+
+
+def _message(error: Exception) -> str:
+    """absl's message of a parse error, made one line and worded for the user."""
+    if isinstance(error, flags.UnrecognizedFlagError):
+        name = error.flagname
+        close = difflib.get_close_matches(name, [n for n in FLAGS if len(n) > 1], n=1)
+        return f"unknown flag --{name}" + (f"; did you mean --{close[0]}" if close else
+                                            "; --help lists the flags")
+    text = str(error).split("\n")[0]  # several failed validators: the first
+    if text.startswith("Missing value for flag "):
+        name = text.split()[-1]
+        return f"{name} has no value; write {name}=VALUE"
+    match = re.match(r"flags? .*?: (--.*)$", text)
+    if match:  # a validator's own message, which names the flags
+        return match.group(1)
+    match = re.match(r"flag --(\w+)=(.*?): (.*)$", text)
+    if match and match.group(1) in FLAGS:
+        name, value, detail = match.groups()
+        if re.fullmatch(r"Flag --\w+ must have a value other than None\.", detail):
+            return f"--{name} is required"
+        if re.search(r"invalid literal|could not convert|Non-boolean", detail):
+            flag = FLAGS[name]
+            detail = "expected " + ("true or false" if flag.boolean else
+                                    flag.parser.syntactic_help or "another value")
+        elif detail.startswith("value should be one of"):
+            values = detail.split("<", 1)[-1].rstrip(">").split("|")
+            detail = "expected one of " + "|".join(values) + "".join(
+                f"; did you mean --{name}={v}" for v in values if v.lower() == value.lower())
+        return f"--{name}={value}: {detail}"
+    return text
 
 
 def fail(message: str) -> None:
     """One error line for the user, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -102,7 +102,11 @@ def compiled_model(setup, steps: int):
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(FLAGS.seed)
-    strategy = distribute.make_strategy(FLAGS.strategy)
+    try:
+        strategy = distribute.make_strategy(FLAGS.strategy)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:  # no TPU, a bad TF_CONFIG
+        raise RunError(f"--strategy={FLAGS.strategy} cannot start here: "
+                       f"{str(error).splitlines()[0]}") from error
     with strategy.scope():
         model = build_model(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
         model.compile(classifier_optimizer(steps), meta_optimizer(model),

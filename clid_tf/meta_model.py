@@ -1,7 +1,9 @@
 """`MetaReweightModel`: a Keras model whose train_step is the CLID-MU meta update.
 
 One train_step per training batch (METHOD.md section 2.0):
-  1. virtual step  theta' = theta - lr * grad_theta L_f(theta, phi)   (second order)
+  1. virtual step  theta' = U(theta, grad_theta L_f(theta, phi))      (second order)
+     U = plain SGD at the current lr, or a copy of the real optimizer's next update
+     (`virtual_step`, `clid_tf.lookahead`)
   2. meta step     phi <- meta_optimizer(grad_phi L_meta(theta'))     L_meta = CLID, ...
   3. actual step   theta <- optimizer(grad_theta L_f(theta, phi_new))
 Steps 1 and 3 share one recorded forward pass of the training batch (same theta, same
@@ -16,18 +18,20 @@ overflowed and halves its scale.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
 from clid_tf import distribute
+from clid_tf import lookahead
 from clid_tf import objectives
 from clid_tf import virtual
 
 
-def _with_l2(grads, variables, weight_decay: float, scale=None):
-    """PyTorch-style (coupled) weight decay: g + wd * v, which then goes through momentum.
+def _with_l2(grads, variables, weight_decay: float, scale=None, decayed=None):
+    """PyTorch-style (coupled) weight decay: g + wd * v where `decayed` (default: every
+    variable), which then goes through momentum.
 
     Optimizers sum replica gradients, so each replica adds its 1/R share of the decay.
     Gradients that carry a loss scale get the decay times that `scale`.
@@ -37,7 +41,7 @@ def _with_l2(grads, variables, weight_decay: float, scale=None):
     share = weight_decay / distribute.num_replicas()
     if scale is not None:
         share = share * scale
-    return [g + share * v for g, v in zip(grads, variables)]
+    return lookahead.with_decay(grads, variables, share, decayed)
 
 
 def _loss_scale(optimizer):
@@ -56,21 +60,33 @@ class MetaReweightModel(keras.Model):
 
     `meta_active` is a Python switch read when the train function is traced: set it, then
     reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
+
+    `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, METHOD.md 2.0) or
+    'optimizer' (the classifier optimizer's own next update, SGD with or without
+    momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
+    `no_decay` lists backbone variables exempt from the coupled weight decay, in the actual
+    step and in the 'optimizer' virtual step alike (e.g. `lookahead.bn_and_bias(net)`).
     """
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
                  meta_objective: Callable[..., tf.Tensor] | None = None,
                  meta_objective_name: str = "clid", meta_grad: str = "recompute",
-                 meta_scope: str = "full", weight_decay: float = 5e-4,
-                 meta_weight_decay: float = 5e-4, **kwargs):
+                 meta_scope: str = "full", virtual_step: str = "sgd",
+                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4,
+                 no_decay: Sequence[keras.Variable] = (), **kwargs):
         super().__init__(**kwargs)
         if meta_net is not None and meta_objective is None:
             raise ValueError("a meta-net needs a meta objective")
+        if virtual_step not in lookahead.VIRTUAL_STEPS:
+            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
+                             f"{lookahead.VIRTUAL_STEPS}")
         self.backbone = backbone
         self.meta_net = meta_net
         self.meta_objective = meta_objective
         self.meta_grad = meta_grad
         self.meta_scope = meta_scope
+        self.virtual_step = virtual_step
+        self.no_decay = list(no_decay)
         self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
         self.meta_weight_decay = float(meta_weight_decay)
@@ -106,6 +122,8 @@ class MetaReweightModel(keras.Model):
             if meta_optimizer is None:
                 raise ValueError("a meta-net needs a meta optimizer")
             self.meta_optimizer.build(self.meta_net.trainable_variables)
+            if self.virtual_step == "optimizer":
+                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
 
     def set_meta_active(self, active: bool) -> None:
         """Switches meta updates on or off; the next fit traces a new train function."""
@@ -126,15 +144,17 @@ class MetaReweightModel(keras.Model):
             loss = self._plain_step(batch, train_scale)
             return self._log(loss, lr)
         fwd = virtual.train_forward(self.backbone, batch["image"])
-        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, lr, train_scale)
+        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, train_scale)
         loss, weights = self._actual_step(batch, fwd, train_scale)
         return self._log(loss, lr, meta_loss=meta_loss, weights=weights, batch=batch)
 
-    def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr, train_scale) -> tf.Tensor:
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, train_scale) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
         meta_scale = _loss_scale(self.meta_optimizer)
+        step = lookahead.build(self.virtual_step, self.optimizer,
+                               weight_decay=self.weight_decay, no_decay=self.no_decay)
         result = virtual.meta_gradients(
-            self.backbone, self.meta_net, batch, meta_batch, lr=lr,
+            self.backbone, self.meta_net, batch, meta_batch, step=step,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
             scope=self.meta_scope, fwd=fwd,
             scales=None if meta_scale is None else virtual.LossScales(train_scale, meta_scale))
@@ -153,7 +173,8 @@ class MetaReweightModel(keras.Model):
                                               batch["label"], regularize=False)
         self._apply(self.optimizer,
                     virtual.backprop(fwd, dz if train_scale is None else dz * train_scale),
-                    self.backbone.trainable_variables, self.weight_decay, train_scale)
+                    self.backbone.trainable_variables, self.weight_decay, train_scale,
+                    decayed=self._decayed())
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
         return weighted.loss, weighted.per_sample_weights()
@@ -165,12 +186,17 @@ class MetaReweightModel(keras.Model):
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
             scaled_loss = loss if train_scale is None else loss * train_scale
         self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay,
-                    train_scale)
+                    train_scale, decayed=self._decayed())
         return loss
 
+    def _decayed(self) -> list[bool]:
+        """Per backbone trainable variable: whether the weight decay applies to it."""
+        return lookahead.decay_mask(self.backbone.trainable_variables, self.no_decay)
+
     @staticmethod
-    def _apply(optimizer, grads, variables, weight_decay, scale=None, keep_scale=None):
-        """optimizer.apply with coupled weight decay.
+    def _apply(optimizer, grads, variables, weight_decay, scale=None, keep_scale=None,
+               decayed=None):
+        """optimizer.apply with coupled weight decay (on the `decayed` variables; default all).
 
         With a loss `scale` (float16: the optimizer's current LossScaleOptimizer scale) the
         gradients carry it, an overflow on any replica makes every replica skip, and
@@ -178,12 +204,13 @@ class MetaReweightModel(keras.Model):
         meta step after an overflowed virtual step): skipped, but the scale is not halved.
         """
         if scale is None:
-            optimizer.apply(_with_l2(grads, variables, weight_decay), variables)
+            optimizer.apply(_with_l2(grads, variables, weight_decay, decayed=decayed),
+                            variables)
             return
         if keep_scale is not None:
             counter = tf.convert_to_tensor(optimizer.step_counter)
         optimizer.apply(_with_l2(distribute.spread_non_finite(grads), variables, weight_decay,
-                                 scale), variables)
+                                 scale, decayed), variables)
         if keep_scale is not None:
             optimizer.dynamic_scale.assign(tf.where(keep_scale, scale, optimizer.dynamic_scale))
             optimizer.step_counter.assign(tf.where(keep_scale, counter, optimizer.step_counter))

@@ -1,17 +1,20 @@
 """The look-ahead of meta-learning and its exact hypergradient (METHOD.md 2.0, 11).
 
 Notation for one training batch: z(theta) = backbone logits [B, K], L_f(z, phi) the
-meta-net's weighted loss, dz(phi) = dL_f/dz [B, K]. Then
+meta-net's weighted loss, dz(phi) = dL_f/dz [B, K], g = J_z^T dz(phi). Then
 
-  virtual step   theta' = theta - lr * J_z^T dz(phi)          (plain SGD, current lr)
+  virtual step   theta' = U(theta, g)            (`clid_tf.lookahead`: plain SGD
+                                                  theta - lr g, or the real optimizer's
+                                                  next update; D = -d theta'/d g)
   meta loss      L_meta(theta')  on the meta batch (CLID, ...)
-  hypergradient  dL_meta/dphi = -lr * (d dz/d phi)^T (J_z v),  v = dL_meta/dtheta'
+  hypergradient  dL_meta/dphi = -(d dz/d phi)^T (J_z (D * v)),  v = dL_meta/dtheta'
 
-phi enters only through dz, so the hypergradient needs J_z v, one forward-mode pass over
-the training batch (`meta_grad='jvp'`), instead of differentiating through the recorded
-backward pass (`meta_grad='tape'`, reverse-over-reverse). `meta_grad='recompute'` is the
+U is element-wise in g and nothing else in it depends on phi, so the hypergradient needs
+D * v and J_z (D * v), one forward-mode pass over the training batch (`meta_grad='jvp'`),
+instead of differentiating through the recorded backward pass and U
+(`meta_grad='tape'`, reverse-over-reverse, the reference). `meta_grad='recompute'` is the
 tape route in two passes: v first, then the virtual backward again, recorded and
-differentiated with cotangent -lr v, so the meta forward's activations and the recorded
+differentiated with cotangent -D * v, so the meta forward's activations and the recorded
 virtual backward are never held together. All are exact, also with BatchNorm in training
 mode, where z_i depends on the whole batch. TensorFlow computes many forward-mode JVPs by
 transposing backward functions, so on CPU 'jvp' measured slower than 'tape'; 'recompute'
@@ -29,7 +32,7 @@ the rule stated in `clid_tf.distribute`; with one device the code reduces to the
 float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
 optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
 meta objective. The second-order pass of the 'tape' and 'recompute' routes runs through
-the float16 backward of the training batch with cotangents lr * J v; plain autodiff would
+the float16 backward of the training batch with cotangents D * J v; plain autodiff would
 scale them by S_m / S_t. The virtual step therefore multiplies dz by S_t and divides the
 gradient by S_t with ops whose backward passes the cotangent on unchanged
 (`_rescale_value_only`): the virtual step's value is exact, its derivative is the true one,
@@ -45,6 +48,7 @@ import keras
 import tensorflow as tf
 
 from clid_tf import distribute
+from clid_tf import lookahead
 
 META_GRADS = ("tape", "recompute", "jvp")
 META_SCOPES = ("full", "last_layer")
@@ -148,12 +152,6 @@ def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor
     return tape.gradient(weighted.loss, logits), weighted
 
 
-def lookahead(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None],
-              lr: tf.Tensor) -> list[tf.Tensor]:
-    """Plain SGD step (no momentum, no weight decay): p - lr * g; None grads leave p as is."""
-    return [p if g is None else p - tf.cast(lr, p.dtype) * g for p, g in zip(params, grads)]
-
-
 def replica_meta_loss(meta_objective, features, logits, labels) -> tf.Tensor:
     """This replica's share of the meta objective on the meta batch gathered from all
     replicas: every replica differentiates the same global value, so each takes 1/R."""
@@ -167,16 +165,17 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
 
 
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
-                       labels: tf.Tensor, meta_batch: dict, *, lr: tf.Tensor,
+                       labels: tf.Tensor, meta_batch: dict, *, step: lookahead.VirtualStep,
                        meta_objective: Callable[..., tf.Tensor],
                        scales: LossScales | None = None) -> MetaResult:
-    """Reverse-over-reverse: differentiate L_meta through the recorded backward pass."""
+    """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
+    virtual step U (full second order: the reference)."""
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
         train_scale = None if scales is None else scales.train
         virtual_grads = virtual_gradient(fwd, dz, train_scale)
-        theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+        theta_prime = step(backbone.trainable_variables, fwd.theta, virtual_grads).params
         meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
         total = meta_loss + tf.cast(weighted.regularizer, meta_loss.dtype)
     meta_scale = tf.cast(1.0 if scales is None else scales.meta, total.dtype)
@@ -186,24 +185,25 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
 
 def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                            lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                            step: lookahead.VirtualStep,
+                            meta_objective: Callable[..., tf.Tensor],
                             scales: LossScales | None = None) -> MetaResult:
     """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
     backward unrecorded), then the virtual backward recomputed on a tape and
-    differentiated with cotangent -lr v. Same gradient as `hypergradient_tape`."""
+    differentiated with cotangent -D * v. Same gradient as `hypergradient_tape`."""
     phi = meta_net.trainable_variables
     train_scale = None if scales is None else scales.train
     with tf.GradientTape() as phi_tape:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
         with phi_tape.stop_recording():
             virtual_grads = virtual_gradient(fwd, dz, train_scale)
-            theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+            ahead = step(backbone.trainable_variables, fwd.theta, virtual_grads)
             with tf.GradientTape() as meta_tape:
-                meta_tape.watch(theta_prime)
-                meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch,
+                meta_tape.watch(ahead.params)
+                meta_loss = _meta_loss(backbone, ahead.params, fwd.frozen, meta_batch,
                                        meta_objective)
             meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
-            v = meta_tape.gradient(meta_loss, theta_prime, output_gradients=meta_scale,
+            v = meta_tape.gradient(meta_loss, ahead.params, output_gradients=meta_scale,
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
         with tf.control_dependencies(v):  # runs after v, so graph CSE cannot merge it with
             dz_again = tf.identity(dz)    # the unrecorded backward above
@@ -212,40 +212,42 @@ def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
     # v is this replica's share; the global sum inside virtual_gradient sums the shares.
     grads = phi_tape.gradient(
         [recorded, regularizer], phi,
-        output_gradients=[[-tf.cast(lr, g.dtype) * g for g in v], meta_scale])
+        output_gradients=[[-d * g for d, g in zip(ahead.slopes, v)], meta_scale])
     return MetaResult(meta_loss + regularizer, grads,
                       None if scales is None else all_finite(virtual_grads))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
-                      lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                      step: lookahead.VirtualStep, meta_objective: Callable[..., tf.Tensor],
                       scales: LossScales | None = None) -> MetaResult:
-    """Forward-over-reverse: one JVP of the training batch replaces the double backward.
+    """Forward-over-reverse: one JVP of the training batch, along D * v, replaces the
+    double backward.
 
-    With `scales`, v and J_z v carry S_m (float16 tangents), so the result is S_m times
-    the true gradient, as in the tape route.
+    With `scales`, v and J_z (D * v) carry S_m (float16 tangents), so the result is S_m
+    times the true gradient, as in the tape route.
     """
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
     train_scale = None if scales is None else scales.train
     virtual_grads = virtual_gradient(fwd, tf.stop_gradient(dz), train_scale)
-    theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+    ahead = step(backbone.trainable_variables, fwd.theta, virtual_grads)
     with tf.GradientTape() as meta_tape:
-        meta_tape.watch(theta_prime)
-        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+        meta_tape.watch(ahead.params)
+        meta_loss = _meta_loss(backbone, ahead.params, fwd.frozen, meta_batch, meta_objective)
     meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
     v = distribute.global_sum(meta_tape.gradient(
-        meta_loss, theta_prime, output_gradients=meta_scale,
+        meta_loss, ahead.params, output_gradients=meta_scale,
         unconnected_gradients=tf.UnconnectedGradients.ZERO))
-    with tf.autodiff.ForwardAccumulator(fwd.theta, v) as accumulator:
+    tangents = [d * g for d, g in zip(ahead.slopes, v)]
+    with tf.autodiff.ForwardAccumulator(fwd.theta, tangents) as accumulator:
         logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
-    jz_v = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    jz_dv = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     grads = phi_tape.gradient(
         [dz, weighted.regularizer], phi,
-        output_gradients=[-tf.cast(lr, dz.dtype) * tf.cast(jz_v, dz.dtype),
+        output_gradients=[-tf.cast(jz_dv, dz.dtype),
                           tf.ones_like(weighted.regularizer)
                           * tf.cast(meta_scale, weighted.regularizer.dtype)])
     return MetaResult(meta_loss + regularizer, grads,
@@ -254,11 +256,12 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
                              fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                             lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                             step: lookahead.VirtualStep,
+                             meta_objective: Callable[..., tf.Tensor],
                              scales: LossScales | None = None) -> MetaResult:
     """Virtual step on the classifier head only, features fixed (fast meta-reweighting).
 
-    logits = features @ W + b; theta' = (W, b) - lr * grad; the meta batch's features are
+    logits = features @ W + b; (W', b') = U((W, b), grad); the meta batch's features are
     computed once at theta (training-mode BN, stateless) and reused. Everything
     differentiated here is float32 (head, logits, features), so `scales` only multiplies
     the result by S_m, the factor the meta optimizer removes.
@@ -274,7 +277,8 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
             inner.watch([kernel, bias])
             weighted = meta_net.weighted_loss(features @ kernel + bias, features, labels)
         head_grads = distribute.global_sum(inner.gradient(weighted.loss, [kernel, bias]))
-        new_kernel, new_bias = lookahead([kernel, bias], head_grads, lr)
+        new_kernel, new_bias = step([head.kernel, head.bias], [kernel, bias],
+                                    head_grads).params
         meta_logits = meta_features @ new_kernel + new_bias
         meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
                                       meta_batch.get("label"))
@@ -287,7 +291,8 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
-                   meta_batch: dict, *, lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                   meta_batch: dict, *, step: lookahead.VirtualStep,
+                   meta_objective: Callable[..., tf.Tensor],
                    meta_grad: str = "recompute", scope: str = "full",
                    fwd: TrainForward | None = None,
                    scales: LossScales | None = None) -> MetaResult:
@@ -299,7 +304,8 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
       batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
-      lr: current scheduled classifier learning rate (the virtual-step size).
+      step: the virtual step U (`clid_tf.lookahead`), e.g. `lookahead.Sgd(lr)` with the
+        current scheduled classifier lr, or `lookahead.OptimizerStep(optimizer)`.
       meta_objective: fn(features [n, d], logits [n, K], labels or None) -> scalar.
       meta_grad: 'recompute' (default: reverse-over-reverse in two passes, less memory),
         'tape' (reverse-over-reverse in one, the readable reference) or 'jvp'
@@ -311,18 +317,16 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
     """
     fwd = fwd or train_forward(backbone, batch["image"])
     labels = batch["label"]
+    args = dict(step=step, meta_objective=meta_objective, scales=scales)
     if scope == "last_layer":
-        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                        meta_objective=meta_objective, scales=scales)
+        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, **args)
     if scope != "full":
         raise ValueError(f"unknown meta scope {scope!r}; choose from {META_SCOPES}")
     if meta_grad == "tape":
-        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                  meta_objective=meta_objective, scales=scales)
+        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, **args)
     if meta_grad == "recompute":
-        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                       meta_objective=meta_objective, scales=scales)
+        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, **args)
     if meta_grad == "jvp":
         return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
-                                 lr=lr, meta_objective=meta_objective, scales=scales)
+                                 **args)
     raise ValueError(f"unknown meta_grad {meta_grad!r}; choose from {META_GRADS}")

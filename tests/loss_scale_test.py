@@ -7,6 +7,7 @@ import keras
 
 from clid_tf import backbones
 from clid_tf import experiment
+from clid_tf import lookahead
 from clid_tf import objectives
 from clid_tf import virtual
 from clid_tf import vri
@@ -19,25 +20,40 @@ def _flat(grads):
     return np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in grads])
 
 
-@pytest.mark.parametrize("meta_net_kind", ["wnet", "vri"])
+def _warm_adam_step(backbone):
+    """The 'optimizer' virtual step of an Adam after two real updates."""
+    optimizer = keras.optimizers.Adam(0.05)
+    optimizer.build(backbone.trainable_variables)
+    for _ in range(2):
+        optimizer.apply([tf.ones_like(v) * 0.1 for v in backbone.trainable_variables],
+                        backbone.trainable_variables)
+    return lookahead.OptimizerStep(optimizer, weight_decay=0.01)
+
+
+@pytest.mark.parametrize("meta_net_kind,virtual_step", [
+    ("wnet", "sgd"), ("vri", "sgd"), ("wnet", "optimizer")])
 @pytest.mark.parametrize("meta_grad,scope", ROUTES)
 def test_scaled_meta_gradients_are_the_meta_scale_times_the_true_ones(meta_grad, scope,
-                                                                     meta_net_kind):
+                                                                     meta_net_kind,
+                                                                     virtual_step):
     """In float64 (no rounding to hide behind) loss scales change nothing but the factor
-    S_m, also for VRI, whose KL regulariser does not pass through the virtual step."""
+    S_m, also for VRI, whose KL regulariser does not pass through the virtual step, and
+    for the virtual step of a warm Adam, whose D depends on the (unscaled) gradient."""
     with helpers.floatx("float64"):
         backbone = helpers.tiny_classifier(hidden=5)
         backbone.head = backbone.get_layer("dense2")
         batch, meta_batch = helpers.batches(batch=10, meta=7)
         objective = objectives.meta_objective("clid", tau=0.5)
+        step = (lookahead.Sgd(tf.constant(0.3, tf.float64)) if virtual_step == "sgd"
+                else _warm_adam_step(backbone))
         results = []
         for scales in (None, virtual.LossScales(tf.constant(2.0**9, tf.float64),
                                                 tf.constant(2.0**5, tf.float64))):
             meta_net = (helpers.weight_net() if meta_net_kind == "wnet"  # same noise draws
                         else vri.VRINet(3, 5, hidden=(16, 8, 8), kl_weight=0.5, seed=0))
             results.append(virtual.meta_gradients(
-                backbone, meta_net, batch, meta_batch, lr=tf.constant(0.3, tf.float64),
-                meta_objective=objective, meta_grad=meta_grad, scope=scope, scales=scales))
+                backbone, meta_net, batch, meta_batch, step=step, meta_objective=objective,
+                meta_grad=meta_grad, scope=scope, scales=scales))
         plain, scaled = results
         np.testing.assert_allclose(scaled.meta_loss.numpy(), plain.meta_loss.numpy(),
                                    rtol=1e-12)
@@ -72,7 +88,7 @@ def test_loss_scaling_rescues_a_float16_hypergradient_that_underflows(meta_grad)
 
     def grads(backbone, scales=None):
         result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
-                                        lr=tf.constant(0.1), meta_objective=small,
+                                        step=lookahead.Sgd(tf.constant(0.1)), meta_objective=small,
                                         meta_grad=meta_grad, scales=scales)
         return _flat(result.meta_grads) / (1.0 if scales is None else float(scales.meta))
 
@@ -87,13 +103,16 @@ def _float16_model(meta_grad="tape"):
     return helpers.small_cnn_meta_model("mixed_float16", meta_grad)
 
 
-def test_float16_model_wraps_both_optimizers_and_reports_the_scales():
+@pytest.mark.parametrize("virtual_step", ["sgd", "optimizer"])
+def test_float16_model_wraps_both_optimizers_and_reports_the_scales(virtual_step):
     model, data = _float16_model()
+    model.virtual_step = virtual_step  # read when the step is traced
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.meta_optimizer, keras.optimizers.LossScaleOptimizer)
     logs = tf.function(model.train_step)(data)
     assert float(logs["loss_scale"]) == 2.0**15 and float(logs["meta_loss_scale"]) == 2.0**15
     assert np.isfinite(float(logs["meta_clid"]))
+    assert int(model.optimizer.iterations) == int(model.meta_optimizer.iterations) == 1
 
 
 @pytest.mark.parametrize("meta_grad", ["tape", "recompute", "jvp"])

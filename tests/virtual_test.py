@@ -1,30 +1,38 @@
 """The hypergradient through the virtual step against finite differences (float64)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from clid_tf import lookahead
 from clid_tf import objectives
 from clid_tf import virtual
 from clid_tf import vri
 from tests import helpers
 
 
-def _meta_loss_at(backbone, meta_net, batch, meta_batch, lr, objective, last_layer=False):
-    """L_meta(theta - lr * grad_theta L_f(theta, phi)) with first-order autodiff only.
+def _meta_loss_at(backbone, meta_net, batch, meta_batch, step, objective, stepped=None):
+    """L_meta(theta') with theta' = step(theta, grad_theta L_f(theta, phi)), computed with
+    first-order autodiff only.
 
-    With last_layer=True only the head (last two trainable tensors) takes the step.
+    Only the trainable tensors at the indices `stepped` (default: all) take the step; the
+    others stay at theta.
     """
-    theta = [v.value for v in backbone.trainable_variables]
+    variables = backbone.trainable_variables
+    theta = [v.value for v in variables]
     frozen = [v.value for v in backbone.non_trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(theta)
         logits, features, _ = virtual.forward(backbone, theta, frozen, batch["image"])
         loss = meta_net.weighted_loss(logits, features, batch["label"]).loss
     grads = tape.gradient(loss, theta)
-    if last_layer:
-        grads = [tf.zeros_like(g) for g in grads[:-2]] + grads[-2:]
-    theta_prime = [t - lr * g for t, g in zip(theta, grads)]
+    stepped = range(len(theta)) if stepped is None else stepped
+    ahead = step([variables[i] for i in stepped], [theta[i] for i in stepped],
+                 [grads[i] for i in stepped])
+    theta_prime = list(theta)
+    for i, p in zip(stepped, ahead.params):
+        theta_prime[i] = p
     meta_logits, meta_features, _ = virtual.forward(backbone, theta_prime, frozen,
                                                     meta_batch["image"])
     return float(objective(meta_features, meta_logits, meta_batch.get("label")))
@@ -47,6 +55,36 @@ def _directional_check(meta_net, grads, loss_at, h=1e-6, directions=4, rtol=1e-5
         numeric = (values[0] - values[1]) / (2 * h)
         analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, direction))
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=1e-10)
+
+
+def _entrywise_check(meta_net, grads, loss_at, h=1e-5, entries=5, rtol=1e-4):
+    """Entries of grad against central differences of loss_at() in `entries` random entries
+    of phi (among those whose gradient is not negligible): relative error <= rtol."""
+    phi = meta_net.trainable_variables
+    flat = np.concatenate([g.ravel() for g in grads])
+    offsets = np.cumsum([0] + [g.size for g in grads])
+    candidates = np.flatnonzero(np.abs(flat) > 1e-3 * np.abs(flat).max())
+    for index in np.random.default_rng(1).choice(candidates, entries, replace=False):
+        which = int(np.searchsorted(offsets, index, side="right") - 1)
+        variable, original = phi[which], phi[which].numpy()
+        values = []
+        for sign in (1.0, -1.0):
+            moved = original.copy().ravel()
+            moved[index - offsets[which]] += sign * h
+            variable.assign(moved.reshape(original.shape))
+            values.append(loss_at())
+        variable.assign(original)
+        numeric = (values[0] - values[1]) / (2 * h)
+        assert abs(flat[index] - numeric) <= rtol * abs(numeric), (index, flat[index], numeric)
+
+
+def _clid_surrogate(backbone, meta_net, batch, meta_batch, step, **kwargs):
+    """`_frozen_clid` at the meta batch's features and logits at theta' of this step."""
+    base = {}
+    virtual.meta_gradients(
+        backbone, meta_net, batch, meta_batch, step=step,
+        meta_objective=lambda f, z, y: base.update(f=f, z=z) or tf.reduce_sum(z), **kwargs)
+    return _frozen_clid(base["f"], base["z"]), base
 
 
 def _frozen_clid(features0, logits0, tau=0.5, eps=1e-7):
@@ -79,38 +117,38 @@ def test_hypergradient_matches_central_differences(objective_name, meta_grad):
             meta_labels=objective_name in ("ce_clean", "mae"))
         objective = objectives.meta_objective(objective_name, tau=0.5)
         lr = tf.constant(0.5, tf.float64)
-        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, lr=lr,
-                                        meta_objective=objective, meta_grad=meta_grad)
+        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
+                                        step=lookahead.Sgd(lr), meta_objective=objective,
+                                        meta_grad=meta_grad)
         if objective_name == "clid":
-            base = {}
-            virtual.meta_gradients(
-                backbone, meta_net, batch, meta_batch, lr=lr,
-                meta_objective=lambda f, z, y: base.update(f=f, z=z) or tf.reduce_sum(z))
-            objective = _frozen_clid(base["f"], base["z"])
+            objective, base = _clid_surrogate(backbone, meta_net, batch, meta_batch,
+                                              lookahead.Sgd(lr))
             np.testing.assert_allclose(  # the surrogate has CLID's value at the base point
                 objective(base["f"], base["z"], None).numpy(), result.meta_loss.numpy())
         grads = [g.numpy() for g in result.meta_grads]
         assert any(np.abs(g).max() > 1e-8 for g in grads)
         _directional_check(meta_net, grads, lambda: _meta_loss_at(
-            backbone, meta_net, batch, meta_batch, lr, objective))
+            backbone, meta_net, batch, meta_batch, lookahead.Sgd(lr), objective))
 
 
-@pytest.mark.parametrize("objective_name", ["ce_noisy", "entropy"])
-def test_last_layer_hypergradient_matches_central_differences(objective_name):
+@pytest.mark.parametrize("objective_name,virtual_step", [
+    ("ce_noisy", "sgd"), ("entropy", "sgd"), ("entropy", "nesterov")])
+def test_last_layer_hypergradient_matches_central_differences(objective_name, virtual_step):
     with helpers.floatx("float64"):
         backbone = helpers.tiny_classifier()
         backbone.head = backbone.get_layer("dense2")
         meta_net = helpers.weight_net()
         batch, meta_batch = helpers.batches(meta_labels=objective_name == "ce_noisy")
         objective = objectives.meta_objective(objective_name, tau=0.5)
-        lr = tf.constant(0.5, tf.float64)
-        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, lr=lr,
+        step = (lookahead.Sgd(tf.constant(0.5, tf.float64)) if virtual_step == "sgd"
+                else _optimizer_step(virtual_step, backbone, warm_steps=2))
+        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, step=step,
                                         meta_objective=objective, scope="last_layer")
         grads = [g.numpy() for g in result.meta_grads]
         assert any(np.abs(g).max() > 1e-8 for g in grads)
         _directional_check(meta_net, grads, lambda: _meta_loss_at(
-            backbone, meta_net, batch, meta_batch, lr, objective, last_layer=True))
-        full = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, lr=lr,
+            backbone, meta_net, batch, meta_batch, step, objective, stepped=[-2, -1]))
+        full = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, step=step,
                                       meta_objective=objective)
         assert not np.allclose(full.meta_grads[0].numpy(), grads[0])  # a different problem
 
@@ -129,8 +167,9 @@ def test_all_routes_give_the_tape_hypergradient_with_batchnorm(meta_net_kind):
         for mode in ("jvp", "recompute", "tape"):
             meta_net = make()  # same seed: same weights and the same VRI noise draws
             results[mode] = virtual.meta_gradients(
-                backbone, meta_net, batch, meta_batch, lr=tf.constant(0.3, tf.float64),
-                meta_objective=objective, meta_grad=mode)
+                backbone, meta_net, batch, meta_batch,
+                step=lookahead.Sgd(tf.constant(0.3, tf.float64)), meta_objective=objective,
+                meta_grad=mode)
         for mode in ("jvp", "recompute"):
             np.testing.assert_allclose(results[mode].meta_loss.numpy(),
                                        results["tape"].meta_loss.numpy(), rtol=1e-12)
@@ -147,7 +186,7 @@ def test_forward_leaves_batchnorm_statistics_untouched():
     batch, meta_batch = helpers.batches()
     meta_net = helpers.weight_net()
     result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
-                                    lr=tf.constant(0.1),
+                                    step=lookahead.Sgd(tf.constant(0.1)),
                                     meta_objective=objectives.meta_objective("clid", tau=0.5))
     assert np.isfinite(result.meta_loss.numpy())
     for b, v in zip(before, backbone.non_trainable_variables):
@@ -159,9 +198,61 @@ def test_forward_leaves_batchnorm_statistics_untouched():
     assert any(not np.allclose(u, b) for u, b in zip(updated, before))
 
 
-def test_lookahead_is_plain_sgd():
-    params = [tf.constant([1.0, 2.0]), tf.constant(3.0)]
-    grads = [tf.constant([0.5, -1.0]), None]
-    out = virtual.lookahead(params, grads, tf.constant(0.1))
-    np.testing.assert_allclose(out[0].numpy(), [0.95, 2.1])
-    assert float(out[1]) == 3.0
+OPTIMIZER_STEPS = [("heavy_ball", 2), ("nesterov", 2), ("adam", 0), ("adam", 2)]
+
+
+def _optimizer_step(kind, backbone, warm_steps):
+    """The 'optimizer' virtual step of `kind` after `warm_steps` real updates (non-zero
+    momentum or Adam moments), with coupled L2 on the kernels and none on BN and biases."""
+    optimizer = {"heavy_ball": lambda: keras.optimizers.SGD(0.5, momentum=0.75),
+                 "nesterov": lambda: keras.optimizers.SGD(0.5, momentum=0.75, nesterov=True),
+                 "adam": lambda: keras.optimizers.Adam(0.05)}[kind]()
+    variables = backbone.trainable_variables
+    optimizer.build(variables)
+    rng = np.random.default_rng(3)
+    for _ in range(warm_steps):
+        optimizer.apply([tf.constant(rng.normal(size=v.shape) * 0.1) for v in variables],
+                        variables)
+    return lookahead.OptimizerStep(optimizer, weight_decay=0.05,
+                                   no_decay=lookahead.bn_and_bias(backbone))
+
+
+@pytest.mark.parametrize("kind,warm_steps", OPTIMIZER_STEPS)
+def test_optimizer_virtual_step_hypergradient_matches_central_differences(kind, warm_steps):
+    """dCLID(theta'(phi))/dphi by nested tapes through the optimizer's update (SOTA_SSL.md
+    A.13 #7): 5 entries of phi, h = 1e-5, relative error <= 1e-4."""
+    with helpers.floatx("float64"):
+        backbone = helpers.tiny_classifier()
+        meta_net = helpers.weight_net()
+        batch, meta_batch = helpers.batches()
+        step = _optimizer_step(kind, backbone, warm_steps)
+        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, step=step,
+                                        meta_objective=objectives.meta_objective("clid", tau=0.5),
+                                        meta_grad="tape")
+        objective, _ = _clid_surrogate(backbone, meta_net, batch, meta_batch, step)
+        grads = [g.numpy() for g in result.meta_grads]
+        _entrywise_check(meta_net, grads, lambda: _meta_loss_at(
+            backbone, meta_net, batch, meta_batch, step, objective))
+        # the optimizer's update is not the plain step: another hypergradient
+        plain = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
+                                       step=lookahead.Sgd(step.optimizer.learning_rate),
+                                       meta_objective=objectives.meta_objective("clid", tau=0.5))
+        assert not np.allclose(plain.meta_grads[0].numpy(), result.meta_grads[0].numpy())
+
+
+@pytest.mark.parametrize("kind,warm_steps", OPTIMIZER_STEPS)
+def test_d_scaled_routes_give_the_tape_hypergradient_of_the_optimizer_step(kind, warm_steps):
+    with helpers.floatx("float64"):
+        backbone = helpers.tiny_classifier(hidden=5)
+        batch, meta_batch = helpers.batches(batch=10, meta=7)
+        step = _optimizer_step(kind, backbone, warm_steps)
+        results = {mode: virtual.meta_gradients(
+            backbone, helpers.weight_net(), batch, meta_batch, step=step,
+            meta_objective=objectives.meta_objective("clid", tau=0.5), meta_grad=mode)
+            for mode in ("tape", "recompute", "jvp")}
+        assert np.abs(results["tape"].meta_grads[0].numpy()).max() > 1e-8
+        for mode in ("recompute", "jvp"):
+            np.testing.assert_allclose(results[mode].meta_loss.numpy(),
+                                       results["tape"].meta_loss.numpy(), rtol=1e-12)
+            for a, b in zip(results[mode].meta_grads, results["tape"].meta_grads):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-8, atol=1e-14)

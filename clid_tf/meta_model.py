@@ -64,7 +64,8 @@ class MetaReweightModel(keras.Model):
     `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, METHOD.md 2.0) or
     'optimizer' (the classifier optimizer's own next update, SGD with or without
     momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
-    `no_decay` lists backbone variables exempt from the coupled weight decay, in the actual
+    `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
+    (`clid_tf.meta_scope`). `no_decay` lists backbone variables exempt from the coupled weight decay, in the actual
     step and in the 'optimizer' virtual step alike (e.g. `lookahead.bn_and_bias(net)`).
     """
 
@@ -80,6 +81,7 @@ class MetaReweightModel(keras.Model):
         if virtual_step not in lookahead.VIRTUAL_STEPS:
             raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
                              f"{lookahead.VIRTUAL_STEPS}")
+        virtual.check_scope(backbone, meta_scope)  # e.g. top:N needs residual blocks
         self.backbone = backbone
         self.meta_net = meta_net
         self.meta_objective = meta_objective

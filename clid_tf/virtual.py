@@ -21,6 +21,12 @@ transposing backward functions, so on CPU 'jvp' measured slower than 'tape'; 're
 measured 1-3% slower than 'tape' with 18% less peak memory on ResNet-32
 (tools/bench_speed.py) and is the default.
 
+The meta scope (`clid_tf.meta_scope`) restricts the virtual step to some parameters:
+'top:N' steps the head and the last N residual blocks and holds the rest at theta, so
+that the virtual backward stops at the cut and the meta forward below it is recorded on no
+tape; each route is exact for that restricted step. 'last_layer' steps the head alone with
+the features of theta reused (`hypergradient_last_layer`).
+
 The backbone runs through Keras 3 `stateless_call` with explicit weight tensors: virtual
 and meta forwards use batch statistics and leave the model's BN moving averages alone.
 One recorded forward of the training batch (`train_forward`) serves the virtual step and
@@ -49,9 +55,10 @@ import tensorflow as tf
 
 from clid_tf import distribute
 from clid_tf import lookahead
+from clid_tf import meta_scope
+from clid_tf import resnets
 
 META_GRADS = ("tape", "recompute", "jvp")
-META_SCOPES = ("full", "last_layer")
 
 
 class LossScales(NamedTuple):
@@ -101,9 +108,12 @@ def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
     return TrainForward(tape, theta, frozen, logits, features, updated)
 
 
-def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
-    """J_z^T dz: this replica's gradients w.r.t. theta of a loss with logit gradient dz."""
-    return fwd.tape.gradient(fwd.logits, fwd.theta, output_gradients=dz,
+def backprop(fwd: TrainForward, dz: tf.Tensor,
+             stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
+    """J_z^T dz: this replica's gradients w.r.t. theta (only theta[i] for i in `stepped`,
+    if given) of a loss with logit gradient dz."""
+    theta = fwd.theta if stepped is None else [fwd.theta[i] for i in stepped]
+    return fwd.tape.gradient(fwd.logits, theta, output_gradients=dz,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
@@ -125,18 +135,67 @@ def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
-def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
-                     train_scale: tf.Tensor | None = None) -> list[tf.Tensor]:
-    """grad_theta L_f of the global batch: replica gradients summed (differentiable).
+def virtual_gradient(fwd: TrainForward, dz: tf.Tensor, train_scale: tf.Tensor | None = None,
+                     stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
+    """grad_theta L_f of the global batch (of theta[i], i in `stepped`, if given): replica
+    gradients summed (differentiable).
 
     With `train_scale` S_t the float16 backward runs on S_t * dz and the result is divided
     by S_t, both through `_rescale_value_only`: values and derivative as without scaling.
     """
     if train_scale is None:
-        return distribute.global_sum(backprop(fwd, dz))
+        return distribute.global_sum(backprop(fwd, dz, stepped))
     [scaled_dz] = _rescale_value_only([dz], train_scale)
-    scaled = distribute.global_sum(backprop(fwd, scaled_dz))
+    scaled = distribute.global_sum(backprop(fwd, scaled_dz, stepped))
     return _rescale_value_only(scaled, 1.0 / train_scale)
+
+
+def check_scope(backbone: keras.Model, scope: str) -> None:
+    """ValueError (one line) unless `scope` is a meta scope that `backbone` can have."""
+    parsed = meta_scope.parse(scope)
+    if parsed.kind == "top":
+        stepped_indices(backbone, parsed)
+
+
+def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[int]:
+    """Indices into backbone.trainable_variables of the parameters that take the virtual
+    step under scope 'full' (all) or 'top:N' (all but those of the residual blocks below
+    the last N, `resnets.block_variables`); ValueError if the backbone has no N blocks."""
+    variables = backbone.trainable_variables
+    if scope.kind == "full":
+        return list(range(len(variables)))
+    names = getattr(backbone, "block_names", ())
+    if not names:
+        raise ValueError(f"meta scope {scope} needs a backbone with residual blocks "
+                         f"(resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2); "
+                         f"{backbone.name} has none")
+    if scope.blocks > len(names):
+        raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} residual "
+                         "blocks")
+    below = {id(v) for block in resnets.block_variables(backbone)[:len(names) - scope.blocks]
+             for v in block}
+    return [i for i, v in enumerate(variables) if id(v) not in below]
+
+
+class VirtualUpdate(NamedTuple):
+    """The virtual step of the stepped parameters of theta."""
+    grads: list[tf.Tensor]        # their g, global batch
+    ahead: lookahead.LookAhead    # their theta' and D
+    theta_prime: list[tf.Tensor]  # every trainable value: theta' where stepped, else theta
+
+
+def virtual_update(backbone: keras.Model, fwd: TrainForward, dz: tf.Tensor,
+                   step: lookahead.VirtualStep, stepped: Sequence[int],
+                   train_scale: tf.Tensor | None = None) -> VirtualUpdate:
+    """theta' = U(theta, g) for theta[i], i in `stepped`; the other parameters stay at theta
+    (the virtual backward stops where no stepped parameter lies below)."""
+    grads = virtual_gradient(fwd, dz, train_scale, stepped)
+    variables = backbone.trainable_variables
+    ahead = step([variables[i] for i in stepped], [fwd.theta[i] for i in stepped], grads)
+    theta_prime = list(fwd.theta)
+    for i, p in zip(stepped, ahead.params):
+        theta_prime[i] = p
+    return VirtualUpdate(grads, ahead, theta_prime)
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
@@ -166,26 +225,26 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
 
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                        labels: tf.Tensor, meta_batch: dict, *, step: lookahead.VirtualStep,
-                       meta_objective: Callable[..., tf.Tensor],
+                       stepped: Sequence[int], meta_objective: Callable[..., tf.Tensor],
                        scales: LossScales | None = None) -> MetaResult:
     """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
     virtual step U (full second order: the reference)."""
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-        train_scale = None if scales is None else scales.train
-        virtual_grads = virtual_gradient(fwd, dz, train_scale)
-        theta_prime = step(backbone.trainable_variables, fwd.theta, virtual_grads).params
-        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+        update = virtual_update(backbone, fwd, dz, step, stepped,
+                                None if scales is None else scales.train)
+        meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
+                               meta_objective)
         total = meta_loss + tf.cast(weighted.regularizer, meta_loss.dtype)
     meta_scale = tf.cast(1.0 if scales is None else scales.meta, total.dtype)
     return MetaResult(total, outer.gradient(total, phi, output_gradients=meta_scale),
-                      None if scales is None else all_finite(virtual_grads))
+                      None if scales is None else all_finite(update.grads))
 
 
 def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                            step: lookahead.VirtualStep,
+                            step: lookahead.VirtualStep, stepped: Sequence[int],
                             meta_objective: Callable[..., tf.Tensor],
                             scales: LossScales | None = None) -> MetaResult:
     """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
@@ -196,30 +255,31 @@ def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
     with tf.GradientTape() as phi_tape:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
         with phi_tape.stop_recording():
-            virtual_grads = virtual_gradient(fwd, dz, train_scale)
-            ahead = step(backbone.trainable_variables, fwd.theta, virtual_grads)
+            update = virtual_update(backbone, fwd, dz, step, stepped, train_scale)
             with tf.GradientTape() as meta_tape:
-                meta_tape.watch(ahead.params)
-                meta_loss = _meta_loss(backbone, ahead.params, fwd.frozen, meta_batch,
+                meta_tape.watch(update.ahead.params)
+                meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                        meta_objective)
             meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
-            v = meta_tape.gradient(meta_loss, ahead.params, output_gradients=meta_scale,
+            v = meta_tape.gradient(meta_loss, update.ahead.params,
+                                   output_gradients=meta_scale,
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
         with tf.control_dependencies(v):  # runs after v, so graph CSE cannot merge it with
             dz_again = tf.identity(dz)    # the unrecorded backward above
-        recorded = virtual_gradient(fwd, dz_again, train_scale)
+        recorded = virtual_gradient(fwd, dz_again, train_scale, stepped)
         regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     # v is this replica's share; the global sum inside virtual_gradient sums the shares.
     grads = phi_tape.gradient(
         [recorded, regularizer], phi,
-        output_gradients=[[-d * g for d, g in zip(ahead.slopes, v)], meta_scale])
+        output_gradients=[[-d * g for d, g in zip(update.ahead.slopes, v)], meta_scale])
     return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(virtual_grads))
+                      None if scales is None else all_finite(update.grads))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
-                      step: lookahead.VirtualStep, meta_objective: Callable[..., tf.Tensor],
+                      step: lookahead.VirtualStep, stepped: Sequence[int],
+                      meta_objective: Callable[..., tf.Tensor],
                       scales: LossScales | None = None) -> MetaResult:
     """Forward-over-reverse: one JVP of the training batch, along D * v, replaces the
     double backward.
@@ -230,18 +290,19 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-    train_scale = None if scales is None else scales.train
-    virtual_grads = virtual_gradient(fwd, tf.stop_gradient(dz), train_scale)
-    ahead = step(backbone.trainable_variables, fwd.theta, virtual_grads)
+    update = virtual_update(backbone, fwd, tf.stop_gradient(dz), step, stepped,
+                            None if scales is None else scales.train)
     with tf.GradientTape() as meta_tape:
-        meta_tape.watch(ahead.params)
-        meta_loss = _meta_loss(backbone, ahead.params, fwd.frozen, meta_batch, meta_objective)
+        meta_tape.watch(update.ahead.params)
+        meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
+                               meta_objective)
     meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
     v = distribute.global_sum(meta_tape.gradient(
-        meta_loss, ahead.params, output_gradients=meta_scale,
+        meta_loss, update.ahead.params, output_gradients=meta_scale,
         unconnected_gradients=tf.UnconnectedGradients.ZERO))
-    tangents = [d * g for d, g in zip(ahead.slopes, v)]
-    with tf.autodiff.ForwardAccumulator(fwd.theta, tangents) as accumulator:
+    tangents = [d * g for d, g in zip(update.ahead.slopes, v)]
+    with tf.autodiff.ForwardAccumulator([fwd.theta[i] for i in stepped],
+                                        tangents) as accumulator:
         logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
     jz_dv = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
@@ -251,7 +312,7 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
                           tf.ones_like(weighted.regularizer)
                           * tf.cast(meta_scale, weighted.regularizer.dtype)])
     return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(virtual_grads))
+                      None if scales is None else all_finite(update.grads))
 
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
@@ -300,7 +361,8 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
 
     Args:
       backbone: classifier, images -> (logits [B, K], features [B, d]); for
-        scope='last_layer' it has a `head` Dense layer with logits = features @ W + b.
+        scope='last_layer' it has a `head` Dense layer with logits = features @ W + b, for
+        'top:N' `block_names` (`resnets.block_variables`).
       meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
       batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
@@ -310,7 +372,8 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       meta_grad: 'recompute' (default: reverse-over-reverse in two passes, less memory),
         'tape' (reverse-over-reverse in one, the readable reference) or 'jvp'
         (forward-over-reverse).
-      scope: 'full' (all of theta) or 'last_layer' (classifier head only).
+      scope: the parameters of the virtual step, 'full', 'last_layer' or 'top:N'
+        (`clid_tf.meta_scope`).
       fwd: the recorded training forward, when the caller already has it.
       scales: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
         true ones. None: no loss scaling.
@@ -318,10 +381,10 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
     fwd = fwd or train_forward(backbone, batch["image"])
     labels = batch["label"]
     args = dict(step=step, meta_objective=meta_objective, scales=scales)
-    if scope == "last_layer":
+    parsed = meta_scope.parse(scope)
+    if parsed.kind == "last_layer":
         return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, **args)
-    if scope != "full":
-        raise ValueError(f"unknown meta scope {scope!r}; choose from {META_SCOPES}")
+    args["stepped"] = stepped_indices(backbone, parsed)
     if meta_grad == "tape":
         return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, **args)
     if meta_grad == "recompute":

@@ -168,3 +168,24 @@ def test_weight_decay_is_scaled_with_the_gradients():
         after[weight_decay] = helpers.snapshot(model.backbone.trainable_variables)
     for t, decayed, plain in zip(theta, after[0.1], after[0.0]):
         np.testing.assert_allclose(decayed - plain, -0.05 * 0.1 * t, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("meta_grad", ["tape", "recompute"])
+def test_scaled_top_n_meta_gradients_are_the_meta_scale_times_the_true_ones(meta_grad):
+    """The same for the meta scope top:2 of a real ResNet-32 (float32, 8x8 images: power-of-2
+    scales commute with rounding, so the factor is exact up to summation order)."""
+    net = backbones.build("resnet32", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (8, 8, 8, 1)).astype(np.float32),
+             "label": rng.integers(0, 3, 8).astype(np.int32)}
+    meta_batch = {"image": rng.integers(0, 256, (6, 8, 8, 1)).astype(np.float32)}
+    results = [virtual.meta_gradients(
+        net, helpers.weight_net(), batch, meta_batch, step=lookahead.Sgd(tf.constant(0.3)),
+        meta_objective=objectives.meta_objective("clid", tau=0.5), meta_grad=meta_grad,
+        scope="top:2", scales=scales)
+        for scales in (None, virtual.LossScales(tf.constant(2.0**9), tf.constant(2.0**5)))]
+    plain, scaled = results
+    np.testing.assert_allclose(_flat(scaled.meta_grads), 2.0**5 * _flat(plain.meta_grads),
+                               rtol=1e-5, atol=1e-12)
+    assert np.abs(_flat(plain.meta_grads)).max() > 1e-6

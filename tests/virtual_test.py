@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clid_tf import backbones
 from clid_tf import lookahead
+from clid_tf import meta_model
+from clid_tf import meta_scope
 from clid_tf import objectives
+from clid_tf import resnets
 from clid_tf import virtual
 from clid_tf import vri
 from tests import helpers
@@ -256,3 +260,114 @@ def test_d_scaled_routes_give_the_tape_hypergradient_of_the_optimizer_step(kind,
                                        results["tape"].meta_loss.numpy(), rtol=1e-12)
             for a, b in zip(results[mode].meta_grads, results["tape"].meta_grads):
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-8, atol=1e-14)
+
+
+def _tiny_residual_classifier(blocks=3, width=4, num_inputs=3, num_classes=3, seed=0):
+    """x [B, 3] -> stem Dense-BN-ReLU -> `blocks` residual blocks h + Dense(ReLU(BN(Dense h)))
+    -> head Dense, with the block metadata of `clid_tf.resnets` (`block_names`)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((num_inputs,))
+    h = keras.layers.Dense(width, name="stem_dense")(inputs)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="stem_bn")(h))
+    names = [f"block{b}" for b in range(blocks)]
+    for name in names:
+        r = keras.layers.Dense(width, name=f"{name}_dense1")(h)
+        r = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"{name}_bn")(r))
+        h = keras.layers.Add()([h, keras.layers.Dense(width, name=f"{name}_dense2")(r)])
+    logits = keras.layers.Dense(num_classes, name="head")(h)
+    model = keras.Model(inputs, (logits, h))
+    model.feature_dim, model.block_names, model.head = width, tuple(names), model.get_layer("head")
+    return model
+
+
+def _indices_of_top(backbone, blocks):
+    """Indices of the trainable variables of the last `blocks` blocks and the head, by name."""
+    top = [f"block{b}_" for b in range(len(backbone.block_names) - blocks,
+                                       len(backbone.block_names))] + ["head/"]
+    return [i for i, v in enumerate(backbone.trainable_variables)
+            if any(v.path.startswith(prefix) for prefix in top)]
+
+
+@pytest.mark.parametrize("meta_grad", ["tape", "recompute", "jvp"])
+@pytest.mark.parametrize("blocks,virtual_step", [(1, "sgd"), (2, "sgd"), (1, "heavy_ball")])
+def test_top_n_hypergradient_matches_central_differences(blocks, virtual_step, meta_grad):
+    """top:N steps the head and the last N blocks only: exact for that restricted step,
+    and another hypergradient than the full one."""
+    with helpers.floatx("float64"):
+        backbone = _tiny_residual_classifier()
+        meta_net = helpers.weight_net()
+        batch, meta_batch = helpers.batches(batch=8, meta=6)
+        objective = objectives.meta_objective("entropy", tau=0.5)
+        step = (lookahead.Sgd(tf.constant(0.5, tf.float64)) if virtual_step == "sgd"
+                else _optimizer_step(virtual_step, backbone, warm_steps=2))
+        result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, step=step,
+                                        meta_objective=objective, meta_grad=meta_grad,
+                                        scope=f"top:{blocks}")
+        grads = [g.numpy() for g in result.meta_grads]
+        assert any(np.abs(g).max() > 1e-8 for g in grads)
+        _directional_check(meta_net, grads, lambda: _meta_loss_at(
+            backbone, meta_net, batch, meta_batch, step, objective,
+            stepped=_indices_of_top(backbone, blocks)))
+        full = virtual.meta_gradients(backbone, meta_net, batch, meta_batch, step=step,
+                                      meta_objective=objective, meta_grad=meta_grad)
+        assert not np.allclose(full.meta_grads[0].numpy(), grads[0], rtol=1e-6)
+
+
+def test_top_n_of_every_block_is_the_full_scope_and_below_the_cut_nothing_moves():
+    with helpers.floatx("float64"):
+        backbone = _tiny_residual_classifier()
+        batch, meta_batch = helpers.batches(batch=8, meta=6)
+        step = lookahead.Sgd(tf.constant(0.5, tf.float64))
+        results = [virtual.meta_gradients(
+            backbone, helpers.weight_net(), batch, meta_batch, step=step,
+            meta_objective=objectives.meta_objective("clid", tau=0.5), scope=scope)
+            for scope in ("full", "top:3")]
+        for a, b in zip(*[r.meta_grads for r in results]):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+        fwd = virtual.train_forward(backbone, batch["image"])
+        dz, _ = virtual.logit_gradient(helpers.weight_net(), fwd.logits, fwd.features,
+                                       batch["label"])
+        stepped = virtual.stepped_indices(backbone, meta_scope.parse("top:1"))
+        assert stepped == _indices_of_top(backbone, 1)
+        update = virtual.virtual_update(backbone, fwd, dz, step, stepped)
+        for i, (theta, theta_prime) in enumerate(zip(fwd.theta, update.theta_prime)):
+            moved = not np.array_equal(theta.numpy(), theta_prime.numpy())
+            assert moved == (i in stepped), backbone.trainable_variables[i].path
+
+
+@pytest.mark.parametrize("name,blocks", [("resnet32", 15), ("preact_resnet18", 8),
+                                         ("resnet34", 16), ("wrn28_2", 12), ("wrn28_10", 12)])
+def test_residual_backbones_list_their_blocks_input_to_output(name, blocks):
+    """The block variables partition everything below the last block (the stem goes with the
+    first block), in the order of the model's trainable variables; the head (and WRN's
+    final BN) are in no block, so top:N always steps them."""
+    net = backbones.build(name, num_classes=10, input_shape=(8, 8, 3), mean=(0.5,) * 3,
+                          std=(0.25,) * 3)
+    groups = resnets.block_variables(net)
+    assert len(groups) == len(net.block_names) == blocks
+    position = {id(v): i for i, v in enumerate(net.trainable_variables)}
+    order = [position[id(v)] for group in groups for v in group]
+    assert order == list(range(len(order)))  # disjoint, complete below the top, in order
+    assert all(len(group) >= 6 for group in groups)  # two convs and two BNs at least
+    top = [v.path for v in net.trainable_variables[len(order):]]
+    assert top == (["final_bn/gamma", "final_bn/beta"] if name.startswith("wrn") else []) + [
+        "logits/kernel", "logits/bias"]
+    assert "stem_conv/kernel" in [v.path for v in groups[0]]
+
+
+def test_scopes_are_parsed_in_one_place_and_top_n_needs_residual_blocks():
+    assert meta_scope.parse("top:2") == meta_scope.MetaScope("top", 2)
+    assert str(meta_scope.parse("top:2")) == "top:2" and str(meta_scope.parse("full")) == "full"
+    for bad in ("top:0", "top:", "top:x", "top:-1", "bottom:1", "top2", ""):
+        with pytest.raises(ValueError, match="meta scope must be full, last_layer or top:N"):
+            meta_scope.parse(bad)
+    cnn = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,))
+    with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
+        virtual.check_scope(cnn, "top:1")
+    with pytest.raises(ValueError, match="has only 3 residual blocks"):
+        virtual.check_scope(_tiny_residual_classifier(), "top:4")
+    with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
+        meta_model.MetaReweightModel(cnn, helpers.weight_net(), meta_scope="top:1",
+                                     meta_objective=objectives.meta_objective("clid", tau=0.5))

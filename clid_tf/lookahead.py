@@ -54,8 +54,7 @@ def with_decay(grads: Sequence[tf.Tensor], params: Sequence[tf.Tensor], rate,
     """PyTorch-style coupled weight decay g + rate * theta, where `decayed` (default: all)."""
     if decayed is None:
         decayed = [True] * len(params)
-    return [g + tf.cast(rate, g.dtype) * p if d else g
-            for g, p, d in zip(grads, params, decayed)]
+    return [g + rate * p if d else g for g, p, d in zip(grads, params, decayed)]
 
 
 def decay_mask(variables: Sequence[keras.Variable],

@@ -1,6 +1,7 @@
 """`MetaReweightModel`: a Keras model whose train_step is the CLID-MU meta update.
 
-One train_step per training batch (METHOD.md section 2.0):
+One train_step per training batch (METHOD.md section 2.0; steps 1-2 only on every
+`meta_every`-th step):
   1. virtual step  theta' = U(theta, grad_theta L_f(theta, phi))      (second order)
      U = plain SGD at the current lr, or a copy of the real optimizer's next update
      (`virtual_step`, `clid_tf.lookahead`)
@@ -51,6 +52,28 @@ def _loss_scale(optimizer):
     return None
 
 
+def _cross_replica_cond(pred, true_fn, false_fn, args=()):
+    """tf.cond(pred, true_fn(*args), false_fn(*args)) -> this replica's scalar, taken in
+    the cross-replica context: each branch runs on every replica with that replica's args.
+
+    For strategies that synchronise through merge_call (Mirrored, MultiWorkerMirrored),
+    which refuse a synchronisation inside a replica-context tf.cond; Keras'
+    LossScaleOptimizer takes its cond the same way. `pred` must agree across replicas.
+    """
+    context = tf.distribute.get_replica_context()
+
+    def cross_replica(strategy, pred, *args):
+        def on_every_replica(fn):
+            return lambda: tf.stack(strategy.experimental_local_results(
+                strategy.extended.call_for_each_replica(fn, args=args)))
+        return tf.cond(strategy.experimental_local_results(pred)[0],
+                       on_every_replica(true_fn), on_every_replica(false_fn))
+
+    stacked = context.merge_call(cross_replica, args=(pred, *args))  # this worker's replicas
+    local_replicas = len(context.strategy.extended.worker_devices)  # ids are worker-major
+    return stacked[context.replica_id_in_sync_group % local_replicas]
+
+
 class MetaReweightModel(keras.Model):
     """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
 
@@ -65,14 +88,17 @@ class MetaReweightModel(keras.Model):
     'optimizer' (the classifier optimizer's own next update, SGD with or without
     momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
     `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
-    (`clid_tf.meta_scope`). `no_decay` lists backbone variables exempt from the coupled weight decay, in the actual
-    step and in the 'optimizer' virtual step alike (e.g. `lookahead.bn_and_bias(net)`).
+    (`clid_tf.meta_scope`). `meta_every` = k runs steps 1 and 2 only on the steps whose
+    classifier iteration counter is a multiple of k (a tf.cond, no retracing); the steps in
+    between train theta with the meta-net as it is. `no_decay` lists backbone variables
+    exempt from the coupled weight decay, in the actual step and in the 'optimizer' virtual
+    step alike (e.g. `lookahead.bn_and_bias(net)`).
     """
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
                  meta_objective: Callable[..., tf.Tensor] | None = None,
                  meta_objective_name: str = "clid", meta_grad: str = "recompute",
-                 meta_scope: str = "full", virtual_step: str = "sgd",
+                 meta_scope: str = "full", virtual_step: str = "sgd", meta_every: int = 1,
                  weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4,
                  no_decay: Sequence[keras.Variable] = (), **kwargs):
         super().__init__(**kwargs)
@@ -82,12 +108,15 @@ class MetaReweightModel(keras.Model):
             raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
                              f"{lookahead.VIRTUAL_STEPS}")
         virtual.check_scope(backbone, meta_scope)  # e.g. top:N needs residual blocks
+        if int(meta_every) != meta_every or meta_every < 1:
+            raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
         self.backbone = backbone
         self.meta_net = meta_net
         self.meta_objective = meta_objective
         self.meta_grad = meta_grad
         self.meta_scope = meta_scope
         self.virtual_step = virtual_step
+        self.meta_every = int(meta_every)
         self.no_decay = list(no_decay)
         self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
@@ -146,9 +175,34 @@ class MetaReweightModel(keras.Model):
             loss = self._plain_step(batch, train_scale)
             return self._log(loss, lr)
         fwd = virtual.train_forward(self.backbone, batch["image"])
-        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, train_scale)
+        meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, train_scale)
         loss, weights = self._actual_step(batch, fwd, train_scale)
-        return self._log(loss, lr, meta_loss=meta_loss, weights=weights, batch=batch)
+        return self._log(loss, lr, meta_loss=meta_loss, meta_taken=meta_taken, weights=weights,
+                         batch=batch)
+
+    def _meta_update(self, batch, meta_batch, fwd, train_scale):
+        """Steps 1 and 2 on the steps whose classifier iteration counter is a multiple of
+        `meta_every` (every step for 1); in between phi stays as it is.
+
+        Returns (meta loss, whether the meta update ran: a bool tensor, None for every step).
+        """
+        if self.meta_every == 1:
+            return self._virtual_and_meta_step(batch, meta_batch, fwd, train_scale), None
+        taken = tf.equal(tf.math.floormod(tf.convert_to_tensor(self.optimizer.iterations),
+                                          self.meta_every), 0)
+        dtype = fwd.logits.dtype
+        skip = lambda *_: tf.zeros([], dtype)  # noqa: E731
+        if (distribute.num_replicas() == 1
+                or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            meta_loss = tf.cond(taken, lambda: tf.cast(self._virtual_and_meta_step(
+                batch, meta_batch, fwd, train_scale), dtype), skip)
+            return meta_loss, taken
+        # The backward of the recorded forward belongs to this replica context (synchronised
+        # BN), so the branch, which runs in another one, records the forward again.
+        return _cross_replica_cond(
+            taken, lambda b, m, s: tf.cast(self._virtual_and_meta_step(
+                b, m, virtual.train_forward(self.backbone, b["image"]), s), dtype),
+            skip, args=(batch, meta_batch, train_scale)), taken
 
     def _virtual_and_meta_step(self, batch, meta_batch, fwd, train_scale) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
@@ -218,8 +272,9 @@ class MetaReweightModel(keras.Model):
             optimizer.step_counter.assign(tf.where(keep_scale, counter, optimizer.step_counter))
 
     # ---------------------------------------------------------------- monitoring
-    def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
-        """Metrics of one step; `weights` [B] are the per-sample meta weights."""
+    def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None):
+        """Metrics of one step; `weights` [B] are the per-sample meta weights; a step
+        without a meta update (`meta_taken` False) leaves the meta loss out."""
         loss = distribute.global_sum(loss)  # replica shares -> the global value
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
@@ -235,12 +290,12 @@ class MetaReweightModel(keras.Model):
                 scales[name] = scale
         if meta_loss is not None:
             meta_loss = distribute.global_sum(meta_loss)
+            counted = None if meta_taken is None else tf.cast(meta_taken, tf.float32)
             if scales:  # a skipped meta step's loss (NaN) is not averaged in
                 finite = tf.math.is_finite(meta_loss)
-                self.meta_trackers["meta"].update_state(
-                    tf.where(finite, meta_loss, 0.0), sample_weight=tf.cast(finite, tf.float32))
-            else:
-                self.meta_trackers["meta"].update_state(meta_loss)
+                meta_loss = tf.where(finite, meta_loss, 0.0)
+                counted = tf.cast(finite, tf.float32) * (1.0 if counted is None else counted)
+            self.meta_trackers["meta"].update_state(meta_loss, sample_weight=counted)
             updated.append(self.meta_trackers["meta"])
             if "is_noisy" in batch:  # ground truth, for monitoring only
                 noisy = tf.cast(batch["is_noisy"], weights.dtype)

@@ -9,7 +9,7 @@ from clid_tf import lookahead
 from clid_tf import schedules
 from tests import helpers
 
-LR, MU, WD = 0.25, 0.75, 0.05  # lr and mu exact in float32 (Keras stores them so)
+LR, MU, WD = 0.25, 0.75, 0.05  # exact in float32, through which Keras casts mu
 OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(lr),
     "heavy_ball": lambda lr: keras.optimizers.SGD(lr, momentum=MU),

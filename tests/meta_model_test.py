@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from clid_tf import backbones
 from clid_tf import clid as clid_lib
 from clid_tf import lookahead
 from clid_tf import meta_model
@@ -223,3 +224,84 @@ def test_virtual_step_choices_are_checked():
         meta_objective=objectives.meta_objective("clid", tau=0.5))
     with pytest.raises(ValueError, match="cannot be copied: it is RMSprop"):
         model.compile(keras.optimizers.RMSprop(0.1), keras.optimizers.SGD(0.1))
+
+
+def test_meta_every_k_updates_phi_only_when_the_iteration_is_a_multiple_of_k():
+    """meta_every=3: phi moves on iterations 0 and 3 only, theta on every step, one trace;
+    the logged meta loss averages the meta steps only."""
+    model = _build(meta_grad="recompute", meta_every=3)
+    step = tf.function(model.train_step)
+    logged = []
+    for k in range(5):
+        batch, meta_batch = helpers.batches(batch=8, meta=6, seed=k)
+        theta = helpers.snapshot(model.backbone.trainable_variables)
+        phi = helpers.snapshot(model.meta_net.trainable_variables)
+        assert int(model.optimizer.iterations) == k
+        logged.append(float(step({"train": batch, "meta": meta_batch})["meta_clid"]))
+        phi_moved = any(not np.array_equal(a, v.numpy())
+                        for a, v in zip(phi, model.meta_net.trainable_variables))
+        assert phi_moved == (k % 3 == 0), k
+        assert all(not np.array_equal(a, v.numpy())
+                   for a, v in zip(theta, model.backbone.trainable_variables)), k
+    assert model.trace_count == 1 and int(model.meta_optimizer.iterations) == 2
+    assert logged[1] == logged[2] == logged[0] and logged[4] == logged[3] != logged[0]
+
+
+def test_meta_every_steps_are_the_meta_step_then_the_actual_step_with_phi_fixed():
+    """meta_every=2 on a float64 model: the first step equals the meta_every=1 step; the
+    second keeps phi and takes the heavy-ball step of the weighted loss with that phi."""
+    with helpers.floatx("float64"):
+        every, each = _build(meta_every=2), _build(meta_every=1)
+        steps = [tf.function(m.train_step) for m in (every, each)]
+        batch, meta_batch = helpers.batches(batch=8, meta=6)
+        for step in steps:
+            step({"train": batch, "meta": meta_batch})
+        for a, b in zip(every.weights + every.optimizer.variables,
+                        each.weights + each.optimizer.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-15)
+
+        batch, meta_batch = helpers.batches(batch=8, meta=6, seed=1)
+        theta = [tf.constant(v.numpy()) for v in every.backbone.trainable_variables]
+        phi = [tf.constant(v.numpy()) for v in every.meta_net.trainable_variables]
+        momentum = [m.numpy() for m in every.optimizer.momentums]
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            loss, _ = _ref_weighted(theta, phi, batch["image"], batch["label"])
+        mu = float(np.float32(MOMENTUM))  # Keras casts the momentum through float32
+        want = [t + mu * m - LR * (g + WD * t)
+                for t, m, g in zip(theta, momentum, tape.gradient(loss, theta))]
+        steps[0]({"train": batch, "meta": meta_batch})
+        for a, b in zip(every.meta_net.trainable_variables, phi):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        for a, b in zip(every.backbone.trainable_variables, want):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_meta_every_and_the_optimizer_virtual_step_compile_with_xla():
+    """Also after CLID has seen other meta batch shapes (as the per-epoch selection does):
+    a shape-relaxed CLID trace would not compile inside the meta_every tf.cond."""
+    for n in (3, 5):
+        clid_lib.clid_xla(tf.ones([n, 2]), tf.ones([n, 2]))
+    keras.utils.set_random_seed(0)
+    net = backbones.build("mlp", num_classes=3, input_shape=(4,), mean=(0.0,) * 4,
+                          std=(1.0,) * 4, seed=0)
+    model = meta_model.MetaReweightModel(
+        net, helpers.weight_net(), meta_objective=objectives.meta_objective("clid", tau=0.5),
+        virtual_step="optimizer", meta_every=2)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                  keras.optimizers.Adam(1e-3), jit_compile=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    data = {"train": {"image": x, "label": (x[:, 0] > 0).astype(np.int32)},
+            "meta": {"image": x[:8]}}
+    history = model.fit(tf.data.Dataset.from_tensors(data).repeat(), steps_per_epoch=5,
+                        epochs=1, verbose=0)
+    assert model.trace_count == 1
+    assert int(model.optimizer.iterations) == 5 and int(model.meta_optimizer.iterations) == 3
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+
+
+def test_meta_every_must_be_a_positive_integer():
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="meta_every must be an integer >= 1"):
+            _build(meta_every=bad)

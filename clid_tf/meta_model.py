@@ -13,8 +13,8 @@ is plain cross-entropy training.
 
 A float16 backbone (Keras policy mixed_float16) gets dynamic loss scaling: `compile`
 wraps both optimizers in keras.optimizers.LossScaleOptimizer, every backward pass runs on
-scaled losses (`virtual.LossScales`), and each optimizer skips the steps whose gradients
-overflowed and halves its scale.
+scaled losses, and each optimizer skips the steps whose gradients overflowed and halves
+its scale; all of it behind `loss_scaling.LossScaling` and `loss_scaling.apply`.
 """
 
 from __future__ import annotations
@@ -26,30 +26,9 @@ import tensorflow as tf
 
 from clid_tf import distribute
 from clid_tf import lookahead
+from clid_tf import loss_scaling
 from clid_tf import objectives
 from clid_tf import virtual
-
-
-def _with_l2(grads, variables, weight_decay: float, scale=None, decayed=None):
-    """PyTorch-style (coupled) weight decay: g + wd * v where `decayed` (default: every
-    variable), which then goes through momentum.
-
-    Optimizers sum replica gradients, so each replica adds its 1/R share of the decay.
-    Gradients that carry a loss scale get the decay times that `scale`.
-    """
-    if not weight_decay:
-        return grads
-    share = weight_decay / distribute.num_replicas()
-    if scale is not None:
-        share = share * scale
-    return lookahead.with_decay(grads, variables, share, decayed)
-
-
-def _loss_scale(optimizer):
-    """The current dynamic loss scale of a LossScaleOptimizer (a value read now), else None."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return tf.convert_to_tensor(optimizer.dynamic_scale)
-    return None
 
 
 def _cross_replica_cond(pred, true_fn, false_fn, args=()):
@@ -170,24 +149,24 @@ class MetaReweightModel(keras.Model):
         self.trace_count += 1
         batch = data["train"]
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
-        train_scale = _loss_scale(self.optimizer)  # float16 only, else None
+        scaling = loss_scaling.LossScaling.of(self.optimizer, self.meta_optimizer)  # float16
         if not self.meta_active:
-            loss = self._plain_step(batch, train_scale)
+            loss = self._plain_step(batch, scaling)
             return self._log(loss, lr)
         fwd = virtual.train_forward(self.backbone, batch["image"])
-        meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, train_scale)
-        loss, weights = self._actual_step(batch, fwd, train_scale)
+        meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, scaling)
+        loss, weights = self._actual_step(batch, fwd, scaling)
         return self._log(loss, lr, meta_loss=meta_loss, meta_taken=meta_taken, weights=weights,
                          batch=batch)
 
-    def _meta_update(self, batch, meta_batch, fwd, train_scale):
+    def _meta_update(self, batch, meta_batch, fwd, scaling):
         """Steps 1 and 2 on the steps whose classifier iteration counter is a multiple of
         `meta_every` (every step for 1); in between phi stays as it is.
 
         Returns (meta loss, whether the meta update ran: a bool tensor, None for every step).
         """
         if self.meta_every == 1:
-            return self._virtual_and_meta_step(batch, meta_batch, fwd, train_scale), None
+            return self._virtual_and_meta_step(batch, meta_batch, fwd, scaling), None
         taken = tf.equal(tf.math.floormod(tf.convert_to_tensor(self.optimizer.iterations),
                                           self.meta_every), 0)
         dtype = fwd.logits.dtype
@@ -195,81 +174,58 @@ class MetaReweightModel(keras.Model):
         if (distribute.num_replicas() == 1
                 or tf.__internal__.distribute.strategy_supports_no_merge_call()):
             meta_loss = tf.cond(taken, lambda: tf.cast(self._virtual_and_meta_step(
-                batch, meta_batch, fwd, train_scale), dtype), skip)
+                batch, meta_batch, fwd, scaling), dtype), skip)
             return meta_loss, taken
         # The backward of the recorded forward belongs to this replica context (synchronised
         # BN), so the branch, which runs in another one, records the forward again.
         return _cross_replica_cond(
             taken, lambda b, m, s: tf.cast(self._virtual_and_meta_step(
                 b, m, virtual.train_forward(self.backbone, b["image"]), s), dtype),
-            skip, args=(batch, meta_batch, train_scale)), taken
+            skip, args=(batch, meta_batch, scaling)), taken
 
-    def _virtual_and_meta_step(self, batch, meta_batch, fwd, train_scale) -> tf.Tensor:
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, scaling) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
-        meta_scale = _loss_scale(self.meta_optimizer)
         step = lookahead.build(self.virtual_step, self.optimizer,
                                weight_decay=self.weight_decay, no_decay=self.no_decay)
         result = virtual.meta_gradients(
             self.backbone, self.meta_net, batch, meta_batch, step=step,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
-            scope=self.meta_scope, fwd=fwd,
-            scales=None if meta_scale is None else virtual.LossScales(train_scale, meta_scale))
+            scope=self.meta_scope, fwd=fwd, scaling=scaling)
+        # float16: an overflowed virtual step is S_t's fault, so S_m stays (None: no scaling)
         overflowed = (None if result.virtual_finite is None
                       else tf.logical_not(result.virtual_finite))
-        self._apply(self.meta_optimizer, result.meta_grads, self.meta_net.trainable_variables,
-                    self.meta_weight_decay, meta_scale, keep_scale=overflowed)
+        loss_scaling.apply(self.meta_optimizer, result.meta_grads,
+                           self.meta_net.trainable_variables,
+                           weight_decay=self.meta_weight_decay, keep_scale=overflowed)
         if overflowed is None:
             return result.meta_loss
         # A step skipped for an overflowed virtual step reports NaN, which _log leaves out.
         return tf.where(overflowed, float("nan"), result.meta_loss)
 
-    def _actual_step(self, batch, fwd, train_scale):
+    def _actual_step(self, batch, fwd, scaling):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
                                               batch["label"], regularize=False)
-        self._apply(self.optimizer,
-                    virtual.backprop(fwd, dz if train_scale is None else dz * train_scale),
-                    self.backbone.trainable_variables, self.weight_decay, train_scale,
-                    decayed=self._decayed())
+        loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
+                           self.backbone.trainable_variables, weight_decay=self.weight_decay,
+                           decayed=self._decayed())
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
         return weighted.loss, weighted.per_sample_weights()
 
-    def _plain_step(self, batch, train_scale):
+    def _plain_step(self, batch, scaling):
         theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
-            scaled_loss = loss if train_scale is None else loss * train_scale
-        self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay,
-                    train_scale, decayed=self._decayed())
+            scaled_loss = scaling.scale_train(loss)
+        loss_scaling.apply(self.optimizer, tape.gradient(scaled_loss, theta), theta,
+                           weight_decay=self.weight_decay, decayed=self._decayed())
         return loss
 
     def _decayed(self) -> list[bool]:
         """Per backbone trainable variable: whether the weight decay applies to it."""
         return lookahead.decay_mask(self.backbone.trainable_variables, self.no_decay)
-
-    @staticmethod
-    def _apply(optimizer, grads, variables, weight_decay, scale=None, keep_scale=None,
-               decayed=None):
-        """optimizer.apply with coupled weight decay (on the `decayed` variables; default all).
-
-        With a loss `scale` (float16: the optimizer's current LossScaleOptimizer scale) the
-        gradients carry it, an overflow on any replica makes every replica skip, and
-        `keep_scale` (a bool tensor) marks an overflow that is not this scale's doing (the
-        meta step after an overflowed virtual step): skipped, but the scale is not halved.
-        """
-        if scale is None:
-            optimizer.apply(_with_l2(grads, variables, weight_decay, decayed=decayed),
-                            variables)
-            return
-        if keep_scale is not None:
-            counter = tf.convert_to_tensor(optimizer.step_counter)
-        optimizer.apply(_with_l2(distribute.spread_non_finite(grads), variables, weight_decay,
-                                 scale, decayed), variables)
-        if keep_scale is not None:
-            optimizer.dynamic_scale.assign(tf.where(keep_scale, scale, optimizer.dynamic_scale))
-            optimizer.step_counter.assign(tf.where(keep_scale, counter, optimizer.step_counter))
 
     # ---------------------------------------------------------------- monitoring
     def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None):
@@ -282,12 +238,7 @@ class MetaReweightModel(keras.Model):
         if self.meta_trackers:
             self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
             updated.append(self.meta_trackers["meta_lr"])
-        scales = {}  # float16 loss scales, where the optimizers have them
-        for name, optimizer in (("loss_scale", self.optimizer),
-                                ("meta_loss_scale", self.meta_optimizer)):
-            scale = _loss_scale(optimizer)
-            if scale is not None:
-                scales[name] = scale
+        scales = loss_scaling.logged_scales(self.optimizer, self.meta_optimizer)  # float16
         if meta_loss is not None:
             meta_loss = distribute.global_sum(meta_loss)
             counted = None if meta_taken is None else tf.cast(meta_taken, tf.float32)

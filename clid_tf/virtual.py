@@ -35,15 +35,10 @@ the actual step.
 Under tf.distribute every replica computes its share of each global quantity, following
 the rule stated in `clid_tf.distribute`; with one device the code reduces to the above.
 
-float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
-optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
-meta objective. The second-order pass of the 'tape' and 'recompute' routes runs through
-the float16 backward of the training batch with cotangents D * J v; plain autodiff would
-scale them by S_m / S_t. The virtual step therefore multiplies dz by S_t and divides the
-gradient by S_t with ops whose backward passes the cotangent on unchanged
-(`_rescale_value_only`): the virtual step's value is exact, its derivative is the true one,
-and every cotangent inside carries S_m. The returned meta gradients are S_m times the true
-ones, which the meta optimizer's LossScaleOptimizer removes.
+float16 loss scaling (mixed_float16 only) enters through one `loss_scaling.LossScaling`
+argument: the virtual gradient is computed by `unscaled_backward`, the meta backward
+starts from `meta_seed`, and every route returns S_m times the true hypergradient (see
+`clid_tf.loss_scaling`).
 """
 
 from __future__ import annotations
@@ -55,16 +50,11 @@ import tensorflow as tf
 
 from clid_tf import distribute
 from clid_tf import lookahead
+from clid_tf import loss_scaling
 from clid_tf import meta_scope
 from clid_tf import resnets
 
 META_GRADS = ("tape", "recompute", "jvp")
-
-
-class LossScales(NamedTuple):
-    """Dynamic loss scales of float16 training (scalar tensors)."""
-    train: tf.Tensor              # S_t: the classifier optimizer's LossScaleOptimizer scale
-    meta: tf.Tensor               # S_m: the meta optimizer's LossScaleOptimizer scale
 
 
 class MetaResult(NamedTuple):
@@ -73,7 +63,7 @@ class MetaResult(NamedTuple):
                                   # plus the regularizer; summed over replicas = global
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable, times
                                   # the meta loss scale S_m when one is given
-    virtual_finite: tf.Tensor | None = None  # with loss scales: whether the virtual
+    virtual_finite: tf.Tensor | None = None  # with loss scaling: whether the virtual
                                   # step's gradient was finite (else S_t overflowed it)
 
 
@@ -117,37 +107,13 @@ def backprop(fwd: TrainForward, dz: tf.Tensor,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _rescale_value_only(tensors: list[tf.Tensor], factor: tf.Tensor) -> list[tf.Tensor]:
-    """Forward: t * factor for each t. Backward: the cotangent unchanged (not * factor).
-
-    A pair of these around a float16 backward pass (factor S, then 1/S) scales the values
-    inside it by S while the derivative through the pair stays the true one, so the
-    second-order pass through it keeps whatever scale its own cotangents carry.
-    """
-    @tf.custom_gradient
-    def rescale(*values):
-        return [v * tf.cast(factor, v.dtype) for v in values], lambda *dys: list(dys)
-    return rescale(*tensors)
-
-
-def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Whether every element of every tensor is finite (a scalar bool)."""
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
-
-
-def virtual_gradient(fwd: TrainForward, dz: tf.Tensor, train_scale: tf.Tensor | None = None,
+def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
+                     scaling: loss_scaling.LossScaling = loss_scaling.LossScaling(),
                      stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
     """grad_theta L_f of the global batch (of theta[i], i in `stepped`, if given): replica
-    gradients summed (differentiable).
-
-    With `train_scale` S_t the float16 backward runs on S_t * dz and the result is divided
-    by S_t, both through `_rescale_value_only`: values and derivative as without scaling.
-    """
-    if train_scale is None:
-        return distribute.global_sum(backprop(fwd, dz, stepped))
-    [scaled_dz] = _rescale_value_only([dz], train_scale)
-    scaled = distribute.global_sum(backprop(fwd, scaled_dz, stepped))
-    return _rescale_value_only(scaled, 1.0 / train_scale)
+    gradients summed (differentiable), unscaled under loss scaling."""
+    return scaling.unscaled_backward(
+        lambda dz: distribute.global_sum(backprop(fwd, dz, stepped)), dz)
 
 
 def check_scope(backbone: keras.Model, scope: str) -> None:
@@ -186,10 +152,11 @@ class VirtualUpdate(NamedTuple):
 
 def virtual_update(backbone: keras.Model, fwd: TrainForward, dz: tf.Tensor,
                    step: lookahead.VirtualStep, stepped: Sequence[int],
-                   train_scale: tf.Tensor | None = None) -> VirtualUpdate:
+                   scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                   ) -> VirtualUpdate:
     """theta' = U(theta, g) for theta[i], i in `stepped`; the other parameters stay at theta
     (the virtual backward stops where no stepped parameter lies below)."""
-    grads = virtual_gradient(fwd, dz, train_scale, stepped)
+    grads = virtual_gradient(fwd, dz, scaling, stepped)
     variables = backbone.trainable_variables
     ahead = step([variables[i] for i in stepped], [fwd.theta[i] for i in stepped], grads)
     theta_prime = list(fwd.theta)
@@ -226,79 +193,72 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                        labels: tf.Tensor, meta_batch: dict, *, step: lookahead.VirtualStep,
                        stepped: Sequence[int], meta_objective: Callable[..., tf.Tensor],
-                       scales: LossScales | None = None) -> MetaResult:
+                       scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
     virtual step U (full second order: the reference)."""
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-        update = virtual_update(backbone, fwd, dz, step, stepped,
-                                None if scales is None else scales.train)
+        update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
         meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                meta_objective)
         total = meta_loss + tf.cast(weighted.regularizer, meta_loss.dtype)
-    meta_scale = tf.cast(1.0 if scales is None else scales.meta, total.dtype)
-    return MetaResult(total, outer.gradient(total, phi, output_gradients=meta_scale),
-                      None if scales is None else all_finite(update.grads))
+    grads = outer.gradient(total, phi, output_gradients=scaling.meta_seed(total.dtype))
+    return MetaResult(total, grads, scaling.finite(update.grads))
 
 
 def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
                             step: lookahead.VirtualStep, stepped: Sequence[int],
                             meta_objective: Callable[..., tf.Tensor],
-                            scales: LossScales | None = None) -> MetaResult:
+                            scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
     backward unrecorded), then the virtual backward recomputed on a tape and
     differentiated with cotangent -D * v. Same gradient as `hypergradient_tape`."""
     phi = meta_net.trainable_variables
-    train_scale = None if scales is None else scales.train
     with tf.GradientTape() as phi_tape:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
         with phi_tape.stop_recording():
-            update = virtual_update(backbone, fwd, dz, step, stepped, train_scale)
+            update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
             with tf.GradientTape() as meta_tape:
                 meta_tape.watch(update.ahead.params)
                 meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                        meta_objective)
-            meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
-            v = meta_tape.gradient(meta_loss, update.ahead.params,
-                                   output_gradients=meta_scale,
+            seed = scaling.meta_seed(meta_loss.dtype)
+            v = meta_tape.gradient(meta_loss, update.ahead.params, output_gradients=seed,
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
         with tf.control_dependencies(v):  # runs after v, so graph CSE cannot merge it with
             dz_again = tf.identity(dz)    # the unrecorded backward above
-        recorded = virtual_gradient(fwd, dz_again, train_scale, stepped)
+        recorded = virtual_gradient(fwd, dz_again, scaling, stepped)
         regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     # v is this replica's share; the global sum inside virtual_gradient sums the shares.
     grads = phi_tape.gradient(
         [recorded, regularizer], phi,
-        output_gradients=[[-d * g for d, g in zip(update.ahead.slopes, v)], meta_scale])
-    return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(update.grads))
+        output_gradients=[[-d * g for d, g in zip(update.ahead.slopes, v)], seed])
+    return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
                       step: lookahead.VirtualStep, stepped: Sequence[int],
                       meta_objective: Callable[..., tf.Tensor],
-                      scales: LossScales | None = None) -> MetaResult:
+                      scaling: loss_scaling.LossScaling) -> MetaResult:
     """Forward-over-reverse: one JVP of the training batch, along D * v, replaces the
     double backward.
 
-    With `scales`, v and J_z (D * v) carry S_m (float16 tangents), so the result is S_m
-    times the true gradient, as in the tape route.
+    Under loss scaling v and J_z (D * v) carry S_m (float16 tangents), so the result is
+    S_m times the true gradient, as in the tape route.
     """
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-    update = virtual_update(backbone, fwd, tf.stop_gradient(dz), step, stepped,
-                            None if scales is None else scales.train)
+    update = virtual_update(backbone, fwd, tf.stop_gradient(dz), step, stepped, scaling)
     with tf.GradientTape() as meta_tape:
         meta_tape.watch(update.ahead.params)
         meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                meta_objective)
-    meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
     v = distribute.global_sum(meta_tape.gradient(
-        meta_loss, update.ahead.params, output_gradients=meta_scale,
+        meta_loss, update.ahead.params, output_gradients=scaling.meta_seed(meta_loss.dtype),
         unconnected_gradients=tf.UnconnectedGradients.ZERO))
     tangents = [d * g for d, g in zip(update.ahead.slopes, v)]
     with tf.autodiff.ForwardAccumulator([fwd.theta[i] for i in stepped],
@@ -310,22 +270,21 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
         [dz, weighted.regularizer], phi,
         output_gradients=[-tf.cast(jz_dv, dz.dtype),
                           tf.ones_like(weighted.regularizer)
-                          * tf.cast(meta_scale, weighted.regularizer.dtype)])
-    return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(update.grads))
+                          * scaling.meta_seed(weighted.regularizer.dtype)])
+    return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
                              fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
                              step: lookahead.VirtualStep,
                              meta_objective: Callable[..., tf.Tensor],
-                             scales: LossScales | None = None) -> MetaResult:
+                             scaling: loss_scaling.LossScaling) -> MetaResult:
     """Virtual step on the classifier head only, features fixed (fast meta-reweighting).
 
     logits = features @ W + b; (W', b') = U((W, b), grad); the meta batch's features are
     computed once at theta (training-mode BN, stateless) and reused. Everything
-    differentiated here is float32 (head, logits, features), so `scales` only multiplies
-    the result by S_m, the factor the meta optimizer removes.
+    differentiated here is float32 (head, logits, features), so loss scaling only
+    multiplies the result by S_m, the factor the meta optimizer removes.
     """
     head = backbone.head
     kernel, bias = head.kernel.value, head.bias.value
@@ -344,11 +303,8 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
         meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
                                       meta_batch.get("label"))
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    grads = outer.gradient(meta_loss, phi)
-    if scales is None:
-        return MetaResult(meta_loss, grads)
-    return MetaResult(meta_loss, [g * tf.cast(scales.meta, g.dtype) for g in grads],
-                      all_finite(head_grads))
+    grads = scaling.scale_meta(outer.gradient(meta_loss, phi))
+    return MetaResult(meta_loss, grads, scaling.finite(head_grads))
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
@@ -356,7 +312,8 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
                    meta_objective: Callable[..., tf.Tensor],
                    meta_grad: str = "recompute", scope: str = "full",
                    fwd: TrainForward | None = None,
-                   scales: LossScales | None = None) -> MetaResult:
+                   scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                   ) -> MetaResult:
     """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
     Args:
@@ -375,12 +332,12 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
       scope: the parameters of the virtual step, 'full', 'last_layer' or 'top:N'
         (`clid_tf.meta_scope`).
       fwd: the recorded training forward, when the caller already has it.
-      scales: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
-        true ones. None: no loss scaling.
+      scaling: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
+        true ones. Default: no loss scaling.
     """
     fwd = fwd or train_forward(backbone, batch["image"])
     labels = batch["label"]
-    args = dict(step=step, meta_objective=meta_objective, scales=scales)
+    args = dict(step=step, meta_objective=meta_objective, scaling=scaling)
     parsed = meta_scope.parse(scope)
     if parsed.kind == "last_layer":
         return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, **args)

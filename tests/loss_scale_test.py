@@ -8,6 +8,7 @@ import keras
 from clid_tf import backbones
 from clid_tf import experiment
 from clid_tf import lookahead
+from clid_tf import loss_scaling
 from clid_tf import objectives
 from clid_tf import virtual
 from clid_tf import vri
@@ -47,13 +48,14 @@ def test_scaled_meta_gradients_are_the_meta_scale_times_the_true_ones(meta_grad,
         step = (lookahead.Sgd(tf.constant(0.3, tf.float64)) if virtual_step == "sgd"
                 else _warm_adam_step(backbone))
         results = []
-        for scales in (None, virtual.LossScales(tf.constant(2.0**9, tf.float64),
-                                                tf.constant(2.0**5, tf.float64))):
+        for scaling in (loss_scaling.LossScaling(),  # none
+                        loss_scaling.LossScaling(tf.constant(2.0**9, tf.float64),
+                                                 tf.constant(2.0**5, tf.float64))):
             meta_net = (helpers.weight_net() if meta_net_kind == "wnet"  # same noise draws
                         else vri.VRINet(3, 5, hidden=(16, 8, 8), kl_weight=0.5, seed=0))
             results.append(virtual.meta_gradients(
                 backbone, meta_net, batch, meta_batch, step=step, meta_objective=objective,
-                meta_grad=meta_grad, scope=scope, scales=scales))
+                meta_grad=meta_grad, scope=scope, scaling=scaling))
         plain, scaled = results
         np.testing.assert_allclose(scaled.meta_loss.numpy(), plain.meta_loss.numpy(),
                                    rtol=1e-12)
@@ -86,33 +88,37 @@ def test_loss_scaling_rescues_a_float16_hypergradient_that_underflows(meta_grad)
     clid = objectives.meta_objective("clid", tau=0.5)
     small = lambda f, z, y: 1e-4 * clid(f, z, y)  # noqa: E731
 
-    def grads(backbone, scales=None):
+    def grads(backbone, scaling=loss_scaling.LossScaling()):
         result = virtual.meta_gradients(backbone, meta_net, batch, meta_batch,
-                                        step=lookahead.Sgd(tf.constant(0.1)), meta_objective=small,
-                                        meta_grad=meta_grad, scales=scales)
-        return _flat(result.meta_grads) / (1.0 if scales is None else float(scales.meta))
+                                        step=lookahead.Sgd(tf.constant(0.1)),
+                                        meta_objective=small, meta_grad=meta_grad,
+                                        scaling=scaling)
+        return _flat(result.meta_grads) / float(scaling.meta_seed(tf.float32))
 
     truth = grads(reference)
     error = lambda g: np.linalg.norm(g - truth) / np.linalg.norm(truth)  # noqa: E731
     scale = tf.constant(2.0**10)
     assert error(grads(half)) > 0.3
-    assert error(grads(half, virtual.LossScales(scale, scale))) < 0.1
+    assert error(grads(half, loss_scaling.LossScaling(scale, scale))) < 0.1
 
 
 def _float16_model(meta_grad="tape"):
     return helpers.small_cnn_meta_model("mixed_float16", meta_grad)
 
 
-@pytest.mark.parametrize("virtual_step", ["sgd", "optimizer"])
-def test_float16_model_wraps_both_optimizers_and_reports_the_scales(virtual_step):
+@pytest.mark.parametrize("virtual_step,meta_every", [("sgd", 1), ("optimizer", 1), ("sgd", 2)])
+def test_float16_model_wraps_both_optimizers_and_reports_the_scales(virtual_step, meta_every):
     model, data = _float16_model()
-    model.virtual_step = virtual_step  # read when the step is traced
+    model.virtual_step, model.meta_every = virtual_step, meta_every  # read when traced
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.meta_optimizer, keras.optimizers.LossScaleOptimizer)
-    logs = tf.function(model.train_step)(data)
+    step = tf.function(model.train_step)
+    for _ in range(2):
+        logs = step(data)
     assert float(logs["loss_scale"]) == 2.0**15 and float(logs["meta_loss_scale"]) == 2.0**15
     assert np.isfinite(float(logs["meta_clid"]))
-    assert int(model.optimizer.iterations) == int(model.meta_optimizer.iterations) == 1
+    assert int(model.optimizer.iterations) == 2
+    assert int(model.meta_optimizer.iterations) == 2 // meta_every
 
 
 @pytest.mark.parametrize("meta_grad", ["tape", "recompute", "jvp"])
@@ -183,8 +189,9 @@ def test_scaled_top_n_meta_gradients_are_the_meta_scale_times_the_true_ones(meta
     results = [virtual.meta_gradients(
         net, helpers.weight_net(), batch, meta_batch, step=lookahead.Sgd(tf.constant(0.3)),
         meta_objective=objectives.meta_objective("clid", tau=0.5), meta_grad=meta_grad,
-        scope="top:2", scales=scales)
-        for scales in (None, virtual.LossScales(tf.constant(2.0**9), tf.constant(2.0**5)))]
+        scope="top:2", scaling=scaling)
+        for scaling in (loss_scaling.LossScaling(),
+                        loss_scaling.LossScaling(tf.constant(2.0**9), tf.constant(2.0**5)))]
     plain, scaled = results
     np.testing.assert_allclose(_flat(scaled.meta_grads), 2.0**5 * _flat(plain.meta_grads),
                                rtol=1e-5, atol=1e-12)

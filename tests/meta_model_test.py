@@ -8,6 +8,7 @@ import tensorflow as tf
 from clid_tf import backbones
 from clid_tf import clid as clid_lib
 from clid_tf import lookahead
+from clid_tf import loss_scaling
 from clid_tf import meta_model
 from clid_tf import objectives
 from clid_tf import schedules
@@ -183,7 +184,8 @@ def test_meta_step_with_the_optimizer_virtual_step_has_no_side_effects():
         assert int(optimizer.iterations) == 1 and np.abs(optimizer.momentums[0].numpy()).max() > 0
 
         tf.function(lambda: model._virtual_and_meta_step(  # pylint: disable=protected-access
-            batch, meta_batch, virtual.train_forward(backbone, batch["image"]), None))()
+            batch, meta_batch, virtual.train_forward(backbone, batch["image"]),
+            loss_scaling.LossScaling()))()
 
         for b, v in zip(before, watched + optimizer.variables):
             np.testing.assert_array_equal(b, v.numpy())

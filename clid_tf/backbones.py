@@ -95,8 +95,9 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
 
     The model has `feature_dim` (d), `head`, the final Dense layer (used by the
     last-layer meta scope), and `block_names`, its residual blocks input to output (for
-    the meta scope top:N, `resnets.block_variables`; empty for small_cnn and mlp). `sync_batchnorm` makes every BatchNormalization use the
-    statistics of the global batch under a multi-replica strategy. `dtype_policy`
+    the meta scope top:N, `resnets.block_variables`; empty for small_cnn and mlp).
+    `sync_batchnorm` makes every BatchNormalization use the statistics of the global
+    batch under a multi-replica strategy. `dtype_policy`
     ('mixed_float16', 'mixed_bfloat16') computes the body in float16 or bfloat16 with
     float32 variables; logits and features are float32 in every policy.
 

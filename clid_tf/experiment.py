@@ -45,7 +45,8 @@ def build_meta_net(kind: str, *, num_classes: int, feature_dim: int, vri_kl: flo
 def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_kl: float,
                 tau: float, meta_grad: str, meta_scope: str, weight_decay: float,
                 meta_weight_decay: float, seed: int, sync_batchnorm: bool = False,
-                mixed_precision: str = "none") -> meta_model.MetaReweightModel:
+                mixed_precision: str = "none", virtual_step: str = "sgd",
+                meta_every: int = 1) -> meta_model.MetaReweightModel:
     """The classifier wrapped in a MetaReweightModel (no meta-net for method 'ce')."""
     ds = setup.dataset
     net = backbones.build(backbone, num_classes=ds.num_classes,
@@ -60,7 +61,7 @@ def build_model(setup: Setup, *, backbone: str, method: str, meta_net: str, vri_
                             vri_kl=vri_kl, seed=seed),
         meta_objective=objectives.meta_objective(method, tau=tau),
         meta_objective_name=method, meta_grad=meta_grad, meta_scope=meta_scope,
-        weight_decay=weight_decay,
+        virtual_step=virtual_step, meta_every=meta_every, weight_decay=weight_decay,
         meta_weight_decay=meta_weight_decay)
 
 
@@ -72,7 +73,7 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
           lr_eta_min: float, lr_milestones: Sequence[int], lr_gamma: float, meta_optimizer: str,
           meta_lr: float, meta_weight_decay: float, warmup_epochs: int,
           eval_batch_size: int, select_keep: int, seed: int, verbose: int, export: bool,
-          resume: bool = False) -> dict:
+          resume: bool = False, virtual_step: str = "sgd", meta_every: int = 1) -> dict:
     """Fits the model (continuing the workdir's last checkpoint if `resume`) and returns the
     results dict (accuracies, noise, history)."""
     ds = setup.dataset
@@ -86,7 +87,8 @@ def train(setup: Setup, *, workdir: str, backbone: str, method: str, meta_net: s
                             meta_scope=meta_scope, weight_decay=weight_decay,
                             meta_weight_decay=meta_weight_decay, seed=seed,
                             sync_batchnorm=distribution.num_replicas_in_sync > 1,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, virtual_step=virtual_step,
+                            meta_every=meta_every)
         schedule = schedules.build(lr_schedule, lr, steps_per_epoch=steps_per_epoch,
                                    epochs=epochs, t_max=lr_tmax, eta_min=lr_eta_min,
                                    milestones=lr_milestones, gamma=lr_gamma)

@@ -20,7 +20,8 @@ gradients g (all lists of one length):
                             theta' = theta - a m' / (s + eps)
                             D = a [(1 - b1) / (s + eps) - m' (1 - b2) g / (s (s + eps)^2)]
                The slots are read, never written: the virtual step leaves the optimizer
-               as it found it.
+               as it found it. Constants are cast as Keras casts them (mu and the betas
+               of the bias correction from Python floats through float32).
 
 `LookAhead.slopes` holds D = -d theta'/d g, element by element (the update is element-wise
 in g, and theta, the slots and lr do not depend on phi). The hypergradient routes that do

@@ -93,9 +93,11 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
           sync_batchnorm: bool = False, dtype_policy: str = "float32") -> keras.Model:
     """Raw input [B, *input_shape] -> (logits float32 [B, K], features float32 [B, d]).
 
-    The model has `feature_dim` (d) and `head`, the final Dense layer (used by the
-    last-layer meta scope). `sync_batchnorm` makes every BatchNormalization use the
-    statistics of the global batch under a multi-replica strategy. `dtype_policy`
+    The model has `feature_dim` (d), `head`, the final Dense layer (used by the
+    last-layer meta scope), and `block_names`, its residual blocks input to output (for
+    the meta scope top:N, `resnets.block_variables`; empty for small_cnn and mlp).
+    `sync_batchnorm` makes every BatchNormalization use the statistics of the global
+    batch under a multi-replica strategy. `dtype_policy`
     ('mixed_float16', 'mixed_bfloat16') computes the body in float16 or bfloat16 with
     float32 variables; logits and features are float32 in every policy.
 
@@ -121,6 +123,7 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int],
         keras.config.set_dtype_policy(previous)
     model.feature_dim = int(body.feature_dim)
     model.head = body.get_layer("logits")  # logits = features @ head.kernel + head.bias
+    model.block_names = tuple(getattr(body, "block_names", ()))
     if sync_batchnorm:
         for layer in body._flatten_layers():  # pylint: disable=protected-access
             if isinstance(layer, keras.layers.BatchNormalization):

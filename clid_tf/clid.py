@@ -52,5 +52,8 @@ def clid(features: tf.Tensor, logits: tf.Tensor, *, tau: float = 0.5,
     return tf.reduce_mean(cross_entropy)
 
 
-clid_xla = tf.function(clid, jit_compile=True, reduce_retracing=True)
+# One trace per meta batch shape (no reduce_retracing): a shape-relaxed trace, once made,
+# is reused everywhere, and XLA cannot compile its gradient inside the tf.cond of an
+# XLA-compiled train step with meta_every > 1 (shapes must be compile-time constants).
+clid_xla = tf.function(clid, jit_compile=True)
 clid_xla.__doc__ = "`clid` compiled with XLA (jit_compile=True); same arguments and result."

@@ -1,7 +1,10 @@
 """`MetaReweightModel`: a Keras model whose train_step is the CLID-MU meta update.
 
-One train_step per training batch (METHOD.md section 2.0):
-  1. virtual step  theta' = theta - lr * grad_theta L_f(theta, phi)   (second order)
+One train_step per training batch (METHOD.md section 2.0; steps 1-2 only on every
+`meta_every`-th step):
+  1. virtual step  theta' = U(theta, grad_theta L_f(theta, phi))      (second order)
+     U = plain SGD at the current lr, or a copy of the real optimizer's next update
+     (`virtual_step`, `clid_tf.lookahead`)
   2. meta step     phi <- meta_optimizer(grad_phi L_meta(theta'))     L_meta = CLID, ...
   3. actual step   theta <- optimizer(grad_theta L_f(theta, phi_new))
 Steps 1 and 3 share one recorded forward pass of the training batch (same theta, same
@@ -10,13 +13,13 @@ is plain cross-entropy training.
 
 A float16 backbone (Keras policy mixed_float16) gets dynamic loss scaling: `compile`
 wraps both optimizers in keras.optimizers.LossScaleOptimizer, every backward pass runs on
-scaled losses (`virtual.LossScales`), and each optimizer skips the steps whose gradients
-overflowed and halves its scale.
+scaled losses, and each optimizer skips the steps whose gradients overflowed and halves
+its scale; all of it behind `loss_scaling.LossScaling` and `loss_scaling.apply`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -24,29 +27,32 @@ import tensorflow as tf
 from clid_tf import backbones
 from clid_tf import data
 from clid_tf import distribute
+from clid_tf import lookahead
+from clid_tf import loss_scaling
 from clid_tf import objectives
 from clid_tf import virtual
 
 
-def _with_l2(grads, variables, weight_decay: float, scale=None):
-    """PyTorch-style (coupled) weight decay: g + wd * v, which then goes through momentum.
+def _cross_replica_cond(pred, true_fn, false_fn, args=()):
+    """tf.cond(pred, true_fn(*args), false_fn(*args)) -> this replica's scalar, taken in
+    the cross-replica context: each branch runs on every replica with that replica's args.
 
-    Optimizers sum replica gradients, so each replica adds its 1/R share of the decay.
-    Gradients that carry a loss scale get the decay times that `scale`.
+    For strategies that synchronise through merge_call (Mirrored, MultiWorkerMirrored),
+    which refuse a synchronisation inside a replica-context tf.cond; Keras'
+    LossScaleOptimizer takes its cond the same way. `pred` must agree across replicas.
     """
-    if not weight_decay:
-        return grads
-    share = weight_decay / distribute.num_replicas()
-    if scale is not None:
-        share = share * scale
-    return [g + share * v for g, v in zip(grads, variables)]
+    context = tf.distribute.get_replica_context()
 
+    def cross_replica(strategy, pred, *args):
+        def on_every_replica(fn):
+            return lambda: tf.stack(strategy.experimental_local_results(
+                strategy.extended.call_for_each_replica(fn, args=args)))
+        return tf.cond(strategy.experimental_local_results(pred)[0],
+                       on_every_replica(true_fn), on_every_replica(false_fn))
 
-def _loss_scale(optimizer):
-    """The current dynamic loss scale of a LossScaleOptimizer (a value read now), else None."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return tf.convert_to_tensor(optimizer.dynamic_scale)
-    return None
+    stacked = context.merge_call(cross_replica, args=(pred, *args))  # this worker's replicas
+    local_replicas = len(context.strategy.extended.worker_devices)  # ids are worker-major
+    return stacked[context.replica_id_in_sync_group % local_replicas]
 
 
 @keras.saving.register_keras_serializable(package="clid_tf")
@@ -59,13 +65,25 @@ class MetaReweightModel(keras.Model):
 
     `meta_active` is a Python switch read when the train function is traced: set it, then
     reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
+
+    `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, METHOD.md 2.0) or
+    'optimizer' (the classifier optimizer's own next update, SGD with or without
+    momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
+    `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
+    (`clid_tf.meta_scope`). `meta_every` = k runs steps 1 and 2 only on the steps whose
+    classifier iteration counter is a multiple of k (a tf.cond, no retracing); the steps in
+    between train theta with the meta-net as it is. `no_decay` lists backbone variables
+    exempt from the coupled weight decay, in the actual step and in the 'optimizer' virtual
+    step alike (e.g. `lookahead.bn_and_bias(net)`).
     """
 
     def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
                  meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
                  meta_objective_name: str | None = None,
                  meta_grad: str = "recompute", meta_scope: str = "full",
-                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4, **kwargs):
+                 virtual_step: str = "sgd", meta_every: int = 1,
+                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4,
+                 no_decay: Sequence[keras.Variable] = (), **kwargs):
         """
         Args:
           backbone: any Keras classifier: one that returns (logits, features), or a
@@ -77,10 +95,20 @@ class MetaReweightModel(keras.Model):
           tau: CLID temperature (named objectives).
           meta_objective_name: the name logged for it (`meta_<name>`); default: its name.
           meta_grad, meta_scope: how the hypergradient is computed (clid_tf.virtual).
+          virtual_step: 'sgd' (theta - lr g) or 'optimizer' (a differentiable copy of the
+            classifier optimizer's next update, clid_tf.lookahead).
+          meta_every: a meta update on every k-th training step only.
           weight_decay, meta_weight_decay: PyTorch-style coupled L2 of theta and phi.
+          no_decay: classifier variables without weight decay (e.g. BN and biases).
         """
         super().__init__(**kwargs)
+        if virtual_step not in lookahead.VIRTUAL_STEPS:
+            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
+                             f"{lookahead.VIRTUAL_STEPS}")
+        if int(meta_every) != meta_every or meta_every < 1:
+            raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
         self.backbone = backbones.as_classifier(backbone)
+        virtual.check_scope(self.backbone, meta_scope)  # e.g. top:N needs residual blocks
         self.meta_net = meta_net
         name = getattr(meta_objective, "__name__", "objective")
         self.meta_objective_name = meta_objective_name or (
@@ -92,6 +120,9 @@ class MetaReweightModel(keras.Model):
         self.tau = float(tau)
         self.meta_grad = meta_grad
         self.meta_scope = meta_scope
+        self.virtual_step = virtual_step
+        self.meta_every = int(meta_every)
+        self.no_decay = list(no_decay)
         self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
         self.meta_weight_decay = float(meta_weight_decay)
@@ -131,6 +162,8 @@ class MetaReweightModel(keras.Model):
             if meta_optimizer is None:
                 raise ValueError("a meta-net needs a meta optimizer")
             self.meta_optimizer.build(self.meta_net.trainable_variables)
+            if self.virtual_step == "optimizer":
+                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
 
     def set_meta_active(self, active: bool) -> None:
         """Switches meta updates on or off; the next fit traces a new train function."""
@@ -187,6 +220,7 @@ class MetaReweightModel(keras.Model):
                          else keras.saving.serialize_keras_object(self.meta_net)),
             "meta_objective": self.meta_objective_name, "tau": self.tau,
             "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
+            "virtual_step": self.virtual_step, "meta_every": self.meta_every,
             "weight_decay": self.weight_decay, "meta_weight_decay": self.meta_weight_decay,
             "name": self.name,
         }
@@ -209,76 +243,88 @@ class MetaReweightModel(keras.Model):
         self.trace_count += 1
         batch = data["train"]
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
-        train_scale = _loss_scale(self.optimizer)  # float16 only, else None
+        scaling = loss_scaling.LossScaling.of(self.optimizer, self.meta_optimizer)  # float16
         if not self.meta_active:
-            loss = self._plain_step(batch, train_scale)
+            loss = self._plain_step(batch, scaling)
             return self._log(loss, lr)
         fwd = virtual.train_forward(self.backbone, batch["image"])
-        meta_loss = self._virtual_and_meta_step(batch, data["meta"], fwd, lr, train_scale)
-        loss, weights = self._actual_step(batch, fwd, train_scale)
-        return self._log(loss, lr, meta_loss=meta_loss, weights=weights, batch=batch)
+        meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, scaling)
+        loss, weights = self._actual_step(batch, fwd, scaling)
+        return self._log(loss, lr, meta_loss=meta_loss, meta_taken=meta_taken, weights=weights,
+                         batch=batch)
 
-    def _virtual_and_meta_step(self, batch, meta_batch, fwd, lr, train_scale) -> tf.Tensor:
+    def _meta_update(self, batch, meta_batch, fwd, scaling):
+        """Steps 1 and 2 on the steps whose classifier iteration counter is a multiple of
+        `meta_every` (every step for 1); in between phi stays as it is.
+
+        Returns (meta loss, whether the meta update ran: a bool tensor, None for every step).
+        """
+        if self.meta_every == 1:
+            return self._virtual_and_meta_step(batch, meta_batch, fwd, scaling), None
+        taken = tf.equal(tf.math.floormod(tf.convert_to_tensor(self.optimizer.iterations),
+                                          self.meta_every), 0)
+        dtype = fwd.logits.dtype
+        skip = lambda *_: tf.zeros([], dtype)  # noqa: E731
+        if (distribute.num_replicas() == 1
+                or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            meta_loss = tf.cond(taken, lambda: tf.cast(self._virtual_and_meta_step(
+                batch, meta_batch, fwd, scaling), dtype), skip)
+            return meta_loss, taken
+        # The backward of the recorded forward belongs to this replica context (synchronised
+        # BN), so the branch, which runs in another one, records the forward again.
+        return _cross_replica_cond(
+            taken, lambda b, m, s: tf.cast(self._virtual_and_meta_step(
+                b, m, virtual.train_forward(self.backbone, b["image"]), s), dtype),
+            skip, args=(batch, meta_batch, scaling)), taken
+
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, scaling) -> tf.Tensor:
         """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
-        meta_scale = _loss_scale(self.meta_optimizer)
+        step = lookahead.build(self.virtual_step, self.optimizer,
+                               weight_decay=self.weight_decay, no_decay=self.no_decay)
         result = virtual.meta_gradients(
-            self.backbone, self.meta_net, batch, meta_batch, lr=lr,
+            self.backbone, self.meta_net, batch, meta_batch, step=step,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
-            scope=self.meta_scope, fwd=fwd,
-            scales=None if meta_scale is None else virtual.LossScales(train_scale, meta_scale))
+            scope=self.meta_scope, fwd=fwd, scaling=scaling)
+        # float16: an overflowed virtual step is S_t's fault, so S_m stays (None: no scaling)
         overflowed = (None if result.virtual_finite is None
                       else tf.logical_not(result.virtual_finite))
-        self._apply(self.meta_optimizer, result.meta_grads, self.meta_net.trainable_variables,
-                    self.meta_weight_decay, meta_scale, keep_scale=overflowed)
+        loss_scaling.apply(self.meta_optimizer, result.meta_grads,
+                           self.meta_net.trainable_variables,
+                           weight_decay=self.meta_weight_decay, keep_scale=overflowed)
         if overflowed is None:
             return result.meta_loss
         # A step skipped for an overflowed virtual step reports NaN, which _log leaves out.
         return tf.where(overflowed, float("nan"), result.meta_loss)
 
-    def _actual_step(self, batch, fwd, train_scale):
+    def _actual_step(self, batch, fwd, scaling):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
                                               batch["label"], regularize=False)
-        self._apply(self.optimizer,
-                    virtual.backprop(fwd, dz if train_scale is None else dz * train_scale),
-                    self.backbone.trainable_variables, self.weight_decay, train_scale)
+        loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
+                           self.backbone.trainable_variables, weight_decay=self.weight_decay,
+                           decayed=self._decayed())
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
         return weighted.loss, weighted.per_sample_weights()
 
-    def _plain_step(self, batch, train_scale):
+    def _plain_step(self, batch, scaling):
         theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
-            scaled_loss = loss if train_scale is None else loss * train_scale
-        self._apply(self.optimizer, tape.gradient(scaled_loss, theta), theta, self.weight_decay,
-                    train_scale)
+            scaled_loss = scaling.scale_train(loss)
+        loss_scaling.apply(self.optimizer, tape.gradient(scaled_loss, theta), theta,
+                           weight_decay=self.weight_decay, decayed=self._decayed())
         return loss
 
-    @staticmethod
-    def _apply(optimizer, grads, variables, weight_decay, scale=None, keep_scale=None):
-        """optimizer.apply with coupled weight decay.
-
-        With a loss `scale` (float16: the optimizer's current LossScaleOptimizer scale) the
-        gradients carry it, an overflow on any replica makes every replica skip, and
-        `keep_scale` (a bool tensor) marks an overflow that is not this scale's doing (the
-        meta step after an overflowed virtual step): skipped, but the scale is not halved.
-        """
-        if scale is None:
-            optimizer.apply(_with_l2(grads, variables, weight_decay), variables)
-            return
-        if keep_scale is not None:
-            counter = tf.convert_to_tensor(optimizer.step_counter)
-        optimizer.apply(_with_l2(distribute.spread_non_finite(grads), variables, weight_decay,
-                                 scale), variables)
-        if keep_scale is not None:
-            optimizer.dynamic_scale.assign(tf.where(keep_scale, scale, optimizer.dynamic_scale))
-            optimizer.step_counter.assign(tf.where(keep_scale, counter, optimizer.step_counter))
+    def _decayed(self) -> list[bool]:
+        """Per backbone trainable variable: whether the weight decay applies to it."""
+        return lookahead.decay_mask(self.backbone.trainable_variables, self.no_decay)
 
     # ---------------------------------------------------------------- monitoring
-    def _log(self, loss, lr, *, meta_loss=None, weights=None, batch=None):
-        """Metrics of one step; `weights` [B] are the per-sample meta weights."""
+    def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None):
+        """Metrics of one step; `weights` [B] are the per-sample meta weights; a step
+        without a meta update (`meta_taken` False) leaves the meta loss out."""
         loss = distribute.global_sum(loss)  # replica shares -> the global value
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
@@ -286,20 +332,15 @@ class MetaReweightModel(keras.Model):
         if self.meta_trackers:
             self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
             updated.append(self.meta_trackers["meta_lr"])
-        scales = {}  # float16 loss scales, where the optimizers have them
-        for name, optimizer in (("loss_scale", self.optimizer),
-                                ("meta_loss_scale", self.meta_optimizer)):
-            scale = _loss_scale(optimizer)
-            if scale is not None:
-                scales[name] = scale
+        scales = loss_scaling.logged_scales(self.optimizer, self.meta_optimizer)  # float16
         if meta_loss is not None:
             meta_loss = distribute.global_sum(meta_loss)
+            counted = None if meta_taken is None else tf.cast(meta_taken, tf.float32)
             if scales:  # a skipped meta step's loss (NaN) is not averaged in
                 finite = tf.math.is_finite(meta_loss)
-                self.meta_trackers["meta"].update_state(
-                    tf.where(finite, meta_loss, 0.0), sample_weight=tf.cast(finite, tf.float32))
-            else:
-                self.meta_trackers["meta"].update_state(meta_loss)
+                meta_loss = tf.where(finite, meta_loss, 0.0)
+                counted = tf.cast(finite, tf.float32) * (1.0 if counted is None else counted)
+            self.meta_trackers["meta"].update_state(meta_loss, sample_weight=counted)
             updated.append(self.meta_trackers["meta"])
             if "is_noisy" in batch:  # ground truth, for monitoring only
                 noisy = tf.cast(batch["is_noisy"], weights.dtype)

@@ -48,6 +48,11 @@ Common details:
 - The models only use keras.layers (plus one parameter-free Layer subclass for the
   option-A shortcut), so `model.stateless_call(trainable, non_trainable, x, training=True)`
   runs them with substituted weights and returns updated BN moving statistics.
+- Residual blocks: `model.block_names` lists the blocks in input-to-output order (their
+  layers are named `<block>_...`, the stem's `stem_...`); `block_variables(model)` gives
+  each block's trainable variables, for the meta scope `top:N` (`clid_tf.meta_scope`).
+  (Names, not variables, are stored on the model: a list of variables assigned to a Keras
+  model would be tracked as the model's own.)
 """
 
 from __future__ import annotations
@@ -137,8 +142,9 @@ def _relu(x, name: str):
 
 
 def _head(inputs, x, num_classes: int, feature_dim: int, *, kernel_init: str,
-          zero_bias: bool, name: str) -> keras.Model:
-    """GAP -> features; Dense -> logits; returns the functional model (logits, features)."""
+          zero_bias: bool, name: str, block_names: Sequence[str]) -> keras.Model:
+    """GAP -> features; Dense -> logits; returns the functional model (logits, features)
+    with its residual blocks' names, input to output."""
     features = keras.layers.GlobalAveragePooling2D(dtype="float32", name="features")(x)
     bias_init = "zeros" if zero_bias else _torch_bias_init(feature_dim)
     logits = keras.layers.Dense(num_classes, kernel_initializer=_kernel_init(kernel_init),
@@ -146,7 +152,28 @@ def _head(inputs, x, num_classes: int, feature_dim: int, *, kernel_init: str,
                                 name="logits")(features)
     model = keras.Model(inputs, (logits, features), name=name)
     model.feature_dim = int(feature_dim)
+    model.block_names = tuple(block_names)
     return model
+
+
+def block_variables(model: keras.Model) -> list[list[keras.Variable]]:
+    """The trainable variables of each residual block, input to output, of a model with
+    `block_names` whose layers (at any depth) are named `<block>_...` and `stem_...`.
+
+    The stem's variables are listed with the first block, so that the lists partition
+    every parameter below the last block; the layers after it (final BN, head) are in none.
+    """
+    names = model.block_names
+    block_of = {}  # id(variable) -> its block
+    for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+        block = names[0] if layer.name.startswith("stem_") else next(
+            (name for name in names if layer.name.startswith(f"{name}_")), None)
+        block_of.update({id(v): block for v in layer.trainable_weights if block})
+    groups = {name: [] for name in names}
+    for variable in model.trainable_variables:  # each block's in the model's order
+        if id(variable) in block_of:
+            groups[block_of[id(variable)]].append(variable)
+    return [groups[name] for name in names]
 
 
 def _input(input_shape: Sequence[int | None]):
@@ -170,10 +197,12 @@ def _cifar_resnet(num_classes: int, blocks_per_stage: int, input_shape, name: st
     x = _conv(inputs, 16, 3, 1, init, "stem_conv")
     x = _relu(_bn(x, "stem_bn"), "stem_relu")
     in_planes = 16
+    blocks = []
     for s, planes in enumerate((16, 32, 64), start=1):
         for b in range(blocks_per_stage):
             stride = 2 if (s > 1 and b == 0) else 1
             p = f"stage{s}_block{b}"
+            blocks.append(p)
             out = _conv(x, planes, 3, stride, init, f"{p}_conv1")
             out = _relu(_bn(out, f"{p}_bn1"), f"{p}_relu1")
             out = _conv(out, planes, 3, 1, init, f"{p}_conv2")
@@ -185,7 +214,8 @@ def _cifar_resnet(num_classes: int, blocks_per_stage: int, input_shape, name: st
                 shortcut = x
             x = _relu(keras.layers.Add(name=f"{p}_add")([out, shortcut]), f"{p}_relu2")
             in_planes = planes
-    return _head(inputs, x, num_classes, 64, kernel_init=init, zero_bias=False, name=name)
+    return _head(inputs, x, num_classes, 64, kernel_init=init, zero_bias=False, name=name,
+                 block_names=blocks)
 
 
 # ------------------------------------------------------- PreAct-ResNet-18 and ResNet-34
@@ -224,13 +254,15 @@ def _imagenet_style_resnet(block: Callable, num_blocks: Sequence[int], num_class
     x = _conv(inputs, 64, 3, 1, _TORCH_DEFAULT, "stem_conv")
     x = _relu(_bn(x, "stem_bn"), "stem_relu")
     in_planes = 64
+    blocks = []
     for s, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks), start=1):
         for b in range(n):
             stride = 2 if (s > 1 and b == 0) else 1
-            x = block(x, in_planes, planes, stride, f"stage{s}_block{b}")
+            blocks.append(f"stage{s}_block{b}")
+            x = block(x, in_planes, planes, stride, blocks[-1])
             in_planes = planes
     return _head(inputs, x, num_classes, 512, kernel_init=_TORCH_DEFAULT, zero_bias=False,
-                 name=name)
+                 name=name, block_names=blocks)
 
 
 def preact_resnet18(num_classes: int, *,
@@ -264,10 +296,12 @@ def wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
     inputs = _input(input_shape)
     x = _conv(inputs, widths[0], 3, 1, init, "stem_conv")
     in_planes = widths[0]
+    blocks = []
     for g, planes in enumerate(widths[1:], start=1):
         for b in range(n):
             stride = 2 if (g > 1 and b == 0) else 1
             p = f"group{g}_block{b}"
+            blocks.append(p)
             a = _relu(_bn(x, f"{p}_bn1"), f"{p}_relu1")
             out = _conv(a, planes, 3, stride, init, f"{p}_conv1")
             out = _relu(_bn(out, f"{p}_bn2"), f"{p}_relu2")
@@ -280,7 +314,7 @@ def wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
             in_planes = planes
     x = _relu(_bn(x, "final_bn"), "final_relu")
     return _head(inputs, x, num_classes, widths[3], kernel_init=_TORCH_DEFAULT,
-                 zero_bias=True, name=f"wrn{depth}_{widen_factor}")
+                 zero_bias=True, name=f"wrn{depth}_{widen_factor}", block_names=blocks)
 
 
 def wrn28_10(num_classes: int, **kwargs) -> keras.Model:

@@ -1,22 +1,31 @@
 """The look-ahead of meta-learning and its exact hypergradient (METHOD.md 2.0, 11).
 
 Notation for one training batch: z(theta) = backbone logits [B, K], L_f(z, phi) the
-meta-net's weighted loss, dz(phi) = dL_f/dz [B, K]. Then
+meta-net's weighted loss, dz(phi) = dL_f/dz [B, K], g = J_z^T dz(phi). Then
 
-  virtual step   theta' = theta - lr * J_z^T dz(phi)          (plain SGD, current lr)
+  virtual step   theta' = U(theta, g)            (`clid_tf.lookahead`: plain SGD
+                                                  theta - lr g, or the real optimizer's
+                                                  next update; D = -d theta'/d g)
   meta loss      L_meta(theta')  on the meta batch (CLID, ...)
-  hypergradient  dL_meta/dphi = -lr * (d dz/d phi)^T (J_z v),  v = dL_meta/dtheta'
+  hypergradient  dL_meta/dphi = -(d dz/d phi)^T (J_z (D * v)),  v = dL_meta/dtheta'
 
-phi enters only through dz, so the hypergradient needs J_z v, one forward-mode pass over
-the training batch (`meta_grad='jvp'`), instead of differentiating through the recorded
-backward pass (`meta_grad='tape'`, reverse-over-reverse). `meta_grad='recompute'` is the
+U is element-wise in g and nothing else in it depends on phi, so the hypergradient needs
+D * v and J_z (D * v), one forward-mode pass over the training batch (`meta_grad='jvp'`),
+instead of differentiating through the recorded backward pass and U
+(`meta_grad='tape'`, reverse-over-reverse, the reference). `meta_grad='recompute'` is the
 tape route in two passes: v first, then the virtual backward again, recorded and
-differentiated with cotangent -lr v, so the meta forward's activations and the recorded
+differentiated with cotangent -D * v, so the meta forward's activations and the recorded
 virtual backward are never held together. All are exact, also with BatchNorm in training
 mode, where z_i depends on the whole batch. TensorFlow computes many forward-mode JVPs by
 transposing backward functions, so on CPU 'jvp' measured slower than 'tape'; 'recompute'
 measured 1-3% slower than 'tape' with 18% less peak memory on ResNet-32
 (tools/bench_speed.py) and is the default.
+
+The meta scope (`clid_tf.meta_scope`) restricts the virtual step to some parameters:
+'top:N' steps the head and the last N residual blocks and holds the rest at theta, so
+that the virtual backward stops at the cut and the meta forward below it is recorded on no
+tape; each route is exact for that restricted step. 'last_layer' steps the head alone with
+the features of theta reused (`hypergradient_last_layer`).
 
 The backbone runs through Keras 3 `stateless_call` with explicit weight tensors: virtual
 and meta forwards use batch statistics and leave the model's BN moving averages alone.
@@ -26,15 +35,10 @@ the actual step.
 Under tf.distribute every replica computes its share of each global quantity, following
 the rule stated in `clid_tf.distribute`; with one device the code reduces to the above.
 
-float16 loss scaling (`LossScales`, mixed_float16 only). Two dynamic scales, one per
-optimizer: S_t scales every backward pass of the training batch (dz -> S_t dz), S_m the
-meta objective. The second-order pass of the 'tape' and 'recompute' routes runs through
-the float16 backward of the training batch with cotangents lr * J v; plain autodiff would
-scale them by S_m / S_t. The virtual step therefore multiplies dz by S_t and divides the
-gradient by S_t with ops whose backward passes the cotangent on unchanged
-(`_rescale_value_only`): the virtual step's value is exact, its derivative is the true one,
-and every cotangent inside carries S_m. The returned meta gradients are S_m times the true
-ones, which the meta optimizer's LossScaleOptimizer removes.
+float16 loss scaling (mixed_float16 only) enters through one `loss_scaling.LossScaling`
+argument: the virtual gradient is computed by `unscaled_backward`, the meta backward
+starts from `meta_seed`, and every route returns S_m times the true hypergradient (see
+`clid_tf.loss_scaling`).
 """
 
 from __future__ import annotations
@@ -45,15 +49,12 @@ import keras
 import tensorflow as tf
 
 from clid_tf import distribute
+from clid_tf import lookahead
+from clid_tf import loss_scaling
+from clid_tf import meta_scope
+from clid_tf import resnets
 
 META_GRADS = ("tape", "recompute", "jvp")
-META_SCOPES = ("full", "last_layer")
-
-
-class LossScales(NamedTuple):
-    """Dynamic loss scales of float16 training (scalar tensors)."""
-    train: tf.Tensor              # S_t: the classifier optimizer's LossScaleOptimizer scale
-    meta: tf.Tensor               # S_m: the meta optimizer's LossScaleOptimizer scale
 
 
 class MetaResult(NamedTuple):
@@ -62,7 +63,7 @@ class MetaResult(NamedTuple):
                                   # plus the regularizer; summed over replicas = global
     meta_grads: list[tf.Tensor]   # d meta_loss / d phi, one per meta-net variable, times
                                   # the meta loss scale S_m when one is given
-    virtual_finite: tf.Tensor | None = None  # with loss scales: whether the virtual
+    virtual_finite: tf.Tensor | None = None  # with loss scaling: whether the virtual
                                   # step's gradient was finite (else S_t overflowed it)
 
 
@@ -97,42 +98,71 @@ def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
     return TrainForward(tape, theta, frozen, logits, features, updated)
 
 
-def backprop(fwd: TrainForward, dz: tf.Tensor) -> list[tf.Tensor]:
-    """J_z^T dz: this replica's gradients w.r.t. theta of a loss with logit gradient dz."""
-    return fwd.tape.gradient(fwd.logits, fwd.theta, output_gradients=dz,
+def backprop(fwd: TrainForward, dz: tf.Tensor,
+             stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
+    """J_z^T dz: this replica's gradients w.r.t. theta (only theta[i] for i in `stepped`,
+    if given) of a loss with logit gradient dz."""
+    theta = fwd.theta if stepped is None else [fwd.theta[i] for i in stepped]
+    return fwd.tape.gradient(fwd.logits, theta, output_gradients=dz,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _rescale_value_only(tensors: list[tf.Tensor], factor: tf.Tensor) -> list[tf.Tensor]:
-    """Forward: t * factor for each t. Backward: the cotangent unchanged (not * factor).
-
-    A pair of these around a float16 backward pass (factor S, then 1/S) scales the values
-    inside it by S while the derivative through the pair stays the true one, so the
-    second-order pass through it keeps whatever scale its own cotangents carry.
-    """
-    @tf.custom_gradient
-    def rescale(*values):
-        return [v * tf.cast(factor, v.dtype) for v in values], lambda *dys: list(dys)
-    return rescale(*tensors)
-
-
-def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Whether every element of every tensor is finite (a scalar bool)."""
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
-
-
 def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
-                     train_scale: tf.Tensor | None = None) -> list[tf.Tensor]:
-    """grad_theta L_f of the global batch: replica gradients summed (differentiable).
+                     scaling: loss_scaling.LossScaling = loss_scaling.LossScaling(),
+                     stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
+    """grad_theta L_f of the global batch (of theta[i], i in `stepped`, if given): replica
+    gradients summed (differentiable), unscaled under loss scaling."""
+    return scaling.unscaled_backward(
+        lambda dz: distribute.global_sum(backprop(fwd, dz, stepped)), dz)
 
-    With `train_scale` S_t the float16 backward runs on S_t * dz and the result is divided
-    by S_t, both through `_rescale_value_only`: values and derivative as without scaling.
-    """
-    if train_scale is None:
-        return distribute.global_sum(backprop(fwd, dz))
-    [scaled_dz] = _rescale_value_only([dz], train_scale)
-    scaled = distribute.global_sum(backprop(fwd, scaled_dz))
-    return _rescale_value_only(scaled, 1.0 / train_scale)
+
+def check_scope(backbone: keras.Model, scope: str) -> None:
+    """ValueError (one line) unless `scope` is a meta scope that `backbone` can have."""
+    parsed = meta_scope.parse(scope)
+    if parsed.kind == "top":
+        stepped_indices(backbone, parsed)
+
+
+def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[int]:
+    """Indices into backbone.trainable_variables of the parameters that take the virtual
+    step under scope 'full' (all) or 'top:N' (all but those of the residual blocks below
+    the last N, `resnets.block_variables`); ValueError if the backbone has no N blocks."""
+    variables = backbone.trainable_variables
+    if scope.kind == "full":
+        return list(range(len(variables)))
+    names = getattr(backbone, "block_names", ())
+    if not names:
+        raise ValueError(f"meta scope {scope} needs a backbone with residual blocks "
+                         f"(resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2); "
+                         f"{backbone.name} has none")
+    if scope.blocks > len(names):
+        raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} residual "
+                         "blocks")
+    below = {id(v) for block in resnets.block_variables(backbone)[:len(names) - scope.blocks]
+             for v in block}
+    return [i for i, v in enumerate(variables) if id(v) not in below]
+
+
+class VirtualUpdate(NamedTuple):
+    """The virtual step of the stepped parameters of theta."""
+    grads: list[tf.Tensor]        # their g, global batch
+    ahead: lookahead.LookAhead    # their theta' and D
+    theta_prime: list[tf.Tensor]  # every trainable value: theta' where stepped, else theta
+
+
+def virtual_update(backbone: keras.Model, fwd: TrainForward, dz: tf.Tensor,
+                   step: lookahead.VirtualStep, stepped: Sequence[int],
+                   scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                   ) -> VirtualUpdate:
+    """theta' = U(theta, g) for theta[i], i in `stepped`; the other parameters stay at theta
+    (the virtual backward stops where no stepped parameter lies below)."""
+    grads = virtual_gradient(fwd, dz, scaling, stepped)
+    variables = backbone.trainable_variables
+    ahead = step([variables[i] for i in stepped], [fwd.theta[i] for i in stepped], grads)
+    theta_prime = list(fwd.theta)
+    for i, p in zip(stepped, ahead.params):
+        theta_prime[i] = p
+    return VirtualUpdate(grads, ahead, theta_prime)
 
 
 def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
@@ -148,12 +178,6 @@ def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor
     return tape.gradient(weighted.loss, logits), weighted
 
 
-def lookahead(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None],
-              lr: tf.Tensor) -> list[tf.Tensor]:
-    """Plain SGD step (no momentum, no weight decay): p - lr * g; None grads leave p as is."""
-    return [p if g is None else p - tf.cast(lr, p.dtype) * g for p, g in zip(params, grads)]
-
-
 def replica_meta_loss(meta_objective, features, logits, labels) -> tf.Tensor:
     """This replica's share of the meta objective on the meta batch gathered from all
     replicas: every replica differentiates the same global value, so each takes 1/R."""
@@ -167,101 +191,100 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
 
 
 def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
-                       labels: tf.Tensor, meta_batch: dict, *, lr: tf.Tensor,
-                       meta_objective: Callable[..., tf.Tensor],
-                       scales: LossScales | None = None) -> MetaResult:
-    """Reverse-over-reverse: differentiate L_meta through the recorded backward pass."""
+                       labels: tf.Tensor, meta_batch: dict, *, step: lookahead.VirtualStep,
+                       stepped: Sequence[int], meta_objective: Callable[..., tf.Tensor],
+                       scaling: loss_scaling.LossScaling) -> MetaResult:
+    """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
+    virtual step U (full second order: the reference)."""
     phi = meta_net.trainable_variables
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-        train_scale = None if scales is None else scales.train
-        virtual_grads = virtual_gradient(fwd, dz, train_scale)
-        theta_prime = lookahead(fwd.theta, virtual_grads, lr)
-        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
+        update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
+        meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
+                               meta_objective)
         total = meta_loss + tf.cast(weighted.regularizer, meta_loss.dtype)
-    meta_scale = tf.cast(1.0 if scales is None else scales.meta, total.dtype)
-    return MetaResult(total, outer.gradient(total, phi, output_gradients=meta_scale),
-                      None if scales is None else all_finite(virtual_grads))
+    grads = outer.gradient(total, phi, output_gradients=scaling.meta_seed(total.dtype))
+    return MetaResult(total, grads, scaling.finite(update.grads))
 
 
 def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                            lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
-                            scales: LossScales | None = None) -> MetaResult:
+                            step: lookahead.VirtualStep, stepped: Sequence[int],
+                            meta_objective: Callable[..., tf.Tensor],
+                            scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
     backward unrecorded), then the virtual backward recomputed on a tape and
-    differentiated with cotangent -lr v. Same gradient as `hypergradient_tape`."""
+    differentiated with cotangent -D * v. Same gradient as `hypergradient_tape`."""
     phi = meta_net.trainable_variables
-    train_scale = None if scales is None else scales.train
     with tf.GradientTape() as phi_tape:
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
         with phi_tape.stop_recording():
-            virtual_grads = virtual_gradient(fwd, dz, train_scale)
-            theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+            update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
             with tf.GradientTape() as meta_tape:
-                meta_tape.watch(theta_prime)
-                meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch,
+                meta_tape.watch(update.ahead.params)
+                meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                        meta_objective)
-            meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
-            v = meta_tape.gradient(meta_loss, theta_prime, output_gradients=meta_scale,
+            seed = scaling.meta_seed(meta_loss.dtype)
+            v = meta_tape.gradient(meta_loss, update.ahead.params, output_gradients=seed,
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
         with tf.control_dependencies(v):  # runs after v, so graph CSE cannot merge it with
             dz_again = tf.identity(dz)    # the unrecorded backward above
-        recorded = virtual_gradient(fwd, dz_again, train_scale)
+        recorded = virtual_gradient(fwd, dz_again, scaling, stepped)
         regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     # v is this replica's share; the global sum inside virtual_gradient sums the shares.
     grads = phi_tape.gradient(
         [recorded, regularizer], phi,
-        output_gradients=[[-tf.cast(lr, g.dtype) * g for g in v], meta_scale])
-    return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(virtual_grads))
+        output_gradients=[[-d * g for d, g in zip(update.ahead.slopes, v)], seed])
+    return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
 def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
                       images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
-                      lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
-                      scales: LossScales | None = None) -> MetaResult:
-    """Forward-over-reverse: one JVP of the training batch replaces the double backward.
+                      step: lookahead.VirtualStep, stepped: Sequence[int],
+                      meta_objective: Callable[..., tf.Tensor],
+                      scaling: loss_scaling.LossScaling) -> MetaResult:
+    """Forward-over-reverse: one JVP of the training batch, along D * v, replaces the
+    double backward.
 
-    With `scales`, v and J_z v carry S_m (float16 tangents), so the result is S_m times
-    the true gradient, as in the tape route.
+    Under loss scaling v and J_z (D * v) carry S_m (float16 tangents), so the result is
+    S_m times the true gradient, as in the tape route.
     """
     phi = meta_net.trainable_variables
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
         dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
-    train_scale = None if scales is None else scales.train
-    virtual_grads = virtual_gradient(fwd, tf.stop_gradient(dz), train_scale)
-    theta_prime = lookahead(fwd.theta, virtual_grads, lr)
+    update = virtual_update(backbone, fwd, tf.stop_gradient(dz), step, stepped, scaling)
     with tf.GradientTape() as meta_tape:
-        meta_tape.watch(theta_prime)
-        meta_loss = _meta_loss(backbone, theta_prime, fwd.frozen, meta_batch, meta_objective)
-    meta_scale = tf.cast(1.0 if scales is None else scales.meta, meta_loss.dtype)
+        meta_tape.watch(update.ahead.params)
+        meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
+                               meta_objective)
     v = distribute.global_sum(meta_tape.gradient(
-        meta_loss, theta_prime, output_gradients=meta_scale,
+        meta_loss, update.ahead.params, output_gradients=scaling.meta_seed(meta_loss.dtype),
         unconnected_gradients=tf.UnconnectedGradients.ZERO))
-    with tf.autodiff.ForwardAccumulator(fwd.theta, v) as accumulator:
+    tangents = [d * g for d, g in zip(update.ahead.slopes, v)]
+    with tf.autodiff.ForwardAccumulator([fwd.theta[i] for i in stepped],
+                                        tangents) as accumulator:
         logits, _, _ = forward(backbone, fwd.theta, fwd.frozen, images)
-    jz_v = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    jz_dv = accumulator.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     regularizer = tf.cast(weighted.regularizer, meta_loss.dtype)
     grads = phi_tape.gradient(
         [dz, weighted.regularizer], phi,
-        output_gradients=[-tf.cast(lr, dz.dtype) * tf.cast(jz_v, dz.dtype),
+        output_gradients=[-tf.cast(jz_dv, dz.dtype),
                           tf.ones_like(weighted.regularizer)
-                          * tf.cast(meta_scale, weighted.regularizer.dtype)])
-    return MetaResult(meta_loss + regularizer, grads,
-                      None if scales is None else all_finite(virtual_grads))
+                          * scaling.meta_seed(weighted.regularizer.dtype)])
+    return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
 def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
                              fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
-                             lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
-                             scales: LossScales | None = None) -> MetaResult:
+                             step: lookahead.VirtualStep,
+                             meta_objective: Callable[..., tf.Tensor],
+                             scaling: loss_scaling.LossScaling) -> MetaResult:
     """Virtual step on the classifier head only, features fixed (fast meta-reweighting).
 
-    logits = features @ W + b; theta' = (W, b) - lr * grad; the meta batch's features are
+    logits = features @ W + b; (W', b') = U((W, b), grad); the meta batch's features are
     computed once at theta (training-mode BN, stateless) and reused. Everything
-    differentiated here is float32 (head, logits, features), so `scales` only multiplies
-    the result by S_m, the factor the meta optimizer removes.
+    differentiated here is float32 (head, logits, features), so loss scaling only
+    multiplies the result by S_m, the factor the meta optimizer removes.
     """
     head = backbone.head
     kernel, bias = head.kernel.value, head.bias.value
@@ -274,55 +297,56 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
             inner.watch([kernel, bias])
             weighted = meta_net.weighted_loss(features @ kernel + bias, features, labels)
         head_grads = distribute.global_sum(inner.gradient(weighted.loss, [kernel, bias]))
-        new_kernel, new_bias = lookahead([kernel, bias], head_grads, lr)
+        new_kernel, new_bias = step([head.kernel, head.bias], [kernel, bias],
+                                    head_grads).params
         meta_logits = meta_features @ new_kernel + new_bias
         meta_loss = replica_meta_loss(meta_objective, meta_features, meta_logits,
                                       meta_batch.get("label"))
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
-    grads = outer.gradient(meta_loss, phi)
-    if scales is None:
-        return MetaResult(meta_loss, grads)
-    return MetaResult(meta_loss, [g * tf.cast(scales.meta, g.dtype) for g in grads],
-                      all_finite(head_grads))
+    grads = scaling.scale_meta(outer.gradient(meta_loss, phi))
+    return MetaResult(meta_loss, grads, scaling.finite(head_grads))
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
-                   meta_batch: dict, *, lr: tf.Tensor, meta_objective: Callable[..., tf.Tensor],
+                   meta_batch: dict, *, step: lookahead.VirtualStep,
+                   meta_objective: Callable[..., tf.Tensor],
                    meta_grad: str = "recompute", scope: str = "full",
                    fwd: TrainForward | None = None,
-                   scales: LossScales | None = None) -> MetaResult:
+                   scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                   ) -> MetaResult:
     """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
     Args:
       backbone: classifier, images -> (logits [B, K], features [B, d]); for
-        scope='last_layer' it has a `head` Dense layer with logits = features @ W + b.
+        scope='last_layer' it has a `head` Dense layer with logits = features @ W + b, for
+        'top:N' `block_names` (`resnets.block_variables`).
       meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
       batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
-      lr: current scheduled classifier learning rate (the virtual-step size).
+      step: the virtual step U (`clid_tf.lookahead`), e.g. `lookahead.Sgd(lr)` with the
+        current scheduled classifier lr, or `lookahead.OptimizerStep(optimizer)`.
       meta_objective: fn(features [n, d], logits [n, K], labels or None) -> scalar.
       meta_grad: 'recompute' (default: reverse-over-reverse in two passes, less memory),
         'tape' (reverse-over-reverse in one, the readable reference) or 'jvp'
         (forward-over-reverse).
-      scope: 'full' (all of theta) or 'last_layer' (classifier head only).
+      scope: the parameters of the virtual step, 'full', 'last_layer' or 'top:N'
+        (`clid_tf.meta_scope`).
       fwd: the recorded training forward, when the caller already has it.
-      scales: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
-        true ones. None: no loss scaling.
+      scaling: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
+        true ones. Default: no loss scaling.
     """
     fwd = fwd or train_forward(backbone, batch["image"])
     labels = batch["label"]
-    if scope == "last_layer":
-        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                        meta_objective=meta_objective, scales=scales)
-    if scope != "full":
-        raise ValueError(f"unknown meta scope {scope!r}; choose from {META_SCOPES}")
+    args = dict(step=step, meta_objective=meta_objective, scaling=scaling)
+    parsed = meta_scope.parse(scope)
+    if parsed.kind == "last_layer":
+        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, **args)
+    args["stepped"] = stepped_indices(backbone, parsed)
     if meta_grad == "tape":
-        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                  meta_objective=meta_objective, scales=scales)
+        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, **args)
     if meta_grad == "recompute":
-        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, lr=lr,
-                                       meta_objective=meta_objective, scales=scales)
+        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, **args)
     if meta_grad == "jvp":
         return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
-                                 lr=lr, meta_objective=meta_objective, scales=scales)
+                                 **args)
     raise ValueError(f"unknown meta_grad {meta_grad!r}; choose from {META_GRADS}")

@@ -33,7 +33,8 @@ def _assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("mode", [["--meta_grad=tape"], ["--meta_grad=recompute"],
-                                  ["--meta_scope=last_layer"], ["--meta_net=vri"]])
+                                  ["--meta_scope=last_layer"], ["--meta_net=vri"],
+                                  ["--virtual_step=optimizer", "--meta_every=2"]])
 def test_mirrored_two_replicas_match_one_device(tmp_path, mode):
     single = _run(tmp_path / "single.npz", "--strategy=default", *mode)
     mirrored = _run(tmp_path / "mirrored.npz", "--strategy=mirrored", "--replicas=2", *mode)

@@ -28,6 +28,8 @@ def main():
     parser.add_argument("--meta_grad", default="recompute")
     parser.add_argument("--meta_scope", default="full")
     parser.add_argument("--meta_net", default="wnet", choices=("wnet", "vri"))
+    parser.add_argument("--virtual_step", default="sgd")
+    parser.add_argument("--meta_every", type=int, default=1)
     parser.add_argument("--jit_compile", action="store_true")
     args = parser.parse_args()
 
@@ -61,7 +63,8 @@ def main():
         model = meta_model.MetaReweightModel(
             backbone, meta_net,
             meta_objective=objectives.meta_objective("clid", tau=0.5),
-            meta_grad=args.meta_grad, meta_scope=args.meta_scope)
+            meta_grad=args.meta_grad, meta_scope=args.meta_scope,
+            virtual_step=args.virtual_step, meta_every=args.meta_every)
         model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))
 
     step = tf.function(model.train_step, jit_compile=args.jit_compile)

@@ -14,9 +14,10 @@ PACKAGE = os.path.join(ROOT, "clid_tf")
 LAYERS = [
     # 0: leaves with no package imports: the math, noise models, TF-free plumbing
     {"errors", "atomic_io", "clid", "noise", "meta_sets", "distribute", "schedules",
-     "augment", "resnets"},
-    # 1: image files on disk, losses and the meta-net interface, the run folder layout
-    {"image_files", "objectives", "run_folder"},
+     "augment", "resnets", "lookahead", "meta_scope"},
+    # 1: image files on disk, losses and the meta-net interface, the run folder layout,
+    # float16 loss scaling
+    {"image_files", "objectives", "run_folder", "loss_scaling"},
     # 2: where inputs live (sources), VRI
     {"sources", "vri"},
     # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead

@@ -1,5 +1,6 @@
-"""The speed and profile tools run end to end and print the tables they promise."""
+"""The speed, profile and frontier tools run end to end and print the tables they promise."""
 
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,41 @@ def test_profile_meta_step_reports_every_stage_with_memory():
     assert all(len(r) == 6 and float(r[4]) > 0 for r in rows)  # peak MiB for every stage
     # cumulative prefixes: the full meta step takes longer than its forward alone
     assert float(rows[4][1]) > float(rows[0][1])
+
+
+def _run_frontier(*args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_frontier.py"),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("|")]
+    return proc, rows[2:]
+
+
+def test_bench_frontier_times_a_top_n_meta_every_setting_against_the_plain_step():
+    proc, rows = _run_frontier("--accuracy=false", "--backbones=resnet32", "--image_size=8",
+                               "--channels=1", "--batch_size=8", "--meta_batch_size=8",
+                               "--rounds=1", "--steps=1", "--settings=top:1+meta_every=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r[0] for r in rows] == ["ce", "top:1+meta_every=2"]
+    # tiny steps on a shared CPU: only the form of the ratio is stable enough to assert
+    assert rows[0][2] == "1.00x" and float(rows[1][1]) > 0 and rows[1][2].endswith("x")
+    assert "median of 1 rounds x 2 steps" in proc.stdout  # whole meta_every periods
+    bad, _ = _run_frontier("--accuracy=false", "--settings=top:0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: --settings item 'top:0': meta scope must be")
+
+
+def test_bench_frontier_trains_each_setting_through_the_cli(tmp_path):
+    proc, rows = _run_frontier(
+        "--timing=false", "--accuracy_backbone=small_cnn", "--settings=meta_every=2",
+        f"--out={tmp_path}", "--seeds=0", "--parallel=2",
+        "--extra=--epochs=1,--warmup_epochs=0,--steps_per_epoch=2,--meta_size=16,"
+        "--meta_batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r[0] for r in rows] == ["ce", "meta_every=2"]
+    assert all(0.0 <= float(r[1]) <= 1.0 and 0.0 <= float(r[2]) <= 1.0 and r[4] == "1/1"
+               for r in rows)
+    with open(tmp_path / "every2" / "sym-0.4-clid-wnet" / "seed0" / "results.json") as f:
+        flags_of_run = json.load(f)["flags"]
+    assert flags_of_run["meta_every"] == 2 and flags_of_run["backbone"] == "small_cnn"

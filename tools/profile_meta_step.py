@@ -41,11 +41,11 @@ def main(argv):
         os.environ.update(step_bench.BFC_ALLOCATOR)  # read when TensorFlow starts
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import virtual
+    from clid_tf import lookahead, virtual
 
     batch, meta = step_bench.synthetic_batches()
     plain, model = step_bench.build_model("ce"), step_bench.build_model("clid_tape")
-    lr = tf.constant(0.05)
+    step = lookahead.Sgd(tf.constant(0.05))
     objective = model.meta_objective
 
     def prefix(stage):
@@ -57,8 +57,7 @@ def main(argv):
             with tf.GradientTape() as outer:
                 dz, _ = virtual.logit_gradient(model.meta_net, fwd.logits, fwd.features,
                                                batch["label"])
-                theta_prime = virtual.lookahead(fwd.theta, virtual.virtual_gradient(fwd, dz),
-                                                lr)
+                theta_prime = step(None, fwd.theta, virtual.virtual_gradient(fwd, dz)).params
                 if stage == "virtual":
                     return tf.add_n([tf.reduce_sum(t) for t in theta_prime])
                 logits, features, _ = virtual.forward(model.backbone, theta_prime, fwd.frozen,

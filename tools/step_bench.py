@@ -1,5 +1,6 @@
-"""What tools/bench_speed.py and tools/profile_meta_step.py share: the problem-size flags,
-a fixed synthetic batch, the models they time, and how they time and weigh a step.
+"""What tools/bench_speed.py, bench_frontier.py and profile_meta_step.py share: the
+problem-size flags, a fixed synthetic batch, the models they time, and how they time and
+weigh a step.
 
 Imported by those scripts (their folder is on sys.path when they run); TensorFlow is
 imported inside the functions so that a script can set allocator variables first.
@@ -39,9 +40,10 @@ def synthetic_batches():
     return batch, meta
 
 
-def build_model(mode: str):
+def build_model(mode: str, **options):
     """A compiled MetaReweightModel: 'ce' (no meta-net) or '<clid|vri>_<route>' with route
-    recompute, tape, jvp (full scope) or last_layer; WNet for 'clid', VRI for 'vri'."""
+    recompute, tape, jvp (full scope) or last_layer; WNet for 'clid', VRI for 'vri'.
+    `options` go to MetaReweightModel (e.g. meta_scope='top:2', meta_every=2)."""
     import keras  # pylint: disable=import-outside-toplevel
 
     from clid_tf import backbones, meta_model, meta_nets, objectives
@@ -58,10 +60,10 @@ def build_model(mode: str):
     meta_net = meta_nets.build("wnet" if kind == "clid" else "vri",
                                          num_classes=FLAGS.num_classes,
                                          feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
+    options = {"meta_grad": "tape" if route == "last_layer" else route,
+               "meta_scope": "last_layer" if route == "last_layer" else "full", **options}
     model = meta_model.MetaReweightModel(
-        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
-        meta_grad="tape" if route == "last_layer" else route,
-        meta_scope="last_layer" if route == "last_layer" else "full")
+        net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5), **options)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
     return model
 

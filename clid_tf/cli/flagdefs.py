@@ -40,7 +40,7 @@ def define_flags() -> None:
     """Defines every flag of a training run (idempotent)."""
     if "method" in FLAGS:
         return
-    from clid_tf import noise  # pylint: disable=import-outside-toplevel
+    from clid_tf import meta_scope, noise  # pylint: disable=import-outside-toplevel
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
                         "the SavedModel and results.json; new or empty (unless --resume). "
@@ -141,9 +141,24 @@ def define_flags() -> None:
                       "the recorded backward pass in one go: the readable reference) or jvp "
                       "(one forward-mode pass over the training batch). All give the same "
                       "gradient.")
-    flags.DEFINE_enum("meta_scope", "full", ("full", "last_layer"), "Parameters of the "
-                      "virtual step: full (all, exact) or last_layer (classifier head only, "
-                      "features reused; cheap, for large backbones).")
+    flags.DEFINE_string("meta_scope", "full", "Parameters of the virtual step: full (all, "
+                        "exact), last_layer (classifier head only, features reused; cheap) "
+                        "or top:N (head and the last N residual blocks, exact for that step; "
+                        "residual backbones only).")
+
+    def check_meta_scope(text):
+        try:
+            return bool(meta_scope.parse(text))
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+
+    flags.register_validator("meta_scope", check_meta_scope)
+    flags.DEFINE_enum("virtual_step", "sgd", ("sgd", "optimizer"), "The virtual step: sgd "
+                      "(theta - lr g at the current lr, the paper's) or optimizer (the "
+                      "classifier optimizer's own next update: momentum and weight decay).")
+    flags.DEFINE_integer("meta_every", 1, "Meta update (virtual and meta step) on every k-th "
+                         "training step only; the steps between use the meta-net as it is.",
+                         lower_bound=1)
     flags.DEFINE_float("tau", 0.5, "CLID temperature on feature similarities.",
                        lower_bound=1e-6)
     flags.DEFINE_integer("warmup_epochs", 5, "Epochs of plain cross-entropy before meta "

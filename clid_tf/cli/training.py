@@ -150,7 +150,8 @@ def build_model(setup, *, sync_batchnorm: bool):
                                seed=FLAGS.seed)
     return meta_model.MetaReweightModel(
         net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau, meta_grad=FLAGS.meta_grad,
-        meta_scope=FLAGS.meta_scope, weight_decay=FLAGS.weight_decay,
+        meta_scope=FLAGS.meta_scope, virtual_step=FLAGS.virtual_step,
+        meta_every=FLAGS.meta_every, weight_decay=FLAGS.weight_decay,
         meta_weight_decay=FLAGS.meta_weight_decay)
 
 

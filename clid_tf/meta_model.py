@@ -298,8 +298,9 @@ class MetaReweightModel(keras.Model):
 
     def _actual_step(self, batch, fwd, scaling):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
-        dz, weighted = virtual.logit_gradient(self.meta_net, fwd.logits, fwd.features,
-                                              batch["label"], regularize=False)
+        dz, weighted = virtual.logit_gradient(
+            virtual.for_meta_net(self.meta_net, batch["label"]), fwd.logits, fwd.features,
+            regularize=False)
         loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
                            self.backbone.trainable_variables, weight_decay=self.weight_decay,
                            decayed=self._decayed())

@@ -52,6 +52,7 @@ from clid_tf import distribute
 from clid_tf import lookahead
 from clid_tf import loss_scaling
 from clid_tf import meta_scope
+from clid_tf import objectives
 from clid_tf import resnets
 
 META_GRADS = ("tape", "recompute", "jvp")
@@ -143,6 +144,26 @@ def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[
     return [i for i, v in enumerate(variables) if id(v) not in below]
 
 
+class TrainingLoss(NamedTuple):
+    """The meta-net's training loss of one batch, as the hypergradient needs it.
+
+    fn(logits [B, K], features [B, d], regularize) -> objectives.WeightedLoss, whose `loss`
+    is differentiable in the logits and in `phi`; `regularize=False` may skip terms only
+    the meta step uses (VRI's KL). MetaReweightModel's is `for_meta_net(meta_net, labels)`;
+    DivideMix and FixMatch build their own (MixMatch terms, the loss-net's weighted CE).
+    """
+    fn: Callable[..., objectives.WeightedLoss]
+    phi: list                     # the meta-net's trainable variables
+
+
+def for_meta_net(meta_net: keras.Model, labels: tf.Tensor) -> TrainingLoss:
+    """`meta_net.weighted_loss(logits, features, labels)` of a batch with int `labels` [B]."""
+    return TrainingLoss(
+        lambda logits, features, regularize=True: meta_net.weighted_loss(
+            logits, features, labels, regularize=regularize),
+        meta_net.trainable_variables)
+
+
 class VirtualUpdate(NamedTuple):
     """The virtual step of the stepped parameters of theta."""
     grads: list[tf.Tensor]        # their g, global batch
@@ -165,8 +186,8 @@ def virtual_update(backbone: keras.Model, fwd: TrainForward, dz: tf.Tensor,
     return VirtualUpdate(grads, ahead, theta_prime)
 
 
-def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor,
-                   labels: tf.Tensor, *, regularize: bool = True):
+def logit_gradient(loss: TrainingLoss, logits: tf.Tensor, features: tf.Tensor, *,
+                   regularize: bool = True):
     """dz = dL_f/dz at fixed logits [B, K], differentiable in phi; returns (dz, WeightedLoss).
 
     regularize=False skips the meta-net's own regulariser (VRI's prior and KL), which only
@@ -174,7 +195,7 @@ def logit_gradient(meta_net: keras.Model, logits: tf.Tensor, features: tf.Tensor
     """
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        weighted = meta_net.weighted_loss(logits, features, labels, regularize=regularize)
+        weighted = loss.fn(logits, features, regularize=regularize)
     return tape.gradient(weighted.loss, logits), weighted
 
 
@@ -190,15 +211,15 @@ def _meta_loss(backbone, theta, frozen, meta_batch, meta_objective):
     return replica_meta_loss(meta_objective, features, logits, meta_batch.get("label"))
 
 
-def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
-                       labels: tf.Tensor, meta_batch: dict, *, step: lookahead.VirtualStep,
+def hypergradient_tape(backbone: keras.Model, loss: TrainingLoss, fwd: TrainForward,
+                       meta_batch: dict, *, step: lookahead.VirtualStep,
                        stepped: Sequence[int], meta_objective: Callable[..., tf.Tensor],
                        scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
     virtual step U (full second order: the reference)."""
-    phi = meta_net.trainable_variables
+    phi = loss.phi
     with tf.GradientTape() as outer:
-        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+        dz, weighted = logit_gradient(loss, fwd.logits, fwd.features)
         update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
         meta_loss = _meta_loss(backbone, update.theta_prime, fwd.frozen, meta_batch,
                                meta_objective)
@@ -207,17 +228,17 @@ def hypergradient_tape(backbone: keras.Model, meta_net: keras.Model, fwd: TrainF
     return MetaResult(total, grads, scaling.finite(update.grads))
 
 
-def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
-                            fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
+def hypergradient_recompute(backbone: keras.Model, loss: TrainingLoss,
+                            fwd: TrainForward, meta_batch: dict, *,
                             step: lookahead.VirtualStep, stepped: Sequence[int],
                             meta_objective: Callable[..., tf.Tensor],
                             scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse in two passes, for memory: v = dL_meta/dtheta' first (virtual
     backward unrecorded), then the virtual backward recomputed on a tape and
     differentiated with cotangent -D * v. Same gradient as `hypergradient_tape`."""
-    phi = meta_net.trainable_variables
+    phi = loss.phi
     with tf.GradientTape() as phi_tape:
-        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+        dz, weighted = logit_gradient(loss, fwd.logits, fwd.features)
         with phi_tape.stop_recording():
             update = virtual_update(backbone, fwd, dz, step, stepped, scaling)
             with tf.GradientTape() as meta_tape:
@@ -238,8 +259,8 @@ def hypergradient_recompute(backbone: keras.Model, meta_net: keras.Model,
     return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
-def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainForward,
-                      images: tf.Tensor, labels: tf.Tensor, meta_batch: dict, *,
+def hypergradient_jvp(backbone: keras.Model, loss: TrainingLoss, fwd: TrainForward,
+                      images: tf.Tensor, meta_batch: dict, *,
                       step: lookahead.VirtualStep, stepped: Sequence[int],
                       meta_objective: Callable[..., tf.Tensor],
                       scaling: loss_scaling.LossScaling) -> MetaResult:
@@ -249,9 +270,9 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
     Under loss scaling v and J_z (D * v) carry S_m (float16 tangents), so the result is
     S_m times the true gradient, as in the tape route.
     """
-    phi = meta_net.trainable_variables
+    phi = loss.phi
     with tf.GradientTape() as phi_tape:  # records only the small map phi -> dz
-        dz, weighted = logit_gradient(meta_net, fwd.logits, fwd.features, labels)
+        dz, weighted = logit_gradient(loss, fwd.logits, fwd.features)
     update = virtual_update(backbone, fwd, tf.stop_gradient(dz), step, stepped, scaling)
     with tf.GradientTape() as meta_tape:
         meta_tape.watch(update.ahead.params)
@@ -274,8 +295,8 @@ def hypergradient_jvp(backbone: keras.Model, meta_net: keras.Model, fwd: TrainFo
     return MetaResult(meta_loss + regularizer, grads, scaling.finite(update.grads))
 
 
-def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
-                             fwd: TrainForward, labels: tf.Tensor, meta_batch: dict, *,
+def hypergradient_last_layer(backbone: keras.Model, loss: TrainingLoss,
+                             fwd: TrainForward, meta_batch: dict, *,
                              step: lookahead.VirtualStep,
                              meta_objective: Callable[..., tf.Tensor],
                              scaling: loss_scaling.LossScaling) -> MetaResult:
@@ -291,11 +312,11 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
     features = tf.stop_gradient(fwd.features)
     _, meta_features, _ = forward(backbone, fwd.theta, fwd.frozen, meta_batch["image"])
     meta_features = tf.stop_gradient(meta_features)
-    phi = meta_net.trainable_variables
+    phi = loss.phi
     with tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
             inner.watch([kernel, bias])
-            weighted = meta_net.weighted_loss(features @ kernel + bias, features, labels)
+            weighted = loss.fn(features @ kernel + bias, features)
         head_grads = distribute.global_sum(inner.gradient(weighted.loss, [kernel, bias]))
         new_kernel, new_bias = step([head.kernel, head.bias], [kernel, bias],
                                     head_grads).params
@@ -308,20 +329,27 @@ def hypergradient_last_layer(backbone: keras.Model, meta_net: keras.Model,
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
-                   meta_batch: dict, *, step: lookahead.VirtualStep,
-                   meta_objective: Callable[..., tf.Tensor],
-                   meta_grad: str = "recompute", scope: str = "full",
-                   fwd: TrainForward | None = None,
-                   scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
-                   ) -> MetaResult:
+                   meta_batch: dict, **kwargs) -> MetaResult:
+    """`hypergradient` of MetaReweightModel's step: the meta-net's weighted loss of the
+    training batch {'image': [B, ...], 'label': int [B] noisy labels}."""
+    return hypergradient(backbone, for_meta_net(meta_net, batch["label"]), batch["image"],
+                         meta_batch, **kwargs)
+
+
+def hypergradient(backbone: keras.Model, loss: TrainingLoss, images: tf.Tensor,
+                  meta_batch: dict, *, step: lookahead.VirtualStep,
+                  meta_objective: Callable[..., tf.Tensor], meta_grad: str = "recompute",
+                  scope: str = "full", fwd: TrainForward | None = None,
+                  scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                  ) -> MetaResult:
     """Exact hypergradient d L_meta(theta'(phi)) / d phi of one training step.
 
     Args:
       backbone: classifier, images -> (logits [B, K], features [B, d]); for
         scope='last_layer' it has a `head` Dense layer with logits = features @ W + b, for
         'top:N' `block_names` (`resnets.block_variables`).
-      meta_net: model with `weighted_loss(logits, features, labels) -> WeightedLoss`.
-      batch: training batch {'image': [B, ...], 'label': int [B] noisy labels}.
+      loss: the training loss of the batch and its meta-net variables (`TrainingLoss`).
+      images: the training batch's inputs [B, ...].
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.
       step: the virtual step U (`clid_tf.lookahead`), e.g. `lookahead.Sgd(lr)` with the
         current scheduled classifier lr, or `lookahead.OptimizerStep(optimizer)`.
@@ -331,22 +359,20 @@ def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,
         (forward-over-reverse).
       scope: the parameters of the virtual step, 'full', 'last_layer' or 'top:N'
         (`clid_tf.meta_scope`).
-      fwd: the recorded training forward, when the caller already has it.
+      fwd: the recorded training forward of `images`, when the caller already has it.
       scaling: float16 loss scales (S_t, S_m); the meta gradients are then S_m times the
         true ones. Default: no loss scaling.
     """
-    fwd = fwd or train_forward(backbone, batch["image"])
-    labels = batch["label"]
+    fwd = fwd or train_forward(backbone, images)
     args = dict(step=step, meta_objective=meta_objective, scaling=scaling)
     parsed = meta_scope.parse(scope)
     if parsed.kind == "last_layer":
-        return hypergradient_last_layer(backbone, meta_net, fwd, labels, meta_batch, **args)
+        return hypergradient_last_layer(backbone, loss, fwd, meta_batch, **args)
     args["stepped"] = stepped_indices(backbone, parsed)
     if meta_grad == "tape":
-        return hypergradient_tape(backbone, meta_net, fwd, labels, meta_batch, **args)
+        return hypergradient_tape(backbone, loss, fwd, meta_batch, **args)
     if meta_grad == "recompute":
-        return hypergradient_recompute(backbone, meta_net, fwd, labels, meta_batch, **args)
+        return hypergradient_recompute(backbone, loss, fwd, meta_batch, **args)
     if meta_grad == "jvp":
-        return hypergradient_jvp(backbone, meta_net, fwd, batch["image"], labels, meta_batch,
-                                 **args)
+        return hypergradient_jvp(backbone, loss, fwd, images, meta_batch, **args)
     raise ValueError(f"unknown meta_grad {meta_grad!r}; choose from {META_GRADS}")

@@ -326,8 +326,9 @@ def test_top_n_of_every_block_is_the_full_scope_and_below_the_cut_nothing_moves(
             np.testing.assert_array_equal(a.numpy(), b.numpy())
 
         fwd = virtual.train_forward(backbone, batch["image"])
-        dz, _ = virtual.logit_gradient(helpers.weight_net(), fwd.logits, fwd.features,
-                                       batch["label"])
+        dz, _ = virtual.logit_gradient(virtual.for_meta_net(helpers.weight_net(),
+                                                            batch["label"]),
+                                       fwd.logits, fwd.features)
         stepped = virtual.stepped_indices(backbone, meta_scope.parse("top:1"))
         assert stepped == _indices_of_top(backbone, 1)
         update = virtual.virtual_update(backbone, fwd, dz, step, stepped)

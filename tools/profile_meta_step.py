@@ -55,8 +55,9 @@ def main(argv):
                 return tf.reduce_sum(fwd.logits)
             phi = model.meta_net.trainable_variables
             with tf.GradientTape() as outer:
-                dz, _ = virtual.logit_gradient(model.meta_net, fwd.logits, fwd.features,
-                                               batch["label"])
+                dz, _ = virtual.logit_gradient(
+                    virtual.for_meta_net(model.meta_net, batch["label"]), fwd.logits,
+                    fwd.features)
                 theta_prime = step(None, fwd.theta, virtual.virtual_gradient(fwd, dz)).params
                 if stage == "virtual":
                     return tf.add_n([tf.reduce_sum(t) for t in theta_prime])

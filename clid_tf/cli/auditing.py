@@ -54,8 +54,7 @@ def main(argv: list[str]) -> None:
     folder = run_folder.RunFolder(FLAGS.workdir)
     try:
         setup = training.prepare_setup()
-        folder.check_split(run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
-                                                   setup.meta_indices, setup.val_indices))
+        folder.check_split(training.split_arrays(setup))
         audit(folder, setup, folds=FLAGS.audit_folds)
     except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
         fail(str(error))

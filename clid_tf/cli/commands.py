@@ -49,11 +49,13 @@ def run() -> dict:
         folder.check_resumable(FLAGS.flags_into_string())
     else:
         folder.create(allow_partial=FLAGS.resume)
+    if FLAGS.trainer not in TRAINERS:  # TODO(trainers): every --trainer registered
+        raise errors.RunError(f"--trainer={FLAGS.trainer} is not available yet")
+    trainer = TRAINERS[FLAGS.trainer]
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
-            setup = training.prepare_setup()
-        split = run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
-                                        setup.meta_indices, setup.val_indices)
+            setup = trainer.prepare_setup()
+        split = trainer.split_arrays(setup)
         if resuming:
             folder.check_split(split)
         else:
@@ -61,7 +63,7 @@ def run() -> dict:
             folder.save_split(split)
         print(plan_line(setup, folder))
         started = time.time()
-        results = training.train(setup, folder, resuming=resuming)
+        results = trainer.train(setup, folder, resuming=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = {name: FLAGS[name].value for name in sorted(training_flag_names())}
     folder.write_results(results)
@@ -97,10 +99,14 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
     return line
 
 
+# --trainer -> the cli module that prepares its data (`prepare_setup`, numpy only), names
+# what split.npz holds (`split_arrays`) and trains, evaluates and exports (`train`).
+TRAINERS = {"meta": training, "vri_single": training}
+
+
 def _trainer() -> str:
-    """The training algorithm: --trainer once that flag exists; until then the one trainer,
-    meta-reweighting ("meta": a meta-net trained through the virtual step, or plain ce)."""
-    return FLAGS.trainer if "trainer" in FLAGS else "meta"
+    """The training scheme (--trainer)."""
+    return FLAGS.trainer
 
 
 def look_line(folder: run_folder.RunFolder, *, audited: bool) -> str:

@@ -21,6 +21,7 @@ from clid_tf import datasets
 
 FLAGS = flags.FLAGS
 
+TRAINERS = ("meta", "vri_single", "dividemix", "fixmatch", "flexmatch")
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
 # Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
@@ -115,6 +116,13 @@ def define_flags() -> None:
                       "Classifier network; it returns logits and penultimate features. "
                       "mlp for feature vectors, the others for images.")
     # ---- method and meta-learning
+    flags.DEFINE_enum("trainer", "meta", TRAINERS,
+                      "Training scheme: meta (one network, a meta-net trained through the "
+                      "virtual step, or plain ce), vri_single (one network with the VRI "
+                      "rectifier and the real optimizer's virtual step: the Clothing1M and "
+                      "Animal-10N scripts), dividemix (two networks, GMM co-divide, MixMatch, "
+                      "optionally the VRI rectifier trained by CLID), fixmatch / flexmatch "
+                      "(few noisy labels plus unlabeled data, a loss-net trained by CLID).")
     flags.DEFINE_enum("method", "clid", METHODS,
                       "ce: plain cross-entropy, no meta-net. Otherwise the meta objective: "
                       "clid (label-free, meta set = random training samples, labels never "
@@ -273,8 +281,8 @@ HELP_GROUPS = (
     ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
                         "class_names_file", "image_size", "noise", "noise_rate", "val_split",
                         "augment", "augment_flip", "imbalance_gamma")),
-    ("method, meta-net and backbone", (  # a --trainer flag belongs here
-        "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
+    ("method, meta-net and backbone", (
+        "trainer", "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
         "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
         "meta_scope", "select_keep", "select_augment")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",

@@ -89,6 +89,12 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     return results_of(setup, selection.summary(), run_state.history)
 
 
+def split_arrays(setup) -> dict:
+    """What split.npz holds for this trainer (checked again on resume and by the audit)."""
+    return run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
+                                   setup.meta_indices, setup.val_indices)
+
+
 def steps_per_epoch(setup) -> int:
     return FLAGS.steps_per_epoch or len(setup.train_indices) // FLAGS.batch_size
 

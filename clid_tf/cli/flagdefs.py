@@ -284,7 +284,7 @@ HELP_GROUPS = (
     ("method, meta-net and backbone", (
         "trainer", "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
         "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
-        "meta_scope", "select_keep", "select_augment")),
+        "meta_scope", "virtual_step", "meta_every", "select_keep", "select_augment")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
                       "weight_decay", "lr_schedule", "lr_tmax", "lr_eta_min", "lr_milestones",
                       "lr_gamma")),

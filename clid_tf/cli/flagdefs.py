@@ -183,6 +183,10 @@ def define_flags() -> None:
                       "Label-free selection: score the meta set as it is (none) or through "
                       "weak or strong augmentation (the reference scores it with its "
                       "training augmentation, strong on CIFAR).")
+    # ---- semi-supervised trainers (dividemix, fixmatch, flexmatch)
+    flags.DEFINE_float("lambda_u", None, "Weight of the unlabeled loss term: DivideMix's "
+                       "lambda_u (default 150, ramped up linearly over 16 epochs after the "
+                       "warm-up) or FixMatch/FlexMatch's (default 1).", lower_bound=0.0)
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
@@ -285,6 +289,7 @@ HELP_GROUPS = (
         "trainer", "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
         "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
         "meta_scope", "virtual_step", "meta_every", "select_keep", "select_augment")),
+    ("semi-supervised trainers", ("lambda_u",)),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
                       "weight_decay", "lr_schedule", "lr_tmax", "lr_eta_min", "lr_milestones",
                       "lr_gamma")),

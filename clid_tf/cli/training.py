@@ -36,6 +36,10 @@ def prepare_setup():
     if len(inputs) == 1 and FLAGS.backbone != "mlp":
         raise RunError(f"--backbone={FLAGS.backbone} needs images, but {FLAGS.dataset} holds "
                        f"feature vectors [{inputs[0]}]; use --backbone=mlp")
+    if FLAGS.meta_scope.startswith("top:") and FLAGS.backbone in ("small_cnn", "mlp"):
+        raise RunError(f"--meta_scope={FLAGS.meta_scope} needs a backbone with residual "
+                       f"blocks (resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2); "
+                       f"--backbone={FLAGS.backbone} has none")
     if FLAGS.augment != "none" and len(inputs) != 3:
         raise RunError(f"--augment={FLAGS.augment} needs images; {FLAGS.dataset} holds "
                        "feature vectors")
@@ -159,11 +163,14 @@ def build_model(setup, *, sync_batchnorm: bool):
     meta_net = meta_nets.build(FLAGS.meta_net, num_classes=ds.num_classes,
                                feature_dim=net.feature_dim, vri_kl=FLAGS.vri_kl,
                                seed=FLAGS.seed)
-    return meta_model.MetaReweightModel(
-        net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau, meta_grad=FLAGS.meta_grad,
-        meta_scope=FLAGS.meta_scope, virtual_step=FLAGS.virtual_step,
-        meta_every=FLAGS.meta_every, weight_decay=FLAGS.weight_decay,
-        meta_weight_decay=FLAGS.meta_weight_decay)
+    try:  # e.g. --meta_scope=top:N on a backbone without N residual blocks
+        return meta_model.MetaReweightModel(
+            net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau,
+            meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
+            virtual_step=FLAGS.virtual_step, meta_every=FLAGS.meta_every,
+            weight_decay=FLAGS.weight_decay, meta_weight_decay=FLAGS.meta_weight_decay)
+    except ValueError as error:
+        raise RunError(str(error)) from error
 
 
 def classifier_optimizer(steps_per_epoch: int):

@@ -19,6 +19,7 @@ BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class Standardize(keras.layers.Layer):
     """(x * scale - mean) / std with constant (non-variable) per-channel statistics."""
 
@@ -168,12 +169,27 @@ class DenseLogits(keras.layers.Layer):
         self.built = True
 
 
+def _producer(tensor):
+    return tensor._keras_history.operation  # pylint: disable=protected-access
+
+
 def _final_dense(model: keras.Model) -> keras.layers.Dense | None:
     """The Dense layer that produces the model's (single) output, skipping a trailing
     Activation/Softmax layer; None if the output is not a Dense layer's."""
-    layer = model.layers[-1] if model.layers else None
+    layer = _producer(model.outputs[0])
     if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
-        layer = layer.input._keras_history.operation  # pylint: disable=protected-access
+        layer = _producer(layer.input)
+    return layer if isinstance(layer, keras.layers.Dense) else None
+
+
+def _head_of(logits) -> keras.layers.Dense | None:
+    """The Dense layer whose output (or pre-activation, `DenseLogits`) is `logits`,
+    looking into nested functional models (a `build` backbone's body); else None."""
+    layer = _producer(logits)
+    while isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
+        layer = _producer(layer.outputs[0])
+    if isinstance(layer, DenseLogits):
+        return layer.dense
     return layer if isinstance(layer, keras.layers.Dense) else None
 
 
@@ -199,10 +215,10 @@ def as_classifier(model: keras.Model) -> keras.Model:
                          "classifier, or one that returns (logits, features)")
     if len(outputs) == 2:
         logits, features = outputs
-        head = logits._keras_history.operation  # pylint: disable=protected-access
         wrapped = keras.Model(_inputs(model), (logits, features), name=f"{model.name}_clid")
-        wrapped.head = head if isinstance(head, keras.layers.Dense) else None
+        wrapped.head = _head_of(logits)  # None: no last_layer meta scope (checked there)
         wrapped.feature_dim = int(features.shape[-1])
+        wrapped.block_names = resnets.block_names_of(wrapped)
         return wrapped
     dense = _final_dense(model)
     if len(outputs) != 1 or dense is None:

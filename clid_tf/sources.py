@@ -29,7 +29,8 @@ class Source(Protocol):
 
     Attributes:
       element_shape: shape of one input, (H, W, C) for images or (D,) for feature vectors.
-      dtype: 'uint8' for images (0..255) or 'float32' for feature vectors.
+      dtype: 'uint8' for images (0..255), or 'float32' for feature vectors or for a Python
+        user's already-preprocessed float images.
     """
 
     element_shape: tuple[int, ...]
@@ -138,6 +139,12 @@ class FileSource:
     def names(self) -> np.ndarray:
         """str [N] file paths relative to the data root."""
         return self.files.names()
+
+    def decode(self, encoded):
+        """One encoded image (string tensor) -> uint8 [*element_shape], as training reads
+        it: the serving SavedModel decodes a client's file bytes with this."""
+        return decode_image(encoded, element_shape=self.element_shape,
+                            image_size=self.image_size)
 
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 from clid_tf import backbones
-from clid_tf import datasets
 from clid_tf import loaders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--backbone=small_cnn", "--image_size=8", "--channels=1", "--batch_size=16",
          "--meta_batch_size=8", "--rounds=1", "--steps=1"]
@@ -73,3 +75,16 @@ def test_bench_frontier_trains_each_setting_through_the_cli(tmp_path):
     with open(tmp_path / "every2" / "sym-0.4-clid-wnet" / "seed0" / "results.json") as f:
         flags_of_run = json.load(f)["flags"]
     assert flags_of_run["meta_every"] == 2 and flags_of_run["backbone"] == "small_cnn"
+
+
+def test_choose_hparams_picks_by_the_held_out_score_never_by_test_accuracy():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import choose_hparams  # pylint: disable=import-outside-toplevel
+    means = [{"val_final": 0.80, "val_selected": 0.9, "final": 0.99, "selected": 0.99},
+             {"val_final": 0.85, "val_selected": 0.7, "final": 0.50, "selected": 0.50},
+             {"val_final": 0.85, "val_selected": 0.8, "final": 0.60, "selected": 0.60},
+             {"val_final": float("nan"), "val_selected": 1.0, "final": 1.0, "selected": 1.0}]
+    assert choose_hparams.chosen(means, "val_final") == 1  # tie -> the earlier point
+    assert choose_hparams.chosen(means, "val_selected") == 3
+    with pytest.raises(ValueError, match="not a held-out score"):
+        choose_hparams.chosen(means, "final")

@@ -63,7 +63,7 @@ def one_seed(noise: str, rate: str, seed: int) -> dict[str, dict]:
     clid = os.path.join(base, "clid")
     if not os.path.isfile(os.path.join(clid, "results.json")):
         shutil.rmtree(clid, ignore_errors=True)
-        _run("clid_tf.train", f"--workdir={clid}", "--audit", "--audit_folds=0", *common)
+        _run("clid_tf.train", *common, f"--workdir={clid}", "--audit", "--audit_folds=0")
     found[AUDITS[0]] = _audit_of(clid)
     crossed = os.path.join(base, "clid_oos")
     if not os.path.isfile(os.path.join(crossed, "results.json")) or \
@@ -76,9 +76,12 @@ def one_seed(noise: str, rate: str, seed: int) -> dict[str, dict]:
     ce = os.path.join(base, "ce")
     if not os.path.isfile(os.path.join(ce, "results.json")):
         shutil.rmtree(ce, ignore_errors=True)
-        _run("clid_tf.train", f"--workdir={ce}", "--method=ce", "--audit",
-             f"--audit_folds={FLAGS.folds}", *common)
+        _run("clid_tf.train", *common, f"--workdir={ce}", "--method=ce", "--audit",
+             f"--audit_folds={FLAGS.folds}")  # after the flagfile, which sets --method
     found[AUDITS[2]] = _audit_of(ce)
+    for audit, workdir in zip(AUDITS, (clid, crossed, ce)):  # the runs are what they claim
+        method = json.load(open(os.path.join(workdir, "results.json")))["flags"]["method"]
+        assert method == ("ce" if "CE" in audit else "clid"), (workdir, method)
     return found
 
 

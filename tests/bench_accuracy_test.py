@@ -37,7 +37,8 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 def _row(method="clid", meta_net="wnet", noise="sym", rate=0.4, seed=0, status="ok",
          **values) -> dict:
     run = bench.Run(bench.Setting(method, meta_net, noise, rate), seed)
-    numbers = {column: values.get(column, 0.5) for column in bench.RESULT_KEYS}
+    numbers = {column: values.get(column, None if column.startswith("val_") else 0.5)
+               for column in bench.RESULT_KEYS}
     if status != "ok":
         return bench.result_row(run, None, status=status, error="boom")
     return bench.result_row(run, numbers)
@@ -204,6 +205,16 @@ def test_markdown_table_format():
                         "0.500 |")
     assert bench.format_mean_std((0.9123, 0.0114), 3) == "0.912 ± 0.011"
     assert bench.format_mean_std(None, 0) == "-"
+
+
+def test_markdown_table_shows_val_columns_only_for_runs_with_a_val_split():
+    rows = [_row("clid", "wnet", seed=s, val_final=v, val_best=0.7, val_selected=0.68)
+            for s, v in enumerate([0.6, 0.64])]
+    lines = bench.markdown_table(bench.aggregate(rows)).splitlines()
+    assert lines[0].endswith("| val last (noisy) | val best (noisy) | "
+                             "val at CLID-selected (noisy) | seeds | realised noise |")
+    std = np.std([0.6, 0.64], ddof=1)
+    assert f"| 0.620 ± {std:.3f} | 0.700 ± 0.000 | 0.680 ± 0.000 | 2 |" in lines[2]
 
 
 def test_report_lists_failed_runs_and_header():

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf import backbones
+from clid_tf import lookahead
 from clid_tf import meta_model
 from clid_tf import objectives
 from clid_tf import virtual
@@ -156,7 +157,7 @@ def test_meta_gradients_end_to_end():
     net = vri.VRINet(K, backbone.feature_dim, seed=0)
     train, meta = _batches()
     result = virtual.meta_gradients(
-        backbone, net, train, meta, lr=tf.constant(0.1),
+        backbone, net, train, meta, step=lookahead.Sgd(tf.constant(0.1)),
         meta_objective=objectives.meta_objective("clid", tau=0.5))
     assert np.isfinite(result.meta_loss.numpy())
     grads = {v.path: g for v, g in zip(net.trainable_variables, result.meta_grads)}
@@ -206,7 +207,7 @@ def test_kl_weight_zero_is_the_reference_equivalent_no_kl():
     for kl_weight in (0.0, 0.01):
         net = vri.VRINet(K, backbone.feature_dim, kl_weight=kl_weight, seed=0)
         results[kl_weight] = virtual.meta_gradients(backbone, net, train, meta,
-                                                    lr=tf.constant(0.1), meta_objective=objective)
+                                                    step=lookahead.Sgd(tf.constant(0.1)), meta_objective=objective)
     logits, features = backbone(train["image"], training=True)
     zero = vri.VRINet(K, backbone.feature_dim, kl_weight=0.0, seed=0)
     assert float(zero.weighted_loss(logits, features, train["label"]).regularizer) == 0.0

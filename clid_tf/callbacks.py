@@ -150,3 +150,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 raise NonFiniteError(
                     f"non-finite {name} ({float(value)}) at {where}; training stopped and "
                     f"{self._kept(self._epoch)}")
+
+
+class ResetOptimizer(keras.callbacks.Callback):
+    """Restarts the classifier optimizer at the start of every epoch, as creating a new one
+    would (the Clothing1M reference re-creates its Adam every epoch, SOTA_SSL.md A.7 and
+    A.11 #11): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
+    Adam's bias correction starts again at t = 1. Its learning rate is kept; a schedule
+    read from the iteration counter restarts at its first epoch, as the reference's decay
+    is lost, so give a constant one. A LossScaleOptimizer keeps its loss scale.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)
+        for variable in optimizer.variables:
+            if variable is not rate:
+                variable.assign(tf.zeros_like(variable))

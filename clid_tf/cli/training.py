@@ -339,7 +339,8 @@ def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: boo
     export_lib.export_saved_model(
         networks, folder.saved_model, input_shape=ds.train.inputs.element_shape,
         input_dtype=ds.train.inputs.dtype, class_names=ds.class_names,
-        overwrite=overwrite)  # a resumed run may have exported before it died
+        overwrite=overwrite,  # a resumed run may have exported before it died
+        image_size=FLAGS.image_size, resize_shorter=FLAGS.resize_shorter)
 
 
 def results_of(setup, summary: dict, history: dict) -> dict:
@@ -350,6 +351,8 @@ def results_of(setup, summary: dict, history: dict) -> dict:
     ds = setup.dataset
     results = {"selected_epoch": summary["selected_epoch"], "kept": summary["kept"],
                "class_names": list(ds.class_names), "export": FLAGS.export}
+    if FLAGS.method != "ce":  # the trainer's defaults where the flags left them open
+        results.update(meta_net=meta_net_kind(), virtual_step=virtual_step_kind())
     accuracy = summary.get("test_accuracy")
     if accuracy:
         best = int(np.argmax(accuracy))
@@ -365,6 +368,7 @@ def results_of(setup, summary: dict, history: dict) -> dict:
         **splits.noise_report(setup),
         num_train=int(len(setup.train_indices)),
         num_meta=0 if setup.meta_indices is None else int(len(setup.meta_indices)),
+        meta_split=setup.meta_split,
         num_val=(int(len(setup.val_indices)) if setup.val_indices is not None
                  else 0 if ds.val is None else int(len(ds.val.labels))),
         num_test=0 if ds.test is None else int(len(ds.test.labels)),

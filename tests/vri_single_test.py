@@ -280,3 +280,28 @@ def test_vri_single_on_a_clothing1m_list_layout_with_audit_and_export(tmp_path):
     np.testing.assert_allclose(by_bytes["probabilities"], by_pixels["probabilities"],
                                rtol=1e-6)
     assert os.path.isdir(workdir / "checkpoints")
+
+
+def test_a_run_checkpoint_holds_every_variable_of_the_networks(tmp_path):
+    """`callbacks.checkpoint_of`: VRINet's hidden layers (kept in a Python list) and its
+    noise-generator state, and VGG-19-BN's dropout-mask states, which TensorFlow's object
+    graph alone misses, are saved and restored (so a resumed run draws the same eps and
+    masks and keeps the trained meta-net)."""
+    meta_net = vri.VRINet(3, 5, seed=0)
+    vgg = backbones.build("vgg19_bn", num_classes=3, input_shape=(32, 32, 3), seed=0,
+                          mean=(0.5,) * 3, std=(0.2,) * 3)
+    parts = {"backbone": vgg, "meta_net": meta_net}
+    path = callbacks.checkpoint_of(parts).save(str(tmp_path / "ckpt"))
+    saved = [v.numpy().copy() for part in parts.values() for v in part.variables]
+    meta_net.sample_weights(tf.zeros([2, 3]), tf.zeros([2, 3]))  # advances the noise state
+    for part in parts.values():
+        for variable in part.variables:
+            variable.assign(tf.zeros_like(variable) + tf.ones([], variable.dtype))
+    plain = tf.train.Checkpoint(**parts)
+    plain.restore(path).expect_partial()
+    assert not np.array_equal(meta_net.hidden_layers[0].kernel.numpy(),
+                              saved[len(vgg.variables) + 1])  # TF's graph alone misses it
+    callbacks.checkpoint_of(parts).restore(path).assert_existing_objects_matched()
+    restored = [v.numpy() for part in parts.values() for v in part.variables]
+    for before, after in zip(saved, restored):
+        np.testing.assert_array_equal(before, after)

@@ -148,7 +148,8 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     parts = {"backbone": model.backbone}
     if model.meta_net is not None:
         parts["meta_net"] = model.meta_net
-    checkpoint = tf.train.Checkpoint(**parts)
+    from clid_tf import callbacks  # pylint: disable=import-outside-toplevel
+    checkpoint = callbacks.checkpoint_of(parts)
     idx = setup.train_indices
     part = data.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx])
     probs, weights = [], []

@@ -34,6 +34,7 @@ CAFFE_MEAN = (123.68 / 255.0, 116.779 / 255.0, 103.939 / 255.0)
 CAFFE_STD = (1.0 / 255.0,) * 3
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class Standardize(keras.layers.Layer):
     """(x * scale - mean) / std with constant (non-variable) per-channel statistics."""
 
@@ -329,13 +330,37 @@ class DenseLogits(keras.layers.Layer):
         self.built = True
 
 
+def _producer(tensor):
+    return tensor._keras_history.operation  # pylint: disable=protected-access
+
+
 def _final_dense(model: keras.Model) -> keras.layers.Dense | None:
     """The Dense layer that produces the model's (single) output, skipping a trailing
     Activation/Softmax layer; None if the output is not a Dense layer's."""
-    layer = model.layers[-1] if model.layers else None
+    layer = _producer(model.outputs[0])
     if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
-        layer = layer.input._keras_history.operation  # pylint: disable=protected-access
+        layer = _producer(layer.input)
     return layer if isinstance(layer, keras.layers.Dense) else None
+
+
+def _output_layer(tensor, index: int):
+    """The layer that makes `tensor`, looking into nested functional models (a `build`
+    backbone's body) through their output `index`."""
+    layer = _producer(tensor)
+    while isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
+        layer = _producer(layer.outputs[index])
+    return layer
+
+
+def _head_of(logits, features) -> keras.layers.Dense | None:
+    """The Dense layer whose output (or pre-activation, `DenseLogits`) is `logits` and
+    whose input is `features`; else None (e.g. vgg19_bn, whose features feed an MLP)."""
+    layer = _output_layer(logits, 0)
+    if isinstance(layer, DenseLogits):
+        layer = layer.dense
+    if not isinstance(layer, keras.layers.Dense):
+        return None
+    return layer if _producer(layer.input) is _output_layer(features, 1) else None
 
 
 def as_classifier(model: keras.Model) -> keras.Model:
@@ -360,10 +385,10 @@ def as_classifier(model: keras.Model) -> keras.Model:
                          "classifier, or one that returns (logits, features)")
     if len(outputs) == 2:
         logits, features = outputs
-        head = logits._keras_history.operation  # pylint: disable=protected-access
         wrapped = keras.Model(_inputs(model), (logits, features), name=f"{model.name}_clid")
-        wrapped.head = head if isinstance(head, keras.layers.Dense) else None
+        wrapped.head = _head_of(logits, features)  # None: no last_layer meta scope
         wrapped.feature_dim = int(features.shape[-1])
+        wrapped.block_names = resnets.block_names_of(wrapped)
         return wrapped
     dense = _final_dense(model)
     if len(outputs) != 1 or dense is None:

@@ -41,7 +41,9 @@ class RunState(keras.callbacks.Callback):
     temporary name, then renamed), and CheckpointManager writes the checkpoint files before
     updating its index, so a crash at any moment leaves the last complete epoch intact.
     Data order needs no state: every epoch's shuffles and augmentations are seeded by the
-    epoch number (clid_tf.data).
+    epoch number (clid_tf.data). (The small-loss meta set of ce_sloss/mae_sloss is exact for
+    in-memory data; streamed from files, a few meta batches after each re-selection may
+    still come from the previous one, so those runs resume close to, not bit-for-bit as.)
     """
 
     def __init__(self, directory: str, model: keras.Model, selection=(), max_to_keep: int = 3):
@@ -54,8 +56,13 @@ class RunState(keras.callbacks.Callback):
         """
         super().__init__()
         self.directory = directory
-        self.selections = list(selection) if isinstance(selection, (list, tuple)) else [
-            selection]
+        self.selections = (list(selection) if isinstance(selection, (list, tuple))
+                           else [] if selection is None else [selection])
+        for kept in self.selections:
+            if kept.directory is None:
+                raise ValueError("a resumable run needs its ClidSelection to keep weights in "
+                                 "files: give it directory=")
+            kept.defer_prune = True  # pruned below, once the epoch's checkpoint exists
         self.history: dict[str, list[float | None]] = {}
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.checkpoint = checkpoint_of(model.checkpoint_parts(), epoch=self.epoch)
@@ -74,6 +81,7 @@ class RunState(keras.callbacks.Callback):
             self.history = json.loads(str(state["history"]))
             for selection in self.selections:
                 selection.set_state(dict(state))
+                selection.prune()  # a crash may have come between a save and its prune
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,6 +97,8 @@ class RunState(keras.callbacks.Callback):
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         self._drop_old_states()
+        for selection in self.selections:
+            selection.prune()
 
     def _state_path(self, epoch: int) -> str:
         return os.path.join(self.directory, f"state-{epoch}.npz")

@@ -81,12 +81,20 @@ def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: in
         lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
 
 
-def training_stream(train: tf.data.Dataset,
-                    meta: tf.data.Dataset | None = None) -> tf.data.Dataset:
+def training_stream(train: tf.data.Dataset, meta: tf.data.Dataset | None = None, *,
+                    live_meta: bool = False) -> tf.data.Dataset:
     """{'train': batch} or {'train': batch, 'meta': meta batch} elements, prefetched: the
-    input of `MetaReweightModel.fit`."""
+    input of `MetaReweightModel.fit`.
+
+    live_meta: the meta stream reads a meta set that changes between epochs
+    (`sloss.DynamicMetaSet`); then only the training batches are prefetched, so every meta
+    batch is drawn when its step asks for it and follows the current selection.
+    """
     if meta is None:
         return train.map(lambda t: {"train": t}).prefetch(tf.data.AUTOTUNE)
+    if live_meta:
+        return tf.data.Dataset.zip(train.prefetch(tf.data.AUTOTUNE), meta).map(
+            lambda t, m: {"train": t, "meta": m})
     return (tf.data.Dataset.zip(train, meta)
             .map(lambda t, m: {"train": t, "meta": m}).prefetch(tf.data.AUTOTUNE))
 
@@ -156,26 +164,37 @@ def as_input_array(x) -> np.ndarray:
 
 
 def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: int,
-                seed: int, with_meta: bool = True,
-                meta_data=None) -> tuple[tf.data.Dataset, int | None, Part | None]:
+                seed: int, with_meta: bool = True, meta_labels: str = "none",
+                meta_data=None, first_epoch: int = 0
+                ) -> tuple[tf.data.Dataset, int | None, Part | None]:
     """The `MetaReweightModel.fit` input for a user's own data.
 
     Args:
       x: inputs as an array [N, ...] (with int labels `y` [N]), or a tf.data.Dataset of
         (inputs [b, ...], labels [b]) batches (then `y` is None).
       batch_size: training batch size for array inputs.
-      meta_size: size of the label-free meta set drawn from the training inputs when
-        `meta_data` is None: a seeded random subset for arrays; for a Dataset, the first
-        meta_size inputs of one pass over it (held in memory).
+      meta_size: size of the meta set drawn from the training samples when `meta_data` is
+        None: a seeded random subset for arrays; for a Dataset, `meta_size` samples of a
+        seeded shuffle (buffer 10 x meta_size) of one pass over it, held in memory.
       meta_batch_size: meta batch size (at most the meta-set size).
       seed: seed of the shuffles and of the meta-set draw.
       with_meta: False for a model without a meta-net (no meta batches).
-      meta_data: inputs [M, ...] of a meta set to use instead (labels are not read).
+      meta_labels: what the meta objective reads (objectives.META_OBJECTIVE_LABELS): 'none'
+        (label-free: the meta batches carry no labels), 'noisy' (the training labels of the
+        meta samples), 'clean' (only with `meta_data=(inputs, clean labels)`).
+      meta_data: inputs [M, ...] of a meta set to use instead, or (inputs, labels).
+      first_epoch: the epoch the array stream starts at (fit's initial_epoch): epoch e's
+        batches are a function of (seed, e), so a resumed fit continues exactly.
 
     Returns:
-      (stream of {'train': {'image', 'label'}, 'meta': {'image'}} elements, steps per epoch
-      or None when the dataset defines it, the meta set as a `Part` or None).
+      (stream of {'train': {'image', 'label'}, 'meta': {'image'[, 'label']}} elements, steps
+      per epoch or None when the dataset defines it, the meta set as a `Part` or None).
     """
+    given = meta_data is not None
+    meta_x, meta_y = (meta_data if isinstance(meta_data, tuple) else (meta_data, None))
+    if meta_labels == "clean" and meta_y is None:
+        raise ValueError("a meta objective on clean labels needs them: pass "
+                         "meta_data=(inputs, clean labels)")
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("give labels inside the dataset, as (inputs, labels) batches")
@@ -183,16 +202,21 @@ def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: 
                                              "label": tf.cast(labels, tf.int32)})
         if not with_meta:
             return training_stream(train), None, None
-        if meta_data is None:
-            meta_data = np.concatenate([np.asarray(b) for b, _ in
-                                        x.unbatch().take(meta_size).batch(1024)
-                                        .as_numpy_iterator()])
-        meta = Part(sources.ArraySource(as_input_array(meta_data)))
+        if not given:
+            drawn = list(x.unbatch().shuffle(10 * meta_size, seed=seed).take(meta_size)
+                         .batch(1024).as_numpy_iterator())
+            meta_x = np.concatenate([b for b, _ in drawn])
+            meta_y = np.concatenate([l for _, l in drawn]) if meta_labels == "noisy" else None
+        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+                    None if meta_y is None else np.asarray(meta_y))
         size = min(meta_batch_size, len(meta))
-        meta_stream = (tf.data.Dataset.from_tensor_slices(meta.source.array)
+        slices = {"image": meta.source.array}
+        if meta_labels != "none":
+            slices["label"] = meta.labels.astype(np.int32)
+        meta_stream = (tf.data.Dataset.from_tensor_slices(slices)
                        .shuffle(len(meta), seed=seed, reshuffle_each_iteration=True).repeat()
                        .batch(size, drop_remainder=True)
-                       .map(lambda m: {"image": tf.cast(m, tf.float32)}))
+                       .map(lambda m: {**m, "image": tf.cast(m["image"], tf.float32)}))
         return training_stream(train, meta_stream), None, meta
     if y is None:
         raise ValueError("fit(x, y) needs labels y for array inputs")
@@ -202,15 +226,26 @@ def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: 
         raise ValueError(f"y must be int labels [N] = [{len(source)}], got shape {labels.shape}")
     steps = len(source) // batch_size
     train = epoch_batches(source, np.arange(len(source)), batch_size=batch_size, seed=seed,
-                          steps_per_epoch=steps, fields={"label": labels.astype(np.int32)})
+                          steps_per_epoch=steps, first_epoch=first_epoch,
+                          fields={"label": labels.astype(np.int32)})
     if not with_meta:
         return training_stream(train), steps, None
-    if meta_data is None:
+    if not given:
         rng = np.random.default_rng(seed)
-        meta = Part(source, np.sort(rng.choice(len(source), min(meta_size, len(source)),
-                                               replace=False)))
+        ids = np.sort(rng.choice(len(source), min(meta_size, len(source)), replace=False))
+        meta = Part(source, ids, labels[ids] if meta_labels == "noisy" else None)
     else:
-        meta = Part(sources.ArraySource(as_input_array(meta_data)))
-    meta_stream = epoch_batches(meta.source, meta.ids(), batch_size=min(meta_batch_size, len(meta)),
-                                seed=seed + 1, steps_per_epoch=steps)
+        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+                    None if meta_y is None else np.asarray(meta_y))
+    fields = {}
+    if meta_labels != "none":
+        if meta.labels is None:
+            raise ValueError(f"the meta objective reads {meta_labels} labels: pass "
+                             "meta_data=(inputs, labels)")
+        table = np.zeros(len(meta.source), np.int32)
+        table[meta.ids()] = meta.labels
+        fields["label"] = table
+    meta_stream = epoch_batches(meta.source, meta.ids(),
+                                batch_size=min(meta_batch_size, len(meta)), seed=seed + 1,
+                                steps_per_epoch=steps, first_epoch=first_epoch, fields=fields)
     return training_stream(train, meta_stream), steps, meta

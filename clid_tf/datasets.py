@@ -120,6 +120,13 @@ def source_stats(source: sources.Source, *, sample: int = STATS_SAMPLE,
     return array_stats(sources.read_numpy(source, ids))
 
 
+def tfds_location(data_dir: str | None) -> str:
+    """The directory TFDS reads from: data_dir, else $TFDS_DATA_DIR, else its default."""
+    import os  # pylint: disable=import-outside-toplevel
+    return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
+                              or os.path.join('~', 'tensorflow_datasets'))
+
+
 def class_names_of(names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
     """Given class names, or '0'..'K-1'."""
     if names is None:

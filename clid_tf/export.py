@@ -12,10 +12,9 @@ how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
 
 `serving_bytes` (only for uint8 images with 1, 3 or 4 channels)
     in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
-                          images, each decoded to [H, W, C] uint8 as the training
-                          pipeline decodes files (`sources.decode_image`: resized, or
-                          resized and centre-cropped, when the training images were)
-    out: the same two outputs as `serving_default`
+                          images, each decoded to [H, W, C] uint8 (and resized as the
+                          training images were, for a model trained with --image_size)
+    out: the same three outputs as `serving_default`
 
 Standardisation lives inside the backbone, so clients send raw pixels and do no
 preprocessing. Several networks (a top-k CLID checkpoint ensemble, DivideMix's two networks)
@@ -40,12 +39,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
-
-from clid_tf import sources
 
 SIGNATURE_KEY = "serving_default"
 BYTES_SIGNATURE_KEY = "serving_bytes"
@@ -61,16 +58,17 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
                        path: str | os.PathLike, *, input_shape: Sequence[int],
                        input_dtype: tf.DType | str = tf.uint8,
                        class_names: Sequence[str] | None = None,
-                       overwrite: bool = False, image_size: int | None = None,
-                       resize_shorter: int | None = None) -> None:
+                       decode: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                       overwrite: bool = False) -> None:
     """Writes a SavedModel with the signatures described in the module docstring.
 
     `networks` is one backbone, or several whose logits are averaged; each maps raw
     inputs [batch, *input_shape] (as float32) to (logits, features). `input_dtype` (a
     tf.DType or its name, e.g. "uint8" or "float32") is the dtype clients send.
-    `class_names` (K strings, default '0'..'K-1') feed the `class_names` output.
-    `image_size` and `resize_shorter`: how `serving_bytes` brings decoded images to
-    input_shape, as `sources.FileSource` does (default: they must have it already).
+    `class_names` (K strings, default '0'..'K-1') feed the `class_names` output. `decode`
+    (one encoded image -> uint8 [*input_shape]) is how `serving_bytes` turns a client's file
+    into an input, e.g. `FileSource.decode` (which resizes as training did); by default it
+    decodes and checks the shape.
 
     The model is written to `path + '.tmp'` and renamed to `path` only when complete, so
     `path` never holds a half-written model (a stale `.tmp` folder from an interrupted
@@ -111,12 +109,14 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
     if input_dtype == tf.uint8 and len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
 
         def serve_bytes(image_bytes):
-            def decode(encoded):
-                return sources.decode_image(encoded, element_shape=input_shape,
-                                            image_size=image_size,
-                                            resize_shorter=resize_shorter)
+            def decode_one(encoded):
+                if decode is not None:
+                    return decode(encoded)
+                image = tf.io.decode_image(encoded, channels=input_shape[-1], dtype=tf.uint8,
+                                           expand_animations=False)
+                return tf.ensure_shape(image, input_shape, name="check_decoded_shape")
 
-            images = tf.map_fn(decode, image_bytes,
+            images = tf.map_fn(decode_one, image_bytes,
                                fn_output_signature=tf.TensorSpec(input_shape, tf.uint8))
             return serve(images)
 

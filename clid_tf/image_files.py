@@ -473,15 +473,18 @@ def _bad_files(paths: np.ndarray, problems: np.ndarray, bad: np.ndarray,
 
 
 def _class_notes(train: FileList, root: str) -> list[str]:
-    """Errors/warnings about train classes after skipping: < 2 classes, empty classes."""
+    """Errors about train classes after skipping: fewer than 2 classes, or a class left
+    without images."""
     counts = np.bincount(train.labels, minlength=len(train.class_names))
     if (counts > 0).sum() < 2:
         raise DataError(_one_line(f'training images under {root}: usable images of at least '
                                   f'2 classes are needed, found {(counts > 0).sum()}'))
     empty = [train.class_names[k] for k in np.flatnonzero(counts == 0)]
-    if empty:
-        return [_one_line(f'{len(empty)} of {len(counts)} classes have no training images: '
-                          f'{_listing(empty)}')]
+    if empty:  # a class never seen in training cannot be learnt: refuse, do not guess
+        raise DataError(_one_line(
+            f'training images under {root}: {len(empty)} of {len(counts)} classes have no '
+            f'usable training images ({_listing(empty)}); remove those class folders (or '
+            'list lines) or add images'))
     return []
 
 
@@ -492,19 +495,24 @@ def read_pixels(paths: Sequence[str], element_shape: Sequence[int]) -> np.ndarra
     C channels (L or RGB) and, if its size differs, resized bilinearly to H x W.
 
     For statistics (mean/std of a sample) before TensorFlow starts; the training pipeline
-    decodes with TensorFlow (`sources.FileSource`), whose resize differs by rounding.
+    decodes with TensorFlow (`sources.FileSource`), whose resize differs by rounding. A
+    file that fails to decode (corrupted inside, which the header check cannot see) is left
+    out of the sample.
     """
     height, width, channels = (int(d) for d in element_shape)
 
     def read(path):
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.BILINEAR)
-            return np.asarray(image, np.uint8).reshape(height, width, channels)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.BILINEAR)
+                return np.asarray(image, np.uint8).reshape(height, width, channels)
+        except (OSError, SyntaxError, ValueError):  # corrupt inside: left to training
+            return None
 
-    return np.stack(_parallel_map(read, list(paths))) if len(paths) else np.zeros(
-        (0, height, width, channels), np.uint8)
+    images = [x for x in _parallel_map(read, list(paths)) if x is not None]
+    return np.stack(images) if images else np.zeros((0, height, width, channels), np.uint8)
 
 
 def _parallel_map(fn, items: list) -> list:

@@ -290,7 +290,7 @@ def score_part(model, part, *, batch_size: int = 500) -> Scores:
 
 def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
                       seed: int = 0, clean_labels: np.ndarray | None = None,
-                      batch_size: int = 500, verbose: bool = True,
+                      eval_batch_size: int = 500, verbose: bool = True,
                       **fit_kwargs) -> LabelIssues:
     """Ranks a dataset's labels by suspicion, out of sample (cleanlab-style).
 
@@ -302,10 +302,10 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
       seed: fold assignment seed (and the default `seed` of each fold's fit).
       clean_labels: int [N] true labels, if known (benchmarks): adds precision, recall and
         ROC AUC to the metrics. Never used for the ranking.
-      batch_size: inference batch size.
+      eval_batch_size: inference batch size of the scoring passes.
       verbose: print one line per fold.
       **fit_kwargs: passed to each fold's `model.fit(x_fold, y_fold, ...)`, e.g. epochs,
-        batch_size (training), callbacks=[clid_tf.WarmUp(5)].
+        batch_size, meta_size, callbacks=[clid_tf.WarmUp(5)].
 
     Returns:
       `LabelIssues`: ranked positions, flagged issues, suspicion, scores and metrics.
@@ -321,7 +321,7 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
         model.fit(x[train_positions], y[train_positions], **fit_kwargs)
         return lambda held: score_part(
             model, data.Part(sources.ArraySource(x[held]), None, y[held]),
-            batch_size=batch_size)
+            batch_size=eval_batch_size)
 
     report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None
     scores = cross_fit(y, train_fold, folds=folds, seed=seed, on_fold=report)

@@ -177,16 +177,21 @@ class MetaReweightModel(keras.Model):
         x may be inputs [N, ...] with int labels y [N], a tf.data.Dataset of (inputs,
         labels) batches, or the stream `clid_tf.data.training_stream` makes ({'train': ...,
         'meta': ...} elements, as the CLI passes). For the first two a label-free meta set
-        is drawn from the training inputs when `meta_data` (inputs only) is not given: a
-        random `meta_size` subset (seeded), or for a Dataset its first `meta_size` inputs;
-        it is kept as `self.meta_set`, where `ClidSelection` finds it. Every other argument
-        is keras.Model.fit's (epochs, callbacks, validation_data, initial_epoch, ...).
+        is drawn from the training inputs when `meta_data` is not given: a random
+        `meta_size` subset (seeded), or for a Dataset `meta_size` samples of a seeded
+        shuffle of one pass; labelled meta objectives (ce_noisy, mae, ...) get those
+        samples' labels, 'ce_clean' needs `meta_data=(inputs, clean labels)`. It is kept as
+        `self.meta_set`, where `ClidSelection` finds it. Array streams are seeded by epoch,
+        so `initial_epoch` continues exactly. Every other argument is keras.Model.fit's.
         """
         if not _is_training_stream(x):
             x, steps, self.meta_set = data.user_stream(
                 x, y, batch_size=batch_size or 32, meta_size=meta_size,
                 meta_batch_size=meta_batch_size, seed=seed,
-                with_meta=self.meta_net is not None, meta_data=meta_data)
+                with_meta=self.meta_net is not None, meta_data=meta_data,
+                meta_labels=objectives.META_OBJECTIVE_LABELS.get(self.meta_objective_name,
+                                                                 "none"),
+                first_epoch=kwargs.get("initial_epoch", 0))
             y = None
             if steps is not None:
                 kwargs.setdefault("steps_per_epoch", steps)
@@ -355,7 +360,7 @@ class MetaReweightModel(keras.Model):
         images, labels = data
         logits = self.backbone(images, training=False)[0]
         self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
+        self.test_loss.update_state(objectives.per_sample_ce(logits, labels))  # per sample
         return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
 
 

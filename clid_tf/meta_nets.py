@@ -4,7 +4,6 @@ WNet here, VRI in clid_tf.vri, and `build(kind)` for either."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import keras
 import tensorflow as tf

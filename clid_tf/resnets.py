@@ -58,6 +58,7 @@ Common details:
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Sequence
 
 import keras
@@ -154,6 +155,22 @@ def _head(inputs, x, num_classes: int, feature_dim: int, *, kernel_init: str,
     model.feature_dim = int(feature_dim)
     model.block_names = tuple(block_names)
     return model
+
+
+_BLOCK_NAME = re.compile(r"^((?:stage|group)(\d+)_block(\d+))_")
+
+
+def block_names_of(model: keras.Model) -> tuple[str, ...]:
+    """The residual block names of a model built here, read from its layers' names
+    (`stage<s>_block<b>_...`, `group<g>_block<b>_...`), input to output: what
+    `model.block_names` holds, for a model that lost the attribute (e.g. reloaded from a
+    .keras file). Empty for a model without such layers."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+        match = _BLOCK_NAME.match(layer.name)
+        if match:
+            found[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+    return tuple(sorted(found, key=found.get))
 
 
 def block_variables(model: keras.Model) -> list[list[keras.Variable]]:

@@ -24,6 +24,9 @@ import numpy as np
 
 from clid_tf import atomic_io
 
+# What a run writes into its folder (a --resume start may find these, and only these).
+RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboard",
+             "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv"}
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
                    "audit_folds")
@@ -84,9 +87,17 @@ class RunFolder:
         Proves it can be written."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise FolderError(f"workdir {self.path} exists and is not a folder")
-        if os.path.isdir(self.path) and os.listdir(self.path) and not allow_partial:
+        held = os.listdir(self.path) if os.path.isdir(self.path) else []
+        if held and not allow_partial:
             raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
                               "choose a new --workdir, or pass --resume to continue it")
+        if held and not set(held) <= RUN_FILES:
+            # --resume continues a run that died before its first checkpoint; a folder
+            # with anything else in it is not such a run and is left alone.
+            raise FolderError(f"workdir {self.path} holds files that are not a training "
+                              f"run's ({', '.join(sorted(set(held) - RUN_FILES)[:3])}); "
+                              "choose a new --workdir")
+        self._before = set(held)
         self._created = _outermost_missing(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -111,8 +122,8 @@ class RunFolder:
                 if self._created:
                     shutil.rmtree(self.path, ignore_errors=True)
                     _remove_empty_parents(self.path, up_to=self._created)
-                else:
-                    for name in os.listdir(self.path):
+                else:  # only what this start wrote: entries that were not there before
+                    for name in set(os.listdir(self.path)) - self._before:
                         target = self.join(name)
                         if os.path.isdir(target):
                             shutil.rmtree(target, ignore_errors=True)

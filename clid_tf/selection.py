@@ -258,6 +258,7 @@ class ClidSelection(keras.callbacks.Callback):
         self.test_accuracy: list[float] = []
         self._weights: dict[int, list[np.ndarray]] = {}  # memory mode: epoch -> weights
         self._forward: Forward | None = None
+        self.defer_prune = False  # set by RunState, which prunes after its checkpoint
 
     @property
     def backbone(self) -> keras.Model:
@@ -288,7 +289,8 @@ class ClidSelection(keras.callbacks.Callback):
         self.meta_clid.append(score)
         if self.store.update(score, number, logits):
             self._keep_weights(number)
-        self._drop_unkept_weights()
+        if not self.defer_prune:
+            self.prune()
         if logs is not None:
             logs[self.prefix + "meta_set_clid"] = score
             if self.test is not None:
@@ -308,7 +310,10 @@ class ClidSelection(keras.callbacks.Callback):
         with atomic_io.open_atomic(self._weights_path(epoch), "wb") as f:
             np.savez(f, *weights)
 
-    def _drop_unkept_weights(self) -> None:
+    def prune(self) -> None:
+        """Deletes the kept weights of epochs the store no longer holds. `RunState` defers
+        this (`defer_prune`) until its checkpoint of the epoch is written, so a crash in
+        between never leaves a checkpointed store naming deleted weights."""
         kept = set(self.store.best_epochs())
         for epoch in [e for e in self._weights if e not in kept]:
             del self._weights[epoch]

@@ -248,8 +248,9 @@ class DynamicMetaSet:
                 lambda t: tf.stack([tf.constant(seed + 7919, tf.int64), t]))
             stream = tf.data.Dataset.zip(stream, steps).map(
                 lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
-        options = tf.data.Options()
+        options = tf.data.Options()  # nothing may run ahead of the current selection
         options.experimental_optimization.inject_prefetch = False
+        options.experimental_optimization.map_parallelization = False
         return stream.with_options(options)
 
     def _draw_fn(self, batch_size: int, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -29,7 +29,8 @@ class Source(Protocol):
 
     Attributes:
       element_shape: shape of one input, (H, W, C) for images or (D,) for feature vectors.
-      dtype: 'uint8' for images (0..255) or 'float32' for feature vectors.
+      dtype: 'uint8' for images (0..255), or 'float32' for feature vectors or for a Python
+        user's already-preprocessed float images.
     """
 
     element_shape: tuple[int, ...]
@@ -144,18 +145,21 @@ class FileSource:
         """str [N] file paths relative to the data root."""
         return self.files.names()
 
+    def decode(self, encoded):
+        """One encoded image (string tensor) -> uint8 [*element_shape], as training reads
+        it: the serving SavedModel decodes a client's file bytes with this."""
+        return decode_image(encoded, element_shape=self.element_shape,
+                            image_size=self.image_size, resize_shorter=self.resize_shorter)
+
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         if self._paths is None:
             with tf.device("/CPU:0"):
                 self._paths = tf.constant(self.files.paths)
-        paths, shape, size = self._paths, self.element_shape, self.image_size
-        shorter = self.resize_shorter
+        paths, decode = self._paths, self.decode
 
         def load(i):
-            encoded = tf.io.read_file(tf.gather(paths, i))
-            return i, decode_image(encoded, element_shape=shape, image_size=size,
-                                   resize_shorter=shorter)
+            return i, decode(tf.io.read_file(tf.gather(paths, i)))
 
         return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
             batch_size, drop_remainder=drop_remainder)

@@ -191,7 +191,7 @@ class MetaViews(keras.callbacks.Callback):
     """
 
     def __init__(self, logdir: str, images: np.ndarray, noisy_labels: np.ndarray,
-                 is_noisy: np.ndarray | None = None, *, sample_size: int = 2000,
+                 is_noisy: np.ndarray | None = None, *, sample_size: int = 1000,
                  seed: int = 0, eval_batch_size: int = 500):
         """Args:
           logdir: the TensorBoard folder (the one Keras' TensorBoard callback writes to).

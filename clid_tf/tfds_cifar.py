@@ -7,7 +7,6 @@ by `clid_tf.noise`); CIFAR-N's training labels are one of its human label sets.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import NamedTuple
 
@@ -128,12 +127,6 @@ def _noisy_label_key(name: str, spec: _TfdsSpec, human_label: str | None) -> str
     return HUMAN_LABELS[human_label]
 
 
-def _tfds_location(data_dir: str | None) -> str:
-    """The directory TFDS reads from: data_dir, else $TFDS_DATA_DIR, else its default."""
-    return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
-                              or os.path.join('~', 'tensorflow_datasets'))
-
-
 def _read_tfds_split(name: str, split: str, data_dir: str | None) -> dict[str, np.ndarray]:
     """Reads a whole TFDS split into numpy (downloading/preparing it first when needed).
 
@@ -170,7 +163,7 @@ def _tfds_unavailable(name: str, data_dir: str | None, err: Exception | None) ->
             f'TFDS dataset {name!r} is not available ({detail}); prepare it{manual} on a '
             f'machine with internet (python -m tensorflow_datasets.scripts.download_and_prepare '
             f'--datasets={name}) and copy it into --data_dir or $TFDS_DATA_DIR (looked in '
-            f'{_tfds_location(data_dir)})')
+            f'{datasets.tfds_location(data_dir)})')
 
 
 def _tfds_feature(name: str, split: str, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from clid_tf import datasets
 from clid_tf.errors import DataError
 from clid_tf.sources import ArraySource, Source, decode_image
 
@@ -193,16 +194,10 @@ class TfdsSource:
 
 # --------------------------------------------------------------------------- helpers
 
-def _location(data_dir: str | None) -> str:
-    """The directory TFDS reads from: data_dir, else $TFDS_DATA_DIR, else its default."""
-    return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
-                              or os.path.join('~', 'tensorflow_datasets'))
-
-
 def _prepared_builder(name: str, data_dir: str | None):
     """tfds.builder(name) when it is prepared in data_dir; else a DataError (no download)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    where = _location(data_dir)
+    where = datasets.tfds_location(data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:

@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from clid_tf import backbones
-from clid_tf import data
 from clid_tf import meta_nets
 from clid_tf import meta_model
 from clid_tf import objectives

@@ -3,7 +3,6 @@ the fast offline failure, dispatch and the label checks every loader shares."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 

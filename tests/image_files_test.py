@@ -375,8 +375,10 @@ def test_skipping_that_empties_a_class_or_split(tmp_path):
         image_files.check_splits(splits)
     assert_one_line(err, 'the val split has no usable image files')
     del splits['val']
-    kept, _, notes = image_files.check_splits(splits)
-    assert notes[1] == '1 of 3 classes have no training images: c'
+    with pytest.raises(DataError) as err:  # c's only image is skipped: c cannot be learnt
+        image_files.check_splits(splits)
+    assert_one_line(err, '1 of 3 classes have no usable training images (c)',
+                    'remove those class folders')
     (tmp_path / 'train' / 'b' / '00.png').write_bytes(b'broken')
     with pytest.raises(DataError) as err:
         image_files.check_splits(image_files.folder_splits(tmp_path / 'train'))

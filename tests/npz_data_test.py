@@ -8,7 +8,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from clid_tf import datasets
 from clid_tf import loaders
 from clid_tf import npz_data
 from clid_tf.errors import DataError

@@ -145,3 +145,20 @@ def test_list_file_with_val_split_and_selected_export(folder, tmp_path):
         "serving_default"](images=tf.constant(images))
     want = tf.nn.softmax(net(images.astype(np.float32), training=False)[0]).numpy()
     np.testing.assert_allclose(served["probabilities"].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_corrupted_inside_stops_training_with_one_line(tmp_path):
+    root = str(tmp_path / "images")
+    _write_folder(root, "train", 30, 0)
+    victim = os.path.join(root, "train", "dog", "003.png")
+    data = bytearray(open(victim, "rb").read())
+    start = data.find(b"IDAT") + 8  # inside the pixel data: header and IEND stay intact
+    data[start:start + 10] = bytes(b ^ 0xFF for b in data[start:start + 10])
+    open(victim, "wb").write(bytes(data))
+    workdir = tmp_path / "run"
+    proc = run_cli(f"--dataset=folder:{root}", f"--workdir={workdir}", *FAST)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines()
+             if line.strip() and not line.startswith(("I0000", "W0000", "E0000", "WARNING: All"))]
+    assert len(lines) == 1 and "could not be decoded during training" in lines[0], proc.stderr
+    assert "--resume" in lines[0]

@@ -13,7 +13,6 @@ from clid_tf import clid as clid_lib
 from clid_tf import data
 from clid_tf import meta_model
 from clid_tf import selection
-from clid_tf import sources
 from tests import helpers
 
 NUM_CLASSES = 3

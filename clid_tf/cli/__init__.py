@@ -10,3 +10,6 @@ from clid_tf.cli.commands import main, run
 from clid_tf.cli.flagdefs import (BACKBONES, EXPORTS, FLAGS, HUMAN_NOISE, METHODS,
                                   define_flags, fail, parse_flags, training_flag_names)
 from clid_tf.errors import RunError
+
+__all__ = ["BACKBONES", "EXPORTS", "FLAGS", "HUMAN_NOISE", "METHODS", "RunError",
+           "define_flags", "fail", "main", "parse_flags", "run", "training_flag_names"]

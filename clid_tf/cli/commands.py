@@ -36,6 +36,16 @@ def main(argv: list[str]) -> None:
     except errors.NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)
+    except Exception as error:  # pylint: disable=broad-except
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel  # loaded by now
+        if not isinstance(error, tf.errors.InvalidArgumentError) or \
+                "decode" not in str(error).lower():
+            raise
+        # An image file corrupted inside (the header check reads headers and file ends).
+        first = " ".join(str(error).split())[:300]
+        fail(f"an image file could not be decoded during training ({first}); the last "
+             "complete epoch's checkpoint is kept: fix or remove the file, then rerun with "
+             "--resume")
 
 
 # ---------------------------------------------------------------- the training run
@@ -43,14 +53,14 @@ def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
+    if FLAGS.trainer not in TRAINERS:  # TODO(trainers): every --trainer registered
+        raise errors.RunError(f"--trainer={FLAGS.trainer} is not available yet")
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
     resuming = FLAGS.resume and folder.has_checkpoint()
     if resuming:
         folder.check_resumable(FLAGS.flags_into_string())
     else:
         folder.create(allow_partial=FLAGS.resume)
-    if FLAGS.trainer not in TRAINERS:  # TODO(trainers): every --trainer registered
-        raise errors.RunError(f"--trainer={FLAGS.trainer} is not available yet")
     trainer = TRAINERS[FLAGS.trainer]
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
@@ -77,7 +87,7 @@ def run() -> dict:
 def plan_line(setup, folder: run_folder.RunFolder) -> str:
     """One line before training: the data and its size, the noise, what trains it, for how
     long, and where the results go (and a note when a benchmark runs on generic defaults)."""
-    noise = training.default_noise()
+    noise = training.default_noise(setup.dataset)
     ds = setup.dataset
     sizes = [f"{len(setup.train_indices)} train"]
     if setup.val_indices is not None:

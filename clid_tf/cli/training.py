@@ -57,15 +57,16 @@ def pretrained_weights() -> str | None:
     return "imagenet"  # keras.applications downloads it into its cache
 
 
-def default_noise() -> str:
-    """--noise as given, else sym for the clean benchmarks and none for a user's labels."""
+def default_noise(dataset: datasets.Dataset) -> str:
+    """--noise as given, else none for a user's own labels (they are used as given) and the
+    reference's sym for a benchmark with clean labels (digits, CIFAR)."""
     if FLAGS.noise is not None:
         return FLAGS.noise
-    return "sym" if FLAGS.dataset in ("digits", "cifar10", "cifar100") else "none"
+    return "none" if dataset.labels_given else "sym"
 
 
 def load_dataset() -> datasets.Dataset:
-    noise = default_noise()
+    noise = FLAGS.noise
     return loaders.load(FLAGS.dataset, human_label=noise if noise in HUMAN_NOISE else None,
                         data_dir=FLAGS.data_dir, data_root=FLAGS.data_root,
                         image_size=FLAGS.image_size, val_list=FLAGS.val_list,
@@ -81,17 +82,33 @@ def prepare_setup():
     if len(inputs) == 1 and FLAGS.backbone != "mlp":
         raise RunError(f"--backbone={FLAGS.backbone} needs images, but {FLAGS.dataset} holds "
                        f"feature vectors [{inputs[0]}]; use --backbone=mlp")
-    for name in ("augment", "meta_augment"):
-        if FLAGS[name].value not in (None, "none") and len(inputs) != 3:
-            raise RunError(f"--{name}={FLAGS[name].value} needs images; {FLAGS.dataset} "
-                           "holds feature vectors")
+    if FLAGS.meta_scope.startswith("top:") and FLAGS.backbone in NO_RESIDUAL_BLOCKS:
+        raise RunError(f"--meta_scope={FLAGS.meta_scope} needs a backbone with residual "
+                       f"blocks (resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2, "
+                       f"resnet50); --backbone={FLAGS.backbone} has none")
+    if FLAGS.meta_scope == "last_layer" and FLAGS.backbone == "vgg19_bn":
+        raise RunError("--meta_scope=last_layer steps a Dense head on the features; "
+                       "vgg19_bn's features feed an MLP (its CLID feature is the pooled conv "
+                       "feature): use --meta_scope=full")
+    for flag in ("augment", "meta_augment", "select_augment"):
+        kind = FLAGS[flag].value
+        if kind in (None, "none"):
+            continue
+        if len(inputs) != 3:
+            raise RunError(f"--{flag}={kind} needs images; {FLAGS.dataset} holds feature "
+                           "vectors")
+        if kind != "flip" and min(inputs[:2]) <= CROP_PAD:
+            raise RunError(f"--{flag}={kind} crops images padded by {CROP_PAD} pixels, so it "
+                           f"needs images larger than that; these are "
+                           f"{inputs[0]}x{inputs[1]}")
     if FLAGS.standardize == "imagenet" and inputs[-1:] != (3,):
         raise RunError(f"--standardize=imagenet holds RGB statistics; {FLAGS.dataset} has "
                        f"input shape {inputs}")
     pretrained_weights()  # fails at once when the weights cannot be had
     try:
         return splits.prepare(
-            dataset, noise=default_noise(), noise_rate=FLAGS.noise_rate, method=FLAGS.method,
+            dataset, noise=default_noise(dataset), noise_rate=FLAGS.noise_rate,
+            method=FLAGS.method,
             meta_size=FLAGS.meta_size, batch_size=FLAGS.batch_size,
             meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed,
             val_split=FLAGS.val_split, imbalance_gamma=FLAGS.imbalance_gamma,
@@ -127,7 +144,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     start = run_state.restore() if resuming else 0
     if start:
         print(f"resuming after epoch {start} of {FLAGS.epochs}")
-    views = tb_views.sample_indices(len(setup.train_indices), 2000, FLAGS.seed)
+    views = tb_views.sample_indices(len(setup.train_indices), VIEW_SAMPLES, FLAGS.seed)
     views = setup.train_indices[views]
     is_noisy = noise_flags(setup)
     fit(model, setup, steps, start=start, validation=True, callbacks=[
@@ -138,8 +155,19 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
             None if is_noisy is None else is_noisy[views], sample_size=len(views),
             seed=FLAGS.seed, eval_batch_size=FLAGS.eval_batch_size),
         keras.callbacks.TensorBoard(folder.tensorboard)], checkpoint=run_state)
-    export(model, selection, ds, folder, overwrite=resuming)
-    return results_of(setup, selection.summary(), run_state.history)
+    exported = export(model, selection, ds, folder, overwrite=resuming)
+    return results_of(setup, selection, run_state.history, exported)
+
+
+# Training samples whose meta weights the TensorBoard views show each epoch: enough for
+# smooth histograms, few enough that the views cost ~2% of a CIFAR epoch (bench_overhead).
+VIEW_SAMPLES = 1000
+
+
+# clid_tf.augment.CROP_PAD, written here so the check runs before TensorFlow is imported.
+CROP_PAD = 4
+# Backbones without residual blocks (no top:N meta scope).
+NO_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
 
 
 def split_arrays(setup) -> dict:
@@ -205,19 +233,19 @@ def build_model(setup, *, sync_batchnorm: bool):
                               else FLAGS.mixed_precision, pretrained=pretrained_weights())
     except (ValueError, OSError) as error:  # also an unreadable or mismatched weights file
         raise RunError(f"--backbone={FLAGS.backbone}: {str(error).splitlines()[0]}") from error
-    try:
-        if FLAGS.method == "ce":
-            return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
-        meta_net = meta_nets.build(meta_net_kind(), num_classes=ds.num_classes,
-                                   feature_dim=net.feature_dim, vri_kl=FLAGS.vri_kl,
-                                   seed=FLAGS.seed)
+    if FLAGS.method == "ce":
+        return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
+    meta_net = meta_nets.build(meta_net_kind(), num_classes=ds.num_classes,
+                               feature_dim=net.feature_dim, vri_kl=FLAGS.vri_kl,
+                               seed=FLAGS.seed)
+    try:  # e.g. --meta_scope=top:N on a backbone without N residual blocks
         return meta_model.MetaReweightModel(
             net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau,
             meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
             virtual_step=virtual_step_kind(), meta_every=FLAGS.meta_every,
             weight_decay=FLAGS.weight_decay, meta_weight_decay=FLAGS.meta_weight_decay)
-    except ValueError as error:  # a meta scope the backbone cannot have
-        raise RunError(f"--meta_scope={FLAGS.meta_scope}: {error}") from error
+    except ValueError as error:
+        raise RunError(str(error)) from error
 
 
 def classifier_optimizer(steps_per_epoch: int):
@@ -296,7 +324,7 @@ def training_stream(setup, model, steps: int, start: int):
                           else ds.train.clean_labels[setup.train_indices]))
         meta = meta_set.stream(FLAGS.meta_batch_size, FLAGS.seed + 1, augment=meta_augment,
                                first_step=start * steps)
-        return data.training_stream(train, meta), [reselect]
+        return data.training_stream(train, meta, live_meta=True), [reselect]
     meta_fields = {}
     if setup.meta_labels is not None:  # labelled objectives only: clid meta batches carry none
         labels = np.full(len(ds.train.inputs), -1, np.int32)
@@ -326,31 +354,36 @@ def validation_batches(setup):
         lambda ids, x: (x, tf.gather(table, ids)))
 
 
-def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool) -> None:
-    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last."""
+def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool) -> list:
+    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last.
+    Returns the exported epochs (1-based; empty for none)."""
     if FLAGS.export == "none":
-        return
+        return []
     from clid_tf import export as export_lib  # pylint: disable=import-outside-toplevel
     if FLAGS.export == "last":
-        networks = [model.backbone]
+        networks, epochs = [model.backbone], [FLAGS.epochs]
     else:
         k = 1 if FLAGS.export == "selected" else min(FLAGS.select_keep, len(selection.store))
-        networks = selection.members(k)
+        networks, epochs = selection.members(k), selection.store.best_epochs(k)
     export_lib.export_saved_model(
         networks, folder.saved_model, input_shape=ds.train.inputs.element_shape,
         input_dtype=ds.train.inputs.dtype, class_names=ds.class_names,
-        overwrite=overwrite,  # a resumed run may have exported before it died
-        image_size=FLAGS.image_size, resize_shorter=FLAGS.resize_shorter)
+        decode=getattr(ds.train.inputs, "decode", None),  # file data: decode as trained
+        overwrite=overwrite)  # a resumed run may have exported before it died
+    return epochs
 
 
-def results_of(setup, summary: dict, history: dict) -> dict:
+def results_of(setup, selection, history: dict, exported: list) -> dict:
     """results.json: accuracies (test ones when a test split exists; val ones against the
-    held-out part's labels, noisy, when there is one), selection, noise, history."""
+    val split's labels: the noisy labels of a --val_split part, a user's own for a val/
+    folder or x_val), selection, the export, noise, history."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from clid_tf import splits  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
+    summary = selection.summary()
     results = {"selected_epoch": summary["selected_epoch"], "kept": summary["kept"],
-               "class_names": list(ds.class_names), "export": FLAGS.export}
+               "class_names": list(ds.class_names), "export": FLAGS.export,
+               "exported_epochs": exported}
     if FLAGS.method != "ce":  # the trainer's defaults where the flags left them open
         results.update(meta_net=meta_net_kind(), virtual_step=virtual_step_kind())
     accuracy = summary.get("test_accuracy")
@@ -360,6 +393,11 @@ def results_of(setup, summary: dict, history: dict) -> dict:
                        best_epoch=best + 1,
                        **{k: summary[k] for k in ("selected_accuracy", "ensemble3_accuracy",
                                                   "ensemble5_accuracy")})
+        if FLAGS.export == "last":
+            results["exported_test_accuracy"] = accuracy[-1]
+        elif exported:  # the argmax of the exported epochs' summed test logits
+            results["exported_test_accuracy"] = selection.store.ensemble_accuracy(
+                ds.test.labels, len(exported))
     val = history.get("val_accuracy")
     if val:
         results.update(final_val_accuracy=val[-1], best_val_accuracy=max(val),

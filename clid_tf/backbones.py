@@ -194,9 +194,10 @@ def resnet50(num_classes: int, input_shape: Sequence[int], *,
     features = the global average pool [B, 2048] before the Dense(K) head.
 
     `weights`: keras.applications' notop ImageNet weights file
-    (resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), or None for a random init. Loaded weights expect 'caffe' inputs (BGR minus the channel
-    means): conv1's kernel is flipped over its input channels so that the model takes RGB,
-    and `build` standardises with CAFFE_MEAN / CAFFE_STD. BatchNorm uses PyTorch's momentum
+    (resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or 'imagenet' for Keras'
+    download), or None for a random init. Loaded weights expect 'caffe' inputs (BGR minus
+    the channel means): conv1's kernel is flipped over its input channels so that the model
+    takes RGB, and `build` standardises with CAFFE_MEAN / CAFFE_STD. BatchNorm uses PyTorch's momentum
     (0.1, Keras 0.9; the reference fine-tunes torchvision's ResNet-50) and keeps Keras'
     epsilon 1.001e-5, with which the weights were trained. Blocks are named for top:N.
     """

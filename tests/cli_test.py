@@ -275,6 +275,9 @@ def _list(tmp, name, *lines):
     return path
 
 
+TWO_BY_CLASS = ("a/0.png 0", "a/1.png 0", "b/0.png 1", "b/1.png 1")  # lines of `_list`
+
+
 def _bad_inputs(tmp):
     """(case, command-line arguments, text the error line must contain): flags, conflicting
     combinations, flagfiles, npz data files and workdirs."""
@@ -408,7 +411,7 @@ def _bad_inputs(tmp):
         ("val meta set without a val split", ["--meta_source=val"],
          "needs a validation split"),
         ("val meta set for a labelled objective",
-         [f"--dataset=list:{_list(tmp, 'trainlist', 'a/0.png 0', 'a/1.png 0', 'b/0.png 1', 'b/1.png 1')}",
+         [f"--dataset=list:{_list(tmp, 'trainlist', *TWO_BY_CLASS)}",
           f"--val_list={_list(tmp, 'vallist', 'a/0.png 0', 'b/0.png 1')}",
           "--meta_source=val", "--method=ce_noisy", "--meta_size=2", "--batch_size=2",
           "--meta_batch_size=2"], "needs one with labels"),

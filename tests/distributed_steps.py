@@ -52,7 +52,8 @@ def main():
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, meta_model, objectives, vri  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from clid_tf import backbones, meta_model, objectives, vri
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")

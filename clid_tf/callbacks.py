@@ -17,11 +17,25 @@ from clid_tf import atomic_io
 from clid_tf.errors import NonFiniteError
 
 
+def checkpoint_of(parts: dict, **extra) -> tf.train.Checkpoint:
+    """A tf.train.Checkpoint of `parts` (networks and optimizers) that holds every variable
+    of each network.
+
+    TensorFlow's object graph misses some Keras 3 state: layers a model keeps in a Python
+    list (VRINet's hidden layers) and SeedGenerator states (VRI's noise, dropout masks). So
+    the `variables` of each Keras model are saved again as one list, `<name>_variables`
+    (the same variables: saved once, restored through either path).
+    """
+    lists = {f"{name}_variables": list(part.variables) for name, part in parts.items()
+             if isinstance(part, keras.layers.Layer)}
+    return tf.train.Checkpoint(**parts, **lists, **extra)
+
+
 class RunState(keras.callbacks.Callback):
     """Checkpoints everything a resumed run needs, after every epoch.
 
-    `checkpoints/ckpt-E` (tf.train.CheckpointManager) holds the backbone, the meta-net
-    (VRI's noise-generator state included), both optimizers (iterations, hence the
+    `checkpoints/ckpt-E` (tf.train.CheckpointManager, `checkpoint_of`) holds the backbone,
+    the meta-net (VRI's noise-generator state included), both optimizers (iterations, hence the
     learning-rate schedule position) and the epoch; `checkpoints/state-E.npz` holds the
     per-epoch history and the label-free selection state. The npz is written first (to a
     temporary name, then renamed), and CheckpointManager writes the checkpoint files before
@@ -51,7 +65,7 @@ class RunState(keras.callbacks.Callback):
             kept.defer_prune = True  # pruned below, once the epoch's checkpoint exists
         self.history: dict[str, list[float | None]] = {}
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.checkpoint = tf.train.Checkpoint(**model.checkpoint_parts(), epoch=self.epoch)
+        self.checkpoint = checkpoint_of(model.checkpoint_parts(), epoch=self.epoch)
         os.makedirs(directory, exist_ok=True)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                   max_to_keep=max_to_keep)
@@ -160,3 +174,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 raise NonFiniteError(
                     f"non-finite {name} ({float(value)}) at {where}; training stopped and "
                     f"{self._kept(self._epoch)}")
+
+
+class ResetOptimizer(keras.callbacks.Callback):
+    """Restarts the classifier optimizer at the start of every epoch, as creating a new one
+    would (the Clothing1M reference re-creates its Adam every epoch, SOTA_SSL.md A.7 and
+    A.11 #11): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
+    Adam's bias correction starts again at t = 1. Its learning rate is kept; a schedule
+    read from the iteration counter restarts at its first epoch, as the reference's decay
+    is lost, so give a constant one. A LossScaleOptimizer keeps its loss scale.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)
+        for variable in optimizer.variables:
+            if variable is not rate:
+                variable.assign(tf.zeros_like(variable))

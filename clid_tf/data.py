@@ -17,19 +17,19 @@ import tensorflow as tf
 
 from clid_tf import sources
 
-_INDEX_CHUNK = 4096  # positions mapped to source indices per vectorised gather
-
-
 def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: int,
                   seed: int, steps_per_epoch: int, first_epoch: int = 0,
                   fields: Mapping[str, np.ndarray] | None = None,
-                  augment: Callable[..., tf.Tensor] | None = None) -> tf.data.Dataset:
+                  augment: Callable[..., tf.Tensor] | None = None,
+                  indices_of_epoch: Callable[[int], np.ndarray] | None = None
+                  ) -> tf.data.Dataset:
     """Endless batches {'image': float32 [b, ...], **fields}, `steps_per_epoch` per epoch.
 
     Epoch e is a function of (seed, e) alone: its order is a stateless shuffle of
-    `indices` seeded by e (as many passes as the epoch needs), and its augmentation draws
-    are seeded by (e, step), so a run resumed at epoch e sees the same batches as an
-    uninterrupted one. Batches have static shapes (drop_remainder) for XLA.
+    `indices` (or of indices_of_epoch(e)) seeded by e (as many passes as the epoch needs),
+    and its augmentation draws are seeded by (e, step), so a run resumed at epoch e sees
+    the same batches as an uninterrupted one. Batches have static shapes (drop_remainder)
+    for XLA.
 
     Args:
       source: the split's inputs.
@@ -42,6 +42,9 @@ def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: in
       fields: name -> array [len(source)] of per-sample values (e.g. 'label', 'is_noisy'),
         gathered by source index into each batch.
       augment: batch augmentation (clid_tf.augment.build), or None.
+      indices_of_epoch: for a set drawn anew every epoch (a re-drawn meta set, a re-sampled
+        training subset): epoch -> its int [n] source indices, n = len(indices), a
+        function of the epoch alone (called in the input pipeline, once per epoch).
     """
     indices = np.asarray(indices, np.int64)
     n = len(indices)
@@ -50,15 +53,23 @@ def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: in
     table = tf.constant(indices)
     passes = -(-steps_per_epoch * batch_size // n)  # permutations needed for one epoch
 
-    def epoch_order(epoch):
+    def members(epoch):
+        """int64 [n]: the source indices epoch `epoch` draws from."""
+        if indices_of_epoch is None:
+            return table
+        drawn = tf.numpy_function(lambda e: np.asarray(indices_of_epoch(int(e)), np.int64),
+                                  [epoch], tf.int64, stateful=False)
+        return tf.ensure_shape(drawn, [n])
+
+    def epoch_ids(epoch):
         epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+        drawn = members(epoch)
         return (tf.data.Dataset.range(passes)
-                .map(lambda p: tf.random.experimental.stateless_shuffle(
-                    tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p])))
+                .map(lambda p: tf.gather(drawn, tf.random.experimental.stateless_shuffle(
+                    tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p]))))
                 .unbatch().take(steps_per_epoch * batch_size))
 
-    positions = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
-    ids = positions.batch(_INDEX_CHUNK).map(lambda p: tf.gather(table, p)).unbatch()
+    ids = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_ids)
     batches = source.read(ids, batch_size=batch_size, drop_remainder=True)
     batches = batches.map(_with_fields(fields))
     if augment is None:

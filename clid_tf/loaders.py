@@ -32,7 +32,7 @@ from clid_tf.errors import DataError
 def load(name: str, *, human_label: str | None = None, data_dir: str | None = None,
          data_root: str | None = None, image_size: int | None = None,
          val_list: str | None = None, test_list: str | None = None,
-         class_names_file: str | None = None) -> Dataset:
+         class_names_file: str | None = None, resize_shorter: int | None = None) -> Dataset:
     """Loads a dataset by CLI name (see the module docstring).
 
     Args:
@@ -46,6 +46,8 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
       val_list, test_list: 'list:' data only: list files of a validation and a test split
         (paths under the same data_root).
       class_names_file: 'list:' data only: one class name per line (index = label).
+      resize_shorter: 'folder:' and 'list:' data only: resize each image's shorter side to
+        this, then centre-crop image_size x image_size (`sources.FileSource`).
 
     Raises:
       DataError: unknown name, a human_label where none exists, or any loader failure.
@@ -57,6 +59,12 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
         raise DataError(f'--image_size applies to folder:, list: and tfds: data; '
                         f'{name} has a fixed size')
     kind, _, arg = name.partition(':') if ':' in name else (name, '', '')
+    if resize_shorter is not None and kind not in ('folder', 'list'):
+        raise DataError(f'--resize_shorter applies to folder: and list: data, not {name}')
+    try:
+        sources.check_resize(image_size, resize_shorter)
+    except ValueError as error:
+        raise DataError(str(error)) from error
     if name == 'digits':
         return load_digits()
     if name in BENCHMARKS:
@@ -76,7 +84,7 @@ def load(name: str, *, human_label: str | None = None, data_dir: str | None = No
         return from_tfds(tfds_images, arg, data_dir=data_dir, image_size=image_size)
     return from_files(kind, arg, data_root=data_root, image_size=image_size,
                       val_list=val_list, test_list=test_list,
-                      class_names_file=class_names_file)
+                      class_names_file=class_names_file, resize_shorter=resize_shorter)
 
 
 # --------------------------------------------------------------------------- digits
@@ -107,7 +115,8 @@ def load_digits(*, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
 
 def from_files(kind: str, path: str, *, data_root: str | None, image_size: int | None,
                val_list: str | None = None, test_list: str | None = None,
-               class_names_file: str | None = None) -> Dataset:
+               class_names_file: str | None = None,
+               resize_shorter: int | None = None) -> Dataset:
     """A class-folder tree ('folder') or "path label" list files ('list'), streamed."""
     from clid_tf import image_files  # pylint: disable=import-outside-toplevel
     if kind == 'folder':
@@ -132,7 +141,8 @@ def from_files(kind: str, path: str, *, data_root: str | None, image_size: int |
     def split(name):
         if name not in checked:
             return None
-        return Split(sources.FileSource(checked[name], shape, image_size=image_size),
+        return Split(sources.FileSource(checked[name], shape, image_size=image_size,
+                                        resize_shorter=resize_shorter),
                      checked[name].labels)
 
     train = split('train')

@@ -1,4 +1,9 @@
-"""Per-epoch learning-rate schedules, stepped like PyTorch's epoch-level schedulers."""
+"""Per-epoch learning-rate schedules, stepped like PyTorch's epoch-level schedulers.
+
+`start_epoch` S holds the base lr for the first S epochs and runs the schedule from
+there (schedule epoch = run epoch - S): the Animal-10N reference steps its cosine only
+after its warm-up epochs.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +22,16 @@ class EpochCosine(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, base_lr: float, *, t_max: int, eta_min: float, steps_per_epoch: int,
-                 periodic: bool = True):
+                 periodic: bool = True, start_epoch: int = 0):
         self.base_lr = float(base_lr)
         self.t_max = int(t_max)
         self.eta_min = float(eta_min)
         self.steps_per_epoch = int(steps_per_epoch)
         self.periodic = bool(periodic)
+        self.start_epoch = int(start_epoch)
 
     def __call__(self, step):
-        epoch = tf.cast(tf.math.floordiv(tf.cast(step, tf.int64), self.steps_per_epoch),
-                        tf.float32)
+        epoch = tf.cast(_epoch(step, self.steps_per_epoch, self.start_epoch), tf.float32)
         if not self.periodic:
             epoch = tf.minimum(epoch, float(self.t_max))
         cosine = (1.0 + tf.cos(math.pi * epoch / self.t_max)) / 2.0
@@ -34,21 +39,23 @@ class EpochCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base_lr": self.base_lr, "t_max": self.t_max, "eta_min": self.eta_min,
-                "steps_per_epoch": self.steps_per_epoch, "periodic": self.periodic}
+                "steps_per_epoch": self.steps_per_epoch, "periodic": self.periodic,
+                "start_epoch": self.start_epoch}
 
 
 class EpochMultiStep(keras.optimizers.schedules.LearningRateSchedule):
     """MultiStepLR: base_lr * gamma ** (number of milestones <= epoch)."""
 
     def __init__(self, base_lr: float, *, milestones: Sequence[int], gamma: float,
-                 steps_per_epoch: int):
+                 steps_per_epoch: int, start_epoch: int = 0):
         self.base_lr = float(base_lr)
         self.milestones = [int(m) for m in milestones]
         self.gamma = float(gamma)
         self.steps_per_epoch = int(steps_per_epoch)
+        self.start_epoch = int(start_epoch)
 
     def __call__(self, step):
-        epoch = tf.math.floordiv(tf.cast(step, tf.int64), self.steps_per_epoch)
+        epoch = _epoch(step, self.steps_per_epoch, self.start_epoch)
         passed = tf.reduce_sum(tf.cast(
             epoch >= tf.constant(self.milestones or [0], tf.int64), tf.float32))
         if not self.milestones:
@@ -57,18 +64,27 @@ class EpochMultiStep(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base_lr": self.base_lr, "milestones": self.milestones, "gamma": self.gamma,
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch, "start_epoch": self.start_epoch}
+
+
+def _epoch(step, steps_per_epoch: int, start_epoch: int):
+    """int64: the schedule's epoch of a step, max(floor(step / steps) - start, 0)."""
+    epoch = tf.math.floordiv(tf.cast(step, tf.int64), steps_per_epoch)
+    return tf.maximum(epoch - start_epoch, 0)
 
 
 def build(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: int, t_max: int = 0,
-          eta_min: float = 1e-3, milestones: Sequence[int] = (), gamma: float = 0.1):
-    """'cosine' (single, T_max = t_max or epochs), 'cosine_periodic', 'multistep', 'constant'."""
+          eta_min: float = 1e-3, milestones: Sequence[int] = (), gamma: float = 0.1,
+          start_epoch: int = 0):
+    """'cosine' (single, T_max = t_max or the epochs after start_epoch), 'cosine_periodic',
+    'multistep', 'constant'; the schedule starts at run epoch `start_epoch`."""
     if kind in ("cosine", "cosine_periodic"):
-        return EpochCosine(base_lr, t_max=t_max or epochs, eta_min=eta_min,
-                           steps_per_epoch=steps_per_epoch, periodic=kind == "cosine_periodic")
+        return EpochCosine(base_lr, t_max=t_max or max(epochs - start_epoch, 1),
+                           eta_min=eta_min, steps_per_epoch=steps_per_epoch,
+                           periodic=kind == "cosine_periodic", start_epoch=start_epoch)
     if kind == "multistep":
         return EpochMultiStep(base_lr, milestones=milestones, gamma=gamma,
-                              steps_per_epoch=steps_per_epoch)
+                              steps_per_epoch=steps_per_epoch, start_epoch=start_epoch)
     if kind == "constant":
         return base_lr
     raise ValueError(f"unknown lr schedule {kind!r}")

@@ -122,6 +122,10 @@ def check_scope(backbone: keras.Model, scope: str) -> None:
     parsed = meta_scope.parse(scope)
     if parsed.kind == "top":
         stepped_indices(backbone, parsed)
+    if parsed.kind == "last_layer" and getattr(backbone, "head", None) is None:
+        raise ValueError(f"meta scope last_layer needs logits = features @ head + bias; "
+                         f"{backbone.name} has no such Dense head (e.g. vgg19_bn, whose "
+                         "features feed an MLP): use full")
 
 
 def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[int]:
@@ -134,7 +138,7 @@ def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[
     names = getattr(backbone, "block_names", ())
     if not names:
         raise ValueError(f"meta scope {scope} needs a backbone with residual blocks "
-                         f"(resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2); "
+                         f"(resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2, resnet50); "
                          f"{backbone.name} has none")
     if scope.blocks > len(names):
         raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} residual "

@@ -275,6 +275,9 @@ def _list(tmp, name, *lines):
     return path
 
 
+TWO_BY_CLASS = ("a/0.png 0", "a/1.png 0", "b/0.png 1", "b/1.png 1")  # lines of `_list`
+
+
 def _bad_inputs(tmp):
     """(case, command-line arguments, text the error line must contain): flags, conflicting
     combinations, flagfiles, npz data files and workdirs."""
@@ -383,6 +386,41 @@ def _bad_inputs(tmp):
          f"--dataset=folder:{tmp / 'one'}"),
         ("folder: naming a file", [f"--dataset=folder:{tmp / 'three.npz'}"], "not a folder"),
         ("list: naming a folder", [f"--dataset=list:{tmp / 'listed'}"], "not a file"),
+        # --trainer=vri_single and the real-world data flags
+        ("vri_single with WNet", ["--trainer=vri_single", "--meta_net=wnet"],
+         "--trainer=vri_single trains the VRI rectifier"),
+        ("vri_single without a meta objective", ["--trainer=vri_single", "--method=ce"],
+         "--trainer=meta --method=ce"),
+        ("resize without a crop size", ["--resize_shorter=40"], "needs --image_size"),
+        ("resize below the crop", ["--resize_shorter=20", "--image_size=32"],
+         "S <= R"),
+        ("resize of arrays", ["--resize_shorter=40", "--image_size=32"], "--image_size"),
+        ("pretrained weights for small_cnn", ["--pretrained=imagenet"], "resnet50 only"),
+        ("pretrained weights file missing",
+         ["--backbone=resnet50", f"--pretrained={tmp / 'nowhere.h5'}"], "no such weights file"),
+        ("pretrained with its own standardisation",
+         ["--backbone=resnet50", "--pretrained=imagenet", "--standardize=imagenet"],
+         "drop --standardize"),
+        ("ImageNet statistics of grey digits", ["--standardize=imagenet"], "RGB"),
+        ("optimizer reset under a decaying schedule", ["--reset_optimizer_each_epoch"],
+         "--lr_schedule=constant"),
+        ("re-sampling without a subset", ["--resample_subset_each_epoch"],
+         "needs --train_subset"),
+        ("subset smaller than the classes", ["--train_subset=5"], "number of classes"),
+        ("subset larger than training", ["--train_subset=5000"], "exceeds the 1437"),
+        ("val meta set without a val split", ["--meta_source=val"],
+         "needs a validation split"),
+        ("val meta set for a labelled objective",
+         [f"--dataset=list:{_list(tmp, 'trainlist', *TWO_BY_CLASS)}",
+          f"--val_list={_list(tmp, 'vallist', 'a/0.png 0', 'b/0.png 1')}",
+          "--meta_source=val", "--method=ce_noisy", "--meta_size=2", "--batch_size=2",
+          "--meta_batch_size=2"], "needs one with labels"),
+        ("re-drawn meta set for a labelled objective",
+         ["--redraw_meta_each_epoch", "--method=ce_clean"], "needs labels"),
+        ("top:N of vgg19_bn", ["--backbone=vgg19_bn", "--meta_scope=top:2"],
+         "--backbone=vgg19_bn has none"),
+        ("last_layer of vgg19_bn", ["--backbone=vgg19_bn", "--meta_scope=last_layer"],
+         "vgg19_bn's features feed an MLP"),
     ]
 
 
@@ -390,7 +428,7 @@ def test_bad_input_table_gives_one_error_line_each(tmp_path):
     """Each mistake: exit 2, one `error:` line naming it, within 10 s, no workdir (two
     cases at a time; each case is timed on its own)."""
     cases = _bad_inputs(tmp_path)
-    assert len(cases) >= 55
+    assert len(cases) >= 76
 
     def attempt(index_case):
         index, (case, args, needle) = index_case
@@ -415,6 +453,43 @@ def test_a_strategy_that_cannot_start_is_one_line(tmp_path):
     proc = run_cli(f"--workdir={tmp_path / 'run'}", "--strategy=tpu")
     _assert_one_line_error(proc, "--strategy=tpu cannot start here")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backbone_the_data_cannot_have_is_one_line(tmp_path):
+    """A refusal found when the model is built (after TensorFlow starts: seconds more than
+    the table's cases): one line, no workdir."""
+    proc = run_cli(f"--workdir={tmp_path / 'run'}", "--backbone=vgg19_bn")
+    _assert_one_line_error(proc, "--backbone=vgg19_bn: vgg19_bn halves its input 5 times")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrained_imagenet_offline_and_uncached_is_one_line_at_once(tmp_path, monkeypatch,
+                                                                      capsys):
+    """--pretrained=imagenet with no cached weights file and no network: one line naming
+    the file to fetch and --pretrained=PATH, before TensorFlow starts; cached, it is used."""
+    from absl.testing import flagsaver
+    from clid_tf import cli, tfds_cifar
+    from clid_tf.cli import training
+    cli.define_flags()
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(tfds_cifar, "online", lambda: False)
+    workdir = tmp_path / "run"
+    args = ["x", f"--workdir={workdir}", "--backbone=resnet50", "--pretrained=imagenet"]
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.parse_flags(args)
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["x"])
+        assert time.monotonic() - started < 10
+        cached = tmp_path / "keras" / "models" / training.RESNET50_WEIGHTS
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"")
+        assert training.pretrained_weights() == str(cached)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert training.RESNET50_WEIGHTS_URL in lines[0] and "--pretrained=PATH" in lines[0]
+    assert not workdir.exists()
 
 
 def test_from_another_folder_flagfile_paths_are_explained_and_nothing_is_left(tmp_path):

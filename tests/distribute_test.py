@@ -1,5 +1,7 @@
 """Mirrored (2 logical CPUs) and multi-worker (2 local processes) steps equal 1 device,
-for WNet and for VRI (whose eps each replica takes from a global-batch draw)."""
+for WNet and for VRI (whose eps each replica takes from a global-batch draw), and for
+vri_single's configuration (VRI, the real Adam's virtual step, dropout masks drawn for the
+global batch)."""
 
 import json
 import os
@@ -34,7 +36,9 @@ def _assert_same_state(a, b):
 
 @pytest.mark.parametrize("mode", [["--meta_grad=tape"], ["--meta_grad=recompute"],
                                   ["--meta_scope=last_layer"], ["--meta_net=vri"],
-                                  ["--virtual_step=optimizer", "--meta_every=2"]])
+                                  ["--virtual_step=optimizer", "--meta_every=2"],
+                                  ["--meta_net=vri", "--virtual_step=optimizer",
+                                   "--optimizer=adam", "--dropout"]])
 def test_mirrored_two_replicas_match_one_device(tmp_path, mode):
     single = _run(tmp_path / "single.npz", "--strategy=default", *mode)
     mirrored = _run(tmp_path / "mirrored.npz", "--strategy=mirrored", "--replicas=2", *mode)

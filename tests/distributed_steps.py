@@ -6,6 +6,8 @@ multi-worker results.
 
   python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_grad=tape
   python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_net=vri
+  python tests/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_net=vri \
+      --virtual_step=optimizer --optimizer=adam --dropout   (vri_single's configuration)
 """
 
 import argparse
@@ -31,6 +33,9 @@ def main():
     parser.add_argument("--virtual_step", default="sgd")
     parser.add_argument("--meta_every", type=int, default=1)
     parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    parser.add_argument("--dropout", action="store_true",
+                        help="a replica-consistent dropout layer after the features")
     args = parser.parse_args()
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -47,7 +52,8 @@ def main():
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import meta_model, objectives, vri  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from clid_tf import backbones, meta_model, objectives, vri
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")
@@ -55,6 +61,17 @@ def main():
     with strategy.scope():
         backbone = helpers.tiny_classifier(hidden=5)
         backbone.head = backbone.get_layer("dense2")
+        if args.dropout:  # features -> dropout -> head, as VGG-19-BN's MLP has it
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((3,))
+            # no bias before BN: its gradient is 0 but for rounding, which Adam would
+            # amplify differently on 1 and 2 devices
+            h = keras.layers.Dense(5, use_bias=False)(inputs)
+            features = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+            logits = keras.layers.Dense(3)(backbones.GlobalBatchDropout(0.3, seed=1)(
+                features))
+            backbone = keras.Model(inputs, (logits, features))
+            backbone.feature_dim, backbone.head = 5, None
         for layer in backbone.layers:  # batch statistics over the global batch
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
@@ -65,7 +82,9 @@ def main():
             meta_objective=objectives.meta_objective("clid", tau=0.5),
             meta_grad=args.meta_grad, meta_scope=args.meta_scope,
             virtual_step=args.virtual_step, meta_every=args.meta_every)
-        model.compile(keras.optimizers.SGD(0.2, momentum=0.9), keras.optimizers.Adam(0.01))
+        optimizer = (keras.optimizers.Adam(0.01, epsilon=1e-8) if args.optimizer == "adam"
+                     else keras.optimizers.SGD(0.2, momentum=0.9))
+        model.compile(optimizer, keras.optimizers.Adam(0.01))
 
     step = tf.function(model.train_step, jit_compile=args.jit_compile)
     meta_losses = []

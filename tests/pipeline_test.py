@@ -91,3 +91,60 @@ def test_user_stream_refuses_unaligned_labels():
     assert steps == 5 and len(meta) == 30
     assert set(element["train"]) == {"image", "label"} and set(element["meta"]) == {"image"}
     assert element["meta"]["image"].shape == (10, 8, 8, 1)
+
+
+def test_epoch_batches_of_a_set_redrawn_every_epoch():
+    """indices_of_epoch(e) is epoch e's set: its batches draw from it alone, one pass
+    covers it, and a stream started at epoch e (a resumed run) gives the same batches."""
+    source = sources.ArraySource(np.arange(60, dtype=np.float32)[:, None])
+    sets = {e: np.sort(np.random.default_rng(e).choice(60, 16, replace=False))
+            for e in range(4)}
+
+    def batches(first_epoch, count):
+        stream = data.epoch_batches(source, sets[0], batch_size=4, seed=1, steps_per_epoch=4,
+                                    first_epoch=first_epoch, indices_of_epoch=sets.__getitem__)
+        return [b["image"][:, 0].astype(int) for b in stream.take(count).as_numpy_iterator()]
+
+    straight = batches(0, 12)
+    for epoch in range(3):
+        drawn = np.concatenate(straight[4 * epoch:4 * epoch + 4])
+        np.testing.assert_array_equal(np.sort(drawn), sets[epoch])  # one pass over the set
+    for a, b in zip(straight[8:], batches(2, 4)):
+        np.testing.assert_array_equal(a, b)
+    fixed = data.epoch_batches(source, sets[0], batch_size=4, seed=1, steps_per_epoch=4)
+    later = [b["image"][:, 0] for b in fixed.skip(8).take(4).as_numpy_iterator()]
+    np.testing.assert_array_equal(np.sort(np.concatenate(later)), sets[0])
+
+
+def test_a_val_meta_sets_batches_are_validation_images_without_labels(tmp_path, monkeypatch):
+    """--meta_source=val: the meta batches hold validation images (each file is one grey
+    level, so an image names its file) and no label field, in the traced train step and in
+    the stream; training images never appear there."""
+    import types  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from clid_tf.cli import training  # pylint: disable=import-outside-toplevel
+    lists = {}
+    for split, count, base in (("train", 12, 0), ("val", 8, 100)):
+        lines = []
+        for i in range(count):
+            path = tmp_path / split / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(np.full((8, 8), base + i, np.uint8)).save(path)
+            lines.append(f"{split}/{i}.png {i % 2}")
+        lists[split] = tmp_path / f"{split}.txt"
+        lists[split].write_text("\n".join(lines) + "\n")
+    args = [f"--dataset=list:{lists['train']}", f"--val_list={lists['val']}",
+            "--meta_source=val", "--meta_size=6", "--meta_batch_size=3", "--batch_size=4",
+            "--trainer=vri_single"]
+    seen = _run_recording_meta_batches(tmp_path, monkeypatch, *args)
+    assert seen and all(set(batch) == {"image"} for batch in seen)
+    with flagsaver.flagsaver():
+        FLAGS(["clid", "--steps_per_epoch=2", *args])
+        setup = training.prepare_setup()
+        stream, _ = training.training_stream(setup, types.SimpleNamespace(meta_net=object()),
+                                             steps=2, start=0)
+        elements = list(stream.take(4).as_numpy_iterator())
+    assert all(set(e["meta"]) == {"image"} for e in elements)
+    meta_levels = {int(v) for e in elements for v in np.unique(e["meta"]["image"])}
+    assert meta_levels <= {100 + int(i) for i in setup.meta_indices}, meta_levels
+    assert all(e["train"]["image"].max() < 12 for e in elements)

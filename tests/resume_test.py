@@ -74,6 +74,41 @@ def test_kill_mid_epoch_then_same_command_resumes_to_the_same_run(tmp_path):
     _assert_same_run(straight, again)
 
 
+def _kill_after_epoch(workdir, epoch, *extra):
+    """Starts the run, kills it (-9) a moment into epoch `epoch` + 1."""
+    proc = subprocess.Popen(_command(workdir, *extra), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = workdir / "checkpoints" / f"ckpt-{epoch}.index"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), f"the run never reached epoch {epoch}"
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "results.json").exists(), "killed too late: the run had finished"
+
+
+# vri_single with everything that changes by epoch: Adam re-zeroed every epoch, a training
+# subset and a meta set re-drawn every epoch.
+VRI_SINGLE = ["--trainer=vri_single", "--optimizer=adam", "--lr=1e-3",
+              "--lr_schedule=constant", "--reset_optimizer_each_epoch", "--train_subset=1000",
+              "--resample_subset_each_epoch", "--redraw_meta_each_epoch", "--epochs=4",
+              "--warmup_epochs=1"]
+
+
+def test_a_killed_vri_single_run_resumes_to_the_same_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run(straight, *VRI_SINGLE).returncode == 0
+    _kill_after_epoch(killed, 2, *VRI_SINGLE)
+    resumed = _run(killed, *VRI_SINGLE)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch" in resumed.stdout
+    _assert_same_run(straight, killed)
+    results = _results(straight)
+    assert results["virtual_step"] == "optimizer" and results["num_train"] < 1437
+
+
 def test_resume_refuses_changed_flags_and_finished_runs(tmp_path):
     workdir = tmp_path / "run"
     assert _run(workdir, "--epochs=1", "--warmup_epochs=1").returncode == 0

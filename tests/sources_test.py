@@ -104,3 +104,66 @@ def test_element_shape_must_match_image_size(tmp_path):
         FileSource(files, (6, 5, 3), image_size=8)
     with pytest.raises(ValueError, match='1 or 3'):
         FileSource(files, (6, 5, 4))
+
+
+def _smooth(shape, seed):
+    """uint8 [H, W, C]: a smooth random image (sums of low-frequency waves), on which
+    resampling filters agree closely."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing='ij')
+    image = np.zeros(shape, np.float64)
+    for channel in range(shape[2]):
+        for _ in range(3):
+            fy, fx, phase = rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), rng.uniform(0, 6)
+            image[..., channel] += np.sin(2 * np.pi * (fy * rows + fx * cols) + phase)
+    return np.round(127.5 + 40 * image).clip(0, 255).astype(np.uint8)
+
+
+def _torchvision_geometry(height, width, shorter, crop):
+    """torchvision's Resize(shorter) output size and CenterCrop(crop) offsets, written out
+    as in torchvision.transforms.functional (int() truncation, Python round half-to-even)."""
+    if width <= height:
+        size = (int(shorter * height / width), shorter)
+    else:
+        size = (shorter, int(shorter * width / height))
+    return size, int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+
+
+def test_resize_shorter_then_centre_crop_is_torchvisions(tmp_path):
+    """Resize(R) + CenterCrop(S): exact geometry (sizes truncated, offsets rounded half to
+    even) where no resize is needed, TensorFlow's antialiased bilinear resize where it is,
+    and within a grey level or two of Pillow's (torchvision's backend) on smooth images."""
+    shorter, crop = 12, 8
+    # (H, W): already R on the short side (crop only; (12, 19) has the half-way offset 5.5
+    # -> 6, (12, 17) 4.5 -> 4), landscape and portrait with truncated long sides
+    sizes = [(12, 19), (17, 12), (12, 17), (30, 45), (35, 48), (61, 40)]
+    paths = [write_image(tmp_path / ('a' if k % 2 else 'b') / f'{k}.png', _smooth((*hw, 3), k))
+             for k, hw in enumerate(sizes)]
+    files = image_files.folder_splits(tmp_path)['train']
+    kept, shape, _ = image_files.check_images(files, image_size=crop)
+    source = FileSource(kept, shape, image_size=crop, resize_shorter=shorter)
+    order = [list(kept.paths).index(str(p)) for p in paths]
+    got = read_numpy(source, order)
+    assert got.shape == (len(sizes), crop, crop, 3) and got.dtype == np.uint8
+    for image, path, (h, w) in zip(got, paths, sizes):
+        (rh, rw), top, left = _torchvision_geometry(h, w, shorter, crop)
+        decoded = _pillow(path, 3)
+        if (rh, rw) == (h, w):
+            np.testing.assert_array_equal(image, decoded[top:top + crop, left:left + crop])
+            continue
+        resized = tf.image.resize(decoded, (rh, rw), antialias=True).numpy()
+        want = np.clip(np.round(resized), 0, 255)[top:top + crop, left:left + crop]
+        np.testing.assert_array_equal(image, want)
+        pil = np.asarray(Image.open(path).convert('RGB').resize((rw, rh), Image.BILINEAR),
+                         np.float64)[top:top + crop, left:left + crop]
+        assert np.abs(image - pil).mean() < 1.5 and np.abs(image - pil).max() <= 6
+    assert [_torchvision_geometry(12, w, 12, 8)[2] for w in (19, 17)] == [6, 4]
+
+
+def test_resize_shorter_needs_a_crop_it_can_take(tmp_path):
+    write_tree(tmp_path, {'a': 1, 'b': 1})
+    files = image_files.folder_splits(tmp_path)['train']
+    with pytest.raises(ValueError, match='needs image_size'):
+        FileSource(files, (6, 6, 3), resize_shorter=8)
+    with pytest.raises(ValueError, match='smaller than the centre crop'):
+        FileSource(files, (8, 8, 3), image_size=8, resize_shorter=6)

@@ -110,9 +110,11 @@ def out_of_sample_scores(setup, *, folds: int) -> label_issues.Scores:
 def fold_of(setup, train_indices: np.ndarray):
     """The run's setup restricted to one fold's training samples: a label-free or
     small-loss meta set is drawn anew from them; a labelled one (already outside
-    training) is kept."""
+    training) or one of validation images is kept. A fold trains on its part of the run's
+    training subset, not re-drawn per epoch."""
+    setup = setup._replace(train_of_epoch=None)
     redraw = FLAGS.method in (*splits.LABEL_FREE, *splits.SMALL_LOSS, "ce")
-    if not redraw:
+    if not redraw or setup.meta_split == "val":
         return setup._replace(train_indices=train_indices)
     size = min(len(setup.selection_indices), len(train_indices))
     if FLAGS.method in splits.SMALL_LOSS:
@@ -124,8 +126,11 @@ def fold_of(setup, train_indices: np.ndarray):
                               meta_labels=setup.noisy_labels[meta], selection_indices=meta)
     meta = train_indices[meta_sets.random_subset(len(train_indices), size=size,
                                                  seed=FLAGS.seed)]
+    redrawn = (None if setup.meta_of_epoch is None  # from the fold's own samples
+               else splits.redrawn_meta(train_indices, meta, FLAGS.seed))
     return setup._replace(train_indices=train_indices, selection_indices=meta,
-                          meta_indices=None if FLAGS.method == "ce" else meta)
+                          meta_indices=None if FLAGS.method == "ce" else meta,
+                          meta_of_epoch=redrawn)
 
 
 def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores:
@@ -143,7 +148,8 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     parts = {"backbone": model.backbone}
     if model.meta_net is not None:
         parts["meta_net"] = model.meta_net
-    checkpoint = tf.train.Checkpoint(**parts)
+    from clid_tf import callbacks  # pylint: disable=import-outside-toplevel
+    checkpoint = callbacks.checkpoint_of(parts)
     idx = setup.train_indices
     part = data.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx])
     probs, weights = [], []

@@ -97,7 +97,7 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
             sizes.append(f"{len(split.labels)} {name}")
     noise_text = ("labels as given" if noise == "none" else f"human labels {noise}"
                   if noise in HUMAN_NOISE else f"{noise} noise {FLAGS.noise_rate:g}")
-    meta_net = "none" if FLAGS.method == "ce" else FLAGS.meta_net
+    meta_net = "none" if FLAGS.method == "ce" else training.meta_net_kind()
     epochs = f"{FLAGS.epochs} epoch{'s' if FLAGS.epochs != 1 else ''}"
     line = (f"plan: {FLAGS.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
             f"{noise_text}; trainer {_trainer()}, method {FLAGS.method}, meta-net {meta_net}, "

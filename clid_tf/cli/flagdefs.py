@@ -25,7 +25,8 @@ TRAINERS = ("meta", "vri_single", "dividemix", "fixmatch", "flexmatch")
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
 # Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
-             "wrn28_2")
+             "wrn28_2", "vgg19_bn", "resnet50")
+AUGMENTS = ("none", "flip", "weak", "strong")
 HUMAN_NOISE = tuple(datasets.HUMAN_LABELS)  # CIFAR-N label sets by their CLI names
 # The human label sets of each CIFAR-N dataset (tfds_cifar's specs; cli_test checks they agree).
 HUMAN_NOISE_OF = {"cifar10_n": ("aggre", "worst", "rand1", "rand2", "rand3"),
@@ -102,10 +103,10 @@ def define_flags() -> None:
     flags.DEFINE_float("val_split", 0.0, "Hold out this fraction of the (noisy) training "
                        "data; its accuracy against the noisy labels is reported every "
                        "epoch beside the label-free CLID.", lower_bound=0.0, upper_bound=0.9)
-    flags.DEFINE_enum("augment", "none", ("none", "weak", "strong"),
-                      "Augmentation of training and meta images: weak (flip + 4-pixel "
-                      "reflect-padded crop) or strong (weak + RandAugment n=2 m=10 + Cutout, "
-                      "the reference pipeline for CIFAR).")
+    flags.DEFINE_enum("augment", "none", AUGMENTS,
+                      "Augmentation of training and meta images: flip (horizontal flips "
+                      "only), weak (flip + 4-pixel reflect-padded crop) or strong (weak + "
+                      "RandAugment n=2 m=10 + Cutout, the reference pipeline for CIFAR).")
     flags.DEFINE_bool("augment_flip", True, "Random horizontal flips in weak/strong "
                       "augmentation (turn off for digits and text-like images).")
     flags.DEFINE_float("imbalance_gamma", 1.0, "Class imbalance of the training set: class c "
@@ -131,10 +132,12 @@ def define_flags() -> None:
                       "and mae (same split, noisy labels), ce_sloss / mae_sloss (after the "
                       "warm-up, every epoch the meta set is the meta_size/K lowest-loss "
                       "samples per noisy class by a 2-component GMM; noisy labels).")
-    flags.DEFINE_enum("meta_net", "wnet", ("wnet", "vri"), "Meta-net: wnet (Meta-Weight-Net "
+    flags.DEFINE_enum("meta_net", None, ("wnet", "vri"), "Meta-net: wnet (Meta-Weight-Net "
                       "1-100-1 on the per-sample loss, weights normalised over the batch) or "
                       "vri (Variational Rectification Inference: per-sample per-class "
-                      "weights on the logits from features and the noisy label).")
+                      "weights on the logits from features and the noisy label). Default: "
+                      "the trainer's, wnet for meta, vri for vri_single (which trains no "
+                      "other).")
     flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
                        "meta-net's objective.", lower_bound=0.0)
     flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set.",
@@ -161,9 +164,12 @@ def define_flags() -> None:
             raise flags.ValidationError(str(error)) from None
 
     flags.register_validator("meta_scope", check_meta_scope)
-    flags.DEFINE_enum("virtual_step", "sgd", ("sgd", "optimizer"), "The virtual step: sgd "
-                      "(theta - lr g at the current lr, the paper's) or optimizer (the "
-                      "classifier optimizer's own next update: momentum and weight decay).")
+    flags.DEFINE_enum("virtual_step", None, ("sgd", "optimizer"), "The virtual step: sgd "
+                      "(theta - lr g at the current lr, the paper's) or optimizer (a "
+                      "differentiable copy of the classifier optimizer's own next update "
+                      "from its state: momentum, coupled weight decay, nesterov, Adam's "
+                      "moments and step). Default: the trainer's, sgd for meta, optimizer "
+                      "for vri_single.")
     flags.DEFINE_integer("meta_every", 1, "Meta update (virtual and meta step) on every k-th "
                          "training step only; the steps between use the meta-net as it is.",
                          lower_bound=1)
@@ -192,8 +198,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over "
                          "the training set (floor(N / batch_size)).", lower_bound=0)
-    flags.DEFINE_float("lr", 0.05, "Classifier learning rate (SGD with momentum).",
-                       lower_bound=0.0)
+    flags.DEFINE_float("lr", 0.05, "Classifier learning rate.", lower_bound=0.0)
     flags.DEFINE_float("momentum", 0.9, "Classifier SGD momentum.", lower_bound=0.0,
                        upper_bound=1.0)
     flags.DEFINE_float("weight_decay", 5e-4, "Classifier L2 weight decay (PyTorch style).",
@@ -212,6 +217,7 @@ def define_flags() -> None:
         lambda f: f["lr_schedule"] != "multistep" or bool(f["lr_milestones"]),
         message="--lr_schedule=multistep needs --lr_milestones (epochs, e.g. 80,120)")
     flags.DEFINE_float("lr_gamma", 0.1, "Multistep decay factor.", lower_bound=0.0)
+    _define_real_world_flags()
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation passes.",
                          lower_bound=1)
     # ---- distribution and speed
@@ -239,6 +245,103 @@ def define_flags() -> None:
                       "overflow); for GPUs with float16 tensor cores. mixed_bfloat16: no "
                       "loss scaling needed (float32's exponent range); TPUs, recent GPUs "
                       "and CPUs with AVX512-BF16.")
+
+
+def _define_real_world_flags() -> None:
+    """The flags of file image data (Clothing1M, Animal-10N), their backbones, the
+    classifier optimizer and the meta set's source: the vri_single trainer's, usable by
+    --trainer=meta too (SOTA_SSL.md A.7, A.8, A.12)."""
+    flags.DEFINE_integer("resize_shorter", None, "folder: and list: images: resize each so "
+                         "that its shorter side is R (aspect ratio kept), then crop the "
+                         "centre --image_size x --image_size (torchvision's Resize(R) + "
+                         "CenterCrop(S): Clothing1M's 256 and 224).", lower_bound=8)
+    flags.register_multi_flags_validator(
+        ["resize_shorter", "image_size"], lambda f: f["resize_shorter"] is None or (
+            f["image_size"] is not None and f["resize_shorter"] >= f["image_size"]),
+        message="--resize_shorter=R needs --image_size=S with S <= R (the centre crop it "
+                "resizes for)")
+    flags.DEFINE_enum("standardize", None, ("data", "imagenet"), "Per-channel mean/std the "
+                      "backbone standardises its input with: data (estimated from the "
+                      "training images) or imagenet (torchvision's (0.485, 0.456, 0.406) / "
+                      "(0.229, 0.224, 0.225), the Animal-10N reference's). Default: data; "
+                      "with --pretrained, the convention the weights were trained with.")
+    flags.DEFINE_string("pretrained", "none", "Initial backbone weights (--backbone=resnet50 "
+                        "only): none, imagenet (keras.applications' ResNet-50 ImageNet "
+                        "weights, from the Keras cache ~/.keras/models or downloaded when "
+                        "online) or PATH of that weights file "
+                        "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5).")
+    flags.register_multi_flags_validator(
+        ["pretrained", "backbone", "standardize"], _pretrained_fits_backbone)
+    flags.DEFINE_integer("train_subset", 0, "Train on a class-balanced subset of the "
+                         "training samples: at most N/K per (noisy) class, drawn once, "
+                         "seeded (the Clothing1M reference trains on 192000 of its 1M); "
+                         "0 = all.", lower_bound=0)
+    flags.DEFINE_bool("resample_subset_each_epoch", False, "Draw the --train_subset anew "
+                      "every epoch (the original DivideMix Clothing1M loader) instead of "
+                      "once (the CLID-MU reference).")
+    flags.register_multi_flags_validator(
+        ["resample_subset_each_epoch", "train_subset"],
+        lambda f: not f["resample_subset_each_epoch"] or f["train_subset"] > 0,
+        message="--resample_subset_each_epoch needs --train_subset=N (the subset to draw)")
+    flags.DEFINE_enum("meta_source", "train", ("train", "val"), "Where the label-free meta "
+                      "set comes from: train (--meta_size training samples, which stay in "
+                      "training) or val (--meta_size random images of the validation split, "
+                      "e.g. Clothing1M's clean_val list; their labels are never read). "
+                      "Label-free selection scores the same images.")
+    flags.DEFINE_bool("redraw_meta_each_epoch", False, "Draw a new random meta set every "
+                      "epoch (the Animal-10N reference); label-free selection keeps "
+                      "scoring the first one, so that its CLID values compare across epochs.")
+    flags.DEFINE_enum("meta_augment", None, AUGMENTS, "Augmentation of the meta images "
+                      "(as --augment); default: --augment's. Clothing1M's reference does "
+                      "not flip them.")
+    flags.DEFINE_enum("optimizer", "sgd", ("sgd", "adam"), "Classifier optimizer: sgd "
+                      "(momentum --momentum) or adam (beta 0.9/0.999, epsilon 1e-8, "
+                      "PyTorch's defaults: the Clothing1M reference's).")
+    flags.DEFINE_bool("reset_optimizer_each_epoch", False, "Zero the classifier optimizer's "
+                      "state (iteration counter, momentum, Adam's moments) at the start of "
+                      "every epoch, as the Clothing1M reference re-creates its Adam "
+                      "(SOTA_SSL.md A.11 #11, parity only); its lr schedule would restart "
+                      "every epoch, so it needs --lr_schedule=constant.")
+    flags.register_multi_flags_validator(
+        ["reset_optimizer_each_epoch", "lr_schedule"],
+        lambda f: not f["reset_optimizer_each_epoch"] or f["lr_schedule"] == "constant",
+        message="--reset_optimizer_each_epoch restarts the optimizer's iteration counter, "
+                "and with it any lr schedule, every epoch (the reference loses its decay "
+                "the same way): use --lr_schedule=constant")
+    flags.DEFINE_integer("lr_schedule_start", 0, "Hold --lr for this many epochs, then run "
+                         "--lr_schedule from its first epoch (the Animal-10N reference "
+                         "starts its cosine after its 10 warm-up epochs).", lower_bound=0)
+    flags.register_multi_flags_validator(["trainer", "meta_net", "method"], _vri_single_fits)
+
+
+def _pretrained_fits_backbone(values: dict) -> bool:
+    """--pretrained only for the backbones with pretrained weights, which bring their own
+    input convention (so no --standardize beside them)."""
+    if values["pretrained"] in ("none", ""):
+        return True
+    if values["backbone"] != "resnet50":
+        raise flags.ValidationError(f"--pretrained={values['pretrained']}: pretrained "
+                                    f"weights exist for --backbone=resnet50 only, not "
+                                    f"{values['backbone']} (use --pretrained=none)")
+    if values["standardize"] is not None:
+        raise flags.ValidationError(f"--standardize={values['standardize']} with "
+                                    "--pretrained: the weights fix the input standardisation "
+                                    "(keras.applications' caffe convention); drop "
+                                    "--standardize")
+    return True
+
+
+def _vri_single_fits(values: dict) -> bool:
+    """--trainer=vri_single trains the VRI rectifier through a meta objective."""
+    if values["trainer"] != "vri_single":
+        return True
+    if values["meta_net"] == "wnet":
+        raise flags.ValidationError("--trainer=vri_single trains the VRI rectifier; drop "
+                                    "--meta_net=wnet (or use --trainer=meta)")
+    if values["method"] == "ce":
+        raise flags.ValidationError("--trainer=vri_single needs a meta objective; plain "
+                                    "cross-entropy is --trainer=meta --method=ce")
+    return True
 
 
 def _not_a_bare_path(dataset: str) -> bool:
@@ -283,16 +386,20 @@ HELP_GROUPS = (
     ("run and output", ("workdir", "seed", "verbose", "export", "resume", "audit",
                         "audit_folds", "deterministic")),
     ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
-                        "class_names_file", "image_size", "noise", "noise_rate", "val_split",
-                        "augment", "augment_flip", "imbalance_gamma")),
+                        "class_names_file", "image_size", "resize_shorter", "standardize",
+                        "noise", "noise_rate", "val_split", "augment", "augment_flip",
+                        "imbalance_gamma", "train_subset", "resample_subset_each_epoch")),
     ("method, meta-net and backbone", (
-        "trainer", "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
-        "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
-        "meta_scope", "virtual_step", "meta_every", "select_keep", "select_augment")),
+        "trainer", "method", "meta_net", "backbone", "pretrained", "meta_size",
+        "meta_batch_size", "meta_source", "redraw_meta_each_epoch", "meta_augment",
+        "warmup_epochs", "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay",
+        "meta_grad", "meta_scope", "virtual_step", "meta_every", "select_keep",
+        "select_augment")),
     ("semi-supervised trainers", ("lambda_u",)),
-    ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
-                      "weight_decay", "lr_schedule", "lr_tmax", "lr_eta_min", "lr_milestones",
-                      "lr_gamma")),
+    ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "optimizer",
+                      "reset_optimizer_each_epoch", "lr", "momentum", "weight_decay",
+                      "lr_schedule", "lr_schedule_start", "lr_tmax", "lr_eta_min",
+                      "lr_milestones", "lr_gamma")),
     ("distribution and speed", ("strategy", "jit_compile", "mixed_precision",
                                 "eval_batch_size")),
 )

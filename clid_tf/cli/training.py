@@ -7,11 +7,55 @@ with the same pieces. The cli package is the only reader of FLAGS.
 
 from __future__ import annotations
 
+import os
+
 from clid_tf import datasets
 from clid_tf import loaders
 from clid_tf import run_folder
 from clid_tf.errors import RunError
 from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, training_flag_names
+
+# keras.applications' ResNet-50 ImageNet weights (notop): the file Keras caches under
+# $KERAS_HOME/models (default ~/.keras/models) and where it fetches it from.
+RESNET50_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
+                        f"resnet/{RESNET50_WEIGHTS}")
+
+
+def meta_net_kind() -> str:
+    """--meta_net, else the trainer's: vri for vri_single, wnet for meta."""
+    return FLAGS.meta_net or ("vri" if FLAGS.trainer == "vri_single" else "wnet")
+
+
+def virtual_step_kind() -> str:
+    """--virtual_step, else the trainer's: a copy of the real optimizer's update for
+    vri_single (the reference's `higher` step, SOTA_SSL.md A.2.4), plain SGD for meta."""
+    return FLAGS.virtual_step or ("optimizer" if FLAGS.trainer == "vri_single" else "sgd")
+
+
+def pretrained_weights() -> str | None:
+    """The weights file (or Keras' 'imagenet', downloaded when online) of --pretrained, or
+    None; RunError at once when it cannot be had (offline and not cached, a missing PATH)."""
+    value = FLAGS.pretrained
+    if value in ("none", ""):
+        return None
+    if value != "imagenet":
+        path = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isfile(path):
+            raise RunError(f"--pretrained={value}: no such weights file")
+        return path
+    keras_home = os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras"))
+    cached = os.path.join(keras_home, "models", RESNET50_WEIGHTS)
+    if os.path.isfile(cached):
+        return cached
+    from clid_tf import tfds_cifar  # pylint: disable=import-outside-toplevel
+    if not tfds_cifar.online():
+        raise RunError(f"--pretrained=imagenet: the ResNet-50 ImageNet weights are not in "
+                       f"{os.path.dirname(cached)} and there is no network to download "
+                       f"them; fetch {RESNET50_WEIGHTS_URL} on a machine with internet and "
+                       f"pass --pretrained=PATH_OF_THAT_FILE (or copy it to {cached})")
+    return "imagenet"  # keras.applications downloads it into its cache
+
 
 def default_noise(dataset: datasets.Dataset) -> str:
     """--noise as given, else none for a user's own labels (they are used as given) and the
@@ -26,7 +70,8 @@ def load_dataset() -> datasets.Dataset:
     return loaders.load(FLAGS.dataset, human_label=noise if noise in HUMAN_NOISE else None,
                         data_dir=FLAGS.data_dir, data_root=FLAGS.data_root,
                         image_size=FLAGS.image_size, val_list=FLAGS.val_list,
-                        test_list=FLAGS.test_list, class_names_file=FLAGS.class_names_file)
+                        test_list=FLAGS.test_list, class_names_file=FLAGS.class_names_file,
+                        resize_shorter=FLAGS.resize_shorter)
 
 
 def prepare_setup():
@@ -37,27 +82,39 @@ def prepare_setup():
     if len(inputs) == 1 and FLAGS.backbone != "mlp":
         raise RunError(f"--backbone={FLAGS.backbone} needs images, but {FLAGS.dataset} holds "
                        f"feature vectors [{inputs[0]}]; use --backbone=mlp")
-    if FLAGS.meta_scope.startswith("top:") and FLAGS.backbone in ("small_cnn", "mlp"):
+    if FLAGS.meta_scope.startswith("top:") and FLAGS.backbone in NO_RESIDUAL_BLOCKS:
         raise RunError(f"--meta_scope={FLAGS.meta_scope} needs a backbone with residual "
-                       f"blocks (resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2); "
-                       f"--backbone={FLAGS.backbone} has none")
-    for flag in ("augment", "select_augment"):
-        if FLAGS[flag].value == "none":
+                       f"blocks (resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2, "
+                       f"resnet50); --backbone={FLAGS.backbone} has none")
+    if FLAGS.meta_scope == "last_layer" and FLAGS.backbone == "vgg19_bn":
+        raise RunError("--meta_scope=last_layer steps a Dense head on the features; "
+                       "vgg19_bn's features feed an MLP (its CLID feature is the pooled conv "
+                       "feature): use --meta_scope=full")
+    for flag in ("augment", "meta_augment", "select_augment"):
+        kind = FLAGS[flag].value
+        if kind in (None, "none"):
             continue
         if len(inputs) != 3:
-            raise RunError(f"--{flag}={FLAGS[flag].value} needs images; {FLAGS.dataset} "
-                           "holds feature vectors")
-        if min(inputs[:2]) <= CROP_PAD:
-            raise RunError(f"--{flag}={FLAGS[flag].value} crops images padded by {CROP_PAD} "
-                           f"pixels, so it needs images larger than that; these are "
+            raise RunError(f"--{flag}={kind} needs images; {FLAGS.dataset} holds feature "
+                           "vectors")
+        if kind != "flip" and min(inputs[:2]) <= CROP_PAD:
+            raise RunError(f"--{flag}={kind} crops images padded by {CROP_PAD} pixels, so it "
+                           f"needs images larger than that; these are "
                            f"{inputs[0]}x{inputs[1]}")
+    if FLAGS.standardize == "imagenet" and inputs[-1:] != (3,):
+        raise RunError(f"--standardize=imagenet holds RGB statistics; {FLAGS.dataset} has "
+                       f"input shape {inputs}")
+    pretrained_weights()  # fails at once when the weights cannot be had
     try:
         return splits.prepare(
             dataset, noise=default_noise(dataset), noise_rate=FLAGS.noise_rate,
             method=FLAGS.method,
             meta_size=FLAGS.meta_size, batch_size=FLAGS.batch_size,
             meta_batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed,
-            val_split=FLAGS.val_split, imbalance_gamma=FLAGS.imbalance_gamma)
+            val_split=FLAGS.val_split, imbalance_gamma=FLAGS.imbalance_gamma,
+            meta_source=FLAGS.meta_source, redraw_meta=FLAGS.redraw_meta_each_epoch,
+            train_subset=FLAGS.train_subset,
+            resample_subset=FLAGS.resample_subset_each_epoch)
     except ValueError as error:
         raise RunError(str(error)) from error
 
@@ -77,7 +134,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     steps = steps_per_epoch(setup)
     model = compiled_model(setup, steps)
     selection = selection_lib.ClidSelection(
-        data.Part(ds.train.inputs, setup.selection_indices),
+        data.Part(setup.meta_inputs(), setup.selection_indices),
         test=None if ds.test is None else data.Part(ds.test.inputs, None, ds.test.labels),
         batch_size=min(FLAGS.meta_batch_size, len(setup.selection_indices)), tau=FLAGS.tau,
         keep=FLAGS.select_keep, seed=FLAGS.seed, eval_batch_size=FLAGS.eval_batch_size,
@@ -109,6 +166,8 @@ VIEW_SAMPLES = 1000
 
 # clid_tf.augment.CROP_PAD, written here so the check runs before TensorFlow is imported.
 CROP_PAD = 4
+# Backbones without residual blocks (no top:N meta scope).
+NO_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
 
 
 def split_arrays(setup) -> dict:
@@ -148,11 +207,12 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
     reselection where the method has one, the given callbacks, the NaN guard and last the
     `checkpoint` callback (the guard raises before a bad epoch is checkpointed)."""
     from clid_tf import callbacks as callbacks_lib  # pylint: disable=import-outside-toplevel
-    stream, reselect = training_stream(setup, model, augmentation(setup.dataset), steps,
-                                       start)
+    stream, reselect = training_stream(setup, model, steps, start)
+    reset = [callbacks_lib.ResetOptimizer()] if FLAGS.reset_optimizer_each_epoch else []
     model.fit(stream, initial_epoch=start, epochs=FLAGS.epochs, steps_per_epoch=steps,
               verbose=FLAGS.verbose, shuffle=False,  # the stream shuffles, seeded by epoch
-              callbacks=[callbacks_lib.WarmUp(FLAGS.warmup_epochs), *reselect, *callbacks,
+              callbacks=[callbacks_lib.WarmUp(FLAGS.warmup_epochs), *reset, *reselect,
+                         *callbacks,
                          callbacks_lib.NonFiniteGuard(steps),
                          *([] if checkpoint is None else [checkpoint])],
               validation_data=validation_batches(setup) if validation else None)
@@ -163,38 +223,43 @@ def build_model(setup, *, sync_batchnorm: bool):
     # pylint: disable=import-outside-toplevel
     from clid_tf import backbones, meta_model, meta_nets
     ds = setup.dataset
+    mean, std = ((backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)
+                 if FLAGS.standardize == "imagenet" else (ds.mean, ds.std))
     try:
         net = backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
-                              input_shape=ds.train.inputs.element_shape, mean=ds.mean,
-                              std=ds.std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
+                              input_shape=ds.train.inputs.element_shape, mean=mean,
+                              std=std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
                               dtype_policy="float32" if FLAGS.mixed_precision == "none"
-                              else FLAGS.mixed_precision)
-    except ValueError as error:
-        raise RunError(f"--backbone={FLAGS.backbone}: {error}") from error
+                              else FLAGS.mixed_precision, pretrained=pretrained_weights())
+    except (ValueError, OSError) as error:  # also an unreadable or mismatched weights file
+        raise RunError(f"--backbone={FLAGS.backbone}: {str(error).splitlines()[0]}") from error
     if FLAGS.method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
-    meta_net = meta_nets.build(FLAGS.meta_net, num_classes=ds.num_classes,
+    meta_net = meta_nets.build(meta_net_kind(), num_classes=ds.num_classes,
                                feature_dim=net.feature_dim, vri_kl=FLAGS.vri_kl,
                                seed=FLAGS.seed)
     try:  # e.g. --meta_scope=top:N on a backbone without N residual blocks
         return meta_model.MetaReweightModel(
             net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau,
             meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
-            virtual_step=FLAGS.virtual_step, meta_every=FLAGS.meta_every,
+            virtual_step=virtual_step_kind(), meta_every=FLAGS.meta_every,
             weight_decay=FLAGS.weight_decay, meta_weight_decay=FLAGS.meta_weight_decay)
     except ValueError as error:
         raise RunError(str(error)) from error
 
 
 def classifier_optimizer(steps_per_epoch: int):
-    """SGD with momentum on the flags' per-epoch schedule."""
+    """--optimizer (SGD with --momentum, or Adam as PyTorch's: beta 0.9/0.999, epsilon
+    1e-8) on the flags' per-epoch schedule."""
     import keras  # pylint: disable=import-outside-toplevel
     from clid_tf import schedules  # pylint: disable=import-outside-toplevel
     schedule = schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
                                epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax,
                                eta_min=FLAGS.lr_eta_min,
                                milestones=[int(m) for m in FLAGS.lr_milestones],
-                               gamma=FLAGS.lr_gamma)
+                               gamma=FLAGS.lr_gamma, start_epoch=FLAGS.lr_schedule_start)
+    if FLAGS.optimizer == "adam":
+        return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
 
 
@@ -208,13 +273,16 @@ def meta_optimizer(model):
 
 
 def augmentation(ds, kind: str | None = None):
-    """A batch augmentation of images (`kind`, default --augment), or None for none."""
+    """A batch augmentation of images (`kind`, default --augment), or None for none;
+    'flip' is the weak augmentation without its crop."""
     kind = FLAGS.augment if kind is None else kind
     if kind == "none":
         return None
     from clid_tf import augment  # pylint: disable=import-outside-toplevel
-    return augment.build(kind, image_shape=ds.train.inputs.element_shape, seed=FLAGS.seed,
-                         flip=FLAGS.augment_flip)
+    pad = {"flip": 0}.get(kind, augment.CROP_PAD)
+    return augment.build("weak" if kind == "flip" else kind,
+                         image_shape=ds.train.inputs.element_shape, seed=FLAGS.seed,
+                         flip=FLAGS.augment_flip, pad=pad)
 
 
 def noise_flags(setup):
@@ -223,11 +291,16 @@ def noise_flags(setup):
     return None if clean is None else setup.noisy_labels != clean
 
 
-def training_stream(setup, model, augment, steps: int, start: int):
-    """(the fit stream from epoch `start` on, [the small-loss reselection callback])."""
+def training_stream(setup, model, steps: int, start: int):
+    """(the fit stream from epoch `start` on, [the small-loss reselection callback]):
+    training batches through --augment, meta batches through --meta_augment (default the
+    same), each set re-drawn every epoch where the setup says so."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from clid_tf import data, sloss, splits  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
+    augment = augmentation(ds)
+    meta_augment = augment if FLAGS.meta_augment is None else augmentation(ds,
+                                                                            FLAGS.meta_augment)
     fields = {"label": setup.noisy_labels.astype(np.int32)}
     is_noisy = noise_flags(setup)
     if is_noisy is not None:
@@ -235,7 +308,7 @@ def training_stream(setup, model, augment, steps: int, start: int):
     train = data.epoch_batches(ds.train.inputs, setup.train_indices,
                                batch_size=FLAGS.batch_size, seed=FLAGS.seed,
                                steps_per_epoch=steps, first_epoch=start, fields=fields,
-                               augment=augment)
+                               augment=augment, indices_of_epoch=setup.train_of_epoch)
     if model.meta_net is None:
         return data.training_stream(train), []
     if FLAGS.method in splits.SMALL_LOSS:  # the meta set changes every epoch
@@ -249,7 +322,7 @@ def training_stream(setup, model, augment, steps: int, start: int):
             batch_size=FLAGS.eval_batch_size, first_epoch=FLAGS.warmup_epochs,
             clean_labels=(None if ds.train.clean_labels is None
                           else ds.train.clean_labels[setup.train_indices]))
-        meta = meta_set.stream(FLAGS.meta_batch_size, FLAGS.seed + 1, augment=augment,
+        meta = meta_set.stream(FLAGS.meta_batch_size, FLAGS.seed + 1, augment=meta_augment,
                                first_step=start * steps)
         return data.training_stream(train, meta, live_meta=True), [reselect]
     meta_fields = {}
@@ -257,10 +330,10 @@ def training_stream(setup, model, augment, steps: int, start: int):
         labels = np.full(len(ds.train.inputs), -1, np.int32)
         labels[setup.meta_indices] = setup.meta_labels
         meta_fields["label"] = labels
-    meta = data.epoch_batches(ds.train.inputs, setup.meta_indices,
+    meta = data.epoch_batches(setup.meta_inputs(), setup.meta_indices,
                               batch_size=FLAGS.meta_batch_size, seed=FLAGS.seed + 1,
                               steps_per_epoch=steps, first_epoch=start, fields=meta_fields,
-                              augment=augment)
+                              augment=meta_augment, indices_of_epoch=setup.meta_of_epoch)
     return data.training_stream(train, meta), []
 
 
@@ -295,7 +368,7 @@ def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: boo
     export_lib.export_saved_model(
         networks, folder.saved_model, input_shape=ds.train.inputs.element_shape,
         input_dtype=ds.train.inputs.dtype, class_names=ds.class_names,
-        decode=getattr(ds.train.inputs, "decode", None),  # file data: resize as trained
+        decode=getattr(ds.train.inputs, "decode", None),  # file data: decode as trained
         overwrite=overwrite)  # a resumed run may have exported before it died
     return epochs
 
@@ -311,6 +384,8 @@ def results_of(setup, selection, history: dict, exported: list) -> dict:
     results = {"selected_epoch": summary["selected_epoch"], "kept": summary["kept"],
                "class_names": list(ds.class_names), "export": FLAGS.export,
                "exported_epochs": exported}
+    if FLAGS.method != "ce":  # the trainer's defaults where the flags left them open
+        results.update(meta_net=meta_net_kind(), virtual_step=virtual_step_kind())
     accuracy = summary.get("test_accuracy")
     if accuracy:
         best = int(np.argmax(accuracy))
@@ -331,6 +406,7 @@ def results_of(setup, selection, history: dict, exported: list) -> dict:
         **splits.noise_report(setup),
         num_train=int(len(setup.train_indices)),
         num_meta=0 if setup.meta_indices is None else int(len(setup.meta_indices)),
+        meta_split=setup.meta_split,
         num_val=(int(len(setup.val_indices)) if setup.val_indices is not None
                  else 0 if ds.val is None else int(len(ds.val.labels))),
         num_test=0 if ds.test is None else int(len(ds.test.labels)),

@@ -137,7 +137,8 @@ def define_flags() -> None:
                       "weights on the logits from features and the noisy label).")
     flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
                        "meta-net's objective.", lower_bound=0.0)
-    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set.",
+    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set "
+                         "(--trainer=dividemix: in each network's own meta set).",
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
                          lower_bound=2)
@@ -161,9 +162,10 @@ def define_flags() -> None:
             raise flags.ValidationError(str(error)) from None
 
     flags.register_validator("meta_scope", check_meta_scope)
-    flags.DEFINE_enum("virtual_step", "sgd", ("sgd", "optimizer"), "The virtual step: sgd "
+    flags.DEFINE_enum("virtual_step", None, ("sgd", "optimizer"), "The virtual step: sgd "
                       "(theta - lr g at the current lr, the paper's) or optimizer (the "
-                      "classifier optimizer's own next update: momentum and weight decay).")
+                      "classifier optimizer's own next update: momentum and weight decay). "
+                      "Default: sgd for --trainer=meta, optimizer for the other trainers.")
     flags.DEFINE_integer("meta_every", 1, "Meta update (virtual and meta step) on every k-th "
                          "training step only; the steps between use the meta-net as it is.",
                          lower_bound=1)
@@ -187,9 +189,27 @@ def define_flags() -> None:
     flags.DEFINE_float("lambda_u", None, "Weight of the unlabeled loss term: DivideMix's "
                        "lambda_u (default 150, ramped up linearly over 16 epochs after the "
                        "warm-up) or FixMatch/FlexMatch's (default 1).", lower_bound=0.0)
+    # ---- DivideMix (--trainer=dividemix; SOTA_SSL.md A.4-A.5, A.12)
+    flags.DEFINE_float("p_threshold", 0.5, "DivideMix: a sample is labeled for one network "
+                       "when the other network's GMM clean probability exceeds this.",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("mixup_alpha", 4.0, "DivideMix: MixMatch's Beta(alpha, alpha) "
+                       "mixing weight (l = max(l, 1 - l)).", lower_bound=1e-6)
+    flags.DEFINE_float("sharpen_temperature", 0.5, "DivideMix: temperature T of the "
+                       "sharpened co-guessed and co-refined targets.", lower_bound=1e-6)
+    flags.DEFINE_integer("rampup_epochs", 16, "DivideMix: lambda_u ramps up linearly over "
+                         "this many epochs after the warm-up (0: at once).", lower_bound=0)
+    flags.DEFINE_float("clip_norm", 0.8, "DivideMix: global-norm clip of the actual step's "
+                       "gradient (the virtual step is never clipped); 0 = no clipping.",
+                       lower_bound=0.0)
+    flags.DEFINE_enum("guess_bn_mode", "train", ("train", "inference"), "DivideMix: the "
+                      "trained network's co-guessing forwards in train mode (batch "
+                      "statistics, BN statistics updated, as DivideMix) or inference mode.")
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 100, "Training batch size (--trainer=dividemix: the "
+                         "rows of each part, labeled and unlabeled, and the warm-up batch).",
+                         lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over "
                          "the training set (floor(N / batch_size)).", lower_bound=0)
     flags.DEFINE_float("lr", 0.05, "Classifier learning rate (SGD with momentum).",
@@ -289,7 +309,9 @@ HELP_GROUPS = (
         "trainer", "method", "meta_net", "backbone", "meta_size", "meta_batch_size", "warmup_epochs",
         "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad",
         "meta_scope", "virtual_step", "meta_every", "select_keep", "select_augment")),
-    ("semi-supervised trainers", ("lambda_u",)),
+    ("semi-supervised trainers", ("lambda_u", "p_threshold", "mixup_alpha",
+                                  "sharpen_temperature", "rampup_epochs", "clip_norm",
+                                  "guess_bn_mode")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
                       "weight_decay", "lr_schedule", "lr_tmax", "lr_eta_min", "lr_milestones",
                       "lr_gamma")),
@@ -568,6 +590,13 @@ def _message(error: Exception) -> str:
                 f"; did you mean --{name}={v}" for v in values if v.lower() == value.lower())
         return f"--{name}={value}: {detail}"
     return text
+
+
+def virtual_step() -> str:
+    """--virtual_step, or the trainer's default: sgd for meta, optimizer for the others."""
+    if FLAGS.virtual_step is not None:
+        return FLAGS.virtual_step
+    return "sgd" if FLAGS.trainer == "meta" else "optimizer"
 
 
 def fail(message: str) -> None:

@@ -11,6 +11,7 @@ from clid_tf import datasets
 from clid_tf import loaders
 from clid_tf import run_folder
 from clid_tf.errors import RunError
+from clid_tf.cli import flagdefs
 from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, training_flag_names
 
 def default_noise() -> str:
@@ -99,8 +100,8 @@ def steps_per_epoch(setup) -> int:
     return FLAGS.steps_per_epoch or len(setup.train_indices) // FLAGS.batch_size
 
 
-def compiled_model(setup, steps: int):
-    """The flags' model under the flags' strategy, compiled with both optimizers."""
+def start_strategy():
+    """--deterministic and --seed applied, the --strategy started (RunError if it cannot)."""
     # pylint: disable=import-outside-toplevel
     import keras
     import tensorflow as tf
@@ -109,10 +110,15 @@ def compiled_model(setup, steps: int):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(FLAGS.seed)
     try:
-        strategy = distribute.make_strategy(FLAGS.strategy)
+        return distribute.make_strategy(FLAGS.strategy)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:  # no TPU, a bad TF_CONFIG
         raise RunError(f"--strategy={FLAGS.strategy} cannot start here: "
                        f"{str(error).splitlines()[0]}") from error
+
+
+def compiled_model(setup, steps: int):
+    """The flags' model under the flags' strategy, compiled with both optimizers."""
+    strategy = start_strategy()
     with strategy.scope():
         model = build_model(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
         model.compile(classifier_optimizer(steps), meta_optimizer(model),
@@ -136,19 +142,26 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
               validation_data=validation_batches(setup) if validation else None)
 
 
+def build_backbone(setup, *, sync_batchnorm: bool, seed: int):
+    """The flags' backbone for the setup's data, initialised from `seed`."""
+    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
+    ds = setup.dataset
+    try:
+        return backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
+                               input_shape=ds.train.inputs.element_shape, mean=ds.mean,
+                               std=ds.std, seed=seed, sync_batchnorm=sync_batchnorm,
+                               dtype_policy="float32" if FLAGS.mixed_precision == "none"
+                               else FLAGS.mixed_precision)
+    except ValueError as error:
+        raise RunError(f"--backbone={FLAGS.backbone}: {error}") from error
+
+
 def build_model(setup, *, sync_batchnorm: bool):
     """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
     # pylint: disable=import-outside-toplevel
-    from clid_tf import backbones, meta_model, meta_nets
+    from clid_tf import meta_model, meta_nets
     ds = setup.dataset
-    try:
-        net = backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
-                              input_shape=ds.train.inputs.element_shape, mean=ds.mean,
-                              std=ds.std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
-                              dtype_policy="float32" if FLAGS.mixed_precision == "none"
-                              else FLAGS.mixed_precision)
-    except ValueError as error:
-        raise RunError(f"--backbone={FLAGS.backbone}: {error}") from error
+    net = build_backbone(setup, sync_batchnorm=sync_batchnorm, seed=FLAGS.seed)
     if FLAGS.method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
     meta_net = meta_nets.build(FLAGS.meta_net, num_classes=ds.num_classes,
@@ -156,27 +169,30 @@ def build_model(setup, *, sync_batchnorm: bool):
                                seed=FLAGS.seed)
     return meta_model.MetaReweightModel(
         net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau, meta_grad=FLAGS.meta_grad,
-        meta_scope=FLAGS.meta_scope, virtual_step=FLAGS.virtual_step,
+        meta_scope=FLAGS.meta_scope, virtual_step=flagdefs.virtual_step(),
         meta_every=FLAGS.meta_every, weight_decay=FLAGS.weight_decay,
         meta_weight_decay=FLAGS.meta_weight_decay)
+
+
+def lr_schedule(steps_per_epoch: int):
+    """The flags' per-epoch learning-rate schedule of the classifier (step -> lr)."""
+    from clid_tf import schedules  # pylint: disable=import-outside-toplevel
+    return schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
+                           epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax, eta_min=FLAGS.lr_eta_min,
+                           milestones=[int(m) for m in FLAGS.lr_milestones],
+                           gamma=FLAGS.lr_gamma)
 
 
 def classifier_optimizer(steps_per_epoch: int):
     """SGD with momentum on the flags' per-epoch schedule."""
     import keras  # pylint: disable=import-outside-toplevel
-    from clid_tf import schedules  # pylint: disable=import-outside-toplevel
-    schedule = schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
-                               epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax,
-                               eta_min=FLAGS.lr_eta_min,
-                               milestones=[int(m) for m in FLAGS.lr_milestones],
-                               gamma=FLAGS.lr_gamma)
-    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+    return keras.optimizers.SGD(lr_schedule(steps_per_epoch), momentum=FLAGS.momentum)
 
 
-def meta_optimizer(model):
-    """The meta-net's optimizer (None without a meta-net)."""
+def meta_optimizer(model=None):
+    """The meta-net's optimizer (None for a model without a meta-net)."""
     import keras  # pylint: disable=import-outside-toplevel
-    if model.meta_net is None:
+    if model is not None and model.meta_net is None:
         return None
     kind = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[FLAGS.meta_optimizer]
     return kind(FLAGS.meta_lr)

@@ -93,6 +93,7 @@ def mixup(inputs: tf.Tensor, targets: tf.Tensor, *, lam: tf.Tensor,
     """
     rows = tf.range(tf.shape(inputs)[0]) if rows is None else rows
     partners = tf.gather(permutation, rows)
+    lam = tf.convert_to_tensor(lam, dtype_hint=tf.float64)
 
     def mix(x):
         l = tf.cast(lam, x.dtype)
@@ -200,7 +201,7 @@ def clip_by_global_norm(grads: Sequence[tf.Tensor], max_norm: float):
         return list(grads), tf.constant(0.0)
     total = distribute.global_sum(list(grads))
     norm = tf.linalg.global_norm(total)
-    factor = tf.minimum(1.0, max_norm / (norm + 1e-6))
+    factor = tf.minimum(tf.constant(1.0, norm.dtype), max_norm / (norm + 1e-6))
     return [g * tf.cast(factor, g.dtype) for g in grads], norm
 
 

@@ -144,13 +144,15 @@ class DivideMixModel(keras.Model):
                 optimizer.build(meta_net.trainable_variables)
 
     def checkpoint_parts(self) -> dict:
-        """Both networks, both meta-nets (VRI noise state included), all optimizers."""
+        """Both networks, both meta-nets, all optimizers, and the state of each VRINet's
+        noise generator (a SeedGenerator is not tracked by tf.train.Checkpoint)."""
         parts = {}
         for k in (0, 1):
             parts[f"backbone{k + 1}"] = self.backbones[k]
             parts[f"optimizer{k + 1}"] = self.net_optimizers[k]
             if self.meta_nets is not None:
                 parts[f"meta_net{k + 1}"] = self.meta_nets[k]
+                parts[f"meta_noise{k + 1}"] = self.meta_nets[k].noise.state
                 parts[f"meta_optimizer{k + 1}"] = self.meta_optimizers[k]
         return parts
 
@@ -253,7 +255,7 @@ class DivideMixModel(keras.Model):
         step = tf.cast(self.net_optimizers[k].iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64), 2 * step + k])
         lam, permutation = dividemix.mix_draw(seed, rows=tf.shape(inputs)[0],
-                                              alpha=self.alpha)
+                                              alpha=self.alpha, dtype=inputs.dtype)
         images, mixed_targets = dividemix.mixup(inputs, soft, lam=lam,
                                                 permutation=permutation, rows=rows)
         return MixedBatch(images, mixed_targets, 2 * int(x["image"].shape[0]), rows)

@@ -384,6 +384,17 @@ def _bad_inputs(tmp):
          f"--dataset=folder:{tmp / 'one'}"),
         ("folder: naming a file", [f"--dataset=folder:{tmp / 'three.npz'}"], "not a folder"),
         ("list: naming a folder", [f"--dataset=list:{tmp / 'listed'}"], "not a file"),
+        ("DivideMix with WNet", ["--trainer=dividemix", "--meta_net=wnet"], "--meta_net=vri"),
+        ("DivideMix with a labelled meta set", ["--trainer=dividemix", "--meta_net=vri",
+                                                "--method=ce_clean"], "--method=ce_clean"),
+        ("DivideMix with meta_every", ["--trainer=dividemix", "--meta_net=vri",
+                                       "--meta_every=2"], "--meta_every"),
+        ("DivideMix with a KL weight", ["--trainer=dividemix", "--meta_net=vri",
+                                        "--vri_kl=0.1"], "--vri_kl"),
+        ("DivideMix in float16", ["--trainer=dividemix", "--meta_net=vri",
+                                  "--mixed_precision=mixed_float16"], "mixed_float16"),
+        ("DivideMix audit by cross-fitting", ["--trainer=dividemix", "--meta_net=vri",
+                                              "--audit"], "--audit_folds=0"),
     ]
 
 

@@ -134,28 +134,34 @@ def build_networks(setup: Setup, *, sync_batchnorm: bool) -> tuple[list, list | 
 
 def compiled_model(setup: Setup):
     """`DivideMixModel` of the flags under the flags' strategy, with its four optimizers."""
-    # pylint: disable=import-outside-toplevel
-    import keras
-    from clid_tf import dividemix_model
+    import keras  # pylint: disable=import-outside-toplevel
     strategy = training.start_strategy()
     with strategy.scope():
         nets, meta_nets = build_networks(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
-        model = dividemix_model.DivideMixModel(
-            nets, meta_nets, meta_objective=FLAGS.method if meta_nets else "clid",
-            tau=FLAGS.tau, meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
-            virtual_step=flagdefs.virtual_step(), weight_decay=FLAGS.weight_decay,
-            meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
-            warmup_penalty=training.default_noise() in ASYMMETRIC,
-            p_threshold=FLAGS.p_threshold, alpha=FLAGS.mixup_alpha,
-            temperature=FLAGS.sharpen_temperature,
-            lambda_u=DEFAULT_LAMBDA_U if FLAGS.lambda_u is None else FLAGS.lambda_u,
-            rampup_epochs=FLAGS.rampup_epochs, clip_norm=FLAGS.clip_norm,
-            guess_bn_mode=FLAGS.guess_bn_mode, seed=FLAGS.seed)
+        try:
+            model = _model(nets, meta_nets)
+        except ValueError as error:  # e.g. a meta scope the backbone cannot have
+            raise RunError(str(error)) from error
         model.compile([keras.optimizers.SGD(FLAGS.lr, momentum=FLAGS.momentum) for _ in nets],
                       None if meta_nets is None else [training.meta_optimizer()
                                                       for _ in meta_nets],
                       jit_compile=FLAGS.jit_compile)
     return model
+
+
+def _model(nets, meta_nets):
+    """`DivideMixModel` of the flags."""
+    from clid_tf import dividemix_model  # pylint: disable=import-outside-toplevel
+    return dividemix_model.DivideMixModel(
+        nets, meta_nets, meta_objective=FLAGS.method if meta_nets else "clid", tau=FLAGS.tau,
+        meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
+        virtual_step=flagdefs.virtual_step(), weight_decay=FLAGS.weight_decay,
+        meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
+        warmup_penalty=training.default_noise() in ASYMMETRIC, p_threshold=FLAGS.p_threshold,
+        alpha=FLAGS.mixup_alpha, temperature=FLAGS.sharpen_temperature,
+        lambda_u=DEFAULT_LAMBDA_U if FLAGS.lambda_u is None else FLAGS.lambda_u,
+        rampup_epochs=FLAGS.rampup_epochs, clip_norm=FLAGS.clip_norm,
+        guess_bn_mode=FLAGS.guess_bn_mode, seed=FLAGS.seed)
 
 
 def streams_of(setup: Setup):
@@ -271,12 +277,13 @@ def in_sample_scores(folder: run_folder.RunFolder, setup: Setup):
     checkpoint = tf.train.Checkpoint(backbone1=nets[0], backbone2=nets[1])
     idx = setup.train_indices
     part = data.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx])
+    forwards = [selection_lib.inference_function(net) for net in nets]
     probs = []
     for path in run_folder.ranked_paths(paths)[-IN_SAMPLE_CHECKPOINTS:]:
         checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
-        logits = sum(selection_lib.predict_logits(selection_lib.inference_function(net), part,
+        logits = sum(selection_lib.predict_logits(forward, part,
                                                   batch_size=FLAGS.eval_batch_size)
-                     for net in nets) / 2.0
+                     for forward in forwards) / 2.0
         probs.append(tf.nn.softmax(logits.astype(np.float64)).numpy())
     return label_issues.Scores(np.mean(probs, axis=0), None)
 

@@ -73,3 +73,11 @@ def test_bench_frontier_trains_each_setting_through_the_cli(tmp_path):
     with open(tmp_path / "every2" / "sym-0.4-clid-wnet" / "seed0" / "results.json") as f:
         flags_of_run = json.load(f)["flags"]
     assert flags_of_run["meta_every"] == 2 and flags_of_run["backbone"] == "small_cnn"
+
+
+def test_bench_speed_times_dividemix_with_vri_and_clid_against_plain_dividemix():
+    rows = _table("bench_speed.py", "--modes=dividemix,dividemix_vri,dm_targets",
+                  "--memory=false")
+    assert [r[0] for r in rows] == ["dividemix", "dividemix_vri", "dm_targets"]
+    assert rows[0][3] == "1.00x" and float(rows[1][1]) > 0 and float(rows[2][1]) > 0
+    assert float(rows[1][3].rstrip("x")) > 1.0  # the meta step costs time

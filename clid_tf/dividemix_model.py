@@ -348,7 +348,8 @@ class DivideMixModel(keras.Model):
 
     def epoch_logs(self) -> dict[str, float]:
         """Every train metric updated this epoch, and the epoch's division statistics."""
-        logs = {m.name: float(m.result()) for m in self.metrics[:-2] if float(m.count) > 0}
+        logs = {m.name: float(m.result()) for m in self.metrics[:-2]
+                if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
         return {**logs, **self.epoch_stats}
 
     def test_step(self, data):

@@ -395,6 +395,8 @@ def _bad_inputs(tmp):
                                   "--mixed_precision=mixed_float16"], "mixed_float16"),
         ("DivideMix audit by cross-fitting", ["--trainer=dividemix", "--meta_net=vri",
                                               "--audit"], "--audit_folds=0"),
+        ("DivideMix under XLA", ["--trainer=dividemix", "--meta_net=vri", "--jit_compile"],
+         "--jit_compile"),
     ]
 
 

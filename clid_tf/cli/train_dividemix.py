@@ -58,6 +58,9 @@ def check_flags() -> None:
         FLAGS.mixed_precision == "mixed_float16":
             "--mixed_precision=mixed_float16: --trainer=dividemix has no loss scaling; use "
             "mixed_bfloat16 or none",
+        FLAGS.jit_compile:
+            "--jit_compile: --trainer=dividemix draws its mixup weight from a Beta "
+            "distribution, whose sampler (StatelessRandomGamma) XLA cannot compile",
         FLAGS.audit and FLAGS.audit_folds > 0:
             "--audit with --trainer=dividemix scores in sample only: add --audit_folds=0",
     }
@@ -145,7 +148,7 @@ def compiled_model(setup: Setup):
         model.compile([keras.optimizers.SGD(FLAGS.lr, momentum=FLAGS.momentum) for _ in nets],
                       None if meta_nets is None else [training.meta_optimizer()
                                                       for _ in meta_nets],
-                      jit_compile=FLAGS.jit_compile)
+                      jit_compile=False)  # --jit_compile is refused (check_flags)
     return model
 
 

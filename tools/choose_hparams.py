@@ -44,6 +44,8 @@ def define_flags() -> None:
     flags.DEFINE_float("val_split", 0.2, "Held-out fraction of the noisy training data.")
     flags.DEFINE_enum("criterion", "val_final", list(CRITERIA), "The score to maximise.")
     flags.DEFINE_list("extra", [], "More flags for every run.")
+    flags.DEFINE_integer("parallel", 1, "Concurrent training runs (bench_accuracy --parallel).",
+                         lower_bound=1)
     flags.mark_flag_as_required("out")
 
 
@@ -68,7 +70,7 @@ def run_point(point: dict[str, str]) -> list[dict]:
                f"--methods={','.join(FLAGS.methods)}",
                f"--meta_nets={','.join(FLAGS.meta_nets)}",
                f"--noises={','.join(FLAGS.noises)}", f"--seeds={','.join(FLAGS.seeds)}",
-               f"--extra={','.join(extra)}"]
+               f"--extra={','.join(extra)}", f"--parallel={FLAGS.parallel}"]
     if os.path.isdir(out):
         command.append("--resume")
     subprocess.run(command, cwd=ROOT, check=True)

@@ -11,7 +11,7 @@ report, in its own columns).
 The chosen point maximises the mean over seeds of the held-out accuracy of the final
 epoch (the score `--criterion` names); ties go to the earlier grid point.
 
-  python tools/choose_hparams.py --out=/tmp/hp --flagfile=flags/digits_sym40.cfg \\
+  python tools/choose_hparams.py --out=/tmp/hp --flagfile_base=flags/digits_sym40.cfg \\
       --noises=sym:0.4 --grid=meta_lr=1e-3:1e-2,warmup_epochs=2:5 --seeds=0,1
 """
 
@@ -34,7 +34,8 @@ CRITERIA = {"val_final": "held-out accuracy, last epoch",
 
 def define_flags() -> None:
     flags.DEFINE_string("out", None, "Output folder (required).")
-    flags.DEFINE_string("flagfile", "flags/digits_common.cfg", "Base setting of every run.")
+    flags.DEFINE_string("flagfile_base", "flags/digits_common.cfg", "Base setting of every "
+                        "run (absl reads a --flagfile itself).")
     flags.DEFINE_list("grid", ["meta_lr=1e-3:1e-2"], "flag=v1:v2:... items; every "
                       "combination is a grid point.")
     flags.DEFINE_list("noises", ["sym:0.4"], "Noise settings (bench_accuracy --noises).")
@@ -66,7 +67,7 @@ def run_point(point: dict[str, str]) -> list[dict]:
     extra = [f"--{k}={v}" for k, v in point.items()] + [f"--val_split={FLAGS.val_split}",
                                                         *FLAGS.extra]
     command = [sys.executable, os.path.join(ROOT, "tools", "bench_accuracy.py"),
-               f"--out={out}", f"--flagfile_base={FLAGS.flagfile}",
+               f"--out={out}", f"--flagfile_base={FLAGS.flagfile_base}",
                f"--methods={','.join(FLAGS.methods)}",
                f"--meta_nets={','.join(FLAGS.meta_nets)}",
                f"--noises={','.join(FLAGS.noises)}", f"--seeds={','.join(FLAGS.seeds)}",
@@ -97,7 +98,7 @@ def main(argv):
                           {c: _mean(group, c) for c in ("val_final", "val_selected", "final",
                                                          "selected")}))
     lines = [f"Hyper-parameters by {CRITERIA[FLAGS.criterion]} on a held-out "
-             f"{FLAGS.val_split:g} of the noisy training data (base `{FLAGS.flagfile}`, "
+             f"{FLAGS.val_split:g} of the noisy training data (base `{FLAGS.flagfile_base}`, "
              f"seeds {','.join(FLAGS.seeds)}); test accuracy is reported, not used.", "",
              "| noise | method | meta-net | point | seeds | val last (noisy) | "
              "val at CLID-selected (noisy) | test last | test CLID-selected | chosen |",

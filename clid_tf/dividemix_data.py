@@ -91,7 +91,11 @@ class Streams:
         self.is_clean = None if is_clean is None else np.asarray(is_clean, bool)
         self.eval_batch_size = int(eval_batch_size)
         self.average_epochs = int(average_epochs)
-        self.history: list[list[np.ndarray]] = [[], []]  # normalised losses per network
+        # The last `average_epochs` normalised losses per network, newest last, and how
+        # many are filled: variables, so that a resumed run's checkpoint restores them.
+        self.history = tf.Variable(tf.zeros([2, self.average_epochs, len(self.ids)],
+                                            tf.float64), trainable=False, name="losses")
+        self.filled = tf.Variable(0, trainable=False, name="filled")
         self._forwards: dict[int, selection_lib.Forward] = {}
         by_source = np.zeros(len(train.source), np.int32)
         by_source[self.ids] = self.labels
@@ -103,26 +107,23 @@ class Streams:
         """Each network's GMM clean probability float64 [n] of every training sample:
         inference-mode CE with the noisy labels, min-max normalised (averaged over the
         last `average_epochs` epochs), `sloss.clean_probability` seeded seed + epoch + 1."""
-        probs = []
+        history = self.history.numpy()
+        filled = min(int(self.filled.numpy()) + 1, self.average_epochs)
         for k, backbone in enumerate(backbones):
             if id(backbone) not in self._forwards:
                 self._forwards[id(backbone)] = selection_lib.inference_function(backbone)
             logits = selection_lib.predict_logits(self._forwards[id(backbone)], self.train,
                                                   batch_size=self.eval_batch_size)
             losses = sloss.normalize_losses(sloss.cross_entropy(logits, self.labels))
-            self.history[k] = [*self.history[k], losses][-self.average_epochs:]
-            probs.append(sloss.clean_probability(np.mean(self.history[k], axis=0),
-                                                 seed=self.seed + epoch + 1))
-        return probs
+            history[k] = np.concatenate([history[k, 1:], losses[None]])
+        self.history.assign(history)
+        self.filled.assign(filled)
+        return [sloss.clean_probability(history[k, -filled:].mean(axis=0),
+                                        seed=self.seed + epoch + 1) for k in (0, 1)]
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        """The loss history (for `callbacks.RunState`: exact resume with averaging)."""
-        return {f"codivide_losses_net{k + 1}": (np.stack(h) if h else
-                                               np.zeros((0, len(self.ids))))
-                for k, h in enumerate(self.history)}
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.history = [list(state[f"codivide_losses_net{k + 1}"]) for k in range(2)]
+    def checkpoint_parts(self) -> dict:
+        """The loss history, for the run's checkpoint (exact resume with averaging)."""
+        return {"codivide_losses": self.history, "codivide_filled": self.filled}
 
     # ------------------------------------------------------------ epochs
     def steps(self, size: int) -> int:

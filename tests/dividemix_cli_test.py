@@ -185,3 +185,15 @@ def test_kill_mid_epoch_then_the_same_command_resumes_to_the_same_run(tmp_path):
     for name in want_weights:
         np.testing.assert_array_equal(got_weights[name], want_weights[name], err_msg=name)
     assert len(glob.glob(str(killed / "checkpoints" / "selected" / "net2_epoch-*.npz"))) == 3
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir = tmp_path / "nan"
+    proc = run_cli(f"--workdir={workdir}", *SMALL, "--meta_net=vri", "--method=clid",
+                   "--epochs=3", "--warmup_epochs=1", "--steps_per_epoch=3",
+                   "--lr_schedule=multistep", "--lr_milestones=1", "--lr_gamma=1e7")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "non-finite" in lines[0] and "Traceback" not in proc.stderr
+    assert "epoch 1) is kept" in lines[0] and not (workdir / "results.json").exists()
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-1")

@@ -305,3 +305,37 @@ def test_merged_top_k_over_both_networks_pools():
     summary = evaluation.summary()
     assert summary["selected"] == {"net1": 4, "net2": 4}
     assert summary["kept"][0] == {"net": 2, "epoch": 4, "meta_clid": 1.0}
+
+
+def test_the_gmm_sees_the_mean_of_the_last_epochs_losses_kept_in_checkpointed_variables(
+        tmp_path):
+    """average_epochs=2 (DivideMix's 5 at 90% noise): the second epoch's GMM fits the mean
+    of both epochs' normalised losses; the history lives in the variables a checkpoint
+    holds, and a fresh Streams restored from it continues alike."""
+    rng = np.random.default_rng(12)
+    images = rng.normal(size=(30, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 30)
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3)
+    net = keras.Model(inputs, (dense(inputs), inputs))
+    train = data.Part(sources.ArraySource(images), np.arange(30), labels)
+
+    def losses():
+        logits = net(images)[0].numpy().astype(np.float64)
+        return sloss.normalize_losses(sloss.cross_entropy(logits, labels))
+
+    streams = dividemix_data.Streams(train, meta_sets=None, batch_size=4, average_epochs=2)
+    first = losses()
+    np.testing.assert_allclose(streams.clean_probabilities([net, net], epoch=0)[0],
+                               sloss.clean_probability(first, seed=1), rtol=1e-12)
+    saved = tf.train.Checkpoint(**streams.checkpoint_parts()).write(
+        str(tmp_path / "ckpt"))
+    dense.kernel.assign(dense.kernel * 3.0)
+    second = losses()
+    want = sloss.clean_probability((first + second) / 2, seed=2)
+    np.testing.assert_allclose(streams.clean_probabilities([net, net], epoch=1)[0], want,
+                               rtol=1e-12)
+    resumed = dividemix_data.Streams(train, meta_sets=None, batch_size=4, average_epochs=2)
+    tf.train.Checkpoint(**resumed.checkpoint_parts()).read(saved).assert_consumed()
+    np.testing.assert_allclose(resumed.clean_probabilities([net, net], epoch=1)[0], want,
+                               rtol=1e-12)

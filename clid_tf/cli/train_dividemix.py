@@ -9,6 +9,7 @@ build: two backbones, two VRINets, `DivideMixModel`, `dividemix_data.Streams`, o
 
 from __future__ import annotations
 
+import types
 from typing import NamedTuple
 
 import numpy as np
@@ -33,38 +34,40 @@ class Setup(NamedTuple):
 
     meta_sets: (int64 [M], int64 [M]) training-split indices of each network's label-free
       meta set (also what its CLID selection scores; drawn for --method=ce too).
+    noise: the noise kind of the training labels (`training.default_noise`).
     """
     dataset: datasets.Dataset
     noisy_labels: np.ndarray
     train_indices: np.ndarray
     meta_sets: tuple
-    val_indices: np.ndarray | None = None
+    val_indices: np.ndarray | None
+    noise: str
 
 
 def check_flags() -> None:
-    """One line for every flag combination this trainer cannot run."""
-    problems = {
-        FLAGS.method not in METHODS:
-            f"--method={FLAGS.method}: --trainer=dividemix trains with ce (plain "
-            "DivideMix), clid or entropy (a label-free meta objective of the VRI rectifier)",
-        FLAGS.method != "ce" and FLAGS.meta_net != "vri":
-            f"--meta_net={FLAGS.meta_net}: --trainer=dividemix rectifies the logits with "
-            "--meta_net=vri (its soft mixed targets give WNet no per-sample loss to weight)",
-        FLAGS.meta_every != 1:
-            "--meta_every: --trainer=dividemix makes a meta step on every step",
-        FLAGS["vri_kl"].present:
-            "--vri_kl: --trainer=dividemix logs VRI's KL but trains nothing with it (it is "
-            "inert in the reference, SOTA_SSL.md A.12)",
-        FLAGS.mixed_precision == "mixed_float16":
-            "--mixed_precision=mixed_float16: --trainer=dividemix has no loss scaling; use "
-            "mixed_bfloat16 or none",
-        FLAGS.jit_compile:
-            "--jit_compile: --trainer=dividemix draws its mixup weight from a Beta "
-            "distribution, whose sampler (StatelessRandomGamma) XLA cannot compile",
-        FLAGS.audit and FLAGS.audit_folds > 0:
-            "--audit with --trainer=dividemix scores in sample only: add --audit_folds=0",
-    }
-    for refused, message in problems.items():
+    """One line for the first flag combination this trainer cannot run."""
+    problems = (
+        (FLAGS.method not in METHODS,
+         f"--method={FLAGS.method}: --trainer=dividemix trains with ce (plain DivideMix), "
+         "clid or entropy (a label-free meta objective of the VRI rectifier)"),
+        (FLAGS.method != "ce" and FLAGS.meta_net != "vri",
+         f"--meta_net={FLAGS.meta_net}: --trainer=dividemix rectifies the logits with "
+         "--meta_net=vri (its soft mixed targets give WNet no per-sample loss to weight)"),
+        (FLAGS.meta_every != 1,
+         "--meta_every: --trainer=dividemix makes a meta step on every step"),
+        (FLAGS["vri_kl"].present,
+         "--vri_kl: --trainer=dividemix logs VRI's KL but trains nothing with it (it is "
+         "inert in the reference, SOTA_SSL.md A.12)"),
+        (FLAGS.mixed_precision == "mixed_float16",
+         "--mixed_precision=mixed_float16: --trainer=dividemix has no loss scaling; use "
+         "mixed_bfloat16 or none"),
+        (FLAGS.jit_compile,
+         "--jit_compile: --trainer=dividemix draws its mixup weight from a Beta "
+         "distribution, whose sampler (StatelessRandomGamma) XLA cannot compile"),
+        (FLAGS.audit and FLAGS.audit_folds > 0,
+         "--audit with --trainer=dividemix scores in sample only: add --audit_folds=0"),
+    )
+    for refused, message in problems:
         if refused:
             raise RunError(message)
 
@@ -77,7 +80,7 @@ def prepare_setup() -> Setup:
     second = pool[meta_sets_lib.random_subset(len(pool), size=len(base.selection_indices),
                                               seed=FLAGS.seed + 7919)]
     return Setup(base.dataset, base.noisy_labels, pool, (base.selection_indices, second),
-                 base.val_indices)
+                 base.val_indices, training.default_noise())
 
 
 def split_arrays(setup: Setup) -> dict:
@@ -104,7 +107,9 @@ def train(setup: Setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict
     evaluation = dividemix_eval.TwoNetEvaluation(
         selections, None if ds.test is None else ds.test.labels)
     streams = streams_of(setup)
-    run_state = callbacks_lib.RunState(folder.checkpoints, model, [*selections, streams])
+    parts = {**model.checkpoint_parts(), **streams.checkpoint_parts()}
+    run_state = callbacks_lib.RunState(  # checkpoints the networks and the co-divide's state
+        folder.checkpoints, types.SimpleNamespace(checkpoint_parts=lambda: parts), selections)
     start = run_state.restore() if resuming else 0
     if start:
         print(f"resuming after epoch {start} of {FLAGS.epochs}")
@@ -142,7 +147,7 @@ def compiled_model(setup: Setup):
     with strategy.scope():
         nets, meta_nets = build_networks(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
         try:
-            model = _model(nets, meta_nets)
+            model = _model(nets, meta_nets, warmup_penalty=setup.noise in ASYMMETRIC)
         except ValueError as error:  # e.g. a meta scope the backbone cannot have
             raise RunError(str(error)) from error
         model.compile([keras.optimizers.SGD(FLAGS.lr, momentum=FLAGS.momentum) for _ in nets],
@@ -152,7 +157,7 @@ def compiled_model(setup: Setup):
     return model
 
 
-def _model(nets, meta_nets):
+def _model(nets, meta_nets, *, warmup_penalty: bool):
     """`DivideMixModel` of the flags."""
     from clid_tf import dividemix_model  # pylint: disable=import-outside-toplevel
     return dividemix_model.DivideMixModel(
@@ -160,7 +165,7 @@ def _model(nets, meta_nets):
         meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
         virtual_step=flagdefs.virtual_step(), weight_decay=FLAGS.weight_decay,
         meta_weight_decay=FLAGS.meta_weight_decay, warmup_epochs=FLAGS.warmup_epochs,
-        warmup_penalty=training.default_noise() in ASYMMETRIC, p_threshold=FLAGS.p_threshold,
+        warmup_penalty=warmup_penalty, p_threshold=FLAGS.p_threshold,
         alpha=FLAGS.mixup_alpha, temperature=FLAGS.sharpen_temperature,
         lambda_u=DEFAULT_LAMBDA_U if FLAGS.lambda_u is None else FLAGS.lambda_u,
         rampup_epochs=FLAGS.rampup_epochs, clip_norm=FLAGS.clip_norm,
@@ -172,7 +177,6 @@ def streams_of(setup: Setup):
     from clid_tf import data, dividemix_data  # pylint: disable=import-outside-toplevel
     ds, idx = setup.dataset, setup.train_indices
     clean = ds.train.clean_labels
-    noise = training.default_noise()
     return dividemix_data.Streams(
         data.Part(ds.train.inputs, idx, setup.noisy_labels[idx]),
         meta_sets=None if FLAGS.method == "ce" else [data.Part(ds.train.inputs, m)
@@ -182,7 +186,7 @@ def streams_of(setup: Setup):
         max_steps=FLAGS.steps_per_epoch,
         is_clean=None if clean is None else setup.noisy_labels[idx] == clean[idx],
         eval_batch_size=FLAGS.eval_batch_size,
-        average_epochs=5 if noise == "sym" and FLAGS.noise_rate >= 0.9 else 1)
+        average_epochs=5 if setup.noise == "sym" and FLAGS.noise_rate >= 0.9 else 1)
 
 
 def meta_augmentation(ds):

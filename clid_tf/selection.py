@@ -115,9 +115,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def inference_function(backbone: keras.Model) -> Forward:
-    """`backbone(images, training=False)` as a tf.function (graph speed; same result)."""
+    """`backbone(images, training=False)` as a tf.function (graph speed; same result),
+    traced once for every batch size when the backbone declares its input shape."""
+    inputs = getattr(backbone, "inputs", None)
+    signature = None if not inputs else [tf.TensorSpec([None, *inputs[0].shape[1:]],
+                                                       tf.float32)]
     compiled = tf.function(lambda images: backbone(images, training=False),
-                           reduce_retracing=True)
+                           input_signature=signature, reduce_retracing=True)
 
     def forward(images, training: bool = False):
         if training:
@@ -195,6 +199,20 @@ class TopKLogits:
         return int(k)
 
 
+def merged_top_k(stores: Sequence[TopKLogits], k: int) -> list[tuple[int, Entry]]:
+    """The k lowest-score entries over several stores (DivideMix's two networks, reference
+    `best_results_dict_double`): (store index, entry) pairs, best first; ties go to the
+    earlier epoch, then to the lower store index. k is capped at the entries stored."""
+    pool = [(i, entry) for i, store in enumerate(stores) for entry in store.entries]
+    return sorted(pool, key=lambda item: (*_rank_key(item[1]), item[0]))[:k]
+
+
+def merged_ensemble_logits(stores: Sequence[TopKLogits], k: int) -> np.ndarray:
+    """Sum of the raw test logits float64 [N, K] of the `merged_top_k` entries."""
+    return np.sum([entry.logits.astype(np.float64) for _, entry in merged_top_k(stores, k)],
+                  axis=0)
+
+
 # ---------------------------------------------------------------- the callback
 class ClidSelection(keras.callbacks.Callback):
     """Per-epoch meta-set CLID, label-free model selection and top-k logit ensembles.
@@ -259,6 +277,8 @@ class ClidSelection(keras.callbacks.Callback):
         self._weights: dict[int, list[np.ndarray]] = {}  # memory mode: epoch -> weights
         self._forward: Forward | None = None
         self.defer_prune = False  # set by RunState, which prunes after its checkpoint
+        self._forward_of: keras.Model | None = None  # the backbone _forward runs
+        self.last_test_logits: np.ndarray | None = None  # the last epoch's [N, K]
 
     @property
     def backbone(self) -> keras.Model:
@@ -275,7 +295,8 @@ class ClidSelection(keras.callbacks.Callback):
                 raise ValueError("ClidSelection needs a meta set: pass meta=, or fit a "
                                  "MetaReweightModel on arrays or a dataset (it draws one)")
             self.meta = data.as_part(meta)
-        self._forward = inference_function(self.backbone)
+        if self._forward_of is not self.backbone:  # a fit per epoch (DivideMix): no retrace
+            self._forward, self._forward_of = inference_function(self.backbone), self.backbone
 
     def on_epoch_end(self, epoch, logs=None):
         number = int(epoch) + 1
@@ -285,6 +306,7 @@ class ClidSelection(keras.callbacks.Callback):
         if self.test is not None:
             logits = predict_logits(self._forward, self.test, batch_size=self.eval_batch_size)
             self.test_accuracy.append(accuracy(logits, self.test.labels))
+            self.last_test_logits = logits
         self.epochs.append(number)
         self.meta_clid.append(score)
         if self.store.update(score, number, logits):

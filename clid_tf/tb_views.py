@@ -341,21 +341,24 @@ def _multiline(title: str, *tags: str) -> layout_pb2.Chart:
         tag=[f"^{tag}$" for tag in tags]))
 
 
-def layout() -> layout_pb2.Layout:
-    """Custom-scalars layout: three charts of Keras' per-epoch scalars (regex on tags)."""
+CHARTS = (
+    ("meta-set CLID and test accuracy", "epoch_meta_set_clid", "epoch_test_accuracy"),
+    ("learning rates", "epoch_lr", "epoch_meta_lr"),
+    ("mean meta weight: clean vs noisy", "epoch_weight_clean", "epoch_weight_noisy"),
+)
+
+
+def layout(charts: Sequence[Sequence[str]] = CHARTS) -> layout_pb2.Layout:
+    """Custom-scalars layout: one chart of Keras' per-epoch scalars (regex on tags) per
+    (title, *tags) of `charts` (default: the meta trainer's three)."""
     return layout_pb2.Layout(category=[layout_pb2.Category(title="CLID-MU", chart=[
-        _multiline("meta-set CLID and test accuracy", "epoch_meta_set_clid",
-                   "epoch_test_accuracy"),
-        _multiline("learning rates", "epoch_lr", "epoch_meta_lr"),
-        _multiline("mean meta weight: clean vs noisy", "epoch_weight_clean",
-                   "epoch_weight_noisy"),
-    ])])
+        _multiline(title, *tags) for title, *tags in charts])])
 
 
-def write_layout(logdir: str) -> None:
-    """Writes `layout()` for TensorBoard's Custom Scalars tab into `logdir`."""
+def write_layout(logdir: str, charts: Sequence[Sequence[str]] = CHARTS) -> None:
+    """Writes `layout(charts)` for TensorBoard's Custom Scalars tab into `logdir`."""
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         tf.summary.experimental.write_raw_pb(
-            custom_scalar_summary.pb(layout()).SerializeToString(), step=0)
+            custom_scalar_summary.pb(layout(charts)).SerializeToString(), step=0)
     writer.close()

@@ -147,16 +147,19 @@ class VRINet(keras.Model):
         batch = tf.shape(features)[0]
         return self._encode(features, tf.zeros([batch, self.embed_dim], self.compute_dtype))
 
-    def sample_weights(self, mu: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
+    def sample_weights(self, mu: tf.Tensor, log_var: tf.Tensor,
+                       rows: tf.Tensor | None = None) -> tf.Tensor:
         """w = sigmoid(mu + exp(0.5 * log_var) * eps), eps ~ N(0, I) drawn afresh. [B, K].
 
         eps is drawn for the global batch [R*B, K] and this replica keeps its rows, so each
         sample gets the same eps on R replicas as on one device (replicas share the
-        generator state).
+        generator state). `rows` (int [B]) names those rows when they are not this
+        replica's consecutive block (DivideMix's mixed batch); default: the block.
         """
         batch = tf.shape(mu)[0] * distribute.num_replicas()
         eps = keras.random.normal([batch, self.num_classes], dtype=mu.dtype, seed=self.noise)
-        return tf.sigmoid(mu + tf.exp(0.5 * log_var) * distribute.replica_rows(eps))
+        eps = distribute.replica_rows(eps) if rows is None else tf.gather(eps, rows)
+        return tf.sigmoid(mu + tf.exp(0.5 * log_var) * eps)
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
                       regularize: bool = True) -> objectives.WeightedLoss:

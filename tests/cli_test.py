@@ -421,6 +421,19 @@ def _bad_inputs(tmp):
          "--backbone=vgg19_bn has none"),
         ("last_layer of vgg19_bn", ["--backbone=vgg19_bn", "--meta_scope=last_layer"],
          "vgg19_bn's features feed an MLP"),
+        ("DivideMix with WNet", ["--trainer=dividemix", "--meta_net=wnet"], "--meta_net=vri"),
+        ("DivideMix with a labelled meta set", ["--trainer=dividemix", "--meta_net=vri",
+                                                "--method=ce_clean"], "--method=ce_clean"),
+        ("DivideMix with meta_every", ["--trainer=dividemix", "--meta_net=vri",
+                                       "--meta_every=2"], "--meta_every"),
+        ("DivideMix with a KL weight", ["--trainer=dividemix", "--meta_net=vri",
+                                        "--vri_kl=0.1"], "--vri_kl"),
+        ("DivideMix in float16", ["--trainer=dividemix", "--meta_net=vri",
+                                  "--mixed_precision=mixed_float16"], "mixed_float16"),
+        ("DivideMix audit by cross-fitting", ["--trainer=dividemix", "--meta_net=vri",
+                                              "--audit"], "--audit_folds=0"),
+        ("DivideMix under XLA", ["--trainer=dividemix", "--meta_net=vri", "--jit_compile"],
+         "--jit_compile"),
     ]
 
 

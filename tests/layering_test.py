@@ -16,8 +16,8 @@ LAYERS = [
     {"errors", "atomic_io", "clid", "noise", "meta_sets", "distribute", "schedules",
      "augment", "resnets", "lookahead", "meta_scope"},
     # 1: image files on disk, losses and the meta-net interface, the run folder layout,
-    # float16 loss scaling
-    {"image_files", "objectives", "run_folder", "loss_scaling"},
+    # float16 loss scaling, DivideMix's math
+    {"image_files", "objectives", "run_folder", "loss_scaling", "dividemix"},
     # 2: where inputs live (sources), VRI
     {"sources", "vri"},
     # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead
@@ -26,17 +26,21 @@ LAYERS = [
     {"npz_data", "tfds_cifar", "tfds_images", "splits", "selection", "export"},
     # 5: dispatch, the algorithm, label issues
     {"loaders", "meta_model", "label_issues"},
-    # 6: callbacks that read models, selection and data
-    {"sloss", "callbacks", "tb_views"},
-    # 7-11: the command line (the only reader of FLAGS): flags, the parts of a run, the
-    # audit (trains folds with those parts), the training command, the package
-    {"cli.flagdefs"}, {"cli.training"}, {"cli.auditing"}, {"cli.commands"}, {"cli"},
+    # 6: callbacks that read models, selection and data; DivideMix's evaluation
+    {"sloss", "callbacks", "tb_views", "dividemix_eval"},
+    # 7-8: DivideMix's epochs (co-divide, streams), its model
+    {"dividemix_data"}, {"dividemix_model"},
+    # 9-14: the command line (the only reader of FLAGS): flags, the parts of a run, the
+    # DivideMix trainer, the audit (trains folds with those parts), the training command,
+    # the package
+    {"cli.flagdefs"}, {"cli.training"}, {"cli.train_dividemix"}, {"cli.auditing"},
+    {"cli.commands"}, {"cli"},
     # 12: entry points and the lazy public API
     {"train", "audit", "__init__"},
 ]
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
-CLI = {"cli", "cli.flagdefs", "cli.training", "cli.auditing", "cli.commands", "train",
-       "audit"}
+CLI = {"cli", "cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
+       "cli.commands", "train", "audit"}
 
 
 def _modules():
@@ -115,7 +119,8 @@ def test_only_the_command_line_touches_absl():
 
 def test_the_command_line_checks_input_before_tensorflow_starts():
     # Bad flags and data are reported in seconds, before TensorFlow is imported.
-    for module in ("cli.flagdefs", "cli.training", "cli.auditing", "cli.commands", "loaders",
+    for module in ("cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
+                   "cli.commands", "loaders",
                    "datasets", "splits", "image_files", "npz_data", "run_folder", "__init__"):
         top, _ = _imports(module)
         assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top), module

@@ -88,3 +88,11 @@ def test_choose_hparams_picks_by_the_held_out_score_never_by_test_accuracy():
     assert choose_hparams.chosen(means, "val_selected") == 3
     with pytest.raises(ValueError, match="not a held-out score"):
         choose_hparams.chosen(means, "final")
+
+
+def test_bench_speed_times_dividemix_with_vri_and_clid_against_plain_dividemix():
+    rows = _table("bench_speed.py", "--modes=dividemix,dividemix_vri,dm_targets",
+                  "--memory=false")
+    assert [r[0] for r in rows] == ["dividemix", "dividemix_vri", "dm_targets"]
+    assert rows[0][3] == "1.00x" and float(rows[1][1]) > 0 and float(rows[2][1]) > 0
+    assert float(rows[1][3].rstrip("x")) > 1.0  # the meta step costs time

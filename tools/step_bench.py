@@ -101,3 +101,72 @@ def peak_bytes(call) -> int:
     tf.config.experimental.reset_memory_stats(device)
     call()
     return tf.config.experimental.get_memory_info(device)["peak"]
+
+
+# ---------------------------------------------------------------- DivideMix
+# Cumulative prefixes of one DivideMix + VRI + CLID step of net 1, and the two full steps.
+DIVIDEMIX_MODES = {
+    "dividemix": "plain DivideMix step (no meta-net)",
+    "dividemix_vri": "DivideMix + VRI + CLID step",
+    "dm_targets": "1 co-guess, co-refine (6 forwards) and mixup",
+    "dm_forward": "2 + recorded forward of the mixed batch",
+    "dm_meta": "3 + virtual step and meta step (hypergradient, CLID, Adam)",
+}
+
+
+def dividemix_batches():
+    """Fixed DivideMix batches: labeled and unlabeled parts of --batch_size rows (two
+    views each) and a meta batch of --meta_batch_size."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return tf.constant(rng.integers(0, 256, (n, *shape)), tf.float32)
+
+    b = FLAGS.batch_size
+    return {"labeled": {"image": images(b), "image2": images(b),
+                        "label": tf.constant(rng.integers(0, FLAGS.num_classes, b), tf.int32),
+                        "prob": tf.constant(rng.random(b), tf.float32)},
+            "unlabeled": {"image": images(b), "image2": images(b)},
+            "meta": {"image": images(FLAGS.meta_batch_size)}}
+
+
+def dividemix_step(mode: str):
+    """A no-argument callable running `mode` (DIVIDEMIX_MODES) once on the fixed batches:
+    DivideMixModel with two --backbone nets (and two VRINets), SGD(0.02, momentum 0.9)
+    with its real-optimizer virtual step, Adam(1e-3), net 1's DivideMix phase."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from clid_tf import backbones, dividemix_data, dividemix_model, virtual, vri
+
+    keras.utils.set_random_seed(0)
+    nets = [backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
+                            input_shape=(FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
+                            mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels,
+                            seed=s) for s in (0, 1)]
+    metas = (None if mode == "dividemix" else
+             [vri.VRINet(FLAGS.num_classes, net.feature_dim, seed=s) for s, net in enumerate(nets)])
+    model = dividemix_model.DivideMixModel(nets, metas, warmup_epochs=0)
+    model.compile([keras.optimizers.SGD(0.02, momentum=0.9) for _ in nets],
+                  None if metas is None else [keras.optimizers.Adam(1e-3) for _ in nets])
+    model.select_phase(dividemix_data.Phase("dividemix", 0, 100), epoch=1)
+    data = dividemix_batches()
+    x, u = data["labeled"], data["unlabeled"]
+
+    def prefix():
+        mixed = model._mixed_batch(0, x, u, model._targets(0, x, u))  # pylint: disable=protected-access
+        if mode == "dm_targets":
+            return tf.reduce_sum(mixed.images)
+        fwd = virtual.train_forward(nets[0], mixed.images)
+        if mode == "dm_forward":
+            return tf.reduce_sum(fwd.logits)
+        return model._meta_step(0, mixed, data["meta"], fwd, model._lambda_u(0))  # pylint: disable=protected-access
+
+    if mode in ("dividemix", "dividemix_vri"):
+        step = tf.function(model.train_step)
+        return lambda: step(data)["loss"].numpy()
+    step = tf.function(prefix)
+    return lambda: step().numpy()

@@ -22,6 +22,7 @@ from clid_tf import label_issues
 from clid_tf import meta_sets
 from clid_tf import run_folder
 from clid_tf import splits
+from clid_tf.cli import train_dividemix
 from clid_tf.cli import training
 from clid_tf.cli.flagdefs import AUDIT_GROUPS, AUDIT_HELP, FLAGS, fail, parse_flags
 from clid_tf.errors import RunError
@@ -52,9 +53,10 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     folder = run_folder.RunFolder(FLAGS.workdir)
+    trainer = train_dividemix if FLAGS.trainer == "dividemix" else training
     try:
-        setup = training.prepare_setup()
-        folder.check_split(training.split_arrays(setup))
+        setup = trainer.prepare_setup()
+        folder.check_split(trainer.split_arrays(setup))
         audit(folder, setup, folds=FLAGS.audit_folds)
     except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
         fail(str(error))
@@ -135,6 +137,8 @@ def fold_of(setup, train_indices: np.ndarray):
 
 def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores:
     """Mean scores of the training samples over the run's last checkpoints."""
+    if FLAGS.trainer == "dividemix":  # the two networks' ensemble
+        return train_dividemix.in_sample_scores(folder, setup)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from clid_tf import data  # pylint: disable=import-outside-toplevel
     state = tf.train.get_checkpoint_state(folder.checkpoints)

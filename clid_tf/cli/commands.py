@@ -18,6 +18,7 @@ from absl import logging
 from clid_tf import errors
 from clid_tf import run_folder
 from clid_tf.cli import auditing
+from clid_tf.cli import train_dividemix
 from clid_tf.cli import training
 from clid_tf.cli.flagdefs import (FLAGS, HUMAN_NOISE, PAPER_SETTINGS, fail,
                                   training_flag_names)
@@ -111,7 +112,7 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
 
 # --trainer -> the cli module that prepares its data (`prepare_setup`, numpy only), names
 # what split.npz holds (`split_arrays`) and trains, evaluates and exports (`train`).
-TRAINERS = {"meta": training, "vri_single": training}
+TRAINERS = {"meta": training, "vri_single": training, "dividemix": train_dividemix}
 
 
 def _trainer() -> str:

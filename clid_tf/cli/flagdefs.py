@@ -136,11 +136,12 @@ def define_flags() -> None:
                       "1-100-1 on the per-sample loss, weights normalised over the batch) or "
                       "vri (Variational Rectification Inference: per-sample per-class "
                       "weights on the logits from features and the noisy label). Default: "
-                      "the trainer's, wnet for meta, vri for vri_single (which trains no "
-                      "other).")
+                      "the trainer's, wnet for meta, fixmatch and flexmatch (their loss-net), vri "
+                      "for vri_single and dividemix (which train no other).")
     flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
                        "meta-net's objective.", lower_bound=0.0)
-    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set.",
+    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set "
+                         "(--trainer=dividemix: in each network's own meta set).",
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
                          lower_bound=2)
@@ -169,7 +170,7 @@ def define_flags() -> None:
                       "differentiable copy of the classifier optimizer's own next update "
                       "from its state: momentum, coupled weight decay, nesterov, Adam's "
                       "moments and step). Default: the trainer's, sgd for meta, optimizer "
-                      "for vri_single.")
+                      "for the others.")
     flags.DEFINE_integer("meta_every", 1, "Meta update (virtual and meta step) on every k-th "
                          "training step only; the steps between use the meta-net as it is.",
                          lower_bound=1)
@@ -193,9 +194,27 @@ def define_flags() -> None:
     flags.DEFINE_float("lambda_u", None, "Weight of the unlabeled loss term: DivideMix's "
                        "lambda_u (default 150, ramped up linearly over 16 epochs after the "
                        "warm-up) or FixMatch/FlexMatch's (default 1).", lower_bound=0.0)
+    # ---- DivideMix (--trainer=dividemix; SOTA_SSL.md A.4-A.5, A.12)
+    flags.DEFINE_float("p_threshold", 0.5, "DivideMix: a sample is labeled for one network "
+                       "when the other network's GMM clean probability exceeds this.",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("mixup_alpha", 4.0, "DivideMix: MixMatch's Beta(alpha, alpha) "
+                       "mixing weight (l = max(l, 1 - l)).", lower_bound=1e-6)
+    flags.DEFINE_float("sharpen_temperature", 0.5, "DivideMix: temperature T of the "
+                       "sharpened co-guessed and co-refined targets.", lower_bound=1e-6)
+    flags.DEFINE_integer("rampup_epochs", 16, "DivideMix: lambda_u ramps up linearly over "
+                         "this many epochs after the warm-up (0: at once).", lower_bound=0)
+    flags.DEFINE_float("clip_norm", 0.8, "DivideMix: global-norm clip of the actual step's "
+                       "gradient (the virtual step is never clipped); 0 = no clipping.",
+                       lower_bound=0.0)
+    flags.DEFINE_enum("guess_bn_mode", "train", ("train", "inference"), "DivideMix: the "
+                      "trained network's co-guessing forwards in train mode (batch "
+                      "statistics, BN statistics updated, as DivideMix) or inference mode.")
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 100, "Training batch size (--trainer=dividemix: the "
+                         "rows of each part, labeled and unlabeled, and the warm-up batch).",
+                         lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over "
                          "the training set (floor(N / batch_size)).", lower_bound=0)
     flags.DEFINE_float("lr", 0.05, "Classifier learning rate.", lower_bound=0.0)
@@ -395,7 +414,9 @@ HELP_GROUPS = (
         "warmup_epochs", "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay",
         "meta_grad", "meta_scope", "virtual_step", "meta_every", "select_keep",
         "select_augment")),
-    ("semi-supervised trainers", ("lambda_u",)),
+    ("semi-supervised trainers", ("lambda_u", "p_threshold", "mixup_alpha",
+                                  "sharpen_temperature", "rampup_epochs", "clip_norm",
+                                  "guess_bn_mode")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "optimizer",
                       "reset_optimizer_each_epoch", "lr", "momentum", "weight_decay",
                       "lr_schedule", "lr_schedule_start", "lr_tmax", "lr_eta_min",

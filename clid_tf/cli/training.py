@@ -13,6 +13,7 @@ from clid_tf import datasets
 from clid_tf import loaders
 from clid_tf import run_folder
 from clid_tf.errors import RunError
+from clid_tf.cli import flagdefs
 from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, training_flag_names
 
 # keras.applications' ResNet-50 ImageNet weights (notop): the file Keras caches under
@@ -23,14 +24,16 @@ RESNET50_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applica
 
 
 def meta_net_kind() -> str:
-    """--meta_net, else the trainer's: vri for vri_single, wnet for meta."""
-    return FLAGS.meta_net or ("vri" if FLAGS.trainer == "vri_single" else "wnet")
+    """--meta_net, else the trainer's: vri for vri_single and dividemix (which rectify
+    logits), wnet for meta and the semi-supervised loss-net."""
+    return FLAGS.meta_net or ("vri" if FLAGS.trainer in ("vri_single", "dividemix")
+                              else "wnet")
 
 
 def virtual_step_kind() -> str:
-    """--virtual_step, else the trainer's: a copy of the real optimizer's update for
-    vri_single (the reference's `higher` step, SOTA_SSL.md A.2.4), plain SGD for meta."""
-    return FLAGS.virtual_step or ("optimizer" if FLAGS.trainer == "vri_single" else "sgd")
+    """--virtual_step, else the trainer's: plain SGD for meta (the paper's), a copy of the
+    real optimizer's update for the others (the reference's `higher` step, A.2.4)."""
+    return FLAGS.virtual_step or ("sgd" if FLAGS.trainer == "meta" else "optimizer")
 
 
 def pretrained_weights() -> str | None:
@@ -180,8 +183,8 @@ def steps_per_epoch(setup) -> int:
     return FLAGS.steps_per_epoch or len(setup.train_indices) // FLAGS.batch_size
 
 
-def compiled_model(setup, steps: int):
-    """The flags' model under the flags' strategy, compiled with both optimizers."""
+def start_strategy():
+    """--deterministic and --seed applied, the --strategy started (RunError if it cannot)."""
     # pylint: disable=import-outside-toplevel
     import keras
     import tensorflow as tf
@@ -190,10 +193,15 @@ def compiled_model(setup, steps: int):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(FLAGS.seed)
     try:
-        strategy = distribute.make_strategy(FLAGS.strategy)
+        return distribute.make_strategy(FLAGS.strategy)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:  # no TPU, a bad TF_CONFIG
         raise RunError(f"--strategy={FLAGS.strategy} cannot start here: "
                        f"{str(error).splitlines()[0]}") from error
+
+
+def compiled_model(setup, steps: int):
+    """The flags' model under the flags' strategy, compiled with both optimizers."""
+    strategy = start_strategy()
     with strategy.scope():
         model = build_model(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
         model.compile(classifier_optimizer(steps), meta_optimizer(model),
@@ -218,21 +226,28 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
               validation_data=validation_batches(setup) if validation else None)
 
 
-def build_model(setup, *, sync_batchnorm: bool):
-    """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
-    # pylint: disable=import-outside-toplevel
-    from clid_tf import backbones, meta_model, meta_nets
+def build_backbone(setup, *, sync_batchnorm: bool, seed: int):
+    """The flags' backbone for the setup's data, initialised from `seed`."""
+    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     mean, std = ((backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)
                  if FLAGS.standardize == "imagenet" else (ds.mean, ds.std))
     try:
-        net = backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
-                              input_shape=ds.train.inputs.element_shape, mean=mean,
-                              std=std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
-                              dtype_policy="float32" if FLAGS.mixed_precision == "none"
-                              else FLAGS.mixed_precision, pretrained=pretrained_weights())
+        return backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
+                               input_shape=ds.train.inputs.element_shape, mean=mean,
+                               std=std, seed=seed, sync_batchnorm=sync_batchnorm,
+                               dtype_policy="float32" if FLAGS.mixed_precision == "none"
+                               else FLAGS.mixed_precision, pretrained=pretrained_weights())
     except (ValueError, OSError) as error:  # also an unreadable or mismatched weights file
         raise RunError(f"--backbone={FLAGS.backbone}: {str(error).splitlines()[0]}") from error
+
+
+def build_model(setup, *, sync_batchnorm: bool):
+    """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf import meta_model, meta_nets
+    ds = setup.dataset
+    net = build_backbone(setup, sync_batchnorm=sync_batchnorm, seed=FLAGS.seed)
     if FLAGS.method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
     meta_net = meta_nets.build(meta_net_kind(), num_classes=ds.num_classes,
@@ -248,25 +263,29 @@ def build_model(setup, *, sync_batchnorm: bool):
         raise RunError(str(error)) from error
 
 
+def lr_schedule(steps_per_epoch: int):
+    """The flags' per-epoch learning-rate schedule of the classifier (step -> lr)."""
+    from clid_tf import schedules  # pylint: disable=import-outside-toplevel
+    return schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
+                           epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax, eta_min=FLAGS.lr_eta_min,
+                           milestones=[int(m) for m in FLAGS.lr_milestones],
+                           gamma=FLAGS.lr_gamma, start_epoch=FLAGS.lr_schedule_start)
+
+
 def classifier_optimizer(steps_per_epoch: int):
     """--optimizer (SGD with --momentum, or Adam as PyTorch's: beta 0.9/0.999, epsilon
     1e-8) on the flags' per-epoch schedule."""
     import keras  # pylint: disable=import-outside-toplevel
-    from clid_tf import schedules  # pylint: disable=import-outside-toplevel
-    schedule = schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
-                               epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax,
-                               eta_min=FLAGS.lr_eta_min,
-                               milestones=[int(m) for m in FLAGS.lr_milestones],
-                               gamma=FLAGS.lr_gamma, start_epoch=FLAGS.lr_schedule_start)
     if FLAGS.optimizer == "adam":
-        return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
-    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+        return keras.optimizers.Adam(lr_schedule(steps_per_epoch), beta_1=0.9, beta_2=0.999,
+                                     epsilon=1e-8)
+    return keras.optimizers.SGD(lr_schedule(steps_per_epoch), momentum=FLAGS.momentum)
 
 
-def meta_optimizer(model):
-    """The meta-net's optimizer (None without a meta-net)."""
+def meta_optimizer(model=None):
+    """The meta-net's optimizer (None for a model without a meta-net)."""
     import keras  # pylint: disable=import-outside-toplevel
-    if model.meta_net is None:
+    if model is not None and model.meta_net is None:
         return None
     kind = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[FLAGS.meta_optimizer]
     return kind(FLAGS.meta_lr)

@@ -56,10 +56,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     from clid_tf import callbacks as callbacks_lib
     from clid_tf import data, selection as selection_lib, tb_views
     if not resuming:  # a resumed run's TensorBoard folder has them already
-        tb_views.write_hparams(folder.tensorboard, {
-            name: FLAGS[name].value for name in sorted(training_flag_names())
-            if name not in ("workdir", "resume", "verbose")})
-        tb_views.write_layout(folder.tensorboard)
+        tensorboard_header(folder)
     ds = setup.dataset
     steps = steps_per_epoch(setup)
     model = compiled_model(setup, steps)
@@ -68,7 +65,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
         test=None if ds.test is None else data.Part(ds.test.inputs, None, ds.test.labels),
         batch_size=min(FLAGS.meta_batch_size, len(setup.selection_indices)), tau=FLAGS.tau,
         keep=FLAGS.select_keep, seed=FLAGS.seed, eval_batch_size=FLAGS.eval_batch_size,
-        augment=augmentation(ds, FLAGS.select_augment),
+        augment=augmentation(ds, FLAGS.select_augment or "none"),
         directory=folder.selected_weights)
     run_state = callbacks_lib.RunState(folder.checkpoints, model, selection)
     start = run_state.restore() if resuming else 0
@@ -89,6 +86,15 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     return results_of(setup, selection.summary(), run_state.history)
 
 
+def tensorboard_header(folder: run_folder.RunFolder) -> None:
+    """The run's hyper-parameters (HParams tab) and the custom-scalars layout."""
+    from clid_tf import tb_views  # pylint: disable=import-outside-toplevel
+    tb_views.write_hparams(folder.tensorboard, {
+        name: FLAGS[name].value for name in sorted(training_flag_names())
+        if name not in ("workdir", "resume", "verbose")})
+    tb_views.write_layout(folder.tensorboard)
+
+
 def split_arrays(setup) -> dict:
     """What split.npz holds for this trainer (checked again on resume and by the audit)."""
     return run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
@@ -101,6 +107,16 @@ def steps_per_epoch(setup) -> int:
 
 def compiled_model(setup, steps: int):
     """The flags' model under the flags' strategy, compiled with both optimizers."""
+    strategy = start_strategy()
+    with strategy.scope():
+        model = build_model(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+        model.compile(classifier_optimizer(steps), meta_optimizer(model),
+                      jit_compile=FLAGS.jit_compile)
+    return model
+
+
+def start_strategy():
+    """The flags' tf.distribute strategy, after op determinism and the seed are set."""
     # pylint: disable=import-outside-toplevel
     import keras
     import tensorflow as tf
@@ -109,15 +125,10 @@ def compiled_model(setup, steps: int):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(FLAGS.seed)
     try:
-        strategy = distribute.make_strategy(FLAGS.strategy)
+        return distribute.make_strategy(FLAGS.strategy)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:  # no TPU, a bad TF_CONFIG
         raise RunError(f"--strategy={FLAGS.strategy} cannot start here: "
                        f"{str(error).splitlines()[0]}") from error
-    with strategy.scope():
-        model = build_model(setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
-        model.compile(classifier_optimizer(steps), meta_optimizer(model),
-                      jit_compile=FLAGS.jit_compile)
-    return model
 
 
 def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=None,
@@ -138,17 +149,9 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
 
 def build_model(setup, *, sync_batchnorm: bool):
     """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
-    # pylint: disable=import-outside-toplevel
-    from clid_tf import backbones, meta_model, meta_nets
+    from clid_tf import meta_model, meta_nets  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
-    try:
-        net = backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
-                              input_shape=ds.train.inputs.element_shape, mean=ds.mean,
-                              std=ds.std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
-                              dtype_policy="float32" if FLAGS.mixed_precision == "none"
-                              else FLAGS.mixed_precision)
-    except ValueError as error:
-        raise RunError(f"--backbone={FLAGS.backbone}: {error}") from error
+    net = build_backbone(ds, sync_batchnorm=sync_batchnorm)
     if FLAGS.method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=FLAGS.weight_decay)
     meta_net = meta_nets.build(FLAGS.meta_net, num_classes=ds.num_classes,
@@ -156,13 +159,26 @@ def build_model(setup, *, sync_batchnorm: bool):
                                seed=FLAGS.seed)
     return meta_model.MetaReweightModel(
         net, meta_net, meta_objective=FLAGS.method, tau=FLAGS.tau, meta_grad=FLAGS.meta_grad,
-        meta_scope=FLAGS.meta_scope, virtual_step=FLAGS.virtual_step,
+        meta_scope=FLAGS.meta_scope, virtual_step=FLAGS.virtual_step or "sgd",
         meta_every=FLAGS.meta_every, weight_decay=FLAGS.weight_decay,
         meta_weight_decay=FLAGS.meta_weight_decay)
 
 
-def classifier_optimizer(steps_per_epoch: int):
-    """SGD with momentum on the flags' per-epoch schedule."""
+def build_backbone(ds, *, sync_batchnorm: bool):
+    """The flags' backbone for dataset `ds`."""
+    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
+    try:
+        return backbones.build(FLAGS.backbone, num_classes=ds.num_classes,
+                               input_shape=ds.train.inputs.element_shape, mean=ds.mean,
+                               std=ds.std, seed=FLAGS.seed, sync_batchnorm=sync_batchnorm,
+                               dtype_policy="float32" if FLAGS.mixed_precision == "none"
+                               else FLAGS.mixed_precision)
+    except ValueError as error:
+        raise RunError(f"--backbone={FLAGS.backbone}: {error}") from error
+
+
+def classifier_optimizer(steps_per_epoch: int, *, nesterov: bool = False):
+    """SGD with momentum (`nesterov` or heavy ball) on the flags' per-epoch schedule."""
     import keras  # pylint: disable=import-outside-toplevel
     from clid_tf import schedules  # pylint: disable=import-outside-toplevel
     schedule = schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
@@ -170,7 +186,7 @@ def classifier_optimizer(steps_per_epoch: int):
                                eta_min=FLAGS.lr_eta_min,
                                milestones=[int(m) for m in FLAGS.lr_milestones],
                                gamma=FLAGS.lr_gamma)
-    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=nesterov)
 
 
 def meta_optimizer(model):
@@ -256,13 +272,15 @@ def validation_batches(setup):
         lambda ids, x: (x, tf.gather(table, ids)))
 
 
-def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool) -> None:
-    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last."""
+def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool,
+           last=None) -> None:
+    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last
+    (`last`, default the model's backbone)."""
     if FLAGS.export == "none":
         return
     from clid_tf import export as export_lib  # pylint: disable=import-outside-toplevel
     if FLAGS.export == "last":
-        networks = [model.backbone]
+        networks = [model.backbone if last is None else last]
     else:
         k = 1 if FLAGS.export == "selected" else min(FLAGS.select_keep, len(selection.store))
         networks = selection.members(k)

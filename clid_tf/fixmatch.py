@@ -120,6 +120,12 @@ def flexmatch_select(selected: tf.Tensor, positions: tf.Tensor, confidence: tf.T
     return tf.tensor_scatter_nd_update(selected, unique[:, None], tf.gather(labels, last))
 
 
+def meta_images(meta: dict) -> tf.Tensor:
+    """CLID's rows of a meta batch: cat(weak, strong) [2n, ...] of the same n images, or the
+    weak view [n, ...] alone."""
+    return tf.concat([meta[view] for view in ("weak", "strong") if view in meta], axis=0)
+
+
 def batch_stats(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(mean, standard deviation) of per-sample values [b] over the global batch."""
     mean = distribute.global_sum(distribute.global_mean(values))
@@ -249,20 +255,24 @@ class FixMatchModel(keras.Model):
                          thresholds=thresholds)
 
     def _meta_step(self, labeled, meta):
-        """B.4 steps 1-3: hypergradient through the virtual step of the labeled batch, then
-        the loss-net update. Returns this replica's share of the meta loss."""
-        step = lookahead.build(self.virtual_step, self.optimizer,
-                               weight_decay=self.weight_decay, no_decay=self.no_decay)
-        meta_batch = {"image": tf.concat([meta[v] for v in ("weak", "strong") if v in meta],
-                                         axis=0)}
-        result = virtual.hypergradient(
-            self.backbone, virtual.for_meta_net(self.meta_net, labeled["label"]),
-            labeled["image"], meta_batch, step=step, meta_objective=self.meta_objective,
-            meta_grad=self.meta_grad, scope=self.meta_scope)
+        """B.4 steps 1-3: the hypergradient, then the loss-net update. Returns this
+        replica's share of the meta loss."""
+        result = self.meta_gradients(labeled, meta)
         loss_scaling.apply(self.meta_optimizer, result.meta_grads,
                            self.meta_net.trainable_variables,
                            weight_decay=self.meta_weight_decay)
         return result.meta_loss
+
+    def meta_gradients(self, labeled: dict, meta: dict) -> virtual.MetaResult:
+        """d CLID(theta') / d phi: the virtual step of the LABELED batch's loss-net loss
+        through the real optimizer's next update, CLID on the meta batch's views."""
+        step = lookahead.build(self.virtual_step, self.optimizer,
+                               weight_decay=self.weight_decay, no_decay=self.no_decay)
+        return virtual.hypergradient(
+            self.backbone, virtual.for_meta_net(self.meta_net, labeled["label"]),
+            labeled["image"], {"image": meta_images(meta)}, step=step,
+            meta_objective=self.meta_objective, meta_grad=self.meta_grad,
+            scope=self.meta_scope)
 
     def _actual_step(self, labeled, unlabeled):
         """B.4 steps 4-8: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update."""

@@ -185,7 +185,7 @@ class FixMatchModel(keras.Model):
         self.algorithm = algorithm
         self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
         self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
-        if isinstance(meta_objective, str):
+        if isinstance(meta_objective, str) and loss_net is not None:
             meta_objective = objectives.meta_objective(meta_objective, tau=tau)
         self.meta_objective = meta_objective
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step

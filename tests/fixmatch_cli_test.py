@@ -116,6 +116,18 @@ def test_the_meta_trainer_on_the_same_labeled_part(smoke_run, tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_plain_fixmatch_is_the_method_ce(tmp_path):
+    proc = run_cli(f"--workdir={tmp_path / 'plain'}", "--trainer=fixmatch", "--method=ce",
+                   "--num_labels=200", "--batch_size=16", "--uratio=2", "--eval_every=10",
+                   "--epochs=1", "--verbose=0", "--export=last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.load(open(tmp_path / "plain" / "results.json"))
+    assert "meta_clid" not in results["history"] and "weight_mean" not in results["history"]
+    assert np.isfinite(results["history"]["loss_unsup"][0])
+    assert np.isfinite(results["history"]["meta_set_clid"][0])  # label-free selection too
+    assert (tmp_path / "plain" / "saved_model" / "saved_model.pb").exists()
+
+
 def test_kill_then_resume_gives_the_same_flexmatch_run(tmp_path):
     run = ["--trainer=flexmatch", "--num_labels=200", "--noise=sym_exact", "--batch_size=16",
            "--uratio=2", "--meta_size=200", "--meta_batch_size=32", "--eval_every=6",

@@ -8,6 +8,8 @@ step, weights included (on CPU with TF_CPU_ALLOCATOR_USE_BFC=true, which gives t
 GPU allocator's statistics). Shared set-up: tools/step_bench.py.
 
   python tools/bench_speed.py --backbone=resnet32 --batch_size=100 --meta_batch_size=100
+  python tools/bench_speed.py --modes=fixmatch,fixmatch_clid --backbone=wrn28_2_fork \
+      --batch_size=20 --uratio=7 --meta_batch_size=200
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import step_bench  # noqa: E402  (tools/, on sys.path when this script runs)
 FLAGS = flags.FLAGS
 flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_recompute", "clid_jvp", "clid_last_layer"],
                   "Modes: ce, clid_tape, clid_recompute, clid_jvp, clid_last_layer (and vri_* "
-                  "variants).")
+                  "variants); fixmatch, fixmatch_clid, flexmatch, flexmatch_clid (the "
+                  "semi-supervised step; the first mode is the base of the ratios).")
 flags.DEFINE_integer("rounds", 5, "Timing rounds (modes interleaved).")
 flags.DEFINE_integer("steps", 5, "Steps per mode per round.")
 flags.DEFINE_bool("jit_compile", False, "Compile each train step with XLA.")
@@ -37,10 +40,13 @@ flags.DEFINE_string("memory_mode", None, "Internal: measure this mode's memory a
 def build_step(mode: str):
     """A compiled train step of `mode` on the fixed synthetic batch."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    model = step_bench.build_model(mode)
-    batch, meta = step_bench.synthetic_batches()
+    if mode in step_bench.SSL_MODES:
+        model, data = step_bench.build_ssl_model(mode), step_bench.ssl_step_data()
+    else:
+        model = step_bench.build_model(mode)
+        batch, meta = step_bench.synthetic_batches()
+        data = {"train": batch, "meta": meta}
     step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
-    data = {"train": batch, "meta": meta}
     return lambda: step(data)["loss"].numpy()
 
 
@@ -72,7 +78,9 @@ def main(argv):
           f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, {device}, "
           f"jit_compile={FLAGS.jit_compile}; median of {FLAGS.rounds} rounds x "
           f"{FLAGS.steps} steps\n")
-    print("| mode | ms/step | steps/s | time vs ce | peak step memory (MiB) | memory vs ce |")
+    base = FLAGS.modes[0]
+    print(f"| mode | ms/step | steps/s | time vs {base} | peak step memory (MiB) | "
+          f"memory vs {base} |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode in steps:
         t = seconds[mode]

@@ -1,6 +1,7 @@
 """The semi-supervised flagfiles (flags/*_4000_*_{fixmatch,flexmatch}_{clid,ce}.cfg): the
 reference values of SOTA_SSL.md B.7/B.10, the header figures, the wiring on mock CIFAR data
-(4000 labels replaced by 100 on the 200 mock images) and one training step.
+(4000 labels replaced by 100 on the 200 mock images) and one training step; and the digits
+setting of the issue-12 benchmark (flags/digits_200_sym40_fixmatch_clid.cfg), wired up.
 
 flagfiles_test.py parses these files with the others; the mock data is its `_fake_split`.
 """
@@ -38,6 +39,8 @@ _FIGURES = {("fixmatch", "sym20"): "88.90", ("fixmatch", "sym50"): "85.26",
             ("fixmatch", "worst"): "81.67", ("flexmatch", "sym20"): "89.79",
             ("flexmatch", "sym50"): "85.79", ("flexmatch", "worst"): "83.25"}
 _META_LR = {"fixmatch": 1e-4, "flexmatch": 1e-5}
+CIFAR = [path for path in SSL_SETTINGS if path.startswith("flags/cifar")]
+DIGITS = "flags/digits_200_sym40_fixmatch_clid.cfg"
 _SMALL = ("--num_labels=100", "--batch_size=4", "--uratio=2", "--meta_size=20",
           "--meta_batch_size=4", "--eval_batch_size=8", "--export=none", "--verbose=0")
 
@@ -56,11 +59,12 @@ def _parse(*args: str) -> None:
     FLAGS(["ssl_flagfiles_test", *args])
 
 
-def test_the_twelve_settings_exist():
-    assert len(SSL_SETTINGS) == 12 and all(_NAME.fullmatch(p) for p in SSL_SETTINGS)
+def test_the_twelve_cifar_settings_and_the_digits_one_exist():
+    assert len(CIFAR) == 12 and all(_NAME.fullmatch(p) for p in CIFAR)
+    assert sorted(SSL_SETTINGS) == sorted([*CIFAR, DIGITS])
 
 
-@pytest.mark.parametrize("path", SSL_SETTINGS)
+@pytest.mark.parametrize("path", CIFAR)
 def test_setting_matches_its_name_the_reference_and_quotes_the_figure(path: str):
     name = _NAME.fullmatch(path)
     _parse(f"--flagfile={path}")
@@ -80,18 +84,31 @@ def test_setting_matches_its_name_the_reference_and_quotes_the_figure(path: str)
     assert "ESTIMATE" in header
 
 
-@pytest.mark.parametrize("path", SSL_SETTINGS)
-def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch):
-    """The CLI up to (not into) training: the labeled part, its noise, the meta set."""
-    seen = {}
-
+def _fake_train(seen: dict):
     def fake_train(setup, folder, **kwargs: Any) -> dict:
         seen["setup"] = setup
         return {"selected_epoch": 1, **{key: 0.0 for key in (
             "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
             "ensemble5_accuracy")}}
+    return fake_train
 
-    monkeypatch.setattr(train_fixmatch, "train", fake_train)
+
+def test_the_digits_setting_wires_up(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_fixmatch, "train", _fake_train(seen))
+    _parse(f"--flagfile={DIGITS}", f"--workdir={tmp_path / 'run'}")
+    assert (FLAGS.trainer, FLAGS.method, FLAGS.noise) == ("fixmatch", "clid", "sym_exact")
+    cli.run()
+    setup = seen["setup"]
+    assert (len(setup.train_indices), len(setup.unlabeled_indices)) == (200, 1237)
+    assert set(setup.meta_indices) <= set(setup.unlabeled_indices)
+
+
+@pytest.mark.parametrize("path", CIFAR)
+def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch):
+    """The CLI up to (not into) training: the labeled part, its noise, the meta set."""
+    seen = {}
+    monkeypatch.setattr(train_fixmatch, "train", _fake_train(seen))
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_SMALL, f"--workdir={tmp_path / 'run'}")
         cli.run()
@@ -109,7 +126,7 @@ _STEP = ("flags/cifar10_n_worst_4000_flexmatch_clid.cfg",)
 
 
 @pytest.mark.parametrize("path", [p if p in _STEP else pytest.param(p, marks=pytest.mark.slow)
-                                  for p in SSL_SETTINGS])
+                                  for p in CIFAR])
 def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path):
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_SMALL, "--epochs=1", "--eval_every=1",

@@ -8,6 +8,7 @@ import math
 import keras
 import tensorflow as tf
 
+from clid_tf import distribute
 from clid_tf import objectives
 from clid_tf import vri
 from clid_tf.objectives import WeightedLoss
@@ -28,13 +29,16 @@ def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | N
 class WeightNet(keras.Model):
     """Meta-Weight-Net: per-sample loss -> weight in (0, 1). MLP 1 -> hidden -> 1.
 
-    Call: losses float [B] (detached per-sample CE) -> raw weights float [B]. The caller
-    normalises the weights to sum to one over the (global) batch.
+    Call: losses float [B] (detached per-sample CE) -> raw weights float [B].
+    `weighted_loss` normalises the weights to sum to one over the (global) batch
+    (METHOD.md 2.1), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
+    loss-net of the semi-supervised trainers (SOTA_SSL.md B.4, B.10).
     """
 
-    def __init__(self, hidden: int = 100, seed: int | None = None, **kwargs):
+    def __init__(self, hidden: int = 100, seed: int | None = None, normalize: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.units, self.seed = int(hidden), seed
+        self.units, self.seed, self.normalize = int(hidden), seed, bool(normalize)
         self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden")
         self.out = _torch_linear(1, hidden, "sigmoid", None if seed is None else seed + 2,
                                  "out")
@@ -43,7 +47,8 @@ class WeightNet(keras.Model):
         self.built = True
 
     def get_config(self):
-        return {**super().get_config(), "hidden": self.units, "seed": self.seed}
+        return {**super().get_config(), "hidden": self.units, "seed": self.seed,
+                "normalize": self.normalize}
 
     def call(self, losses):
         losses = tf.stop_gradient(losses)
@@ -59,21 +64,24 @@ class WeightNet(keras.Model):
           labels: int [B] noisy training labels.
 
         Returns:
-          WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, raw weights
-          [B], regularizer 0).
+          WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, or with
+          normalize=False mean_i w_i * CE_i (over the global batch); raw weights [B],
+          regularizer 0).
         """
         del features, regularize  # WNet has no regulariser
         losses = objectives.per_sample_ce(logits, labels)
         weights = self(losses)
-        return WeightedLoss(objectives.weighted_mean(losses, weights), weights,
-                            tf.zeros([], losses.dtype))
+        loss = (objectives.weighted_mean(losses, weights) if self.normalize
+                else distribute.global_mean(weights * losses))
+        return WeightedLoss(loss, weights, tf.zeros([], losses.dtype))
 
 
 def build(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float = 0.01,
-          seed: int | None = None) -> keras.Model:
-    """'wnet' (loss -> weight) or 'vri' (feature, noisy label -> per-class logit weights)."""
+          seed: int | None = None, normalize: bool = True) -> keras.Model:
+    """'wnet' (loss -> weight; `normalize` as WeightNet's) or 'vri' (feature, noisy label
+    -> per-class logit weights)."""
     if kind == "wnet":
-        net = WeightNet(seed=seed)
+        net = WeightNet(seed=seed, normalize=normalize)
         net(tf.zeros([1]))
         return net
     if kind == "vri":

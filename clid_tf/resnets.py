@@ -13,6 +13,7 @@ layer (the "last hidden layer" that CLID uses) and `model.feature_dim == d`.
 | `resnet34`        | BasicBlock [3,4,6,3], 3x3 stem, no maxpool          | 512 | 21.28M      |
 | `wrn28_10`        | WideResNet-28-10 (pre-activation, final BN-ReLU)    | 640 | 36.48M      |
 | `wrn28_2`         | WideResNet-28-2                                     | 128 | 1.47M       |
+| `wrn28_2_fork`    | WRN-28-2 of the CLID-MU USB fork (SOTA_SSL.md B.3)  | 128 | 1.47M       |
 
 Architectural choices, following the PyTorch references the method was run with:
 
@@ -28,14 +29,25 @@ Architectural choices, following the PyTorch references the method was run with:
   16k/32k/64k; the 1x1 projection shortcut (no BN) is applied to the pre-activated input
   when the width changes, the identity shortcut to the raw input otherwise; final BN ->
   ReLU before pooling.
+- WRN-28-2 of the CLID-MU fork of USB (`wrn28_2_fork`, the semi-supervised trainers'
+  backbone, SOTA_SSL.md B.3): the same widths and block layout, but LeakyReLU(0.1),
+  convolutions with bias (PyTorch's default bias init), BatchNormalization with PyTorch
+  momentum 0.001 (Keras 0.999) and eps 1e-3, dropout 0.3 between the two convolutions of
+  every block, and no activation before the residual in any block: the first block of
+  each group applies conv1 and the 1x1 shortcut to its raw input (its bn1 is never used
+  by the reference, so it is not built here), the other blocks pre-activate as usual.
+  Convs kaiming-normal fan-out, head xavier-normal with zero bias; `features` are the
+  pooled LeakyReLU(BN(x)), slightly negative at times. The reference's unused network
+  level `bn2` is not built either.
 - ResNet-32 (He et al. 2016, section 4.2; Meta-Weight-Net / akamaster implementation):
   option-A shortcuts, i.e. x[:, ::2, ::2] zero-padded with out/4 channels on each side,
   so the shortcut has no parameters (464,154 trainable parameters for K=10).
 
 Common details:
-- BatchNormalization(momentum=0.9, epsilon=1e-5) == PyTorch BatchNorm2d defaults. (Keras
+- BatchNormalization(momentum=0.9, epsilon=1e-5) == PyTorch BatchNorm2d defaults (not
+  in `wrn28_2_fork`). (Keras
   updates the moving variance with the biased batch variance, PyTorch with the unbiased.)
-- Convolutions have no bias (all are followed by BN). Stride-2 3x3 convs pad 1 pixel on
+- Convolutions have no bias (all are followed by BN; `wrn28_2_fork`'s have one). Stride-2 3x3 convs pad 1 pixel on
   every side (ZeroPadding2D + 'valid') to match PyTorch's `padding=1`; Keras' 'same' would
   pad only bottom/right and sample the other pixel of each 2x2 cell.
 - Initialisation mirrors each reference: PyTorch default (kaiming-uniform, a=sqrt(5)) for
@@ -74,6 +86,9 @@ _KAIMING_FAN_IN = "kaiming_fan_in"
 _KAIMING_FAN_OUT = "kaiming_fan_out"
 
 
+_XAVIER_NORMAL = "xavier_normal"
+
+
 def _kernel_init(kind: str):
     if kind == _TORCH_DEFAULT:
         return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
@@ -81,6 +96,8 @@ def _kernel_init(kind: str):
         return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
     if kind == _KAIMING_FAN_OUT:
         return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    if kind == _XAVIER_NORMAL:  # torch xavier_normal_: N(0, 2 / (fan_in + fan_out))
+        return keras.initializers.VarianceScaling(1.0, "fan_avg", "untruncated_normal")
     raise ValueError(f"unknown init {kind!r}")
 
 
@@ -120,21 +137,25 @@ class OptionAShortcut(keras.layers.Layer):
 # ---------------------------------------------------------------------------- helpers
 
 
-def _conv(x, filters: int, kernel_size: int, stride: int, init: str, name: str):
-    """Bias-free conv with PyTorch padding (kernel_size // 2 on every side)."""
+def _conv(x, filters: int, kernel_size: int, stride: int, init: str, name: str, *,
+          bias: bool = False):
+    """Conv with PyTorch padding (kernel_size // 2 on every side); bias-free unless `bias`
+    (then PyTorch's default bias init)."""
     pad = kernel_size // 2
     if stride > 1 and pad > 0:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
     else:
         padding = "same" if pad > 0 else "valid"
+    fan_in = int(x.shape[-1]) * kernel_size * kernel_size
     return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding=padding,
-                               use_bias=False, kernel_initializer=_kernel_init(init),
+                               use_bias=bias, kernel_initializer=_kernel_init(init),
+                               bias_initializer=_torch_bias_init(fan_in) if bias else "zeros",
                                name=name)(x)
 
 
-def _bn(x, name: str):
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+def _bn(x, name: str, *, momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON):
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
                                            name=name)(x)
 
 
@@ -346,10 +367,62 @@ def wrn28_2(num_classes: int, **kwargs) -> keras.Model:
     return wide_resnet(28, 2, num_classes, **kwargs)
 
 
+# The CLID-MU USB fork's WRN (SOTA_SSL.md B.3): PyTorch BN momentum 0.001, eps 1e-3.
+FORK_BN = dict(momentum=0.999, epsilon=1e-3)
+FORK_LEAKY_SLOPE = 0.1
+FORK_DROPOUT = 0.3
+
+
+def _fork_bn_act(x, prefix: str, i: int):
+    """LeakyReLU(BN(x)) with the fork's BN, layers `<prefix>_bn<i>`, `<prefix>_relu<i>`."""
+    x = _bn(x, f"{prefix}_bn{i}", **FORK_BN)
+    return keras.layers.LeakyReLU(negative_slope=FORK_LEAKY_SLOPE, name=f"{prefix}_relu{i}")(x)
+
+
+def fork_wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
+                     input_shape: Sequence[int | None] = DEFAULT_INPUT_SHAPE,
+                     dropout: float = FORK_DROPOUT) -> keras.Model:
+    """The CLID-MU fork's WRN-depth-k (module docstring); features d = 64 * k."""
+    if (depth - 4) % 6 != 0:
+        raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+    n = (depth - 4) // 6
+    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+    init = _KAIMING_FAN_OUT
+    inputs = _input(input_shape)
+    x = _conv(inputs, widths[0], 3, 1, init, "stem_conv", bias=True)
+    in_planes = widths[0]
+    blocks = []
+    for g, planes in enumerate(widths[1:], start=1):
+        for b in range(n):
+            stride = 2 if (g > 1 and b == 0) else 1
+            p = f"group{g}_block{b}"
+            blocks.append(p)
+            equal = in_planes == planes
+            a = _fork_bn_act(x, p, 1) if equal else x  # no pre-activation: the raw input
+            out = _conv(a, planes, 3, stride, init, f"{p}_conv1", bias=True)
+            out = _fork_bn_act(out, p, 2)
+            if dropout:
+                out = keras.layers.Dropout(dropout, name=f"{p}_dropout")(out)
+            out = _conv(out, planes, 3, 1, init, f"{p}_conv2", bias=True)
+            shortcut = x if equal else _conv(x, planes, 1, stride, init,
+                                            f"{p}_shortcut_conv", bias=True)
+            x = keras.layers.Add(name=f"{p}_add")([out, shortcut])
+            in_planes = planes
+    x = _fork_bn_act(x, "final", 1)
+    return _head(inputs, x, num_classes, widths[3], kernel_init=_XAVIER_NORMAL,
+                 zero_bias=True, name=f"wrn{depth}_{widen_factor}_fork", block_names=blocks)
+
+
+def wrn28_2_fork(num_classes: int, **kwargs) -> keras.Model:
+    """WRN-28-2 of the CLID-MU USB fork (semi-supervised trainers); features d = 128."""
+    return fork_wide_resnet(28, 2, num_classes, **kwargs)
+
+
 BUILDERS: dict[str, Callable[[int], keras.Model]] = {
     "resnet32": resnet32,
     "preact_resnet18": preact_resnet18,
     "resnet34": resnet34,
     "wrn28_10": wrn28_10,
     "wrn28_2": wrn28_2,
+    "wrn28_2_fork": wrn28_2_fork,
 }

@@ -158,7 +158,7 @@ def _split(dataset, *, noise, noise_rate, method, meta_size, seed, val_split,
     true = clean if clean is not None else dataset.train.labels
     pool = (noise_lib.imbalance_indices(true, gamma=imbalance_gamma, seed=seed, num_classes=k)
             if imbalance_gamma > 1.0 else np.arange(len(noisy), dtype=np.int64))
-    pool, val = _hold_out(pool, val_split, seed, has_val=dataset.val is not None)
+    pool, val = hold_out(pool, val_split, seed, has_val=dataset.val is not None)
     if method in ("ce", *LABEL_FREE):
         meta = pool[meta_sets.random_subset(len(pool), size=meta_size, seed=seed)]
         return Setup(dataset, noisy, pool, None if method == "ce" else meta, None, meta, val)
@@ -245,8 +245,8 @@ def _with_subset(setup: Setup, *, size: int, seed: int, resample: bool) -> Setup
                           train_of_epoch=train_of_epoch if resample else None)
 
 
-def _hold_out(pool: np.ndarray, fraction: float, seed: int, *,
-              has_val: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def hold_out(pool: np.ndarray, fraction: float, seed: int, *,
+             has_val: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """(training pool, held-out indices or None): a seeded random `fraction` of `pool`."""
     if not fraction:
         return pool, None

@@ -22,25 +22,28 @@ LAYERS = [
     {"sources", "vri"},
     # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead
     {"datasets", "data", "meta_nets", "backbones", "virtual"},
-    # 4: loaders of each kind, splits, label-free selection, export
-    {"npz_data", "tfds_cifar", "tfds_images", "splits", "selection", "export"},
-    # 5: dispatch, the algorithm, label issues
-    {"loaders", "meta_model", "label_issues"},
+    # 4: loaders of each kind, splits, label-free selection, export, the semi-supervised
+    # streams
+    {"npz_data", "tfds_cifar", "tfds_images", "splits", "selection", "export",
+     "ssl_streams"},
+    # 5: dispatch, the algorithms, label issues, the semi-supervised split
+    {"loaders", "meta_model", "fixmatch", "label_issues", "ssl_splits"},
     # 6: callbacks that read models, selection and data; DivideMix's evaluation
     {"sloss", "callbacks", "tb_views", "dividemix_eval"},
     # 7-8: DivideMix's epochs (co-divide, streams), its model
     {"dividemix_data"}, {"dividemix_model"},
     # 9-14: the command line (the only reader of FLAGS): flags, the parts of a run, the
-    # DivideMix trainer, the audit (trains folds with those parts), the training command,
-    # the package
-    {"cli.flagdefs"}, {"cli.training"}, {"cli.train_dividemix"}, {"cli.auditing"},
+    # DivideMix trainer, the audit (trains folds with those parts) and the semi-supervised
+    # trainers (built from them), the training command, the package
+    {"cli.flagdefs"}, {"cli.training"}, {"cli.train_dividemix"},
+    {"cli.auditing", "cli.train_fixmatch"},
     {"cli.commands"}, {"cli"},
     # 12: entry points and the lazy public API
     {"train", "audit", "__init__"},
 ]
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
 CLI = {"cli", "cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
-       "cli.commands", "train", "audit"}
+       "cli.train_fixmatch", "cli.commands", "train", "audit"}
 
 
 def _modules():
@@ -120,7 +123,7 @@ def test_only_the_command_line_touches_absl():
 def test_the_command_line_checks_input_before_tensorflow_starts():
     # Bad flags and data are reported in seconds, before TensorFlow is imported.
     for module in ("cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
-                   "cli.commands", "loaders",
-                   "datasets", "splits", "image_files", "npz_data", "run_folder", "__init__"):
+                   "cli.train_fixmatch", "cli.commands", "loaders", "datasets", "splits",
+                   "image_files", "npz_data", "run_folder", "ssl_splits", "__init__"):
         top, _ = _imports(module)
         assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top), module

@@ -14,6 +14,7 @@ EXPECTED = {
     "resnet34": (512, 21_282_122, 17_024, 21.28e6),
     "wrn28_10": (640, 36_479_194, 17_952, 36.48e6),
     "wrn28_2": (128, 1_467_610, 3_616, 1.47e6),
+    "wrn28_2_fork": (128, 1_469_418, 3_416, 1.47e6),
 }
 
 _CACHE = {}
@@ -69,6 +70,17 @@ def _expected_counts(name):
                         bn_channels += planes            # projection BN
                 cin = planes
         d = 512
+    elif name == "wrn28_2_fork":  # convs with bias; no bn1 in the first block of a group
+        convs, cin = _conv(3, 16) + 16, 16
+        for planes in (32, 64, 128):
+            for _ in range(4):
+                convs += _conv(cin, planes) + planes + _conv(planes, planes) + planes
+                bn_channels += planes if cin != planes else cin + planes
+                if cin != planes:
+                    convs += _conv(cin, planes, 1) + planes
+                cin = planes
+        bn_channels += cin  # final BN
+        d = 128
     else:
         k = 10 if name == "wrn28_10" else 2
         convs, cin = _conv(3, 16), 16
@@ -82,7 +94,8 @@ def _expected_counts(name):
         bn_channels += cin  # final BN
         d = 64 * k
     dense = d * K + K
-    return convs + 2 * bn_channels + dense, 2 * bn_channels
+    seed_states = 2 * 12 if name == "wrn28_2_fork" else 0  # each Dropout's [2] seed state
+    return convs + 2 * bn_channels + dense, 2 * bn_channels + seed_states
 
 
 # ------------------------------------------------------------------------------ tests
@@ -149,7 +162,7 @@ def test_num_classes_and_channels():
     assert tuple(logits.shape) == (3, 100) and tuple(features.shape) == (3, 64)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"wrn28_2_fork"}))
 def test_layer_conventions(name):
     model = _model(name)
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
@@ -161,6 +174,32 @@ def test_layer_conventions(name):
     for l in convs:
         if l.strides == (2, 2) and l.kernel_size == (3, 3):
             assert l.padding == "valid"
+
+
+def test_fork_wrn_conventions():
+    """SOTA_SSL.md B.3: BN momentum 0.001 (PyTorch) / eps 1e-3, convs with bias, dropout
+    0.3 in every block, LeakyReLU 0.1; the first block of each group feeds its raw input
+    to conv1 and the shortcut (no bn1), the others pre-activate."""
+    model = _model("wrn28_2_fork")
+    layers = {l.name: l for l in model.layers}
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert all(l.momentum == 0.999 and l.epsilon == 1e-3 for l in bns)
+    assert all(l.use_bias for l in convs) and len(convs) == 1 + 12 * 2 + 3
+    drops = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    assert len(drops) == 12 and all(l.rate == 0.3 for l in drops)
+    relus = [l for l in model.layers if isinstance(l, keras.layers.LeakyReLU)]
+    assert relus and all(abs(l.negative_slope - 0.1) < 1e-7 for l in relus)
+    for g in (1, 2, 3):
+        assert f"group{g}_block0_bn1" not in layers and f"group{g}_block1_bn1" in layers
+        conv1, shortcut = layers[f"group{g}_block0_conv1"], layers[f"group{g}_block0_shortcut_conv"]
+        source = conv1.input if g == 1 else conv1.input._keras_history.operation.input
+        assert source is shortcut.input  # both read the raw block input
+    assert layers["group1_block0_conv1"].input is layers["stem_conv"].output
+    # inference is deterministic (dropout off), training is not (dropout on)
+    x = _images(2, seed=5)
+    np.testing.assert_array_equal(model(x, training=False)[0], model(x, training=False)[0])
+    assert not np.allclose(model(x, training=True)[0], model(x, training=True)[0])
 
 
 def test_option_a_shortcut():

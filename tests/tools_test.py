@@ -30,6 +30,13 @@ def test_bench_speed_reports_time_and_memory_ratios_to_the_plain_step():
     assert float(meta[3].rstrip("x")) > 1.0 and float(meta[5].rstrip("x")) >= 1.0
 
 
+def test_bench_speed_times_fixmatch_with_clid_against_plain_fixmatch():
+    rows = _table("bench_speed.py", "--modes=fixmatch,flexmatch_clid", "--uratio=2",
+                  "--memory=false")
+    assert [r[0] for r in rows] == ["fixmatch", "flexmatch_clid"]
+    assert rows[0][3] == "1.00x" and float(rows[1][3].rstrip("x")) > 1.0
+
+
 def test_profile_meta_step_reports_every_stage_with_memory():
     rows = _table("profile_meta_step.py")
     assert [r[0][0] for r in rows[:5]] == list("12345")

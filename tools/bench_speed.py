@@ -8,6 +8,8 @@ step, weights included (on CPU with TF_CPU_ALLOCATOR_USE_BFC=true, which gives t
 GPU allocator's statistics). Shared set-up: tools/step_bench.py.
 
   python tools/bench_speed.py --backbone=resnet32 --batch_size=100 --meta_batch_size=100
+  python tools/bench_speed.py --modes=fixmatch,fixmatch_clid --backbone=wrn28_2_fork \
+      --batch_size=20 --uratio=7 --meta_batch_size=200
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_recompute", "clid_jvp", "cl
                   "Modes: ce, clid_tape, clid_recompute, clid_jvp, clid_last_layer (and vri_* "
                   "variants); DivideMix (--batch_size rows per part): "
                   + ", ".join(f"{k} ({v})" for k, v in step_bench.DIVIDEMIX_MODES.items())
-                  + ". Ratios are to the first mode.")
+                  + "; fixmatch, fixmatch_clid, flexmatch, flexmatch_clid (the "
+                  "semi-supervised step). Ratios are to the first mode.")
 flags.DEFINE_integer("rounds", 5, "Timing rounds (modes interleaved).")
 flags.DEFINE_integer("steps", 5, "Steps per mode per round.")
 flags.DEFINE_bool("jit_compile", False, "Compile each train step with XLA.")
@@ -41,10 +44,13 @@ def build_step(mode: str):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if mode in step_bench.DIVIDEMIX_MODES:
         return step_bench.dividemix_step(mode)
-    model = step_bench.build_model(mode)
-    batch, meta = step_bench.synthetic_batches()
+    if mode in step_bench.SSL_MODES:
+        model, data = step_bench.build_ssl_model(mode), step_bench.ssl_step_data()
+    else:
+        model = step_bench.build_model(mode)
+        batch, meta = step_bench.synthetic_batches()
+        data = {"train": batch, "meta": meta}
     step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
-    data = {"train": batch, "meta": meta}
     return lambda: step(data)["loss"].numpy()
 
 

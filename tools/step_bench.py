@@ -23,6 +23,11 @@ flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
 flags.DEFINE_integer("image_size", 32, "Square image side.")
 flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
+flags.DEFINE_integer("uratio", 7, "FixMatch/FlexMatch modes: unlabeled batch = uratio x "
+                     "batch_size (weak and strong views); the meta batch is meta_batch_size "
+                     "images in both views.")
+
+SSL_MODES = ("fixmatch", "fixmatch_clid", "flexmatch", "flexmatch_clid")
 
 
 def synthetic_batches():
@@ -65,6 +70,47 @@ def build_model(mode: str, **options):
     model = meta_model.MetaReweightModel(
         net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5), **options)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.Adam(1e-3))
+    return model
+
+
+def ssl_step_data() -> dict:
+    """A fixed FixMatch step element: labeled batch, unlabeled weak/strong views (with
+    FlexMatch positions) and a weak/strong meta batch, as clid_tf.ssl_streams makes them."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    batch, _ = synthetic_batches()
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    rng = np.random.default_rng(1)
+    images = lambda n: tf.constant(rng.integers(0, 256, (n, *shape)), tf.float32)  # noqa: E731
+    unlabeled = FLAGS.uratio * FLAGS.batch_size
+    return {"labeled": batch,
+            "unlabeled": {"weak": images(unlabeled), "strong": images(unlabeled),
+                          "position": tf.range(unlabeled, dtype=tf.int32)},
+            "meta": {"weak": images(FLAGS.meta_batch_size),
+                     "strong": images(FLAGS.meta_batch_size)}}
+
+
+def build_ssl_model(mode: str):
+    """A compiled FixMatchModel: mode 'fixmatch' or 'flexmatch', plain, or '..._clid' with
+    the loss-net trained by CLID through the Nesterov virtual step (SOTA_SSL.md B.3
+    optimizers: SGD-Nesterov 0.03 wd 1e-4 without BN/bias decay; loss-net SGD-Nesterov)."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from clid_tf import backbones, fixmatch, lookahead, meta_nets
+
+    keras.utils.set_random_seed(0)
+    net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
+                          input_shape=(FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
+                          mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
+    algorithm, _, clid = mode.partition("_")
+    loss_net = (meta_nets.build("wnet", num_classes=FLAGS.num_classes,
+                                feature_dim=net.feature_dim, seed=0, normalize=False)
+                if clid else None)
+    model = fixmatch.FixMatchModel(net, loss_net, algorithm=algorithm,
+                                   num_unlabeled=FLAGS.uratio * FLAGS.batch_size,
+                                   no_decay=lookahead.bn_and_bias(net))
+    model.compile(keras.optimizers.SGD(0.03, momentum=0.9, nesterov=True),
+                  keras.optimizers.SGD(1e-4, momentum=0.9, nesterov=True) if clid else None)
     return model
 
 

@@ -19,8 +19,9 @@ from clid_tf import errors
 from clid_tf import run_folder
 from clid_tf.cli import auditing
 from clid_tf.cli import train_dividemix
+from clid_tf.cli import train_fixmatch
 from clid_tf.cli import training
-from clid_tf.cli.flagdefs import (FLAGS, HUMAN_NOISE, PAPER_SETTINGS, fail,
+from clid_tf.cli.flagdefs import (FLAGS, HUMAN_NOISE, PAPER_SETTINGS, SSL_TRAINERS, fail,
                                   training_flag_names)
 
 
@@ -54,15 +55,14 @@ def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
-    if FLAGS.trainer not in TRAINERS:  # TODO(trainers): every --trainer registered
-        raise errors.RunError(f"--trainer={FLAGS.trainer} is not available yet")
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
     resuming = FLAGS.resume and folder.has_checkpoint()
     if resuming:
         folder.check_resumable(FLAGS.flags_into_string())
     else:
         folder.create(allow_partial=FLAGS.resume)
-    trainer = TRAINERS[FLAGS.trainer]
+    trainer = (train_fixmatch.LABELED_META if FLAGS.trainer == "meta" and FLAGS.num_labels
+               else TRAINERS[FLAGS.trainer])
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
             setup = trainer.prepare_setup()
@@ -81,7 +81,7 @@ def run() -> dict:
     print(result_line(results, folder))
     if FLAGS.audit:
         results["audit"] = auditing.audit(folder, setup, folds=FLAGS.audit_folds)
-    print(look_line(folder, audited=FLAGS.audit))
+    print(look_line(folder, audited=FLAGS.audit, auditable=not FLAGS.num_labels))
     return results
 
 
@@ -91,6 +91,9 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
     noise = training.default_noise(setup.dataset)
     ds = setup.dataset
     sizes = [f"{len(setup.train_indices)} train"]
+    if hasattr(setup, "unlabeled_indices"):  # --num_labels
+        sizes = [f"{len(setup.train_indices)} labeled", f"{len(setup.unlabeled_indices)} "
+                 f"unlabeled{'' if FLAGS.trainer in SSL_TRAINERS else ' (not trained on)'}"]
     if setup.val_indices is not None:
         sizes.append(f"{len(setup.val_indices)} held out")
     for name, split in (("val", ds.val), ("test", ds.test)):
@@ -100,6 +103,8 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
                   if noise in HUMAN_NOISE else f"{noise} noise {FLAGS.noise_rate:g}")
     meta_net = "none" if FLAGS.method == "ce" else training.meta_net_kind()
     epochs = f"{FLAGS.epochs} epoch{'s' if FLAGS.epochs != 1 else ''}"
+    if FLAGS.trainer in SSL_TRAINERS:
+        epochs = f"{FLAGS.epochs} evaluations every {FLAGS.eval_every} iterations"
     line = (f"plan: {FLAGS.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
             f"{noise_text}; trainer {_trainer()}, method {FLAGS.method}, meta-net {meta_net}, "
             f"backbone {FLAGS.backbone}; {epochs}; results in {folder.path}")
@@ -112,7 +117,8 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
 
 # --trainer -> the cli module that prepares its data (`prepare_setup`, numpy only), names
 # what split.npz holds (`split_arrays`) and trains, evaluates and exports (`train`).
-TRAINERS = {"meta": training, "vri_single": training, "dividemix": train_dividemix}
+TRAINERS = {"meta": training, "vri_single": training, "dividemix": train_dividemix,
+            "fixmatch": train_fixmatch, "flexmatch": train_fixmatch}
 
 
 def _trainer() -> str:
@@ -120,11 +126,12 @@ def _trainer() -> str:
     return FLAGS.trainer
 
 
-def look_line(folder: run_folder.RunFolder, *, audited: bool) -> str:
+def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = True) -> str:
     """One line after the run: the commands that show its results."""
-    return (f"look at it: tensorboard --logdir {folder.tensorboard} ; cat "
-            f"{folder.results_path} ; " + (f"head {folder.audit_csv}" if audited else
-                                          f"python -m clid_tf.audit --workdir={folder.path}"))
+    line = f"look at it: tensorboard --logdir {folder.tensorboard} ; cat {folder.results_path}"
+    if audited:
+        return f"{line} ; head {folder.audit_csv}"
+    return line + (f" ; python -m clid_tf.audit --workdir={folder.path}" if auditable else "")
 
 
 def _flagfile_given() -> bool:

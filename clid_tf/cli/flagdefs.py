@@ -25,7 +25,7 @@ TRAINERS = ("meta", "vri_single", "dividemix", "fixmatch", "flexmatch")
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
 # Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
-             "wrn28_2", "vgg19_bn", "resnet50")
+             "wrn28_2", "wrn28_2_fork", "vgg19_bn", "resnet50")
 AUGMENTS = ("none", "flip", "weak", "strong")
 HUMAN_NOISE = tuple(datasets.HUMAN_LABELS)  # CIFAR-N label sets by their CLI names
 # The human label sets of each CIFAR-N dataset (tfds_cifar's specs; cli_test checks they agree).
@@ -179,17 +179,19 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup_epochs", 5, "Epochs of plain cross-entropy before meta "
                          "updates begin.", lower_bound=0)
     flags.DEFINE_enum("meta_optimizer", "adam", ("adam", "sgd"), "Meta-net optimiser "
-                      "(reference: SGD without momentum for WNet, Adam for VRI).")
+                      "(reference: SGD without momentum for WNet, Adam for VRI; for fixmatch "
+                      "and flexmatch sgd has Nesterov momentum 0.9, as the SSL reference).")
     flags.DEFINE_float("meta_lr", 1e-3, "Meta-net learning rate.", lower_bound=0.0)
     flags.DEFINE_float("meta_weight_decay", 5e-4, "Meta-net L2 weight decay (PyTorch "
                        "style, added to the gradient).", lower_bound=0.0)
     flags.DEFINE_integer("select_keep", 5, "Label-free checkpoint selection: keep the "
                          "weights (and test logits) of this many lowest meta-set-CLID epochs "
                          "for the selected model and the ensembles.", lower_bound=1)
-    flags.DEFINE_enum("select_augment", "none", ("none", "weak", "strong"),
+    flags.DEFINE_enum("select_augment", None, ("none", "weak", "strong"),
                       "Label-free selection: score the meta set as it is (none) or through "
                       "weak or strong augmentation (the reference scores it with its "
-                      "training augmentation, strong on CIFAR).")
+                      "training augmentation, strong on CIFAR). Default: none for the meta "
+                      "trainer, weak for fixmatch and flexmatch (SOTA_SSL.md B.10).")
     # ---- semi-supervised trainers (dividemix, fixmatch, flexmatch)
     flags.DEFINE_float("lambda_u", None, "Weight of the unlabeled loss term: DivideMix's "
                        "lambda_u (default 150, ramped up linearly over 16 epochs after the "
@@ -210,6 +212,36 @@ def define_flags() -> None:
     flags.DEFINE_enum("guess_bn_mode", "train", ("train", "inference"), "DivideMix: the "
                       "trained network's co-guessing forwards in train mode (batch "
                       "statistics, BN statistics updated, as DivideMix) or inference mode.")
+    # FixMatch / FlexMatch (SOTA_SSL.md B.2-B.7)
+    flags.DEFINE_integer("num_labels", 0, "Semi-supervised split: a class-balanced labeled "
+                         "subset of this many training samples (num_labels / K per class, by "
+                         "true label where known), --noise injected into it only; the rest "
+                         "is unlabeled. Needed by fixmatch and flexmatch; with --trainer=meta "
+                         "the meta trainer trains on that labeled part only (the "
+                         "supervised-only baseline). 0: no split.", lower_bound=0)
+    flags.DEFINE_bool("include_lb_to_ulb", False, "FixMatch/FlexMatch: the unlabeled set "
+                      "is the whole training split, labeled samples included (USB's default; "
+                      "the reference's is off).")
+    flags.DEFINE_enum("ssl_meta_source", "unlabeled", ("unlabeled", "labeled"),
+                      "Meta set of CLID with --num_labels: unlabeled (--meta_size random "
+                      "unlabeled images, weak and strong views together in each meta batch: "
+                      "2 x --meta_batch_size CLID rows; the reported runs) or labeled "
+                      "(--meta_size / K labeled images per noisy class, weak view; the "
+                      "committed configs).")
+    flags.DEFINE_integer("uratio", 7, "FixMatch/FlexMatch: unlabeled batch = uratio x "
+                         "--batch_size images (each seen weak and strong).", lower_bound=1)
+    flags.DEFINE_float("p_cutoff", 0.95, "FixMatch/FlexMatch: confidence threshold of the "
+                       "pseudo-labels (FlexMatch: of its best-learnt class).",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool("thresh_warmup", True, "FlexMatch: the class-wise normaliser counts "
+                      "the unlabeled samples not yet confidently predicted too (warm-up of "
+                      "the thresholds).")
+    flags.DEFINE_float("ema_decay", 0.999, "FixMatch/FlexMatch: decay of the exponential "
+                       "moving average of the parameters; the EMA network is what is "
+                       "evaluated, selected and exported.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("eval_every", 512, "FixMatch/FlexMatch: training iterations per "
+                         "evaluation (one epoch: EMA test accuracy, meta-set CLID, "
+                         "checkpoint); --epochs counts evaluations.", lower_bound=1)
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 100, "Training batch size (--trainer=dividemix: the "
@@ -264,6 +296,62 @@ def define_flags() -> None:
                       "overflow); for GPUs with float16 tensor cores. mixed_bfloat16: no "
                       "loss scaling needed (float32's exponent range); TPUs, recent GPUs "
                       "and CPUs with AVX512-BF16.")
+    # ---- combinations the semi-supervised split and trainers refuse (all flags defined)
+    flags.register_multi_flags_validator(list(_SSL_CHECKED), _semi_supervised_flags_fit)
+
+
+SSL_TRAINERS = ("fixmatch", "flexmatch")
+# The meta trainer on the labeled part of --num_labels: label-free meta objectives (the
+# meta set may be unlabeled images) or none.
+LABELED_PART_METHODS = ("ce", "clid", "entropy")
+_SSL_CHECKED = ("trainer", "num_labels", "method", "meta_net", "augment", "steps_per_epoch",
+                "audit", "meta_every", "mixed_precision", "imbalance_gamma")
+
+
+def _semi_supervised_flags_fit(values: dict) -> bool:
+    """--num_labels and --trainer=fixmatch|flexmatch with what they cannot work with."""
+    trainer, num_labels = values["trainer"], values["num_labels"]
+    if trainer not in ("meta", *SSL_TRAINERS):
+        problems = [(num_labels, f"--num_labels splits the data for fixmatch, flexmatch and "
+                                 f"the meta trainer; --trainer={trainer} trains on all labels")]
+    elif trainer == "meta":
+        problems = [
+            (num_labels and values["method"] not in LABELED_PART_METHODS,
+             f"--num_labels with --trainer=meta takes --method="
+             f"{'|'.join(LABELED_PART_METHODS)} (the meta set may be unlabeled images); "
+             f"--method={values['method']} needs labeled meta samples"),
+            (num_labels and values["audit"], "--audit audits every training label; with "
+                                             "--num_labels most samples have none")]
+    else:
+        problems = [
+            (not num_labels, f"--trainer={trainer} needs --num_labels (the number of labeled "
+                             "samples, a multiple of the number of classes)"),
+            (values["method"] not in ("clid", "ce"),
+             f"--trainer={trainer} trains its loss-net with --method=clid, or is plain "
+             f"{trainer} with --method=ce; --method={values['method']} is not available"),
+            (values["meta_net"] not in (None, "wnet"),
+             f"--trainer={trainer}'s loss-net is wnet (1-100-1 on the per-sample CE); "
+             f"--meta_net={values['meta_net']} is not available"),
+            (values["augment"] != "none",
+             f"--augment does not apply to --trainer={trainer}: labeled and meta images take "
+             "the weak view, unlabeled images the weak and the strong one"),
+            (values["steps_per_epoch"], f"--steps_per_epoch does not apply to "
+                                        f"--trainer={trainer}; an epoch is --eval_every "
+                                        "iterations"),
+            (values["audit"], f"--audit audits the meta trainer's labels; --trainer={trainer} "
+                              "has no audit"),
+            (values["meta_every"] != 1, f"--meta_every is not available with "
+                                        f"--trainer={trainer} (a meta step every iteration)"),
+            (values["mixed_precision"] == "mixed_float16",
+             f"--mixed_precision=mixed_float16 is not available with --trainer={trainer} "
+             "(no loss scaling in its step); use mixed_bfloat16 or none"),
+            (values["imbalance_gamma"] != 1.0,
+             f"--imbalance_gamma is not available with --trainer={trainer} (its labeled "
+             "part is class-balanced)")]
+    for bad, message in problems:
+        if bad:
+            raise flags.ValidationError(message)
+    return True
 
 
 def _define_real_world_flags() -> None:
@@ -416,7 +504,9 @@ HELP_GROUPS = (
         "select_augment")),
     ("semi-supervised trainers", ("lambda_u", "p_threshold", "mixup_alpha",
                                   "sharpen_temperature", "rampup_epochs", "clip_norm",
-                                  "guess_bn_mode")),
+                                  "guess_bn_mode", "num_labels", "include_lb_to_ulb",
+                                  "ssl_meta_source", "uratio", "p_cutoff", "thresh_warmup",
+                                  "ema_decay", "eval_every")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "optimizer",
                       "reset_optimizer_each_epoch", "lr", "momentum", "weight_decay",
                       "lr_schedule", "lr_schedule_start", "lr_tmax", "lr_eta_min",

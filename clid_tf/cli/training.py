@@ -129,10 +129,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     from clid_tf import callbacks as callbacks_lib
     from clid_tf import data, selection as selection_lib, tb_views
     if not resuming:  # a resumed run's TensorBoard folder has them already
-        tb_views.write_hparams(folder.tensorboard, {
-            name: FLAGS[name].value for name in sorted(training_flag_names())
-            if name not in ("workdir", "resume", "verbose")})
-        tb_views.write_layout(folder.tensorboard)
+        tensorboard_header(folder)
     ds = setup.dataset
     steps = steps_per_epoch(setup)
     model = compiled_model(setup, steps)
@@ -141,7 +138,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
         test=None if ds.test is None else data.Part(ds.test.inputs, None, ds.test.labels),
         batch_size=min(FLAGS.meta_batch_size, len(setup.selection_indices)), tau=FLAGS.tau,
         keep=FLAGS.select_keep, seed=FLAGS.seed, eval_batch_size=FLAGS.eval_batch_size,
-        augment=augmentation(ds, FLAGS.select_augment),
+        augment=augmentation(ds, FLAGS.select_augment or "none"),
         directory=folder.selected_weights)
     run_state = callbacks_lib.RunState(folder.checkpoints, model, selection)
     start = run_state.restore() if resuming else 0
@@ -171,6 +168,15 @@ VIEW_SAMPLES = 1000
 CROP_PAD = 4
 # Backbones without residual blocks (no top:N meta scope).
 NO_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
+
+
+def tensorboard_header(folder: run_folder.RunFolder) -> None:
+    """The run's hyper-parameters (HParams tab) and the custom-scalars layout."""
+    from clid_tf import tb_views  # pylint: disable=import-outside-toplevel
+    tb_views.write_hparams(folder.tensorboard, {
+        name: FLAGS[name].value for name in sorted(training_flag_names())
+        if name not in ("workdir", "resume", "verbose")})
+    tb_views.write_layout(folder.tensorboard)
 
 
 def split_arrays(setup) -> dict:
@@ -272,14 +278,15 @@ def lr_schedule(steps_per_epoch: int):
                            gamma=FLAGS.lr_gamma, start_epoch=FLAGS.lr_schedule_start)
 
 
-def classifier_optimizer(steps_per_epoch: int):
-    """--optimizer (SGD with --momentum, or Adam as PyTorch's: beta 0.9/0.999, epsilon
-    1e-8) on the flags' per-epoch schedule."""
+def classifier_optimizer(steps_per_epoch: int, *, nesterov: bool = False):
+    """--optimizer (SGD with --momentum, heavy ball or `nesterov`, or Adam as PyTorch's:
+    beta 0.9/0.999, epsilon 1e-8) on the flags' per-epoch schedule."""
     import keras  # pylint: disable=import-outside-toplevel
     if FLAGS.optimizer == "adam":
         return keras.optimizers.Adam(lr_schedule(steps_per_epoch), beta_1=0.9, beta_2=0.999,
                                      epsilon=1e-8)
-    return keras.optimizers.SGD(lr_schedule(steps_per_epoch), momentum=FLAGS.momentum)
+    return keras.optimizers.SGD(lr_schedule(steps_per_epoch), momentum=FLAGS.momentum,
+                                nesterov=nesterov)
 
 
 def meta_optimizer(model=None):
@@ -373,14 +380,16 @@ def validation_batches(setup):
         lambda ids, x: (x, tf.gather(table, ids)))
 
 
-def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool) -> list:
-    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last.
-    Returns the exported epochs (1-based; empty for none)."""
+def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: bool,
+           last=None) -> list:
+    """The SavedModel of --export: the selected epoch, the top-k ensemble, or the last
+    (`last`, default the model's backbone). Returns the exported epochs (1-based; empty
+    for none)."""
     if FLAGS.export == "none":
         return []
     from clid_tf import export as export_lib  # pylint: disable=import-outside-toplevel
     if FLAGS.export == "last":
-        networks, epochs = [model.backbone], [FLAGS.epochs]
+        networks, epochs = [model.backbone if last is None else last], [FLAGS.epochs]
     else:
         k = 1 if FLAGS.export == "selected" else min(FLAGS.select_keep, len(selection.store))
         networks, epochs = selection.members(k), selection.store.best_epochs(k)

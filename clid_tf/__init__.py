@@ -18,6 +18,8 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "MetaReweightModel": "clid_tf.meta_model",
+    "DivideMixModel": "clid_tf.dividemix_model",
+    "FixMatchModel": "clid_tf.fixmatch",
     "WeightNet": "clid_tf.meta_nets",
     "VRINet": "clid_tf.vri",
     "WarmUp": "clid_tf.callbacks",

@@ -140,3 +140,60 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), namespace)  # pylint: disable=exec-used
     assert os.path.isfile(tmp_path / "model.keras")
     assert isinstance(namespace["model"], clid_tf.MetaReweightModel)
+
+
+def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():
+    """The DivideMix trainer as parts: two of the user's Keras classifiers, VRI rectifiers,
+    the user's arrays and noisy labels; a warm-up epoch and a DivideMix + VRI + CLID epoch
+    train both networks and both rectifiers, and the model predicts with summed logits."""
+    from clid_tf import augment, data, dividemix_data, sources  # pylint: disable=import-outside-toplevel
+    y = noise.corrupt(Y, kind="sym", rate=0.4, num_classes=10, seed=0)
+    nets = [clid_tf.as_classifier(_sequential(seed)) for seed in (0, 1)]
+    rectifiers = [clid_tf.VRINet(10, net.feature_dim, seed=seed)
+                  for seed, net in enumerate(nets)]
+    model = clid_tf.DivideMixModel(nets, rectifiers, warmup_epochs=1, lambda_u=25.0)
+    model.compile([keras.optimizers.SGD(0.05, momentum=0.9) for _ in nets],
+                  [keras.optimizers.Adam(1e-3) for _ in nets])
+    source = sources.ArraySource(X)
+    rng = np.random.default_rng(0)
+    streams = dividemix_data.Streams(
+        data.Part(source, None, y),
+        meta_sets=[data.Part(source, rng.choice(len(X), 64, replace=False)) for _ in nets],
+        batch_size=32, meta_batch_size=32, max_steps=4,
+        augment=augment.build("weak", image_shape=(8, 8, 1), seed=0, pad=1))
+    before = [[v.numpy() for v in m.trainable_variables] for m in [*nets, *rectifiers]]
+    model.fit(streams, epochs=2)
+    after = [[v.numpy() for v in m.trainable_variables] for m in [*nets, *rectifiers]]
+    assert all(any(not np.array_equal(a, b) for a, b in zip(new, old))
+               for new, old in zip(after, before))
+    logits = model.predict(X_TEST, verbose=0)
+    want = sum(net(X_TEST, training=False)[0].numpy() for net in nets)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(model.epoch_logs()["loss"])
+
+
+def test_fixmatch_composes_from_a_users_own_keras_model_and_arrays():
+    """The semi-supervised trainer as parts: the user's classifier, an unnormalised
+    loss-net, 100 noisy labels and the rest of the user's images unlabeled."""
+    from clid_tf import augment, ssl_streams, sources  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(X))
+    labeled, unlabeled, meta = order[:100], order[100:], order[100:164]
+    y = noise.corrupt(Y, kind="sym", rate=0.4, num_classes=10, seed=0)
+    net = clid_tf.as_classifier(_sequential(0))
+    model = clid_tf.FixMatchModel(net, clid_tf.WeightNet(normalize=False), algorithm="flexmatch",
+                                  num_unlabeled=len(unlabeled), ema_decay=0.9)
+    model.compile(keras.optimizers.SGD(0.03, momentum=0.9, nesterov=True),
+                  keras.optimizers.Adam(1e-3))
+    weak, strong = (augment.build(kind, image_shape=(8, 8, 1), seed=0, pad=1)
+                    for kind in ("weak", "strong"))
+    stream = ssl_streams.ssl_stream(
+        sources.ArraySource(X), labeled=labeled, labels=y, unlabeled=unlabeled, meta=meta,
+        weak=weak, strong=strong, batch_size=16, unlabeled_batch_size=48, meta_batch_size=32,
+        seed=0, steps_per_epoch=5, with_positions=True)
+    loss_net_before = [v.numpy() for v in model.meta_net.trainable_variables]
+    history = model.fit(stream, epochs=2, steps_per_epoch=5, shuffle=False, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    assert any(not np.array_equal(v.numpy(), b)
+               for v, b in zip(model.meta_net.trainable_variables, loss_net_before))
+    assert model.ema_backbone(X_TEST, training=False)[0].shape == (len(X_TEST), 10)

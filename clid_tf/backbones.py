@@ -357,11 +357,12 @@ def _head_of(logits, features) -> keras.layers.Dense | None:
     """The Dense layer whose output (or pre-activation, `DenseLogits`) is `logits` and
     whose input is `features`; else None (e.g. vgg19_bn, whose features feed an MLP)."""
     layer = _output_layer(logits, 0)
-    if isinstance(layer, DenseLogits):
+    fed = layer  # the layer whose input must be the features
+    if isinstance(layer, DenseLogits):  # (its inner Dense is never called itself)
         layer = layer.dense
     if not isinstance(layer, keras.layers.Dense):
         return None
-    return layer if _producer(layer.input) is _output_layer(features, 1) else None
+    return layer if _producer(fed.input) is _output_layer(features, 1) else None
 
 
 def as_classifier(model: keras.Model) -> keras.Model:

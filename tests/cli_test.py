@@ -546,8 +546,10 @@ def test_from_another_folder_flagfile_paths_are_explained_and_nothing_is_left(tm
                               env=env, capture_output=True, text=True, timeout=120)
 
     nested = os.path.join(ROOT, "flags", "digits_sym40.cfg")
+    with open(nested) as f:  # the 1-based line that includes digits_common.cfg
+        line = 1 + [row.strip() for row in f].index("--flagfile=flags/digits_common.cfg")
     _assert_one_line_error(run_here(f"--flagfile={nested}"),
-                           f"flagfile flags/digits_common.cfg (named on {nested} line 4) "
+                           f"flagfile flags/digits_common.cfg (named on {nested} line {line}) "
                            f"not found relative to {tmp_path}")
     assert f"run from {ROOT}" in run_here(f"--flagfile={nested}").stderr
     _assert_one_line_error(run_here("--dataset=npz:nowhere.npz"), "nowhere.npz")

@@ -223,6 +223,31 @@ def test_workdir_help_states_the_default_used():
                             commands._default_workdir())
 
 
+def test_a_paper_benchmark_without_a_flagfile_names_the_paper_settings(tmp_path,
+                                                                      monkeypatch):
+    from absl.testing import flagsaver
+    from clid_tf import cli
+    from clid_tf.cli import commands
+    cli.define_flags()
+    settings = tmp_path / "mine.cfg"
+    settings.write_text("--meta_size=1000\n")
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["x", "--dataset=cifar100"])
+        assert commands.paper_setting_note() == (
+            "note: these are the generic defaults (the digits demo's sizes); the paper's "
+            "settings for cifar100 are in flags/cifar100_*.cfg (--flagfile=...)")
+        argv = ["x", "--dataset=cifar100", f"--flagfile={settings}"]
+        monkeypatch.setattr(sys, "argv", argv)  # the command line the run was given
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(argv)
+        assert commands.paper_setting_note() is None
+        monkeypatch.undo()
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["x"])
+        assert commands.paper_setting_note() is None
+
+
 # TensorFlow's C++ start-up log (printed at import, before absl::InitializeLog, whatever
 # TF_CPP_MIN_LOG_LEVEL says): not ours, so not counted. Python absl warnings are.
 TF_NATIVE_LOG = re.compile(r"[IWEF]0000 00:00:|WARNING: All log messages before absl::")

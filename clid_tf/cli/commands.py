@@ -106,24 +106,26 @@ def plan_line(setup, folder: run_folder.RunFolder) -> str:
     if FLAGS.trainer in SSL_TRAINERS:
         epochs = f"{FLAGS.epochs} evaluations every {FLAGS.eval_every} iterations"
     line = (f"plan: {FLAGS.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
-            f"{noise_text}; trainer {_trainer()}, method {FLAGS.method}, meta-net {meta_net}, "
-            f"backbone {FLAGS.backbone}; {epochs}; results in {folder.path}")
-    if FLAGS.dataset in PAPER_SETTINGS and not _flagfile_given():
-        line += (f"\nnote: these are the generic defaults (tuned on digits); the paper's "
-                 f"settings for {FLAGS.dataset} are in {PAPER_SETTINGS[FLAGS.dataset]} "
-                 "(--flagfile=...)")
-    return line
+            f"{noise_text}; trainer {FLAGS.trainer}, method {FLAGS.method}, "
+            f"meta-net {meta_net}, backbone {FLAGS.backbone}; {epochs}; results in {folder.path}")
+    note = paper_setting_note()
+    return line if note is None else f"{line}\n{note}"
+
+
+def paper_setting_note() -> str | None:
+    """For a paper benchmark run without a flagfile, the line that says where the paper's
+    settings are (the built-in defaults are the digits demo's sizes); else None."""
+    if FLAGS.dataset not in PAPER_SETTINGS or _flagfile_given():
+        return None
+    return ("note: these are the generic defaults (the digits demo's sizes); the paper's "
+            f"settings for {FLAGS.dataset} are in {PAPER_SETTINGS[FLAGS.dataset]} "
+            "(--flagfile=...)")
 
 
 # --trainer -> the cli module that prepares its data (`prepare_setup`, numpy only), names
 # what split.npz holds (`split_arrays`) and trains, evaluates and exports (`train`).
 TRAINERS = {"meta": training, "vri_single": training, "dividemix": train_dividemix,
             "fixmatch": train_fixmatch, "flexmatch": train_fixmatch}
-
-
-def _trainer() -> str:
-    """The training scheme (--trainer)."""
-    return FLAGS.trainer
 
 
 def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = True) -> str:

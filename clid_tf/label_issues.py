@@ -271,11 +271,13 @@ def scoring_function(backbone, meta_net=None):
     return score
 
 
-def score_part(model, part, *, batch_size: int = 500) -> Scores:
+def score_part(model, part, *, batch_size: int = 500, score=None) -> Scores:
     """`Scores` of a `data.Part` (inputs and given labels) under a trained model (a
-    MetaReweightModel: its backbone and meta-net), in the part's order."""
+    MetaReweightModel: its backbone and meta-net), in the part's order. `score`: the
+    model's `scoring_function`, when one is reused over restored checkpoints (one trace)."""
     from clid_tf import data  # pylint: disable=import-outside-toplevel
-    score = scoring_function(model.backbone, getattr(model, "meta_net", None))
+    if score is None:
+        score = scoring_function(model.backbone, getattr(model, "meta_net", None))
     labels = np.asarray(part.labels, np.int32)
     probs, weights, start = [], [], 0
     for _, images in data.ordered_batches(part.source, part.ids(), batch_size=batch_size):

@@ -157,6 +157,7 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     idx = setup.train_indices
     part = data.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx])
     probs, weights = [], []
+    score = label_issues.scoring_function(model.backbone, model.meta_net)  # traced once
     for path in paths:
         try:
             checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
@@ -164,7 +165,8 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
             raise RunError(f"checkpoint {path} does not match the run's networks "
                                     f"(flags.cfg changed?): {str(error).splitlines()[0]}"
                                     ) from error
-        scores = label_issues.score_part(model, part, batch_size=FLAGS.eval_batch_size)
+        scores = label_issues.score_part(model, part, batch_size=FLAGS.eval_batch_size,
+                                         score=score)
         probs.append(scores.probs)
         weights.append(scores.weights)
     return label_issues.Scores(np.mean(probs, axis=0),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -32,14 +34,24 @@ def balanced_split(labels: np.ndarray, *, size: int, num_classes: int,
     per_class = size // num_classes
     if per_class < 1:
         raise ValueError(f"meta_size={size} is smaller than the number of classes {num_classes}")
-    rng = np.random.default_rng(seed)
-    meta = []
+    meta = per_class_choice(
+        labels, per_class=per_class, num_classes=num_classes, rng=np.random.default_rng(seed),
+        too_few=lambda c, n: f"meta_size={size} needs {per_class} samples of class {c} "
+                             f"and training must keep some; class {c} has {n}")
+    rest = np.setdiff1d(np.arange(len(labels)), meta).astype(np.int64)
+    return meta, rest
+
+
+def per_class_choice(labels: np.ndarray, *, per_class: int, num_classes: int,
+                     rng: np.random.Generator,
+                     too_few: Callable[[int, int], str]) -> np.ndarray:
+    """int64 sorted: `per_class` random members of every class 0..K-1 of `labels` [N],
+    drawn class by class from `rng`. A class with n <= per_class members (some must be
+    left out) raises ValueError(too_few(class, n))."""
+    chosen = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
         if len(members) <= per_class:
-            raise ValueError(f"meta_size={size} needs {per_class} samples of class {c} "
-                             f"and training must keep some; class {c} has {len(members)}")
-        meta.append(rng.choice(members, size=per_class, replace=False))
-    meta = np.sort(np.concatenate(meta)).astype(np.int64)
-    rest = np.setdiff1d(np.arange(len(labels)), meta).astype(np.int64)
-    return meta, rest
+            raise ValueError(too_few(c, len(members)))
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

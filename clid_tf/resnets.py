@@ -325,13 +325,17 @@ def resnet34(num_classes: int, *,
 # ------------------------------------------------------------------------ Wide ResNet
 
 
+def _wrn_layout(depth: int, widen_factor: int) -> tuple[int, tuple[int, int, int, int]]:
+    """(blocks per group n, widths (stem, group 1, 2, 3)) of WRN-depth-k; depth = 6n + 4."""
+    if (depth - 4) % 6 != 0:
+        raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+    return (depth - 4) // 6, (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+
+
 def wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
                 input_shape: Sequence[int | None] = DEFAULT_INPUT_SHAPE) -> keras.Model:
     """WRN-depth-k (pre-activation blocks, final BN-ReLU); features d = 64 * k."""
-    if (depth - 4) % 6 != 0:
-        raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-    n = (depth - 4) // 6
-    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+    n, widths = _wrn_layout(depth, widen_factor)
     init = _KAIMING_FAN_OUT
     inputs = _input(input_shape)
     x = _conv(inputs, widths[0], 3, 1, init, "stem_conv")
@@ -383,10 +387,7 @@ def fork_wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
                      input_shape: Sequence[int | None] = DEFAULT_INPUT_SHAPE,
                      dropout: float = FORK_DROPOUT) -> keras.Model:
     """The CLID-MU fork's WRN-depth-k (module docstring); features d = 64 * k."""
-    if (depth - 4) % 6 != 0:
-        raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-    n = (depth - 4) // 6
-    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+    n, widths = _wrn_layout(depth, widen_factor)
     init = _KAIMING_FAN_OUT
     inputs = _input(input_shape)
     x = _conv(inputs, widths[0], 3, 1, init, "stem_conv", bias=True)

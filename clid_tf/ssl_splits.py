@@ -76,15 +76,10 @@ def labeled_subset(labels: np.ndarray, *, num_labels: int, num_classes: int,
         raise ValueError(f"num_labels={num_labels} must be a positive multiple of the "
                          f"{num_classes} classes (num_labels / K labeled samples per class)")
     per_class = num_labels // num_classes
-    rng = _rng(seed, 31)
-    chosen = []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) <= per_class:
-            raise ValueError(f"num_labels={num_labels} needs {per_class} labeled samples of "
-                             f"class {c} and some left unlabeled; it has {len(members)}")
-        chosen.append(rng.choice(members, size=per_class, replace=False))
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    return meta_sets.per_class_choice(
+        labels, per_class=per_class, num_classes=num_classes, rng=_rng(seed, 31),
+        too_few=lambda c, n: f"num_labels={num_labels} needs {per_class} labeled samples "
+                             f"of class {c} and some left unlabeled; it has {n}")
 
 
 def stratified_meta_set(indices: np.ndarray, noisy_labels: np.ndarray, *, size: int,

@@ -12,19 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import replica_steps
+
+ROOT = replica_steps.ROOT
 SCRIPT = os.path.join(ROOT, "tests", "distributed_steps.py")
-
-
-def _env(**extra):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
+_env = replica_steps.env
 
 
 def _run(out, *args, env=None):
-    proc = subprocess.run([sys.executable, SCRIPT, str(out), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env or _env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.load(out)
+    return replica_steps.run("distributed_steps.py", out, *args, env_vars=env)
 
 
 def _assert_same_state(a, b):

@@ -38,16 +38,9 @@ def main():
                         help="a replica-consistent dropout layer after the features")
     args = parser.parse_args()
 
+    from tests import replica_steps  # pylint: disable=import-outside-toplevel
+    strategy = replica_steps.strategy(args.strategy, args.replicas)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
-    if args.strategy == "mirrored":
-        strategy = tf.distribute.MirroredStrategy(
-            [f"/cpu:{i}" for i in range(args.replicas)])
-    else:
-        from clid_tf import distribute  # pylint: disable=import-outside-toplevel
-        strategy = distribute.make_strategy(args.strategy)
 
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel

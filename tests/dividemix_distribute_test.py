@@ -2,23 +2,14 @@
 mixup draw, its permutation over all global rows and VRI's eps are drawn for the global
 batch, and every loss term is this replica's share of the global one."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "dividemix_distributed_steps.py")
+from tests import replica_steps
 
 
 def _run(out, *args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, SCRIPT, str(out), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.load(out)
+    return replica_steps.run("dividemix_distributed_steps.py", out, *args)
 
 
 @pytest.mark.parametrize("meta_grad", ["recompute"])

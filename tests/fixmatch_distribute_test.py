@@ -1,22 +1,13 @@
 """FlexMatch + CLID steps under MirroredStrategy on 2 logical CPUs equal one device: the
 backbone, its EMA network, the loss-net, the meta loss and FlexMatch's table."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "fixmatch_distributed_steps.py")
+from tests import replica_steps
 
 
 def _run(out, *args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, SCRIPT, str(out), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.load(out)
+    return replica_steps.run("fixmatch_distributed_steps.py", out, *args)
 
 
 def test_mirrored_two_replicas_match_one_device(tmp_path):

@@ -24,12 +24,9 @@ def main():
     parser.add_argument("--algorithm", default="fixmatch")
     args = parser.parse_args()
 
+    from tests import replica_steps  # pylint: disable=import-outside-toplevel
+    strategy = replica_steps.strategy(args.strategy, args.replicas)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
-    strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
-                if args.strategy == "mirrored" else tf.distribute.get_strategy())
 
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel

@@ -61,14 +61,20 @@ def _directional_check(meta_net, grads, loss_at, h=1e-6, directions=4, rtol=1e-5
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=1e-10)
 
 
-def _entrywise_check(meta_net, grads, loss_at, h=1e-5, entries=5, rtol=1e-4):
+def _entrywise_check(meta_net, grads, loss_at, h=1e-5, entries=5, rtol=1e-4,
+                     largest=False):
     """Entries of grad against central differences of loss_at() in `entries` random entries
-    of phi (among those whose gradient is not negligible): relative error <= rtol."""
+    of phi (among those whose gradient is not negligible), or its `largest` entries:
+    relative error <= rtol."""
     phi = meta_net.trainable_variables
     flat = np.concatenate([g.ravel() for g in grads])
     offsets = np.cumsum([0] + [g.size for g in grads])
-    candidates = np.flatnonzero(np.abs(flat) > 1e-3 * np.abs(flat).max())
-    for index in np.random.default_rng(1).choice(candidates, entries, replace=False):
+    if largest:
+        chosen = np.argsort(-np.abs(flat))[:entries]
+    else:
+        candidates = np.flatnonzero(np.abs(flat) > 1e-3 * np.abs(flat).max())
+        chosen = np.random.default_rng(1).choice(candidates, entries, replace=False)
+    for index in chosen:
         which = int(np.searchsorted(offsets, index, side="right") - 1)
         variable, original = phi[which], phi[which].numpy()
         values = []

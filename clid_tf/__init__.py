@@ -17,18 +17,18 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "MetaReweightModel": "clid_tf.meta_model",
-    "DivideMixModel": "clid_tf.dividemix_model",
-    "FixMatchModel": "clid_tf.fixmatch",
-    "WeightNet": "clid_tf.meta_nets",
-    "VRINet": "clid_tf.vri",
-    "WarmUp": "clid_tf.callbacks",
-    "NonFiniteGuard": "clid_tf.callbacks",
-    "RunState": "clid_tf.callbacks",
-    "ClidSelection": "clid_tf.selection",
-    "find_label_issues": "clid_tf.label_issues",
-    "as_classifier": "clid_tf.backbones",
-    "export_saved_model": "clid_tf.export",
+    "MetaReweightModel": "clid_tf.trainers.meta.model",
+    "DivideMixModel": "clid_tf.trainers.dividemix.model",
+    "FixMatchModel": "clid_tf.trainers.fixmatch.model",
+    "WeightNet": "clid_tf.metanets.wnet",
+    "VRINet": "clid_tf.metanets.vri",
+    "WarmUp": "clid_tf.runs.callbacks",
+    "NonFiniteGuard": "clid_tf.runs.callbacks",
+    "RunState": "clid_tf.runs.callbacks",
+    "ClidSelection": "clid_tf.evaluation.selection",
+    "find_label_issues": "clid_tf.evaluation.label_issues",
+    "as_classifier": "clid_tf.models.backbones",
+    "export_saved_model": "clid_tf.runs.export",
 }
 
 __all__ = sorted(_EXPORTS)

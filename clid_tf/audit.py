@@ -5,7 +5,7 @@
 
 Reads RUN/flags.cfg (any training flag given here overrides it) and RUN/split.npz, and writes
 RUN/audit.csv (most suspicious first), results.json['audit'] and tensorboard/audit. The
-scoring is clid_tf.label_issues; the command is clid_tf.cli.auditing.
+scoring is clid_tf.evaluation.label_issues; the command is clid_tf.cli.auditing.
 """
 
 import os

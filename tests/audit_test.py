@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from clid_tf import label_issues as audit
-from clid_tf import run_folder
+from clid_tf.evaluation import label_issues as audit
+from clid_tf.runs import folder as run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DIGITS_TRAIN = 1437

@@ -1,4 +1,4 @@
-"""Tests for clid_tf.augment: ranges, weak crops, Cutout, per-image randomness, seeding, PIL ops."""
+"""Tests for clid_tf.data.augment: ranges, weak crops, Cutout, per-image randomness, seeding, PIL ops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import ImageDraw as draw
 from PIL import ImageEnhance as enhance
 from PIL import ImageOps as ops_mod
 
-from clid_tf import augment
+from clid_tf.data import augment
 
 SHAPES = ((8, 8, 1), (32, 32, 3))
 

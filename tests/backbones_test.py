@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import meta_model
-from clid_tf import meta_nets
-from clid_tf import resnets
-from clid_tf import virtual
+from clid_tf.models import backbones
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.models import resnets
+from clid_tf.core import virtual
 
 STATS = dict(mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import loaders
+from clid_tf.models import backbones
+from clid_tf.data import sources as loaders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--epochs=2", "--warmup_epochs=1", "--meta_size=100", "--verbose=0"]
@@ -536,7 +536,8 @@ def test_pretrained_imagenet_offline_and_uncached_is_one_line_at_once(tmp_path, 
     """--pretrained=imagenet with no cached weights file and no network: one line naming
     the file to fetch and --pretrained=PATH, before TensorFlow starts; cached, it is used."""
     from absl.testing import flagsaver
-    from clid_tf import cli, tfds_cifar
+    from clid_tf import cli
+    from clid_tf.data.sources import cifar as tfds_cifar
     from clid_tf.cli import training
     cli.define_flags()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -587,7 +588,8 @@ def test_offline_cifar10_without_data_is_one_line_at_once(tmp_path, monkeypatch,
     """No prepared CIFAR-10 and no internet: one line with the way to prepare it, before
     any download is tried; online, TFDS is asked to download it (as usual)."""
     from absl.testing import flagsaver
-    from clid_tf import cli, tfds_cifar
+    from clid_tf import cli
+    from clid_tf.data.sources import cifar as tfds_cifar
     import tensorflow_datasets as tfds
     cli.define_flags()
     workdir, empty = tmp_path / "run", tmp_path / "tfds"
@@ -619,7 +621,7 @@ def test_offline_cifar10_without_data_is_one_line_at_once(tmp_path, monkeypatch,
 
 
 def test_human_label_sets_of_the_flags_match_the_loader():
-    from clid_tf import tfds_cifar
+    from clid_tf.data.sources import cifar as tfds_cifar
     from clid_tf.cli import flagdefs
     assert flagdefs.HUMAN_NOISE_OF == {name: spec.human_labels for name, spec in
                                        tfds_cifar._TFDS_SPECS.items() if spec.human_labels}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import clid as clid_lib
+from clid_tf.core import clid as clid_lib
 
 
 def _softmax(a):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import meta_nets
-from clid_tf import meta_model
-from clid_tf import objectives
+from clid_tf.models import backbones
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import objectives
 from tests import helpers
 
 

@@ -1,4 +1,4 @@
-"""Tests for clid_tf.datasets and clid_tf.tfds_cifar: TFDS CIFAR(-N) under tfds mocks,
+"""Tests for clid_tf.data.datasets and clid_tf.data.sources.cifar: TFDS CIFAR(-N) under tfds mocks,
 the fast offline failure, dispatch and the label checks every loader shares."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from clid_tf import datasets
-from clid_tf import loaders
-from clid_tf import tfds_cifar
-from clid_tf.datasets import DataError
+from clid_tf.data import datasets
+from clid_tf.data import sources as loaders
+from clid_tf.data.sources import cifar as tfds_cifar
+from clid_tf.data.datasets import DataError
 
 _FAKE_N = 12
 # Offsets the fake builder adds to the clean label to make each noisy field distinct, so a

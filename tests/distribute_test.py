@@ -74,7 +74,7 @@ SPREAD_SCRIPT = """
 import json, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from clid_tf import distribute
+from clid_tf.core import distribute
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 @tf.function
@@ -109,7 +109,10 @@ FLOAT16_MIRRORED_SCRIPT = """
 import json, numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from clid_tf import backbones, meta_model, meta_nets, objectives
+from clid_tf.models import backbones
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.core import objectives
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),

@@ -46,7 +46,10 @@ def main():
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     # pylint: disable-next=import-outside-toplevel
-    from clid_tf import backbones, meta_model, objectives, vri
+    from clid_tf.models import backbones
+    from clid_tf.trainers.meta import model as meta_model
+    from clid_tf.core import objectives
+    from clid_tf.metanets import vri
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")

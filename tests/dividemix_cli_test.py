@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import loaders
+from clid_tf.models import backbones
+from clid_tf.data import sources as loaders
 from tests.cli_test import _scalars, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

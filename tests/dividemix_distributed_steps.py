@@ -32,7 +32,9 @@ def main():
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import dividemix_data, dividemix_model, vri  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.dividemix import streams as dividemix_data  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.dividemix import model as dividemix_model
+    from clid_tf.metanets import vri
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import dividemix
-from clid_tf import dividemix_data
-from clid_tf import dividemix_model
-from clid_tf import lookahead
-from clid_tf import virtual
-from clid_tf import vri
+from clid_tf.trainers.dividemix import mixmatch as dividemix
+from clid_tf.trainers.dividemix import streams as dividemix_data
+from clid_tf.trainers.dividemix import model as dividemix_model
+from clid_tf.core import lookahead
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
 from tests import helpers
 from tests.virtual_test import _frozen_clid
 

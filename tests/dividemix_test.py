@@ -8,15 +8,15 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from clid_tf import data
-from clid_tf import dividemix
-from clid_tf import dividemix_data
-from clid_tf import dividemix_eval
-from clid_tf import loaders
-from clid_tf import noise
-from clid_tf import selection
-from clid_tf import sloss
-from clid_tf import sources
+from clid_tf.data import pipelines as data
+from clid_tf.trainers.dividemix import mixmatch as dividemix
+from clid_tf.trainers.dividemix import streams as dividemix_data
+from clid_tf.evaluation import two_nets as dividemix_eval
+from clid_tf.data import sources as loaders
+from clid_tf.data import noise
+from clid_tf.evaluation import selection
+from clid_tf.trainers.meta import small_loss as sloss
+from clid_tf.data import inputs as sources
 
 
 def _softmax(z):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones, export
+from clid_tf.models import backbones
+from clid_tf.runs import export
 
 SHAPE = (8, 8, 1)
 NAMES = tuple(f"class{c}" for c in range(10))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import loaders
-from clid_tf import meta_nets
+from clid_tf.models import backbones
+from clid_tf.data import sources as loaders
+from clid_tf.metanets import wnet as meta_nets
 from tests.cli_test import ROOT, run_cli
 from tests.resume_test import ENV
 

@@ -31,7 +31,9 @@ def main():
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import fixmatch, lookahead, meta_nets  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.fixmatch import model as fixmatch  # pylint: disable=import-outside-toplevel
+    from clid_tf.core import lookahead
+    from clid_tf.metanets import wnet as meta_nets
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")

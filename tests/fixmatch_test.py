@@ -7,16 +7,16 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from clid_tf import datasets
-from clid_tf import fixmatch
-from clid_tf import lookahead
-from clid_tf import meta_nets
-from clid_tf import noise as noise_lib
-from clid_tf import objectives
-from clid_tf import selection as selection_lib
-from clid_tf import sources
-from clid_tf import ssl_splits
-from clid_tf import ssl_streams
+from clid_tf.data import datasets
+from clid_tf.trainers.fixmatch import model as fixmatch
+from clid_tf.core import lookahead
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.data import noise as noise_lib
+from clid_tf.core import objectives
+from clid_tf.evaluation import selection as selection_lib
+from clid_tf.data import inputs as sources
+from clid_tf.data import ssl_splits
+from clid_tf.trainers.fixmatch import streams as ssl_streams
 from tests import helpers
 
 K = 10
@@ -312,7 +312,7 @@ def _meta_loss_after_real_step(model, phi_values, data):
     """The meta objective (mean prediction entropy) at theta' = the real Keras
     SGD-Nesterov's next update (a fresh optimizer with the model's momentum slots), the
     loss-net at phi_values: the finite-difference reference, independent of
-    clid_tf.lookahead."""
+    clid_tf.core.lookahead."""
     net, backbone = model.meta_net, model.backbone
     saved = helpers.snapshot(net.trainable_variables)
     for v, value in zip(net.trainable_variables, phi_values):

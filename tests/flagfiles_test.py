@@ -45,10 +45,10 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
-from clid_tf import tfds_cifar
+from clid_tf.data.sources import cifar as tfds_cifar
 from clid_tf.cli import train_dividemix, training
-from clid_tf import schedules
-from clid_tf import splits
+from clid_tf.core import schedules
+from clid_tf.data import splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS

@@ -5,10 +5,10 @@ import contextlib
 import keras
 import numpy as np
 
-from clid_tf import backbones
-from clid_tf import meta_nets
-from clid_tf import meta_model
-from clid_tf import objectives
+from clid_tf.models import backbones
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import objectives
 
 
 @contextlib.contextmanager
@@ -81,8 +81,9 @@ def snapshot(variables) -> list[np.ndarray]:
 
 def array_stream(x, y, *, batch_size, seed=0, is_noisy=None, meta_x=None, meta_labels=None,
                  meta_batch_size=100, steps_per_epoch=None):
-    """The fit stream of in-memory arrays, as the CLI builds it from a split (clid_tf.data)."""
-    from clid_tf import data, sources  # pylint: disable=import-outside-toplevel
+    """The fit stream of in-memory arrays, as the CLI builds it from a split (clid_tf.data.pipelines)."""
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import inputs as sources
     x = np.asarray(x)
     steps = steps_per_epoch or len(x) // batch_size
     fields = {"label": np.asarray(y).astype(np.int32)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clid_tf import image_files
+from clid_tf.data import image_files
 from clid_tf.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -432,7 +432,7 @@ def test_make_image_folder_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_file_checks_run_before_tensorflow_is_imported():
-    code = ('import sys; from clid_tf import image_files, tfds_images; '
+    code = ('import sys; from clid_tf.data import image_files; from clid_tf.data.sources import tfds; '
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'imported'")
     proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)

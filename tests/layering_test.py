@@ -13,25 +13,27 @@ PACKAGE = os.path.join(ROOT, "clid_tf")
 # function) only from layers strictly below its own.
 LAYERS = [
     # 0: leaves with no package imports: the math, noise models, TF-free plumbing
-    {"errors", "atomic_io", "clid", "noise", "meta_sets", "distribute", "schedules",
-     "augment", "resnets", "lookahead", "meta_scope"},
+    {"core", "metanets", "models", "data", "evaluation", "runs", "trainers", "trainers.meta",
+     "trainers.dividemix", "trainers.fixmatch"},
+    {"errors", "atomic_io", "core.clid", "data.noise", "data.meta_sets", "core.distribute", "core.schedules",
+     "data.augment", "models.resnets", "core.lookahead", "core.meta_scope"},
     # 1: image files on disk, losses and the meta-net interface, the run folder layout,
     # float16 loss scaling, DivideMix's math
-    {"image_files", "objectives", "run_folder", "loss_scaling", "dividemix"},
+    {"data.image_files", "core.objectives", "runs.folder", "core.loss_scaling", "trainers.dividemix.mixmatch"},
     # 2: where inputs live (sources), VRI
-    {"sources", "vri"},
+    {"data.inputs", "metanets.vri"},
     # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead
-    {"datasets", "data", "meta_nets", "backbones", "virtual"},
+    {"data.datasets", "data.pipelines", "metanets.wnet", "models.backbones", "core.virtual"},
     # 4: loaders of each kind, splits, label-free selection, export, the semi-supervised
     # streams
-    {"npz_data", "tfds_cifar", "tfds_images", "splits", "selection", "export",
-     "ssl_streams"},
+    {"data.sources.npz", "data.sources.cifar", "data.sources.tfds", "data.splits", "evaluation.selection", "runs.export",
+     "trainers.fixmatch.streams"},
     # 5: dispatch, the algorithms, label issues, the semi-supervised split
-    {"loaders", "meta_model", "fixmatch", "label_issues", "ssl_splits"},
+    {"data.sources", "trainers.meta.model", "trainers.fixmatch.model", "evaluation.label_issues", "data.ssl_splits"},
     # 6: callbacks that read models, selection and data; DivideMix's evaluation
-    {"sloss", "callbacks", "tb_views", "dividemix_eval"},
+    {"trainers.meta.small_loss", "runs.callbacks", "runs.tb_views", "evaluation.two_nets"},
     # 7-8: DivideMix's epochs (co-divide, streams), its model
-    {"dividemix_data"}, {"dividemix_model"},
+    {"trainers.dividemix.streams"}, {"trainers.dividemix.model"},
     # 9-14: the command line (the only reader of FLAGS): flags, the parts of a run, the
     # DivideMix trainer, the audit (trains folds with those parts) and the semi-supervised
     # trainers (built from them), the training command, the package
@@ -123,7 +125,7 @@ def test_only_the_command_line_touches_absl():
 def test_the_command_line_checks_input_before_tensorflow_starts():
     # Bad flags and data are reported in seconds, before TensorFlow is imported.
     for module in ("cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
-                   "cli.train_fixmatch", "cli.commands", "loaders", "datasets", "splits",
-                   "image_files", "npz_data", "run_folder", "ssl_splits", "__init__"):
+                   "cli.train_fixmatch", "cli.commands", "data.sources", "data.datasets", "data.splits",
+                   "data.image_files", "data.sources.npz", "runs.folder", "data.ssl_splits", "__init__"):
         top, _ = _imports(module)
         assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top), module

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import lookahead
-from clid_tf import schedules
+from clid_tf.core import lookahead
+from clid_tf.core import schedules
 from tests import helpers
 
 LR, MU, WD = 0.25, 0.75, 0.05  # exact in float32, through which Keras casts mu

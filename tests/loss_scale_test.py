@@ -5,13 +5,13 @@ import pytest
 import tensorflow as tf
 import keras
 
-from clid_tf import backbones
-from clid_tf import lookahead
-from clid_tf import loss_scaling
-from clid_tf import meta_nets
-from clid_tf import objectives
-from clid_tf import virtual
-from clid_tf import vri
+from clid_tf.models import backbones
+from clid_tf.core import lookahead
+from clid_tf.core import loss_scaling
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
 from tests import helpers
 
 ROUTES = [("tape", "full"), ("recompute", "full"), ("jvp", "full"), ("tape", "last_layer")]

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import clid as clid_lib
-from clid_tf import lookahead
-from clid_tf import loss_scaling
-from clid_tf import meta_model
-from clid_tf import objectives
-from clid_tf import schedules
-from clid_tf import virtual
+from clid_tf.models import backbones
+from clid_tf.core import clid as clid_lib
+from clid_tf.core import lookahead
+from clid_tf.core import loss_scaling
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import objectives
+from clid_tf.core import schedules
+from clid_tf.core import virtual
 from tests import helpers
 
 LR, MOMENTUM, WD = 0.2, 0.9, 5e-4

@@ -1,4 +1,4 @@
-"""Tests for clid_tf.noise: realised transition matrices, seeding, instance noise, imbalance."""
+"""Tests for clid_tf.data.noise: realised transition matrices, seeding, instance noise, imbalance."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clid_tf import noise
+from clid_tf.data import noise
 
 CLASS_KINDS = ('sym', 'sym_exact', 'pair', 'flip', 'flip2', 'asym_cifar10', 'asym_cifar100',
                'asym_cifar100_superclass', 'hierarchical')

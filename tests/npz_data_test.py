@@ -1,4 +1,4 @@
-"""Tests for clid_tf.npz_data: a user's arrays, every error as one line."""
+"""Tests for clid_tf.data.sources.npz: a user's arrays, every error as one line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from clid_tf import loaders
-from clid_tf import npz_data
+from clid_tf.data import sources as loaders
+from clid_tf.data.sources import npz as npz_data
 from clid_tf.errors import DataError
 from tests.datasets_test import _assert_one_line
 

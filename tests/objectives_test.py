@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import objectives
+from clid_tf.core import objectives
 from tests import helpers
 from tests.clid_test import analytic_logit_grad, reference_clid
 

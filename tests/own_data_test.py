@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clid_tf import loaders
+from clid_tf.data import sources as loaders
 from tests.cli_test import run_cli
 
 FAST = ["--epochs=3", "--warmup_epochs=1", "--meta_size=60", "--meta_batch_size=30",
@@ -87,7 +87,7 @@ def test_ensemble_export_serves_the_kept_epochs_with_class_names(folder, folder_
     images = np.stack([np.asarray(Image.open(p))[..., None] for p in data.test.inputs.files.paths])
     served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
         "serving_default"](images=tf.constant(images))
-    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
+    from clid_tf.models import backbones  # pylint: disable=import-outside-toplevel
     logits = []
     for path in kept:
         net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1),
@@ -134,7 +134,7 @@ def test_list_file_with_val_split_and_selected_export(folder, tmp_path):
     assert len(results["history"]["val_accuracy"]) == 3
     selected = results["selected_epoch"]
     weights = os.path.join(workdir, "checkpoints", "selected", f"epoch-{selected}.npz")
-    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
+    from clid_tf.models import backbones  # pylint: disable=import-outside-toplevel
     net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=data.mean,
                           std=data.std)
     with np.load(weights) as saved:

@@ -7,10 +7,10 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
-from clid_tf import data
-from clid_tf import loaders
-from clid_tf import meta_model
-from clid_tf import sources
+from clid_tf.data import pipelines as data
+from clid_tf.data import sources as loaders
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.data import inputs as sources
 
 FLAGS = flags.FLAGS
 

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 import clid_tf
-from clid_tf import loaders
-from clid_tf import noise
+from clid_tf.data import sources as loaders
+from clid_tf.data import noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = loaders.load_digits()
@@ -146,7 +146,10 @@ def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():
     """The DivideMix trainer as parts: two of the user's Keras classifiers, VRI rectifiers,
     the user's arrays and noisy labels; a warm-up epoch and a DivideMix + VRI + CLID epoch
     train both networks and both rectifiers, and the model predicts with summed logits."""
-    from clid_tf import augment, data, dividemix_data, sources  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data
+    from clid_tf.trainers.dividemix import streams as dividemix_data
+    from clid_tf.data import inputs as sources
     y = noise.corrupt(Y, kind="sym", rate=0.4, num_classes=10, seed=0)
     nets = [clid_tf.as_classifier(_sequential(seed)) for seed in (0, 1)]
     rectifiers = [clid_tf.VRINet(10, net.feature_dim, seed=seed)
@@ -175,7 +178,9 @@ def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():
 def test_fixmatch_composes_from_a_users_own_keras_model_and_arrays():
     """The semi-supervised trainer as parts: the user's classifier, an unnormalised
     loss-net, 100 noisy labels and the rest of the user's images unlabeled."""
-    from clid_tf import augment, ssl_streams, sources  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.fixmatch import streams as ssl_streams
+    from clid_tf.data import inputs as sources
     rng = np.random.default_rng(0)
     order = rng.permutation(len(X))
     labeled, unlabeled, meta = order[:100], order[100:], order[100:164]

@@ -34,5 +34,5 @@ def strategy(kind: str, replicas: int):
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
-    from clid_tf import distribute  # pylint: disable=import-outside-toplevel
+    from clid_tf.core import distribute  # pylint: disable=import-outside-toplevel
     return distribute.make_strategy(kind)

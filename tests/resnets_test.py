@@ -1,10 +1,10 @@
-"""Tests for clid_tf.resnets: parameter counts, output contract, stateless_call."""
+"""Tests for clid_tf.models.resnets: parameter counts, output contract, stateless_call."""
 
 import keras
 import numpy as np
 import pytest
 
-from clid_tf import resnets
+from clid_tf.models import resnets
 
 K = 10
 # name -> (feature_dim, trainable, non-trainable BN moving stats, published total)

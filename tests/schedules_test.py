@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from clid_tf import schedules
+from clid_tf.core import schedules
 
 
 def _torch_cosine(epoch, base, t_max, eta_min):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import clid as clid_lib
-from clid_tf import data
-from clid_tf import meta_model
-from clid_tf import selection
+from clid_tf.models import backbones
+from clid_tf.core import clid as clid_lib
+from clid_tf.data import pipelines as data
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.evaluation import selection
 from tests import helpers
 
 NUM_CLASSES = 3

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import data
-from clid_tf import meta_model
-from clid_tf import sloss
-from clid_tf import sources
+from clid_tf.models import backbones
+from clid_tf.data import pipelines as data
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.trainers.meta import small_loss as sloss
+from clid_tf.data import inputs as sources
 from tests import helpers
 
 NUM_CLASSES = 3

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clid_tf import image_files
-from clid_tf.sources import FileSource, read_numpy
+from clid_tf.data import image_files
+from clid_tf.data.inputs import FileSource, read_numpy
 from tests.image_files_test import pixels, write_image, write_tree
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from clid_tf import loaders
-from clid_tf import meta_sets
-from clid_tf import splits
+from clid_tf.data import sources as loaders
+from clid_tf.data import meta_sets
+from clid_tf.data import splits
 
 DIGITS = loaders.load_digits()
 
@@ -144,7 +144,7 @@ def test_training_subset_is_fixed_unless_resampled_each_epoch():
 
 def _with_val(dataset, labels):
     """`dataset` with its test split also as a validation split carrying `labels`."""
-    from clid_tf import datasets  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import datasets  # pylint: disable=import-outside-toplevel
     return dataset._replace(val=datasets.Split(dataset.test.inputs, labels))
 
 

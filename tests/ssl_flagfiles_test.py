@@ -20,8 +20,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
-from clid_tf import splits
-from clid_tf import tfds_cifar
+from clid_tf.data import splits
+from clid_tf.data.sources import cifar as tfds_cifar
 from clid_tf.cli import train_fixmatch
 from tests.flagfiles_test import ROOT, SSL_SETTINGS, _fake_split, _lines
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import meta_nets
-from clid_tf import meta_model
-from clid_tf import objectives
-from clid_tf import tb_views
+from clid_tf.models import backbones
+from clid_tf.metanets import wnet as meta_nets
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import objectives
+from clid_tf.runs import tb_views
 from tests import helpers
 
 K, D, N = 3, 4, 200

@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from clid_tf import tfds_images
+from clid_tf.data.sources import tfds as tfds_images
 from clid_tf.errors import DataError
-from clid_tf.sources import ArraySource, read_numpy
-from clid_tf.tfds_images import TfdsSource
+from clid_tf.data.inputs import ArraySource, read_numpy
+from clid_tf.data.sources.tfds import TfdsSource
 from tests.image_files_test import assert_one_line, pixels
 
 _SPLIT_SEED = {'train': 0, 'validation': 1, 'test': 2}

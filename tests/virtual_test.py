@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import lookahead
-from clid_tf import meta_model
-from clid_tf import meta_scope
-from clid_tf import objectives
-from clid_tf import resnets
-from clid_tf import virtual
-from clid_tf import vri
+from clid_tf.models import backbones
+from clid_tf.core import lookahead
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import meta_scope
+from clid_tf.core import objectives
+from clid_tf.models import resnets
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
 from tests import helpers
 
 
@@ -270,7 +270,7 @@ def test_d_scaled_routes_give_the_tape_hypergradient_of_the_optimizer_step(kind,
 
 def _tiny_residual_classifier(blocks=3, width=4, num_inputs=3, num_classes=3, seed=0):
     """x [B, 3] -> stem Dense-BN-ReLU -> `blocks` residual blocks h + Dense(ReLU(BN(Dense h)))
-    -> head Dense, with the block metadata of `clid_tf.resnets` (`block_names`)."""
+    -> head Dense, with the block metadata of `clid_tf.models.resnets` (`block_names`)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((num_inputs,))
     h = keras.layers.Dense(width, name="stem_dense")(inputs)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import callbacks
-from clid_tf import lookahead
-from clid_tf import objectives
-from clid_tf import virtual
-from clid_tf import vri
+from clid_tf.models import backbones
+from clid_tf.runs import callbacks
+from clid_tf.core import lookahead
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
 from tests import helpers
 from tests.cli_test import run_cli
 from tests.virtual_test import _clid_surrogate, _entrywise_check, _meta_loss_at
@@ -254,7 +254,7 @@ def test_vri_single_on_a_clothing1m_list_layout_with_audit_and_export(tmp_path):
     loaded = tf.saved_model.load(str(workdir / "saved_model"))
     raw = (root / "images/1/01/clean_test_1.jpg").read_bytes()  # 28 x 20, not 16 x 16
     by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant([raw]))
-    from clid_tf import sources  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import inputs as sources  # pylint: disable=import-outside-toplevel
     decoded = sources.decode_image(tf.constant(raw), element_shape=(16, 16, 3),
                                    image_size=16, resize_shorter=20)
     by_pixels = loaded.signatures["serving_default"](images=decoded[None])

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from clid_tf import backbones
-from clid_tf import lookahead
-from clid_tf import meta_model
-from clid_tf import objectives
-from clid_tf import virtual
-from clid_tf import vri
+from clid_tf.models import backbones
+from clid_tf.core import lookahead
+from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
 
 K, D, B = 3, 8, 6
 

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from clid_tf import cli  # noqa: E402
-from clid_tf import noise as noise_lib  # noqa: E402
+from clid_tf.data import noise as noise_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -37,7 +37,7 @@ import bench_accuracy  # noqa: E402  (tools/, on sys.path when this script runs)
 import step_bench  # noqa: E402
 
 from clid_tf import cli  # noqa: E402
-from clid_tf import meta_scope  # noqa: E402
+from clid_tf.core import meta_scope  # noqa: E402
 
 FLAGS = flags.FLAGS
 CE = "ce"

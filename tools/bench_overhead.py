@@ -88,7 +88,7 @@ def main(argv):
         return original_fit(model, *args, callbacks=[start, *callbacks, end], **kwargs)
 
     keras.Model.fit = fit
-    from clid_tf import export  # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import export  # pylint: disable=import-outside-toplevel
     export.export_saved_model = clock.wrap("export (once)", export.export_saved_model)
     FLAGS([sys.argv[0], f"--dataset=npz:{path}", f"--backbone={FLAGS.bench_backbone}",
            f"--workdir={os.path.join(work, 'run')}", f"--epochs={FLAGS.bench_epochs}",

@@ -198,7 +198,7 @@ def main(argv: list[str]) -> None:
     FLAGS.repo = os.path.abspath(FLAGS.repo)
     if not os.path.isfile(os.path.join(FLAGS.repo, "clid_tf", "train.py")):
         cli.fail(f"--repo={FLAGS.repo} is not a clid-tf clone (no clid_tf/train.py)")
-    from clid_tf import tfds_cifar  # pylint: disable=import-outside-toplevel
+    from clid_tf.data.sources import cifar as tfds_cifar  # pylint: disable=import-outside-toplevel
     offline = not tfds_cifar.online()
     with tempfile.TemporaryDirectory(prefix="first_minutes_") as scratch:
         todo = [c for c in cases(scratch) if offline or "offline" not in c.name]

@@ -41,7 +41,8 @@ def main(argv):
         os.environ.update(step_bench.BFC_ALLOCATOR)  # read when TensorFlow starts
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import lookahead, virtual
+    from clid_tf.core import lookahead
+    from clid_tf.core import virtual
 
     batch, meta = step_bench.synthetic_batches()
     plain, model = step_bench.build_model("ce"), step_bench.build_model("clid_tape")

@@ -17,7 +17,7 @@ from absl import flags
 BFC_ALLOCATOR = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", "resnet32", "Backbone name (clid_tf.backbones.BACKBONES).")
+flags.DEFINE_string("backbone", "resnet32", "Backbone name (clid_tf.models.backbones.BACKBONES).")
 flags.DEFINE_integer("batch_size", 100, "Training batch size.")
 flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
 flags.DEFINE_integer("image_size", 32, "Square image side.")
@@ -51,7 +51,10 @@ def build_model(mode: str, **options):
     `options` go to MetaReweightModel (e.g. meta_scope='top:2', meta_every=2)."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, meta_model, meta_nets, objectives
+    from clid_tf.models import backbones
+    from clid_tf.trainers.meta import model as meta_model
+    from clid_tf.metanets import wnet as meta_nets
+    from clid_tf.core import objectives
 
     keras.utils.set_random_seed(0)
     net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
@@ -75,7 +78,7 @@ def build_model(mode: str, **options):
 
 def ssl_step_data() -> dict:
     """A fixed FixMatch step element: labeled batch, unlabeled weak/strong views (with
-    FlexMatch positions) and a weak/strong meta batch, as clid_tf.ssl_streams makes them."""
+    FlexMatch positions) and a weak/strong meta batch, as clid_tf.trainers.fixmatch.streams makes them."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     batch, _ = synthetic_batches()
@@ -96,7 +99,10 @@ def build_ssl_model(mode: str):
     optimizers: SGD-Nesterov 0.03 wd 1e-4 without BN/bias decay; loss-net SGD-Nesterov)."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, fixmatch, lookahead, meta_nets
+    from clid_tf.models import backbones
+    from clid_tf.trainers.fixmatch import model as fixmatch
+    from clid_tf.core import lookahead
+    from clid_tf.metanets import wnet as meta_nets
 
     keras.utils.set_random_seed(0)
     net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
@@ -186,7 +192,11 @@ def dividemix_step(mode: str):
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from clid_tf import backbones, dividemix_data, dividemix_model, virtual, vri
+    from clid_tf.models import backbones
+    from clid_tf.trainers.dividemix import streams as dividemix_data
+    from clid_tf.trainers.dividemix import model as dividemix_model
+    from clid_tf.core import virtual
+    from clid_tf.metanets import vri
 
     keras.utils.set_random_seed(0)
     nets = [backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,

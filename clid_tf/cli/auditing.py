@@ -3,7 +3,7 @@
 `python -m clid_tf.audit --workdir=RUN` reads RUN/flags.cfg (flags given on the command
 line override it), rebuilds the run's data (the same noisy labels and training samples,
 checked against RUN/split.npz) and ranks the training labels by suspicion
-(`clid_tf.label_issues`): with --audit_folds=K (5 by default) out of sample, K models
+(`clid_tf.evaluation.label_issues`): with --audit_folds=K (5 by default) out of sample, K models
 trained with the run's own settings, each scoring the fold it did not see; with
 --audit_folds=0 in sample, with the run's last checkpoints (up to 3, averaged). It writes
 RUN/audit.csv (one row per training sample, most suspicious first, named by file path for
@@ -18,10 +18,10 @@ import os
 
 import numpy as np
 
-from clid_tf import label_issues
-from clid_tf import meta_sets
-from clid_tf import run_folder
-from clid_tf import splits
+from clid_tf.evaluation import label_issues
+from clid_tf.data import meta_sets
+from clid_tf.runs import folder as run_folder
+from clid_tf.data import splits
 from clid_tf.cli import train_dividemix
 from clid_tf.cli import training
 from clid_tf.cli.flagdefs import AUDIT_GROUPS, AUDIT_HELP, FLAGS, fail, parse_flags
@@ -90,7 +90,7 @@ def audit(folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
 
 def out_of_sample_scores(setup, *, folds: int) -> label_issues.Scores:
     """K-fold cross-fitting over the training samples, each fold trained with the flags."""
-    from clid_tf import data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
     idx = setup.train_indices
     source = setup.dataset.train.inputs
 
@@ -140,7 +140,7 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     if FLAGS.trainer == "dividemix":  # the two networks' ensemble
         return train_dividemix.in_sample_scores(folder, setup)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from clid_tf import data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
     state = tf.train.get_checkpoint_state(folder.checkpoints)
     paths = list(state.all_model_checkpoint_paths) if state else []
     if not paths:
@@ -152,7 +152,7 @@ def in_sample_scores(folder: run_folder.RunFolder, setup) -> label_issues.Scores
     parts = {"backbone": model.backbone}
     if model.meta_net is not None:
         parts["meta_net"] = model.meta_net
-    from clid_tf import callbacks  # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import callbacks  # pylint: disable=import-outside-toplevel
     checkpoint = callbacks.checkpoint_of(parts)
     idx = setup.train_indices
     part = data.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx])

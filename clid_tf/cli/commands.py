@@ -16,7 +16,7 @@ import time
 from absl import logging
 
 from clid_tf import errors
-from clid_tf import run_folder
+from clid_tf.runs import folder as run_folder
 from clid_tf.cli import auditing
 from clid_tf.cli import train_dividemix
 from clid_tf.cli import train_fixmatch

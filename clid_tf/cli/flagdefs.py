@@ -17,13 +17,13 @@ from typing import NamedTuple
 
 from absl import flags
 
-from clid_tf import datasets
+from clid_tf.data import datasets
 
 FLAGS = flags.FLAGS
 
 TRAINERS = ("meta", "vri_single", "dividemix", "fixmatch", "flexmatch")
 METHODS = ("ce", "clid", "entropy", "ce_clean", "ce_noisy", "mae", "ce_sloss", "mae_sloss")
-# Names of clid_tf.backbones.BACKBONES, listed here so flags parse without TensorFlow.
+# Names of clid_tf.models.backbones.BACKBONES, listed here so flags parse without TensorFlow.
 BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
              "wrn28_2", "wrn28_2_fork", "vgg19_bn", "resnet50")
 AUGMENTS = ("none", "flip", "weak", "strong")
@@ -42,7 +42,8 @@ def define_flags() -> None:
     """Defines every flag of a training run (idempotent)."""
     if "method" in FLAGS:
         return
-    from clid_tf import meta_scope, noise  # pylint: disable=import-outside-toplevel
+    from clid_tf.core import meta_scope  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import noise
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
                         "the SavedModel and results.json; new or empty (unless --resume). "

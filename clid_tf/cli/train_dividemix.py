@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clid_tf import datasets
-from clid_tf import meta_sets as meta_sets_lib
-from clid_tf import run_folder
+from clid_tf.data import datasets
+from clid_tf.data import meta_sets as meta_sets_lib
+from clid_tf.runs import folder as run_folder
 from clid_tf.cli import flagdefs, training
 from clid_tf.cli.flagdefs import FLAGS, training_flag_names
 from clid_tf.errors import RunError
@@ -94,8 +94,10 @@ def train(setup: Setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict
     """Builds both networks, their streams and callbacks from FLAGS, fits, exports."""
     # pylint: disable=import-outside-toplevel
     import keras
-    from clid_tf import callbacks as callbacks_lib
-    from clid_tf import dividemix_eval, dividemix_model, tb_views
+    from clid_tf.runs import callbacks as callbacks_lib
+    from clid_tf.evaluation import two_nets as dividemix_eval
+    from clid_tf.trainers.dividemix import model as dividemix_model
+    from clid_tf.runs import tb_views
     if not resuming:
         tb_views.write_hparams(folder.tensorboard, {
             name: FLAGS[name].value for name in sorted(training_flag_names())
@@ -131,7 +133,7 @@ def epoch_lr():
 
 def build_networks(setup: Setup, *, sync_batchnorm: bool) -> tuple[list, list | None]:
     """The two backbones (seeds seed, seed + 1) and, unless --method=ce, two VRINets."""
-    from clid_tf import vri  # pylint: disable=import-outside-toplevel
+    from clid_tf.metanets import vri  # pylint: disable=import-outside-toplevel
     nets = [training.build_backbone(setup, sync_batchnorm=sync_batchnorm, seed=FLAGS.seed + k)
             for k in (0, 1)]
     if FLAGS.method == "ce":
@@ -159,7 +161,7 @@ def compiled_model(setup: Setup):
 
 def _model(nets, meta_nets, *, warmup_penalty: bool):
     """`DivideMixModel` of the flags."""
-    from clid_tf import dividemix_model  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.dividemix import model as dividemix_model  # pylint: disable=import-outside-toplevel
     return dividemix_model.DivideMixModel(
         nets, meta_nets, meta_objective=FLAGS.method if meta_nets else "clid", tau=FLAGS.tau,
         meta_grad=FLAGS.meta_grad, meta_scope=FLAGS.meta_scope,
@@ -174,7 +176,8 @@ def _model(nets, meta_nets, *, warmup_penalty: bool):
 
 def streams_of(setup: Setup):
     """The training samples, both meta sets and the augmentations as `Streams`."""
-    from clid_tf import data, dividemix_data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.dividemix import streams as dividemix_data
     ds, idx = setup.dataset, setup.train_indices
     clean = ds.train.clean_labels
     return dividemix_data.Streams(
@@ -197,7 +200,8 @@ def meta_augmentation(ds):
 def selections_of(setup: Setup, folder: run_folder.RunFolder, backbones) -> list:
     """One `ClidSelection` per network, on its own meta set."""
     # pylint: disable=import-outside-toplevel
-    from clid_tf import data, selection as selection_lib
+    from clid_tf.data import pipelines as data
+    from clid_tf.evaluation import selection as selection_lib
     ds = setup.dataset
     test = None if ds.test is None else data.Part(ds.test.inputs, None, ds.test.labels)
     return [selection_lib.ClidSelection(
@@ -216,7 +220,8 @@ def export(model, selections, ds, folder: run_folder.RunFolder, *, overwrite: bo
     if FLAGS.export == "none":
         return
     # pylint: disable=import-outside-toplevel
-    from clid_tf import dividemix_eval, export as export_lib
+    from clid_tf.evaluation import two_nets as dividemix_eval
+    from clid_tf.runs import export as export_lib
     if FLAGS.export == "last":
         networks = list(model.backbones)
     elif FLAGS.export == "selected":
@@ -233,7 +238,7 @@ def results_of(setup: Setup, selections, evaluation, history: dict) -> dict:
     """results.json: the meta trainer's keys for the two-network model (final/best = the
     summed logits, selected = each net at its lowest-CLID epoch, ensembles merged), each
     network's own selection under net1/net2, division and loss terms in the history."""
-    from clid_tf import splits  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import splits  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     merged = evaluation.summary()
     best = merged["kept"][0]
@@ -274,7 +279,9 @@ def in_sample_scores(folder: run_folder.RunFolder, setup: Setup):
     # pylint: disable=import-outside-toplevel
     import os
     import tensorflow as tf
-    from clid_tf import data, label_issues, selection as selection_lib
+    from clid_tf.data import pipelines as data
+    from clid_tf.evaluation import label_issues
+    from clid_tf.evaluation import selection as selection_lib
     state = tf.train.get_checkpoint_state(folder.checkpoints)
     paths = [p if os.path.isabs(p) else os.path.join(folder.checkpoints, p)
              for p in (state.all_model_checkpoint_paths if state else [])]

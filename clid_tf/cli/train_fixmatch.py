@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 
-from clid_tf import run_folder
+from clid_tf.runs import folder as run_folder
 from clid_tf.cli import training
 from clid_tf.cli.flagdefs import FLAGS
 from clid_tf.errors import RunError
@@ -23,7 +23,7 @@ CROP_RATIO = 0.875  # USB's crop_ratio: reflect padding = side * (1 - 0.875), 4 
 
 def prepare_setup():
     """The run's `ssl_splits.SslSetup` from the flags; bad input raises RunError."""
-    from clid_tf import ssl_splits  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import ssl_splits  # pylint: disable=import-outside-toplevel
     dataset = training.load_dataset()
     if len(dataset.train.inputs.element_shape) != 3:
         raise RunError(f"--num_labels needs images (weak and strong views); {FLAGS.dataset} "
@@ -52,9 +52,13 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     """Builds the model, streams and callbacks from FLAGS, fits, exports."""
     # pylint: disable=import-outside-toplevel
     import keras
-    from clid_tf import callbacks as callbacks_lib
-    from clid_tf import data, selection as selection_lib, sources, ssl_splits, ssl_streams
-    from clid_tf import tb_views
+    from clid_tf.runs import callbacks as callbacks_lib
+    from clid_tf.data import pipelines as data
+    from clid_tf.evaluation import selection as selection_lib
+    from clid_tf.data import inputs as sources
+    from clid_tf.data import ssl_splits
+    from clid_tf.trainers.fixmatch import streams as ssl_streams
+    from clid_tf.runs import tb_views
     if not resuming:
         training.tensorboard_header(folder)
     ds = setup.dataset
@@ -113,8 +117,8 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
 def views(ds):
     """(weak, strong) augmentations of the dataset's images: flip (--augment_flip) and a
     reflect-padded crop of side * (1 - 0.875) pixels (at least 1), strong adding
-    RandAugment and Cutout (`clid_tf.augment`)."""
-    from clid_tf import augment  # pylint: disable=import-outside-toplevel
+    RandAugment and Cutout (`clid_tf.data.augment`)."""
+    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     shape = ds.train.inputs.element_shape
     pad = max(1, round(min(shape[:2]) * (1 - CROP_RATIO)))
     return tuple(augment.build(kind, image_shape=shape, seed=FLAGS.seed,
@@ -126,7 +130,9 @@ def compiled_model(setup):
     """The flags' FixMatchModel under the flags' strategy, compiled with both optimizers."""
     # pylint: disable=import-outside-toplevel
     import keras
-    from clid_tf import fixmatch, lookahead, meta_nets
+    from clid_tf.trainers.fixmatch import model as fixmatch
+    from clid_tf.core import lookahead
+    from clid_tf.metanets import wnet as meta_nets
     strategy = training.start_strategy()
     ds = setup.dataset
     with strategy.scope():

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from clid_tf import datasets
-from clid_tf import loaders
-from clid_tf import run_folder
+from clid_tf.data import datasets
+from clid_tf.data import sources as loaders
+from clid_tf.runs import folder as run_folder
 from clid_tf.errors import RunError
 from clid_tf.cli import flagdefs
 from clid_tf.cli.flagdefs import FLAGS, HUMAN_NOISE, training_flag_names
@@ -51,7 +51,7 @@ def pretrained_weights() -> str | None:
     cached = os.path.join(keras_home, "models", RESNET50_WEIGHTS)
     if os.path.isfile(cached):
         return cached
-    from clid_tf import tfds_cifar  # pylint: disable=import-outside-toplevel
+    from clid_tf.data.sources import cifar as tfds_cifar  # pylint: disable=import-outside-toplevel
     if not tfds_cifar.online():
         raise RunError(f"--pretrained=imagenet: the ResNet-50 ImageNet weights are not in "
                        f"{os.path.dirname(cached)} and there is no network to download "
@@ -79,7 +79,7 @@ def load_dataset() -> datasets.Dataset:
 
 def prepare_setup():
     """The run's data (`splits.Setup`) from the flags; bad input raises RunError/DataError."""
-    from clid_tf import splits  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import splits  # pylint: disable=import-outside-toplevel
     dataset = load_dataset()
     inputs = dataset.train.inputs.element_shape
     if len(inputs) == 1 and FLAGS.backbone != "mlp":
@@ -126,8 +126,10 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
     """Builds the model, its callbacks and streams from FLAGS, fits, exports."""
     # pylint: disable=import-outside-toplevel
     import keras
-    from clid_tf import callbacks as callbacks_lib
-    from clid_tf import data, selection as selection_lib, tb_views
+    from clid_tf.runs import callbacks as callbacks_lib
+    from clid_tf.data import pipelines as data
+    from clid_tf.evaluation import selection as selection_lib
+    from clid_tf.runs import tb_views
     if not resuming:  # a resumed run's TensorBoard folder has them already
         tensorboard_header(folder)
     ds = setup.dataset
@@ -164,7 +166,7 @@ def train(setup, folder: run_folder.RunFolder, *, resuming: bool) -> dict:
 VIEW_SAMPLES = 1000
 
 
-# clid_tf.augment.CROP_PAD, written here so the check runs before TensorFlow is imported.
+# clid_tf.data.augment.CROP_PAD, written here so the check runs before TensorFlow is imported.
 CROP_PAD = 4
 # Backbones without residual blocks (no top:N meta scope).
 NO_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
@@ -172,7 +174,7 @@ NO_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
 
 def tensorboard_header(folder: run_folder.RunFolder) -> None:
     """The run's hyper-parameters (HParams tab) and the custom-scalars layout."""
-    from clid_tf import tb_views  # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import tb_views  # pylint: disable=import-outside-toplevel
     tb_views.write_hparams(folder.tensorboard, {
         name: FLAGS[name].value for name in sorted(training_flag_names())
         if name not in ("workdir", "resume", "verbose")})
@@ -194,7 +196,7 @@ def start_strategy():
     # pylint: disable=import-outside-toplevel
     import keras
     import tensorflow as tf
-    from clid_tf import distribute
+    from clid_tf.core import distribute
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(FLAGS.seed)
@@ -220,7 +222,7 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
     """Fits from epoch `start` to --epochs with the warm-up switch, the small-loss
     reselection where the method has one, the given callbacks, the NaN guard and last the
     `checkpoint` callback (the guard raises before a bad epoch is checkpointed)."""
-    from clid_tf import callbacks as callbacks_lib  # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import callbacks as callbacks_lib  # pylint: disable=import-outside-toplevel
     stream, reselect = training_stream(setup, model, steps, start)
     reset = [callbacks_lib.ResetOptimizer()] if FLAGS.reset_optimizer_each_epoch else []
     model.fit(stream, initial_epoch=start, epochs=FLAGS.epochs, steps_per_epoch=steps,
@@ -234,7 +236,7 @@ def fit(model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=No
 
 def build_backbone(setup, *, sync_batchnorm: bool, seed: int):
     """The flags' backbone for the setup's data, initialised from `seed`."""
-    from clid_tf import backbones  # pylint: disable=import-outside-toplevel
+    from clid_tf.models import backbones  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     mean, std = ((backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)
                  if FLAGS.standardize == "imagenet" else (ds.mean, ds.std))
@@ -251,7 +253,8 @@ def build_backbone(setup, *, sync_batchnorm: bool, seed: int):
 def build_model(setup, *, sync_batchnorm: bool):
     """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
     # pylint: disable=import-outside-toplevel
-    from clid_tf import meta_model, meta_nets
+    from clid_tf.trainers.meta import model as meta_model
+    from clid_tf.metanets import wnet as meta_nets
     ds = setup.dataset
     net = build_backbone(setup, sync_batchnorm=sync_batchnorm, seed=FLAGS.seed)
     if FLAGS.method == "ce":
@@ -271,7 +274,7 @@ def build_model(setup, *, sync_batchnorm: bool):
 
 def lr_schedule(steps_per_epoch: int):
     """The flags' per-epoch learning-rate schedule of the classifier (step -> lr)."""
-    from clid_tf import schedules  # pylint: disable=import-outside-toplevel
+    from clid_tf.core import schedules  # pylint: disable=import-outside-toplevel
     return schedules.build(FLAGS.lr_schedule, FLAGS.lr, steps_per_epoch=steps_per_epoch,
                            epochs=FLAGS.epochs, t_max=FLAGS.lr_tmax, eta_min=FLAGS.lr_eta_min,
                            milestones=[int(m) for m in FLAGS.lr_milestones],
@@ -304,7 +307,7 @@ def augmentation(ds, kind: str | None = None):
     kind = FLAGS.augment if kind is None else kind
     if kind == "none":
         return None
-    from clid_tf import augment  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     pad = {"flip": 0}.get(kind, augment.CROP_PAD)
     return augment.build("weak" if kind == "flip" else kind,
                          image_shape=ds.train.inputs.element_shape, seed=FLAGS.seed,
@@ -322,7 +325,9 @@ def training_stream(setup, model, steps: int, start: int):
     training batches through --augment, meta batches through --meta_augment (default the
     same), each set re-drawn every epoch where the setup says so."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from clid_tf import data, sloss, splits  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.meta import small_loss as sloss
+    from clid_tf.data import splits
     ds = setup.dataset
     augment = augmentation(ds)
     meta_augment = augment if FLAGS.meta_augment is None else augmentation(ds,
@@ -367,7 +372,7 @@ def validation_batches(setup):
     """(inputs, labels) batches of the held-out part or of the val split, for fit's
     validation_data (Keras logs val_accuracy and val_loss); None without either."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from clid_tf import data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     if setup.val_indices is not None:  # scored against their noisy labels
         source, indices, labels = ds.train.inputs, setup.val_indices, setup.noisy_labels
@@ -387,7 +392,7 @@ def export(model, selection, ds, folder: run_folder.RunFolder, *, overwrite: boo
     for none)."""
     if FLAGS.export == "none":
         return []
-    from clid_tf import export as export_lib  # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import export as export_lib  # pylint: disable=import-outside-toplevel
     if FLAGS.export == "last":
         networks, epochs = [model.backbone if last is None else last], [FLAGS.epochs]
     else:
@@ -406,7 +411,7 @@ def results_of(setup, selection, history: dict, exported: list) -> dict:
     val split's labels: the noisy labels of a --val_split part, a user's own for a val/
     folder or x_val), selection, the export, noise, history."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from clid_tf import splits  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import splits  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     summary = selection.summary()
     results = {"selected_epoch": summary["selected_epoch"], "kept": summary["kept"],
@@ -443,7 +448,7 @@ def results_of(setup, selection, history: dict, exported: list) -> dict:
 
 
 def _read(source, indices):
-    from clid_tf import sources  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import inputs as sources  # pylint: disable=import-outside-toplevel
     return sources.read_numpy(source, indices)
 
 

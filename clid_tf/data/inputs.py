@@ -1,0 +1,222 @@
+"""Where a split's raw inputs live, read by index inside tf.data.
+
+A `Source` holds the inputs of one split (train, val or test) and reads any of them by
+index, so that every pipeline (training batches, the meta set, label-free selection, the
+small-loss reselection, the audit) is a stream of indices mapped to inputs, and nothing
+needs the whole split in one array:
+
+  ArraySource  inputs already in memory (digits, CIFAR, an npz): a gather per batch.
+  FileSource   image files on disk (a class-folder tree, a "path label" list file): each
+               file is read, decoded and resized in parallel tf.data map calls
+               (clid_tf.data.image_files).
+
+Labels are not part of a source: they are small int arrays kept beside it
+(`clid_tf.data.datasets.Split`), so that noise injection and meta-set splits stay numpy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from clid_tf.data.image_files import FileList
+
+
+class Source(Protocol):
+    """Raw inputs of one split, addressed by index 0 .. len - 1.
+
+    Attributes:
+      element_shape: shape of one input, (H, W, C) for images or (D,) for feature vectors.
+      dtype: 'uint8' for images (0..255), or 'float32' for feature vectors or for a Python
+        user's already-preprocessed float images.
+    """
+
+    element_shape: tuple[int, ...]
+    dtype: str
+
+    def __len__(self) -> int:
+        ...
+
+    def names(self) -> np.ndarray | None:
+        """str [N] identifiers of the inputs (file paths), or None for arrays."""
+
+    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        """Maps a tf.data.Dataset of int64 scalar indices to batches (ids, inputs).
+
+        Args:
+          indices: tf.data.Dataset of int64 scalars in [0, len).
+          batch_size: inputs per batch.
+          drop_remainder: drop a last, smaller batch (static shapes for XLA).
+
+        Returns:
+          tf.data.Dataset of (int64 [b] indices, inputs [b, *element_shape] of `dtype`),
+          in the order of `indices`.
+        """
+
+
+class ArraySource:
+    """Inputs held in one numpy array [N, *element_shape] (uint8 images or float32 vectors)."""
+
+    def __init__(self, array: np.ndarray):
+        array = np.asarray(array)
+        if array.dtype not in (np.uint8, np.float32):
+            raise ValueError(f"an ArraySource holds uint8 or float32 inputs, got {array.dtype}")
+        self.array = array
+        self.element_shape = tuple(int(d) for d in array.shape[1:])
+        self.dtype = array.dtype.name
+        self._table = None  # tf.constant, made on first read (TensorFlow imported late)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def names(self) -> None:
+        return None
+
+    def table(self):
+        """The inputs as one host tf.constant [N, *element_shape] (made once)."""
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        if self._table is None:
+            with tf.device("/CPU:0"):  # tf.data runs on the host
+                self._table = tf.constant(self.array)
+        return self._table
+
+    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        table = self.table()
+        return indices.batch(batch_size, drop_remainder=drop_remainder).map(
+            lambda ids: (ids, tf.gather(table, ids)))
+
+
+def read_numpy(source: Source, indices: Sequence[int], *, batch_size: int = 500) -> np.ndarray:
+    """The inputs at `indices` as one numpy array [len(indices), *element_shape].
+
+    For small subsets only (a TensorBoard sample, a test fixture): it holds them all.
+    """
+    if isinstance(source, ArraySource):
+        return source.array[np.asarray(indices, np.int64)]
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    ids = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
+    parts = [x for _, x in source.read(ids, batch_size=batch_size).as_numpy_iterator()]
+    if not parts:
+        return np.zeros((0, *source.element_shape), source.dtype)
+    return np.concatenate(parts)
+
+
+class FileSource:
+    """Image files read, decoded and resized by tf.data, in parallel map calls.
+
+    Each index i becomes tf.io.read_file(paths[i]) -> `decode_image` (tf.io.decode_image
+    with C channels, the first frame of a GIF; with image_size a resize to S x S, or with
+    resize_shorter too, torchvision's Resize(R) then CenterCrop(S)) -> a shape check
+    against element_shape. Nothing but the paths is held in memory.
+
+    Args:
+      files: the FileList (clid_tf.data.image_files), usually after check_splits.
+      element_shape: (H, W, C) from check_splits: (S, S, C) when image_size is given, else
+        the common size of all images.
+      image_size: S to resize (or crop) to, or None when every image already has
+        element_shape.
+      resize_shorter: R >= S: resize each image so that its shorter side is R (aspect ratio
+        kept), then crop its centre S x S (the Clothing1M reference's Resize(256) +
+        CenterCrop(224)); None resizes straight to S x S.
+    """
+
+    def __init__(self, files: FileList, element_shape: Sequence[int], *,
+                 image_size: int | None = None, resize_shorter: int | None = None):
+        self.files = files
+        self.element_shape = tuple(int(d) for d in element_shape)
+        if len(self.element_shape) != 3 or self.element_shape[-1] not in (1, 3):
+            raise ValueError(f"images need an (H, W, 1 or 3) shape, got {self.element_shape}")
+        if image_size is not None and self.element_shape[:2] != (image_size, image_size):
+            raise ValueError(f"element_shape {self.element_shape} does not match "
+                             f"image_size {image_size}")
+        check_resize(image_size, resize_shorter)
+        self.image_size = image_size
+        self.resize_shorter = resize_shorter
+        self.dtype = "uint8"
+        self._paths = None  # tf.constant string [N], made on first read
+
+    def __len__(self) -> int:
+        return len(self.files.paths)
+
+    def names(self) -> np.ndarray:
+        """str [N] file paths relative to the data root."""
+        return self.files.names()
+
+    def decode(self, encoded):
+        """One encoded image (string tensor) -> uint8 [*element_shape], as training reads
+        it: the serving SavedModel decodes a client's file bytes with this."""
+        return decode_image(encoded, element_shape=self.element_shape,
+                            image_size=self.image_size, resize_shorter=self.resize_shorter)
+
+    def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        if self._paths is None:
+            with tf.device("/CPU:0"):
+                self._paths = tf.constant(self.files.paths)
+        paths, decode = self._paths, self.decode
+
+        def load(i):
+            return i, decode(tf.io.read_file(tf.gather(paths, i)))
+
+        return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+
+def check_resize(image_size: int | None, resize_shorter: int | None) -> None:
+    """ValueError (one line) unless resize_shorter is None, or given with an image_size
+    it can be cropped to (R >= S)."""
+    if resize_shorter is None:
+        return
+    if image_size is None:
+        raise ValueError(f"resize_shorter={resize_shorter} needs image_size (the side of "
+                         "the centre crop)")
+    if resize_shorter < image_size:
+        raise ValueError(f"resize_shorter={resize_shorter} is smaller than the centre crop "
+                         f"image_size={image_size}")
+
+
+def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | None,
+                 resize_shorter: int | None = None):
+    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor.
+
+    Shared by FileSource and the TFDS sources, so both decode and resize alike. With
+    `image_size` S alone: a bilinear antialiased tf.image.resize to (S, S) (the aspect
+    ratio is not kept, as Keras' image_dataset_from_directory does by default). With
+    `resize_shorter` R too: torchvision's Resize(R) + CenterCrop(S), i.e. the shorter side
+    resized to R and the longer to floor(R * long / short), then the S x S crop at offsets
+    round((h - S) / 2), round((w - S) / 2) (half to even, as Python's round). Resized
+    pixels are rounded and clipped to uint8.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    image = tf.io.decode_image(encoded, channels=element_shape[-1], dtype=tf.uint8,
+                               expand_animations=False)
+    if resize_shorter is not None:
+        image = _resize_shorter_then_crop(image, resize_shorter, image_size)
+    elif image_size is not None:
+        image = _to_uint8(tf.image.resize(image, (image_size, image_size), antialias=True))
+    return tf.ensure_shape(image, element_shape)
+
+
+def _resize_shorter_then_crop(image, shorter: int, crop: int):
+    """uint8 [H, W, C] -> its shorter side resized to `shorter` -> the centre crop x crop."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    hw = tf.shape(image)[:2]
+    short, long = tf.reduce_min(hw), tf.reduce_max(hw)
+    # torchvision: the short side becomes `shorter`, the long int(shorter * long / short)
+    resized_long = (shorter * long) // short
+    height = tf.where(hw[0] <= hw[1], shorter, resized_long)
+    width = tf.where(hw[0] <= hw[1], resized_long, shorter)
+    same = tf.logical_and(tf.equal(height, hw[0]), tf.equal(width, hw[1]))
+    image = tf.cond(same, lambda: image, lambda: _to_uint8(
+        tf.image.resize(image, tf.stack([height, width]), antialias=True)))
+    top = tf.cast(tf.round(tf.cast(height - crop, tf.float64) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(width - crop, tf.float64) / 2.0), tf.int32)
+    return image[top:top + crop, left:left + crop]
+
+
+def _to_uint8(resized):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)

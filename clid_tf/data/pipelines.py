@@ -1,0 +1,251 @@
+"""tf.data pipelines over a split's `sources.Source`: training batches, meta batches, and
+batches in order for inference.
+
+Every pipeline is a stream of indices into the source, mapped to inputs by `Source.read`
+(a gather for arrays, parallel file decoding for image files), so nothing holds a split in
+one array. Per-sample fields (labels, the is-noisy monitor) are small int arrays kept as
+tables and gathered by the same indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from clid_tf.data import inputs as sources
+
+def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: int,
+                  seed: int, steps_per_epoch: int, first_epoch: int = 0,
+                  fields: Mapping[str, np.ndarray] | None = None,
+                  augment: Callable[..., tf.Tensor] | None = None,
+                  indices_of_epoch: Callable[[int], np.ndarray] | None = None
+                  ) -> tf.data.Dataset:
+    """Endless batches {'image': float32 [b, ...], **fields}, `steps_per_epoch` per epoch.
+
+    Epoch e is a function of (seed, e) alone: its order is a stateless shuffle of
+    `indices` (or of indices_of_epoch(e)) seeded by e (as many passes as the epoch needs),
+    and its augmentation draws are seeded by (e, step), so a run resumed at epoch e sees
+    the same batches as an uninterrupted one. Batches have static shapes (drop_remainder)
+    for XLA.
+
+    Args:
+      source: the split's inputs.
+      indices: int [n] source indices the batches draw from (e.g. the training samples,
+        or the meta set).
+      batch_size: b <= n.
+      seed: stream seed.
+      steps_per_epoch: batches per epoch.
+      first_epoch: epoch the stream starts at (0-based).
+      fields: name -> array [len(source)] of per-sample values (e.g. 'label', 'is_noisy'),
+        gathered by source index into each batch.
+      augment: batch augmentation (clid_tf.data.augment.build), or None.
+      indices_of_epoch: for a set drawn anew every epoch (a re-drawn meta set, a re-sampled
+        training subset): epoch -> its int [n] source indices, n = len(indices), a
+        function of the epoch alone (called in the input pipeline, once per epoch).
+    """
+    indices = np.asarray(indices, np.int64)
+    n = len(indices)
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} is larger than the {n} samples it draws from")
+    table = tf.constant(indices)
+    passes = -(-steps_per_epoch * batch_size // n)  # permutations needed for one epoch
+
+    def members(epoch):
+        """int64 [n]: the source indices epoch `epoch` draws from."""
+        if indices_of_epoch is None:
+            return table
+        drawn = tf.numpy_function(lambda e: np.asarray(indices_of_epoch(int(e)), np.int64),
+                                  [epoch], tf.int64, stateful=False)
+        return tf.ensure_shape(drawn, [n])
+
+    def epoch_ids(epoch):
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+        drawn = members(epoch)
+        return (tf.data.Dataset.range(passes)
+                .map(lambda p: tf.gather(drawn, tf.random.experimental.stateless_shuffle(
+                    tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p]))))
+                .unbatch().take(steps_per_epoch * batch_size))
+
+    ids = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_ids)
+    batches = source.read(ids, batch_size=batch_size, drop_remainder=True)
+    batches = batches.map(_with_fields(fields))
+    if augment is None:
+        return batches
+    steps = tf.data.Dataset.counter(first_epoch * steps_per_epoch).map(
+        lambda t: tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + t // steps_per_epoch,
+                            t % steps_per_epoch]))
+    return tf.data.Dataset.zip(batches, steps).map(
+        lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
+
+
+def training_stream(train: tf.data.Dataset, meta: tf.data.Dataset | None = None, *,
+                    live_meta: bool = False) -> tf.data.Dataset:
+    """{'train': batch} or {'train': batch, 'meta': meta batch} elements, prefetched: the
+    input of `MetaReweightModel.fit`.
+
+    live_meta: the meta stream reads a meta set that changes between epochs
+    (`sloss.DynamicMetaSet`); then only the training batches are prefetched, so every meta
+    batch is drawn when its step asks for it and follows the current selection.
+    """
+    if meta is None:
+        return train.map(lambda t: {"train": t}).prefetch(tf.data.AUTOTUNE)
+    if live_meta:
+        return tf.data.Dataset.zip(train.prefetch(tf.data.AUTOTUNE), meta).map(
+            lambda t, m: {"train": t, "meta": m})
+    return (tf.data.Dataset.zip(train, meta)
+            .map(lambda t, m: {"train": t, "meta": m}).prefetch(tf.data.AUTOTUNE))
+
+
+def ordered_batches(source: sources.Source, indices: np.ndarray | None = None, *,
+                    batch_size: int) -> tf.data.Dataset:
+    """(source indices int64 [b], float32 inputs [b, ...]) in the order of `indices` (all
+    samples when None); the last batch may be smaller. For inference passes."""
+    indices = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(
+        indices, np.int64)
+    ids = tf.data.Dataset.from_tensor_slices(indices)
+    return (source.read(ids, batch_size=batch_size)
+            .map(lambda i, x: (i, tf.cast(x, tf.float32)))
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _with_fields(fields: Mapping[str, np.ndarray] | None):
+    """(ids, inputs) -> {'image': float32 inputs, **fields gathered at ids}."""
+    tables = {key: tf.constant(np.asarray(value)) for key, value in (fields or {}).items()}
+
+    def to_batch(ids, inputs):
+        batch = {"image": tf.cast(inputs, tf.float32)}
+        batch.update({key: tf.gather(table, ids) for key, table in tables.items()})
+        return batch
+
+    return to_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Some samples of a split: a source, which of its indices, and their labels.
+
+    Attributes:
+      source: the split's `sources.Source`.
+      indices: int64 [n] source indices, or None for every sample in order.
+      labels: int [n] labels of those samples (aligned with `indices`), or None.
+    """
+    source: sources.Source
+    indices: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def ids(self) -> np.ndarray:
+        """int64 [n] source indices of the part."""
+        return (np.arange(len(self.source), dtype=np.int64) if self.indices is None
+                else np.asarray(self.indices, np.int64))
+
+
+def as_part(value) -> Part:
+    """A `Part` from a Part, a Source, an array of inputs, or an (inputs, labels) pair."""
+    if isinstance(value, Part):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        inputs, labels = value
+        return dataclasses.replace(as_part(inputs), labels=np.asarray(labels))
+    if hasattr(value, "read") and hasattr(value, "element_shape"):
+        return Part(value)
+    return Part(sources.ArraySource(as_input_array(value)))
+
+
+def as_input_array(x) -> np.ndarray:
+    """A user's inputs as an ArraySource-ready array: uint8 kept, anything else float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: int,
+                seed: int, with_meta: bool = True, meta_labels: str = "none",
+                meta_data=None, first_epoch: int = 0
+                ) -> tuple[tf.data.Dataset, int | None, Part | None]:
+    """The `MetaReweightModel.fit` input for a user's own data.
+
+    Args:
+      x: inputs as an array [N, ...] (with int labels `y` [N]), or a tf.data.Dataset of
+        (inputs [b, ...], labels [b]) batches (then `y` is None).
+      batch_size: training batch size for array inputs.
+      meta_size: size of the meta set drawn from the training samples when `meta_data` is
+        None: a seeded random subset for arrays; for a Dataset, `meta_size` samples of a
+        seeded shuffle (buffer 10 x meta_size) of one pass over it, held in memory.
+      meta_batch_size: meta batch size (at most the meta-set size).
+      seed: seed of the shuffles and of the meta-set draw.
+      with_meta: False for a model without a meta-net (no meta batches).
+      meta_labels: what the meta objective reads (objectives.META_OBJECTIVE_LABELS): 'none'
+        (label-free: the meta batches carry no labels), 'noisy' (the training labels of the
+        meta samples), 'clean' (only with `meta_data=(inputs, clean labels)`).
+      meta_data: inputs [M, ...] of a meta set to use instead, or (inputs, labels).
+      first_epoch: the epoch the array stream starts at (fit's initial_epoch): epoch e's
+        batches are a function of (seed, e), so a resumed fit continues exactly.
+
+    Returns:
+      (stream of {'train': {'image', 'label'}, 'meta': {'image'[, 'label']}} elements, steps
+      per epoch or None when the dataset defines it, the meta set as a `Part` or None).
+    """
+    given = meta_data is not None
+    meta_x, meta_y = (meta_data if isinstance(meta_data, tuple) else (meta_data, None))
+    if meta_labels == "clean" and meta_y is None:
+        raise ValueError("a meta objective on clean labels needs them: pass "
+                         "meta_data=(inputs, clean labels)")
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("give labels inside the dataset, as (inputs, labels) batches")
+        train = x.map(lambda inputs, labels: {"image": tf.cast(inputs, tf.float32),
+                                             "label": tf.cast(labels, tf.int32)})
+        if not with_meta:
+            return training_stream(train), None, None
+        if not given:
+            drawn = list(x.unbatch().shuffle(10 * meta_size, seed=seed).take(meta_size)
+                         .batch(1024).as_numpy_iterator())
+            meta_x = np.concatenate([b for b, _ in drawn])
+            meta_y = np.concatenate([l for _, l in drawn]) if meta_labels == "noisy" else None
+        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+                    None if meta_y is None else np.asarray(meta_y))
+        size = min(meta_batch_size, len(meta))
+        slices = {"image": meta.source.array}
+        if meta_labels != "none":
+            slices["label"] = meta.labels.astype(np.int32)
+        meta_stream = (tf.data.Dataset.from_tensor_slices(slices)
+                       .shuffle(len(meta), seed=seed, reshuffle_each_iteration=True).repeat()
+                       .batch(size, drop_remainder=True)
+                       .map(lambda m: {**m, "image": tf.cast(m["image"], tf.float32)}))
+        return training_stream(train, meta_stream), None, meta
+    if y is None:
+        raise ValueError("fit(x, y) needs labels y for array inputs")
+    source = sources.ArraySource(as_input_array(x))
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != len(source):
+        raise ValueError(f"y must be int labels [N] = [{len(source)}], got shape {labels.shape}")
+    steps = len(source) // batch_size
+    train = epoch_batches(source, np.arange(len(source)), batch_size=batch_size, seed=seed,
+                          steps_per_epoch=steps, first_epoch=first_epoch,
+                          fields={"label": labels.astype(np.int32)})
+    if not with_meta:
+        return training_stream(train), steps, None
+    if not given:
+        rng = np.random.default_rng(seed)
+        ids = np.sort(rng.choice(len(source), min(meta_size, len(source)), replace=False))
+        meta = Part(source, ids, labels[ids] if meta_labels == "noisy" else None)
+    else:
+        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+                    None if meta_y is None else np.asarray(meta_y))
+    fields = {}
+    if meta_labels != "none":
+        if meta.labels is None:
+            raise ValueError(f"the meta objective reads {meta_labels} labels: pass "
+                             "meta_data=(inputs, labels)")
+        table = np.zeros(len(meta.source), np.int32)
+        table[meta.ids()] = meta.labels
+        fields["label"] = table
+    meta_stream = epoch_batches(meta.source, meta.ids(),
+                                batch_size=min(meta_batch_size, len(meta)), seed=seed + 1,
+                                steps_per_epoch=steps, first_epoch=first_epoch, fields=fields)
+    return training_stream(train, meta_stream), steps, meta

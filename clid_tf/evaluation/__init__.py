@@ -1,0 +1,1 @@
+"""Label-free checkpoint selection and ensembles, and label issues."""

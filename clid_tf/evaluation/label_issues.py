@@ -1,0 +1,332 @@
+"""Which training labels are suspicious, scored out of sample (cleanlab's recipe, CLID-MU
+models).
+
+K-fold cross-fitting: the training samples are split into K folds (stratified by given
+label, seeded); for each fold a fresh model is trained on the other K-1 folds and scores
+the held-out fold, so every sample's probabilities come from a model that never saw its
+label. Per sample:
+
+  probs      out-of-sample softmax probabilities [N, K];
+  weight     the meta-net's weight of the sample under the model that scored it: WNet, the
+             raw (unnormalised) weight of its cross-entropy on its given label; VRI,
+             sigmoid(mu)[y~], the weight of the given label's logit at the posterior mean
+             (no sampling noise). None without a meta-net;
+  suspicion  1 - probs[i, y~_i] (cleanlab's self-confidence, out of sample); in [0, 1],
+             higher = more suspicious.
+
+The estimated noise rate is the fraction of samples whose predicted label (argmax of the
+probabilities) differs from the given one; that many of the most suspicious samples are
+flagged as issues. With known true labels (a benchmark) `metrics` also reports precision,
+recall and ROC AUC of the ranking for the truly flipped samples.
+
+The pure functions take numpy arrays; `cross_fit` takes a `train_fold` function so the CLI
+and a Python user train folds their own way; `find_label_issues` is that for arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from clid_tf import atomic_io
+
+SCALARS = ("precision", "recall", "roc_auc", "estimated_noise_rate", "true_noise_rate")
+
+
+class Scores(NamedTuple):
+    """Per-sample model outputs, in sample order.
+
+    Attributes:
+      probs: float64 [N, K] predicted probabilities (inference mode).
+      weights: float64 [N] meta-net weights, or None without a meta-net.
+    """
+    probs: np.ndarray
+    weights: np.ndarray | None
+
+
+class LabelIssues(NamedTuple):
+    """The result of `find_label_issues`.
+
+    Attributes:
+      ranked: int64 [N] sample positions, most suspicious first.
+      issues: int64 [n_flagged] the flagged positions (the first of `ranked`).
+      suspicion: float64 [N] 1 - out-of-sample probability of the given label.
+      scores: the out-of-sample `Scores`.
+      metrics: `metrics(...)` of the ranking.
+    """
+    ranked: np.ndarray
+    issues: np.ndarray
+    suspicion: np.ndarray
+    scores: Scores
+    metrics: dict
+
+
+# ---------------------------------------------------------------- pure scoring
+def given_label_probs(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """probs[i, labels[i]]. probs float [N, K], labels int [N] -> float [N]."""
+    return np.take_along_axis(probs, np.asarray(labels)[:, None], axis=1)[:, 0]
+
+
+def suspicion_scores(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1 - probs[i, labels[i]]: how much the model doubts each given label. [N] in [0, 1]."""
+    return 1.0 - given_label_probs(probs, labels)
+
+
+def rank_by_suspicion(suspicion: np.ndarray) -> np.ndarray:
+    """Order of the samples, most suspicious first (ties: lower position first). int [N]."""
+    return np.argsort(-np.asarray(suspicion, np.float64), kind="stable")
+
+
+def estimated_noise_rate(predicted: np.ndarray, given: np.ndarray) -> float:
+    """Fraction of samples whose predicted label differs from the given one (0 if N = 0)."""
+    predicted, given = np.asarray(predicted), np.asarray(given)
+    return float(np.mean(predicted != given)) if len(given) else 0.0
+
+
+def num_flagged(rate: float, num_samples: int) -> int:
+    """round(rate * N): how many of the most suspicious samples are flagged."""
+    return int(round(rate * num_samples))
+
+
+def precision_recall_at_k(order: np.ndarray, is_flipped: np.ndarray,
+                          k: int) -> tuple[float | None, float | None]:
+    """Precision and recall of the first k samples of `order` for the flipped ones.
+
+    Returns:
+      (hits / k, hits / number flipped); each None when its denominator is 0.
+    """
+    is_flipped = np.asarray(is_flipped, bool)
+    hits = int(np.sum(is_flipped[np.asarray(order)[:k]]))
+    total = int(np.sum(is_flipped))
+    return (hits / k if k else None), (hits / total if total else None)
+
+
+def roc_auc(suspicion: np.ndarray, is_flipped: np.ndarray) -> float | None:
+    """ROC AUC of `suspicion` [N] for detecting `is_flipped` [N]; None if one class only."""
+    is_flipped = np.asarray(is_flipped, bool)
+    if is_flipped.all() or not is_flipped.any():
+        return None
+    from sklearn import metrics as sk_metrics  # pylint: disable=import-outside-toplevel
+    return float(sk_metrics.roc_auc_score(is_flipped, suspicion))
+
+
+def metrics(probs: np.ndarray, given: np.ndarray,
+            clean: np.ndarray | None = None) -> dict[str, Any]:
+    """Noise-rate estimate and, with true labels, detection quality of the suspicion.
+
+    Args:
+      probs: float [N, K] predicted probabilities of the training samples.
+      given: int [N] given (noisy) labels.
+      clean: int [N] true labels, or None when unknown.
+
+    Returns:
+      {num_train, estimated_noise_rate, num_flagged, true_noise_rate, precision, recall,
+      roc_auc}; the last four None without true labels (or when undefined).
+    """
+    given = np.asarray(given)
+    suspicion = suspicion_scores(probs, given)
+    rate = estimated_noise_rate(np.argmax(probs, axis=1), given)
+    k = num_flagged(rate, len(given))
+    result: dict[str, Any] = {"num_train": int(len(given)), "estimated_noise_rate": rate,
+                              "num_flagged": k, "true_noise_rate": None, "precision": None,
+                              "recall": None, "roc_auc": None}
+    if clean is not None:
+        is_flipped = np.asarray(clean) != given
+        precision, recall = precision_recall_at_k(rank_by_suspicion(suspicion), is_flipped, k)
+        result.update(true_noise_rate=float(np.mean(is_flipped)) if len(given) else None,
+                      precision=precision, recall=recall,
+                      roc_auc=roc_auc(suspicion, is_flipped))
+    return result
+
+
+def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
+          class_names: Sequence[str], clean: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One row per sample, most suspicious first.
+
+    Args:
+      names: [N] what names each sample (its file path, or its index for arrays).
+      scores: the samples' `Scores`.
+      given: int [N] given labels.
+      class_names: K names; labels appear by name.
+      clean: int [N] true labels, or None (no true_label / is_flipped columns).
+
+    Returns:
+      Rows {rank, sample, given_label, predicted_label, given_label_prob, predicted_prob,
+      meta_weight, suspicion, flagged[, true_label, is_flipped]}.
+    """
+    given = np.asarray(given)
+    probs = scores.probs
+    predicted = np.argmax(probs, axis=1)
+    given_prob = given_label_probs(probs, given)
+    flagged = num_flagged(estimated_noise_rate(predicted, given), len(given))
+    rows = []
+    for rank, i in enumerate(rank_by_suspicion(1.0 - given_prob)):
+        row = {"rank": rank + 1, "sample": str(names[i]),
+               "given_label": class_names[given[i]],
+               "predicted_label": class_names[predicted[i]],
+               "given_label_prob": round(float(given_prob[i]), 6),
+               "predicted_prob": round(float(probs[i, predicted[i]]), 6),
+               "meta_weight": "" if scores.weights is None else round(float(scores.weights[i]), 6),
+               "suspicion": round(float(1.0 - given_prob[i]), 6),
+               "flagged": int(rank < flagged)}
+        if clean is not None:
+            row.update(true_label=class_names[clean[i]], is_flipped=int(clean[i] != given[i]))
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    """The rows as CSV, written to a temporary file and renamed over `path`."""
+    columns = list(rows[0]) if rows else ["rank", "sample"]
+    with atomic_io.open_atomic(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------- cross-fitting
+def folds_of(labels: np.ndarray, *, folds: int, seed: int) -> list[np.ndarray]:
+    """K stratified folds of the positions 0..N-1 (seeded): int64 arrays, sorted."""
+    from sklearn import model_selection  # pylint: disable=import-outside-toplevel
+    labels = np.asarray(labels)
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    smallest = int(np.bincount(labels).min(initial=len(labels))) if len(labels) else 0
+    splitter = (model_selection.StratifiedKFold(folds, shuffle=True, random_state=seed)
+                if smallest >= folds else
+                model_selection.KFold(folds, shuffle=True, random_state=seed))
+    return [np.sort(held).astype(np.int64)
+            for _, held in splitter.split(np.zeros(len(labels)), labels)]
+
+
+# train_fold(training positions int64 [n]) -> score(held-out positions int64 [m]) -> Scores
+TrainFold = Callable[[np.ndarray], Callable[[np.ndarray], Scores]]
+
+
+def cross_fit(labels: np.ndarray, train_fold: TrainFold, *, folds: int = 5, seed: int = 0,
+              on_fold: Callable[[int, int], None] | None = None) -> Scores:
+    """Out-of-sample `Scores` of every sample by K-fold cross-fitting.
+
+    Args:
+      labels: int [N] given labels (for stratification only).
+      train_fold: trains a fresh model on the given positions and returns its scorer.
+      folds: K.
+      seed: seed of the fold assignment.
+      on_fold: called with (fold number, K) before each fold (progress).
+    """
+    parts = folds_of(labels, folds=folds, seed=seed)
+    probs, weights = None, None
+    everything = np.arange(len(labels), dtype=np.int64)
+    for number, held in enumerate(parts):
+        if on_fold is not None:
+            on_fold(number + 1, folds)
+        score = train_fold(np.setdiff1d(everything, held))
+        fold = score(held)
+        if probs is None:
+            probs = np.zeros((len(labels), fold.probs.shape[1]))
+            weights = None if fold.weights is None else np.zeros(len(labels))
+        probs[held] = fold.probs
+        if weights is not None:
+            weights[held] = fold.weights
+    return Scores(probs, weights)
+
+
+def issues_of(scores: Scores, given: np.ndarray,
+              clean: np.ndarray | None = None) -> LabelIssues:
+    """Ranking, flagged issues and metrics of the samples' (out-of-sample) scores."""
+    given = np.asarray(given)
+    suspicion = suspicion_scores(scores.probs, given)
+    ranked = rank_by_suspicion(suspicion)
+    found = metrics(scores.probs, given, clean)
+    return LabelIssues(ranked, np.sort(ranked[:found["num_flagged"]]), suspicion, scores,
+                       found)
+
+
+# ---------------------------------------------------------------- with Keras models
+def scoring_function(backbone, meta_net=None):
+    """tf.function: (inputs float32 [b, ...], labels int32 [b]) -> (probs [b, K], w [b]).
+
+    probs = softmax(logits) in inference mode; w as in the module docstring (zeros without
+    a meta-net).
+    """
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from clid_tf.core import objectives
+    from clid_tf.metanets import vri
+
+    @tf.function(reduce_retracing=True)
+    def score(images, labels):
+        logits, features = backbone(images, training=False)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        if meta_net is None:
+            weights = tf.zeros(tf.shape(labels), probs.dtype)
+        elif isinstance(meta_net, vri.VRINet):
+            mu, _ = meta_net(features, labels)
+            weights = tf.gather(tf.sigmoid(mu), labels, axis=1, batch_dims=1)
+        else:
+            weights = meta_net(objectives.per_sample_ce(logits, labels))
+        return probs, tf.cast(weights, probs.dtype)
+
+    return score
+
+
+def score_part(model, part, *, batch_size: int = 500, score=None) -> Scores:
+    """`Scores` of a `data.Part` (inputs and given labels) under a trained model (a
+    MetaReweightModel: its backbone and meta-net), in the part's order. `score`: the
+    model's `scoring_function`, when one is reused over restored checkpoints (one trace)."""
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
+    if score is None:
+        score = scoring_function(model.backbone, getattr(model, "meta_net", None))
+    labels = np.asarray(part.labels, np.int32)
+    probs, weights, start = [], [], 0
+    for _, images in data.ordered_batches(part.source, part.ids(), batch_size=batch_size):
+        stop = start + int(images.shape[0])
+        p, w = score(images, labels[start:stop])
+        probs.append(np.asarray(p, np.float64))
+        weights.append(np.asarray(w, np.float64))
+        start = stop
+    has_meta = getattr(model, "meta_net", None) is not None
+    return Scores(np.concatenate(probs), np.concatenate(weights) if has_meta else None)
+
+
+def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
+                      seed: int = 0, clean_labels: np.ndarray | None = None,
+                      eval_batch_size: int = 500, verbose: bool = True,
+                      **fit_kwargs) -> LabelIssues:
+    """Ranks a dataset's labels by suspicion, out of sample (cleanlab-style).
+
+    Args:
+      build_model: returns a fresh compiled model for one fold (e.g. a compiled
+        `clid_tf.MetaReweightModel` with a WeightNet and the 'clid' objective).
+      x: inputs [N, ...]; y: int [N] given labels.
+      folds: K of the cross-fitting (5 by default).
+      seed: fold assignment seed (and the default `seed` of each fold's fit).
+      clean_labels: int [N] true labels, if known (benchmarks): adds precision, recall and
+        ROC AUC to the metrics. Never used for the ranking.
+      eval_batch_size: inference batch size of the scoring passes.
+      verbose: print one line per fold.
+      **fit_kwargs: passed to each fold's `model.fit(x_fold, y_fold, ...)`, e.g. epochs,
+        batch_size, meta_size, callbacks=[clid_tf.WarmUp(5)].
+
+    Returns:
+      `LabelIssues`: ranked positions, flagged issues, suspicion, scores and metrics.
+    """
+    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import inputs as sources
+    x = data.as_input_array(x)
+    y = np.asarray(y).astype(np.int64)
+    fit_kwargs.setdefault("seed", seed)
+    fit_kwargs.setdefault("verbose", 0)
+
+    def train_fold(train_positions):
+        model = build_model()
+        model.fit(x[train_positions], y[train_positions], **fit_kwargs)
+        return lambda held: score_part(
+            model, data.Part(sources.ArraySource(x[held]), None, y[held]),
+            batch_size=eval_batch_size)
+
+    report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None
+    scores = cross_fit(y, train_fold, folds=folds, seed=seed, on_fold=report)
+    return issues_of(scores, y, clean_labels)

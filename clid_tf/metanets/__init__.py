@@ -1,0 +1,1 @@
+"""Meta-nets that weight or rectify each training sample's loss."""

@@ -1,0 +1,89 @@
+"""Meta-nets that turn per-sample training signals into loss weights (METHOD.md 2.1):
+WNet here, VRI in clid_tf.metanets.vri, and `build(kind)` for either."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from clid_tf.core import distribute
+from clid_tf.core import objectives
+from clid_tf.metanets import vri
+from clid_tf.core.objectives import WeightedLoss
+
+
+def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
+                  name: str) -> keras.layers.Dense:
+    """Dense layer with PyTorch nn.Linear's default init: U(+-1/sqrt(fan_in)) for both."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.layers.Dense(
+        units, activation=activation, name=name,
+        kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
+        bias_initializer=keras.initializers.RandomUniform(
+            -bound, bound, seed=None if seed is None else seed + 1))
+
+
+@keras.saving.register_keras_serializable(package="clid_tf")
+class WeightNet(keras.Model):
+    """Meta-Weight-Net: per-sample loss -> weight in (0, 1). MLP 1 -> hidden -> 1.
+
+    Call: losses float [B] (detached per-sample CE) -> raw weights float [B].
+    `weighted_loss` normalises the weights to sum to one over the (global) batch
+    (METHOD.md 2.1), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
+    loss-net of the semi-supervised trainers (SOTA_SSL.md B.4, B.10).
+    """
+
+    def __init__(self, hidden: int = 100, seed: int | None = None, normalize: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.seed, self.normalize = int(hidden), seed, bool(normalize)
+        self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden")
+        self.out = _torch_linear(1, hidden, "sigmoid", None if seed is None else seed + 2,
+                                 "out")
+        self.hidden.build((None, 1))
+        self.out.build((None, self.units))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.units, "seed": self.seed,
+                "normalize": self.normalize}
+
+    def call(self, losses):
+        losses = tf.stop_gradient(losses)
+        return tf.squeeze(self.out(self.hidden(losses[:, None])), axis=-1)
+
+    def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
+                      regularize: bool = True):
+        """Meta-weighted training loss of a batch, differentiable in phi and theta.
+
+        Args:
+          logits: float [B, K] classifier outputs.
+          features: float [B, d] (unused by WNet; part of the meta-net interface).
+          labels: int [B] noisy training labels.
+
+        Returns:
+          WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, or with
+          normalize=False mean_i w_i * CE_i (over the global batch); raw weights [B],
+          regularizer 0).
+        """
+        del features, regularize  # WNet has no regulariser
+        losses = objectives.per_sample_ce(logits, labels)
+        weights = self(losses)
+        loss = (objectives.weighted_mean(losses, weights) if self.normalize
+                else distribute.global_mean(weights * losses))
+        return WeightedLoss(loss, weights, tf.zeros([], losses.dtype))
+
+
+def build(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float = 0.01,
+          seed: int | None = None, normalize: bool = True) -> keras.Model:
+    """'wnet' (loss -> weight; `normalize` as WeightNet's) or 'vri' (feature, noisy label
+    -> per-class logit weights)."""
+    if kind == "wnet":
+        net = WeightNet(seed=seed, normalize=normalize)
+        net(tf.zeros([1]))
+        return net
+    if kind == "vri":
+        return vri.VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)
+    raise ValueError(f"unknown meta-net {kind!r}; choose from wnet, vri")

@@ -1,0 +1,1 @@
+"""Backbones: classifiers that return logits and penultimate features."""

@@ -1,0 +1,1 @@
+"""The run folder, callbacks, TensorBoard views and SavedModel export."""

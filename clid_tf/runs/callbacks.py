@@ -1,0 +1,194 @@
+"""Callbacks of a training run: the warm-up switch, resumable checkpoints with run state,
+and a NaN guard. They combine with any of Keras' own."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from clid_tf import atomic_io
+from clid_tf.errors import NonFiniteError
+
+
+def checkpoint_of(parts: dict, **extra) -> tf.train.Checkpoint:
+    """A tf.train.Checkpoint of `parts` (networks and optimizers) that holds every variable
+    of each network.
+
+    TensorFlow's object graph misses some Keras 3 state: layers a model keeps in a Python
+    list (VRINet's hidden layers) and SeedGenerator states (VRI's noise, dropout masks). So
+    the `variables` of each Keras model are saved again as one list, `<name>_variables`
+    (the same variables: saved once, restored through either path).
+    """
+    lists = {f"{name}_variables": list(part.variables) for name, part in parts.items()
+             if isinstance(part, keras.layers.Layer)}
+    return tf.train.Checkpoint(**parts, **lists, **extra)
+
+
+class RunState(keras.callbacks.Callback):
+    """Checkpoints everything a resumed run needs, after every epoch.
+
+    `checkpoints/ckpt-E` (tf.train.CheckpointManager, `checkpoint_of`) holds the backbone,
+    the meta-net (VRI's noise-generator state included), both optimizers (iterations, hence the
+    learning-rate schedule position) and the epoch; `checkpoints/state-E.npz` holds the
+    per-epoch history and the label-free selection state. The npz is written first (to a
+    temporary name, then renamed), and CheckpointManager writes the checkpoint files before
+    updating its index, so a crash at any moment leaves the last complete epoch intact.
+    Data order needs no state: every epoch's shuffles and augmentations are seeded by the
+    epoch number (clid_tf.data.pipelines). (The small-loss meta set of ce_sloss/mae_sloss is exact for
+    in-memory data; streamed from files, a few meta batches after each re-selection may
+    still come from the previous one, so those runs resume close to, not bit-for-bit as.)
+    """
+
+    def __init__(self, directory: str, model: keras.Model, selection=(), max_to_keep: int = 3):
+        """
+        Args:
+          directory: the checkpoint folder.
+          model: a model with `checkpoint_parts()` (its networks and optimizers).
+          selection: the `ClidSelection` callbacks whose state is kept (one per network).
+          max_to_keep: epoch checkpoints kept for resuming.
+        """
+        super().__init__()
+        self.directory = directory
+        self.selections = (list(selection) if isinstance(selection, (list, tuple))
+                           else [] if selection is None else [selection])
+        for kept in self.selections:
+            if kept.directory is None:
+                raise ValueError("a resumable run needs its ClidSelection to keep weights in "
+                                 "files: give it directory=")
+            kept.defer_prune = True  # pruned below, once the epoch's checkpoint exists
+        self.history: dict[str, list[float | None]] = {}
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.checkpoint = checkpoint_of(model.checkpoint_parts(), epoch=self.epoch)
+        os.makedirs(directory, exist_ok=True)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                  max_to_keep=max_to_keep)
+
+    def restore(self) -> int:
+        """Restores the latest complete epoch; returns it (0 when there is none)."""
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return 0
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        epoch = int(self.epoch.numpy())
+        with np.load(self._state_path(epoch)) as state:
+            self.history = json.loads(str(state["history"]))
+            for selection in self.selections:
+                selection.set_state(dict(state))
+                selection.prune()  # a crash may have come between a save and its prune
+        return epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            column = self.history.setdefault(key, [None] * epoch)
+            column.extend([None] * (epoch - len(column)))
+            column.append(float(value))
+        state = {"history": np.asarray(json.dumps(self.history))}
+        for selection in self.selections:
+            state.update(selection.get_state())
+        with atomic_io.open_atomic(self._state_path(epoch + 1), "wb") as f:
+            np.savez(f, **state)
+        self.epoch.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+        self._drop_old_states()
+        for selection in self.selections:
+            selection.prune()
+
+    def _state_path(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"state-{epoch}.npz")
+
+    def _drop_old_states(self) -> None:
+        kept = {int(p.rsplit("-", 1)[1]) for p in self.manager.checkpoints}
+        for path in glob.glob(os.path.join(self.directory, "state-*.npz")):
+            number = int(re.search(r"state-(\d+)\.npz$", path).group(1))
+            if number not in kept:
+                os.remove(path)
+
+
+class WarmUp(keras.callbacks.Callback):
+    """Plain cross-entropy for the first `epochs` epochs, meta updates after.
+
+    Sets `model.meta_active` at the start of every epoch and, when it changes, traces the
+    train function anew (the switch is a Python value read at tracing, so each phase runs
+    its own graph at full speed). Resuming with `initial_epoch` picks the right phase.
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        if epochs < 0:
+            raise ValueError(f"warm-up epochs must be >= 0, got {epochs}")
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._switch(epoch < self.epochs)
+
+    def _switch(self, warming_up: bool) -> None:
+        active = not warming_up and getattr(self.model, "meta_net", None) is not None
+        if active != self.model.meta_active:
+            self.model.meta_active = active
+            self.model.make_train_function(force=True)
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss, meta loss or meta weight is NaN/Inf, and
+    at the end of an epoch whose model or meta-net variables (BN statistics included) are.
+
+    It must come before RunState in the callback list: raising before the checkpoint is
+    written keeps the last good checkpoint the latest.
+    """
+
+    WATCHED = ("loss", "meta_", "weight_")
+
+    def __init__(self, steps_per_epoch: int | None = None):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        for variable in self.model.variables:
+            if "float" in str(variable.dtype) and not bool(
+                    tf.reduce_all(tf.math.is_finite(variable.value))):
+                raise NonFiniteError(
+                    f"non-finite values in {variable.path} at the end of epoch {epoch + 1}; "
+                    f"training stopped and {self._kept(epoch)}")
+
+    def _kept(self, epoch: int) -> str:
+        return (f"the last good checkpoint (epoch {epoch}) is kept" if epoch
+                else "no checkpoint had been written yet")
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if name.startswith(self.WATCHED) and not math.isfinite(float(value)):
+                where = f"epoch {self._epoch + 1}, step {batch + 1}"
+                if self.steps_per_epoch:
+                    where += f" (global step {self._epoch * self.steps_per_epoch + batch + 1})"
+                raise NonFiniteError(
+                    f"non-finite {name} ({float(value)}) at {where}; training stopped and "
+                    f"{self._kept(self._epoch)}")
+
+
+class ResetOptimizer(keras.callbacks.Callback):
+    """Restarts the classifier optimizer at the start of every epoch, as creating a new one
+    would (the Clothing1M reference re-creates its Adam every epoch, SOTA_SSL.md A.7 and
+    A.11 #11): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
+    Adam's bias correction starts again at t = 1. Its learning rate is kept; a schedule
+    read from the iteration counter restarts at its first epoch, as the reference's decay
+    is lost, so give a constant one. A LossScaleOptimizer keeps its loss scale.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)
+        for variable in optimizer.variables:
+            if variable is not rate:
+                variable.assign(tf.zeros_like(variable))

@@ -1,0 +1,1 @@
+"""Training schemes, each a package: its Keras model, math and streams."""

@@ -1,0 +1,1 @@
+"""DivideMix with two networks, optionally VRI rectifiers trained by CLID."""

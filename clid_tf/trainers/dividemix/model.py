@@ -1,0 +1,415 @@
+"""`DivideMixModel`: two networks trained by DivideMix, optionally with a VRI rectifier
+per network meta-learned by CLID through the real optimizer's virtual step
+(SOTA_SSL.md Part A: TCV, Train_cifar_vri.py).
+
+Per epoch (`fit`): warm-up epochs train each network with CE (+ a confidence penalty for
+asymmetric noise); after them, each network's GMM divides the training samples and the
+OTHER network trains on that division (co-divide), net 1 first, then net 2. One step of
+network N with the other network P (A.5):
+
+  1. targets      co-guess t_u (N and P on both unlabeled views), co-refine t_x (N's views
+                  and the other net's clean probability w); no gradient
+  2. mixup        l = max(l', 1 - l'), l' ~ Beta(alpha, alpha), one permutation of all rows
+  3. virtual step theta' = U(theta, grad L(theta, phi)): U the real optimizer's next update
+                  (`lookahead`), L = L_x + lambda(t) L_u + pen on the rectified logits
+                  omega * z of the mixed batch (omega = VRI(feature, argmax Y~)); unclipped
+  4. meta step    phi <- Adam(grad_phi CLID(theta') on a batch of N's own meta set)
+  5. actual step  theta <- SGD(clip(grad L(theta, phi_new), 0.8)), a fresh eps for omega
+
+Without meta-nets (`meta_nets=None`) steps 3-4 are skipped and omega = 1: plain DivideMix.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import keras
+import tensorflow as tf
+
+from clid_tf.core import distribute
+from clid_tf.trainers.dividemix import mixmatch as dividemix
+from clid_tf.trainers.dividemix import streams as dividemix_data
+from clid_tf.core import lookahead
+from clid_tf.core import loss_scaling
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+from clid_tf.metanets import vri
+
+GUESS_BN_MODES = ("train", "inference")
+_TERMS = ("l_x", "l_u", "penalty", "lambda_u", "vri_kl")
+
+
+class MixedBatch(NamedTuple):
+    """This replica's rows of the mixed batch."""
+    images: tf.Tensor       # X~ [n, ...]
+    targets: tf.Tensor      # Y~ [n, K]
+    num_labeled: int        # rows [0, num_labeled) come first from the labeled views
+    rows: tf.Tensor         # int32 [n] their positions in the global mixed batch
+
+
+class DivideMixModel(keras.Model):
+    """Two classifiers trained by DivideMix (+ VRI + CLID when `meta_nets` are given).
+
+    Args:
+      backbones: two classifiers images -> (logits [B, K], features [B, d]).
+      meta_nets: two `vri.VRINet` rectifiers, or None (plain DivideMix).
+      meta_objective: 'clid', 'entropy' (label-free) or fn(features, logits, None).
+      tau: CLID temperature.
+      meta_grad, meta_scope: the hypergradient route and scope (`clid_tf.core.virtual`).
+      virtual_step: 'optimizer' (the real optimizer's differentiable next update, A.2.4)
+        or 'sgd' (theta - lr g).
+      weight_decay, meta_weight_decay: coupled L2 of theta and phi (PyTorch style).
+      warmup_epochs: CE epochs before the co-divide.
+      warmup_penalty: add the negative-entropy penalty in warm-up (asymmetric noise).
+      p_threshold, alpha, temperature: division threshold, Beta(alpha, alpha), sharpening T.
+      lambda_u, rampup_epochs: L_u weight, ramped linearly over this many epochs after
+        the warm-up.
+      clip_norm: global-norm clip of the actual step's gradient (0 = none).
+      guess_bn_mode: N's co-guessing forwards in 'train' mode (DivideMix: they update N's
+        BN statistics) or 'inference'.
+      seed: seed of the mixup draws (stateless in (seed, net, iteration)).
+    """
+
+    def __init__(self, backbones: Sequence[keras.Model],
+                 meta_nets: Sequence[vri.VRINet] | None = None, *,
+                 meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
+                 meta_grad: str = "recompute", meta_scope: str = "full",
+                 virtual_step: str = "optimizer", weight_decay: float = 5e-4,
+                 meta_weight_decay: float = 5e-4, warmup_epochs: int = 10,
+                 warmup_penalty: bool = False, p_threshold: float = 0.5, alpha: float = 4.0,
+                 temperature: float = 0.5, lambda_u: float = 150.0, rampup_epochs: int = 16,
+                 clip_norm: float = 0.8, guess_bn_mode: str = "train", seed: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if len(backbones) != 2 or (meta_nets is not None and len(meta_nets) != 2):
+            raise ValueError("DivideMix trains two backbones (and two meta-nets or none)")
+        if guess_bn_mode not in GUESS_BN_MODES:
+            raise ValueError(f"guess_bn_mode must be one of {GUESS_BN_MODES}")
+        if virtual_step not in lookahead.VIRTUAL_STEPS:
+            raise ValueError(f"unknown virtual step {virtual_step!r}")
+        self.backbones = list(backbones)
+        for net in self.backbones:
+            virtual.check_scope(net, meta_scope)
+        self.meta_nets = None if meta_nets is None else list(meta_nets)
+        num_classes = int(self.backbones[0].outputs[0].shape[-1])
+        for net, meta_net in zip(self.backbones, self.meta_nets or ()):
+            meta_net.build_for(feature_dim=net.feature_dim, num_classes=num_classes)
+        name = meta_objective if isinstance(meta_objective, str) else "objective"
+        self.meta_objective_name = name
+        self.meta_objective = (objectives.meta_objective(meta_objective, tau=tau)
+                               if isinstance(meta_objective, str) else meta_objective)
+        self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
+        self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
+        self.warmup_epochs, self.warmup_penalty = int(warmup_epochs), bool(warmup_penalty)
+        self.p_threshold, self.alpha, self.temperature = p_threshold, alpha, temperature
+        self.lambda_u, self.rampup_epochs = float(lambda_u), float(rampup_epochs)
+        self.clip_norm, self.guess_bn_mode, self.seed = float(clip_norm), guess_bn_mode, seed
+        # The phase being traced (kind, net) and the ramp's clock, set by `fit` per phase.
+        self.phase = dividemix_data.Phase("warmup", 0, 1)
+        self._clock = [tf.Variable(0.0, trainable=False, name=n)
+                       for n in ("ramp_epoch", "ramp_first_step", "ramp_steps")]
+        self._functions: dict = {}
+        self.trace_counts: dict = {}
+        self.epoch_stats: dict[str, float] = {}
+        mean = keras.metrics.Mean
+        self.loss_tracker = mean(name="loss")
+        self.meta_tracker = mean(name=f"meta_{name}")
+        self.net_trackers = [{t: mean(name=f"net{k + 1}_{t}") for t in
+                              ("loss", "lr", *_TERMS, f"meta_{name}")} for k in (0, 1)]
+        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.test_loss = mean(name="loss")
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.meta_tracker,
+                *[t for trackers in self.net_trackers for t in trackers.values()],
+                self.test_accuracy, self.test_loss]
+
+    def compile(self, optimizers: Sequence[keras.optimizers.Optimizer],
+                meta_optimizers: Sequence[keras.optimizers.Optimizer] | None = None,
+                **kwargs):
+        """One optimizer per backbone (and per meta-net)."""
+        super().compile(optimizer=optimizers[0], **kwargs)
+        self.net_optimizers = list(optimizers)
+        self.meta_optimizers = None if meta_optimizers is None else list(meta_optimizers)
+        for optimizer, net in zip(self.net_optimizers, self.backbones):
+            optimizer.build(net.trainable_variables)
+            if self.meta_nets is not None and self.virtual_step == "optimizer":
+                lookahead.inner_optimizer(optimizer)  # refuses what it cannot copy
+        if self.meta_nets is not None:
+            if meta_optimizers is None:
+                raise ValueError("meta-nets need meta optimizers")
+            for optimizer, meta_net in zip(self.meta_optimizers, self.meta_nets):
+                optimizer.build(meta_net.trainable_variables)
+
+    def checkpoint_parts(self) -> dict:
+        """Both networks, both meta-nets, all optimizers, and the state of each VRINet's
+        noise generator (a SeedGenerator is not tracked by tf.train.Checkpoint)."""
+        parts = {}
+        for k in (0, 1):
+            parts[f"backbone{k + 1}"] = self.backbones[k]
+            parts[f"optimizer{k + 1}"] = self.net_optimizers[k]
+            if self.meta_nets is not None:
+                parts[f"meta_net{k + 1}"] = self.meta_nets[k]
+                parts[f"meta_noise{k + 1}"] = self.meta_nets[k].noise.state
+                parts[f"meta_optimizer{k + 1}"] = self.meta_optimizers[k]
+        return parts
+
+    def call(self, images, training=False):
+        """Raw images [B, ...] -> the two networks' summed logits [B, K]."""
+        return tf.add_n([net(images, training=training)[0] for net in self.backbones])
+
+    # ---------------------------------------------------------------- the epochs
+    def fit(self, streams: dividemix_data.Streams, *, epochs: int, initial_epoch: int = 0,
+            callbacks: Sequence[keras.callbacks.Callback] = (), validation_data=None,
+            verbose: int = 0):
+        """Trains from `initial_epoch` to `epochs`: one keras fit per DivideMix epoch,
+        whose length (the two phases' steps) follows that epoch's division; the phase's
+        train function (one per kind and network, each traced once) is switched in at
+        the phase boundary. `callbacks` see one Keras epoch per DivideMix epoch."""
+        for epoch in range(initial_epoch, epochs):
+            if epoch < self.warmup_epochs:
+                plan = streams.warmup_epoch(epoch)
+            else:
+                probs = streams.clean_probabilities(self.backbones, epoch)
+                plan = streams.dividemix_epoch(
+                    epoch, dividemix.co_divide(probs, threshold=self.p_threshold))
+            self.epoch_stats = plan.stats
+            phases = _Phases(plan.phases, epoch)
+            phases.set_model(self)
+            phases.select(0)
+            shown = [_EpochLine(epochs)] if verbose else []
+            super().fit(plan.stream, initial_epoch=epoch, epochs=epoch + 1,
+                        steps_per_epoch=plan.steps, callbacks=[phases, *callbacks, *shown],
+                        validation_data=validation_data, verbose=0, shuffle=False)
+            if self.stop_training:
+                break
+
+    def select_phase(self, phase: dividemix_data.Phase, epoch: int) -> None:
+        """Makes `phase` the one `train_function` runs and starts the ramp's clock."""
+        optimizer = self.net_optimizers[phase.net]
+        self._clock[0].assign(float(epoch))
+        self._clock[1].assign(float(optimizer.iterations.numpy()))
+        self._clock[2].assign(float(phase.steps))
+        key = (phase.kind, phase.net)
+        self.phase = phase
+        if key not in self._functions:
+            self.make_train_function(force=True)
+            self._functions[key] = self.train_function
+        self.train_function = self._functions[key]
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, data):
+        key = (self.phase.kind, self.phase.net)
+        self.trace_counts[key] = self.trace_counts.get(key, 0) + 1  # Python: per trace
+        k = self.phase.net
+        if self.phase.kind == "warmup":
+            return self._log(k, self._warmup_step(k, data["train"]))
+        x, u = data["labeled"], data["unlabeled"]
+        mixed = self._mixed_batch(k, x, u, self._targets(k, x, u))
+        lam = self._lambda_u(k)
+        fwd = virtual.train_forward(self.backbones[k], mixed.images)
+        meta_loss = None
+        if self.meta_nets is not None:
+            meta_loss = self._meta_step(k, mixed, data["meta"], fwd, lam)
+        terms, kl = self._actual_step(k, mixed, fwd, lam)
+        return self._log(k, terms.total, terms=terms, lam=lam, kl=kl, meta_loss=meta_loss)
+
+    def _warmup_step(self, k: int, batch: dict) -> tf.Tensor:
+        """CE (+ negative entropy for asymmetric noise), no clip, no meta step."""
+        net = self.backbones[k]
+        with tf.GradientTape() as tape:
+            logits, _ = net(batch["image"], training=True)
+            loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
+            if self.warmup_penalty:
+                loss += dividemix.negative_entropy(logits)
+        loss_scaling.apply(self.net_optimizers[k], tape.gradient(loss, net.trainable_variables),
+                           net.trainable_variables, weight_decay=self.weight_decay)
+        return loss
+
+    def _targets(self, k: int, x: dict, u: dict):
+        """(t_x, t_u): co-refinement and co-guessing (A.5 steps 2-3), forwards in
+        DivideMix's order; N in train mode (BN statistics updated) unless
+        guess_bn_mode='inference', P always in inference mode."""
+        own, other = self.backbones[k], self.backbones[1 - k]
+        training = self.guess_bn_mode == "train"
+
+        def probs(net, images, mode):
+            return tf.stop_gradient(tf.nn.softmax(net(images, training=mode)[0], axis=-1))
+
+        own_u = [probs(own, u[key], training) for key in ("image", "image2")]
+        other_u = [probs(other, u[key], False) for key in ("image", "image2")]
+        own_x = [probs(own, x[key], training) for key in ("image", "image2")]
+        t_u = dividemix.co_guess(*own_u, *other_u, temperature=self.temperature)
+        t_x = dividemix.co_refine(*own_x, x["label"], x["prob"], temperature=self.temperature)
+        return t_x, t_u
+
+    def _mixed_batch(self, k: int, x: dict, u: dict, targets) -> MixedBatch:
+        """Mixup over the global batch (every replica draws the same l and permutation
+        from (seed, net, iteration)) and this replica's rows of it."""
+        t_x, t_u = targets
+        inputs, rows = dividemix.global_layout([x["image"], x["image2"], u["image"],
+                                                u["image2"]])
+        soft, _ = dividemix.global_layout([t_x, t_x, t_u, t_u])
+        step = tf.cast(self.net_optimizers[k].iterations, tf.int64)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), 2 * step + k])
+        lam, permutation = dividemix.mix_draw(seed, rows=tf.shape(inputs)[0],
+                                              alpha=self.alpha, dtype=inputs.dtype)
+        images, mixed_targets = dividemix.mixup(inputs, soft, lam=lam,
+                                                permutation=permutation, rows=rows)
+        return MixedBatch(images, mixed_targets, 2 * int(x["image"].shape[0]), rows)
+
+    def _lambda_u(self, k: int) -> tf.Tensor:
+        """lambda(t), t = epoch + the phase's step fraction (A.5 step 5)."""
+        epoch, first, steps = (c.read_value() for c in self._clock)
+        t = epoch + (tf.cast(self.net_optimizers[k].iterations, tf.float32) - first) / steps
+        return dividemix.lambda_ramp(t, lambda_u=self.lambda_u, warmup=self.warmup_epochs,
+                                     rampup=self.rampup_epochs)
+
+    def loss_terms(self, k: int, logits, features, mixed: MixedBatch, lam):
+        """(LossTerms, omega [n, K] or None, KL (logged only) or None) of the mixed batch
+        under network k's rectifier, a fresh eps per call."""
+        if self.meta_nets is None:
+            terms = dividemix.mixmatch_loss(logits, logits, mixed.targets,
+                                            num_labeled=mixed.num_labeled, lambda_u=lam)
+            return terms, None, None
+        meta_net = self.meta_nets[k]
+        labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # A.2.2, 'vri'
+        mu, log_var = meta_net(features, labels)
+        omega = tf.cast(meta_net.sample_weights(mu, log_var, rows=mixed.rows), logits.dtype)
+        terms = dividemix.mixmatch_loss(omega * logits, logits, mixed.targets,
+                                        num_labeled=mixed.num_labeled, lambda_u=lam)
+        return terms, omega, (mu, log_var)
+
+    def _training_loss(self, k: int, mixed: MixedBatch, lam) -> virtual.TrainingLoss:
+        """The rectified MixMatch loss as the hypergradient needs it; the KL is not part
+        of any objective (A.12: it is inert in the reference)."""
+        def fn(logits, features, regularize=True):
+            del regularize
+            terms, omega, _ = self.loss_terms(k, logits, features, mixed, lam)
+            return objectives.WeightedLoss(terms.total, omega, tf.zeros([], terms.total.dtype))
+        return virtual.TrainingLoss(fn, self.meta_nets[k].trainable_variables)
+
+    def _meta_step(self, k: int, mixed: MixedBatch, meta_batch: dict, fwd, lam) -> tf.Tensor:
+        """Steps 3-4: the hypergradient of CLID(theta') through the virtual step, then phi."""
+        step = lookahead.build(self.virtual_step, self.net_optimizers[k],
+                               weight_decay=self.weight_decay)
+        result = virtual.hypergradient(
+            self.backbones[k], self._training_loss(k, mixed, lam), mixed.images, meta_batch,
+            step=step, meta_objective=self.meta_objective, meta_grad=self.meta_grad,
+            scope=self.meta_scope, fwd=fwd)
+        loss_scaling.apply(self.meta_optimizers[k], result.meta_grads,
+                           self.meta_nets[k].trainable_variables,
+                           weight_decay=self.meta_weight_decay)
+        return result.meta_loss
+
+    def _actual_step(self, k: int, mixed: MixedBatch, fwd, lam):
+        """Step 5: the updated rectifier on the recorded forward; clip, update theta, BN."""
+        with tf.GradientTape() as tape:
+            tape.watch(fwd.logits)
+            terms, _, posterior = self.loss_terms(k, fwd.logits, fwd.features, mixed, lam)
+        dz = tape.gradient(terms.total, fwd.logits)
+        grads, _ = dividemix.clip_by_global_norm(virtual.backprop(fwd, dz), self.clip_norm)
+        net = self.backbones[k]
+        loss_scaling.apply(self.net_optimizers[k], grads, net.trainable_variables,
+                           weight_decay=self.weight_decay)
+        for variable, value in zip(net.non_trainable_variables, fwd.non_trainable):
+            variable.assign(value)
+        kl = None
+        if posterior is not None:  # logged only
+            prior = self.meta_nets[k].prior(fwd.features)
+            kl = tf.stop_gradient(distribute.global_mean(vri.kl_per_sample(*posterior, *prior)))
+        return terms, kl
+
+    # ---------------------------------------------------------------- monitoring
+    def _log(self, k: int, loss, *, terms=None, lam=None, kl=None, meta_loss=None):
+        """The step's metrics as global values: net k's and the totals over both nets."""
+        trackers = self.net_trackers[k]
+        shares = {"loss": loss}  # this replica's shares: summed over replicas
+        if terms is not None:
+            shares.update(l_x=terms.l_x, l_u=terms.l_u, penalty=terms.penalty)
+        if kl is not None:
+            shares["vri_kl"] = kl
+        values = {name: distribute.global_sum(v) for name, v in shares.items()}
+        values["lr"] = self.net_optimizers[k].learning_rate  # the same on every replica
+        if lam is not None:
+            values["lambda_u"] = lam
+        if meta_loss is not None:
+            values[f"meta_{self.meta_objective_name}"] = distribute.global_sum(meta_loss)
+            self.meta_tracker.update_state(values[f"meta_{self.meta_objective_name}"])
+        self.loss_tracker.update_state(values["loss"])
+        for name, value in values.items():
+            trackers[name].update_state(value)
+        updated = [self.loss_tracker, *(trackers[name] for name in values)]
+        if meta_loss is not None:
+            updated.append(self.meta_tracker)
+        return {m.name: m.result() for m in updated}
+
+    def epoch_logs(self) -> dict[str, float]:
+        """Every train metric updated this epoch, and the epoch's division statistics."""
+        logs = {m.name: float(m.result()) for m in self.metrics[:-2]
+                if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
+        return {**logs, **self.epoch_stats}
+
+    def test_step(self, data):
+        """`evaluate` on (raw images, labels): accuracy and CE of the summed logits."""
+        images, labels = data
+        logits = self(images, training=False)
+        self.test_accuracy.update_state(labels, logits)
+        self.test_loss.update_state(tf.reduce_mean(
+            objectives.per_sample_ce(logits / 2.0, labels)))
+        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
+
+
+class _Phases(keras.callbacks.Callback):
+    """Switches the train function at the phase boundaries of one epoch and puts the
+    epoch's metrics and division statistics into its logs (first in the callback list)."""
+
+    def __init__(self, phases: Sequence[dividemix_data.Phase], epoch: int):
+        super().__init__()
+        self.phases, self.epoch = list(phases), epoch
+        self.starts = {sum(p.steps for p in self.phases[:i]): i
+                       for i in range(len(self.phases))}
+
+    def select(self, index: int) -> None:
+        self.model.select_phase(self.phases[index], self.epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch > 0 and batch in self.starts:
+            self.select(self.starts[batch])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.model.epoch_logs())
+
+
+class _EpochLine(keras.callbacks.Callback):
+    """One line per epoch (the last callback, so the evaluations are in the logs)."""
+
+    SHOWN = ("loss", "meta_clid", "net1_labeled", "net2_labeled", "test_accuracy",
+             "val_accuracy")
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {k: logs[k] for k in self.SHOWN if k in (logs or {})}
+        print(f"epoch {epoch + 1}/{self.epochs}: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
+
+
+class EpochLearningRate(keras.callbacks.Callback):
+    """Sets every optimizer's learning rate to schedule(epoch) when an epoch begins, as
+    DivideMix writes lr_e into both SGDs (its epochs have no fixed number of steps, so
+    an iteration-based schedule cannot tell the epoch)."""
+
+    def __init__(self, schedule: Callable[[int], float],
+                 optimizers: Sequence[keras.optimizers.Optimizer]):
+        super().__init__()
+        self.schedule, self.optimizers = schedule, list(optimizers)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for optimizer in self.optimizers:
+            optimizer.learning_rate = float(self.schedule(epoch))

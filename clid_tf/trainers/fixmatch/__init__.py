@@ -1,0 +1,1 @@
+"""FixMatch and FlexMatch with a loss-net trained by CLID."""

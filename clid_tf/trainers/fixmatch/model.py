@@ -1,0 +1,357 @@
+"""FixMatch and FlexMatch on a few noisy labels, with a loss-net trained by CLID
+(SOTA_SSL.md B.3-B.5).
+
+One train_step per (labeled, unlabeled, meta) batch, B.4:
+  1. virtual step  theta' = U(theta, grad_theta mean_i w_i CE_i)  on the LABELED batch
+     only, w = loss_net(stop_grad(CE)) unnormalised; U = a differentiable copy of the
+     real SGD-Nesterov step (momentum slots, current lr, decay without BN and biases)
+  2. meta step     phi <- meta_optimizer(grad_phi CLID(theta'))   on the meta batch
+                   (weak || strong views of unlabeled images: 2n rows; or a weak view)
+  3. actual step   one forward of cat(x_lb, x_weak, x_strong) in training mode,
+                   L = mean_i w_i CE_i  (w from the UPDATED loss-net, no gradient to phi)
+                       + lambda_u * L_u,
+                   then the EMA of the parameters.
+Without a loss-net (or during a warm-up) w = 1: plain FixMatch / FlexMatch. The unlabeled
+batch never reaches steps 1 and 2.
+
+L_u (`unsupervised_loss`) takes hard pseudo-labels argmax p_weak where max p_weak reaches
+the threshold and averages CE(z_strong, pseudo) * mask over ALL uB rows. The threshold is
+`p_cutoff` (FixMatch) or FlexMatch's per-class p_cutoff * b_c / (2 - b_c)
+(`flexmatch_thresholds`), from the table of each unlabeled sample's last confident
+prediction (`flexmatch_select`).
+
+The EMA network (`ema_backbone`, the reference's ema_model) holds
+ema <- d * ema + (1 - d) * theta of the parameters (trainable variables only; it starts at
+the initial weights) and a copy of the live BN statistics, both after every step. It is
+what is evaluated, selected and exported; the live network is never swapped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from clid_tf.models import backbones
+from clid_tf.core import distribute
+from clid_tf.core import lookahead
+from clid_tf.core import loss_scaling
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+
+ALGORITHMS = ("fixmatch", "flexmatch")
+NOT_SELECTED = -1  # FlexMatch table entry of an unlabeled sample never confidently predicted
+
+
+# ---------------------------------------------------------------- loss parts (pure)
+class UnsupervisedTerm(NamedTuple):
+    """FixMatch's consistency term of one unlabeled batch (this replica's rows)."""
+    loss: tf.Tensor        # this replica's share of sum_i mask_i CE(z_s_i, pseudo_i) / uB
+    mask: tf.Tensor        # float [uB]: whether the weak view's confidence passed
+    pseudo: tf.Tensor      # int32 [uB]: argmax of the weak view's probabilities
+    confidence: tf.Tensor  # float [uB]: max of the weak view's probabilities
+
+
+def unsupervised_loss(logits_weak: tf.Tensor, logits_strong: tf.Tensor, *,
+                      thresholds) -> UnsupervisedTerm:
+    """FixMatch's unlabeled loss with hard pseudo-labels (B.4 step 5).
+
+    Args:
+      logits_weak: float [uB, K] of the weak views; no gradient flows into them.
+      logits_strong: float [uB, K] of the strong views of the same images.
+      thresholds: the confidence threshold, a scalar (FixMatch's p_cutoff) or float [K]
+        per class (FlexMatch), taken at each sample's pseudo-label.
+
+    Returns:
+      UnsupervisedTerm; `loss` divides by the global uB, not by the mask's sum.
+    """
+    probs = tf.nn.softmax(tf.stop_gradient(logits_weak), axis=-1)
+    confidence = tf.reduce_max(probs, axis=-1)
+    pseudo = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    thresholds = tf.cast(thresholds, probs.dtype)
+    cut = thresholds if thresholds.shape.rank == 0 else tf.gather(thresholds, pseudo)
+    mask = tf.cast(confidence >= cut, probs.dtype)
+    loss = distribute.global_mean(objectives.per_sample_ce(logits_strong, pseudo) * mask)
+    return UnsupervisedTerm(loss, mask, pseudo, confidence)
+
+
+def flexmatch_thresholds(selected: tf.Tensor, *, num_classes: int, p_cutoff: float,
+                         warmup: bool = True) -> tf.Tensor:
+    """FlexMatch's per-class thresholds (B.5, FLU:23-35, 52).
+
+    b_c = count(table == c) / max over the counts, the count of NOT_SELECTED included
+    (`warmup`, the reference's thresh_warmup) or not; b = 0 while every entry is
+    NOT_SELECTED. Threshold_c = p_cutoff * b_c / (2 - b_c) (the convex mapping).
+
+    Args:
+      selected: int [U] the table, NOT_SELECTED or a class per unlabeled sample.
+    Returns:
+      float32 [K].
+    """
+    counts = tf.math.bincount(tf.cast(selected, tf.int32) + 1, minlength=num_classes + 1,
+                              maxlength=num_classes + 1, dtype=tf.float32)
+    per_class = counts[1:]
+    denominator = tf.reduce_max(counts) if warmup else tf.reduce_max(per_class)
+    any_selected = counts[0] < tf.cast(tf.size(selected), tf.float32)
+    beta = tf.where(any_selected, tf.math.divide_no_nan(per_class, denominator), 0.0)
+    return p_cutoff * beta / (2.0 - beta)
+
+
+def flexmatch_select(selected: tf.Tensor, positions: tf.Tensor, confidence: tf.Tensor,
+                     pseudo: tf.Tensor, *, p_cutoff: float) -> tf.Tensor:
+    """The table after one batch: each sample whose confidence reaches p_cutoff records
+    its pseudo-label (FLU:54-59); nothing changes when none does. A sample that occurs
+    twice in the batch keeps its last occurrence's label.
+
+    Args:
+      selected: int [U] the table; positions: int [b] the batch's positions in it;
+      confidence: float [b]; pseudo: int [b].
+    Returns:
+      int [U], the new table.
+    """
+    chosen = confidence >= tf.cast(p_cutoff, confidence.dtype)
+    where = tf.boolean_mask(positions, chosen)
+    labels = tf.cast(tf.boolean_mask(pseudo, chosen), selected.dtype)
+    unique, occurrence = tf.unique(where)
+    last = tf.math.unsorted_segment_max(tf.range(tf.size(where)), occurrence,
+                                        tf.size(unique))
+    return tf.tensor_scatter_nd_update(selected, unique[:, None], tf.gather(labels, last))
+
+
+def meta_images(meta: dict) -> tf.Tensor:
+    """CLID's rows of a meta batch: cat(weak, strong) [2n, ...] of the same n images, or the
+    weak view [n, ...] alone."""
+    return tf.concat([meta[view] for view in ("weak", "strong") if view in meta], axis=0)
+
+
+def batch_stats(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(mean, standard deviation) of per-sample values [b] over the global batch."""
+    mean = distribute.global_sum(distribute.global_mean(values))
+    square = distribute.global_sum(distribute.global_mean(tf.square(values)))
+    return mean, tf.sqrt(tf.maximum(square - tf.square(mean), 0.0))
+
+
+# ---------------------------------------------------------------- the model
+class FixMatchModel(keras.Model):
+    """FixMatch or FlexMatch, plain or with a loss-net trained by CLID (module docstring).
+
+    Data per step: {'labeled': {'image', 'label', optional 'is_noisy'}, 'unlabeled':
+    {'weak', 'strong', 'position' (FlexMatch)}, 'meta': {'weak'[, 'strong']} (with a
+    loss-net)}, as `clid_tf.trainers.fixmatch.streams.ssl_stream` makes them. 'is_noisy' is ground
+    truth for monitoring only.
+    """
+
+    def __init__(self, backbone: keras.Model, loss_net: keras.Model | None = None, *,
+                 algorithm: str = "fixmatch", num_unlabeled: int = 0,
+                 lambda_u: float = 1.0, p_cutoff: float = 0.95, thresh_warmup: bool = True,
+                 ema_decay: float = 0.999,
+                 meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.1,
+                 meta_grad: str = "recompute", meta_scope: str = "full",
+                 virtual_step: str = "optimizer", weight_decay: float = 1e-4,
+                 meta_weight_decay: float = 5e-4,
+                 no_decay: Sequence[keras.Variable] = (), **kwargs):
+        """
+        Args:
+          backbone: images -> (logits [B, K], features [B, d]) (`backbones.as_classifier`).
+          loss_net: `meta_nets.WeightNet(normalize=False)`, or None (plain FixMatch).
+          algorithm: 'fixmatch' or 'flexmatch'.
+          num_unlabeled: U, the size of FlexMatch's table (its 'position' range).
+          lambda_u: weight of the unlabeled term.
+          p_cutoff: confidence threshold (FlexMatch: of the best-learnt class).
+          thresh_warmup: FlexMatch's normaliser counts the unselected samples too.
+          ema_decay: d of the parameter EMA.
+          meta_objective, tau: the loss-net's meta objective (`objectives.meta_objective`).
+          meta_grad, meta_scope: how the hypergradient is computed (`clid_tf.core.virtual`).
+          virtual_step: 'optimizer' (the real optimizer's next update) or 'sgd'.
+          weight_decay, meta_weight_decay: coupled L2 of theta and phi.
+          no_decay: backbone variables without weight decay (`lookahead.bn_and_bias`).
+        """
+        super().__init__(**kwargs)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
+        if virtual_step not in lookahead.VIRTUAL_STEPS:
+            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
+                             f"{lookahead.VIRTUAL_STEPS}")
+        if algorithm == "flexmatch" and num_unlabeled < 1:
+            raise ValueError("flexmatch needs num_unlabeled, the size of its table")
+        self.backbone = backbones.as_classifier(backbone)
+        virtual.check_scope(self.backbone, meta_scope)
+        self.ema_backbone = keras.models.clone_model(self.backbone)
+        self.ema_backbone.set_weights(self.backbone.get_weights())
+        self.ema_backbone.trainable = False
+        self.meta_net = loss_net  # the name MetaViews and WarmUp look for
+        self.algorithm = algorithm
+        self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
+        self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
+        if isinstance(meta_objective, str) and loss_net is not None:
+            meta_objective = objectives.meta_objective(meta_objective, tau=tau)
+        self.meta_objective = meta_objective
+        self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
+        self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
+        self.no_decay = list(no_decay)
+        self.meta_active = loss_net is not None
+        self.num_classes = int(self.backbone.outputs[0].shape[-1])
+        self.selected_label = None
+        if algorithm == "flexmatch":
+            self.selected_label = keras.Variable(
+                np.full(int(num_unlabeled), NOT_SELECTED, np.int32), dtype="int32",
+                trainable=False, aggregation="only_first_replica", name="selected_label")
+        names = ["loss", "loss_sup", "loss_unsup", "mask_ratio", "lr"]
+        if loss_net is not None:
+            names += ["meta_clid", "meta_lr", "weight_mean", "weight_std", "weight_clean",
+                      "weight_noisy"]
+        if algorithm == "flexmatch":
+            names += ["threshold_min", "threshold_mean", "threshold_max"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.test_loss = keras.metrics.Mean(name="loss")
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), self.test_accuracy, self.test_loss]
+
+    def compile(self, optimizer, meta_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.meta_optimizer = meta_optimizer
+        self.optimizer.build(self.backbone.trainable_variables)
+        if self.meta_net is not None:
+            if meta_optimizer is None:
+                raise ValueError("a loss-net needs a meta optimizer")
+            self.meta_optimizer.build(self.meta_net.trainable_variables)
+            if self.virtual_step == "optimizer":
+                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
+
+    def set_meta_active(self, active: bool) -> None:
+        """Loss-net weighting and meta steps on or off (off: w = 1); retraces on next fit."""
+        self.meta_active = bool(active) and self.meta_net is not None
+        self.train_function = None
+
+    def checkpoint_parts(self) -> dict:
+        """The trackables a resumable checkpoint holds."""
+        parts = {"backbone": self.backbone, "optimizer": self.optimizer,
+                 "ema_backbone": self.ema_backbone}
+        if self.meta_net is not None:
+            parts.update(meta_net=self.meta_net, meta_optimizer=self.meta_optimizer)
+        if self.selected_label is not None:
+            parts["selected_label"] = self.selected_label
+        return parts
+
+    def call(self, images, training=False):
+        """Raw images [B, ...] -> logits [B, K] of the EMA network (inference)."""
+        del training
+        return self.ema_backbone(images, training=False)[0]
+
+    # ---------------------------------------------------------------- the algorithm
+    def train_step(self, data):
+        labeled, unlabeled = data["labeled"], data["unlabeled"]
+        lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
+        meta_loss = self._meta_step(labeled, data["meta"]) if self.meta_active else None
+        weights, terms, thresholds = self._actual_step(labeled, unlabeled)
+        self._update_ema()
+        return self._log(terms, lr, meta_loss=meta_loss, weights=weights, labeled=labeled,
+                         thresholds=thresholds)
+
+    def _meta_step(self, labeled, meta):
+        """B.4 steps 1-3: the hypergradient, then the loss-net update. Returns this
+        replica's share of the meta loss."""
+        result = self.meta_gradients(labeled, meta)
+        loss_scaling.apply(self.meta_optimizer, result.meta_grads,
+                           self.meta_net.trainable_variables,
+                           weight_decay=self.meta_weight_decay)
+        return result.meta_loss
+
+    def meta_gradients(self, labeled: dict, meta: dict) -> virtual.MetaResult:
+        """d CLID(theta') / d phi: the virtual step of the LABELED batch's loss-net loss
+        through the real optimizer's next update, CLID on the meta batch's views."""
+        step = lookahead.build(self.virtual_step, self.optimizer,
+                               weight_decay=self.weight_decay, no_decay=self.no_decay)
+        return virtual.hypergradient(
+            self.backbone, virtual.for_meta_net(self.meta_net, labeled["label"]),
+            labeled["image"], {"image": meta_images(meta)}, step=step,
+            meta_objective=self.meta_objective, meta_grad=self.meta_grad,
+            scope=self.meta_scope)
+
+    def _actual_step(self, labeled, unlabeled):
+        """B.4 steps 4-8: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update."""
+        sizes = [tf.shape(labeled["image"])[0], tf.shape(unlabeled["weak"])[0]]
+        images = tf.concat([labeled["image"], unlabeled["weak"], unlabeled["strong"]], axis=0)
+        thresholds = self._thresholds()
+        theta = self.backbone.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, _ = self.backbone(images, training=True)
+            logits_lb, logits_w, logits_s = tf.split(logits, [sizes[0], sizes[1], sizes[1]])
+            losses = objectives.per_sample_ce(logits_lb, labeled["label"])
+            weights = self._weights(losses)
+            supervised = distribute.global_mean(weights * losses)
+            unsup = unsupervised_loss(logits_w, logits_s, thresholds=thresholds)
+            loss = supervised + self.lambda_u * unsup.loss
+        loss_scaling.apply(self.optimizer, tape.gradient(loss, theta), theta,
+                           weight_decay=self.weight_decay, decayed=lookahead.decay_mask(
+                               theta, self.no_decay))
+        if self.selected_label is not None:
+            positions, confidence, pseudo = distribute.gather(
+                (unlabeled["position"], unsup.confidence, unsup.pseudo))
+            self.selected_label.assign(flexmatch_select(
+                self.selected_label.value, positions, confidence, pseudo,
+                p_cutoff=self.p_cutoff))
+        return weights, (loss, supervised, unsup), thresholds
+
+    def _weights(self, losses):
+        """The supervised term's per-sample weights: the (updated) loss-net's, not trained
+        by this step, or 1 without one or while it is off."""
+        if not self.meta_active:
+            return tf.ones_like(losses)
+        return tf.stop_gradient(tf.cast(self.meta_net(losses), losses.dtype))
+
+    def _thresholds(self):
+        """FixMatch's p_cutoff, or FlexMatch's [K] thresholds from the table as it is."""
+        if self.selected_label is None:
+            return tf.constant(self.p_cutoff)
+        return flexmatch_thresholds(self.selected_label.value, num_classes=self.num_classes,
+                                    p_cutoff=self.p_cutoff, warmup=self.thresh_warmup)
+
+    def _update_ema(self):
+        """ema <- d ema + (1 - d) theta for the parameters; the buffers (BN statistics)
+        copied, so the EMA network is the reference's ema_model after every step."""
+        d = self.ema_decay
+        for live, average in zip(self.backbone.weights, self.ema_backbone.weights):
+            if live.trainable:
+                average.assign(d * average.value + (1.0 - d) * live.value)
+            else:
+                average.assign(live.value)
+
+    # ---------------------------------------------------------------- monitoring
+    def _log(self, terms, lr, *, meta_loss, weights, labeled, thresholds):
+        loss, supervised, unsup = terms
+        values = {"loss": distribute.global_sum(loss),
+                  "loss_sup": distribute.global_sum(supervised),
+                  "loss_unsup": distribute.global_sum(unsup.loss),
+                  "mask_ratio": batch_stats(unsup.mask)[0], "lr": lr}
+        if self.selected_label is not None:
+            values.update(threshold_min=tf.reduce_min(thresholds),
+                          threshold_mean=tf.reduce_mean(thresholds),
+                          threshold_max=tf.reduce_max(thresholds))
+        if meta_loss is not None:
+            values["meta_clid"] = distribute.global_sum(meta_loss)
+            values["meta_lr"] = self.meta_optimizer.learning_rate
+            values["weight_mean"], values["weight_std"] = batch_stats(weights)
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        logged = list(values)
+        if meta_loss is not None and "is_noisy" in labeled:  # ground truth, monitoring only
+            noisy = tf.cast(labeled["is_noisy"], weights.dtype)
+            self.trackers["weight_noisy"].update_state(weights, sample_weight=noisy)
+            self.trackers["weight_clean"].update_state(weights, sample_weight=1.0 - noisy)
+            logged += ["weight_clean", "weight_noisy"]
+        return {name: self.trackers[name].result() for name in logged}
+
+    def test_step(self, data):
+        """`evaluate` on (raw images [B, ...], labels int [B]) with the EMA network."""
+        images, labels = data
+        logits = self.ema_backbone(images, training=False)[0]
+        self.test_accuracy.update_state(labels, logits)
+        self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
+        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}

@@ -1,0 +1,1 @@
+"""The single-network meta trainer (WNet or VRI through a virtual step)."""

@@ -1,0 +1,370 @@
+"""`MetaReweightModel`: a Keras model whose train_step is the CLID-MU meta update.
+
+One train_step per training batch (METHOD.md section 2.0; steps 1-2 only on every
+`meta_every`-th step):
+  1. virtual step  theta' = U(theta, grad_theta L_f(theta, phi))      (second order)
+     U = plain SGD at the current lr, or a copy of the real optimizer's next update
+     (`virtual_step`, `clid_tf.core.lookahead`)
+  2. meta step     phi <- meta_optimizer(grad_phi L_meta(theta'))     L_meta = CLID, ...
+  3. actual step   theta <- optimizer(grad_theta L_f(theta, phi_new))
+Steps 1 and 3 share one recorded forward pass of the training batch (same theta, same
+batch statistics). With no meta-net, or while `meta_active` is False (warm-up), the step
+is plain cross-entropy training.
+
+A float16 backbone (Keras policy mixed_float16) gets dynamic loss scaling: `compile`
+wraps both optimizers in keras.optimizers.LossScaleOptimizer, every backward pass runs on
+scaled losses, and each optimizer skips the steps whose gradients overflowed and halves
+its scale; all of it behind `loss_scaling.LossScaling` and `loss_scaling.apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from clid_tf.models import backbones
+from clid_tf.data import pipelines as data
+from clid_tf.core import distribute
+from clid_tf.core import lookahead
+from clid_tf.core import loss_scaling
+from clid_tf.core import objectives
+from clid_tf.core import virtual
+
+
+def _cross_replica_cond(pred, true_fn, false_fn, args=()):
+    """tf.cond(pred, true_fn(*args), false_fn(*args)) -> this replica's scalar, taken in
+    the cross-replica context: each branch runs on every replica with that replica's args.
+
+    For strategies that synchronise through merge_call (Mirrored, MultiWorkerMirrored),
+    which refuse a synchronisation inside a replica-context tf.cond; Keras'
+    LossScaleOptimizer takes its cond the same way. `pred` must agree across replicas.
+    """
+    context = tf.distribute.get_replica_context()
+
+    def cross_replica(strategy, pred, *args):
+        def on_every_replica(fn):
+            return lambda: tf.stack(strategy.experimental_local_results(
+                strategy.extended.call_for_each_replica(fn, args=args)))
+        return tf.cond(strategy.experimental_local_results(pred)[0],
+                       on_every_replica(true_fn), on_every_replica(false_fn))
+
+    stacked = context.merge_call(cross_replica, args=(pred, *args))  # this worker's replicas
+    local_replicas = len(context.strategy.extended.worker_devices)  # ids are worker-major
+    return stacked[context.replica_id_in_sync_group % local_replicas]
+
+
+@keras.saving.register_keras_serializable(package="clid_tf")
+class MetaReweightModel(keras.Model):
+    """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
+
+    Data per step: {'train': {'image', 'label', optional 'is_noisy'}, 'meta': {'image',
+    optional 'label'}}. 'is_noisy' is ground truth used for monitoring only; 'label' in the
+    meta batch exists only for labelled meta objectives (ce_clean, ce_noisy, ...).
+
+    `meta_active` is a Python switch read when the train function is traced: set it, then
+    reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
+
+    `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, METHOD.md 2.0) or
+    'optimizer' (the classifier optimizer's own next update, SGD with or without
+    momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
+    `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
+    (`clid_tf.core.meta_scope`). `meta_every` = k runs steps 1 and 2 only on the steps whose
+    classifier iteration counter is a multiple of k (a tf.cond, no retracing); the steps in
+    between train theta with the meta-net as it is. `no_decay` lists backbone variables
+    exempt from the coupled weight decay, in the actual step and in the 'optimizer' virtual
+    step alike (e.g. `lookahead.bn_and_bias(net)`).
+    """
+
+    def __init__(self, backbone: keras.Model, meta_net: keras.Model | None = None, *,
+                 meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
+                 meta_objective_name: str | None = None,
+                 meta_grad: str = "recompute", meta_scope: str = "full",
+                 virtual_step: str = "sgd", meta_every: int = 1,
+                 weight_decay: float = 5e-4, meta_weight_decay: float = 5e-4,
+                 no_decay: Sequence[keras.Variable] = (), **kwargs):
+        """
+        Args:
+          backbone: any Keras classifier: one that returns (logits, features), or a
+            functional/Sequential model whose last layer is Dense (its penultimate
+            activations are tapped as features, `backbones.as_classifier`).
+          meta_net: `meta_nets.WeightNet`, `vri.VRINet`, or None (plain cross-entropy).
+          meta_objective: a name of `objectives.META_OBJECTIVE_LABELS` ('clid': label-free)
+            or fn(features [n, d], logits [n, K], labels [n] or None) -> scalar.
+          tau: CLID temperature (named objectives).
+          meta_objective_name: the name logged for it (`meta_<name>`); default: its name.
+          meta_grad, meta_scope: how the hypergradient is computed (clid_tf.core.virtual).
+          virtual_step: 'sgd' (theta - lr g) or 'optimizer' (a differentiable copy of the
+            classifier optimizer's next update, clid_tf.core.lookahead).
+          meta_every: a meta update on every k-th training step only.
+          weight_decay, meta_weight_decay: PyTorch-style coupled L2 of theta and phi.
+          no_decay: classifier variables without weight decay (e.g. BN and biases).
+        """
+        super().__init__(**kwargs)
+        if virtual_step not in lookahead.VIRTUAL_STEPS:
+            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
+                             f"{lookahead.VIRTUAL_STEPS}")
+        if int(meta_every) != meta_every or meta_every < 1:
+            raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
+        self.backbone = backbones.as_classifier(backbone)
+        virtual.check_scope(self.backbone, meta_scope)  # e.g. top:N needs residual blocks
+        self.meta_net = meta_net
+        name = getattr(meta_objective, "__name__", "objective")
+        self.meta_objective_name = meta_objective_name or (
+            meta_objective if isinstance(meta_objective, str)
+            else "objective" if name == "<lambda>" else name)
+        if isinstance(meta_objective, str):
+            meta_objective = objectives.meta_objective(meta_objective, tau=tau)
+        self.meta_objective = meta_objective
+        self.tau = float(tau)
+        self.meta_grad = meta_grad
+        self.meta_scope = meta_scope
+        self.virtual_step = virtual_step
+        self.meta_every = int(meta_every)
+        self.no_decay = list(no_decay)
+        self.meta_active = meta_net is not None
+        self.weight_decay = float(weight_decay)
+        self.meta_weight_decay = float(meta_weight_decay)
+        if meta_net is not None and hasattr(meta_net, "build_for"):  # VRI: sized by the data
+            meta_net.build_for(feature_dim=self.backbone.feature_dim,
+                               num_classes=int(self.backbone.outputs[0].shape[-1]))
+        mean = keras.metrics.Mean
+        self.loss_tracker = mean(name="loss")
+        self.lr_tracker = mean(name="lr")
+        self.meta_trackers = {} if meta_net is None else {
+            "meta": mean(name=f"meta_{self.meta_objective_name}"),
+            "meta_lr": mean(name="meta_lr"),
+            "clean": mean(name="weight_clean"),
+            "noisy": mean(name="weight_noisy"),
+        }
+        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.test_loss = mean(name="loss")
+        self.trace_count = 0  # Python side effect: counts how often train_step is traced
+        self.meta_set = None  # the meta set `fit` drew from array or dataset inputs
+        self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values(),
+                self.test_accuracy, self.test_loss]
+
+    def compile(self, optimizer, meta_optimizer=None, **kwargs):
+        if self.backbone.dtype_policy.name == "mixed_float16":  # as keras.Model does
+            wrap = keras.optimizers.LossScaleOptimizer
+            optimizer = optimizer if isinstance(optimizer, wrap) else wrap(optimizer)
+            if meta_optimizer is not None and not isinstance(meta_optimizer, wrap):
+                meta_optimizer = wrap(meta_optimizer)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.meta_optimizer = meta_optimizer
+        self.optimizer.build(self.backbone.trainable_variables)
+        if self.meta_net is not None:
+            if meta_optimizer is None:
+                raise ValueError("a meta-net needs a meta optimizer")
+            self.meta_optimizer.build(self.meta_net.trainable_variables)
+            if self.virtual_step == "optimizer":
+                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
+
+    def set_meta_active(self, active: bool) -> None:
+        """Switches meta updates on or off; the next fit traces a new train function."""
+        self.meta_active = bool(active) and self.meta_net is not None
+        self.train_function = None
+
+    def fit(self, x=None, y=None, *, batch_size: int | None = None, meta_data=None,
+            meta_size: int = 1000, meta_batch_size: int = 100, seed: int = 0, **kwargs):
+        """keras.Model.fit on a user's data, or on a ready stream.
+
+        x may be inputs [N, ...] with int labels y [N], a tf.data.Dataset of (inputs,
+        labels) batches, or the stream `clid_tf.data.pipelines.training_stream` makes ({'train': ...,
+        'meta': ...} elements, as the CLI passes). For the first two a label-free meta set
+        is drawn from the training inputs when `meta_data` is not given: a random
+        `meta_size` subset (seeded), or for a Dataset `meta_size` samples of a seeded
+        shuffle of one pass; labelled meta objectives (ce_noisy, mae, ...) get those
+        samples' labels, 'ce_clean' needs `meta_data=(inputs, clean labels)`. It is kept as
+        `self.meta_set`, where `ClidSelection` finds it. Array streams are seeded by epoch,
+        so `initial_epoch` continues exactly. Every other argument is keras.Model.fit's.
+        """
+        if not _is_training_stream(x):
+            x, steps, self.meta_set = data.user_stream(
+                x, y, batch_size=batch_size or 32, meta_size=meta_size,
+                meta_batch_size=meta_batch_size, seed=seed,
+                with_meta=self.meta_net is not None, meta_data=meta_data,
+                meta_labels=objectives.META_OBJECTIVE_LABELS.get(self.meta_objective_name,
+                                                                 "none"),
+                first_epoch=kwargs.get("initial_epoch", 0))
+            y = None
+            if steps is not None:
+                kwargs.setdefault("steps_per_epoch", steps)
+        kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
+        return super().fit(x, y, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        if self.meta_optimizer is not None:
+            config["meta_optimizer"] = keras.saving.serialize_keras_object(self.meta_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        """`keras.models.load_model` recompiles with both optimizers (their states are
+        restored afterwards with the weights)."""
+        config = {key: keras.saving.deserialize_keras_object(value)
+                  for key, value in config.items()}
+        self.compile(**config)
+
+    def checkpoint_parts(self) -> dict:
+        """The trackables a resumable checkpoint holds (networks and optimizer states)."""
+        parts = {"backbone": self.backbone, "optimizer": self.optimizer}
+        if self.meta_net is not None:
+            parts.update(meta_net=self.meta_net, meta_optimizer=self.meta_optimizer)
+        return parts
+
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "meta_net": (None if self.meta_net is None
+                         else keras.saving.serialize_keras_object(self.meta_net)),
+            "meta_objective": self.meta_objective_name, "tau": self.tau,
+            "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
+            "virtual_step": self.virtual_step, "meta_every": self.meta_every,
+            "weight_decay": self.weight_decay, "meta_weight_decay": self.meta_weight_decay,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        meta_net = config.pop("meta_net")
+        if meta_net is not None:
+            meta_net = keras.saving.deserialize_keras_object(meta_net)
+        return cls(backbone, meta_net, **config)
+
+    def call(self, images, training=False):
+        """Raw images [B, ...] -> logits [B, K]."""
+        return self.backbone(images, training=training)[0]
+
+    # ---------------------------------------------------------------- the algorithm
+    def train_step(self, data):
+        self.trace_count += 1
+        batch = data["train"]
+        lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
+        scaling = loss_scaling.LossScaling.of(self.optimizer, self.meta_optimizer)  # float16
+        if not self.meta_active:
+            loss = self._plain_step(batch, scaling)
+            return self._log(loss, lr)
+        fwd = virtual.train_forward(self.backbone, batch["image"])
+        meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, scaling)
+        loss, weights = self._actual_step(batch, fwd, scaling)
+        return self._log(loss, lr, meta_loss=meta_loss, meta_taken=meta_taken, weights=weights,
+                         batch=batch)
+
+    def _meta_update(self, batch, meta_batch, fwd, scaling):
+        """Steps 1 and 2 on the steps whose classifier iteration counter is a multiple of
+        `meta_every` (every step for 1); in between phi stays as it is.
+
+        Returns (meta loss, whether the meta update ran: a bool tensor, None for every step).
+        """
+        if self.meta_every == 1:
+            return self._virtual_and_meta_step(batch, meta_batch, fwd, scaling), None
+        taken = tf.equal(tf.math.floormod(tf.convert_to_tensor(self.optimizer.iterations),
+                                          self.meta_every), 0)
+        dtype = fwd.logits.dtype
+        skip = lambda *_: tf.zeros([], dtype)  # noqa: E731
+        if (distribute.num_replicas() == 1
+                or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            meta_loss = tf.cond(taken, lambda: tf.cast(self._virtual_and_meta_step(
+                batch, meta_batch, fwd, scaling), dtype), skip)
+            return meta_loss, taken
+        # The backward of the recorded forward belongs to this replica context (synchronised
+        # BN), so the branch, which runs in another one, records the forward again.
+        return _cross_replica_cond(
+            taken, lambda b, m, s: tf.cast(self._virtual_and_meta_step(
+                b, m, virtual.train_forward(self.backbone, b["image"]), s), dtype),
+            skip, args=(batch, meta_batch, scaling)), taken
+
+    def _virtual_and_meta_step(self, batch, meta_batch, fwd, scaling) -> tf.Tensor:
+        """Steps 1 and 2: hypergradient through the virtual step, then update phi."""
+        step = lookahead.build(self.virtual_step, self.optimizer,
+                               weight_decay=self.weight_decay, no_decay=self.no_decay)
+        result = virtual.meta_gradients(
+            self.backbone, self.meta_net, batch, meta_batch, step=step,
+            meta_objective=self.meta_objective, meta_grad=self.meta_grad,
+            scope=self.meta_scope, fwd=fwd, scaling=scaling)
+        # float16: an overflowed virtual step is S_t's fault, so S_m stays (None: no scaling)
+        overflowed = (None if result.virtual_finite is None
+                      else tf.logical_not(result.virtual_finite))
+        loss_scaling.apply(self.meta_optimizer, result.meta_grads,
+                           self.meta_net.trainable_variables,
+                           weight_decay=self.meta_weight_decay, keep_scale=overflowed)
+        if overflowed is None:
+            return result.meta_loss
+        # A step skipped for an overflowed virtual step reports NaN, which _log leaves out.
+        return tf.where(overflowed, float("nan"), result.meta_loss)
+
+    def _actual_step(self, batch, fwd, scaling):
+        """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
+        dz, weighted = virtual.logit_gradient(
+            virtual.for_meta_net(self.meta_net, batch["label"]), fwd.logits, fwd.features,
+            regularize=False)
+        loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
+                           self.backbone.trainable_variables, weight_decay=self.weight_decay,
+                           decayed=self._decayed())
+        for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
+            variable.assign(value)
+        return weighted.loss, weighted.per_sample_weights()
+
+    def _plain_step(self, batch, scaling):
+        theta = self.backbone.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, _ = self.backbone(batch["image"], training=True)
+            loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
+            scaled_loss = scaling.scale_train(loss)
+        loss_scaling.apply(self.optimizer, tape.gradient(scaled_loss, theta), theta,
+                           weight_decay=self.weight_decay, decayed=self._decayed())
+        return loss
+
+    def _decayed(self) -> list[bool]:
+        """Per backbone trainable variable: whether the weight decay applies to it."""
+        return lookahead.decay_mask(self.backbone.trainable_variables, self.no_decay)
+
+    # ---------------------------------------------------------------- monitoring
+    def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None):
+        """Metrics of one step; `weights` [B] are the per-sample meta weights; a step
+        without a meta update (`meta_taken` False) leaves the meta loss out."""
+        loss = distribute.global_sum(loss)  # replica shares -> the global value
+        self.loss_tracker.update_state(loss)
+        self.lr_tracker.update_state(lr)
+        updated = [self.loss_tracker, self.lr_tracker]
+        if self.meta_trackers:
+            self.meta_trackers["meta_lr"].update_state(self.meta_optimizer.learning_rate)
+            updated.append(self.meta_trackers["meta_lr"])
+        scales = loss_scaling.logged_scales(self.optimizer, self.meta_optimizer)  # float16
+        if meta_loss is not None:
+            meta_loss = distribute.global_sum(meta_loss)
+            counted = None if meta_taken is None else tf.cast(meta_taken, tf.float32)
+            if scales:  # a skipped meta step's loss (NaN) is not averaged in
+                finite = tf.math.is_finite(meta_loss)
+                meta_loss = tf.where(finite, meta_loss, 0.0)
+                counted = tf.cast(finite, tf.float32) * (1.0 if counted is None else counted)
+            self.meta_trackers["meta"].update_state(meta_loss, sample_weight=counted)
+            updated.append(self.meta_trackers["meta"])
+            if "is_noisy" in batch:  # ground truth, for monitoring only
+                noisy = tf.cast(batch["is_noisy"], weights.dtype)
+                self.meta_trackers["noisy"].update_state(weights, sample_weight=noisy)
+                self.meta_trackers["clean"].update_state(weights, sample_weight=1.0 - noisy)
+                updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
+        return {**{m.name: m.result() for m in updated}, **scales}
+
+    def test_step(self, data):
+        """`evaluate` on (raw images [B, ...], labels int [B]): accuracy and CE loss."""
+        images, labels = data
+        logits = self.backbone(images, training=False)[0]
+        self.test_accuracy.update_state(labels, logits)
+        self.test_loss.update_state(objectives.per_sample_ce(logits, labels))  # per sample
+        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
+
+
+def _is_training_stream(x) -> bool:
+    """Whether x is a ready {'train': ..., 'meta': ...} stream rather than user data."""
+    return (isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, dict)
+            and "train" in x.element_spec)

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from clid_tf.models import backbones
 from clid_tf.trainers.meta import model as meta_model
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
+from clid_tf.core import meta_scope
 from clid_tf.models import resnets
 from clid_tf.core import virtual
 
@@ -60,7 +61,7 @@ def test_vgg19_bn_feature_is_the_pooled_conv_feature_before_the_mlp(vgg):
 
 
 def test_vgg19_bn_refuses_the_scopes_it_cannot_have_and_small_images(vgg):
-    vri = meta_nets.build("vri", num_classes=10, feature_dim=512, seed=0)
+    vri = metanets.build("vri", num_classes=10, feature_dim=512, seed=0)
     with pytest.raises(ValueError, match="last_layer needs logits = features @ head"):
         meta_model.MetaReweightModel(vgg, vri, meta_scope="last_layer")
     with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
@@ -111,7 +112,7 @@ def test_resnet50_parameter_count_features_and_blocks(resnet50):
     logits, features = resnet50(np.zeros((2, 32, 32, 3), np.float32), training=False)
     assert logits.shape == (2, 14) and features.shape == (2, 2048)
     assert resnet50.head.name == "logits" and resnet50.feature_dim == 2048
-    groups = resnets.block_variables(resnet50)
+    groups = meta_scope.block_variables(resnet50)
     assert len(groups) == 16 == len(resnet50.block_names)
     assert resnet50.get_layer("resnet50").get_layer("conv1_conv").kernel in groups[0]
     in_blocks = {id(v) for group in groups for v in group}

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from clid_tf.models import backbones
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--epochs=2", "--warmup_epochs=1", "--meta_size=100", "--verbose=0"]
@@ -91,7 +92,7 @@ def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
 
 def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path):
     workdir, _ = finished_run
-    data = loaders.load_digits()
+    data = load_digits()
     images = data.test.inputs.array[:16]
     np.save(tmp_path / "images.npy", images)
     script = (
@@ -134,7 +135,7 @@ def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
                    if "dynamic_scale" in name)
     assert saved == sorted([history["loss_scale"][-1], history["meta_loss_scale"][-1]])
     served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
-        "serving_default"](images=tf.constant(loaders.load_digits().test.inputs.array[:8]))
+        "serving_default"](images=tf.constant(load_digits().test.inputs.array[:8]))
     np.testing.assert_allclose(served["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 
@@ -154,7 +155,7 @@ def _entries(help_text):
 
 
 def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exits_0():
-    from clid_tf.cli import flagdefs
+    from clid_tf.cli import flags as flagdefs
     proc = run_cli("--help")
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
     out = proc.stdout
@@ -183,7 +184,7 @@ def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exit
 
 def test_every_training_flag_is_in_exactly_one_help_group():
     from clid_tf import cli
-    from clid_tf.cli import flagdefs
+    from clid_tf.cli import flags as flagdefs
     cli.define_flags()
     grouped = [name for _, names in flagdefs.HELP_GROUPS for name in names]
     assert len(grouped) == len(set(grouped)), "a flag is in two help groups"
@@ -538,7 +539,8 @@ def test_pretrained_imagenet_offline_and_uncached_is_one_line_at_once(tmp_path, 
     from absl.testing import flagsaver
     from clid_tf import cli
     from clid_tf.data.sources import cifar as tfds_cifar
-    from clid_tf.cli import training
+    from clid_tf.cli import checks
+    from clid_tf.trainers import parts
     cli.define_flags()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(tfds_cifar, "online", lambda: False)
@@ -551,13 +553,13 @@ def test_pretrained_imagenet_offline_and_uncached_is_one_line_at_once(tmp_path, 
         with pytest.raises(SystemExit) as stop:
             cli.main(["x"])
         assert time.monotonic() - started < 10
-        cached = tmp_path / "keras" / "models" / training.RESNET50_WEIGHTS
+        cached = tmp_path / "keras" / "models" / parts.RESNET50_WEIGHTS
         cached.parent.mkdir(parents=True)
         cached.write_bytes(b"")
-        assert training.pretrained_weights() == str(cached)
+        assert parts.pretrained_weights(checks.resolved()) == str(cached)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert stop.value.code == 2 and len(lines) == 1, lines
-    assert training.RESNET50_WEIGHTS_URL in lines[0] and "--pretrained=PATH" in lines[0]
+    assert parts.RESNET50_WEIGHTS_URL in lines[0] and "--pretrained=PATH" in lines[0]
     assert not workdir.exists()
 
 
@@ -620,13 +622,13 @@ def test_offline_cifar10_without_data_is_one_line_at_once(tmp_path, monkeypatch,
     assert not workdir.exists()
 
 
-def test_human_label_sets_of_the_flags_match_the_loader():
-    from clid_tf.data.sources import cifar as tfds_cifar
-    from clid_tf.cli import flagdefs
-    assert flagdefs.HUMAN_NOISE_OF == {name: spec.human_labels for name, spec in
-                                       tfds_cifar._TFDS_SPECS.items() if spec.human_labels}
-    assert set(flagdefs.HUMAN_NOISE) == {n for names in flagdefs.HUMAN_NOISE_OF.values()
-                                         for n in names}
+def test_the_noise_flag_offers_every_human_label_set_of_the_sources():
+    from clid_tf.cli import flags as flagdefs
+    flagdefs.define_flags()
+    offered = set(flagdefs.FLAGS["noise"].parser.enum_values)
+    assert {"worst", "aggre", "rand1", "rand2", "rand3", "noisy100"} <= offered
+    assert set(sources.human_labels()) == {"worst", "aggre", "rand1", "rand2", "rand3",
+                                           "noisy100"}
 
 
 def test_existing_run_is_refused_and_left_intact(tmp_path):
@@ -646,9 +648,9 @@ def test_unwritable_workdir_is_refused(tmp_path):
     _assert_one_line_error(proc, "cannot be written")
 
 
-def test_backbone_flag_names_match_the_registry():
-    from clid_tf import cli
-    assert tuple(cli.BACKBONES) == tuple(backbones.BACKBONES)
+def test_every_backbone_name_has_a_builder():
+    from clid_tf import names
+    assert set(backbones._body_builders()) == set(names.BACKBONES)
 
 
 def test_flag_errors_are_reported_before_tensorflow_loads():

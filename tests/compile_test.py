@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from clid_tf.models import backbones
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
 from clid_tf.trainers.meta import model as meta_model
 from clid_tf.core import objectives
 from tests import helpers
@@ -21,7 +21,7 @@ def _model(meta_net, objective, meta_grad="tape", scope="full"):
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
         return model
     model = meta_model.MetaReweightModel(
-        net, meta_nets.build(meta_net, num_classes=3, feature_dim=net.feature_dim,
+        net, metanets.build(meta_net, num_classes=3, feature_dim=net.feature_dim,
                                        vri_kl=0.01, seed=0),
         meta_objective=objectives.meta_objective(objective, tau=0.5),
         meta_objective_name=objective, meta_grad=meta_grad, meta_scope=scope)

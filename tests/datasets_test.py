@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clid_tf.data import datasets
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
 from clid_tf.data.sources import cifar as tfds_cifar
 from clid_tf.data.datasets import DataError
 
@@ -80,7 +80,7 @@ def _fake_as_dataset(*, noisy_train: int | None = None) -> Callable[..., tf.data
 def test_load_tfds_mocked(name: str, human_label: str | None, num_classes: int,
                           mean: tuple[float, ...]) -> None:
     with tfds.testing.mock_data(num_examples=9):
-        data = loaders.load(name, human_label=human_label)
+        data = sources.load(name, human_label=human_label)
     for x in (data.train.inputs.array, data.test.inputs.array):
         assert x.shape == (9, 32, 32, 3) and x.dtype == np.uint8
     for y in (data.train.labels, data.train.clean_labels, data.test.labels):
@@ -102,9 +102,9 @@ def test_load_tfds_mocked(name: str, human_label: str | None, num_classes: int,
 ])
 def test_human_label_picks_field_and_test_uses_clean(name: str, human_label: str,
                                                      field: str) -> None:
-    assert datasets.HUMAN_LABELS[human_label] == field
+    assert tfds_cifar.HUMAN_LABELS[human_label] == field
     with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset()):
-        data = loaders.load(name, human_label=human_label)
+        data = sources.load(name, human_label=human_label)
     k = data.num_classes
     clean = np.arange(_FAKE_N) % k
     np.testing.assert_array_equal(data.train.clean_labels, clean)
@@ -123,7 +123,7 @@ def test_fake_builder_mimics_tfds_minus_one_on_test() -> None:
 def test_noisy_train_label_out_of_range_is_data_error() -> None:
     with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(noisy_train=-1)):
         with pytest.raises(DataError) as err:
-            loaders.load('cifar10_n', human_label='aggre')
+            sources.load('cifar10_n', human_label='aggre')
     _assert_one_line(err, 'cifar10_n', 'aggre_label', 'outside [0, 10)')
 
 
@@ -139,7 +139,7 @@ def test_noisy_train_label_out_of_range_is_data_error() -> None:
 ])
 def test_human_label_errors(name: str, human_label: str | None, fragment: str) -> None:
     with pytest.raises(DataError) as err:  # raised before any TFDS access
-        loaders.load(name, human_label=human_label)
+        sources.load(name, human_label=human_label)
     _assert_one_line(err, fragment)
 
 
@@ -148,7 +148,7 @@ def test_unavailable_download_is_data_error(monkeypatch: pytest.MonkeyPatch) -> 
         raise ConnectionError('Failed to resolve host\nwww.cs.toronto.edu')
     monkeypatch.setattr(tfds, 'load', failing_load)
     with pytest.raises(DataError) as err:
-        loaders.load('cifar10', data_dir='/nowhere/tfds')
+        sources.load('cifar10', data_dir='/nowhere/tfds')
     _assert_one_line(err, "'cifar10' is not available", 'ConnectionError',
                      'TFDS_DATA_DIR', '/nowhere/tfds')
 
@@ -159,7 +159,7 @@ def test_offline_fails_at_once_without_trying_to_download(monkeypatch: pytest.Mo
     monkeypatch.setattr(tfds, 'load', lambda *a, **k: pytest.fail('tried to download'))
     started = time.time()
     with pytest.raises(DataError) as err:
-        loaders.load('cifar10', data_dir='/nowhere/tfds')
+        sources.load('cifar10', data_dir='/nowhere/tfds')
     assert time.time() - started < 10
     _assert_one_line(err, "'cifar10' is not available (not prepared, and this machine is "
                      'offline)', 'download_and_prepare --datasets=cifar10', '/nowhere/tfds')
@@ -171,13 +171,13 @@ def test_online_reports_whether_the_download_host_answers() -> None:
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(DataError) as err:
-        loaders.load('mnist')
-    _assert_one_line(err, "'mnist'", ', '.join(datasets.BENCHMARKS), 'npz:...',
+        sources.load('mnist')
+    _assert_one_line(err, "'mnist'", ', '.join(sources.names()[:5]), 'npz:...',
                      'folder:...', 'list:...', 'tfds:...')
 
 
 def test_digits_dispatch() -> None:
-    data = loaders.load('digits')
+    data = sources.load('digits')
     assert data.train.inputs.element_shape == (8, 8, 1) and data.num_classes == 10
     assert len(data.train.labels) == 1437 and len(data.test.labels) == 360
     assert data.class_names == tuple('0123456789') and not data.labels_given
@@ -187,7 +187,7 @@ def test_digits_dispatch() -> None:
 def test_class_names_come_from_the_tfds_info() -> None:
     # A prepared dataset's info names its classes; an unprepared (mocked) one gives '0'..'9'.
     with tfds.testing.mock_data(num_examples=4):
-        names = loaders.load('cifar10').class_names
+        names = sources.load('cifar10').class_names
     assert names == tuple(tfds.builder('cifar10').info.features['label'].names)
     assert len(names) == 10
 
@@ -207,5 +207,5 @@ def test_check_labels_refuses_empty_classes_and_out_of_range(labels, k, fragment
 
 def test_image_size_only_for_file_and_tfds_data() -> None:
     with pytest.raises(DataError) as err:
-        loaders.load('digits', image_size=32)
+        sources.load('digits', image_size=32)
     _assert_one_line(err, '--image_size applies to folder:, list: and tfds: data')

@@ -111,13 +111,13 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from clid_tf.models import backbones
 from clid_tf.trainers.meta import model as meta_model
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
 from clid_tf.core import objectives
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
                           std=(0.4,), seed=0, sync_batchnorm=True, dtype_policy="mixed_float16")
-    meta_net = meta_nets.build("wnet", num_classes=3, feature_dim=net.feature_dim,
+    meta_net = metanets.build("wnet", num_classes=3, feature_dim=net.feature_dim,
                                          vri_kl=0.0, seed=0)
     model = meta_model.MetaReweightModel(
         net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from clid_tf.models import backbones
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from tests.cli_test import _scalars, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_the_ensemble_export_serves_the_merged_top_5(smoke_run):
     """--export=ensemble: the 5 lowest-CLID (network, epoch) entries of both pools, their
     logits averaged (the argmax is that of the summed logits)."""
     workdir, results, _ = smoke_run
-    data = loaders.load_digits()
+    data = load_digits()
     images = data.test.inputs.array[:32]
     logits = []
     for entry in results["kept"][:5]:
@@ -127,7 +128,7 @@ def test_plain_dividemix_serves_the_two_final_networks(tmp_path):
     assert "meta_clid" not in history and "net1_vri_kl" not in history
     assert np.isfinite(history["net2_l_x"][1]) and history["net1_labeled"][0] is None
     assert len(history["net1_meta_set_clid"]) == 2  # selection runs without a meta-net
-    data = loaders.load_digits()
+    data = load_digits()
     nets = [_mlp(data), _mlp(data)]
     tf.train.Checkpoint(backbone1=nets[0], backbone2=nets[1]).restore(
         tf.train.latest_checkpoint(str(workdir / "checkpoints"))).expect_partial()

@@ -11,6 +11,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from clid_tf import cli
+from clid_tf.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -77,7 +78,7 @@ def test_file_holds_its_settings_values(path):
     want.update(SHARED, dataset=dataset, warmup_epochs=10 if ten else 30)
     if name["human"]:
         want["noise"] = name["human"]
-        assert name["human"] in cli.HUMAN_NOISE
+        assert sources.is_human_label(name["human"])
     else:
         want["noise"] = ("sym" if name["kind"] == "sym" else
                          "asym_cifar10" if dataset == "cifar10" else "asym_cifar100")

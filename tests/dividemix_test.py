@@ -12,11 +12,12 @@ from clid_tf.data import pipelines as data
 from clid_tf.trainers.dividemix import mixmatch as dividemix
 from clid_tf.trainers.dividemix import streams as dividemix_data
 from clid_tf.evaluation import two_nets as dividemix_eval
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from clid_tf.data import noise
 from clid_tf.evaluation import selection
 from clid_tf.trainers.meta import small_loss as sloss
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 
 
 def _softmax(z):
@@ -46,7 +47,7 @@ def test_gmm_division_of_synthetic_losses_is_precise():
 def test_gmm_division_after_a_ce_warm_up_on_digits_finds_the_clean_labels():
     """40% symmetric noise, a 64-32-10 MLP after 4 CE epochs, `Streams.clean_probabilities`:
     the labeled part is far cleaner than the data (precision >= base + 0.2, AUC >= 0.85)."""
-    ds = loaders.load_digits()
+    ds = load_digits()
     noisy = noise.corrupt(ds.train.labels, kind="sym", rate=0.4, num_classes=10, seed=0)
     clean = noisy == ds.train.labels
     keras.utils.set_random_seed(0)
@@ -86,11 +87,11 @@ def test_the_epoch_streams_carry_each_networks_part_with_the_other_networks_weig
     """Images are their own source index, so every batch says which samples it holds."""
     n, batch = 40, 4
     images = np.repeat(np.arange(n, dtype=np.float32)[:, None], 2, axis=1)
-    train = data.Part(sources.ArraySource(images), np.arange(n), np.arange(n) % 3)
+    train = data.Part(ArrayInputs(images), np.arange(n), np.arange(n) % 3)
     rng = np.random.default_rng(2)
     probs = [rng.random(n), rng.random(n)]
     parts = dividemix.co_divide(probs, threshold=0.5)
-    meta = [data.Part(train.source, np.arange(10)), data.Part(train.source, np.arange(10, 20))]
+    meta = [data.Part(train.inputs, np.arange(10)), data.Part(train.inputs, np.arange(10, 20))]
     streams = dividemix_data.Streams(train, meta_sets=meta, batch_size=batch,
                                      meta_batch_size=5, is_clean=np.arange(n) % 2 == 0)
     plan = streams.dividemix_epoch(3, parts)
@@ -117,7 +118,7 @@ def test_the_epoch_streams_carry_each_networks_part_with_the_other_networks_weig
 
 
 def test_warm_up_epochs_cover_all_samples_for_each_network_and_steps_are_capped():
-    train = data.Part(sources.ArraySource(np.zeros((10, 2), np.float32)), np.arange(10),
+    train = data.Part(ArrayInputs(np.zeros((10, 2), np.float32)), np.arange(10),
                       np.zeros(10, int))
     plan = dividemix_data.Streams(train, meta_sets=None, batch_size=4).warmup_epoch(0)
     assert [(p.kind, p.net, p.steps) for p in plan.phases] == [("warmup", 0, 3),
@@ -318,7 +319,7 @@ def test_the_gmm_sees_the_mean_of_the_last_epochs_losses_kept_in_checkpointed_va
     inputs = keras.Input((4,))
     dense = keras.layers.Dense(3)
     net = keras.Model(inputs, (dense(inputs), inputs))
-    train = data.Part(sources.ArraySource(images), np.arange(30), labels)
+    train = data.Part(ArrayInputs(images), np.arange(30), labels)
 
     def losses():
         logits = net(images)[0].numpy().astype(np.float64)

@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 from clid_tf.models import backbones
-from clid_tf.data import sources as loaders
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
+from clid_tf.metanets import wnet
 from tests.cli_test import ROOT, run_cli
 from tests.resume_test import ENV
 
@@ -54,7 +55,7 @@ def test_fixmatch_clid_smoke_run_on_digits(smoke_run):
     assert "clid_tf.audit" not in proc.stdout
     # w changes: the trained loss-net's weighting function is not the initial one.
     reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
-    initial = meta_nets.WeightNet(seed=0, normalize=False)
+    initial = wnet.WeightNet(seed=0, normalize=False)
     initial(tf.zeros([1]))
     # (callbacks.checkpoint_of: the loss-net's variables as one list, in `variables` order)
     trained = sorted((n for n in reader.get_variable_to_shape_map()
@@ -71,7 +72,7 @@ def test_fixmatch_clid_smoke_run_on_digits(smoke_run):
 def test_saved_model_serves_the_selected_evaluations_ema_weights(smoke_run):
     workdir, _ = smoke_run
     results = json.load(open(os.path.join(workdir, "results.json")))
-    data = loaders.load_digits()
+    data = load_digits()
     net = backbones.build("small_cnn", num_classes=10, input_shape=(8, 8, 1), mean=data.mean,
                           std=data.std)
     kept = os.path.join(workdir, "checkpoints", "selected",

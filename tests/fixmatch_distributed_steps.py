@@ -33,7 +33,7 @@ def main():
 
     from clid_tf.trainers.fixmatch import model as fixmatch  # pylint: disable=import-outside-toplevel
     from clid_tf.core import lookahead
-    from clid_tf.metanets import wnet as meta_nets
+    from clid_tf.metanets import wnet
     from tests import helpers  # pylint: disable=import-outside-toplevel
 
     keras.config.set_floatx("float64")
@@ -44,7 +44,7 @@ def main():
         for layer in backbone.layers:  # batch statistics over the global batch
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
-        loss_net = meta_nets.WeightNet(hidden=8, seed=0, normalize=False)
+        loss_net = wnet.WeightNet(hidden=8, seed=0, normalize=False)
         loss_net(np.zeros([1]))
         model = fixmatch.FixMatchModel(
             backbone, loss_net, algorithm=args.algorithm, num_unlabeled=20, p_cutoff=0.4,

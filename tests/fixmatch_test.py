@@ -10,11 +10,11 @@ from scipy import stats
 from clid_tf.data import datasets
 from clid_tf.trainers.fixmatch import model as fixmatch
 from clid_tf.core import lookahead
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf.metanets import wnet
 from clid_tf.data import noise as noise_lib
 from clid_tf.core import objectives
 from clid_tf.evaluation import selection as selection_lib
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 from clid_tf.data import ssl_splits
 from clid_tf.trainers.fixmatch import streams as ssl_streams
 from tests import helpers
@@ -28,7 +28,7 @@ def _dataset(per_class=300, k=K, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(k), per_class)
     images = rng.integers(0, 256, (len(labels), 2, 2, 1)).astype(np.uint8)
-    train = datasets.Split(sources.ArraySource(images), labels, labels.copy())
+    train = datasets.Split(ArrayInputs(images), labels, labels.copy())
     return datasets.Dataset(train=train, val=None, test=None, num_classes=k,
                             class_names=tuple(map(str, range(k))), mean=(0.5,), std=(0.2,),
                             labels_given=False)
@@ -185,9 +185,9 @@ def test_unsupervised_term_masks_by_confidence_and_divides_by_all_rows():
 
 def test_unnormalised_loss_net_loss_is_the_mean_of_weight_times_ce():
     with helpers.floatx("float64"):
-        net = meta_nets.WeightNet(hidden=8, seed=1, normalize=False)
+        net = wnet.WeightNet(hidden=8, seed=1, normalize=False)
         net(np.zeros([1]))
-        normalised = meta_nets.WeightNet(hidden=8, seed=1)
+        normalised = wnet.WeightNet(hidden=8, seed=1)
         normalised(np.zeros([1]))
     logits = np.random.default_rng(1).normal(size=(7, 4))
     labels = np.array([0, 1, 2, 3, 0, 1, 2])
@@ -199,7 +199,7 @@ def test_unnormalised_loss_net_loss_is_the_mean_of_weight_times_ce():
     norm = normalised.weighted_loss(tf.constant(logits), None, tf.constant(labels))
     np.testing.assert_allclose(float(norm.loss), np.sum(w * ce) / w.sum(), rtol=1e-12)
     assert not np.isclose(float(out.loss), float(norm.loss))
-    assert meta_nets.WeightNet.from_config(net.get_config()).normalize is False
+    assert wnet.WeightNet.from_config(net.get_config()).normalize is False
 
 
 def _model(loss_net=True, *, algorithm="fixmatch", lambda_u=0.7, p_cutoff=0.4, **kwargs):
@@ -207,7 +207,7 @@ def _model(loss_net=True, *, algorithm="fixmatch", lambda_u=0.7, p_cutoff=0.4, *
     backbone = helpers.tiny_classifier(num_classes=3, seed=0)
     net = None
     if loss_net:
-        net = meta_nets.WeightNet(hidden=8, seed=0, normalize=False)
+        net = wnet.WeightNet(hidden=8, seed=0, normalize=False)
         net(np.zeros([1]))
     model = fixmatch.FixMatchModel(
         backbone, net, algorithm=algorithm, num_unlabeled=40, lambda_u=lambda_u,

@@ -46,8 +46,10 @@ from absl.testing import flagsaver
 
 from clid_tf import cli
 from clid_tf.data.sources import cifar as tfds_cifar
-from clid_tf.cli import train_dividemix, training
+from clid_tf.trainers.dividemix import cli as dividemix_cli
+from clid_tf.trainers.meta import cli as meta_cli
 from clid_tf.core import schedules
+from clid_tf.data import sources
 from clid_tf.data import splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +95,7 @@ def _code_path(path: str) -> tuple:
     """What decides which code a training step runs; numbers and label-set names aside."""
     values = _resolved(path)
     noise = values.get("noise")
-    return (values.get("dataset"), "human" if noise in cli.HUMAN_NOISE else noise,
+    return (values.get("dataset"), "human" if sources.is_human_label(noise) else noise,
             *(values.get(key) for key in ("trainer", "backbone", "meta_net", "method", "augment",
                                           "lr_schedule", "meta_optimizer", "meta_grad",
                                           "meta_scope", "warmup_epochs")))
@@ -214,7 +216,7 @@ def test_cifar_setting_matches_its_name_and_the_reference(path: str) -> None:
     if name["rate"]:
         want["noise_rate"] = int(name["rate"]) / 100
     else:
-        assert name["dataset"] == "cifar10_n" and name["human"] in cli.HUMAN_NOISE, path
+        assert name["dataset"] == "cifar10_n" and sources.is_human_label(name["human"]), path
     assert {key: FLAGS[key].value for key in want} == want, path
 
 
@@ -316,7 +318,7 @@ def _file_data(name: str, folder) -> list[str]:
 def _expected_noise_rate() -> float:
     """Expected flip rate of the parsed setting's noise on the mock data."""
     k = 100 if FLAGS.dataset.startswith("cifar100") else 10
-    if FLAGS.noise in cli.HUMAN_NOISE:
+    if sources.is_human_label(FLAGS.noise):
         return _HUMAN_RESAMPLED * (k - 1) / k
     if FLAGS.noise == "sym":  # reference convention
         return FLAGS.noise_rate * (k - 1) / k
@@ -336,7 +338,7 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
     """The CLI with the file's own epochs and schedule, up to (not into) training."""
     seen = {}
 
-    def fake_train(setup: splits.Setup, folder, **kwargs: Any) -> dict:
+    def fake_train(flags, setup: splits.Setup, folder, **kwargs: Any) -> dict:
         seen.update(setup=setup, lr_schedule=FLAGS.lr_schedule, lr=FLAGS.lr,
                     epochs=FLAGS.epochs, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,
                     lr_milestones=[int(m) for m in FLAGS.lr_milestones],
@@ -345,8 +347,8 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
             "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
             "ensemble5_accuracy")}}
 
-    monkeypatch.setattr(training, "train", fake_train)
-    monkeypatch.setattr(train_dividemix, "train", fake_train)
+    monkeypatch.setattr(meta_cli, "train", fake_train)
+    monkeypatch.setattr(dividemix_cli, "train", fake_train)
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_small_overrides(path, tmp_path),

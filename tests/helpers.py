@@ -6,7 +6,8 @@ import keras
 import numpy as np
 
 from clid_tf.models import backbones
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
+from clid_tf.metanets import wnet
 from clid_tf.trainers.meta import model as meta_model
 from clid_tf.core import objectives
 
@@ -37,8 +38,8 @@ def tiny_classifier(num_inputs=3, hidden=4, num_classes=3, seed=0) -> keras.Mode
     return model
 
 
-def weight_net(seed=0) -> meta_nets.WeightNet:
-    net = meta_nets.WeightNet(hidden=8, seed=seed)
+def weight_net(seed=0) -> wnet.WeightNet:
+    net = wnet.WeightNet(hidden=8, seed=seed)
     net(np.zeros([1], keras.config.floatx()))
     return net
 
@@ -60,7 +61,7 @@ def small_cnn_meta_model(policy: str, meta_grad: str = "tape", jit_compile: bool
     uint8-range float32 images with labels, the first 8 as the meta batch)."""
     net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
                           std=(0.4,), seed=0, dtype_policy=policy)
-    meta_net = meta_nets.build("wnet", num_classes=3, feature_dim=net.feature_dim,
+    meta_net = metanets.build("wnet", num_classes=3, feature_dim=net.feature_dim,
                                          vri_kl=0.0, seed=0)
     model = meta_model.MetaReweightModel(
         net, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5),
@@ -83,20 +84,20 @@ def array_stream(x, y, *, batch_size, seed=0, is_noisy=None, meta_x=None, meta_l
                  meta_batch_size=100, steps_per_epoch=None):
     """The fit stream of in-memory arrays, as the CLI builds it from a split (clid_tf.data.pipelines)."""
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
-    from clid_tf.data import inputs as sources
+    from clid_tf.data.inputs import ArrayInputs
     x = np.asarray(x)
     steps = steps_per_epoch or len(x) // batch_size
     fields = {"label": np.asarray(y).astype(np.int32)}
     if is_noisy is not None:
         fields["is_noisy"] = np.asarray(is_noisy, bool)
-    train = data.epoch_batches(sources.ArraySource(data.as_input_array(x)), np.arange(len(x)),
+    train = data.epoch_batches(ArrayInputs(data.as_input_array(x)), np.arange(len(x)),
                                batch_size=batch_size, seed=seed, steps_per_epoch=steps,
                                fields=fields)
     if meta_x is None:
         return data.training_stream(train)
     meta_fields = {} if meta_labels is None else {
         "label": np.asarray(meta_labels).astype(np.int32)}
-    meta = data.epoch_batches(sources.ArraySource(data.as_input_array(meta_x)),
+    meta = data.epoch_batches(ArrayInputs(data.as_input_array(meta_x)),
                               np.arange(len(meta_x)), batch_size=meta_batch_size,
                               seed=seed + 1, steps_per_epoch=steps, fields=meta_fields)
     return data.training_stream(train, meta)

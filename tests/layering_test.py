@@ -1,5 +1,6 @@
-"""The import graph is layered: every clid_tf module imports only from lower layers, the
-math sits at the bottom, and only the command line touches absl flags."""
+"""The import graph is packages in layers: every module imports only from its own package
+or from packages of lower layers, the module graph has no cycle, sibling trainers do not
+import each other, and only the command line touches absl flags."""
 
 import ast
 import os
@@ -9,46 +10,35 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "clid_tf")
 
-# Layer of every module, lowest first. A module may import (at module level or inside a
-# function) only from layers strictly below its own.
+# Layer of every unit (a package, or a module at clid_tf's top level), lowest first. A
+# module may import (at module level or inside a function) from its own unit and from
+# units of lower layers only.
 LAYERS = [
-    # 0: leaves with no package imports: the math, noise models, TF-free plumbing
-    {"core", "metanets", "models", "data", "evaluation", "runs", "trainers", "trainers.meta",
-     "trainers.dividemix", "trainers.fixmatch"},
-    {"errors", "atomic_io", "core.clid", "data.noise", "data.meta_sets", "core.distribute", "core.schedules",
-     "data.augment", "models.resnets", "core.lookahead", "core.meta_scope"},
-    # 1: image files on disk, losses and the meta-net interface, the run folder layout,
-    # float16 loss scaling, DivideMix's math
-    {"data.image_files", "core.objectives", "runs.folder", "core.loss_scaling", "trainers.dividemix.mixmatch"},
-    # 2: where inputs live (sources), VRI
-    {"data.inputs", "metanets.vri"},
-    # 3: what a dataset is, pipelines, meta-nets, backbones, the look-ahead
-    {"data.datasets", "data.pipelines", "metanets.wnet", "models.backbones", "core.virtual"},
-    # 4: loaders of each kind, splits, label-free selection, export, the semi-supervised
-    # streams
-    {"data.sources.npz", "data.sources.cifar", "data.sources.tfds", "data.splits", "evaluation.selection", "runs.export",
-     "trainers.fixmatch.streams"},
-    # 5: dispatch, the algorithms, label issues, the semi-supervised split
-    {"data.sources", "trainers.meta.model", "trainers.fixmatch.model", "evaluation.label_issues", "data.ssl_splits"},
-    # 6: callbacks that read models, selection and data; DivideMix's evaluation
-    {"trainers.meta.small_loss", "runs.callbacks", "runs.tb_views", "evaluation.two_nets"},
-    # 7-8: DivideMix's epochs (co-divide, streams), its model
-    {"trainers.dividemix.streams"}, {"trainers.dividemix.model"},
-    # 9-14: the command line (the only reader of FLAGS): flags, the parts of a run, the
-    # DivideMix trainer, the audit (trains folds with those parts) and the semi-supervised
-    # trainers (built from them), the training command, the package
-    {"cli.flagdefs"}, {"cli.training"}, {"cli.train_dividemix"},
-    {"cli.auditing", "cli.train_fixmatch"},
-    {"cli.commands"}, {"cli"},
-    # 15: entry points and the lazy public API
-    {"train", "audit", "__init__"},
+    {"errors", "names", "atomic_io"},                 # plumbing without package imports
+    {"core"},                                         # math and the step machinery
+    {"metanets", "models", "data"},                   # meta-nets, backbones, data
+    {"evaluation"},                                   # selection, ensembles, label issues
+    {"runs"},                                         # run folder, callbacks, export
+    {"trainers"},                                     # the Trainer contract and registry
+    {"trainers.meta", "trainers.dividemix", "trainers.fixmatch"},  # one package each
+    {"cli"},                                          # the command line
+    {"train", "audit", "__init__"},                   # entry points and the public API
 ]
-RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
-CLI = {"cli", "cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
-       "cli.train_fixmatch", "cli.commands", "train", "audit"}
+RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}
+# The modules that may import absl (the flags live in the command line alone).
+ABSL = ("cli", "train", "audit")
+# Modules the command line imports before it has checked its input: no TensorFlow at
+# their top level, so bad flags and data are one line within seconds.
+BEFORE_TENSORFLOW = ("__init__", "names", "errors", "atomic_io", "metanets", "trainers",
+                     "trainers.meta", "trainers.dividemix", "trainers.fixmatch",
+                     "data.sources", "data.sources.digits", "data.sources.cifar",
+                     "data.sources.npz", "data.sources.files", "data.sources.tfds",
+                     "data.datasets", "data.splits", "data.ssl_splits", "data.image_files",
+                     "data.inputs", "data.noise", "data.meta_sets", "runs.folder")
 
 
-def _modules():
+def modules():
+    """Dotted module names relative to clid_tf ('__init__' for the package itself)."""
     found = []
     for folder, _, files in os.walk(PACKAGE):
         for name in files:
@@ -58,8 +48,20 @@ def _modules():
     return sorted(found)
 
 
+def unit_of(module: str) -> str:
+    """The layered unit of a module: 'trainers.meta' for the trainer package
+    trainers/meta/, the first component otherwise."""
+    parts = module.split(".")
+    if parts[0] == "trainers" and len(parts) > 1 and os.path.isdir(
+            os.path.join(PACKAGE, "trainers", parts[1])):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
 def _source(module):
     path = os.path.join(PACKAGE, *module.split("."))
+    if module == "__init__":
+        path = os.path.join(PACKAGE, "__init__")
     return open(path + ".py" if os.path.isfile(path + ".py")
                 else os.path.join(path, "__init__.py")).read()
 
@@ -73,8 +75,8 @@ def _imports(module):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            # `from clid_tf.cli import training` imports the submodule; the package
-            # itself counts only for names that are not submodules.
+            # `from clid_tf.cli import flags` imports the submodule; the package itself
+            # counts only for names that are not submodules.
             names = [f"{node.module}.{a.name}" for a in node.names]
         every.update(names)
         if node in tree.body:
@@ -82,50 +84,65 @@ def _imports(module):
     return top, every
 
 
-def package_deps(names):
-    """clid_tf modules among dotted import names ('clid_tf.cli.flagdefs.FLAGS' -> cli.flagdefs)."""
-    modules = set(_modules())
+def package_deps(names, known):
+    """clid_tf modules among dotted import names ('clid_tf.cli.flags.FLAGS' -> cli.flags)."""
     deps = set()
     for name in names:
-        if not name.startswith("clid_tf."):
+        if name == "clid_tf" or not name.startswith("clid_tf."):
             continue
         parts = name.split(".")[1:]
-        for n in range(len(parts), 0, -1):  # longest prefix that is a module
-            if ".".join(parts[:n]) in modules:
+        for n in range(len(parts), 0, -1):  # the longest prefix that is a module
+            if ".".join(parts[:n]) in known:
                 deps.add(".".join(parts[:n]))
                 break
-        else:
-            if parts and parts[0] == "__init__":
-                deps.add("__init__")
     return deps
 
 
 def import_graph():
-    """module -> sorted package modules it imports (anywhere in its file)."""
-    return {m: sorted(package_deps(_imports(m)[1]) - {m}) for m in _modules()}
+    """module -> sorted clid_tf modules it imports (anywhere in its file)."""
+    known = set(modules())
+    return {m: sorted(package_deps(_imports(m)[1], known) - {m}) for m in known}
 
 
-def test_every_module_has_a_layer():
-    assert set(_modules()) == set(RANK), set(_modules()) ^ set(RANK)
+def test_every_unit_has_a_layer():
+    assert {unit_of(m) for m in modules()} == set(RANK)
 
 
-@pytest.mark.parametrize("module", sorted(RANK))
-def test_module_imports_only_lower_layers(module):
-    upward = [dep for dep in import_graph()[module] if RANK[dep] >= RANK[module]]
-    assert not upward, f"{module} (layer {RANK[module]}) imports {upward}"
+@pytest.mark.parametrize("module", modules())
+def test_module_imports_its_own_unit_or_lower_layers(module):
+    own = unit_of(module)
+    upward = [dep for dep in import_graph()[module]
+              if unit_of(dep) != own and RANK[unit_of(dep)] >= RANK[own]]
+    assert not upward, f"{module} ({own}, layer {RANK[own]}) imports {upward}"
+
+
+def test_the_module_graph_has_no_cycle():
+    graph, state, path = import_graph(), {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for dep in graph[module]:
+            if state.get(dep) == "open":
+                raise AssertionError(" -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        state[module] = "done"
+        path.pop()
+
+    for module in graph:
+        if module not in state:
+            visit(module)
 
 
 def test_only_the_command_line_touches_absl():
-    for module in _modules():
+    for module in modules():
         _, every = _imports(module)
         if any(n.startswith("absl") for n in every):
-            assert module in CLI, module
+            assert unit_of(module) in ABSL, module
 
 
 def test_the_command_line_checks_input_before_tensorflow_starts():
-    # Bad flags and data are reported in seconds, before TensorFlow is imported.
-    for module in ("cli.flagdefs", "cli.training", "cli.train_dividemix", "cli.auditing",
-                   "cli.train_fixmatch", "cli.commands", "data.sources", "data.datasets", "data.splits",
-                   "data.image_files", "data.sources.npz", "runs.folder", "data.ssl_splits", "__init__"):
+    for module in BEFORE_TENSORFLOW:
         top, _ = _imports(module)
         assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in top), module

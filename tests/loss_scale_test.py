@@ -8,7 +8,7 @@ import keras
 from clid_tf.models import backbones
 from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
 from clid_tf.core import objectives
 from clid_tf.core import virtual
 from clid_tf.metanets import vri
@@ -79,7 +79,7 @@ def test_loss_scaling_rescues_a_float16_hypergradient_that_underflows(meta_grad)
     """A meta objective of small magnitude (1e-4 CLID) makes the second-order float16 pass
     underflow: unscaled, the hypergradient is far from float32's; scaled, it is close."""
     reference, half = _float16_and_float32_twins()
-    meta_net = meta_nets.build("wnet", num_classes=10,
+    meta_net = metanets.build("wnet", num_classes=10,
                                          feature_dim=reference.feature_dim, vri_kl=0.0, seed=0)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (64, 8, 8, 1)).astype(np.float32),

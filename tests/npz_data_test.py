@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
 from clid_tf.data.sources import npz as npz_data
 from clid_tf.errors import DataError
 from tests.datasets_test import _assert_one_line
@@ -33,7 +33,7 @@ def _save(tmp_path: Any, arrays: dict[str, np.ndarray]) -> str:
 
 def test_npz_images_hw_gets_channel_axis(tmp_path: Any) -> None:
     arrays = _valid_arrays((6, 5, 7))
-    data = loaders.load('npz:' + _save(tmp_path, arrays))
+    data = sources.load('npz:' + _save(tmp_path, arrays))
     assert data.train.inputs.array.shape == (6, 5, 7, 1) and data.train.inputs.array.dtype == np.uint8
     assert data.test.inputs.array.shape == (3, 5, 7, 1)
     np.testing.assert_array_equal(data.train.inputs.array[..., 0], arrays['x_train'])
@@ -172,14 +172,14 @@ def test_npz_errors(tmp_path: Any, write: Callable[[str], None], fragment: str) 
     path = os.path.join(tmp_path, 'bad.npz')
     write(path)
     with pytest.raises(DataError) as err:
-        loaders.load('npz:' + path)
+        sources.load('npz:' + path)
     _assert_one_line(err, f'npz file {path}: ', fragment)
 
 
 def test_npz_without_path_is_data_error() -> None:
     with pytest.raises(DataError) as err:
-        loaders.load('npz:')
-    _assert_one_line(err, "'npz:' needs a path")
+        sources.load('npz:')
+    _assert_one_line(err, "'npz:' needs an argument", 'npz:/data/mine.npz')
 
 
 def test_npz_val_test_and_class_names_are_optional(tmp_path: Any) -> None:

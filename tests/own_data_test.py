@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from tests.cli_test import run_cli
 
 FAST = ["--epochs=3", "--warmup_epochs=1", "--meta_size=60", "--meta_batch_size=30",
@@ -52,7 +53,7 @@ def folder_run(folder, tmp_path_factory):
 
 def test_folder_labels_reach_training_unaltered(folder, folder_run):
     workdir, proc = folder_run
-    given = loaders.load(f"folder:{folder}").train.labels
+    given = sources.load(f"folder:{folder}").train.labels
     with np.load(os.path.join(workdir, "split.npz")) as split:
         np.testing.assert_array_equal(split["noisy_labels"], given)
     results = json.load(open(os.path.join(workdir, "results.json")))
@@ -83,7 +84,7 @@ def test_ensemble_export_serves_the_kept_epochs_with_class_names(folder, folder_
     results = json.load(open(os.path.join(workdir, "results.json")))
     assert sorted(k["epoch"] for k in results["kept"]) == sorted(
         int(os.path.basename(p)[6:-4]) for p in kept)
-    data = loaders.load(f"folder:{folder}")
+    data = sources.load(f"folder:{folder}")
     images = np.stack([np.asarray(Image.open(p))[..., None] for p in data.test.inputs.files.paths])
     served = tf.saved_model.load(os.path.join(workdir, "saved_model")).signatures[
         "serving_default"](images=tf.constant(images))
@@ -100,7 +101,7 @@ def test_ensemble_export_serves_the_kept_epochs_with_class_names(folder, folder_
 
 
 def test_npz_labels_are_used_as_given_and_noise_only_when_asked(tmp_path):
-    digits = loaders.load_digits()
+    digits = load_digits()
     path = str(tmp_path / "mine.npz")
     np.savez(path, x_train=digits.train.inputs.array[:300], y_train=digits.train.labels[:300])
     for extra, noisy in (([], False), (["--noise=sym", "--noise_rate=0.5"], True)):
@@ -118,7 +119,7 @@ def test_npz_labels_are_used_as_given_and_noise_only_when_asked(tmp_path):
 
 
 def test_list_file_with_val_split_and_selected_export(folder, tmp_path):
-    data = loaders.load(f"folder:{folder}")
+    data = sources.load(f"folder:{folder}")
     lines = [f"{name} {label}" for name, label in zip(data.train.inputs.names(),
                                                          data.train.labels)]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")

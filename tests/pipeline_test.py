@@ -8,9 +8,10 @@ from absl.testing import flagsaver
 
 from clid_tf import cli
 from clid_tf.data import pipelines as data
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from clid_tf.trainers.meta import model as meta_model
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 
 FLAGS = flags.FLAGS
 
@@ -47,7 +48,7 @@ def test_an_oracle_runs_meta_batches_carry_the_clean_labels(tmp_path, monkeypatc
 
 def test_epoch_batches_depend_on_the_epoch_only():
     x = np.arange(50, dtype=np.float32)[:, None]
-    source = sources.ArraySource(x)
+    source = ArrayInputs(x)
     labels = (np.arange(50) % 5).astype(np.int32)
 
     def first_batches(first_epoch, count):
@@ -69,7 +70,7 @@ def test_epoch_batches_depend_on_the_epoch_only():
 
 
 def test_ordered_batches_keep_order_and_end_with_a_smaller_batch():
-    source = sources.ArraySource(np.arange(23, dtype=np.uint8)[:, None])
+    source = ArrayInputs(np.arange(23, dtype=np.uint8)[:, None])
     order = np.random.default_rng(0).permutation(23)
     batches = list(data.ordered_batches(source, order, batch_size=10).as_numpy_iterator())
     assert [len(ids) for ids, _ in batches] == [10, 10, 3]
@@ -83,7 +84,7 @@ def test_user_stream_refuses_unaligned_labels():
     with pytest.raises(ValueError, match="y must be int labels"):
         data.user_stream(np.zeros((10, 3)), np.zeros(9), batch_size=5, meta_size=5,
                          meta_batch_size=5, seed=0)
-    digits = loaders.load_digits()
+    digits = load_digits()
     stream, steps, meta = data.user_stream(digits.train.inputs.array[:100],
                                            digits.train.labels[:100], batch_size=20,
                                            meta_size=30, meta_batch_size=10, seed=0)
@@ -96,7 +97,7 @@ def test_user_stream_refuses_unaligned_labels():
 def test_epoch_batches_of_a_set_redrawn_every_epoch():
     """indices_of_epoch(e) is epoch e's set: its batches draw from it alone, one pass
     covers it, and a stream started at epoch e (a resumed run) gives the same batches."""
-    source = sources.ArraySource(np.arange(60, dtype=np.float32)[:, None])
+    source = ArrayInputs(np.arange(60, dtype=np.float32)[:, None])
     sets = {e: np.sort(np.random.default_rng(e).choice(60, 16, replace=False))
             for e in range(4)}
 
@@ -122,7 +123,8 @@ def test_a_val_meta_sets_batches_are_validation_images_without_labels(tmp_path, 
     the stream; training images never appear there."""
     import types  # pylint: disable=import-outside-toplevel
     from PIL import Image  # pylint: disable=import-outside-toplevel
-    from clid_tf.cli import training  # pylint: disable=import-outside-toplevel
+    from clid_tf.cli import checks  # pylint: disable=import-outside-toplevel
+    from clid_tf.trainers.meta import cli as meta_cli  # pylint: disable=import-outside-toplevel
     lists = {}
     for split, count, base in (("train", 12, 0), ("val", 8, 100)):
         lines = []
@@ -140,8 +142,10 @@ def test_a_val_meta_sets_batches_are_validation_images_without_labels(tmp_path, 
     assert seen and all(set(batch) == {"image"} for batch in seen)
     with flagsaver.flagsaver():
         FLAGS(["clid", "--steps_per_epoch=2", *args])
-        setup = training.prepare_setup()
-        stream, _ = training.training_stream(setup, types.SimpleNamespace(meta_net=object()),
+        flags = checks.resolved()
+        setup = meta_cli.prepare_setup(flags)
+        stream, _ = meta_cli.training_stream(flags, setup,
+                                             types.SimpleNamespace(meta_net=object()),
                                              steps=2, start=0)
         elements = list(stream.take(4).as_numpy_iterator())
     assert all(set(e["meta"]) == {"image"} for e in elements)

@@ -10,11 +10,12 @@ import pytest
 import tensorflow as tf
 
 import clid_tf
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from clid_tf.data import noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIGITS = loaders.load_digits()
+DIGITS = load_digits()
 X = DIGITS.train.inputs.array.astype("float32") / 255.0
 Y = DIGITS.train.labels
 X_TEST, Y_TEST = DIGITS.test.inputs.array.astype("float32") / 255.0, DIGITS.test.labels
@@ -59,7 +60,7 @@ def test_fit_on_a_dataset_sizes_vri_for_the_backbone():
     history = model.fit(data, epochs=2, meta_size=256, callbacks=[clid_tf.WarmUp(1)],
                         verbose=0).history
     assert model.meta_net.feature_dim == 32 and model.meta_net.num_classes == 10
-    assert model.meta_set.source.array.shape == (256, 8, 8, 1)
+    assert model.meta_set.inputs.array.shape == (256, 8, 8, 1)
     assert np.isfinite(history["meta_clid"]).all()
 
 
@@ -149,7 +150,7 @@ def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():
     from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines as data
     from clid_tf.trainers.dividemix import streams as dividemix_data
-    from clid_tf.data import inputs as sources
+    from clid_tf.data.inputs import ArrayInputs
     y = noise.corrupt(Y, kind="sym", rate=0.4, num_classes=10, seed=0)
     nets = [clid_tf.as_classifier(_sequential(seed)) for seed in (0, 1)]
     rectifiers = [clid_tf.VRINet(10, net.feature_dim, seed=seed)
@@ -157,7 +158,7 @@ def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():
     model = clid_tf.DivideMixModel(nets, rectifiers, warmup_epochs=1, lambda_u=25.0)
     model.compile([keras.optimizers.SGD(0.05, momentum=0.9) for _ in nets],
                   [keras.optimizers.Adam(1e-3) for _ in nets])
-    source = sources.ArraySource(X)
+    source = ArrayInputs(X)
     rng = np.random.default_rng(0)
     streams = dividemix_data.Streams(
         data.Part(source, None, y),
@@ -180,7 +181,7 @@ def test_fixmatch_composes_from_a_users_own_keras_model_and_arrays():
     loss-net, 100 noisy labels and the rest of the user's images unlabeled."""
     from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     from clid_tf.trainers.fixmatch import streams as ssl_streams
-    from clid_tf.data import inputs as sources
+    from clid_tf.data.inputs import ArrayInputs
     rng = np.random.default_rng(0)
     order = rng.permutation(len(X))
     labeled, unlabeled, meta = order[:100], order[100:], order[100:164]
@@ -193,7 +194,7 @@ def test_fixmatch_composes_from_a_users_own_keras_model_and_arrays():
     weak, strong = (augment.build(kind, image_shape=(8, 8, 1), seed=0, pad=1)
                     for kind in ("weak", "strong"))
     stream = ssl_streams.ssl_stream(
-        sources.ArraySource(X), labeled=labeled, labels=y, unlabeled=unlabeled, meta=meta,
+        ArrayInputs(X), labeled=labeled, labels=y, unlabeled=unlabeled, meta=meta,
         weak=weak, strong=strong, batch_size=16, unlabeled_batch_size=48, meta_batch_size=32,
         seed=0, steps_per_epoch=5, with_positions=True)
     loss_net_before = [v.numpy() for v in model.meta_net.trainable_variables]

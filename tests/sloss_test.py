@@ -8,8 +8,9 @@ import tensorflow as tf
 from clid_tf.models import backbones
 from clid_tf.data import pipelines as data
 from clid_tf.trainers.meta import model as meta_model
+from clid_tf.core import gmm
 from clid_tf.trainers.meta import small_loss as sloss
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 from tests import helpers
 
 NUM_CLASSES = 3
@@ -40,7 +41,7 @@ def _separable_noisy(n, seed, rate=0.3):
 # ---------------------------------------------------------------- GMM
 def test_clean_probability_ranks_the_low_loss_mode_high():
     losses, is_low = _bimodal()
-    prob = sloss.clean_probability(losses, seed=0)
+    prob = gmm.clean_probability(losses, seed=0)
     assert prob.shape == (1000,) and prob.dtype == np.float64
     assert np.all((prob >= 0) & (prob <= 1))
     assert prob[is_low].min() > prob[~is_low].max()
@@ -49,13 +50,13 @@ def test_clean_probability_ranks_the_low_loss_mode_high():
 
 def test_clean_probability_is_deterministic_per_seed():
     losses, _ = _bimodal(seed=1)
-    np.testing.assert_array_equal(sloss.clean_probability(losses, seed=7),
-                                  sloss.clean_probability(losses, seed=7))
+    np.testing.assert_array_equal(gmm.clean_probability(losses, seed=7),
+                                  gmm.clean_probability(losses, seed=7))
 
 
 def test_clean_probability_degenerate_inputs():
-    np.testing.assert_array_equal(sloss.clean_probability(np.ones(5), seed=0), np.full(5, 0.5))
-    prob = sloss.clean_probability(np.array([0.1, 0.1, 0.2, np.nan, 3.0, 3.1]), seed=0)
+    np.testing.assert_array_equal(gmm.clean_probability(np.ones(5), seed=0), np.full(5, 0.5))
+    prob = gmm.clean_probability(np.array([0.1, 0.1, 0.2, np.nan, 3.0, 3.1]), seed=0)
     assert np.all(np.isfinite(prob)) and prob[3] < 0.5  # NaN counts as the largest loss
 
 
@@ -90,7 +91,7 @@ def test_cross_entropy_matches_tensorflow():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(8, 3)) * 5, rng.integers(0, 3, 8)
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    np.testing.assert_allclose(sloss.cross_entropy(logits, labels), expected.numpy(),
+    np.testing.assert_allclose(gmm.cross_entropy(logits, labels), expected.numpy(),
                                rtol=1e-10)
 
 
@@ -99,7 +100,7 @@ def _identity_meta_set(initial):
     """Image i is [i, i] (uint8) and label i % 3, so a batch reveals its indices."""
     images = np.repeat(np.arange(30, dtype=np.uint8)[:, None], 2, axis=1)
     labels = np.arange(30) % 3
-    return sloss.DynamicMetaSet(sources.ArraySource(images), labels, initial, size=6,
+    return sloss.DynamicMetaSet(ArrayInputs(images), labels, initial, size=6,
                                 num_classes=3)
 
 
@@ -145,7 +146,7 @@ def test_assign_rejects_bad_indices():
 def test_reselection_after_training_picks_clean_samples():
     x, noisy, clean = _separable_noisy(600, seed=0)
     size = 60
-    source = sources.ArraySource(x)
+    source = ArrayInputs(x)
     initial = np.sort(np.random.default_rng(0).choice(len(x), size, replace=False))
     meta_set = sloss.DynamicMetaSet(source, noisy, initial, size=size,
                                     num_classes=NUM_CLASSES)

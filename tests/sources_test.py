@@ -1,4 +1,4 @@
-"""FileSource: image files decoded, resized and batched by tf.data, in the order asked."""
+"""FileInputs: image files decoded, resized and batched by tf.data, in the order asked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from clid_tf.data import image_files
-from clid_tf.data.inputs import FileSource, read_numpy
+from clid_tf.data.inputs import FileInputs, read_numpy
 from tests.image_files_test import pixels, write_image, write_tree
 
 
@@ -27,7 +27,7 @@ def test_png_files_decode_exactly_in_the_order_asked(tmp_path):
     write_tree(tmp_path, {'a': 5, 'b': 6}, shape=(6, 5, 3))
     files = image_files.folder_splits(tmp_path)['train']
     kept, shape, _ = image_files.check_images(files)
-    source = FileSource(kept, shape)
+    source = FileInputs(kept, shape)
     assert len(source) == 11 and source.element_shape == (6, 5, 3) and source.dtype == 'uint8'
     order = np.random.default_rng(0).permutation(11)
     batches = _batches(source, order, batch_size=4)
@@ -43,7 +43,7 @@ def test_png_files_decode_exactly_in_the_order_asked(tmp_path):
 def test_drop_remainder_gives_static_batches(tmp_path):
     write_tree(tmp_path, {'a': 4, 'b': 3})
     files, shape, _ = image_files.check_images(image_files.folder_splits(tmp_path)['train'])
-    source = FileSource(files, shape)
+    source = FileInputs(files, shape)
     ids = tf.data.Dataset.range(7)
     dataset = source.read(ids, batch_size=3, drop_remainder=True)
     assert dataset.element_spec[1].shape == (3, 6, 5, 3)
@@ -55,7 +55,7 @@ def test_grey_and_colour_jpeg_and_gif_first_frame(tmp_path):
     files, shape, _ = image_files.check_images(
             image_files.folder_splits(tmp_path / 'grey')['train'])
     assert shape == (8, 8, 1)
-    np.testing.assert_array_equal(read_numpy(FileSource(files, shape), [2, 0]),
+    np.testing.assert_array_equal(read_numpy(FileInputs(files, shape), [2, 0]),
                                   np.stack([_pillow(grey[2], 1), _pillow(grey[0], 1)]))
     colour = tmp_path / 'colour'
     jpeg = write_image(colour / 'a' / 'x.jpg', pixels(1, (8, 8, 3)), 'JPEG', quality=90)
@@ -64,7 +64,7 @@ def test_grey_and_colour_jpeg_and_gif_first_frame(tmp_path):
     (colour / 'b').mkdir()
     frames[0].save(gif, save_all=True, append_images=frames[1:])
     files, shape, _ = image_files.check_images(image_files.folder_splits(colour)['train'])
-    got = read_numpy(FileSource(files, shape), [0, 1])
+    got = read_numpy(FileInputs(files, shape), [0, 1])
     # JPEG: TensorFlow's decoder (fast integer IDCT) and Pillow's (accurate IDCT) differ a little
     difference = np.abs(got[0].astype(int) - _pillow(jpeg, 3))
     assert difference.max() <= 6 and difference.mean() < 1
@@ -77,7 +77,7 @@ def test_resize_to_image_size(tmp_path):
              for k, hw in enumerate(sizes)]
     files = image_files.folder_splits(tmp_path)['train']
     kept, shape, _ = image_files.check_images(files, image_size=10)
-    source = FileSource(kept, shape, image_size=10)
+    source = FileInputs(kept, shape, image_size=10)
     got = read_numpy(source, [0, 1, 2])
     assert got.shape == (3, 10, 10, 3) and got.dtype == np.uint8
     for image, path in zip(got, paths):
@@ -94,16 +94,16 @@ def test_a_file_of_another_size_fails_at_decode(tmp_path):
     files, shape, _ = image_files.check_images(image_files.folder_splits(tmp_path)['train'])
     write_image(files.paths[1], pixels(5, (9, 9, 3)))  # changed after the check
     with pytest.raises(tf.errors.InvalidArgumentError):
-        read_numpy(FileSource(files, shape), [0, 1])
+        read_numpy(FileInputs(files, shape), [0, 1])
 
 
 def test_element_shape_must_match_image_size(tmp_path):
     write_tree(tmp_path, {'a': 1, 'b': 1})
     files = image_files.folder_splits(tmp_path)['train']
     with pytest.raises(ValueError, match='does not match image_size'):
-        FileSource(files, (6, 5, 3), image_size=8)
+        FileInputs(files, (6, 5, 3), image_size=8)
     with pytest.raises(ValueError, match='1 or 3'):
-        FileSource(files, (6, 5, 4))
+        FileInputs(files, (6, 5, 4))
 
 
 def _smooth(shape, seed):
@@ -141,7 +141,7 @@ def test_resize_shorter_then_centre_crop_is_torchvisions(tmp_path):
              for k, hw in enumerate(sizes)]
     files = image_files.folder_splits(tmp_path)['train']
     kept, shape, _ = image_files.check_images(files, image_size=crop)
-    source = FileSource(kept, shape, image_size=crop, resize_shorter=shorter)
+    source = FileInputs(kept, shape, image_size=crop, resize_shorter=shorter)
     order = [list(kept.paths).index(str(p)) for p in paths]
     got = read_numpy(source, order)
     assert got.shape == (len(sizes), crop, crop, 3) and got.dtype == np.uint8
@@ -164,6 +164,6 @@ def test_resize_shorter_needs_a_crop_it_can_take(tmp_path):
     write_tree(tmp_path, {'a': 1, 'b': 1})
     files = image_files.folder_splits(tmp_path)['train']
     with pytest.raises(ValueError, match='needs image_size'):
-        FileSource(files, (6, 6, 3), resize_shorter=8)
+        FileInputs(files, (6, 6, 3), resize_shorter=8)
     with pytest.raises(ValueError, match='smaller than the centre crop'):
-        FileSource(files, (8, 8, 3), image_size=8, resize_shorter=6)
+        FileInputs(files, (8, 8, 3), image_size=8, resize_shorter=6)

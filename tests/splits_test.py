@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from clid_tf.data import sources as loaders
+from clid_tf.data import sources
+from clid_tf.data.sources.digits import load_digits
 from clid_tf.data import meta_sets
 from clid_tf.data import splits
 
-DIGITS = loaders.load_digits()
+DIGITS = load_digits()
 
 
 def _prepare(method, dataset=DIGITS, **kwargs):

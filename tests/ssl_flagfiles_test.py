@@ -22,7 +22,7 @@ from absl.testing import flagsaver
 from clid_tf import cli
 from clid_tf.data import splits
 from clid_tf.data.sources import cifar as tfds_cifar
-from clid_tf.cli import train_fixmatch
+from clid_tf.trainers.fixmatch import cli as fixmatch_cli
 from tests.flagfiles_test import ROOT, SSL_SETTINGS, _fake_split, _lines
 
 FLAGS = flags.FLAGS
@@ -85,7 +85,7 @@ def test_setting_matches_its_name_the_reference_and_quotes_the_figure(path: str)
 
 
 def _fake_train(seen: dict):
-    def fake_train(setup, folder, **kwargs: Any) -> dict:
+    def fake_train(flags, setup, folder, **kwargs: Any) -> dict:
         seen["setup"] = setup
         return {"selected_epoch": 1, **{key: 0.0 for key in (
             "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
@@ -95,7 +95,7 @@ def _fake_train(seen: dict):
 
 def test_the_digits_setting_wires_up(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(train_fixmatch, "train", _fake_train(seen))
+    monkeypatch.setattr(fixmatch_cli, "train", _fake_train(seen))
     _parse(f"--flagfile={DIGITS}", f"--workdir={tmp_path / 'run'}")
     assert (FLAGS.trainer, FLAGS.method, FLAGS.noise) == ("fixmatch", "clid", "sym_exact")
     cli.run()
@@ -108,7 +108,7 @@ def test_the_digits_setting_wires_up(tmp_path, monkeypatch):
 def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch):
     """The CLI up to (not into) training: the labeled part, its noise, the meta set."""
     seen = {}
-    monkeypatch.setattr(train_fixmatch, "train", _fake_train(seen))
+    monkeypatch.setattr(fixmatch_cli, "train", _fake_train(seen))
     with tfds.testing.mock_data(as_dataset_fn=_fake_split):
         _parse(f"--flagfile={path}", *_SMALL, f"--workdir={tmp_path / 'run'}")
         cli.run()

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from clid_tf.models import backbones
-from clid_tf.metanets import wnet as meta_nets
+from clid_tf import metanets
 from clid_tf.trainers.meta import model as meta_model
 from clid_tf.core import objectives
 from clid_tf.runs import tb_views
@@ -85,7 +85,7 @@ def _data(seed: int = 0):
 def _model(kind: str = "wnet") -> meta_model.MetaReweightModel:
     backbone = backbones.build("mlp", num_classes=K, input_shape=(D,), mean=(0,) * D,
                                std=(1,) * D, seed=0)
-    meta_net = meta_nets.build(kind, num_classes=K,
+    meta_net = metanets.build(kind, num_classes=K,
                                          feature_dim=backbone.feature_dim, vri_kl=0.01, seed=0)
     model = meta_model.MetaReweightModel(
         backbone, meta_net, meta_objective=objectives.meta_objective("clid", tau=0.5))

@@ -12,8 +12,8 @@ import tensorflow_datasets as tfds
 
 from clid_tf.data.sources import tfds as tfds_images
 from clid_tf.errors import DataError
-from clid_tf.data.inputs import ArraySource, read_numpy
-from clid_tf.data.sources.tfds import TfdsSource
+from clid_tf.data.inputs import ArrayInputs, read_numpy
+from clid_tf.data.sources.tfds import TfdsInputs
 from tests.image_files_test import assert_one_line, pixels
 
 _SPLIT_SEED = {'train': 0, 'validation': 1, 'test': 2}
@@ -102,7 +102,7 @@ def test_array_record_splits_stream_by_index(prepared):
     assert len(data.notes) == 1 and 'array_record' in data.notes[0]
     for split, tfds_split in (('train', 'train'), ('val', 'validation'), ('test', 'test')):
         source, labels = data.splits[split]
-        assert isinstance(source, TfdsSource) and source.element_shape == (8, 8, 3)
+        assert isinstance(source, TfdsInputs) and source.element_shape == (8, 8, 3)
         index = _indices('clid_tiny_colour', tfds_split, prepared['array_record'])
         assert len(source) == len(index) and labels.dtype == np.int64
         np.testing.assert_array_equal(labels, index % 3)
@@ -119,10 +119,10 @@ def test_tfrecord_splits_are_read_into_memory_alike(prepared):
     assert list(held.splits) == ['train', 'val', 'test']
     for split in held.splits:
         source, labels = held.splits[split]
-        assert isinstance(source, ArraySource) and source.array.shape[1:] == (8, 8, 3)
+        assert isinstance(source, ArrayInputs) and source.array.shape[1:] == (8, 8, 3)
         np.testing.assert_array_equal(labels, streamed.splits[split].labels)
         np.testing.assert_array_equal(
-                source.array, read_numpy(streamed.splits[split].source, range(len(source))))
+                source.array, read_numpy(streamed.splits[split].inputs, range(len(source))))
     assert len(held.notes) == 3 and all('\n' not in note for note in held.notes)
     assert "'clid_tiny_colour' (train): tfrecord files have no random access" in held.notes[0]
     assert 'held in memory' in held.notes[0] and '--file_format=array_record' in held.notes[0]
@@ -234,7 +234,7 @@ def test_mocked_registered_datasets(tmp_path):
     assert_one_line(err, "'tf_flowers' has images of varying size", '--image_size')
     assert list(flowers.splits) == ['train']  # TFDS has no val/test split for it
     assert flowers.class_names[0] == 'dandelion' and len(flowers.class_names) == 5
-    assert flowers.splits['train'].source.array.shape == (6, 16, 16, 3)
+    assert flowers.splits['train'].inputs.array.shape == (6, 16, 16, 3)
 
 
 def test_mocked_labels_out_of_range(tmp_path):

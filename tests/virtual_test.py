@@ -351,7 +351,7 @@ def test_residual_backbones_list_their_blocks_input_to_output(name, blocks):
     final BN) are in no block, so top:N always steps them."""
     net = backbones.build(name, num_classes=10, input_shape=(8, 8, 3), mean=(0.5,) * 3,
                           std=(0.25,) * 3)
-    groups = resnets.block_variables(net)
+    groups = meta_scope.block_variables(net)
     assert len(groups) == len(net.block_names) == blocks
     position = {id(v): i for i, v in enumerate(net.trainable_variables)}
     order = [position[id(v)] for group in groups for v in group]

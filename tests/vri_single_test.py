@@ -254,8 +254,8 @@ def test_vri_single_on_a_clothing1m_list_layout_with_audit_and_export(tmp_path):
     loaded = tf.saved_model.load(str(workdir / "saved_model"))
     raw = (root / "images/1/01/clean_test_1.jpg").read_bytes()  # 28 x 20, not 16 x 16
     by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant([raw]))
-    from clid_tf.data import inputs as sources  # pylint: disable=import-outside-toplevel
-    decoded = sources.decode_image(tf.constant(raw), element_shape=(16, 16, 3),
+    from clid_tf.data.inputs import decode_image  # pylint: disable=import-outside-toplevel
+    decoded = decode_image(tf.constant(raw), element_shape=(16, 16, 3),
                                    image_size=16, resize_shorter=20)
     by_pixels = loaded.signatures["serving_default"](images=decoded[None])
     np.testing.assert_allclose(by_bytes["probabilities"], by_pixels["probabilities"],

@@ -37,6 +37,7 @@ from absl import app, flags  # noqa: E402
 
 from clid_tf import cli  # noqa: E402
 from clid_tf.data import noise as noise_lib  # noqa: E402
+from clid_tf.data import sources  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -144,7 +145,7 @@ def define_flags() -> None:
 
 def parse_noises(items: Iterable[str]) -> list[tuple[str, float]]:
     """'kind:rate' items -> [(kind, rate)], checked; duplicates dropped, order kept."""
-    kinds = (*noise_lib.KINDS, *cli.HUMAN_NOISE)
+    kinds = (*noise_lib.KINDS, *sources.human_labels())
     parsed = []
     for item in items:
         kind, sep, rate_text = item.partition(":")

@@ -53,7 +53,7 @@ def build_model(mode: str, **options):
 
     from clid_tf.models import backbones
     from clid_tf.trainers.meta import model as meta_model
-    from clid_tf.metanets import wnet as meta_nets
+    from clid_tf import metanets
     from clid_tf.core import objectives
 
     keras.utils.set_random_seed(0)
@@ -65,7 +65,7 @@ def build_model(mode: str, **options):
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
         return model
     kind, route = mode.split("_", 1)
-    meta_net = meta_nets.build("wnet" if kind == "clid" else "vri",
+    meta_net = metanets.build("wnet" if kind == "clid" else "vri",
                                          num_classes=FLAGS.num_classes,
                                          feature_dim=net.feature_dim, vri_kl=0.01, seed=0)
     options = {"meta_grad": "tape" if route == "last_layer" else route,
@@ -102,14 +102,14 @@ def build_ssl_model(mode: str):
     from clid_tf.models import backbones
     from clid_tf.trainers.fixmatch import model as fixmatch
     from clid_tf.core import lookahead
-    from clid_tf.metanets import wnet as meta_nets
+    from clid_tf import metanets
 
     keras.utils.set_random_seed(0)
     net = backbones.build(FLAGS.backbone, num_classes=FLAGS.num_classes,
                           input_shape=(FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
                           mean=(0.5,) * FLAGS.channels, std=(0.25,) * FLAGS.channels)
     algorithm, _, clid = mode.partition("_")
-    loss_net = (meta_nets.build("wnet", num_classes=FLAGS.num_classes,
+    loss_net = (metanets.build("wnet", num_classes=FLAGS.num_classes,
                                 feature_dim=net.feature_dim, seed=0, normalize=False)
                 if clid else None)
     model = fixmatch.FixMatchModel(net, loss_net, algorithm=algorithm,

@@ -1,8 +1,8 @@
 """`python -m clid_tf.train`: one training run from the flags, start to finish.
 
-`run` is the composition root: it checks the run folder, prepares the data (numpy only,
-so bad input is one line before TensorFlow starts), trains with the parts of
-`cli.training`, writes results.json and, with --audit, audits the labels.
+`run` is the composition root: it checks the flags (`checks`) and the run folder, has the
+trainer of --trainer prepare the data (numpy only, so bad input is one line before
+TensorFlow starts) and train, writes results.json and, with --audit, audits the labels.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import time
 from absl import logging
 
 from clid_tf import errors
-from clid_tf.runs import folder as run_folder
 from clid_tf.cli import auditing
-from clid_tf.cli import train_dividemix
-from clid_tf.cli import train_fixmatch
-from clid_tf.cli import training
-from clid_tf.cli.flagdefs import (FLAGS, HUMAN_NOISE, PAPER_SETTINGS, SSL_TRAINERS, fail,
-                                  training_flag_names)
+from clid_tf.cli import checks
+from clid_tf.cli.flags import FLAGS, PAPER_SETTINGS, training_flag_names
+from clid_tf.cli.parsing import fail
+from clid_tf.data import sources
+from clid_tf.runs import folder as run_folder
+from clid_tf.trainers import parts
 
 
 def main(argv: list[str]) -> None:
@@ -53,6 +53,8 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------------- the training run
 def run() -> dict:
     """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
+    flags = checks.resolved(FLAGS)
+    checks.check(flags)
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
@@ -61,53 +63,56 @@ def run() -> dict:
         folder.check_resumable(FLAGS.flags_into_string())
     else:
         folder.create(allow_partial=FLAGS.resume)
-    trainer = (train_fixmatch.LABELED_META if FLAGS.trainer == "meta" and FLAGS.num_labels
-               else TRAINERS[FLAGS.trainer])
+    trainer = flags.trainer_spec.module()
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
-            setup = trainer.prepare_setup()
-        split = trainer.split_arrays(setup)
+            setup = trainer.prepare_setup(flags)
+        split = trainer.split_arrays(flags, setup)
         if resuming:
             folder.check_split(split)
         else:
             folder.write_flags(FLAGS.flags_into_string())
             folder.save_split(split)
-        print(plan_line(setup, folder))
+        print(plan_line(flags, setup, folder))
         started = time.time()
-        results = trainer.train(setup, folder, resuming=resuming)
+        results = trainer.train(flags, setup, folder, resuming=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = {name: FLAGS[name].value for name in sorted(training_flag_names())}
     folder.write_results(results)
     print(result_line(results, folder))
     if FLAGS.audit:
-        results["audit"] = auditing.audit(folder, setup, folds=FLAGS.audit_folds)
-    print(look_line(folder, audited=FLAGS.audit, auditable=not FLAGS.num_labels))
+        results["audit"] = auditing.audit(flags, folder, setup, folds=FLAGS.audit_folds)
+    print(look_line(folder, audited=FLAGS.audit, auditable=auditable(flags)))
     return results
 
 
-def plan_line(setup, folder: run_folder.RunFolder) -> str:
+def auditable(flags) -> bool:
+    """Whether `python -m clid_tf.audit` can audit this run's labels."""
+    return bool(flags.trainer_spec.audits) and not flags.num_labels
+
+
+def plan_line(flags, setup, folder: run_folder.RunFolder) -> str:
     """One line before training: the data and its size, the noise, what trains it, for how
     long, and where the results go (and a note when a benchmark runs on generic defaults)."""
-    noise = training.default_noise(setup.dataset)
+    noise = parts.default_noise(flags, setup.dataset)
     ds = setup.dataset
     sizes = [f"{len(setup.train_indices)} train"]
     if hasattr(setup, "unlabeled_indices"):  # --num_labels
-        sizes = [f"{len(setup.train_indices)} labeled", f"{len(setup.unlabeled_indices)} "
-                 f"unlabeled{'' if FLAGS.trainer in SSL_TRAINERS else ' (not trained on)'}"]
+        trained = "" if flags.trainer_spec.trains_on_unlabeled else " (not trained on)"
+        sizes = [f"{len(setup.train_indices)} labeled",
+                 f"{len(setup.unlabeled_indices)} unlabeled{trained}"]
     if setup.val_indices is not None:
         sizes.append(f"{len(setup.val_indices)} held out")
     for name, split in (("val", ds.val), ("test", ds.test)):
         if split is not None:
             sizes.append(f"{len(split.labels)} {name}")
     noise_text = ("labels as given" if noise == "none" else f"human labels {noise}"
-                  if noise in HUMAN_NOISE else f"{noise} noise {FLAGS.noise_rate:g}")
-    meta_net = "none" if FLAGS.method == "ce" else training.meta_net_kind()
-    epochs = f"{FLAGS.epochs} epoch{'s' if FLAGS.epochs != 1 else ''}"
-    if FLAGS.trainer in SSL_TRAINERS:
-        epochs = f"{FLAGS.epochs} evaluations every {FLAGS.eval_every} iterations"
-    line = (f"plan: {FLAGS.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
-            f"{noise_text}; trainer {FLAGS.trainer}, method {FLAGS.method}, "
-            f"meta-net {meta_net}, backbone {FLAGS.backbone}; {epochs}; results in {folder.path}")
+                  if sources.is_human_label(noise) else f"{noise} noise {flags.noise_rate:g}")
+    meta_net = "none" if flags.method == "ce" else flags.meta_net
+    epochs = flags.trainer_spec.describe_length(flags)
+    line = (f"plan: {flags.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
+            f"{noise_text}; trainer {flags.trainer}, method {flags.method}, "
+            f"meta-net {meta_net}, backbone {flags.backbone}; {epochs}; results in {folder.path}")
     note = paper_setting_note()
     return line if note is None else f"{line}\n{note}"
 
@@ -120,12 +125,6 @@ def paper_setting_note() -> str | None:
     return ("note: these are the generic defaults (the digits demo's sizes); the paper's "
             f"settings for {FLAGS.dataset} are in {PAPER_SETTINGS[FLAGS.dataset]} "
             "(--flagfile=...)")
-
-
-# --trainer -> the cli module that prepares its data (`prepare_setup`, numpy only), names
-# what split.npz holds (`split_arrays`) and trains, evaluates and exports (`train`).
-TRAINERS = {"meta": training, "vri_single": training, "dividemix": train_dividemix,
-            "fixmatch": train_fixmatch, "flexmatch": train_fixmatch}
 
 
 def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = True) -> str:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from clid_tf import names
+
+STRATEGIES = names.STRATEGIES
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
@@ -108,3 +110,25 @@ def spread_non_finite(grads):
         return grads
     poison = global_sum(tf.add_n([tf.reduce_sum(g * 0) for g in grads if g is not None]))
     return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+
+
+def cross_replica_cond(pred, true_fn, false_fn, args=()):
+    """tf.cond(pred, true_fn(*args), false_fn(*args)) -> this replica's scalar, taken in
+    the cross-replica context: each branch runs on every replica with that replica's args.
+
+    For strategies that synchronise through merge_call (Mirrored, MultiWorkerMirrored),
+    which refuse a synchronisation inside a replica-context tf.cond; Keras'
+    LossScaleOptimizer takes its cond the same way. `pred` must agree across replicas.
+    """
+    context = tf.distribute.get_replica_context()
+
+    def cross_replica(strategy, pred, *args):
+        def on_every_replica(fn):
+            return lambda: tf.stack(strategy.experimental_local_results(
+                strategy.extended.call_for_each_replica(fn, args=args)))
+        return tf.cond(strategy.experimental_local_results(pred)[0],
+                       on_every_replica(true_fn), on_every_replica(false_fn))
+
+    stacked = context.merge_call(cross_replica, args=(pred, *args))  # this worker's replicas
+    local_replicas = len(context.strategy.extended.worker_devices)  # ids are worker-major
+    return stacked[context.replica_id_in_sync_group % local_replicas]

@@ -9,7 +9,8 @@
               the cut. Needs a backbone with residual blocks; top:L (L blocks) is full.
 
 `parse` is the one place that reads a scope string (the CLI's flag validator and the
-model both call it).
+model both call it); `block_variables` partitions a backbone's parameters by its residual
+blocks, as top:N cuts them.
 """
 
 from __future__ import annotations
@@ -36,3 +37,25 @@ def parse(text: str) -> MetaScope:
     if kind == "top" and sep and count.isdigit() and int(count) >= 1:
         return MetaScope("top", int(count))
     raise ValueError(f"meta scope must be {HELP}, got {text!r}")
+
+
+def block_variables(model) -> list[list]:
+    """The trainable variables of each residual block, input to output, of a model with
+    `block_names` whose layers (at any depth) are named `<block>_...` and `stem_...` (or
+    the model's `stem_prefixes`, e.g. keras.applications' 'conv1_').
+
+    The stem's variables are listed with the first block, so that the lists partition
+    every parameter below the last block; the layers after it (final BN, head) are in none.
+    """
+    names = model.block_names
+    stem = tuple(getattr(model, "stem_prefixes", ("stem_",)))
+    block_of = {}  # id(variable) -> its block
+    for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+        block = names[0] if layer.name.startswith(stem) else next(
+            (name for name in names if layer.name.startswith(f"{name}_")), None)
+        block_of.update({id(v): block for v in layer.trainable_weights if block})
+    groups = {name: [] for name in names}
+    for variable in model.trainable_variables:  # each block's in the model's order
+        if id(variable) in block_of:
+            groups[block_of[id(variable)]].append(variable)
+    return [groups[name] for name in names]

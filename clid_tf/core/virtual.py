@@ -53,7 +53,6 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import meta_scope
 from clid_tf.core import objectives
-from clid_tf.models import resnets
 
 META_GRADS = ("tape", "recompute", "jvp")
 
@@ -131,7 +130,7 @@ def check_scope(backbone: keras.Model, scope: str) -> None:
 def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[int]:
     """Indices into backbone.trainable_variables of the parameters that take the virtual
     step under scope 'full' (all) or 'top:N' (all but those of the residual blocks below
-    the last N, `resnets.block_variables`); ValueError if the backbone has no N blocks."""
+    the last N, `meta_scope.block_variables`); ValueError if the backbone has no N blocks."""
     variables = backbone.trainable_variables
     if scope.kind == "full":
         return list(range(len(variables)))
@@ -143,7 +142,7 @@ def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[
     if scope.blocks > len(names):
         raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} residual "
                          "blocks")
-    below = {id(v) for block in resnets.block_variables(backbone)[:len(names) - scope.blocks]
+    below = {id(v) for block in meta_scope.block_variables(backbone)[:len(names) - scope.blocks]
              for v in block}
     return [i for i, v in enumerate(variables) if id(v) not in below]
 
@@ -351,7 +350,7 @@ def hypergradient(backbone: keras.Model, loss: TrainingLoss, images: tf.Tensor,
     Args:
       backbone: classifier, images -> (logits [B, K], features [B, d]); for
         scope='last_layer' it has a `head` Dense layer with logits = features @ W + b, for
-        'top:N' `block_names` (`resnets.block_variables`).
+        'top:N' `block_names` (`meta_scope.block_variables`).
       loss: the training loss of the batch and its meta-net variables (`TrainingLoss`).
       images: the training batch's inputs [B, ...].
       meta_batch: {'image': [n, ...]} plus 'label' [n] only for labelled objectives.

@@ -51,6 +51,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from clid_tf import names
+
 KINDS: tuple[str, ...] = ('none', 'weak', 'strong')
 
 # FixMatch pool, in the order of `fixmatch_augment_pool()`.
@@ -60,7 +62,7 @@ OPS: tuple[str, ...] = (
 NUM_OPS = 2  # RandAugmentMC n
 MAGNITUDE = 10  # RandAugmentMC m: levels are integers in [1, m)
 PARAMETER_MAX = 10  # FixMatch's level scale: a parameter is level * max_v / PARAMETER_MAX
-CROP_PAD = 4
+CROP_PAD = names.CROP_PAD
 GREY = 127.0
 _OP = {name: i for i, name in enumerate(OPS)}
 

@@ -1,10 +1,9 @@
-"""What a dataset is: its splits, each a `sources.Source` with int64 labels beside it, its
+"""What a dataset is: its splits, each its `Inputs` with int64 labels beside them, its
 classes and input statistics; and the label checks every loader shares.
 
 Images are uint8 0..255 [H, W, C] from loading to serving; per-channel `mean`/`std` are in
 [0, 1] pixel units. Flat feature vectors (npz only) are float32 [D] with per-feature
-statistics in raw units. The loaders are `clid_tf.data.sources.load(name)` and the modules it
-dispatches to; label noise, meta-set splits and pipelines are built elsewhere.
+statistics in raw units. The sources of `clid_tf.data.sources` load them; label noise, meta-set splits and pipelines are built elsewhere.
 """
 
 from __future__ import annotations
@@ -14,36 +13,23 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from clid_tf.data import image_files
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs, FileInputs, Inputs, read_numpy
 from clid_tf.errors import DataError
 
-BENCHMARKS = ('digits', 'cifar10', 'cifar100', 'cifar10_n', 'cifar100_n')
-PREFIXES = ('npz:', 'folder:', 'list:', 'tfds:')
 STATS_SAMPLE = 2000  # images read to estimate mean/std of a streamed dataset
-
-# CLI name of a human-noise label set -> its TFDS feature (tensorflow_datasets 4.9.x
-# image_classification/cifar10_n and cifar100_n). These features are -1 on the test split.
-HUMAN_LABELS = {
-        'aggre': 'aggre_label',
-        'worst': 'worse_label',
-        'rand1': 'random_label1',
-        'rand2': 'random_label2',
-        'rand3': 'random_label3',
-        'noisy100': 'noise_label',
-}
 
 
 class Split(NamedTuple):
     """One split: its inputs and their labels.
 
     Attributes:
-      inputs: `sources.Source` of N inputs.
+      inputs: `Inputs` of N inputs.
       labels: int64 [N] labels as given: clean for a benchmark that gets synthetic noise,
         already noisy for human-noise sets (CIFAR-N) and for a user's own data.
       clean_labels: int64 [N] true labels when known (benchmarks), else None. Monitoring
         only: they never reach training or the meta step.
     """
-    inputs: sources.Source
+    inputs: Inputs
     labels: np.ndarray
     clean_labels: np.ndarray | None = None
 
@@ -106,18 +92,18 @@ def array_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(v) for v in channels.mean(axis=0)), tuple(float(v) for v in std)
 
 
-def source_stats(source: sources.Source, *, sample: int = STATS_SAMPLE,
+def source_stats(source: Inputs, *, sample: int = STATS_SAMPLE,
                  seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """`array_stats` of the whole split, or of a seeded sample of `sample` streamed inputs
     (image files are read with Pillow, so TensorFlow need not start)."""
-    if isinstance(source, sources.ArraySource):
+    if isinstance(source, ArrayInputs):
         return array_stats(source.array)
     n = len(source)
     ids = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
-    if isinstance(source, sources.FileSource):
+    if isinstance(source, FileInputs):
         return array_stats(image_files.read_pixels(source.files.paths[ids],
                                                    source.element_shape))
-    return array_stats(sources.read_numpy(source, ids))
+    return array_stats(read_numpy(source, ids))
 
 
 def tfds_location(data_dir: str | None) -> str:

@@ -11,7 +11,7 @@ TensorFlow starts):
                              marker. Gives the element shape (H, W, C) of the decoded images.
 
 Each returns a `FileList` (paths, int64 labels, class names); decoding, resizing and
-batching happen later, in tf.data (`clid_tf.data.inputs.FileSource`). Every problem the user can
+batching happen later, in tf.data (`clid_tf.data.inputs.FileInputs`). Every problem the user can
 fix is a `DataError` with a one-line message.
 """
 
@@ -495,7 +495,7 @@ def read_pixels(paths: Sequence[str], element_shape: Sequence[int]) -> np.ndarra
     C channels (L or RGB) and, if its size differs, resized bilinearly to H x W.
 
     For statistics (mean/std of a sample) before TensorFlow starts; the training pipeline
-    decodes with TensorFlow (`sources.FileSource`), whose resize differs by rounding. A
+    decodes with TensorFlow (`sources.FileInputs`), whose resize differs by rounding. A
     file that fails to decode (corrupted inside, which the header check cannot see) is left
     out of the sample.
     """

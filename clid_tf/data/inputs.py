@@ -1,16 +1,16 @@
 """Where a split's raw inputs live, read by index inside tf.data.
 
-A `Source` holds the inputs of one split (train, val or test) and reads any of them by
+An `Inputs` holds the inputs of one split (train, val or test) and reads any of them by
 index, so that every pipeline (training batches, the meta set, label-free selection, the
 small-loss reselection, the audit) is a stream of indices mapped to inputs, and nothing
 needs the whole split in one array:
 
-  ArraySource  inputs already in memory (digits, CIFAR, an npz): a gather per batch.
-  FileSource   image files on disk (a class-folder tree, a "path label" list file): each
+  ArrayInputs  inputs already in memory (digits, CIFAR, an npz): a gather per batch.
+  FileInputs   image files on disk (a class-folder tree, a "path label" list file): each
                file is read, decoded and resized in parallel tf.data map calls
                (clid_tf.data.image_files).
 
-Labels are not part of a source: they are small int arrays kept beside it
+Labels are not part of the inputs: they are small int arrays kept beside it
 (`clid_tf.data.datasets.Split`), so that noise injection and meta-set splits stay numpy.
 """
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from clid_tf.data.image_files import FileList
 
 
-class Source(Protocol):
+class Inputs(Protocol):
     """Raw inputs of one split, addressed by index 0 .. len - 1.
 
     Attributes:
@@ -56,13 +56,13 @@ class Source(Protocol):
         """
 
 
-class ArraySource:
+class ArrayInputs:
     """Inputs held in one numpy array [N, *element_shape] (uint8 images or float32 vectors)."""
 
     def __init__(self, array: np.ndarray):
         array = np.asarray(array)
         if array.dtype not in (np.uint8, np.float32):
-            raise ValueError(f"an ArraySource holds uint8 or float32 inputs, got {array.dtype}")
+            raise ValueError(f"an ArrayInputs holds uint8 or float32 inputs, got {array.dtype}")
         self.array = array
         self.element_shape = tuple(int(d) for d in array.shape[1:])
         self.dtype = array.dtype.name
@@ -89,12 +89,12 @@ class ArraySource:
             lambda ids: (ids, tf.gather(table, ids)))
 
 
-def read_numpy(source: Source, indices: Sequence[int], *, batch_size: int = 500) -> np.ndarray:
+def read_numpy(source: Inputs, indices: Sequence[int], *, batch_size: int = 500) -> np.ndarray:
     """The inputs at `indices` as one numpy array [len(indices), *element_shape].
 
     For small subsets only (a TensorBoard sample, a test fixture): it holds them all.
     """
-    if isinstance(source, ArraySource):
+    if isinstance(source, ArrayInputs):
         return source.array[np.asarray(indices, np.int64)]
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     ids = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
@@ -104,7 +104,7 @@ def read_numpy(source: Source, indices: Sequence[int], *, batch_size: int = 500)
     return np.concatenate(parts)
 
 
-class FileSource:
+class FileInputs:
     """Image files read, decoded and resized by tf.data, in parallel map calls.
 
     Each index i becomes tf.io.read_file(paths[i]) -> `decode_image` (tf.io.decode_image
@@ -182,7 +182,7 @@ def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | Non
                  resize_shorter: int | None = None):
     """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor.
 
-    Shared by FileSource and the TFDS sources, so both decode and resize alike. With
+    Shared by FileInputs and the TFDS sources, so both decode and resize alike. With
     `image_size` S alone: a bilinear antialiased tf.image.resize to (S, S) (the aspect
     ratio is not kept, as Keras' image_dataset_from_directory does by default). With
     `resize_shorter` R too: torchvision's Resize(R) + CenterCrop(S), i.e. the shorter side

@@ -1,7 +1,7 @@
-"""tf.data pipelines over a split's `sources.Source`: training batches, meta batches, and
+"""tf.data pipelines over a split's `Inputs`: training batches, meta batches, and
 batches in order for inference.
 
-Every pipeline is a stream of indices into the source, mapped to inputs by `Source.read`
+Every pipeline is a stream of indices into the split's inputs, mapped to them by `Inputs.read`
 (a gather for arrays, parallel file decoding for image files), so nothing holds a split in
 one array. Per-sample fields (labels, the is-noisy monitor) are small int arrays kept as
 tables and gathered by the same indices.
@@ -15,9 +15,9 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs, Inputs
 
-def epoch_batches(source: sources.Source, indices: np.ndarray, *, batch_size: int,
+def epoch_batches(source: Inputs, indices: np.ndarray, *, batch_size: int,
                   seed: int, steps_per_epoch: int, first_epoch: int = 0,
                   fields: Mapping[str, np.ndarray] | None = None,
                   augment: Callable[..., tf.Tensor] | None = None,
@@ -99,7 +99,7 @@ def training_stream(train: tf.data.Dataset, meta: tf.data.Dataset | None = None,
             .map(lambda t, m: {"train": t, "meta": m}).prefetch(tf.data.AUTOTUNE))
 
 
-def ordered_batches(source: sources.Source, indices: np.ndarray | None = None, *,
+def ordered_batches(source: Inputs, indices: np.ndarray | None = None, *,
                     batch_size: int) -> tf.data.Dataset:
     """(source indices int64 [b], float32 inputs [b, ...]) in the order of `indices` (all
     samples when None); the last batch may be smaller. For inference passes."""
@@ -125,28 +125,28 @@ def _with_fields(fields: Mapping[str, np.ndarray] | None):
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """Some samples of a split: a source, which of its indices, and their labels.
+    """Some samples of a split: its inputs, which of their indices, and their labels.
 
     Attributes:
-      source: the split's `sources.Source`.
-      indices: int64 [n] source indices, or None for every sample in order.
+      inputs: the split's `Inputs`.
+      indices: int64 [n] indices into them, or None for every sample in order.
       labels: int [n] labels of those samples (aligned with `indices`), or None.
     """
-    source: sources.Source
+    inputs: Inputs
     indices: np.ndarray | None = None
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.source) if self.indices is None else len(self.indices)
+        return len(self.inputs) if self.indices is None else len(self.indices)
 
     def ids(self) -> np.ndarray:
         """int64 [n] source indices of the part."""
-        return (np.arange(len(self.source), dtype=np.int64) if self.indices is None
+        return (np.arange(len(self.inputs), dtype=np.int64) if self.indices is None
                 else np.asarray(self.indices, np.int64))
 
 
 def as_part(value) -> Part:
-    """A `Part` from a Part, a Source, an array of inputs, or an (inputs, labels) pair."""
+    """A `Part` from a Part, an `Inputs`, an array of inputs, or an (inputs, labels) pair."""
     if isinstance(value, Part):
         return value
     if isinstance(value, tuple) and len(value) == 2:
@@ -154,11 +154,11 @@ def as_part(value) -> Part:
         return dataclasses.replace(as_part(inputs), labels=np.asarray(labels))
     if hasattr(value, "read") and hasattr(value, "element_shape"):
         return Part(value)
-    return Part(sources.ArraySource(as_input_array(value)))
+    return Part(ArrayInputs(as_input_array(value)))
 
 
 def as_input_array(x) -> np.ndarray:
-    """A user's inputs as an ArraySource-ready array: uint8 kept, anything else float32."""
+    """A user's inputs as an ArrayInputs-ready array: uint8 kept, anything else float32."""
     x = np.asarray(x)
     return x if x.dtype == np.uint8 else x.astype(np.float32)
 
@@ -207,10 +207,10 @@ def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: 
                          .batch(1024).as_numpy_iterator())
             meta_x = np.concatenate([b for b, _ in drawn])
             meta_y = np.concatenate([l for _, l in drawn]) if meta_labels == "noisy" else None
-        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+        meta = Part(ArrayInputs(as_input_array(meta_x)), None,
                     None if meta_y is None else np.asarray(meta_y))
         size = min(meta_batch_size, len(meta))
-        slices = {"image": meta.source.array}
+        slices = {"image": meta.inputs.array}
         if meta_labels != "none":
             slices["label"] = meta.labels.astype(np.int32)
         meta_stream = (tf.data.Dataset.from_tensor_slices(slices)
@@ -220,7 +220,7 @@ def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: 
         return training_stream(train, meta_stream), None, meta
     if y is None:
         raise ValueError("fit(x, y) needs labels y for array inputs")
-    source = sources.ArraySource(as_input_array(x))
+    source = ArrayInputs(as_input_array(x))
     labels = np.asarray(y)
     if labels.ndim != 1 or len(labels) != len(source):
         raise ValueError(f"y must be int labels [N] = [{len(source)}], got shape {labels.shape}")
@@ -235,17 +235,17 @@ def user_stream(x, y=None, *, batch_size: int, meta_size: int, meta_batch_size: 
         ids = np.sort(rng.choice(len(source), min(meta_size, len(source)), replace=False))
         meta = Part(source, ids, labels[ids] if meta_labels == "noisy" else None)
     else:
-        meta = Part(sources.ArraySource(as_input_array(meta_x)), None,
+        meta = Part(ArrayInputs(as_input_array(meta_x)), None,
                     None if meta_y is None else np.asarray(meta_y))
     fields = {}
     if meta_labels != "none":
         if meta.labels is None:
             raise ValueError(f"the meta objective reads {meta_labels} labels: pass "
                              "meta_data=(inputs, labels)")
-        table = np.zeros(len(meta.source), np.int32)
+        table = np.zeros(len(meta.inputs), np.int32)
         table[meta.ids()] = meta.labels
         fields["label"] = table
-    meta_stream = epoch_batches(meta.source, meta.ids(),
+    meta_stream = epoch_batches(meta.inputs, meta.ids(),
                                 batch_size=min(meta_batch_size, len(meta)), seed=seed + 1,
                                 steps_per_epoch=steps, first_epoch=first_epoch, fields=fields)
     return training_stream(train, meta_stream), steps, meta

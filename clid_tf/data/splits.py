@@ -2,7 +2,7 @@
 
 numpy only, on labels and indices: every check of the user's data and sizes happens here,
 before TensorFlow is imported, so bad input is reported as one line. The inputs themselves
-stay in their `sources.Source`; a split is a set of indices into the training split.
+stay in their `Inputs`; a split is a set of indices into the training split.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from clid_tf.data import datasets
 from clid_tf.data import meta_sets
 from clid_tf.data import noise as noise_lib
+from clid_tf.data import sources
 
 LABEL_FREE = ("clid", "entropy")
 SMALL_LOSS = ("ce_sloss", "mae_sloss")
@@ -60,7 +61,7 @@ class Setup(NamedTuple):
     meta_of_epoch: EpochIndices | None = None
 
     def meta_inputs(self):
-        """The `sources.Source` that meta_indices and selection_indices index."""
+        """The `Inputs` that meta_indices and selection_indices index."""
         split = self.dataset.val if self.meta_split == "val" else self.dataset.train
         return split.inputs
 
@@ -76,7 +77,7 @@ def prepare(dataset: datasets.Dataset, *, noise: str, noise_rate: float, method:
     Args:
       dataset: the loaded data.
       noise: a `noise.KINDS` name ('none' keeps the labels) or a CIFAR-N label-set name
-        (`datasets.HUMAN_LABELS`, already loaded as the labels: kept).
+        (already loaded as the labels: kept).
       noise_rate: rate of the synthetic noise.
       method: the training method (which meta set it needs).
       meta_size, batch_size, meta_batch_size: sizes, checked against the data.
@@ -132,7 +133,7 @@ def noisy_training_labels(dataset: datasets.Dataset, *, noise: str, noise_rate: 
                           seed: int) -> np.ndarray:
     """int64 [N]: the training labels with `noise` injected ('none', CIFAR-N: as given)."""
     train = dataset.train
-    if noise == "none" or noise in datasets.HUMAN_LABELS:
+    if noise == "none" or sources.is_human_label(noise):
         return train.labels.astype(np.int64)
     images = getattr(train.inputs, "array", None)
     if noise == "instance" and images is None:
@@ -145,7 +146,7 @@ def noisy_training_labels(dataset: datasets.Dataset, *, noise: str, noise_rate: 
 def _split(dataset, *, noise, noise_rate, method, meta_size, seed, val_split,
            imbalance_gamma) -> Setup:
     noisy = noisy_training_labels(dataset, noise=noise, noise_rate=noise_rate, seed=seed)
-    injected = noise != "none" and noise not in datasets.HUMAN_LABELS
+    injected = noise != "none" and not sources.is_human_label(noise)
     if injected and dataset.train.clean_labels is None:
         # Synthetic noise asked for on a user's labels: relative to it, the given labels
         # are the truth, so the noise report, the clean/noisy weight monitors and the

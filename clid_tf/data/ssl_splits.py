@@ -24,6 +24,7 @@ import numpy as np
 from clid_tf.data import datasets
 from clid_tf.data import meta_sets
 from clid_tf.data import noise as noise_lib
+from clid_tf.data import sources
 from clid_tf.data import splits
 
 META_SOURCES = ("unlabeled", "labeled")
@@ -61,7 +62,7 @@ class SslSetup(NamedTuple):
     meta_of_epoch: None = None
 
     def meta_inputs(self):
-        """The `sources.Source` that meta_indices and selection_indices index."""
+        """The `Inputs` that meta_indices and selection_indices index."""
         return self.dataset.train.inputs
 
 
@@ -158,7 +159,7 @@ def _noisy(dataset: datasets.Dataset, labeled: np.ndarray, *, noise: str,
            noise_rate: float, seed: int) -> np.ndarray:
     """int64 [L]: the labels of the labeled samples with `noise` injected."""
     given = dataset.train.labels[labeled]
-    if noise == "none" or noise in datasets.HUMAN_LABELS:
+    if noise == "none" or sources.is_human_label(noise):
         return given.astype(np.int64)
     images = None
     if noise == "instance":

@@ -245,50 +245,81 @@ def issues_of(scores: Scores, given: np.ndarray,
 
 
 # ---------------------------------------------------------------- with Keras models
-def scoring_function(backbone, meta_net=None):
+def scoring_function(backbones, meta_net=None):
     """tf.function: (inputs float32 [b, ...], labels int32 [b]) -> (probs [b, K], w [b]).
 
-    probs = softmax(logits) in inference mode; w as in the module docstring (zeros without
-    a meta-net).
+    probs = softmax of the mean logits of `backbones` (one network, or several trained
+    together) in inference mode; w as in the module docstring, the meta-net's weight of
+    each given label under the first network's features (zeros without a meta-net).
     """
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
-    from clid_tf.core import objectives
-    from clid_tf.metanets import vri
+    backbones = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
 
     @tf.function(reduce_retracing=True)
     def score(images, labels):
-        logits, features = backbone(images, training=False)
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        outputs = [net(images, training=False) for net in backbones]
+        logits = tf.add_n([tf.cast(z, tf.float32) for z, _ in outputs]) / len(outputs)
+        probs = tf.nn.softmax(logits, axis=-1)
         if meta_net is None:
             weights = tf.zeros(tf.shape(labels), probs.dtype)
-        elif isinstance(meta_net, vri.VRINet):
-            mu, _ = meta_net(features, labels)
-            weights = tf.gather(tf.sigmoid(mu), labels, axis=1, batch_dims=1)
-        else:
-            weights = meta_net(objectives.per_sample_ce(logits, labels))
+        else:  # the weight of each given label (`metanets.MetaNet.label_weights`)
+            weights = meta_net.label_weights(outputs[0][0], outputs[0][1], labels)
         return probs, tf.cast(weights, probs.dtype)
 
     return score
 
 
-def score_part(model, part, *, batch_size: int = 500, score=None) -> Scores:
+def score_part(model, part, *, batch_size: int = 500) -> Scores:
     """`Scores` of a `data.Part` (inputs and given labels) under a trained model (a
-    MetaReweightModel: its backbone and meta-net), in the part's order. `score`: the
-    model's `scoring_function`, when one is reused over restored checkpoints (one trace)."""
-    from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
-    if score is None:
-        score = scoring_function(model.backbone, getattr(model, "meta_net", None))
+    MetaReweightModel: its backbone and meta-net), in the part's order."""
+    meta_net = getattr(model, "meta_net", None)
+    return scores_of(scoring_function(model.backbone, meta_net), part,
+                     with_weights=meta_net is not None, batch_size=batch_size)
+
+
+def scores_of(score, part, *, with_weights: bool, batch_size: int = 500) -> Scores:
+    """`Scores` of a part under a `scoring_function`, in the part's order (weights None
+    unless `with_weights`)."""
+    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
     labels = np.asarray(part.labels, np.int32)
     probs, weights, start = [], [], 0
-    for _, images in data.ordered_batches(part.source, part.ids(), batch_size=batch_size):
+    for _, images in pipelines.ordered_batches(part.inputs, part.ids(), batch_size=batch_size):
         stop = start + int(images.shape[0])
         p, w = score(images, labels[start:stop])
         probs.append(np.asarray(p, np.float64))
         weights.append(np.asarray(w, np.float64))
         start = stop
-    has_meta = getattr(model, "meta_net", None) is not None
-    return Scores(np.concatenate(probs), np.concatenate(weights) if has_meta else None)
+    return Scores(np.concatenate(probs), np.concatenate(weights) if with_weights else None)
+
+
+# The run's last checkpoints whose scores the in-sample audit averages.
+IN_SAMPLE_CHECKPOINTS = 3
+
+
+def checkpoint_scores(paths: Sequence[str], restore: Callable[[str], None], backbones,
+                      part, *, meta_net=None, batch_size: int = 500) -> Scores:
+    """Mean `Scores` of a part over checkpoints (in sample): for each path, `restore(path)`
+    loads the networks (and meta-net), then they score the part (`scoring_function`,
+    traced once for all checkpoints).
+
+    Args:
+      paths: checkpoint prefixes, at least one.
+      restore: loads one checkpoint into `backbones` and `meta_net`.
+      backbones: the network, or the networks trained together (logits averaged).
+      part: the samples with their given labels.
+      meta_net: its weights are averaged too; None for no weights.
+    """
+    score = scoring_function(backbones, meta_net)
+    probs, weights = [], []
+    for path in paths:
+        restore(path)
+        scores = scores_of(score, part, with_weights=meta_net is not None,
+                           batch_size=batch_size)
+        probs.append(scores.probs)
+        weights.append(scores.weights)
+    return Scores(np.mean(probs, axis=0),
+                  None if meta_net is None else np.mean(weights, axis=0))
 
 
 def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
@@ -314,7 +345,7 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
       `LabelIssues`: ranked positions, flagged issues, suspicion, scores and metrics.
     """
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
-    from clid_tf.data import inputs as sources
+    from clid_tf.data.inputs import ArrayInputs
     x = data.as_input_array(x)
     y = np.asarray(y).astype(np.int64)
     fit_kwargs.setdefault("seed", seed)
@@ -324,7 +355,7 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
         model = build_model()
         model.fit(x[train_positions], y[train_positions], **fit_kwargs)
         return lambda held: score_part(
-            model, data.Part(sources.ArraySource(x[held]), None, y[held]),
+            model, data.Part(ArrayInputs(x[held]), None, y[held]),
             batch_size=eval_batch_size)
 
     report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None

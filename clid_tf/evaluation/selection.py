@@ -90,7 +90,7 @@ def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: f
     """
     order = np.concatenate(shuffled_batches(len(meta), batch_size=batch_size, seed=seed))
     values, sizes = [], []
-    for b, (_, images) in enumerate(data.ordered_batches(meta.source, meta.ids()[order],
+    for b, (_, images) in enumerate(data.ordered_batches(meta.inputs, meta.ids()[order],
                                                          batch_size=batch_size)):
         if augment is not None:
             images = augment(images, stateless_seed=tf.constant([seed, b], tf.int64))
@@ -104,7 +104,7 @@ def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: f
 def predict_logits(backbone: Forward, part: data.Part, *, batch_size: int) -> np.ndarray:
     """Inference-mode logits float32 [n, K] of the part's inputs, in order."""
     chunks = [np.asarray(backbone(images, training=False)[0])
-              for _, images in data.ordered_batches(part.source, part.ids(),
+              for _, images in data.ordered_batches(part.inputs, part.ids(),
                                                     batch_size=batch_size)]
     return np.concatenate(chunks, axis=0).astype(np.float32)
 
@@ -234,7 +234,7 @@ class ClidSelection(keras.callbacks.Callback):
     put this callback BEFORE TensorBoard (and any other reader of these logs).
 
     Args:
-      meta: the meta set (`data.Part`, a Source, or an array of inputs); None uses the meta
+      meta: the meta set (`data.Part`, an `Inputs`, or an array of inputs); None uses the meta
         set `MetaReweightModel.fit` drew (`model.meta_set`).
       test: a test part with labels (a `data.Part`, or (inputs, labels)), or None. Test
         labels are read only to report accuracies, never to rank epochs.

@@ -161,6 +161,14 @@ class VRINet(keras.Model):
         eps = distribute.replica_rows(eps) if rows is None else tf.gather(eps, rows)
         return tf.sigmoid(mu + tf.exp(0.5 * log_var) * eps)
 
+    def label_weights(self, logits: tf.Tensor, features: tf.Tensor,
+                      labels: tf.Tensor) -> tf.Tensor:
+        """sigmoid(mu)[y~]: the weight of each sample's given-label logit at the posterior
+        mean (no sampling noise). [B]."""
+        del logits
+        mu, _ = self(features, labels)
+        return tf.gather(tf.sigmoid(mu), tf.cast(labels, tf.int32), axis=1, batch_dims=1)
+
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
                       regularize: bool = True) -> objectives.WeightedLoss:
         """Rectified training loss of a batch, differentiable in theta and phi.
@@ -198,3 +206,10 @@ class VRINet(keras.Model):
         regularizer = self.kl_weight * distribute.global_mean(
             kl_per_sample(mu, log_var, mu_p, log_var_p))
         return objectives.WeightedLoss(loss, weights, regularizer)
+
+
+def build(*, num_classes: int, feature_dim: int, seed: int | None = None,
+          vri_kl: float = 0.01, **options) -> VRINet:
+    """The registry's 'vri' builder: a VRINet sized for K classes and d-dim features."""
+    del options
+    return VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)

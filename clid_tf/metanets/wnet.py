@@ -1,5 +1,4 @@
-"""Meta-nets that turn per-sample training signals into loss weights (METHOD.md 2.1):
-WNet here, VRI in clid_tf.metanets.vri, and `build(kind)` for either."""
+"""WNet, Meta-Weight-Net's meta-net: each sample's cross-entropy -> its loss weight."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import tensorflow as tf
 
 from clid_tf.core import distribute
 from clid_tf.core import objectives
-from clid_tf.metanets import vri
 from clid_tf.core.objectives import WeightedLoss
 
 
@@ -75,15 +73,21 @@ class WeightNet(keras.Model):
                 else distribute.global_mean(weights * losses))
         return WeightedLoss(loss, weights, tf.zeros([], losses.dtype))
 
+    def label_weights(self, logits: tf.Tensor, features: tf.Tensor,
+                      labels: tf.Tensor) -> tf.Tensor:
+        """The raw weight WNet(CE_i) in (0, 1) of each sample's CE on its label. [B]."""
+        del features
+        return self(objectives.per_sample_ce(logits, labels))
 
-def build(kind: str, *, num_classes: int, feature_dim: int, vri_kl: float = 0.01,
-          seed: int | None = None, normalize: bool = True) -> keras.Model:
-    """'wnet' (loss -> weight; `normalize` as WeightNet's) or 'vri' (feature, noisy label
-    -> per-class logit weights)."""
-    if kind == "wnet":
-        net = WeightNet(seed=seed, normalize=normalize)
-        net(tf.zeros([1]))
-        return net
-    if kind == "vri":
-        return vri.VRINet(num_classes, feature_dim, kl_weight=vri_kl, seed=seed)
-    raise ValueError(f"unknown meta-net {kind!r}; choose from wnet, vri")
+    def weight_of_loss(self, losses: tf.Tensor) -> tf.Tensor:
+        """WNet's weighting function: losses float [n] -> raw weights float [n]."""
+        return self(losses)
+
+
+def build(*, num_classes: int, feature_dim: int, seed: int | None = None,
+          normalize: bool = True, **options) -> WeightNet:
+    """The registry's 'wnet' builder: a built WeightNet (K and d do not size it)."""
+    del num_classes, feature_dim, options
+    net = WeightNet(seed=seed, normalize=normalize)
+    net(tf.zeros([1]))
+    return net

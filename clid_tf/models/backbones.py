@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clid_tf import names
 from clid_tf.core import distribute
 from clid_tf.models import resnets
 
@@ -228,7 +229,7 @@ def _body_builders() -> dict[str, Callable[[int, Sequence[int]], keras.Model]]:
     return builders
 
 
-BACKBONES = ("small_cnn", "mlp", *resnets.BUILDERS, "vgg19_bn", "resnet50")
+BACKBONES = names.BACKBONES  # the order of --help; `_body_builders` has every one
 # Backbones that can start from pretrained weights: name -> the input standardisation
 # (mean, std) those weights expect, which replaces the data's.
 PRETRAINED_INPUT = {"resnet50": (CAFFE_MEAN, CAFFE_STD)}

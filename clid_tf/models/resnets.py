@@ -194,28 +194,6 @@ def block_names_of(model: keras.Model) -> tuple[str, ...]:
     return tuple(sorted(found, key=found.get))
 
 
-def block_variables(model: keras.Model) -> list[list[keras.Variable]]:
-    """The trainable variables of each residual block, input to output, of a model with
-    `block_names` whose layers (at any depth) are named `<block>_...` and `stem_...` (or
-    the model's `stem_prefixes`, e.g. keras.applications' 'conv1_').
-
-    The stem's variables are listed with the first block, so that the lists partition
-    every parameter below the last block; the layers after it (final BN, head) are in none.
-    """
-    names = model.block_names
-    stem = tuple(getattr(model, "stem_prefixes", ("stem_",)))
-    block_of = {}  # id(variable) -> its block
-    for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-        block = names[0] if layer.name.startswith(stem) else next(
-            (name for name in names if layer.name.startswith(f"{name}_")), None)
-        block_of.update({id(v): block for v in layer.trainable_weights if block})
-    groups = {name: [] for name in names}
-    for variable in model.trainable_variables:  # each block's in the model's order
-        if id(variable) in block_of:
-            groups[block_of[id(variable)]].append(variable)
-    return [groups[name] for name in names]
-
-
 def _input(input_shape: Sequence[int | None]):
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {input_shape!r}")

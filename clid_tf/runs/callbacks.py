@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf import atomic_io
-from clid_tf.errors import NonFiniteError
+from clid_tf.errors import NonFiniteError, RunError
 
 
 def checkpoint_of(parts: dict, **extra) -> tf.train.Checkpoint:
@@ -29,6 +29,21 @@ def checkpoint_of(parts: dict, **extra) -> tf.train.Checkpoint:
     lists = {f"{name}_variables": list(part.variables) for name, part in parts.items()
              if isinstance(part, keras.layers.Layer)}
     return tf.train.Checkpoint(**parts, **lists, **extra)
+
+
+def restorer(parts: dict):
+    """path -> restores the RunState checkpoint at `path` into `parts` (networks, meta-nets;
+    optimizers may be left out); RunError (one line) when it does not match them."""
+    checkpoint = checkpoint_of(parts)
+
+    def restore(path: str) -> None:
+        try:
+            checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, tf.errors.OpError) as error:
+            raise RunError(f"checkpoint {path} does not match the run's networks (flags.cfg "
+                           f"changed?): {str(error).splitlines()[0]}") from error
+
+    return restore
 
 
 class RunState(keras.callbacks.Callback):

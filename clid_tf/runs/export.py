@@ -67,7 +67,7 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
     tf.DType or its name, e.g. "uint8" or "float32") is the dtype clients send.
     `class_names` (K strings, default '0'..'K-1') feed the `class_names` output. `decode`
     (one encoded image -> uint8 [*input_shape]) is how `serving_bytes` turns a client's file
-    into an input, e.g. `FileSource.decode` (which resizes as training did); by default it
+    into an input, e.g. `FileInputs.decode` (which resizes as training did); by default it
     decodes and checks the shape.
 
     The model is written to `path + '.tmp'` and renamed to `path` only when complete, so

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from typing import Iterable, Iterator
 
@@ -77,6 +78,14 @@ class RunFolder:
     # ------------------------------------------------------------ state of the folder
     def has_checkpoint(self) -> bool:
         return os.path.exists(self.join("checkpoints", "checkpoint"))
+
+    def checkpoint_paths(self) -> list[str]:
+        """The epoch checkpoints' prefixes ('.../ckpt-E'), by epoch; FolderError if none."""
+        found = sorted({name.rsplit(".", 1)[0] for name in _listing(self.checkpoints)
+                        if re.fullmatch(r"ckpt-\d+\.index", name)}, key=checkpoint_epoch)
+        if not found:
+            raise FolderError(f"no checkpoints in {self.checkpoints}")
+        return [self.join("checkpoints", name) for name in found]
 
     def is_complete(self) -> bool:
         return os.path.exists(self.results_path)
@@ -182,6 +191,10 @@ class RunFolder:
         results = self.read_results() if self.is_complete() else {}
         results[key] = value
         self.write_results(results)
+
+
+def _listing(folder: str) -> list[str]:
+    return os.listdir(folder) if os.path.isdir(folder) else []
 
 
 def _outermost_missing(path: str) -> str | None:

@@ -28,7 +28,6 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 from tensorboard.plugins.hparams import api as hp
 
-from clid_tf.metanets import wnet as meta_nets
 from clid_tf.core import objectives
 
 CURVE_COLOUR = "tab:blue"  # the weighting function
@@ -166,7 +165,8 @@ def weighting_function_image(meta_net: keras.Model, losses: np.ndarray,
     finite = finite[np.isfinite(finite)]
     x_max = max(5.0, float(np.percentile(finite, 99))) if len(finite) else 5.0
     grid = np.linspace(0.0, x_max, points)
-    curve = np.asarray(meta_net(tf.constant(grid, meta_net.compute_dtype)), np.float64)
+    curve = np.asarray(meta_net.weight_of_loss(tf.constant(grid, meta_net.compute_dtype)),
+                       np.float64)
     return figure_to_image(weighting_function_figure(grid, curve, groups, title=title,
                                                      size=size))
 
@@ -261,7 +261,7 @@ class MetaViews(keras.callbacks.Callback):
         with self._writer.as_default(step=epoch):
             for name, values, _ in self.groups(weights):
                 tf.summary.histogram(f"weights/{name}", values)
-            if isinstance(meta_net, meta_nets.WeightNet):
+            if hasattr(meta_net, "weight_of_loss"):  # a loss -> weight function (WNet)
                 image = weighting_function_image(
                     meta_net, losses, self.groups(losses),
                     title=f"WNet weighting function after epoch {epoch + 1}")

@@ -1,1 +1,149 @@
-"""Training schemes, each a package: its Keras model, math and streams."""
+"""Trainers: the training schemes `--trainer` names, what each must provide, one registry.
+
+A trainer is a package: its Keras model (a `train_step` that reads like its algorithm),
+its pure math, its input streams, and `cli.py`, the adapter that builds those parts from
+the parsed flags and runs them. The package's `__init__.py` declares its `Trainer` (no
+TensorFlow there): its names, the defaults of the flags it resolves its own way, the flag
+combinations it refuses, and where its adapter is. The built-in trainers:
+
+  meta         one network, a meta-net (WNet or VRI) trained through a virtual step
+  vri_single   one network with the VRI rectifier and the real optimizer's virtual step
+               (the authors' Clothing1M and Animal-10N scheme)
+  dividemix    two networks, GMM co-divide, MixMatch, optionally VRI + CLID
+  fixmatch, flexmatch
+               a few noisy labels plus unlabeled images, a loss-net trained by CLID
+
+The command line, the audit and the run folder use a trainer only through `Trainer` and
+its `Adapter`: a new trainer is one package and one `register(...)` call (new flags, if it
+needs any, go where every flag is defined, `clid_tf.cli.flags`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A flag combination a trainer cannot run.
+
+    Attributes:
+      applies: flags -> whether the combination is present (the flags as the trainer sees
+        them: its defaults filled in, `clid_tf.cli.checks.TrainerFlags`).
+      message: the one line that says why and what to give instead (or flags -> it).
+    """
+    applies: Callable[[Any], bool]
+    message: str | Callable[[Any], str]
+
+    def text(self, flags) -> str:
+        return self.message(flags) if callable(self.message) else self.message
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """A training scheme as the command line knows it.
+
+    Attributes:
+      name: the --trainer value.
+      summary: one line for --help.
+      adapter: the module with the `Adapter` functions, imported when a run starts.
+      defaults: flag name -> the value (or flags -> value) used when the flag is left
+        unset (None); every trainer-dependent default lives here.
+      refusals: the flag combinations this trainer refuses, checked right after parsing.
+      audits: the label audits it offers: 'in_sample' (its own checkpoints) and/or
+        'out_of_sample' (K models trained by cross-fitting); empty for none.
+      trains_on_unlabeled: whether the unlabeled part of --num_labels is trained on.
+      length: flags -> how long the run trains, for the plan line (default "N epochs").
+    """
+    name: str
+    summary: str
+    adapter: str
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    refusals: Sequence[Refusal] = ()
+    audits: tuple[str, ...] = ()
+    trains_on_unlabeled: bool = False
+    length: Callable[[Any], str] | None = None
+
+    def module(self) -> "Adapter":
+        """The adapter module (imports the trainer's TensorFlow parts)."""
+        return importlib.import_module(self.adapter)
+
+    def describe_length(self, flags) -> str:
+        """'30 epochs' (or the trainer's own `length`)."""
+        if self.length is not None:
+            return self.length(flags)
+        return f"{flags.epochs} epoch{'s' if flags.epochs != 1 else ''}"
+
+    def refused(self, flags) -> list[str]:
+        """The messages of the refusals that apply to `flags`."""
+        return [r.text(flags) for r in self.refusals if r.applies(flags)]
+
+
+def trains_on_all_labels(name: str) -> Refusal:
+    """The refusal of --num_labels (a few labels plus unlabeled data) by a trainer that
+    trains on every label."""
+    return Refusal(lambda f: bool(f.num_labels),
+                   f"--num_labels splits the data for fixmatch, flexmatch and the meta "
+                   f"trainer; --trainer={name} trains on all labels")
+
+
+class Adapter(Protocol):
+    """What a trainer's `cli.py` provides. `flags` are the parsed flags with the trainer's
+    defaults filled in; `setup` is the trainer's own data object (numpy only)."""
+
+    def prepare_setup(self, flags) -> Any:
+        """The run's data: loaded, noise injected, split; bad input raises RunError or
+        DataError (one line) before TensorFlow starts."""
+
+    def split_arrays(self, flags, setup) -> dict:
+        """What RUN/split.npz holds: labels and indices, checked again on resume."""
+
+    def train(self, flags, setup, folder, *, resuming: bool) -> dict:
+        """Builds the model, streams and callbacks, fits, exports; returns results.json."""
+
+    def in_sample_scores(self, flags, folder, setup) -> Any:
+        """`evaluation.label_issues.Scores` of the training samples under the run's last
+        checkpoints (only if 'in_sample' in the trainer's audits)."""
+
+    def out_of_sample_scores(self, flags, setup, *, folds: int) -> Any:
+        """The same, out of sample by K-fold cross-fitting (only if 'out_of_sample')."""
+
+
+_BUILTIN = ("clid_tf.trainers.meta", "clid_tf.trainers.dividemix", "clid_tf.trainers.fixmatch")
+_REGISTRY: dict[str, Trainer] = {}
+_LOADED = []  # whether the built-in trainers are registered
+
+
+def register(trainer: Trainer) -> Trainer:
+    """Makes `--trainer=trainer.name` run `trainer` (replacing one of the same name)."""
+    _REGISTRY[trainer.name] = trainer
+    return trainer
+
+
+def unregister(name: str) -> None:
+    """Removes a registered trainer (a test's toy one, say)."""
+    _REGISTRY.pop(name, None)
+
+
+def _builtins() -> None:
+    if not _LOADED:
+        _LOADED.append(True)
+        for module in _BUILTIN:  # each declares TRAINERS in its TensorFlow-free __init__
+            for trainer in importlib.import_module(module).TRAINERS:
+                _REGISTRY.setdefault(trainer.name, trainer)
+
+
+def names() -> tuple[str, ...]:
+    """The --trainer values, built-in first."""
+    _builtins()
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Trainer:
+    """The trainer named `name`; ValueError (listing the names) for an unknown one."""
+    _builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown trainer {name!r}; choose from {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]

@@ -1,173 +1,177 @@
-"""Datasets by CLI name: where each split's inputs are, their labels and class names.
+"""Dataset sources: what a `--dataset` value names, found in one registry.
 
-`load(name)` is the one entry point:
+A source turns the value into a `datasets.Dataset`: per split its `Inputs` (read by index
+inside tf.data) with int64 labels beside them, the class names and the input statistics.
+The built-in sources:
 
-  digits        scikit-learn's 8x8 digits, embedded (the offline default), in memory
+  digits        scikit-learn's 8x8 digits, embedded: the offline default       digits.py
   cifar10, cifar100, cifar10_n, cifar100_n
-                TFDS CIFAR and CIFAR-N (human noisy labels), in memory (clid_tf.data.sources.cifar)
-  npz:PATH      a user's arrays (clid_tf.data.sources.npz)
-  folder:PATH   a user's class-folder tree of image files, streamed (clid_tf.data.image_files)
-  list:FILE     a user's "relative/path label" list file under `data_root`, streamed
-  tfds:NAME     any TFDS image classification dataset (clid_tf.data.sources.tfds)
+                TFDS CIFAR and CIFAR-N (human noisy labels), in memory        cifar.py
+  npz:PATH      a user's arrays                                               npz.py
+  folder:PATH   a user's class-folder tree of image files, streamed           files.py
+  list:FILE     a user's "relative/path label" list files, streamed           files.py
+  tfds:NAME     any prepared TFDS image classification dataset                tfds.py
 
-Every loader returns a `Dataset`: per split a `sources.Source` (read by index inside
-tf.data) and int64 labels beside it. Images are uint8 0..255 [H, W, C] from loading to
-serving; per-channel `mean`/`std` are in [0, 1] pixel units. Flat feature vectors (npz only)
-are float32 [D] with per-feature statistics in raw units. Label noise, meta-set splits and
-pipelines are built elsewhere. Every failure the user can fix is a `DataError`, one line.
+A new source is one module that defines an object with the attributes of `Source` and one
+`register(...)` call; `--dataset`, its help and its checks find it here. Nothing here imports
+TensorFlow, so the command line checks its input before TensorFlow starts. Every failure the
+user can fix is a `DataError`, one line.
 """
 
 from __future__ import annotations
 
-import os
+from typing import Protocol, Sequence
 
-import numpy as np
-
-from clid_tf.data import datasets
-from clid_tf.data import inputs as sources
-from clid_tf.data.datasets import BENCHMARKS, PREFIXES, Dataset, Split
+from clid_tf.data import inputs
+from clid_tf.data.datasets import Dataset
 from clid_tf.errors import DataError
 
+# Loader options a source may take (the command line's flags of the same names).
+OPTIONS = ("human_label", "data_dir", "data_root", "image_size", "val_list", "test_list",
+           "class_names_file", "resize_shorter")
 
-def load(name: str, *, human_label: str | None = None, data_dir: str | None = None,
-         data_root: str | None = None, image_size: int | None = None,
-         val_list: str | None = None, test_list: str | None = None,
-         class_names_file: str | None = None, resize_shorter: int | None = None) -> Dataset:
-    """Loads a dataset by CLI name (see the module docstring).
 
-    Args:
-      name: 'digits', a TFDS CIFAR name, or a prefixed name 'npz:PATH', 'folder:PATH',
-        'list:FILE', 'tfds:NAME'.
-      human_label: the CIFAR-N label set ('cifar10_n'/'cifar100_n' only; `HUMAN_LABELS`).
-      data_dir: TFDS data directory (TFDS datasets only; default $TFDS_DATA_DIR).
-      data_root: the folder the paths of a 'list:' file are relative to (default: the
-        list file's folder).
-      image_size: resize images to image_size x image_size (file and TFDS data).
-      val_list, test_list: 'list:' data only: list files of a validation and a test split
-        (paths under the same data_root).
-      class_names_file: 'list:' data only: one class name per line (index = label).
-      resize_shorter: 'folder:' and 'list:' data only: resize each image's shorter side to
-        this, then centre-crop image_size x image_size (`sources.FileSource`).
+class Source(Protocol):
+    """One kind of dataset the command line can name.
+
+    Attributes:
+      name: the --dataset value ('digits'), or for a prefixed source its prefix without
+        the colon ('npz' for 'npz:PATH').
+      prefixed: whether the source is named 'NAME:ARGUMENT' (a path, a TFDS name).
+      options: the names in `OPTIONS` its `load` takes; any other option given is refused
+        with one line.
+      human_labels: label sets of human annotators that --noise may choose (CIFAR-N's
+        'worst', 'aggre', ...); empty for every other source.
+      example: an example of the --dataset value, for messages ('npz:/data/mine.npz').
+    """
+
+    name: str
+    prefixed: bool
+    options: frozenset[str]
+    human_labels: tuple[str, ...]
+    example: str
+
+    def load(self, argument: str, **options) -> Dataset:
+        """The dataset; `argument` is what follows 'NAME:' ('' for an unprefixed source).
+        Raises DataError (one line) for anything the user can fix."""
+
+    def claims(self, path: str) -> bool:
+        """Whether a bare path given as --dataset looks like this source's data (a folder,
+        an .npz, a list file): the command line then suggests 'NAME:path'."""
+
+
+_REGISTRY: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    """Adds `source` under its name (replacing a source of the same name); returns it."""
+    if not source.name or ":" in source.name:
+        raise ValueError(f"a source's name is a word without ':', got {source.name!r}")
+    unknown = set(source.options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"source {source.name!r} declares unknown options {sorted(unknown)}; "
+                         f"the options are {', '.join(OPTIONS)}")
+    _REGISTRY[source.name] = source
+    return source
+
+
+def unregister(name: str) -> None:
+    """Removes a registered source (a test's toy source, say)."""
+    _REGISTRY.pop(name, None)
+
+
+def registered() -> list[Source]:
+    """Every registered source, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def names() -> list[str]:
+    """The --dataset forms: 'digits', 'cifar10', ..., 'npz:...', 'folder:...'."""
+    return [s.name + (":..." if s.prefixed else "") for s in _REGISTRY.values()]
+
+
+def find(value: str) -> tuple[Source, str]:
+    """(the source a --dataset value names, the argument after its prefix).
 
     Raises:
-      DataError: unknown name, a human_label where none exists, or any loader failure.
+      DataError: an unknown name (listing the known ones), or a prefix without argument.
     """
-    if name not in ('cifar10_n', 'cifar100_n') and human_label is not None:
-        raise DataError(f'dataset {name!r} has no human noisy labels; drop '
-                        f'human_label={human_label!r} (only cifar10_n, cifar100_n)')
-    if image_size is not None and (name in BENCHMARKS or name.startswith('npz:')):
-        raise DataError(f'--image_size applies to folder:, list: and tfds: data; '
-                        f'{name} has a fixed size')
-    kind, _, arg = name.partition(':') if ':' in name else (name, '', '')
-    if resize_shorter is not None and kind not in ('folder', 'list'):
-        raise DataError(f'--resize_shorter applies to folder: and list: data, not {name}')
+    kind, colon, argument = value.partition(":")
+    source = _REGISTRY.get(kind)
+    if source is None or bool(colon) != source.prefixed:
+        raise DataError(f"unknown dataset {value!r}; valid: {', '.join(names())}")
+    if source.prefixed and not argument:
+        raise DataError(f"'{kind}:' needs an argument, e.g. {source.example}")
+    return source, argument
+
+
+def load(value: str, **options) -> Dataset:
+    """Loads the dataset a --dataset value names.
+
+    Args:
+      value: 'digits', 'cifar10', or a prefixed 'npz:PATH', 'folder:PATH', 'list:FILE',
+        'tfds:NAME' (or a registered source's).
+      **options: any of `OPTIONS`; None means not given. An option the source does not
+        take is refused, naming the sources that do.
+
+    Raises:
+      DataError: one line: an unknown name, an option that does not apply, or any
+        problem the source finds in the data.
+    """
+    source, argument = find(value)
+    given = {k: v for k, v in options.items() if v is not None}
+    for option in given:
+        if option not in OPTIONS:
+            raise TypeError(f"unknown loader option {option!r}; options: {', '.join(OPTIONS)}")
+        if option not in source.options:
+            raise DataError(_not_applicable(option, given[option], value))
     try:
-        sources.check_resize(image_size, resize_shorter)
+        inputs.check_resize(given.get("image_size"), given.get("resize_shorter"))
     except ValueError as error:
         raise DataError(str(error)) from error
-    if name == 'digits':
-        return load_digits()
-    if name in BENCHMARKS:
-        from clid_tf.data.sources import cifar as tfds_cifar  # pylint: disable=import-outside-toplevel
-        return tfds_cifar.load(name, human_label=human_label, data_dir=data_dir)
-    if f'{kind}:' not in PREFIXES:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(BENCHMARKS)}, "
-                        f"or {', '.join(p + '...' for p in PREFIXES)}")
-    if not arg:
-        raise DataError(f"'{kind}:' needs a {'name' if kind == 'tfds' else 'path'}, "
-                        f"e.g. {kind}:{'oxford_flowers102' if kind == 'tfds' else '/data/mine'}")
-    if kind == 'npz':
-        from clid_tf.data.sources import npz as npz_data  # pylint: disable=import-outside-toplevel
-        return npz_data.load(arg)
-    if kind == 'tfds':
-        from clid_tf.data.sources import tfds as tfds_images  # pylint: disable=import-outside-toplevel
-        return from_tfds(tfds_images, arg, data_dir=data_dir, image_size=image_size)
-    return from_files(kind, arg, data_root=data_root, image_size=image_size,
-                      val_list=val_list, test_list=test_list,
-                      class_names_file=class_names_file, resize_shorter=resize_shorter)
+    return source.load(argument, **given)
 
 
-# --------------------------------------------------------------------------- digits
-
-def load_digits(*, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
-    """scikit-learn's 8x8 digits (1797 images, 10 classes), a fixed stratified split.
-
-    The 0..16 grey levels are rescaled to 0..255 uint8 so digits look like any other image
-    dataset to the pipeline and the exported model. A benchmark: its labels are clean.
-    """
-    from sklearn import datasets as sk_datasets
-    from sklearn import model_selection
-
-    digits = sk_datasets.load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = model_selection.train_test_split(
-            images, labels, test_size=test_fraction, random_state=split_seed, stratify=labels)
-    mean, std = datasets.array_stats(x_train)
-    return Dataset(
-            train=Split(sources.ArraySource(x_train), y_train, y_train.copy()), val=None,
-            test=Split(sources.ArraySource(x_test), y_test), num_classes=10,
-            class_names=tuple(str(c) for c in range(10)), mean=mean, std=std,
-            labels_given=False)
+def _not_applicable(option: str, value, dataset: str) -> str:
+    """The one line for an option `dataset`'s source does not take."""
+    takers = [s for s in _REGISTRY.values() if option in s.options]
+    if option == "human_label":
+        return (f"dataset {dataset!r} has no human noisy labels; drop human_label={value!r} "
+                f"(only {', '.join(s.name for s in takers)})")
+    kinds = [s.name + (":" if s.prefixed else "") for s in takers]
+    return f"--{option} applies to {_listed(kinds)} data, not {dataset}"
 
 
-# --------------------------------------------------------------------------- user files
-
-def from_files(kind: str, path: str, *, data_root: str | None, image_size: int | None,
-               val_list: str | None = None, test_list: str | None = None,
-               class_names_file: str | None = None,
-               resize_shorter: int | None = None) -> Dataset:
-    """A class-folder tree ('folder') or "path label" list files ('list'), streamed."""
-    from clid_tf.data import image_files  # pylint: disable=import-outside-toplevel
-    if kind == 'folder':
-        if data_root is not None or val_list or test_list or class_names_file:
-            raise DataError('--data_root, --val_list, --test_list and --class_names_file '
-                            'apply to list: data; a folder: path holds its own splits')
-        lists = image_files.folder_splits(path)
-    else:
-        root = data_root if data_root is not None else os.path.dirname(os.path.abspath(path))
-        names = (None if class_names_file is None
-                 else image_files.read_class_names(class_names_file))
-        lists = {'train': image_files.read_list(path, root=root, class_names=names)}
-        for split, file in (('val', val_list), ('test', test_list)):
-            if file:
-                lists[split] = image_files.read_list(
-                    file, root=root, class_names=lists['train'].class_names)
-    checked, shape, warnings = image_files.check_splits(lists, image_size=image_size)
-    for warning in warnings:
-        print(f'warning: {warning}')
-    class_names = tuple(checked['train'].class_names)
-
-    def split(name):
-        if name not in checked:
-            return None
-        return Split(sources.FileSource(checked[name], shape, image_size=image_size,
-                                        resize_shorter=resize_shorter),
-                     checked[name].labels)
-
-    train = split('train')
-    datasets.check_labels(train.labels, len(class_names), what='training labels')
-    mean, std = datasets.source_stats(train.inputs)
-    return Dataset(train=train, val=split('val'), test=split('test'),
-                   num_classes=len(class_names), class_names=class_names, mean=mean,
-                   std=std, labels_given=True)
+def _listed(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def from_tfds(tfds_images, name: str, *, data_dir: str | None,
-              image_size: int | None) -> Dataset:
-    """Any TFDS image classification dataset (user labels: no default noise)."""
-    loaded = tfds_images.load_tfds_image_classification(name, data_dir=data_dir,
-                                                        image_size=image_size)
-    for note in loaded.notes:
-        print(f'note: {note}')
-    class_names = tuple(loaded.class_names)
-    splits = {key: Split(part.source, part.labels) for key, part in loaded.splits.items()}
-    if 'train' not in splits:
-        raise DataError(f'TFDS dataset {name!r} has no train split')
-    datasets.check_labels(splits['train'].labels, len(class_names), what='training labels')
-    mean, std = datasets.source_stats(splits['train'].inputs)
-    return Dataset(train=splits['train'], val=splits.get('val'), test=splits.get('test'),
-                   num_classes=len(class_names), class_names=class_names, mean=mean,
-                   std=std, labels_given=True)
+def human_label_sets() -> dict[str, tuple[str, ...]]:
+    """Source name -> the human label sets --noise may choose on it (CIFAR-N's)."""
+    return {s.name: tuple(s.human_labels) for s in _REGISTRY.values() if s.human_labels}
 
 
+def human_labels() -> tuple[str, ...]:
+    """Every --noise value that names a source's human label set (CIFAR-N's)."""
+    return tuple(n for s in _REGISTRY.values() for n in s.human_labels)
+
+
+def is_human_label(noise: str | None) -> bool:
+    """Whether a --noise value names a human label set of some source (CIFAR-N's)."""
+    return any(noise in s.human_labels for s in _REGISTRY.values())
+
+
+def claiming(path: str) -> list[Source]:
+    """The prefixed sources whose data a bare path looks like (a folder, an .npz, ...)."""
+    return [s for s in _REGISTRY.values() if s.prefixed and s.claims(path)]
+
+
+def _register_builtins() -> None:
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data.sources import cifar, digits, files, npz, tfds
+    for module in (digits, cifar, npz, files, tfds):
+        for source in module.SOURCES:
+            register(source)
+
+
+_register_builtins()

@@ -1,7 +1,7 @@
 """CIFAR-10/100 and CIFAR-10N/100N from TensorFlow Datasets, read into memory.
 
 The benchmarks of the paper: 50 000 32x32x3 training images per set (150 MB as uint8), held
-as arrays (`sources.ArraySource`). CIFAR-10/100 labels are clean (synthetic noise is added
+as arrays (`ArrayInputs`). CIFAR-10/100 labels are clean (synthetic noise is added
 by `clid_tf.data.noise`); CIFAR-N's training labels are one of its human label sets.
 """
 
@@ -13,10 +13,19 @@ from typing import NamedTuple
 import numpy as np
 
 from clid_tf.data import datasets
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 from clid_tf.errors import DataError
 
-HUMAN_LABELS = datasets.HUMAN_LABELS
+# CLI name of a human-noise label set -> its TFDS feature (tensorflow_datasets 4.9.x
+# image_classification/cifar10_n and cifar100_n). These features are -1 on the test split.
+HUMAN_LABELS = {
+    'aggre': 'aggre_label',
+    'worst': 'worse_label',
+    'rand1': 'random_label1',
+    'rand2': 'random_label2',
+    'rand3': 'random_label3',
+    'noisy100': 'noise_label',
+}
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 _CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.265, 0.276))
 _TFDS_BATCH = 10_000  # examples per tf.data batch while reading a split into numpy
@@ -73,10 +82,10 @@ def load(name: str, *, human_label: str | None = None,
     y_train = _tfds_labels(name, 'train', train, noisy_key or 'label', spec.num_classes)
     mean, std = spec.stats
     return datasets.Dataset(
-            train=datasets.Split(sources.ArraySource(_tfds_images(name, 'train', train)),
+            train=datasets.Split(ArrayInputs(_tfds_images(name, 'train', train)),
                                  y_train, y_train_clean),
             val=None,
-            test=datasets.Split(sources.ArraySource(_tfds_images(name, 'test', test)),
+            test=datasets.Split(ArrayInputs(_tfds_images(name, 'test', test)),
                                 _tfds_labels(name, 'test', test, 'label', spec.num_classes)),
             num_classes=spec.num_classes, class_names=_class_names(name, spec, data_dir),
             mean=mean, std=std, labels_given=False)
@@ -193,3 +202,27 @@ def _tfds_labels(name: str, split: str, arrays: dict[str, np.ndarray], key: str,
     return labels
 
 
+
+
+class CifarSource:
+    """The `Source` of one of 'cifar10', 'cifar100', 'cifar10_n', 'cifar100_n'."""
+
+    prefixed = False
+    example = 'cifar10'
+
+    def __init__(self, name: str):
+        self.name = name
+        self.human_labels = _TFDS_SPECS[name].human_labels
+        self.options = frozenset({'data_dir', *(('human_label',) if self.human_labels else ())})
+
+    def load(self, argument: str, *, data_dir: str | None = None,
+             human_label: str | None = None) -> datasets.Dataset:
+        del argument
+        return load(self.name, human_label=human_label, data_dir=data_dir)
+
+    def claims(self, path: str) -> bool:
+        del path
+        return False
+
+
+SOURCES = tuple(CifarSource(name) for name in NAMES)

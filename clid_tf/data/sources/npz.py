@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from clid_tf.data import datasets
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import ArrayInputs
 from clid_tf.errors import DataError
 
 _NPZ_REQUIRED = ('x_train', 'y_train')
@@ -76,7 +76,7 @@ def load(path: str | os.PathLike) -> datasets.Dataset:
     def split_of(name):
         if name not in xs:
             return None
-        return datasets.Split(sources.ArraySource(xs[name]), labels[name],
+        return datasets.Split(ArrayInputs(xs[name]), labels[name],
                               y_clean if name == 'train' else None)
 
     return datasets.Dataset(train=split_of('train'), val=split_of('val'),
@@ -205,3 +205,23 @@ def _npz_class_names(path: str, names: np.ndarray | None,
     if len(names) < 2:
         raise _npz_error(path, f'needs at least 2 classes, class_names has {len(names)}')
     return tuple(str(n) for n in names)
+
+
+class NpzSource:
+    """The `Source` of 'npz:PATH'."""
+
+    name = 'npz'
+    prefixed = True
+    options = frozenset()
+    human_labels = ()
+    example = 'npz:/data/mine.npz'
+
+    def load(self, argument: str, **options) -> datasets.Dataset:
+        del options
+        return load(argument)
+
+    def claims(self, path: str) -> bool:
+        return path.endswith('.npz')
+
+
+SOURCES = (NpzSource(),)

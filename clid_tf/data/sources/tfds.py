@@ -7,13 +7,13 @@ are the ClassLabel's names.
 
 How a split is read depends on the files TFDS prepared (tensorflow_datasets 4.9):
 
-  array_record  random access (`builder.as_data_source`): a `TfdsSource` reads the
+  array_record  random access (`builder.as_data_source`): a `TfdsInputs` reads the
                 serialized examples of each batch of indices in one call, then tf.data
                 parses, decodes and resizes them in parallel map calls; nothing is held in
                 memory. One pass over the records reads the labels up front.
   tfrecord      (the TFDS default) sequential files without random access: the split is
                 read once, decoded and resized to uint8, and held in memory (an
-                ArraySource), with a note naming its size. A split that would take more than
+                ArrayInputs), with a note naming its size. A split that would take more than
                 half the machine's memory is an error that says how to convert the dataset
                 to array_record.
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from clid_tf.data import datasets
 from clid_tf.errors import DataError
-from clid_tf.data.inputs import ArraySource, Source, decode_image
+from clid_tf.data.inputs import ArrayInputs, Inputs, decode_image
 
 # TFDS split name -> ours.
 SPLITS = {'train': 'train', 'validation': 'val', 'test': 'test'}
@@ -43,13 +43,13 @@ _READ_BATCH = 1024  # examples per read while reading labels or a whole split
 
 
 class TfdsSplit(NamedTuple):
-    """One split: its images as a Source and its labels.
+    """One split: its images (`Inputs`) and their labels.
 
     Attributes:
-      source: uint8 images [N, *element_shape] (a TfdsSource or an ArraySource).
+      inputs: uint8 images [N, *element_shape] (a TfdsInputs or an ArrayInputs).
       labels: int64 [N] in [0, len(class_names)).
     """
-    source: Source
+    inputs: Inputs
     labels: np.ndarray
 
 
@@ -78,7 +78,7 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
         no fixed size.
 
     Returns:
-      TfdsImages; every split's source has element_shape (H, W, C), dtype 'uint8'.
+      TfdsImages; every split's inputs have element_shape (H, W, C), dtype 'uint8'.
 
     Raises:
       DataError (one line): unknown or unprepared dataset, no image/label features, no
@@ -104,7 +104,7 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
         if random_access:
             records = builder.as_data_source(
                     split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-            source = TfdsSource(records, info.features, image_key=image_key,
+            source = TfdsInputs(records, info.features, image_key=image_key,
                                 element_shape=shape, image_size=image_size)
             labels = source.read_labels(label_key)
         else:
@@ -118,7 +118,7 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
     return TfdsImages(splits=splits, class_names=class_names, notes=notes)
 
 
-class TfdsSource:
+class TfdsInputs:
     """A TFDS split in array_record files, read by index (implements `Source`).
 
     `read` fetches the serialized tf.Examples of each batch of indices with one Python call
@@ -256,7 +256,7 @@ def _element_shape(name: str, image: Any, image_size: int | None) -> tuple[int, 
 
 def _read_into_memory(builder: Any, name: str, split: str, image_key: str, label_key: str,
                       shape: tuple[int, int, int], image_size: int | None,
-                      ) -> tuple[ArraySource, np.ndarray]:
+                      ) -> tuple[ArrayInputs, np.ndarray]:
     """A split without random access, decoded (and resized) into uint8 [N, H, W, C]."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -287,11 +287,11 @@ def _read_into_memory(builder: Any, name: str, split: str, image_key: str, label
         raise DataError(f'TFDS dataset {name!r} ({split}): cannot decode an image to '
                         f'{_shape_text(shape)} ({detail}); pass --image_size=S to resize') from err
     if not images:
-        return ArraySource(np.zeros((0, *shape), np.uint8)), np.zeros(0, np.int64)
-    return ArraySource(np.concatenate(images)), np.concatenate(labels).astype(np.int64)
+        return ArrayInputs(np.zeros((0, *shape), np.uint8)), np.zeros(0, np.int64)
+    return ArrayInputs(np.concatenate(images)), np.concatenate(labels).astype(np.int64)
 
 
-def _memory_note(builder: Any, name: str, split: str, source: ArraySource) -> str:
+def _memory_note(builder: Any, name: str, split: str, source: ArrayInputs) -> str:
     return (f'TFDS dataset {name!r} ({split}): tfrecord files have no random access, so its '
             f'{len(source)} images are held in memory ({source.array.nbytes / 2**20:.1f} MiB); '
             f'to stream them, {_array_record_advice(builder, name)}')
@@ -322,3 +322,41 @@ def _physical_memory() -> int | None:
 
 def _shape_text(shape: Sequence[int]) -> str:
     return 'x'.join(str(d) for d in shape)
+
+
+def load(name: str, *, data_dir: str | None = None, image_size: int | None = None
+         ) -> datasets.Dataset:
+    """Any prepared TFDS image classification dataset as a `datasets.Dataset` (a user's
+    labels: no default noise)."""
+    loaded = load_tfds_image_classification(name, data_dir=data_dir, image_size=image_size)
+    for note in loaded.notes:
+        print(f'note: {note}')
+    class_names = tuple(loaded.class_names)
+    splits = {key: datasets.Split(part.inputs, part.labels)
+              for key, part in loaded.splits.items()}
+    datasets.check_labels(splits['train'].labels, len(class_names), what='training labels')
+    mean, std = datasets.source_stats(splits['train'].inputs)
+    return datasets.Dataset(train=splits['train'], val=splits.get('val'),
+                            test=splits.get('test'), num_classes=len(class_names),
+                            class_names=class_names, mean=mean, std=std, labels_given=True)
+
+
+class TfdsSource:
+    """The `Source` of 'tfds:NAME'."""
+
+    name = 'tfds'
+    prefixed = True
+    options = frozenset({'data_dir', 'image_size'})
+    human_labels = ()
+    example = 'tfds:oxford_flowers102'
+
+    def load(self, argument: str, *, data_dir: str | None = None,
+             image_size: int | None = None) -> datasets.Dataset:
+        return load(argument, data_dir=data_dir, image_size=image_size)
+
+    def claims(self, path: str) -> bool:
+        del path
+        return False
+
+
+SOURCES = (TfdsSource(),)

@@ -27,7 +27,7 @@ import tensorflow as tf
 from clid_tf.data import pipelines as data
 from clid_tf.trainers.dividemix import mixmatch as dividemix
 from clid_tf.evaluation import selection as selection_lib
-from clid_tf.trainers.meta import small_loss as sloss
+from clid_tf.core import gmm
 
 # Stream codes: each stream of an epoch has its own seed, 10 * seed + code.
 _WARMUP, _LABELED, _UNLABELED, _META = 1, 3, 5, 7
@@ -97,7 +97,7 @@ class Streams:
                                             tf.float64), trainable=False, name="losses")
         self.filled = tf.Variable(0, trainable=False, name="filled")
         self._forwards: dict[int, selection_lib.Forward] = {}
-        by_source = np.zeros(len(train.source), np.int32)
+        by_source = np.zeros(len(train.inputs), np.int32)
         by_source[self.ids] = self.labels
         self._label_table = by_source
 
@@ -106,7 +106,7 @@ class Streams:
                             ) -> list[np.ndarray]:
         """Each network's GMM clean probability float64 [n] of every training sample:
         inference-mode CE with the noisy labels, min-max normalised (averaged over the
-        last `average_epochs` epochs), `sloss.clean_probability` seeded seed + epoch + 1."""
+        last `average_epochs` epochs), `gmm.clean_probability` seeded seed + epoch + 1."""
         history = self.history.numpy()
         filled = min(int(self.filled.numpy()) + 1, self.average_epochs)
         for k, backbone in enumerate(backbones):
@@ -114,11 +114,11 @@ class Streams:
                 self._forwards[id(backbone)] = selection_lib.inference_function(backbone)
             logits = selection_lib.predict_logits(self._forwards[id(backbone)], self.train,
                                                   batch_size=self.eval_batch_size)
-            losses = sloss.normalize_losses(sloss.cross_entropy(logits, self.labels))
+            losses = gmm.normalize_losses(gmm.cross_entropy(logits, self.labels))
             history[k] = np.concatenate([history[k, 1:], losses[None]])
         self.history.assign(history)
         self.filled.assign(filled)
-        return [sloss.clean_probability(history[k, -filled:].mean(axis=0),
+        return [gmm.clean_probability(history[k, -filled:].mean(axis=0),
                                         seed=self.seed + epoch + 1) for k in (0, 1)]
 
     def checkpoint_parts(self) -> dict:
@@ -147,7 +147,7 @@ class Streams:
             unlabeled = _at_least(part.unlabeled, self.batch_size, len(self.ids))
             steps = self.steps(len(part.labeled))
             phases.append(Phase("dividemix", k, steps))
-            prob = np.zeros(len(self.train.source), np.float32)
+            prob = np.zeros(len(self.train.inputs), np.float32)
             prob[self.ids] = part.clean_prob
             elements = {
                 "labeled": self._batches(self.ids[labeled], _LABELED + k, epoch, steps,
@@ -158,7 +158,7 @@ class Streams:
             if self.meta_sets is not None:
                 meta = self.meta_sets[k]
                 elements["meta"] = data.epoch_batches(
-                    meta.source, meta.ids(), batch_size=min(self.meta_batch_size, len(meta)),
+                    meta.inputs, meta.ids(), batch_size=min(self.meta_batch_size, len(meta)),
                     seed=10 * self.seed + _META + k, steps_per_epoch=steps,
                     first_epoch=epoch, augment=self.meta_augment).take(steps)
             streams.append(tf.data.Dataset.zip(elements))
@@ -174,7 +174,7 @@ class Streams:
         if prob is not None:
             fields["prob"] = prob
         seed = 10 * self.seed + code
-        batches = data.epoch_batches(self.train.source, ids, batch_size=self.batch_size,
+        batches = data.epoch_batches(self.train.inputs, ids, batch_size=self.batch_size,
                                      seed=seed, steps_per_epoch=steps, first_epoch=epoch,
                                      fields=fields).take(steps)
         augment = self.augment

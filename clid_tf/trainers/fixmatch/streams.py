@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf.data import pipelines as data
-from clid_tf.data import inputs as sources
+from clid_tf.data.inputs import Inputs
 
 Augment = Callable[..., tf.Tensor]  # fn(images float32 [b, ...], stateless_seed) -> same
 
 
-def view_batches(source: sources.Source, indices: np.ndarray, *,
+def view_batches(source: Inputs, indices: np.ndarray, *,
                  views: Mapping[str, Augment], batch_size: int, seed: int,
                  steps_per_epoch: int, first_epoch: int = 0,
                  fields: Mapping[str, np.ndarray] | None = None) -> tf.data.Dataset:
@@ -54,7 +54,7 @@ def positions(indices: np.ndarray, num_samples: int) -> np.ndarray:
     return table
 
 
-def ssl_stream(source: sources.Source, *, labeled: np.ndarray, labels: np.ndarray,
+def ssl_stream(source: Inputs, *, labeled: np.ndarray, labels: np.ndarray,
                unlabeled: np.ndarray, meta: np.ndarray | None, weak: Augment,
                strong: Augment, batch_size: int, unlabeled_batch_size: int,
                meta_batch_size: int = 0, meta_views: tuple[str, ...] = ("weak", "strong"),

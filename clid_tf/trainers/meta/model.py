@@ -33,28 +33,6 @@ from clid_tf.core import objectives
 from clid_tf.core import virtual
 
 
-def _cross_replica_cond(pred, true_fn, false_fn, args=()):
-    """tf.cond(pred, true_fn(*args), false_fn(*args)) -> this replica's scalar, taken in
-    the cross-replica context: each branch runs on every replica with that replica's args.
-
-    For strategies that synchronise through merge_call (Mirrored, MultiWorkerMirrored),
-    which refuse a synchronisation inside a replica-context tf.cond; Keras'
-    LossScaleOptimizer takes its cond the same way. `pred` must agree across replicas.
-    """
-    context = tf.distribute.get_replica_context()
-
-    def cross_replica(strategy, pred, *args):
-        def on_every_replica(fn):
-            return lambda: tf.stack(strategy.experimental_local_results(
-                strategy.extended.call_for_each_replica(fn, args=args)))
-        return tf.cond(strategy.experimental_local_results(pred)[0],
-                       on_every_replica(true_fn), on_every_replica(false_fn))
-
-    stacked = context.merge_call(cross_replica, args=(pred, *args))  # this worker's replicas
-    local_replicas = len(context.strategy.extended.worker_devices)  # ids are worker-major
-    return stacked[context.replica_id_in_sync_group % local_replicas]
-
-
 @keras.saving.register_keras_serializable(package="clid_tf")
 class MetaReweightModel(keras.Model):
     """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
@@ -277,7 +255,7 @@ class MetaReweightModel(keras.Model):
             return meta_loss, taken
         # The backward of the recorded forward belongs to this replica context (synchronised
         # BN), so the branch, which runs in another one, records the forward again.
-        return _cross_replica_cond(
+        return distribute.cross_replica_cond(
             taken, lambda b, m, s: tf.cast(self._virtual_and_meta_step(
                 b, m, virtual.train_forward(self.backbone, b["image"]), s), dtype),
             skip, args=(batch, meta_batch, scaling)), taken

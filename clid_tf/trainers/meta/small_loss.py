@@ -20,60 +20,16 @@ Deliberate differences from the reference (utilities.py::eval_train):
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
+from clid_tf.core.gmm import clean_probability, cross_entropy, normalize_losses
 from clid_tf.data import pipelines as data
 from clid_tf.evaluation import selection as selection_lib
-from clid_tf.data import inputs as sources
-
-GMM_OPTIONS = {"n_components": 2, "max_iter": 10, "reg_covar": 5e-4, "tol": 1e-2}
-
-
-# ---------------------------------------------------------------- pure numpy
-def normalize_losses(losses: np.ndarray) -> np.ndarray:
-    """Min-max normalises losses float [N] to [0, 1] (float64 [N]).
-
-    Non-finite losses (a diverged sample) count as the largest finite loss. A constant
-    input gives all zeros.
-    """
-    x = np.asarray(losses, dtype=np.float64).reshape(-1)
-    finite = np.isfinite(x)
-    if not finite.any():
-        return np.zeros_like(x)
-    high = x[finite].max()
-    x = np.where(finite, x, high)
-    span = high - x.min()
-    return np.zeros_like(x) if span <= 0 else (x - x.min()) / span
-
-
-def clean_probability(losses: np.ndarray, *, seed: int) -> np.ndarray:
-    """Posterior of the lower-mean component of a 2-GMM fitted to the losses (DivideMix).
-
-    Args:
-      losses: float [N] per-sample losses (CE with the noisy labels).
-      seed: `random_state` of the GMM (k-means initialisation); same seed, same output.
-
-    Returns:
-      float64 [N] in [0, 1]: probability that each sample's label is clean. With fewer than
-      2 samples or constant losses nothing separates the samples: all 0.5.
-    """
-    x = normalize_losses(losses)
-    if len(x) < 2 or np.all(x == x[0]):
-        return np.full(len(x), 0.5)
-    gmm = GaussianMixture(random_state=int(seed), **GMM_OPTIONS)
-    with warnings.catch_warnings():  # 10 EM steps often stop before tol, as in DivideMix
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gmm.fit(x[:, None])
-    posterior = gmm.predict_proba(x[:, None])
-    return posterior[:, int(np.argmin(gmm.means_.reshape(-1)))].astype(np.float64)
-
+from clid_tf.data.inputs import ArrayInputs, Inputs
 
 def per_class_size(size: int, num_classes: int) -> int:
     """size // K, which must be at least 1."""
@@ -135,14 +91,6 @@ def initial_indices(noisy_labels: np.ndarray, *, size: int, num_classes: int,
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-sample CE, float logits [N, K] and int labels [N] -> float64 [N]."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return log_norm - z[np.arange(len(z)), np.asarray(labels, dtype=np.int64)]
-
-
 def precision(indices: np.ndarray, noisy_labels: np.ndarray,
               clean_labels: np.ndarray) -> float:
     """Fraction of the selected samples whose noisy label equals the clean one."""
@@ -169,7 +117,7 @@ class DynamicMetaSet:
                  num_classes: int):
         """
         Args:
-          source: the training split's `sources.Source`.
+          source: the training split's `Inputs`.
           labels: int [len(source)] noisy training labels (the meta objective reads these).
           indices: int [<= M] initial meta indices into the source.
           size: meta-set size; M = size // K * K.
@@ -227,7 +175,7 @@ class DynamicMetaSet:
         draw = self._draw_fn(int(batch_size), int(seed))
         labels = self._labels
         steps = tf.data.Dataset.counter(first_step)
-        if isinstance(self.source, sources.ArraySource):
+        if isinstance(self.source, ArrayInputs):
             # Draw and gather in ONE map, which reads the meta-set variables and so stays
             # sequential: a batch reflects the meta set of the moment it is produced
             # (nothing is read ahead but the downstream prefetch).

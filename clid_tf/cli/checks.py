@@ -1,0 +1,142 @@
+"""Every refusal of a flag combination and every default that depends on other flags.
+
+`resolved()` gives the parsed flags as a trainer reads them (`TrainerFlags`): a flag left
+unset (None) takes the trainer's default (`clid_tf.trainers.Trainer.defaults`: --meta_net,
+--virtual_step, --lambda_u, --select_augment) or one of `DEFAULTS` below. `check(flags)`
+raises RunError with the first refusal that applies: the combinations no trainer can run
+(`REFUSALS`), then the trainer's own (`Trainer.refusals`). Both run right after parsing,
+before any data is read, so a mistake is one line within seconds. A check of one flag's
+value (a range, a known name) sits beside its definition in `clid_tf.cli.flags`; checks
+that need the data (images for an image backbone) are the trainers' `prepare_setup`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clid_tf import names
+from clid_tf import trainers
+from clid_tf.cli.flags import FLAGS, training_flag_names
+from clid_tf.data import sources
+from clid_tf.errors import RunError
+from clid_tf.trainers import Refusal
+
+RESIDUAL_BACKBONES = tuple(b for b in names.BACKBONES if b not in names.WITHOUT_RESIDUAL_BLOCKS)
+# Defaults that follow another flag, for every trainer.
+DEFAULTS = {
+    "meta_augment": lambda f: f.augment,  # meta images augmented as training images
+}
+
+
+class TrainerFlags:
+    """The parsed flags with the trainer's defaults filled in: `flags.meta_net` is
+    --meta_net, or the trainer's meta-net when the flag was left unset. Read-only; the
+    values stay in absl's FLAGS (nothing is copied)."""
+
+    def __init__(self, values, trainer: trainers.Trainer):
+        self._values = values
+        self.trainer_spec = trainer  # (`trainer` is the flag: the trainer's name)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._values, name)
+        if value is not None:
+            return value
+        default = self.trainer_spec.defaults.get(name, DEFAULTS.get(name))
+        return default(self) if callable(default) else default
+
+    def given(self, name: str) -> bool:
+        """Whether the flag was given (on the command line or in a flagfile)."""
+        return self._values[name].present
+
+    def hparams(self) -> dict:
+        """Every training flag's value as given (TensorBoard's HParams), but the run's
+        place and verbosity."""
+        return {name: self._values[name].value for name in sorted(training_flag_names())
+                if name not in ("workdir", "resume", "verbose")}
+
+
+def resolved(values=FLAGS) -> TrainerFlags:
+    """The flags as the trainer of --trainer reads them."""
+    return TrainerFlags(values, trainers.get(values.trainer))
+
+
+def _human_noise_fits_dataset(f) -> str | None:
+    """CIFAR-N trains on one of its human label sets, and only CIFAR-N has them."""
+    sets = sources.human_label_sets().get(f.dataset)
+    if sets and f.noise not in sets:
+        what = "needs" if f.noise is None else f"has no human label set {f.noise!r}; it needs"
+        return (f"--dataset={f.dataset} {what} --noise={'|'.join(sets)} (the human label "
+                "set to train on)")
+    if not sets and sources.is_human_label(f.noise):
+        owner = next(name for name, sets in sources.human_label_sets().items()
+                     if f.noise in sets)
+        return (f"--noise={f.noise} is a human label set of {owner} (use --dataset={owner});"
+                f" for synthetic noise on {f.dataset} use e.g. --noise=sym")
+    return None
+
+
+def _pretrained_fits_backbone(f) -> str | None:
+    """--pretrained only for the backbones with pretrained weights, which bring their own
+    input convention (so no --standardize beside them)."""
+    if f.pretrained in ("none", ""):
+        return None
+    if f.backbone != "resnet50":
+        return (f"--pretrained={f.pretrained}: pretrained weights exist for "
+                f"--backbone=resnet50 only, not {f.backbone} (use --pretrained=none)")
+    if f.standardize is not None:
+        return (f"--standardize={f.standardize} with --pretrained: the weights fix the "
+                "input standardisation (keras.applications' caffe convention); drop "
+                "--standardize")
+    return None
+
+
+def _found(check):
+    """A Refusal from a check that returns its message or None."""
+    return Refusal(lambda f: check(f) is not None, check)
+
+
+# Combinations that no trainer can run.
+REFUSALS = (
+    _found(_human_noise_fits_dataset),
+    _found(_pretrained_fits_backbone),
+    Refusal(lambda f: f.lr_schedule == "multistep" and not f.lr_milestones,
+            "--lr_schedule=multistep needs --lr_milestones (epochs, e.g. 80,120)"),
+    Refusal(lambda f: f.strategy != "default" and f.meta_grad == "jvp",
+            "--meta_grad=jvp runs on one replica only (TensorFlow's forward mode does not "
+            "pass through the cross-replica BatchNorm); use --meta_grad=recompute"),
+    Refusal(lambda f: f.strategy != "default" and f.jit_compile,
+            "--jit_compile of the whole step fails under tf.distribute strategies (XLA "
+            "cannot reach variables mirrored on other devices); the CLID kernel is "
+            "XLA-compiled anyway"),
+    Refusal(lambda f: f.resize_shorter is not None and (
+        f.image_size is None or f.resize_shorter < f.image_size),
+        "--resize_shorter=R needs --image_size=S with S <= R (the centre crop it resizes "
+        "for)"),
+    Refusal(lambda f: f.resample_subset_each_epoch and not f.train_subset,
+            "--resample_subset_each_epoch needs --train_subset=N (the subset to draw)"),
+    Refusal(lambda f: f.reset_optimizer_each_epoch and f.lr_schedule != "constant",
+            "--reset_optimizer_each_epoch restarts the optimizer's iteration counter, and "
+            "with it any lr schedule, every epoch (the reference loses its decay the same "
+            "way): use --lr_schedule=constant"),
+    Refusal(lambda f: f.meta_scope.startswith("top:")
+            and f.backbone in names.WITHOUT_RESIDUAL_BLOCKS,
+            lambda f: f"--meta_scope={f.meta_scope} needs a backbone with residual blocks "
+                      f"({', '.join(RESIDUAL_BACKBONES)}); --backbone={f.backbone} has none"),
+    Refusal(lambda f: f.meta_scope == "last_layer" and f.backbone == "vgg19_bn",
+            "--meta_scope=last_layer steps a Dense head on the features; vgg19_bn's "
+            "features feed an MLP (its CLID feature is the pooled conv feature): use "
+            "--meta_scope=full"),
+)
+
+
+def refusals(flags: TrainerFlags) -> list[str]:
+    """The messages of every refusal that applies, the trainer's after the global ones."""
+    return ([r.text(flags) for r in REFUSALS if r.applies(flags)]
+            + flags.trainer_spec.refused(flags))
+
+
+def check(flags: TrainerFlags) -> None:
+    """RunError with the first refusal that applies to `flags`, if any."""
+    found = refusals(flags)
+    if found:
+        raise RunError(found[0])

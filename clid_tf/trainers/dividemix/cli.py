@@ -1,0 +1,217 @@
+"""DivideMix's adapter (`--trainer=dividemix`): two backbones, two VRI rectifiers (or none
+for plain DivideMix, `--method=ce`), `DivideMixModel`, the per-epoch `Streams`, one
+`ClidSelection` per network on its own meta set and the two-network evaluation, built
+from the flags as a Python user would build them.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import NamedTuple
+
+import numpy as np
+
+from clid_tf.data import datasets
+from clid_tf.data import meta_sets
+from clid_tf.runs import folder as run_folder
+from clid_tf.trainers import parts
+
+# Class-dependent noise: DivideMix adds its confidence penalty to the warm-up.
+ASYMMETRIC = ("pair", "flip", "flip2", "asym_cifar10", "asym_cifar100",
+              "asym_cifar100_superclass")
+# The seed offset of network 2's meta set (a prime, so that the two draws differ).
+SECOND_META_SET = 7919
+
+
+class Setup(NamedTuple):
+    """A DivideMix run's data: `splits.Setup`'s fields, with one meta set per network.
+
+    meta_sets: (int64 [M], int64 [M]) training-split indices of each network's label-free
+      meta set (also what its CLID selection scores; drawn for --method=ce too).
+    noise: the noise kind of the training labels (`parts.default_noise`).
+    """
+    dataset: datasets.Dataset
+    noisy_labels: np.ndarray
+    train_indices: np.ndarray
+    meta_sets: tuple
+    val_indices: np.ndarray | None
+    noise: str
+
+
+def prepare_setup(flags) -> Setup:
+    """The run's data: noise, held-out part and the two meta sets (numpy only)."""
+    base = parts.noisy_setup(flags)
+    pool = base.train_indices
+    second = pool[meta_sets.random_subset(len(pool), size=len(base.selection_indices),
+                                          seed=flags.seed + SECOND_META_SET)]
+    return Setup(base.dataset, base.noisy_labels, pool, (base.selection_indices, second),
+                 base.val_indices, parts.default_noise(flags, base.dataset))
+
+
+def split_arrays(flags, setup: Setup) -> dict:
+    """split.npz: the meta trainer's arrays (net 1's meta set as meta_indices) and net 2's."""
+    del flags
+    arrays = run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
+                                     setup.meta_sets[0], setup.val_indices)
+    return {**arrays, "meta_indices_net2": setup.meta_sets[1]}
+
+
+def train(flags, setup: Setup, folder, *, resuming: bool) -> dict:
+    """Builds both networks, their streams and callbacks from the flags, fits, exports."""
+    # pylint: disable=import-outside-toplevel
+    import keras
+    from clid_tf.evaluation import results as results_lib
+    from clid_tf.evaluation import two_nets
+    from clid_tf.runs import callbacks as run_callbacks
+    from clid_tf.runs import tb_views
+    from clid_tf.trainers.dividemix import model as dividemix_model
+    if not resuming:
+        parts.tensorboard_header(flags, folder, CHARTS)
+    ds = setup.dataset
+    model = compiled_model(flags, setup)
+    selections = selections_of(flags, setup, folder, model.backbones)
+    evaluation = two_nets.TwoNetEvaluation(selections,
+                                           None if ds.test is None else ds.test.labels)
+    streams = streams_of(flags, setup)
+    checkpointed = {**model.checkpoint_parts(), **streams.checkpoint_parts()}
+    run_state = run_callbacks.RunState(  # the networks and the co-divide's loss history
+        folder.checkpoints, types.SimpleNamespace(checkpoint_parts=lambda: checkpointed),
+        selections)
+    start = run_state.restore() if resuming else 0
+    if start:
+        print(f"resuming after epoch {start} of {flags.epochs}")
+    model.fit(streams, epochs=flags.epochs, initial_epoch=start, verbose=flags.verbose,
+              validation_data=parts.validation_batches(flags, setup), callbacks=[
+                  dividemix_model.EpochLearningRate(epoch_lr(flags), model.net_optimizers),
+                  *selections, evaluation,  # add logs: before the callbacks that record them
+                  tb_views.StepTimer(), keras.callbacks.TensorBoard(folder.tensorboard),
+                  run_callbacks.NonFiniteGuard(), run_state])
+    networks = results_lib.exported_members(selections, flags.export, keep=flags.select_keep,
+                                            last=model.backbones)
+    parts.export(flags, networks, (), ds, folder, overwrite=resuming)
+    results = results_lib.several_networks(setup, selections, evaluation, run_state.history,
+                                           export=flags.export,
+                                           num_meta=[len(m) for m in setup.meta_sets])
+    results["trainer"] = "dividemix"
+    return results
+
+
+def epoch_lr(flags):
+    """epoch -> the flags' learning rate of that epoch (DivideMix sets it per epoch)."""
+    schedule = parts.lr_schedule(flags, 1)  # one "step" per epoch
+    return schedule if callable(schedule) else lambda epoch: schedule
+
+
+def build_networks(flags, setup: Setup, *, sync_batchnorm: bool) -> tuple[list, list | None]:
+    """The two backbones (seeds seed, seed + 1) and, unless --method=ce, two meta-nets."""
+    from clid_tf import metanets  # pylint: disable=import-outside-toplevel
+    nets = [parts.build_backbone(flags, setup, sync_batchnorm=sync_batchnorm,
+                                 seed=flags.seed + k) for k in (0, 1)]
+    if flags.method == "ce":
+        return nets, None
+    return nets, [metanets.build(flags.meta_net, num_classes=setup.dataset.num_classes,
+                                 feature_dim=net.feature_dim, seed=flags.seed + k)
+                  for k, net in enumerate(nets)]
+
+
+def compiled_model(flags, setup: Setup):
+    """`DivideMixModel` of the flags under the flags' strategy, with its four optimizers."""
+    # pylint: disable=import-outside-toplevel
+    import keras
+    from clid_tf.errors import RunError
+    from clid_tf.trainers.dividemix import model as dividemix_model
+    strategy = parts.start_strategy(flags)
+    with strategy.scope():
+        nets, meta_nets = build_networks(flags, setup,
+                                         sync_batchnorm=strategy.num_replicas_in_sync > 1)
+        try:
+            model = dividemix_model.DivideMixModel(
+                nets, meta_nets, meta_objective=flags.method if meta_nets else "clid",
+                tau=flags.tau, meta_grad=flags.meta_grad, meta_scope=flags.meta_scope,
+                virtual_step=flags.virtual_step, weight_decay=flags.weight_decay,
+                meta_weight_decay=flags.meta_weight_decay, warmup_epochs=flags.warmup_epochs,
+                warmup_penalty=setup.noise in ASYMMETRIC, p_threshold=flags.p_threshold,
+                alpha=flags.mixup_alpha, temperature=flags.sharpen_temperature,
+                lambda_u=flags.lambda_u, rampup_epochs=flags.rampup_epochs,
+                clip_norm=flags.clip_norm, guess_bn_mode=flags.guess_bn_mode,
+                seed=flags.seed)
+        except ValueError as error:  # e.g. a meta scope the backbone cannot have
+            raise RunError(str(error)) from error
+        model.compile([keras.optimizers.SGD(flags.lr, momentum=flags.momentum) for _ in nets],
+                      None if meta_nets is None else [parts.meta_optimizer(flags)
+                                                      for _ in meta_nets],
+                      jit_compile=False)  # --jit_compile is refused (the trainer's table)
+    return model
+
+
+def streams_of(flags, setup: Setup):
+    """The training samples, both meta sets and the augmentations as `Streams`."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.trainers.dividemix import streams
+    ds, idx = setup.dataset, setup.train_indices
+    clean = ds.train.clean_labels
+    return streams.Streams(
+        pipelines.Part(ds.train.inputs, idx, setup.noisy_labels[idx]),
+        meta_sets=None if flags.method == "ce" else [pipelines.Part(ds.train.inputs, m)
+                                                     for m in setup.meta_sets],
+        batch_size=flags.batch_size, meta_batch_size=flags.meta_batch_size, seed=flags.seed,
+        augment=parts.augmentation(flags, ds), meta_augment=meta_augmentation(flags, ds),
+        max_steps=flags.steps_per_epoch,
+        is_clean=None if clean is None else setup.noisy_labels[idx] == clean[idx],
+        eval_batch_size=flags.eval_batch_size,
+        average_epochs=5 if setup.noise == "sym" and flags.noise_rate >= 0.9 else 1)
+
+
+def meta_augmentation(flags, ds):
+    """Weak crop + flip for the meta batches whenever training augments, else none."""
+    return None if flags.augment == "none" else parts.augmentation(flags, ds, "weak")
+
+
+def selections_of(flags, setup: Setup, folder, backbones) -> list:
+    """One `ClidSelection` per network, on its own meta set."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.evaluation import selection
+    ds = setup.dataset
+    test = None if ds.test is None else pipelines.Part(ds.test.inputs, None, ds.test.labels)
+    return [selection.ClidSelection(
+        pipelines.Part(ds.train.inputs, meta), test=test,
+        batch_size=min(flags.meta_batch_size, len(meta)), tau=flags.tau,
+        keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
+        augment=parts.augmentation(flags, ds, flags.select_augment),
+        directory=folder.selected_weights, backbone=backbones[k], prefix=f"net{k + 1}_")
+        for k, meta in enumerate(setup.meta_sets)]
+
+
+def in_sample_scores(flags, folder, setup: Setup):
+    """`label_issues.Scores` of the training samples: softmax of the two networks' mean
+    logits, averaged over the run's last checkpoints (no meta weights)."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.evaluation import label_issues
+    from clid_tf.runs import callbacks as run_callbacks
+    nets, _ = build_networks(flags, setup, sync_batchnorm=False)
+    idx = setup.train_indices
+    return label_issues.checkpoint_scores(
+        folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:],
+        run_callbacks.restorer({"backbone1": nets[0], "backbone2": nets[1]}), nets,
+        pipelines.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx]),
+        batch_size=flags.eval_batch_size)
+
+
+# TensorBoard custom scalars of a DivideMix run (title, tags).
+CHARTS = (
+    ("test accuracy: two nets, each net, label-free selections",
+     "epoch_test_accuracy", "epoch_net1_test_accuracy", "epoch_net2_test_accuracy",
+     "epoch_selected_accuracy", "epoch_ensemble5_accuracy"),
+    ("meta-set CLID per net", "epoch_net1_meta_set_clid", "epoch_net2_meta_set_clid"),
+    ("labeled part: size", "epoch_net1_labeled", "epoch_net2_labeled"),
+    ("labeled part: precision and recall", "epoch_net1_labeled_precision",
+     "epoch_net1_labeled_recall", "epoch_net2_labeled_precision",
+     "epoch_net2_labeled_recall"),
+    ("loss terms", "epoch_net1_l_x", "epoch_net1_l_u", "epoch_net1_penalty",
+     "epoch_net2_l_x", "epoch_net2_l_u", "epoch_net2_penalty"),
+    ("lambda_u ramp and meta CLID", "epoch_net1_lambda_u", "epoch_net2_lambda_u",
+     "epoch_net1_meta_clid", "epoch_net2_meta_clid"),
+)

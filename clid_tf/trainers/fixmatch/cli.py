@@ -1,0 +1,132 @@
+"""FixMatch's and FlexMatch's adapter (`--trainer=fixmatch|flexmatch --num_labels=N`): the
+labeled/unlabeled split with noise on the labeled part, `FixMatchModel` with a loss-net
+trained by CLID (or none, `--method=ce`), the labeled/unlabeled/meta stream, built from the
+flags. An epoch is --eval_every iterations; after each one the EMA network is scored on
+the test set and by its meta-set CLID, and the lowest-CLID evaluation's own EMA weights are
+kept and exported.
+"""
+
+from __future__ import annotations
+
+from clid_tf.runs import folder as run_folder
+from clid_tf.trainers import parts
+
+# USB's crop_ratio: the weak view's reflect padding is side * (1 - 0.875), 4 px on 32x32.
+CROP_RATIO = 0.875
+
+
+def prepare_setup(flags):
+    """The run's `ssl_splits.SslSetup` (numpy only); bad input raises RunError."""
+    return parts.semi_supervised_setup(flags,
+                                       unlabeled_batch_size=flags.uratio * flags.batch_size)
+
+
+def split_arrays(flags, setup) -> dict:
+    """split.npz: the labeled part's noisy labels (-1: no label), the parts' indices."""
+    del flags
+    return {**run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
+                                      setup.meta_indices, setup.val_indices),
+            "unlabeled_indices": setup.unlabeled_indices}
+
+
+def train(flags, setup, folder, *, resuming: bool) -> dict:
+    """Builds the model, streams and callbacks from the flags, fits, exports."""
+    # pylint: disable=import-outside-toplevel
+    import keras
+    from clid_tf.data import ssl_splits
+    from clid_tf.data.inputs import read_numpy
+    from clid_tf.evaluation import results as results_lib
+    from clid_tf.runs import callbacks as run_callbacks
+    from clid_tf.runs import tb_views
+    from clid_tf.trainers.fixmatch import streams
+    if not resuming:
+        parts.tensorboard_header(flags, folder)
+    ds = setup.dataset
+    model = compiled_model(flags, setup)
+    weak, strong = views(flags, ds)
+    selection = parts.selection_of(
+        flags, setup, folder, backbone=model.ema_backbone,
+        augment=weak if flags.select_augment == "weak" else None)
+    run_state = run_callbacks.RunState(folder.checkpoints, model, selection)
+    start = run_state.restore() if resuming else 0
+    if start:
+        print(f"resuming after evaluation {start} of {flags.epochs}")
+    is_noisy = parts.noise_flags(setup)
+    stream = streams.ssl_stream(
+        ds.train.inputs, labeled=setup.train_indices, labels=setup.noisy_labels,
+        unlabeled=setup.unlabeled_indices,
+        meta=None if model.meta_net is None else setup.meta_indices, weak=weak,
+        strong=strong, batch_size=flags.batch_size,
+        unlabeled_batch_size=flags.uratio * flags.batch_size,
+        meta_batch_size=flags.meta_batch_size,
+        meta_views=("weak", "strong") if setup.meta_source == "unlabeled" else ("weak",),
+        seed=flags.seed, steps_per_epoch=flags.eval_every, first_epoch=start,
+        is_noisy=is_noisy, with_positions=flags.trainer == "flexmatch")
+    labeled = setup.train_indices[tb_views.sample_indices(len(setup.train_indices), 2000,
+                                                          flags.seed)]
+    model.fit(stream, initial_epoch=start, epochs=flags.epochs,
+              steps_per_epoch=flags.eval_every, verbose=flags.verbose, shuffle=False,
+              validation_data=parts.validation_batches(flags, setup),
+              callbacks=[
+                  run_callbacks.WarmUp(flags.warmup_epochs),
+                  selection,  # adds logs: before the callbacks that record them
+                  tb_views.StepTimer(),
+                  tb_views.MetaViews(
+                      folder.tensorboard, read_numpy(ds.train.inputs, labeled),
+                      setup.noisy_labels[labeled],
+                      None if is_noisy is None else is_noisy[labeled],
+                      sample_size=len(labeled), seed=flags.seed,
+                      eval_batch_size=flags.eval_batch_size),
+                  keras.callbacks.TensorBoard(folder.tensorboard),
+                  run_callbacks.NonFiniteGuard(flags.eval_every),
+                  run_state])
+    networks, epochs = results_lib.exported_networks(
+        selection, flags.export, keep=flags.select_keep, last=model.ema_backbone,
+        last_epoch=flags.epochs)
+    exported = parts.export(flags, networks, epochs, ds, folder, overwrite=resuming)
+    results = parts.single_network_results(flags, setup, selection, run_state.history,
+                                           exported)
+    results.update(ssl_splits.split_report(setup), eval_every=flags.eval_every,
+                   selected_step=results["selected_epoch"] * flags.eval_every,
+                   algorithm=flags.trainer, weights="ema")
+    return results
+
+
+def views(flags, ds):
+    """(weak, strong) augmentations of the dataset's images: flip (--augment_flip) and a
+    reflect-padded crop of side * (1 - 0.875) pixels (at least 1), strong adding
+    RandAugment and Cutout (`clid_tf.data.augment`)."""
+    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
+    shape = ds.train.inputs.element_shape
+    pad = max(1, round(min(shape[:2]) * (1 - CROP_RATIO)))
+    return tuple(augment.build(kind, image_shape=shape, seed=flags.seed,
+                               flip=flags.augment_flip, pad=pad)
+                 for kind in ("weak", "strong"))
+
+
+def compiled_model(flags, setup):
+    """The flags' FixMatchModel under the flags' strategy, compiled with both optimizers."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf import metanets
+    from clid_tf.core import lookahead
+    from clid_tf.trainers.fixmatch import model as fixmatch_model
+    strategy = parts.start_strategy(flags)
+    with strategy.scope():
+        net = parts.build_backbone(flags, setup,
+                                   sync_batchnorm=strategy.num_replicas_in_sync > 1,
+                                   seed=flags.seed)
+        loss_net = None if flags.method == "ce" else metanets.build(
+            flags.meta_net, num_classes=setup.dataset.num_classes,
+            feature_dim=net.feature_dim, seed=flags.seed, normalize=False)
+        model = fixmatch_model.FixMatchModel(
+            net, loss_net, algorithm=flags.trainer,
+            num_unlabeled=len(setup.unlabeled_indices), lambda_u=flags.lambda_u,
+            p_cutoff=flags.p_cutoff, thresh_warmup=flags.thresh_warmup,
+            ema_decay=flags.ema_decay, meta_objective=flags.method, tau=flags.tau,
+            meta_grad=flags.meta_grad, meta_scope=flags.meta_scope,
+            virtual_step=flags.virtual_step, weight_decay=flags.weight_decay,
+            meta_weight_decay=flags.meta_weight_decay, no_decay=lookahead.bn_and_bias(net))
+        model.compile(parts.classifier_optimizer(flags, flags.eval_every, nesterov=True),
+                      None if loss_net is None else parts.meta_optimizer(flags, nesterov=True),
+                      jit_compile=flags.jit_compile)
+    return model

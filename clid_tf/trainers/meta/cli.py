@@ -1,0 +1,243 @@
+"""The meta trainers' adapter (`--trainer=meta|vri_single`): their data, model, streams
+and callbacks built from the flags, handed to the library as a Python user would hand
+them: `MetaReweightModel(...)`, `compile(...)`, `fit(...)`. The audit trains its folds
+with the same pieces; `--num_labels` trains on the labeled part of a semi-supervised
+split alone (the supervised-only baseline of the semi-supervised trainers).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from clid_tf.data import meta_sets
+from clid_tf.data import splits
+from clid_tf.errors import RunError
+from clid_tf.runs import folder as run_folder
+from clid_tf.trainers import parts
+
+
+# ---------------------------------------------------------------- data (numpy only)
+def prepare_setup(flags):
+    """The run's data (`splits.Setup`, or with --num_labels the labeled part of
+    `ssl_splits.SslSetup`); bad input raises RunError or DataError before TensorFlow
+    starts."""
+    if flags.num_labels:
+        return parts.semi_supervised_setup(flags, unlabeled_batch_size=0)
+    return parts.noisy_setup(flags)
+
+
+def split_arrays(flags, setup) -> dict:
+    """What split.npz holds (checked again on resume and by the audit)."""
+    del flags
+    arrays = run_folder.split_arrays(setup.noisy_labels, setup.train_indices,
+                                     setup.meta_indices, setup.val_indices)
+    if hasattr(setup, "unlabeled_indices"):  # --num_labels
+        arrays["unlabeled_indices"] = setup.unlabeled_indices
+    return arrays
+
+
+def steps_per_epoch(flags, setup) -> int:
+    return flags.steps_per_epoch or len(setup.train_indices) // flags.batch_size
+
+
+# ---------------------------------------------------------------- the model
+def build_model(flags, setup, *, sync_batchnorm: bool):
+    """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf import metanets
+    from clid_tf.trainers.meta import model as meta_model
+    net = parts.build_backbone(flags, setup, sync_batchnorm=sync_batchnorm, seed=flags.seed)
+    if flags.method == "ce":
+        return meta_model.MetaReweightModel(net, weight_decay=flags.weight_decay)
+    meta_net = metanets.build(flags.meta_net, num_classes=setup.dataset.num_classes,
+                              feature_dim=net.feature_dim, vri_kl=flags.vri_kl,
+                              seed=flags.seed)
+    try:  # e.g. --meta_scope=top:N on a backbone without N residual blocks
+        return meta_model.MetaReweightModel(
+            net, meta_net, meta_objective=flags.method, tau=flags.tau,
+            meta_grad=flags.meta_grad, meta_scope=flags.meta_scope,
+            virtual_step=flags.virtual_step, meta_every=flags.meta_every,
+            weight_decay=flags.weight_decay, meta_weight_decay=flags.meta_weight_decay)
+    except ValueError as error:
+        raise RunError(str(error)) from error
+
+
+def compiled_model(flags, setup, steps: int):
+    """The flags' model under the flags' strategy, compiled with both optimizers."""
+    strategy = parts.start_strategy(flags)
+    with strategy.scope():
+        model = build_model(flags, setup, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+        model.compile(parts.classifier_optimizer(flags, steps),
+                      None if model.meta_net is None else parts.meta_optimizer(flags),
+                      jit_compile=flags.jit_compile)
+    return model
+
+
+# ---------------------------------------------------------------- streams and fit
+def training_stream(flags, setup, model, steps: int, start: int):
+    """(the fit stream from epoch `start` on, [the small-loss reselection callback]):
+    training batches through --augment, meta batches through --meta_augment, each set
+    re-drawn every epoch where the setup says so."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.trainers.meta import small_loss
+    ds = setup.dataset
+    augment = parts.augmentation(flags, ds)
+    meta_augment = parts.augmentation(flags, ds, flags.meta_augment)
+    fields = {"label": setup.noisy_labels.astype(np.int32)}
+    is_noisy = parts.noise_flags(setup)
+    if is_noisy is not None:
+        fields["is_noisy"] = is_noisy
+    train = pipelines.epoch_batches(ds.train.inputs, setup.train_indices,
+                                    batch_size=flags.batch_size, seed=flags.seed,
+                                    steps_per_epoch=steps, first_epoch=start, fields=fields,
+                                    augment=augment, indices_of_epoch=setup.train_of_epoch)
+    if model.meta_net is None:
+        return pipelines.training_stream(train), []
+    if flags.method in splits.SMALL_LOSS:  # the meta set changes every epoch
+        meta_set = small_loss.DynamicMetaSet(ds.train.inputs, setup.noisy_labels,
+                                             setup.meta_indices, size=len(setup.meta_indices),
+                                             num_classes=ds.num_classes)
+        reselect = small_loss.SmallLossReselection(
+            meta_set, pipelines.Part(ds.train.inputs, setup.train_indices,
+                                     setup.noisy_labels[setup.train_indices]),
+            size=len(setup.meta_indices), num_classes=ds.num_classes, seed=flags.seed,
+            batch_size=flags.eval_batch_size, first_epoch=flags.warmup_epochs,
+            clean_labels=(None if ds.train.clean_labels is None
+                          else ds.train.clean_labels[setup.train_indices]))
+        meta = meta_set.stream(flags.meta_batch_size, flags.seed + 1, augment=meta_augment,
+                               first_step=start * steps)
+        return pipelines.training_stream(train, meta, live_meta=True), [reselect]
+    meta_fields = {}
+    if setup.meta_labels is not None:  # labelled objectives only: clid meta batches carry none
+        labels = np.full(len(ds.train.inputs), -1, np.int32)
+        labels[setup.meta_indices] = setup.meta_labels
+        meta_fields["label"] = labels
+    meta = pipelines.epoch_batches(setup.meta_inputs(), setup.meta_indices,
+                                   batch_size=flags.meta_batch_size, seed=flags.seed + 1,
+                                   steps_per_epoch=steps, first_epoch=start,
+                                   fields=meta_fields, augment=meta_augment,
+                                   indices_of_epoch=setup.meta_of_epoch)
+    return pipelines.training_stream(train, meta), []
+
+
+def fit(flags, model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=None,
+        validation: bool = False) -> None:
+    """Fits from epoch `start` to --epochs with the warm-up switch, the small-loss
+    reselection where the method has one, the given callbacks, the NaN guard and last the
+    `checkpoint` callback (the guard raises before a bad epoch is checkpointed)."""
+    from clid_tf.runs import callbacks as run_callbacks  # pylint: disable=import-outside-toplevel
+    stream, reselect = training_stream(flags, setup, model, steps, start)
+    reset = [run_callbacks.ResetOptimizer()] if flags.reset_optimizer_each_epoch else []
+    model.fit(stream, initial_epoch=start, epochs=flags.epochs, steps_per_epoch=steps,
+              verbose=flags.verbose, shuffle=False,  # the stream shuffles, seeded by epoch
+              callbacks=[run_callbacks.WarmUp(flags.warmup_epochs), *reset, *reselect,
+                         *callbacks, run_callbacks.NonFiniteGuard(steps),
+                         *([] if checkpoint is None else [checkpoint])],
+              validation_data=parts.validation_batches(flags, setup) if validation else None)
+
+
+def train(flags, setup, folder, *, resuming: bool) -> dict:
+    """Builds the model, its callbacks and streams from the flags, fits, exports."""
+    # pylint: disable=import-outside-toplevel
+    import keras
+    from clid_tf.data.inputs import read_numpy
+    from clid_tf.evaluation import results as results_lib
+    from clid_tf.runs import callbacks as run_callbacks
+    from clid_tf.runs import tb_views
+    if not resuming:  # a resumed run's TensorBoard folder has them already
+        parts.tensorboard_header(flags, folder)
+    ds = setup.dataset
+    steps = steps_per_epoch(flags, setup)
+    model = compiled_model(flags, setup, steps)
+    selection = parts.selection_of(flags, setup, folder)
+    run_state = run_callbacks.RunState(folder.checkpoints, model, selection)
+    start = run_state.restore() if resuming else 0
+    if start:
+        print(f"resuming after epoch {start} of {flags.epochs}")
+    views = tb_views.sample_indices(len(setup.train_indices), parts.VIEW_SAMPLES, flags.seed)
+    views = setup.train_indices[views]
+    is_noisy = parts.noise_flags(setup)
+    fit(flags, model, setup, steps, start=start, validation=True, callbacks=[
+        selection,  # adds logs: before the callbacks that record them
+        tb_views.StepTimer(),
+        tb_views.MetaViews(
+            folder.tensorboard, read_numpy(ds.train.inputs, views), setup.noisy_labels[views],
+            None if is_noisy is None else is_noisy[views], sample_size=len(views),
+            seed=flags.seed, eval_batch_size=flags.eval_batch_size),
+        keras.callbacks.TensorBoard(folder.tensorboard)], checkpoint=run_state)
+    networks, epochs = results_lib.exported_networks(
+        selection, flags.export, keep=flags.select_keep, last=model.backbone,
+        last_epoch=flags.epochs)
+    exported = parts.export(flags, networks, epochs, ds, folder, overwrite=resuming)
+    return parts.single_network_results(flags, setup, selection, run_state.history, exported)
+
+
+# ---------------------------------------------------------------- the label audit
+def out_of_sample_scores(flags, setup, *, folds: int):
+    """K-fold cross-fitting over the training samples, each fold trained with the flags."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.evaluation import label_issues
+    idx = setup.train_indices
+    inputs = setup.dataset.train.inputs
+
+    def train_fold(positions):
+        fold_setup = fold_of(flags, setup, idx[positions])
+        steps = steps_per_epoch(flags, fold_setup)
+        model = compiled_model(flags, fold_setup, steps)
+        fit(flags, model, fold_setup, steps)
+        return lambda held: label_issues.score_part(
+            model, pipelines.Part(inputs, idx[held], setup.noisy_labels[idx[held]]),
+            batch_size=flags.eval_batch_size)
+
+    return label_issues.cross_fit(
+        setup.noisy_labels[idx], train_fold, folds=folds, seed=flags.seed,
+        on_fold=lambda k, n: print(f"audit: training fold {k} of {n} "
+                                   f"({flags.epochs} epochs)"))
+
+
+def fold_of(flags, setup, train_indices: np.ndarray):
+    """The run's setup restricted to one fold's training samples: a label-free or
+    small-loss meta set is drawn anew from them; a labelled one (already outside
+    training) or one of validation images is kept. A fold trains on its part of the run's
+    training subset, not re-drawn per epoch."""
+    setup = setup._replace(train_of_epoch=None)
+    redraw = flags.method in (*splits.LABEL_FREE, *splits.SMALL_LOSS, "ce")
+    if not redraw or setup.meta_split == "val":
+        return setup._replace(train_indices=train_indices)
+    size = min(len(setup.selection_indices), len(train_indices))
+    if flags.method in splits.SMALL_LOSS:
+        meta, _ = meta_sets.balanced_split(setup.noisy_labels[train_indices], size=size,
+                                           num_classes=setup.dataset.num_classes,
+                                           seed=flags.seed)
+        meta = train_indices[meta]
+        return setup._replace(train_indices=train_indices, meta_indices=meta,
+                              meta_labels=setup.noisy_labels[meta], selection_indices=meta)
+    meta = train_indices[meta_sets.random_subset(len(train_indices), size=size,
+                                                 seed=flags.seed)]
+    redrawn = (None if setup.meta_of_epoch is None  # from the fold's own samples
+               else splits.redrawn_meta(train_indices, meta, flags.seed))
+    return setup._replace(train_indices=train_indices, selection_indices=meta,
+                          meta_indices=None if flags.method == "ce" else meta,
+                          meta_of_epoch=redrawn)
+
+
+def in_sample_scores(flags, folder, setup):
+    """Mean scores of the training samples over the run's last checkpoints."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines
+    from clid_tf.evaluation import label_issues
+    from clid_tf.runs import callbacks as run_callbacks
+    model = build_model(flags, setup, sync_batchnorm=False)
+    networks = {"backbone": model.backbone}
+    if model.meta_net is not None:
+        networks["meta_net"] = model.meta_net
+    idx = setup.train_indices
+    return label_issues.checkpoint_scores(
+        folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:],
+        run_callbacks.restorer(networks), model.backbone,
+        pipelines.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx]),
+        meta_net=model.meta_net, batch_size=flags.eval_batch_size)

@@ -33,6 +33,7 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
+from clid_tf.trainers import base_model
 from clid_tf.metanets import vri
 
 GUESS_BN_MODES = ("train", "inference")
@@ -47,7 +48,7 @@ class MixedBatch(NamedTuple):
     rows: tf.Tensor         # int32 [n] their positions in the global mixed batch
 
 
-class DivideMixModel(keras.Model):
+class DivideMixModel(base_model.TrainerModel):
     """Two classifiers trained by DivideMix (+ VRI + CLID when `meta_nets` are given).
 
     Args:
@@ -85,19 +86,13 @@ class DivideMixModel(keras.Model):
             raise ValueError("DivideMix trains two backbones (and two meta-nets or none)")
         if guess_bn_mode not in GUESS_BN_MODES:
             raise ValueError(f"guess_bn_mode must be one of {GUESS_BN_MODES}")
-        if virtual_step not in lookahead.VIRTUAL_STEPS:
-            raise ValueError(f"unknown virtual step {virtual_step!r}")
-        self.backbones = list(backbones)
-        for net in self.backbones:
-            virtual.check_scope(net, meta_scope)
+        base_model.check_virtual_step(virtual_step)
+        self.backbones = [base_model.checked_classifier(net, meta_scope) for net in backbones]
         self.meta_nets = None if meta_nets is None else list(meta_nets)
-        num_classes = int(self.backbones[0].outputs[0].shape[-1])
         for net, meta_net in zip(self.backbones, self.meta_nets or ()):
-            meta_net.build_for(feature_dim=net.feature_dim, num_classes=num_classes)
-        name = meta_objective if isinstance(meta_objective, str) else "objective"
+            base_model.size_meta_net(meta_net, net)
+        self.meta_objective, name = base_model.meta_objective_of(meta_objective, tau=tau)
         self.meta_objective_name = name
-        self.meta_objective = (objectives.meta_objective(meta_objective, tau=tau)
-                               if isinstance(meta_objective, str) else meta_objective)
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
         self.warmup_epochs, self.warmup_penalty = int(warmup_epochs), bool(warmup_penalty)
@@ -116,8 +111,7 @@ class DivideMixModel(keras.Model):
         self.meta_tracker = mean(name=f"meta_{name}")
         self.net_trackers = [{t: mean(name=f"net{k + 1}_{t}") for t in
                               ("loss", "lr", *_TERMS, f"meta_{name}")} for k in (0, 1)]
-        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.test_loss = mean(name="loss")
+        self._init_test_metrics()
         self.built = True
 
     @property
@@ -126,34 +120,24 @@ class DivideMixModel(keras.Model):
                 *[t for trackers in self.net_trackers for t in trackers.values()],
                 self.test_accuracy, self.test_loss]
 
+    def networks(self):
+        return list(zip(self.backbones, self.meta_nets or [None] * len(self.backbones)))
+
+    def predicting(self):
+        return list(self.backbones)  # DivideMix predicts with the sum of both logits
+
     def compile(self, optimizers: Sequence[keras.optimizers.Optimizer],
                 meta_optimizers: Sequence[keras.optimizers.Optimizer] | None = None,
                 **kwargs):
         """One optimizer per backbone (and per meta-net)."""
-        super().compile(optimizer=optimizers[0], **kwargs)
-        self.net_optimizers = list(optimizers)
-        self.meta_optimizers = None if meta_optimizers is None else list(meta_optimizers)
-        for optimizer, net in zip(self.net_optimizers, self.backbones):
-            optimizer.build(net.trainable_variables)
-            if self.meta_nets is not None and self.virtual_step == "optimizer":
-                lookahead.inner_optimizer(optimizer)  # refuses what it cannot copy
-        if self.meta_nets is not None:
-            if meta_optimizers is None:
-                raise ValueError("meta-nets need meta optimizers")
-            for optimizer, meta_net in zip(self.meta_optimizers, self.meta_nets):
-                optimizer.build(meta_net.trainable_variables)
+        self._compile_optimizers(optimizers, meta_optimizers, **kwargs)
 
     def checkpoint_parts(self) -> dict:
-        """Both networks, both meta-nets, all optimizers, and the state of each VRINet's
-        noise generator (a SeedGenerator is not tracked by tf.train.Checkpoint)."""
-        parts = {}
-        for k in (0, 1):
-            parts[f"backbone{k + 1}"] = self.backbones[k]
-            parts[f"optimizer{k + 1}"] = self.net_optimizers[k]
-            if self.meta_nets is not None:
-                parts[f"meta_net{k + 1}"] = self.meta_nets[k]
-                parts[f"meta_noise{k + 1}"] = self.meta_nets[k].noise.state
-                parts[f"meta_optimizer{k + 1}"] = self.meta_optimizers[k]
+        """The base model's parts and the state of each VRINet's noise generator (a
+        SeedGenerator is not tracked by tf.train.Checkpoint)."""
+        parts = super().checkpoint_parts()
+        for k, meta_net in enumerate(self.meta_nets or ()):
+            parts[f"meta_noise{k + 1}"] = meta_net.noise.state
         return parts
 
     def call(self, images, training=False):
@@ -351,15 +335,6 @@ class DivideMixModel(keras.Model):
         logs = {m.name: float(m.result()) for m in self.metrics[:-2]
                 if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
         return {**logs, **self.epoch_stats}
-
-    def test_step(self, data):
-        """`evaluate` on (raw images, labels): accuracy and CE of the summed logits."""
-        images, labels = data
-        logits = self(images, training=False)
-        self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(tf.reduce_mean(
-            objectives.per_sample_ce(logits / 2.0, labels)))
-        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
 
 
 class _Phases(keras.callbacks.Callback):

@@ -34,12 +34,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from clid_tf.models import backbones
 from clid_tf.core import distribute
 from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
+from clid_tf.trainers import base_model
 
 ALGORITHMS = ("fixmatch", "flexmatch")
 NOT_SELECTED = -1  # FlexMatch table entry of an unlabeled sample never confidently predicted
@@ -134,7 +134,7 @@ def batch_stats(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 # ---------------------------------------------------------------- the model
-class FixMatchModel(keras.Model):
+class FixMatchModel(base_model.TrainerModel):
     """FixMatch or FlexMatch, plain or with a loss-net trained by CLID (module docstring).
 
     Data per step: {'labeled': {'image', 'label', optional 'is_noisy'}, 'unlabeled':
@@ -171,13 +171,10 @@ class FixMatchModel(keras.Model):
         super().__init__(**kwargs)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
-        if virtual_step not in lookahead.VIRTUAL_STEPS:
-            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
-                             f"{lookahead.VIRTUAL_STEPS}")
+        base_model.check_virtual_step(virtual_step)
         if algorithm == "flexmatch" and num_unlabeled < 1:
             raise ValueError("flexmatch needs num_unlabeled, the size of its table")
-        self.backbone = backbones.as_classifier(backbone)
-        virtual.check_scope(self.backbone, meta_scope)
+        self.backbone = base_model.checked_classifier(backbone, meta_scope)
         self.ema_backbone = keras.models.clone_model(self.backbone)
         self.ema_backbone.set_weights(self.backbone.get_weights())
         self.ema_backbone.trainable = False
@@ -185,9 +182,7 @@ class FixMatchModel(keras.Model):
         self.algorithm = algorithm
         self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
         self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
-        if isinstance(meta_objective, str) and loss_net is not None:
-            meta_objective = objectives.meta_objective(meta_objective, tau=tau)
-        self.meta_objective = meta_objective
+        self.meta_objective, _ = base_model.meta_objective_of(meta_objective, tau=tau)
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
         self.no_decay = list(no_decay)
@@ -205,24 +200,26 @@ class FixMatchModel(keras.Model):
         if algorithm == "flexmatch":
             names += ["threshold_min", "threshold_mean", "threshold_max"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.test_loss = keras.metrics.Mean(name="loss")
+        self._init_test_metrics()
         self.built = True
 
     @property
     def metrics(self):
         return [*self.trackers.values(), self.test_accuracy, self.test_loss]
 
+    def networks(self):
+        return [(self.backbone, self.meta_net)]
+
+    def predicting(self):
+        return [self.ema_backbone]  # the reference's ema_model
+
+    @property
+    def meta_optimizer(self):
+        """The loss-net's optimizer (None without a loss-net)."""
+        return self.meta_optimizers[0]
+
     def compile(self, optimizer, meta_optimizer=None, **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
-        self.meta_optimizer = meta_optimizer
-        self.optimizer.build(self.backbone.trainable_variables)
-        if self.meta_net is not None:
-            if meta_optimizer is None:
-                raise ValueError("a loss-net needs a meta optimizer")
-            self.meta_optimizer.build(self.meta_net.trainable_variables)
-            if self.virtual_step == "optimizer":
-                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
+        self._compile_optimizers([optimizer], [meta_optimizer], **kwargs)
 
     def set_meta_active(self, active: bool) -> None:
         """Loss-net weighting and meta steps on or off (off: w = 1); retraces on next fit."""
@@ -230,11 +227,9 @@ class FixMatchModel(keras.Model):
         self.train_function = None
 
     def checkpoint_parts(self) -> dict:
-        """The trackables a resumable checkpoint holds."""
-        parts = {"backbone": self.backbone, "optimizer": self.optimizer,
-                 "ema_backbone": self.ema_backbone}
-        if self.meta_net is not None:
-            parts.update(meta_net=self.meta_net, meta_optimizer=self.meta_optimizer)
+        """The trackables a resumable checkpoint holds: the base model's, the EMA network
+        and FlexMatch's table."""
+        parts = {**super().checkpoint_parts(), "ema_backbone": self.ema_backbone}
         if self.selected_label is not None:
             parts["selected_label"] = self.selected_label
         return parts
@@ -341,17 +336,8 @@ class FixMatchModel(keras.Model):
         for name, value in values.items():
             self.trackers[name].update_state(value)
         logged = list(values)
-        if meta_loss is not None and "is_noisy" in labeled:  # ground truth, monitoring only
-            noisy = tf.cast(labeled["is_noisy"], weights.dtype)
-            self.trackers["weight_noisy"].update_state(weights, sample_weight=noisy)
-            self.trackers["weight_clean"].update_state(weights, sample_weight=1.0 - noisy)
-            logged += ["weight_clean", "weight_noisy"]
+        if meta_loss is not None:  # clean/noisy weights: ground truth, monitoring only
+            logged += [m.name for m in self.log_weights(
+                {"clean": self.trackers["weight_clean"], "noisy": self.trackers["weight_noisy"]},
+                weights, labeled)]
         return {name: self.trackers[name].result() for name in logged}
-
-    def test_step(self, data):
-        """`evaluate` on (raw images [B, ...], labels int [B]) with the EMA network."""
-        images, labels = data
-        logits = self.ema_backbone(images, training=False)[0]
-        self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(tf.reduce_mean(objectives.per_sample_ce(logits, labels)))
-        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}

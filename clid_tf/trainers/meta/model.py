@@ -24,17 +24,17 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from clid_tf.models import backbones
-from clid_tf.data import pipelines as data
 from clid_tf.core import distribute
 from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
+from clid_tf.data import pipelines as data
+from clid_tf.trainers import base_model
 
 
 @keras.saving.register_keras_serializable(package="clid_tf")
-class MetaReweightModel(keras.Model):
+class MetaReweightModel(base_model.TrainerModel):
     """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
 
     Data per step: {'train': {'image', 'label', optional 'is_noisy'}, 'meta': {'image',
@@ -80,21 +80,13 @@ class MetaReweightModel(keras.Model):
           no_decay: classifier variables without weight decay (e.g. BN and biases).
         """
         super().__init__(**kwargs)
-        if virtual_step not in lookahead.VIRTUAL_STEPS:
-            raise ValueError(f"unknown virtual step {virtual_step!r}; choose from "
-                             f"{lookahead.VIRTUAL_STEPS}")
+        base_model.check_virtual_step(virtual_step)
         if int(meta_every) != meta_every or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
-        self.backbone = backbones.as_classifier(backbone)
-        virtual.check_scope(self.backbone, meta_scope)  # e.g. top:N needs residual blocks
+        self.backbone = base_model.checked_classifier(backbone, meta_scope)
         self.meta_net = meta_net
-        name = getattr(meta_objective, "__name__", "objective")
-        self.meta_objective_name = meta_objective_name or (
-            meta_objective if isinstance(meta_objective, str)
-            else "objective" if name == "<lambda>" else name)
-        if isinstance(meta_objective, str):
-            meta_objective = objectives.meta_objective(meta_objective, tau=tau)
-        self.meta_objective = meta_objective
+        self.meta_objective, self.meta_objective_name = base_model.meta_objective_of(
+            meta_objective, tau=tau, name=meta_objective_name)
         self.tau = float(tau)
         self.meta_grad = meta_grad
         self.meta_scope = meta_scope
@@ -104,20 +96,16 @@ class MetaReweightModel(keras.Model):
         self.meta_active = meta_net is not None
         self.weight_decay = float(weight_decay)
         self.meta_weight_decay = float(meta_weight_decay)
-        if meta_net is not None and hasattr(meta_net, "build_for"):  # VRI: sized by the data
-            meta_net.build_for(feature_dim=self.backbone.feature_dim,
-                               num_classes=int(self.backbone.outputs[0].shape[-1]))
+        base_model.size_meta_net(meta_net, self.backbone)
         mean = keras.metrics.Mean
         self.loss_tracker = mean(name="loss")
         self.lr_tracker = mean(name="lr")
         self.meta_trackers = {} if meta_net is None else {
             "meta": mean(name=f"meta_{self.meta_objective_name}"),
             "meta_lr": mean(name="meta_lr"),
-            "clean": mean(name="weight_clean"),
-            "noisy": mean(name="weight_noisy"),
+            **self.weight_trackers(),
         }
-        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.test_loss = mean(name="loss")
+        self._init_test_metrics()
         self.trace_count = 0  # Python side effect: counts how often train_step is traced
         self.meta_set = None  # the meta set `fit` drew from array or dataset inputs
         self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
@@ -127,21 +115,24 @@ class MetaReweightModel(keras.Model):
         return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values(),
                 self.test_accuracy, self.test_loss]
 
+    def networks(self):
+        return [(self.backbone, self.meta_net)]
+
+    def predicting(self):
+        return [self.backbone]
+
+    @property
+    def meta_optimizer(self):
+        """The meta-net's optimizer (None without a meta-net)."""
+        return self.meta_optimizers[0]
+
     def compile(self, optimizer, meta_optimizer=None, **kwargs):
         if self.backbone.dtype_policy.name == "mixed_float16":  # as keras.Model does
             wrap = keras.optimizers.LossScaleOptimizer
             optimizer = optimizer if isinstance(optimizer, wrap) else wrap(optimizer)
             if meta_optimizer is not None and not isinstance(meta_optimizer, wrap):
                 meta_optimizer = wrap(meta_optimizer)
-        super().compile(optimizer=optimizer, **kwargs)
-        self.meta_optimizer = meta_optimizer
-        self.optimizer.build(self.backbone.trainable_variables)
-        if self.meta_net is not None:
-            if meta_optimizer is None:
-                raise ValueError("a meta-net needs a meta optimizer")
-            self.meta_optimizer.build(self.meta_net.trainable_variables)
-            if self.virtual_step == "optimizer":
-                lookahead.inner_optimizer(self.optimizer)  # refuses what it cannot copy
+        self._compile_optimizers([optimizer], [meta_optimizer], **kwargs)
 
     def set_meta_active(self, active: bool) -> None:
         """Switches meta updates on or off; the next fit traces a new train function."""
@@ -188,13 +179,6 @@ class MetaReweightModel(keras.Model):
         config = {key: keras.saving.deserialize_keras_object(value)
                   for key, value in config.items()}
         self.compile(**config)
-
-    def checkpoint_parts(self) -> dict:
-        """The trackables a resumable checkpoint holds (networks and optimizer states)."""
-        parts = {"backbone": self.backbone, "optimizer": self.optimizer}
-        if self.meta_net is not None:
-            parts.update(meta_net=self.meta_net, meta_optimizer=self.meta_optimizer)
-        return parts
 
     def get_config(self):
         return {
@@ -326,20 +310,8 @@ class MetaReweightModel(keras.Model):
                 counted = tf.cast(finite, tf.float32) * (1.0 if counted is None else counted)
             self.meta_trackers["meta"].update_state(meta_loss, sample_weight=counted)
             updated.append(self.meta_trackers["meta"])
-            if "is_noisy" in batch:  # ground truth, for monitoring only
-                noisy = tf.cast(batch["is_noisy"], weights.dtype)
-                self.meta_trackers["noisy"].update_state(weights, sample_weight=noisy)
-                self.meta_trackers["clean"].update_state(weights, sample_weight=1.0 - noisy)
-                updated += [self.meta_trackers["clean"], self.meta_trackers["noisy"]]
+            updated += self.log_weights(self.meta_trackers, weights, batch)
         return {**{m.name: m.result() for m in updated}, **scales}
-
-    def test_step(self, data):
-        """`evaluate` on (raw images [B, ...], labels int [B]): accuracy and CE loss."""
-        images, labels = data
-        logits = self.backbone(images, training=False)[0]
-        self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(objectives.per_sample_ce(logits, labels))  # per sample
-        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
 
 
 def _is_training_stream(x) -> bool:

@@ -1,8 +1,7 @@
-"""Shared test setup: quiet TensorFlow, CPU only, importable package from the repo root."""
+"""Shared test setup: quiet TensorFlow, CPU only. The package is installed (editable) by
+`pip install -r requirements.txt`; the tools' folder is on the path (pytest.ini)."""
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 PACKAGE = os.path.join(ROOT, "clid_tf")
 
 # Layer of every unit (a package, or a module at clid_tf's top level), lowest first. A

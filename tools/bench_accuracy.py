@@ -29,15 +29,15 @@ import sys
 import time
 from typing import Callable, Iterable, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+import toolbox
+from toolbox import ROOT
 
-from clid_tf import cli  # noqa: E402
-from clid_tf.data import noise as noise_lib  # noqa: E402
-from clid_tf.data import sources  # noqa: E402
+from clid_tf import cli
+from clid_tf.data import noise as noise_lib
+from clid_tf.data import sources
 
 FLAGS = flags.FLAGS
 
@@ -129,7 +129,7 @@ def define_flags() -> None:
     flags.DEFINE_list("noises", ["sym:0.4", "sym:0.6", "pair:0.4", "instance:0.4"],
                       "Noise settings as kind:rate (kinds of --noise of clid_tf.train).")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (integers).")
-    flags.DEFINE_string("flagfile_base", "flags/digits_common.cfg", "Flagfile passed as "
+    flags.DEFINE_string("base_flagfile", "flags/digits_common.cfg", "Flagfile passed as "
                         "--flagfile= to every run (relative to the current folder or the "
                         "repository root).")
     flags.DEFINE_list("extra", [], "Extra --flag=value strings passed to every run, e.g. "
@@ -199,7 +199,7 @@ def parse_extra(items: Iterable[str]) -> list[str]:
         if name in RESERVED:
             raise BenchError(f"--extra may not set --{name}: the benchmark sets it "
                              "(use --methods, --meta_nets, --noises, --seeds, --out or "
-                             "--flagfile_base)")
+                             "--base_flagfile)")
     return joined
 
 
@@ -236,7 +236,7 @@ def resolve_flagfile(path: str) -> str:
     for candidate in (os.path.abspath(path), os.path.join(ROOT, path)):
         if os.path.isfile(candidate):
             return candidate
-    raise BenchError(f"--flagfile_base {path} does not exist")
+    raise BenchError(f"--base_flagfile {path} does not exist")
 
 
 # ---------------------------------------------------------------------- output folder
@@ -567,19 +567,19 @@ def config_from_flags() -> Config:
         raise BenchError("--noises and --seeds must not be empty")
     settings = build_settings(methods, meta_nets, noises)
     return Config(out=os.path.abspath(FLAGS.out), runs=build_runs(settings, seeds),
-                  seeds=seeds, flagfile=resolve_flagfile(FLAGS.flagfile_base),
+                  seeds=seeds, flagfile=resolve_flagfile(FLAGS.base_flagfile),
                   extra=parse_extra(FLAGS.extra))
 
 
 def main(argv: list[str]) -> None:
     """Plans, runs, aggregates and reports; exit 2 on bad flags, 1 if a run failed."""
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        toolbox.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_from_flags()
         check_out(config.out, resume=FLAGS.resume)
     except BenchError as error:
-        _fail(str(error))
+        toolbox.fail(str(error))
     done, todo = plan(config.runs, config.out)
     progress = Progress(len(config.runs), len(done))
     rows = done | execute(
@@ -590,7 +590,7 @@ def main(argv: list[str]) -> None:
     progress.close()
     ordered = [rows[run] for run in config.runs]
     write_csv(ordered, os.path.join(config.out, "results.csv"))
-    text = report(ordered, header=header_line(flagfile=FLAGS.flagfile_base,
+    text = report(ordered, header=header_line(flagfile=FLAGS.base_flagfile,
                                               extra=config.extra, seeds=config.seeds))
     with open(os.path.join(config.out, "results.md"), "w") as f:
         f.write(text)
@@ -601,10 +601,6 @@ def main(argv: list[str]) -> None:
               file=sys.stderr)
         sys.exit(1)
 
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _unique(values: Iterable) -> list:

@@ -28,16 +28,16 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-import bench_accuracy  # noqa: E402  (tools/, on sys.path when this script runs)
-import step_bench  # noqa: E402
+import toolbox
 
-from clid_tf import cli  # noqa: E402
-from clid_tf.core import meta_scope  # noqa: E402
+import bench_accuracy
+import step_bench
+
+from clid_tf import cli
+from clid_tf.core import meta_scope
 
 FLAGS = flags.FLAGS
 CE = "ce"
@@ -119,7 +119,7 @@ def define_flags() -> None:
     flags.DEFINE_string("accuracy_backbone", "resnet32", "Residual backbone of the digits runs.")
     flags.DEFINE_string("noise", "sym:0.4", "Noise of the digits runs, kind:rate.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the digits runs.")
-    flags.DEFINE_string("flagfile_base", "flags/digits_common.cfg", "Flagfile of every run.")
+    flags.DEFINE_string("base_flagfile", "flags/digits_common.cfg", "Flagfile of every run.")
     flags.DEFINE_list("extra", [], "Extra --flag=value strings passed to every run.")
     flags.DEFINE_integer("parallel", 1, "Concurrent training subprocesses.", lower_bound=1)
     flags.DEFINE_integer("timeout", 3600, "Seconds one run may take (0: no limit).",
@@ -211,7 +211,7 @@ def accuracy_table(rows: dict[str, list]) -> str:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        toolbox.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         settings = parse_settings(FLAGS.settings)
         noise = bench_accuracy.parse_noises([FLAGS.noise])[0]
@@ -220,10 +220,10 @@ def main(argv: list[str]) -> None:
         if FLAGS.accuracy:
             if not FLAGS.out:
                 raise bench_accuracy.BenchError("--out is required with --accuracy")
-            flagfile = bench_accuracy.resolve_flagfile(FLAGS.flagfile_base)
+            flagfile = bench_accuracy.resolve_flagfile(FLAGS.base_flagfile)
             bench_accuracy.check_out(os.path.abspath(FLAGS.out), resume=FLAGS.resume)
     except bench_accuracy.BenchError as error:
-        _fail(str(error))
+        toolbox.fail(str(error))
     if FLAGS.timing:
         steps = whole_periods(FLAGS.steps, settings)
         for backbone in FLAGS.backbones:
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> None:
                              seeds=seeds, flagfile=flagfile, extra=extra,
                              parallel=FLAGS.parallel, timeout=FLAGS.timeout or None)
         print(f"\nDigits, {FLAGS.accuracy_backbone}, {FLAGS.noise} noise, seeds "
-              f"{','.join(str(s) for s in seeds)}, base `{FLAGS.flagfile_base}`, extra "
+              f"{','.join(str(s) for s in seeds)}, base `{FLAGS.base_flagfile}`, extra "
               f"`{' '.join(extra) or 'none'}`; test accuracy mean ± std over seeds\n")
         print(accuracy_table(rows))
         failed = sum(r["status"] != "ok" for setting_rows in rows.values() for r in setting_rows)
@@ -243,10 +243,6 @@ def main(argv: list[str]) -> None:
             print(f"error: {failed} runs failed; rerun them with --resume", file=sys.stderr)
             sys.exit(1)
 
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import toolbox
+
 FLAGS = flags.FLAGS
 METRICS = ("roc_auc", "precision", "recall", "estimated_noise_rate", "true_noise_rate")
 AUDITS = ("in-sample CLID-MU", "out-of-sample CLID-MU", "out-of-sample CE")
@@ -43,11 +42,7 @@ def define_flags() -> None:
 
 
 def _run(module: str, *args: str) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{module} {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    toolbox.run_cli(module, args)
 
 
 def _audit_of(workdir: str) -> dict:

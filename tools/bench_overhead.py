@@ -20,11 +20,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+import numpy as np
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -141,7 +138,7 @@ def report(clock: _Clock, total: float) -> str:
 
 
 if __name__ == "__main__":
-    from clid_tf import cli as _cli  # noqa: E402
+    from clid_tf import cli as _cli
     _cli.define_flags()
     define_flags()
     app.run(main)

@@ -19,11 +19,10 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-import step_bench  # noqa: E402  (tools/, on sys.path when this script runs)
+import step_bench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("modes", ["ce", "clid_tape", "clid_recompute", "clid_jvp", "clid_last_layer"],

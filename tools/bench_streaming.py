@@ -25,7 +25,8 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from toolbox import ROOT
+
 FLAGS = flags.FLAGS
 
 

@@ -26,7 +26,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from toolbox import ROOT
+
 FLAGS = flags.FLAGS
 CRITERIA = {"val_final": "held-out accuracy, last epoch",
             "val_selected": "held-out accuracy, CLID-selected epoch"}
@@ -64,7 +65,7 @@ def run_point(point: dict[str, str]) -> list[dict]:
     extra = [f"--{k}={v}" for k, v in point.items()] + [f"--val_split={FLAGS.val_split}",
                                                         *FLAGS.extra]
     command = [sys.executable, os.path.join(ROOT, "tools", "bench_accuracy.py"),
-               f"--out={out}", f"--flagfile_base={FLAGS.base_flagfile}",
+               f"--out={out}", f"--base_flagfile={FLAGS.base_flagfile}",
                f"--methods={','.join(FLAGS.methods)}",
                f"--meta_nets={','.join(FLAGS.meta_nets)}",
                f"--noises={','.join(FLAGS.noises)}", f"--seeds={','.join(FLAGS.seeds)}",

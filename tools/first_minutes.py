@@ -23,13 +23,12 @@ import tempfile
 import time
 from typing import NamedTuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from toolbox import ROOT
 
-from clid_tf import cli  # noqa: E402
+from clid_tf import cli
 
 FLAGS = flags.FLAGS
 # TensorFlow's C++ start-up log (before absl::InitializeLog): not the program's message.

@@ -14,8 +14,9 @@ import os
 
 from absl import app, flags
 
+from toolbox import ROOT
+
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def modules(package: str) -> dict[str, str]:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import time
 
 import numpy as np
 from absl import app, flags
+
+import toolbox
 from PIL import Image
 
 FLAGS = flags.FLAGS
@@ -109,25 +110,21 @@ def write_tree(out: str, counts: dict[str, int], *, num_classes: int, size: int,
             pass
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        toolbox.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     out = FLAGS.output_dir
     if not out:
-        _fail("--output_dir is required")
+        toolbox.fail("--output_dir is required")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        _fail(f"--output_dir {out} exists and is not an empty folder; nothing written")
+        toolbox.fail(f"--output_dir {out} exists and is not an empty folder; nothing written")
     if not 2 <= FLAGS.num_classes <= len(CLASS_NAMES):
-        _fail(f"--num_classes must be 2..{len(CLASS_NAMES)}, got {FLAGS.num_classes}")
+        toolbox.fail(f"--num_classes must be 2..{len(CLASS_NAMES)}, got {FLAGS.num_classes}")
     if FLAGS.num_images < FLAGS.num_classes or min(FLAGS.val_images, FLAGS.test_images) < 0:
-        _fail("--num_images must be at least --num_classes; --val_images, --test_images >= 0")
+        toolbox.fail("--num_images must be at least --num_classes; --val_images, --test_images >= 0")
     if FLAGS.image_size < 8:
-        _fail(f"--image_size must be at least 8, got {FLAGS.image_size}")
+        toolbox.fail(f"--image_size must be at least 8, got {FLAGS.image_size}")
     counts = {"train": FLAGS.num_images, "val": FLAGS.val_images, "test": FLAGS.test_images}
     start = time.perf_counter()
     write_tree(out, counts, num_classes=FLAGS.num_classes, size=FLAGS.image_size,

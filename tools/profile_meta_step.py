@@ -12,14 +12,12 @@ TF_CPU_ALLOCATOR_USE_BFC=true) and each prefix's peak bytes are reported too.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-import step_bench  # noqa: E402  (tools/, on sys.path when this script runs)
+import step_bench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 5, "Timing rounds.")

@@ -95,7 +95,7 @@ def ssl_step_data() -> dict:
 
 def build_ssl_model(mode: str):
     """A compiled FixMatchModel: mode 'fixmatch' or 'flexmatch', plain, or '..._clid' with
-    the loss-net trained by CLID through the Nesterov virtual step (SOTA_SSL.md B.3
+    the loss-net trained by CLID through the Nesterov virtual step (the authors' USB-fork
     optimizers: SGD-Nesterov 0.03 wd 1e-4 without BN/bias decay; loss-net SGD-Nesterov)."""
     import keras  # pylint: disable=import-outside-toplevel
 

@@ -60,7 +60,8 @@ def run() -> dict:
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
     resuming = FLAGS.resume and folder.has_checkpoint()
     if resuming:
-        folder.check_resumable(FLAGS.flags_into_string())
+        lines, at_default = _flag_record()
+        folder.check_resumable(lines, at_default=at_default)
     else:
         folder.create(allow_partial=FLAGS.resume)
     trainer = flags.trainer_spec.module()
@@ -84,6 +85,14 @@ def run() -> dict:
         results["audit"] = auditing.audit(flags, folder, setup, folds=FLAGS.audit_folds)
     print(look_line(folder, audited=FLAGS.audit, auditable=auditable(flags)))
     return results
+
+
+def _flag_record() -> tuple[dict[str, str], set[str]]:
+    """(training flag name -> its flags.cfg line, the names at their default), what
+    `RunFolder.check_resumable` compares with the saved flags.cfg."""
+    names = training_flag_names()
+    lines = {name: FLAGS[name].serialize() for name in names if FLAGS[name].serialize()}
+    return lines, {n for n in names if FLAGS[n].value == FLAGS[n].default}
 
 
 def auditable(flags) -> bool:

@@ -318,7 +318,7 @@ def _define_real_world_flags() -> None:
     flags.DEFINE_bool("reset_optimizer_each_epoch", False, "Zero the classifier optimizer's "
                       "state (iteration counter, momentum, Adam's moments) at the start of "
                       "every epoch, as the Clothing1M reference re-creates its Adam "
-                      "(SOTA_SSL.md A.11 #11, parity only); its lr schedule would restart "
+                      "(parity only); its lr schedule would restart "
                       "every epoch, so it needs --lr_schedule=constant.")
     flags.DEFINE_integer("lr_schedule_start", 0, "Hold --lr for this many epochs, then run "
                          "--lr_schedule from its first epoch (the Animal-10N reference "

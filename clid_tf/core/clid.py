@@ -1,4 +1,4 @@
-"""CLID: cross-layer information divergence (METHOD.md section 1), label-free.
+"""CLID: cross-layer information divergence label-free, as the authors' `clid_loss`.
 
 CLID compares two similarity structures of one meta batch: cosine similarities of the
 last hidden layer (features, the detached target S) and of the softmax predictions (Q,

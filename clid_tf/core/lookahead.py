@@ -4,12 +4,12 @@ Two kinds (`VIRTUAL_STEPS`), both callables `step(variables, params, grads) -> L
 on one list of classifier variables, their current values params and the virtual
 gradients g (all lists of one length):
 
-  'sgd'        `Sgd(lr)`: theta' = theta - lr * g, the plain step of METHOD.md 2.0 (no
+  'sgd'        `Sgd(lr)`: theta' = theta - lr * g, the paper's plain step (no
                momentum, no weight decay), at the current scheduled lr.
   'optimizer'  `OptimizerStep(optimizer)`: exactly the update the real classifier optimizer
                would make next from its current state (momentum or Adam slots, iteration
                counter, scheduled lr), with the project's coupled weight decay
-               g + wd * theta (`with_decay`), as in SOTA_SSL.md A.2.4. Keras 3 semantics
+               g + wd * theta (`with_decay`), as the authors' `higher` step. Keras 3 semantics
                (keras/src/optimizers/sgd.py and adam.py `update_step`), per element:
         SGD, momentum 0     theta' = theta - lr g                                D = lr
         SGD, heavy ball     m' = mu m - lr g;  theta' = theta + m'               D = lr
@@ -26,7 +26,7 @@ gradients g (all lists of one length):
 `LookAhead.slopes` holds D = -d theta'/d g, element by element (the update is element-wise
 in g, and theta, the slots and lr do not depend on phi). The hypergradient routes that do
 not differentiate through U itself use it: d L/d phi = -(dg/dphi)^T (D * v), v = dL/dtheta'
-(SOTA_SSL.md A.2.4). Adam's D at the first step is lr sqrt(1 - b2) eps / (s + eps)^2 with
+(the D-scaled shortcut). Adam's D at the first step is lr sqrt(1 - b2) eps / (s + eps)^2 with
 s = sqrt(1 - b2) |g|.
 """
 
@@ -67,7 +67,7 @@ def decay_mask(variables: Sequence[keras.Variable],
 
 def bn_and_bias(model: keras.Model) -> list[keras.Variable]:
     """The BatchNormalization and bias variables of `model`: the variables that the SSL
-    integration (SOTA_SSL.md B.10) exempts from weight decay."""
+    integration of the authors' USB fork exempts from weight decay."""
     exempt = []
     for layer in model._flatten_layers():  # pylint: disable=protected-access
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -78,7 +78,7 @@ def bn_and_bias(model: keras.Model) -> list[keras.Variable]:
 
 
 class Sgd:
-    """theta' = theta - lr * g (METHOD.md 2.0's plain step); D = lr."""
+    """theta' = theta - lr * g (the paper's plain step); D = lr."""
 
     def __init__(self, lr):
         self.lr = lr

@@ -1,4 +1,4 @@
-"""Per-sample training losses and the meta objectives (METHOD.md sections 2 and 3).
+"""Per-sample training losses and the meta objectives: CE/MAE, CLID, entropy.
 
 Pure functions of tensors. A meta objective maps one meta batch to a scalar that the
 meta-net is trained to make the look-ahead classifier minimise.

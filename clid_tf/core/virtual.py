@@ -1,4 +1,4 @@
-"""The look-ahead of meta-learning and its exact hypergradient (METHOD.md 2.0, 11).
+"""The look-ahead of meta-learning and its exact hypergradient.
 
 Notation for one training batch: z(theta) = backbone logits [B, K], L_f(z, phi) the
 meta-net's weighted loss, dz(phi) = dL_f/dz [B, K], g = J_z^T dz(phi). Then

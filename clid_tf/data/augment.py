@@ -1,4 +1,4 @@
-"""Batch image augmentation for tf.data (METHOD.md section 5 and section 10 point 5).
+"""Batch image augmentation for tf.data (the authors' CIFAR pipeline).
 
 `build(kind, image_shape=..., seed=...)` returns a function for `dataset.map` that takes a
 batch of raw images, float32 [B, H, W, C] with integer values in 0..255 (unnormalised; the

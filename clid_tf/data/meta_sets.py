@@ -1,4 +1,4 @@
-"""Which training samples form the meta set (METHOD.md section 3). Pure numpy, seeded."""
+"""Which training samples form the meta set: label-free or class-balanced. Pure numpy, seeded."""
 
 from __future__ import annotations
 

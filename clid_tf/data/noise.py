@@ -1,11 +1,11 @@
-"""Synthetic label noise (METHOD.md section 4): pure, seeded numpy functions.
+"""Synthetic label noise: pure, seeded numpy functions.
 
 Every function is deterministic given its `seed` and never touches global RNG state.
 Class-conditional kinds ('sym', 'pair', 'flip', ...) build a K x K transition matrix C
 (row y is the distribution of the noisy label given clean label y) and sample each label
 from its row; 'instance' builds one such row per sample from the image (Xia et al. 2020).
 
-Conventions that differ between the reference code paths (METHOD.md section 12 point 8):
+Conventions that differ between the reference code paths:
 'sym' is the reference `unif` noise, C = rate/K * ones + (1 - rate) * I, so a label is kept
 with probability 1 - rate + rate/K and the expected flip rate is rate*(K-1)/K; 'sym_exact'
 flips with probability exactly `rate` to a uniformly random other class (SSL convention).
@@ -311,7 +311,7 @@ def _check_images(images: np.ndarray | None, n: int) -> np.ndarray:
 
 def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, seed: int,
             images: np.ndarray | None = None) -> np.ndarray:
-    """Injects synthetic label noise of one kind (METHOD.md section 4).
+    """Injects synthetic label noise of one kind.
 
     Kinds: 'none' (copy); 'sym' (reference `unif`: C = rate/K + (1-rate) I, flip rate
     rate*(K-1)/K); 'sym_exact' (flip w.p. rate to a uniform other class); 'pair'
@@ -418,8 +418,8 @@ def imbalance_indices(labels: np.ndarray, *, gamma: float, seed: int,
                       num_classes: int | None = None) -> np.ndarray:
     """Indices of a long-tailed subset: n_c samples of class c, chosen by the labels given.
 
-    Pass the *true* labels (selection by true label after noise injection, METHOD.md
-    section 4 "Imbalance"). n_max is the size of the largest class; a class with fewer
+    Pass the *true* labels (selection by true label after noise injection, as the authors'
+    `--gamma` option). n_max is the size of the largest class; a class with fewer
     than n_c samples keeps all of them, so gamma = 1 keeps everything. Which samples of a
     class are kept is drawn uniformly from `seed`.
 

@@ -1,4 +1,4 @@
-"""A run's data after noise injection and the held-out and meta splits (METHOD.md 3, 4).
+"""A run's data after noise injection and the held-out and meta splits.
 
 numpy only, on labels and indices: every check of the user's data and sizes happens here,
 before TensorFlow is imported, so bad input is reported as one line. The inputs themselves
@@ -203,7 +203,7 @@ def redrawn_meta(pool: np.ndarray, first: np.ndarray, seed: int) -> EpochIndices
 
 def balanced_subset(labels: np.ndarray, pool: np.ndarray, *, size: int, num_classes: int,
                     seed: int, epoch: int = 0) -> np.ndarray:
-    """A class-balanced subset of `pool` (Clothing1M reference, DL1:37-52): the pool in a
+    """A class-balanced subset of `pool` (the authors' Clothing1M loader loop): the pool in a
     seeded random order, from which every class keeps its first size // K members.
 
     A class with fewer members keeps them all, so the subset has

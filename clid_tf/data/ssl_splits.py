@@ -1,5 +1,5 @@
 """The data of a semi-supervised run: a few noisy labels and many unlabeled samples
-(SOTA_SSL.md B.2). numpy only, on labels and indices, so bad sizes are one line before
+(FixMatch / FlexMatch). numpy only, on labels and indices, so bad sizes are one line before
 TensorFlow starts.
 
   labeled     `num_labels / K` samples of every class (by true label where known), drawn
@@ -86,7 +86,7 @@ def labeled_subset(labels: np.ndarray, *, num_labels: int, num_classes: int,
 def stratified_meta_set(indices: np.ndarray, noisy_labels: np.ndarray, *, size: int,
                         num_classes: int, seed: int) -> np.ndarray:
     """int64 sorted: size / K of `indices` per NOISY label (the committed configs' meta set,
-    BLD:324-341); the samples stay in training. Checked against these samples (B.9 #6)."""
+    as the authors' fork); they stay in training. The size is checked against them."""
     per_class = size // num_classes
     if per_class < 1:
         raise ValueError(f"meta_size={size} is smaller than the number of classes "

@@ -1,4 +1,4 @@
-"""Label-free model selection and checkpoint ensembling with CLID (METHOD.md section 7).
+"""Label-free model selection and checkpoint ensembling with CLID.
 
 After every epoch the meta-set CLID of the classifier is measured in inference mode
 (batch-size-weighted mean over shuffled meta batches). The test-set logits of the `keep`

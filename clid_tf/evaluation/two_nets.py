@@ -1,4 +1,4 @@
-"""Evaluation of DivideMix's two networks (SOTA_SSL.md A.6): the summed logits every epoch,
+"""Evaluation of DivideMix's two networks: the summed logits every epoch,
 and what the label-free CLID selection of each network makes of its epochs.
 
 Each network has its own `selection.ClidSelection` (its own meta set, prefix 'net1_' /

@@ -1,4 +1,4 @@
-"""Variational Rectification Inference (VRI) meta-net (METHOD.md sections 2.2 and 12.7).
+"""Variational Rectification Inference (VRI) meta-net.
 
 VRI rectifies the logits rather than weighting the loss: for each training sample it
 infers a per-class weight vector w in (0, 1)^K from the detached backbone feature and the
@@ -177,7 +177,7 @@ class VRINet(keras.Model):
         logits, phi through w. eps is resampled on every call (virtual and actual step).
 
         The KL regulariser: the reference adds lam * KL to the virtual loss, where it is a
-        no-op (METHOD.md 10.2): the meta-net input is detached, so the KL has no theta
+        no-op: the meta-net input is detached, so the KL has no theta
         gradient, leaves theta' unchanged and never reaches phi. It also calls its
         `kl_loss(mu1, lv1, mu2, lv2)` with std = exp(0.5 * log_var) in the log-var slots.
         Here the KL is the correct Gaussian KL(q || p) with log-variances
@@ -185,7 +185,7 @@ class VRINet(keras.Model):
         `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
         (posterior and prior, which share the network) as VRI's ELBO intends. Hence
         kl_weight = 0.01 is not the reference's lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
-        the reference-equivalent setting (BUILD.md, "VRI's KL", compares the two).
+        the reference-equivalent setting (docs/benchmarks.md compares the two on digits).
 
         Args:
           logits: float [B, K] classifier outputs.

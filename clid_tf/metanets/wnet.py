@@ -29,8 +29,8 @@ class WeightNet(keras.Model):
 
     Call: losses float [B] (detached per-sample CE) -> raw weights float [B].
     `weighted_loss` normalises the weights to sum to one over the (global) batch
-    (METHOD.md 2.1), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
-    loss-net of the semi-supervised trainers (SOTA_SSL.md B.4, B.10).
+    (Meta-Weight-Net), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
+    loss-net of the semi-supervised trainers (as in the authors' USB fork).
     """
 
     def __init__(self, hidden: int = 100, seed: int | None = None, normalize: bool = True,

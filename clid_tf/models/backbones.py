@@ -4,7 +4,7 @@ Every classifier takes raw inputs (uint8-valued images [B, H, W, C] as float, or
 vectors [B, D]) and standardises them inside the model, so training, evaluation and the
 exported SavedModel share one input convention. The body after standardisation is one of
 the small nets here, a paper backbone from `clid_tf.models.resnets`, or one of the real-world
-sets' backbones (SOTA_SSL.md A.1, A.2.1): VGG-19-BN (Animal-10N; its CLID/VRI feature is
+sets' backbones of the authors' scripts: VGG-19-BN (Animal-10N; its CLID/VRI feature is
 the pooled conv feature before the two 512-unit layers) and keras.applications' ResNet-50
 (Clothing1M, optionally with its ImageNet weights).
 """
@@ -142,11 +142,11 @@ def _torch_dense(units: int, fan_in: int, activation: str | None, name: str,
 
 def vgg19_bn(num_classes: int, input_shape: Sequence[int], *, dropout: float = 0.5,
              width: int = 512) -> keras.Model:
-    """VGG-19 with BatchNorm (SOTA_SSL.md A.8, the Animal-10N reference's sota/vgg.py):
+    """VGG-19 with BatchNorm (the authors' Animal-10N sota/vgg.py):
     16 conv-BN-ReLU layers with 5 max pools, features = their global average pool [B, 512],
     then Dropout-Dense(512)-ReLU-Dropout-Dense(512)-ReLU-Dense(K) on them.
 
-    The CLID/VRI feature is the pooled conv feature (VGG:44-57), not the last hidden layer,
+    The CLID/VRI feature is the pooled conv feature, not the last hidden layer,
     so the logits are not a Dense layer of the features: `head` is None (the last_layer
     meta scope is refused) and there are no residual blocks (top:N is refused). Conv
     kernels are He-normal over the fan-out with zero biases (the reference's init), the
@@ -191,7 +191,7 @@ RESNET50_BLOCKS = tuple(f"conv{stage}_block{block}" for stage, blocks in
 
 def resnet50(num_classes: int, input_shape: Sequence[int], *,
              weights: str | None = None) -> keras.Model:
-    """keras.applications.ResNet50 (bottleneck ResNet-50, SOTA_SSL.md A.7's backbone):
+    """keras.applications.ResNet50 (bottleneck ResNet-50, the authors' Clothing1M backbone):
     features = the global average pool [B, 2048] before the Dense(K) head.
 
     `weights`: keras.applications' notop ImageNet weights file

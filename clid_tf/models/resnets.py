@@ -1,4 +1,4 @@
-"""The paper's CIFAR backbones as Keras 3 functional models (METHOD.md sections 2 and 5).
+"""The paper's CIFAR backbones as Keras 3 functional models.
 
 Every builder returns a `keras.Model` that maps an already standardised float32 image
 batch [B, H, W, C] to the tuple `(logits [B, K] float32, features [B, d] float32)`, where
@@ -13,7 +13,7 @@ layer (the "last hidden layer" that CLID uses) and `model.feature_dim == d`.
 | `resnet34`        | BasicBlock [3,4,6,3], 3x3 stem, no maxpool          | 512 | 21.28M      |
 | `wrn28_10`        | WideResNet-28-10 (pre-activation, final BN-ReLU)    | 640 | 36.48M      |
 | `wrn28_2`         | WideResNet-28-2                                     | 128 | 1.47M       |
-| `wrn28_2_fork`    | WRN-28-2 of the CLID-MU USB fork (SOTA_SSL.md B.3)  | 128 | 1.47M       |
+| `wrn28_2_fork`    | WRN-28-2 of the CLID-MU authors' USB fork          | 128 | 1.47M       |
 
 Architectural choices, following the PyTorch references the method was run with:
 
@@ -30,7 +30,7 @@ Architectural choices, following the PyTorch references the method was run with:
   when the width changes, the identity shortcut to the raw input otherwise; final BN ->
   ReLU before pooling.
 - WRN-28-2 of the CLID-MU fork of USB (`wrn28_2_fork`, the semi-supervised trainers'
-  backbone, SOTA_SSL.md B.3): the same widths and block layout, but LeakyReLU(0.1),
+  backbone): the same widths and block layout, but LeakyReLU(0.1),
   convolutions with bias (PyTorch's default bias init), BatchNormalization with PyTorch
   momentum 0.001 (Keras 0.999) and eps 1e-3, dropout 0.3 between the two convolutions of
   every block, and no activation before the residual in any block: the first block of
@@ -349,7 +349,7 @@ def wrn28_2(num_classes: int, **kwargs) -> keras.Model:
     return wide_resnet(28, 2, num_classes, **kwargs)
 
 
-# The CLID-MU USB fork's WRN (SOTA_SSL.md B.3): PyTorch BN momentum 0.001, eps 1e-3.
+# The CLID-MU USB fork's WRN: PyTorch BN momentum 0.001, eps 1e-3.
 FORK_BN = dict(momentum=0.999, epsilon=1e-3)
 FORK_LEAKY_SLOPE = 0.1
 FORK_DROPOUT = 0.3

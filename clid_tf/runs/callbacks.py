@@ -193,8 +193,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 class ResetOptimizer(keras.callbacks.Callback):
     """Restarts the classifier optimizer at the start of every epoch, as creating a new one
-    would (the Clothing1M reference re-creates its Adam every epoch, SOTA_SSL.md A.7 and
-    A.11 #11): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
+    would (the Clothing1M reference re-creates its Adam every epoch, for parity
+    only): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
     Adam's bias correction starts again at t = 1. Its learning rate is kept; a schedule
     read from the iteration counter restarts at its first epoch, as the reference's decay
     is lost, so give a constant one. A LossScaleOptimizer keeps its loss scale.

@@ -152,16 +152,27 @@ class RunFolder:
             raise FolderError(f"{self.flags_path} is unreadable ({error.strerror}): "
                               f"{self.path} is not a training run's folder") from error
 
-    def check_resumable(self, current_flags: str) -> None:
-        """A run can resume when it is unfinished and was started with the same flags."""
+    def check_resumable(self, flags: dict[str, str], *, at_default: set[str]) -> None:
+        """A run can resume when it is unfinished and was started with the same training
+        flags.
+
+        Args:
+          flags: training flag name -> its line as flags.cfg holds it ('--lr=0.05',
+            '--augment_flip' / '--noaugment_flip'); flags without a value are left out.
+          at_default: the names whose value is their default: a flag the saved flags.cfg
+            does not name (one added to clid-tf since) matches when it is at its default.
+        """
         if self.is_complete():
             raise FolderError(f"the run in {self.path} is complete (results.json exists); "
                               "nothing to resume")
-        changed = sorted(_significant(current_flags) ^ _significant(self.read_flags()))
+        saved = flag_lines(self.read_flags(), names=set(flags) | set(at_default))
+        changed = sorted(
+            name for name in set(flags) | set(saved) if name not in NOT_SIGNIFICANT
+            and saved.get(name) != flags.get(name)
+            and not (name not in saved and name in at_default))
         if changed:
-            names = sorted({line.split("=")[0] for line in changed})
             raise FolderError(f"cannot resume {self.path}: flags differ from the "
-                              f"checkpointed run ({', '.join(names)})")
+                              f"checkpointed run ({', '.join('--' + n for n in changed)})")
 
     # ------------------------------------------------------------ split
     def save_split(self, arrays: dict[str, np.ndarray]) -> None:
@@ -219,9 +230,19 @@ def _remove_empty_parents(path: str, *, up_to: str) -> None:
             return
 
 
-def _significant(text: str) -> set[str]:
-    ignored = tuple(f"--{p}{name}" for name in NOT_SIGNIFICANT for p in ("", "no"))
-    return {line for line in text.splitlines() if line and not line.startswith(ignored)}
+def flag_lines(text: str, *, names: set[str]) -> dict[str, str]:
+    """name -> line of each flag in `names` that a flags.cfg text sets ('--name=value',
+    '--name', '--noname' for a boolean); absl's own flags and unknown lines are left out."""
+    found = {}
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            continue
+        name = line[2:].split("=", 1)[0]
+        if name not in names and name.startswith("no") and name[2:] in names:
+            name = name[2:]
+        if name in names:
+            found[name] = line
+    return found
 
 
 def split_arrays(noisy_labels: np.ndarray, train_indices: np.ndarray,

@@ -36,7 +36,7 @@ _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 class _TfdsSpec(NamedTuple):
     """What `load` needs to know about one TFDS dataset."""
     num_classes: int
-    stats: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std), METHOD.md section 5
+    stats: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std), the authors' values
     human_labels: tuple[str, ...]  # CLI names in HUMAN_LABELS; non-empty: one is required
 
 
@@ -65,7 +65,7 @@ def load(name: str, *, human_label: str | None = None,
         data_dir: TFDS data directory; None uses $TFDS_DATA_DIR or ~/tensorflow_datasets.
 
     Returns:
-        `datasets.Dataset` of uint8 [32, 32, 3] images, int64 labels in [0, K), the METHOD.md
+        `datasets.Dataset` of uint8 [32, 32, 3] images, int64 labels in [0, K), the authors'
         per-channel mean/std and TFDS's class names.
 
     Raises:

@@ -1,4 +1,4 @@
-"""DivideMix's pure parts (SOTA_SSL.md A.4-A.5): co-guessing, co-refinement, MixMatch,
+"""DivideMix's pure parts: co-guessing, co-refinement, MixMatch,
 the loss terms, the lambda_u ramp and the actual step's gradient clipping.
 
 Pure functions of tensors (numpy for the co-divide); the Keras model that composes them
@@ -159,7 +159,7 @@ def uniform_penalty(logits: tf.Tensor) -> tf.Tensor:
 
 def mixmatch_loss(rectified: tf.Tensor, logits: tf.Tensor, targets: tf.Tensor, *,
                   num_labeled: int, lambda_u: tf.Tensor) -> LossTerms:
-    """DivideMix's loss of a mixed batch (A.5 steps 6.5-6.8 and 8.3-8.5).
+    """DivideMix's loss of a mixed batch, in the virtual and the actual step.
 
     Args:
       rectified: float [n, K] the logits the data terms see (omega * z with a rectifier,
@@ -214,7 +214,7 @@ class PartOf(NamedTuple):
 
 
 def co_divide(clean_probs: Sequence[np.ndarray], *, threshold: float) -> list[PartOf]:
-    """Each network trains with the OTHER network's division (A.4 step 3).
+    """Each network trains with the OTHER network's division.
 
     Args:
       clean_probs: [prob1, prob2], float [N] each network's GMM clean probability.

@@ -1,11 +1,11 @@
 """`DivideMixModel`: two networks trained by DivideMix, optionally with a VRI rectifier
 per network meta-learned by CLID through the real optimizer's virtual step
-(SOTA_SSL.md Part A: TCV, Train_cifar_vri.py).
+(the authors' CIFAR script Train_cifar_vri.py).
 
 Per epoch (`fit`): warm-up epochs train each network with CE (+ a confidence penalty for
 asymmetric noise); after them, each network's GMM divides the training samples and the
 OTHER network trains on that division (co-divide), net 1 first, then net 2. One step of
-network N with the other network P (A.5):
+network N with the other network P:
 
   1. targets      co-guess t_u (N and P on both unlabeled views), co-refine t_x (N's views
                   and the other net's clean probability w); no gradient
@@ -57,7 +57,7 @@ class DivideMixModel(base_model.TrainerModel):
       meta_objective: 'clid', 'entropy' (label-free) or fn(features, logits, None).
       tau: CLID temperature.
       meta_grad, meta_scope: the hypergradient route and scope (`clid_tf.core.virtual`).
-      virtual_step: 'optimizer' (the real optimizer's differentiable next update, A.2.4)
+      virtual_step: 'optimizer' (the real optimizer's differentiable next update)
         or 'sgd' (theta - lr g).
       weight_decay, meta_weight_decay: coupled L2 of theta and phi (PyTorch style).
       warmup_epochs: CE epochs before the co-divide.
@@ -213,7 +213,7 @@ class DivideMixModel(base_model.TrainerModel):
         return loss
 
     def _targets(self, k: int, x: dict, u: dict):
-        """(t_x, t_u): co-refinement and co-guessing (A.5 steps 2-3), forwards in
+        """(t_x, t_u): co-refinement and co-guessing, forwards in
         DivideMix's order; N in train mode (BN statistics updated) unless
         guess_bn_mode='inference', P always in inference mode."""
         own, other = self.backbones[k], self.backbones[1 - k]
@@ -245,7 +245,7 @@ class DivideMixModel(base_model.TrainerModel):
         return MixedBatch(images, mixed_targets, 2 * int(x["image"].shape[0]), rows)
 
     def _lambda_u(self, k: int) -> tf.Tensor:
-        """lambda(t), t = epoch + the phase's step fraction (A.5 step 5)."""
+        """lambda(t), t = epoch + the phase's step fraction."""
         epoch, first, steps = (c.read_value() for c in self._clock)
         t = epoch + (tf.cast(self.net_optimizers[k].iterations, tf.float32) - first) / steps
         return dividemix.lambda_ramp(t, lambda_u=self.lambda_u, warmup=self.warmup_epochs,
@@ -259,7 +259,7 @@ class DivideMixModel(base_model.TrainerModel):
                                             num_labeled=mixed.num_labeled, lambda_u=lam)
             return terms, None, None
         meta_net = self.meta_nets[k]
-        labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # A.2.2, 'vri'
+        labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # 'vri': embed the argmax
         mu, log_var = meta_net(features, labels)
         omega = tf.cast(meta_net.sample_weights(mu, log_var, rows=mixed.rows), logits.dtype)
         terms = dividemix.mixmatch_loss(omega * logits, logits, mixed.targets,
@@ -268,7 +268,7 @@ class DivideMixModel(base_model.TrainerModel):
 
     def _training_loss(self, k: int, mixed: MixedBatch, lam) -> virtual.TrainingLoss:
         """The rectified MixMatch loss as the hypergradient needs it; the KL is not part
-        of any objective (A.12: it is inert in the reference)."""
+        of any objective (it is inert in the authors' code too)."""
         def fn(logits, features, regularize=True):
             del regularize
             terms, omega, _ = self.loss_terms(k, logits, features, mixed, lam)

@@ -1,5 +1,5 @@
 """DivideMix's data per epoch: the GMM clean probabilities (the co-divide's input) and
-the streams of one epoch, each network's phase after the other (SOTA_SSL.md A.3-A.5).
+the streams of one epoch, each network's phase after the other.
 
 An epoch is a finite tf.data stream built for that epoch alone, from numpy indices, so
 its length may change with the division; `DivideMixModel.fit` runs one Keras epoch per

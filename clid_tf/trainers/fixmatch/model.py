@@ -1,7 +1,7 @@
 """FixMatch and FlexMatch on a few noisy labels, with a loss-net trained by CLID
-(SOTA_SSL.md B.3-B.5).
+(as in the authors' fork of USB).
 
-One train_step per (labeled, unlabeled, meta) batch, B.4:
+One train_step per (labeled, unlabeled, meta) batch:
   1. virtual step  theta' = U(theta, grad_theta mean_i w_i CE_i)  on the LABELED batch
      only, w = loss_net(stop_grad(CE)) unnormalised; U = a differentiable copy of the
      real SGD-Nesterov step (momentum slots, current lr, decay without BN and biases)
@@ -56,7 +56,7 @@ class UnsupervisedTerm(NamedTuple):
 
 def unsupervised_loss(logits_weak: tf.Tensor, logits_strong: tf.Tensor, *,
                       thresholds) -> UnsupervisedTerm:
-    """FixMatch's unlabeled loss with hard pseudo-labels (B.4 step 5).
+    """FixMatch's unlabeled loss with hard pseudo-labels.
 
     Args:
       logits_weak: float [uB, K] of the weak views; no gradient flows into them.
@@ -79,7 +79,7 @@ def unsupervised_loss(logits_weak: tf.Tensor, logits_strong: tf.Tensor, *,
 
 def flexmatch_thresholds(selected: tf.Tensor, *, num_classes: int, p_cutoff: float,
                          warmup: bool = True) -> tf.Tensor:
-    """FlexMatch's per-class thresholds (B.5, FLU:23-35, 52).
+    """FlexMatch's per-class thresholds.
 
     b_c = count(table == c) / max over the counts, the count of NOT_SELECTED included
     (`warmup`, the reference's thresh_warmup) or not; b = 0 while every entry is
@@ -102,7 +102,7 @@ def flexmatch_thresholds(selected: tf.Tensor, *, num_classes: int, p_cutoff: flo
 def flexmatch_select(selected: tf.Tensor, positions: tf.Tensor, confidence: tf.Tensor,
                      pseudo: tf.Tensor, *, p_cutoff: float) -> tf.Tensor:
     """The table after one batch: each sample whose confidence reaches p_cutoff records
-    its pseudo-label (FLU:54-59); nothing changes when none does. A sample that occurs
+    its pseudo-label (as FlexMatch); nothing changes when none does. A sample that occurs
     twice in the batch keeps its last occurrence's label.
 
     Args:
@@ -182,7 +182,9 @@ class FixMatchModel(base_model.TrainerModel):
         self.algorithm = algorithm
         self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
         self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
-        self.meta_objective, _ = base_model.meta_objective_of(meta_objective, tau=tau)
+        if loss_net is not None:  # plain FixMatch (no loss-net) has no meta objective
+            meta_objective, _ = base_model.meta_objective_of(meta_objective, tau=tau)
+        self.meta_objective = meta_objective
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
         self.no_decay = list(no_decay)
@@ -250,7 +252,7 @@ class FixMatchModel(base_model.TrainerModel):
                          thresholds=thresholds)
 
     def _meta_step(self, labeled, meta):
-        """B.4 steps 1-3: the hypergradient, then the loss-net update. Returns this
+        """Virtual and meta step: the hypergradient, then the loss-net update. Returns this
         replica's share of the meta loss."""
         result = self.meta_gradients(labeled, meta)
         loss_scaling.apply(self.meta_optimizer, result.meta_grads,
@@ -270,7 +272,7 @@ class FixMatchModel(base_model.TrainerModel):
             scope=self.meta_scope)
 
     def _actual_step(self, labeled, unlabeled):
-        """B.4 steps 4-8: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update."""
+        """Actual step: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update."""
         sizes = [tf.shape(labeled["image"])[0], tf.shape(unlabeled["weak"])[0]]
         images = tf.concat([labeled["image"], unlabeled["weak"], unlabeled["strong"]], axis=0)
         thresholds = self._thresholds()

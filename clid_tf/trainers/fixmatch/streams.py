@@ -1,4 +1,4 @@
-"""tf.data streams of the semi-supervised trainers (SOTA_SSL.md B.2, B.4).
+"""tf.data streams of the semi-supervised trainers.
 
 One training element is {'labeled': ..., 'unlabeled': ..., 'meta': ...}:
 

@@ -7,7 +7,6 @@ split alone (the supervised-only baseline of the semi-supervised trainers).
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """`MetaReweightModel`: a Keras model whose train_step is the CLID-MU meta update.
 
-One train_step per training batch (METHOD.md section 2.0; steps 1-2 only on every
+One train_step per training batch (the paper's three steps; steps 1-2 only on every
 `meta_every`-th step):
   1. virtual step  theta' = U(theta, grad_theta L_f(theta, phi))      (second order)
      U = plain SGD at the current lr, or a copy of the real optimizer's next update
@@ -44,9 +44,9 @@ class MetaReweightModel(base_model.TrainerModel):
     `meta_active` is a Python switch read when the train function is traced: set it, then
     reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
 
-    `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, METHOD.md 2.0) or
+    `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, the paper's) or
     'optimizer' (the classifier optimizer's own next update, SGD with or without
-    momentum/nesterov or Adam, weight decay included: SOTA_SSL.md A.2.4).
+    momentum/nesterov or Adam, weight decay included: the authors' `higher` step).
     `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
     (`clid_tf.core.meta_scope`). `meta_every` = k runs steps 1 and 2 only on the steps whose
     classifier iteration counter is a multiple of k (a tf.cond, no retracing); the steps in

@@ -1,4 +1,4 @@
-"""Small-loss meta sets for the `ce_sloss` / `mae_sloss` baselines (METHOD.md section 3).
+"""Small-loss meta sets for the `ce_sloss` / `mae_sloss` baselines.
 
 After the warm-up, at the start of every epoch, the per-sample cross-entropy of the whole
 training set (inference mode, noisy labels) is fitted with a 2-component Gaussian mixture
@@ -15,7 +15,7 @@ Deliberate differences from the reference (utilities.py::eval_train):
   * meta batches are drawn uniformly WITH replacement from the current meta set by a
     seeded stateless draw per batch, not by an epoch-wise shuffled loader;
   * selection always scores the whole training set (main_vri.py re-scores only the previous
-    meta set, METHOD.md section 10 point 7).
+    meta set).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tensorflow as tf
 from clid_tf.core.gmm import clean_probability, cross_entropy, normalize_losses
 from clid_tf.data import pipelines as data
 from clid_tf.evaluation import selection as selection_lib
-from clid_tf.data.inputs import ArrayInputs, Inputs
+from clid_tf.data.inputs import ArrayInputs
 
 def per_class_size(size: int, num_classes: int) -> int:
     """size // K, which must be at least 1."""

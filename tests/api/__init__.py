@@ -1,0 +1,1 @@
+"""The Python API as a Keras user meets it."""

@@ -1,0 +1,40 @@
+"""Plumbing shared by the distributed_steps.py scripts and their tests: a strategy over
+logical CPUs, and running a script in a subprocess (a process fixes its logical devices
+before TensorFlow starts, so each strategy needs its own). No TensorFlow at import."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.helpers import ROOT
+
+
+
+def env(**extra) -> dict:
+    """The subprocess environment: quiet TensorFlow, the checkout on the path (the scripts
+    import the tests' helpers)."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
+
+
+def run(script: str, out, *args, env_vars: dict | None = None):
+    """Runs the script (a path) with OUT.npz and `args`; returns the saved state (np.load)."""
+    proc = subprocess.run([sys.executable, script, str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=env_vars or env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out)
+
+
+def strategy(kind: str, replicas: int):
+    """`replicas` logical CPUs, then MirroredStrategy over them ('mirrored') or the
+    project's `distribute.make_strategy(kind)` (the default strategy for 'default')."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    from clid_tf.core import distribute  # pylint: disable=import-outside-toplevel
+    return distribute.make_strategy(kind)

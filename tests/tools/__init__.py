@@ -1,0 +1,1 @@
+"""The tools of tools/ run end to end."""

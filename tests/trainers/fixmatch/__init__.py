@@ -1,0 +1,1 @@
+"""Tests of clid_tf.trainers.fixmatch."""

@@ -1,0 +1,52 @@
+"""What the tools share: the checkout's root, the command line run as a subprocess, and
+the one-line failure of a tool.
+
+Every tool is run as a script (`python tools/NAME.py`), so this module is found beside
+it; `clid_tf` itself is installed (`pip install -r requirements.txt` installs the
+checkout in editable mode), so no tool changes sys.path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """The environment of a training subprocess: TensorFlow's C++ logs off, no GPU
+    probing, and `extra`."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+def cli_command(module: str, args: Sequence[str]) -> list[str]:
+    """[python, -m, clid_tf.train|clid_tf.audit, *args]."""
+    return [sys.executable, "-m", module, *args]
+
+
+def run_cli(module: str, args: Sequence[str], *, cwd: str = ROOT, env=None,
+            timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` (clid_tf.train, clid_tf.audit) in `cwd`, output
+    captured; with `check`, RuntimeError naming the command and its last error line when it
+    fails."""
+    proc = subprocess.run(cli_command(module, args), cwd=cwd, env=env or quiet_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed (exit {proc.returncode}): "
+                           f"{last_line(proc.stderr) or last_line(proc.stdout)}")
+    return proc
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a process's output."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def fail(message: str) -> None:
+    """A tool's one error line, exit code 2."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)

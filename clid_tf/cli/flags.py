@@ -218,6 +218,12 @@ def define_flags() -> None:
                       "2 x --meta_batch_size CLID rows; the reported runs) or labeled "
                       "(--meta_size / K labeled images per noisy class, weak view; the "
                       "committed configs).")
+    flags.DEFINE_enum("ssl_strong_augment", "randaugment", ("randaugment", "strong"),
+                      "FixMatch/FlexMatch: the strong view of unlabeled (and meta) images: "
+                      "randaugment (USB's RandAugment(3, 5): 3 ops always applied at values "
+                      "over their whole ranges, no Cutout; the authors' semi-supervised "
+                      "code) or strong (FixMatch's RandAugmentMC(2, 10) + Cutout, as "
+                      "--augment=strong).")
     flags.DEFINE_integer("uratio", 7, "FixMatch/FlexMatch: unlabeled batch = uratio x "
                          "--batch_size images (each seen weak and strong).", lower_bound=1)
     flags.DEFINE_float("p_cutoff", 0.95, "FixMatch/FlexMatch: confidence threshold of the "
@@ -375,7 +381,8 @@ HELP_GROUPS = (
     ("semi-supervised trainers", ("lambda_u", "p_threshold", "mixup_alpha",
                                   "sharpen_temperature", "rampup_epochs", "clip_norm",
                                   "guess_bn_mode", "num_labels", "include_lb_to_ulb",
-                                  "ssl_meta_source", "uratio", "p_cutoff", "thresh_warmup",
+                                  "ssl_meta_source", "ssl_strong_augment", "uratio",
+                                  "p_cutoff", "thresh_warmup",
                                   "ema_decay", "eval_every")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "optimizer",
                       "reset_optimizer_each_epoch", "lr", "momentum", "weight_decay",

@@ -11,13 +11,20 @@ model normalises), and returns a batch of the same shape, dtype and value range:
 - 'strong': weak, then FixMatch's RandAugmentMC(n=2, m=10): per image, 2 ops drawn with
   replacement from the 14-op pool `OPS`, each applied with probability 0.5 at an integer
   level drawn uniformly from [1, 10); then always CutoutAbs with a grey (127) square of half
-  the image side (16 px on 32x32). This is the pipeline the reference code applies to both the
-  training and the meta images.
+  the image side (16 px on 32x32). The authors' single-network and DivideMix CIFAR-10 scripts
+  apply it to the training (and meta) images.
+- 'randaugment': weak, then USB's RandAugment(3, 5) as the authors' semi-supervised code
+  builds its strong view: per image, 3 ops drawn with replacement from the same pool, each
+  always applied, its value drawn uniformly over the op's whole range (`RANGES`: enhance
+  factors in [0.05, 0.95), Posterize 4..7 bits, Rotate [-30, 30) degrees, Shear and
+  Translate [-0.3, 0.3) of the side, Solarize threshold [0, 256)); no Cutout (the USB
+  fork's `fixmatch=False`). The magnitude m plays no part there, as in USB.
 
-Each op reproduces the PIL code of FixMatch's `randaugment.py` (kekmodel/FixMatch-pytorch,
-Pillow 13) on uint8-valued images, quirks included: the Brightness/Color/Contrast/Sharpness
-factor is 0.05 + 0.09 * level, so always in [0.14, 0.86]; Solarize's threshold is
-256 - int(25.6 * level); Rotate/Shear/Translate sample nearest pixels with PIL's 16.16
+Each op reproduces the PIL code of FixMatch's `randaugment.py` (kekmodel/FixMatch-pytorch)
+and of USB's (Pillow 13) on uint8-valued images, quirks included: FixMatch's Brightness/Color/Contrast/
+Sharpness factor is 0.05 + 0.09 * level, so always in [0.14, 0.86]; its Solarize threshold
+is 256 - int(25.6 * level); Rotate (angle mod 360, as Image.rotate), Shear and Translate
+(whole pixels in FixMatch, fractional in USB) sample nearest pixels with PIL's 16.16
 fixed-point affine arithmetic and fill with black (0); Equalize and AutoContrast build PIL's
 per-channel lookup tables; Color/Contrast use PIL's integer RGB->L weights (Color is the
 identity on one channel, as on PIL mode 'L'). For every op, level and sign these give the same
@@ -53,7 +60,7 @@ import tensorflow as tf
 
 from clid_tf import names
 
-KINDS: tuple[str, ...] = ('none', 'weak', 'strong')
+KINDS: tuple[str, ...] = ('none', 'weak', 'strong', 'randaugment')
 
 # FixMatch pool, in the order of `fixmatch_augment_pool()`.
 OPS: tuple[str, ...] = (
@@ -62,6 +69,11 @@ OPS: tuple[str, ...] = (
 NUM_OPS = 2  # RandAugmentMC n
 MAGNITUDE = 10  # RandAugmentMC m: levels are integers in [1, m)
 PARAMETER_MAX = 10  # FixMatch's level scale: a parameter is level * max_v / PARAMETER_MAX
+USB_NUM_OPS = 3  # USB's RandAugment(3, 5): 3 ops, each always applied
+# USB's `augment_list`: the range [min, max) each op's value is drawn from, in OPS order.
+RANGES: tuple[tuple[float, float], ...] = (
+        (0, 1), (0.05, 0.95), (0.05, 0.95), (0.05, 0.95), (0, 1), (0, 1), (4, 8), (-30, 30),
+        (0.05, 0.95), (-0.3, 0.3), (-0.3, 0.3), (0, 256), (-0.3, 0.3), (-0.3, 0.3))
 CROP_PAD = names.CROP_PAD
 GREY = 127.0
 _OP = {name: i for i, name in enumerate(OPS)}
@@ -104,6 +116,9 @@ def build(kind: str, *, image_shape: Sequence[int], seed: int, flip: bool = True
             for s in _split(s_ops, NUM_OPS):
                 images = _random_op(images, s)
             images = _cutout(images, s_cut, size=min(h, w) // 2)
+        elif kind == 'randaugment':
+            for op, value in zip(*randaugment_draws(s_ops, tf.shape(images)[0], (h, w))):
+                images = apply_op(images, op, value)
         return images
 
     return augment
@@ -154,11 +169,62 @@ def _random_op(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     applied = tf.random.stateless_uniform([b], s_apply) < 0.5
     level = tf.random.stateless_uniform([b], s_level, 1, MAGNITUDE, dtype=tf.int32)
     sign = tf.where(tf.random.stateless_uniform([b], s_sign) < 0.5, -1.0, 1.0)
-    return _apply_op(images, tf.where(applied, op, _OP['Identity']), level, sign)
+    op = tf.where(applied, op, _OP['Identity'])
+    return apply_op(images, op, fixmatch_value(op, level, sign, images.shape[1:3]))
 
 
-def _apply_op(images: tf.Tensor, op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
-    """Applies OPS[op[i]] at level[i] (int in [1, m)) with sign[i] (+-1) to image i.
+def fixmatch_value(op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor,
+                   hw: Sequence[int]) -> tf.Tensor:
+    """FixMatch's value of each op at its level (int [b] in [1, m)) and sign (+-1 [b]) for
+    images of size hw = (H, W): float64 [b], in the terms of `apply_op`."""
+    h, w = hw
+    level = tf.cast(level, tf.float64)
+    sign = tf.cast(sign, tf.float64)
+    factor = level * 0.9 / PARAMETER_MAX + 0.05
+    by_op = {
+            'Posterize': tf.floor(level * 4 / PARAMETER_MAX) + 4,
+            'Rotate': sign * tf.floor(level * 30 / PARAMETER_MAX),
+            'Solarize': 256 - tf.floor(level * 256 / PARAMETER_MAX),
+            'ShearX': sign * level * 0.3 / PARAMETER_MAX,
+            'ShearY': sign * level * 0.3 / PARAMETER_MAX,
+            'TranslateX': sign * tf.floor(level * 0.3 / PARAMETER_MAX * w),  # int(v * W)
+            'TranslateY': sign * tf.floor(level * 0.3 / PARAMETER_MAX * h)}
+    values = tf.stack([by_op.get(name, factor) for name in OPS], axis=1)  # [b, ops]
+    return tf.gather(values, op, axis=1, batch_dims=1)
+
+
+def randaugment_draws(seed: tf.Tensor, batch, hw: Sequence[int]
+                      ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """USB RandAugment(3, 5)'s draws for a batch of images of size hw = (H, W): 3 rounds of
+    (op int32 [b], value float64 [b] in the terms of `apply_op`), each op uniform over the
+    pool (with replacement) and always applied, its value uniform over the op's `RANGES`
+    entry (a translation's fraction times the side: USB's `v * img.size`, not truncated)."""
+    h, w = hw
+    ops, values = [], []
+    scale = [w if name == 'TranslateX' else h if name == 'TranslateY' else 1 for name in OPS]
+    low = tf.constant([r[0] * k for r, k in zip(RANGES, scale)], tf.float64)
+    high = tf.constant([r[1] * k for r, k in zip(RANGES, scale)], tf.float64)
+    for s in _split(seed, USB_NUM_OPS):
+        s_op, s_value = _split(s, 2)
+        op = tf.random.stateless_uniform([batch], s_op, 0, len(OPS), dtype=tf.int32)
+        unit = tf.random.stateless_uniform([batch], s_value, dtype=tf.float64)
+        ops.append(op)
+        values.append(tf.gather(low, op) + (tf.gather(high, op) - tf.gather(low, op)) * unit)
+    return ops, values
+
+
+def apply_op(images: tf.Tensor, op: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """Applies OPS[op[i]] with value[i] to image i, as PIL does.
+
+    The value is the op's own parameter: the enhance factor of Brightness, Color, Contrast
+    and Sharpness; the bits Posterize keeps (int(value)); Solarize's threshold; Rotate's
+    angle in degrees (counter-clockwise); ShearX/Y's shear; TranslateX/Y's shift in pixels
+    (whole in FixMatch, fractional in USB); unused by AutoContrast, Equalize and Identity.
+
+    Args:
+      images: float32 [B, H, W, C] in 0..255 (integer values).
+      op: int [B] indices into OPS.
+      value: float64 [B].
 
     The batch is partitioned by op, each op runs once on its images, and the results are
     stitched back in order: vectorised, and each image pays for one op only.
@@ -166,45 +232,42 @@ def _apply_op(images: tf.Tensor, op: tf.Tensor, level: tf.Tensor, sign: tf.Tenso
     n = len(OPS)
     indices = tf.dynamic_partition(tf.range(tf.shape(images)[0]), op, n)
     parts = tf.dynamic_partition(images, op, n)
-    levels = tf.dynamic_partition(tf.cast(level, tf.float32), op, n)
-    signs = tf.dynamic_partition(tf.cast(sign, tf.float32), op, n)
+    values = tf.dynamic_partition(tf.cast(value, tf.float64), op, n)
     hw = images.shape[1:3]
     results = []
     for k, name in enumerate(OPS):
         if name in _PIXEL_OPS:
-            results.append(_PIXEL_OPS[name](parts[k], _per_image(levels[k])))
+            results.append(_PIXEL_OPS[name](parts[k], values[k]))
         elif name == 'Identity':
             results.append(parts[k])
         else:
-            results.append(_warp(parts[k], _pil_affine(name, levels[k], signs[k], hw)))
+            results.append(_warp(parts[k], _pil_affine(name, values[k], hw)))
     return tf.ensure_shape(tf.dynamic_stitch(indices, results), images.shape)
 
 
-def _pil_affine(name: str, level: tf.Tensor, sign: tf.Tensor, hw: Sequence[int]) -> tf.Tensor:
-    """float64 [B, 6] PIL AFFINE data (a, b, c, d, e, f) of a geometric op, as FixMatch calls it.
+def _pil_affine(name: str, value: tf.Tensor, hw: Sequence[int]) -> tf.Tensor:
+    """float64 [B, 6] PIL AFFINE data (a, b, c, d, e, f) of a geometric op at its value.
 
     Output pixel (x, y) reads input (a x + b y + c, d x + e y + f). Rotate follows
-    Image.rotate: about (W/2, H/2), cos/sin rounded to 15 decimals.
+    Image.rotate: the angle taken mod 360, about (W/2, H/2), cos/sin rounded to 15 decimals.
     """
     h, w = hw
-    level = tf.cast(level, tf.float64)
-    sign = tf.cast(sign, tf.float64)
-    zero, one = tf.zeros_like(level), tf.ones_like(level)
-    shift = sign * (level * 0.3 / PARAMETER_MAX)  # shear, or translation as a fraction
+    value = tf.cast(value, tf.float64)
+    zero, one = tf.zeros_like(value), tf.ones_like(value)
     if name == 'Rotate':
-        angle = -(sign * tf.floor(level * 30 / PARAMETER_MAX) * (math.pi / 180))
+        angle = -(tf.math.floormod(value, 360.0) * (math.pi / 180))
         cos = tf.round(tf.cos(angle) * 1e15) / 1e15
         sin = tf.round(tf.sin(angle) * 1e15) / 1e15
         cx, cy = w / 2, h / 2
         rows = [cos, sin, (cos * -cx + sin * -cy) + cx, -sin, cos, (-sin * -cx + cos * -cy) + cy]
     elif name == 'ShearX':
-        rows = [one, shift, zero, zero, one, zero]
+        rows = [one, value, zero, zero, one, zero]
     elif name == 'ShearY':
-        rows = [one, zero, zero, shift, one, zero]
-    elif name == 'TranslateX':  # int(v * W) truncates towards zero
-        rows = [one, zero, sign * tf.floor(tf.abs(shift) * w), zero, one, zero]
+        rows = [one, zero, zero, value, one, zero]
+    elif name == 'TranslateX':
+        rows = [one, zero, value, zero, one, zero]
     elif name == 'TranslateY':
-        rows = [one, zero, zero, zero, one, sign * tf.floor(tf.abs(shift) * h)]
+        rows = [one, zero, zero, zero, one, value]
     else:
         raise ValueError(f"{name!r} is not a geometric op")
     return tf.stack(rows, axis=1)
@@ -233,9 +296,9 @@ def _warp(images: tf.Tensor, coeffs: tf.Tensor) -> tf.Tensor:
     return tf.reshape(out, [-1, h, w, ch]) * tf.cast(inside[..., None], tf.float32)
 
 
-def _factor(level: tf.Tensor) -> tf.Tensor:
-    """Enhance factor 0.9 * level / 10 + 0.05, computed in double as PIL's caller does."""
-    return tf.cast(tf.cast(level, tf.float64) * 0.9 / PARAMETER_MAX + 0.05, tf.float32)
+def _factor(value: tf.Tensor) -> tf.Tensor:
+    """An enhance factor [b] as PIL's blend takes it (a C float), per image."""
+    return _per_image(tf.cast(value, tf.float32))
 
 
 def _blend(degenerate: tf.Tensor, x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
@@ -251,8 +314,8 @@ def _luminance(x: tf.Tensor) -> tf.Tensor:
     return tf.floor((tf.reduce_sum(x * weights, -1, keepdims=True) + 32768.0) / 65536.0)
 
 
-def _auto_contrast(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    del level
+def _auto_contrast(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    del value
     lo = tf.reduce_min(x, [1, 2], keepdims=True)
     hi = tf.reduce_max(x, [1, 2], keepdims=True)
     x64, lo64 = tf.cast(x, tf.float64), tf.cast(lo, tf.float64)
@@ -261,22 +324,22 @@ def _auto_contrast(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     return _select(hi > lo, tf.cast(out, tf.float32), x)
 
 
-def _brightness(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    return _blend(tf.zeros_like(x), x, _factor(level))
+def _brightness(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    return _blend(tf.zeros_like(x), x, _factor(value))
 
 
-def _color(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    return _blend(_luminance(x), x, _factor(level))
+def _color(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    return _blend(_luminance(x), x, _factor(value))
 
 
-def _contrast(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+def _contrast(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     mean = tf.floor(tf.reduce_mean(_luminance(x), [1, 2, 3], keepdims=True) + 0.5)
-    return _blend(mean, x, _factor(level))
+    return _blend(mean, x, _factor(value))
 
 
-def _equalize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+def _equalize(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     """PIL ImageOps.equalize per image and channel, via one bincount over the batch."""
-    del level
+    del value
     h, w, c = x.shape[1:]
     rows = tf.reshape(tf.transpose(tf.cast(x, tf.int32), [0, 3, 1, 2]), [-1, h * w])
     n = tf.shape(rows)[0]  # B * C histograms of 256 bins
@@ -291,13 +354,13 @@ def _equalize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     return tf.transpose(tf.reshape(out, [-1, c, h, w]), [0, 2, 3, 1])
 
 
-def _posterize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    bits = tf.floor(level * 4 / PARAMETER_MAX) + 4
+def _posterize(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    bits = tf.cast(_per_image(tf.floor(value)), tf.float32)  # PIL keeps int(value) bits
     quantum = tf.pow(2.0, 8.0 - bits)
     return tf.floor(x / quantum) * quantum
 
 
-def _sharpness(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
+def _sharpness(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     """Blend with PIL's SMOOTH filter (3x3, centre 5, others 1, /13; border pixels kept)."""
     h, w, c = x.shape[1:]
     kernel = np.ones((3, 3, c, 1), np.float32)
@@ -305,12 +368,14 @@ def _sharpness(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     smooth = tf.floor(tf.nn.depthwise_conv2d(x, kernel / 13.0, [1, 1, 1, 1], 'SAME') + 0.5)
     border = np.ones((1, h, w, 1), bool)
     border[:, 1:-1, 1:-1] = False
-    return _blend(_select(border, x, smooth), x, _factor(level))
+    return _blend(_select(border, x, smooth), x, _factor(value))
 
 
-def _solarize(x: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    threshold = 256 - tf.floor(level * 256 / PARAMETER_MAX)
-    return _select(x < threshold, x, 255.0 - x)
+def _solarize(x: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """PIL's lut: pixels below the threshold kept, the others inverted (x < threshold in
+    double, as PIL compares its int pixel with the float threshold)."""
+    below = tf.cast(x, tf.float64) < _per_image(value)
+    return _select(below, x, 255.0 - x)
 
 
 _PIXEL_OPS = {

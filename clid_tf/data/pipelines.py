@@ -26,10 +26,10 @@ def epoch_batches(source: Inputs, indices: np.ndarray, *, batch_size: int,
     """Endless batches {'image': float32 [b, ...], **fields}, `steps_per_epoch` per epoch.
 
     Epoch e is a function of (seed, e) alone: its order is a stateless shuffle of
-    `indices` (or of indices_of_epoch(e)) seeded by e (as many passes as the epoch needs),
-    and its augmentation draws are seeded by (e, step), so a run resumed at epoch e sees
-    the same batches as an uninterrupted one. Batches have static shapes (drop_remainder)
-    for XLA.
+    `indices` (or of indices_of_epoch(e)) seeded by e (as many passes as the epoch needs;
+    no batch holds a sample twice, `_whole_batches`), and its augmentation draws are seeded
+    by (e, step), so a run resumed at epoch e sees the same batches as an uninterrupted
+    one. Batches have static shapes (drop_remainder) for XLA.
 
     Args:
       source: the split's inputs.
@@ -64,9 +64,11 @@ def epoch_batches(source: Inputs, indices: np.ndarray, *, batch_size: int,
     def epoch_ids(epoch):
         epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
         drawn = members(epoch)
-        return (tf.data.Dataset.range(passes)
-                .map(lambda p: tf.gather(drawn, tf.random.experimental.stateless_shuffle(
-                    tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p]))))
+        shuffles = tf.data.Dataset.range(passes).map(
+            lambda p: tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, p])))
+        return (shuffles.scan(_no_carry(batch_size), _whole_batches(n, batch_size))
+                .map(lambda positions: tf.gather(drawn, positions))
                 .unbatch().take(steps_per_epoch * batch_size))
 
     ids = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_ids)
@@ -79,6 +81,35 @@ def epoch_batches(source: Inputs, indices: np.ndarray, *, batch_size: int,
                             t % steps_per_epoch]))
     return tf.data.Dataset.zip(batches, steps).map(
         lambda b, s: {**b, "image": augment(b["image"], stateless_seed=s)})
+
+
+def _no_carry(batch_size: int):
+    """The scan state of `_whole_batches` before the first pass: no position carried."""
+    return tf.zeros([batch_size], tf.int64), tf.constant(0, tf.int32)
+
+
+def _whole_batches(n: int, batch_size: int):
+    """scan over the passes of an epoch (each a permutation of the positions 0..n-1): emits
+    the positions that fill whole batches, with no position twice in one batch.
+
+    The positions left over by a pass (its last n mod b, fewer than a batch) open the next
+    pass's first batch; that pass's permutation puts those positions at its end, so the
+    first batch holds b different positions and every position still comes once per pass.
+    With n a multiple of b nothing is carried and the passes are the permutations
+    themselves.
+    """
+    def step(state, permutation):
+        buffer, count = state
+        carried = buffer[:count]
+        moved = tf.scatter_nd(carried[:, None], tf.ones_like(carried, tf.bool), [n])
+        moved = tf.gather(moved, permutation)
+        order = tf.concat([carried, permutation[~moved], permutation[moved]], axis=0)
+        whole = (tf.cast(count, tf.int64) + n) // batch_size * batch_size
+        rest = order[whole:]
+        rest_count = tf.cast(tf.shape(rest)[0], tf.int32)
+        buffer = tf.concat([rest, tf.zeros([batch_size - rest_count], tf.int64)], axis=0)
+        return (tf.ensure_shape(buffer, [batch_size]), rest_count), order[:whole]
+    return step
 
 
 def training_stream(train: tf.data.Dataset, meta: tf.data.Dataset | None = None, *,

@@ -248,14 +248,18 @@ class ClidSelection(keras.callbacks.Callback):
         to resume); None keeps them in memory.
       backbone: the network to score; None uses `model.backbone`.
       prefix: prepended to every logged name (e.g. 'net1_' for one of two networks).
+      eligible_from: the first (1-based) epoch the store may keep: earlier epochs are
+        scored and logged but never selected (DivideMix keeps its warm-up out, as the
+        authors' pools start after it). 1: every epoch.
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,
                  keep: int = 5, seed: int = 0, eval_batch_size: int = 500,
                  augment: Callable[..., tf.Tensor] | None = None,
                  directory: str | None = None, backbone: keras.Model | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", eligible_from: int = 1):
         super().__init__()
+        self.eligible_from = int(eligible_from)
         self.meta = None if meta is None else data.as_part(meta)
         self.test = None if test is None else data.as_part(test)
         if self.test is not None and self.test.labels is None:
@@ -309,7 +313,7 @@ class ClidSelection(keras.callbacks.Callback):
             self.last_test_logits = logits
         self.epochs.append(number)
         self.meta_clid.append(score)
-        if self.store.update(score, number, logits):
+        if number >= self.eligible_from and self.store.update(score, number, logits):
             self._keep_weights(number)
         if not self.defer_prune:
             self.prune()
@@ -317,7 +321,8 @@ class ClidSelection(keras.callbacks.Callback):
             logs[self.prefix + "meta_set_clid"] = score
             if self.test is not None:
                 logs[self.prefix + "test_accuracy"] = self.test_accuracy[-1]
-                logs.update({self.prefix + k: v for k, v in self._accuracies().items()})
+                if len(self.store):  # nothing selected yet before the first eligible epoch
+                    logs.update({self.prefix + k: v for k, v in self._accuracies().items()})
 
     # ------------------------------------------------------------ kept weights
     def _weights_path(self, epoch: int) -> str:
@@ -406,19 +411,23 @@ class ClidSelection(keras.callbacks.Callback):
         """Final selection results.
 
         Returns:
-          selected_epoch: 1-based epoch with the lowest meta CLID (earliest on ties).
+          selected_epoch: 1-based epoch with the lowest meta CLID (earliest on ties) among
+            the eligible ones.
+          eligible_epochs: [first, last] 1-based epochs the selection chose from.
           kept: [{'epoch', 'meta_clid'}] of the stored epochs, best first.
           epochs, meta_clid: per-epoch lists, in training order.
           With a test part also selected_accuracy, ensemble3_accuracy, ensemble5_accuracy
           (acc_1, acc_3, acc_5) and the per-epoch test_accuracy list.
         """
-        if not self.epochs:
-            raise ValueError("no epoch has been recorded yet")
+        if not len(self.store):
+            raise ValueError("no eligible epoch has been recorded yet" if self.epochs else
+                             "no epoch has been recorded yet")
         summary = {
             "selected_epoch": self.store.best_epochs(1)[0],
             "kept": [{"epoch": e.epoch, "meta_clid": e.score} for e in self.store.entries],
             "epochs": list(self.epochs),
             "meta_clid": list(self.meta_clid),
+            "eligible_epochs": [max(self.eligible_from, self.epochs[0]), self.epochs[-1]],
         }
         if self.test is not None:
             summary.update(self._accuracies(), test_accuracy=list(self.test_accuracy))

@@ -45,7 +45,8 @@ class TwoNetEvaluation(keras.callbacks.Callback):
             return
         summed = sum(s.last_test_logits.astype(np.float64) for s in self.selections)
         logs["test_accuracy"] = selection_lib.accuracy(summed, self.test_labels)
-        logs.update(self.accuracies())
+        if all(len(s.store) for s in self.selections):  # after the first eligible epoch
+            logs.update(self.accuracies())
 
     def accuracies(self) -> dict[str, float]:
         """The selected, merged-selected and merged-ensemble accuracies so far."""

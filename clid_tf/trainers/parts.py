@@ -22,6 +22,8 @@ from clid_tf.errors import RunError
 RESNET50_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
                         f"resnet/{RESNET50_WEIGHTS}")
+# PyTorch's Adam epsilon (Keras' default is 1e-7), for every Adam the command line builds.
+ADAM_EPSILON = 1e-8
 # Training samples whose meta weights the TensorBoard views show each epoch: enough for
 # smooth histograms, few enough that the views cost ~2% of a CIFAR epoch (bench_overhead).
 VIEW_SAMPLES = 1000
@@ -57,8 +59,8 @@ def check_data(flags, dataset: datasets.Dataset) -> None:
                        f"feature vectors [{inputs[0]}]; use --backbone=mlp")
     for flag in ("augment", "meta_augment", "select_augment"):
         kind = getattr(flags, flag)
-        if kind in (None, "none"):
-            continue
+        if kind in (None, "none") or (flag == "select_augment" and not flags.given(flag)):
+            continue  # a trainer's default selection augmentation follows the data
         if len(inputs) != 3:
             raise RunError(f"--{flag}={kind} needs images; {flags.dataset} holds feature "
                            "vectors")
@@ -192,17 +194,18 @@ def classifier_optimizer(flags, steps_per_epoch: int, *, nesterov: bool = False)
     import keras  # pylint: disable=import-outside-toplevel
     if flags.optimizer == "adam":
         return keras.optimizers.Adam(lr_schedule(flags, steps_per_epoch), beta_1=0.9,
-                                     beta_2=0.999, epsilon=1e-8)
+                                     beta_2=0.999, epsilon=ADAM_EPSILON)
     return keras.optimizers.SGD(lr_schedule(flags, steps_per_epoch), momentum=flags.momentum,
                                 nesterov=nesterov)
 
 
 def meta_optimizer(flags, *, nesterov: bool = False):
-    """The meta-net's optimizer: --meta_optimizer at --meta_lr (SGD: with Nesterov momentum
-    0.9 when `nesterov`, the semi-supervised reference's; plain otherwise)."""
+    """The meta-net's optimizer: --meta_optimizer at --meta_lr (Adam with PyTorch's epsilon
+    1e-8, the authors' meta optimizers'; SGD with Nesterov momentum 0.9 when `nesterov`,
+    the semi-supervised reference's, plain otherwise)."""
     import keras  # pylint: disable=import-outside-toplevel
     if flags.meta_optimizer == "adam":
-        return keras.optimizers.Adam(flags.meta_lr)
+        return keras.optimizers.Adam(flags.meta_lr, epsilon=ADAM_EPSILON)
     if nesterov:
         return keras.optimizers.SGD(flags.meta_lr, momentum=0.9, nesterov=True)
     return keras.optimizers.SGD(flags.meta_lr)
@@ -277,9 +280,17 @@ def selection_of(flags, setup, folder, *, backbone=None, augment=None):
         test=None if ds.test is None else pipelines.Part(ds.test.inputs, None, ds.test.labels),
         batch_size=min(flags.meta_batch_size, len(setup.selection_indices)), tau=flags.tau,
         keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
-        augment=(augmentation(flags, ds, flags.select_augment) if augment is None
-                 else augment),
+        augment=selection_augmentation(flags, ds) if augment is None else augment,
         directory=folder.selected_weights, backbone=backbone)
+
+
+def selection_augmentation(flags, ds):
+    """The augmentation the label-free selection scores the meta set through:
+    --select_augment (or the trainer's default for it), none for feature vectors unless
+    asked for."""
+    if len(ds.train.inputs.element_shape) != 3 and not flags.given("select_augment"):
+        return None
+    return augmentation(flags, ds, flags.select_augment)
 
 
 def single_network_results(flags, setup, selection, history: dict, exported) -> dict:

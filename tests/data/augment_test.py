@@ -1,4 +1,5 @@
-"""Tests for clid_tf.data.augment: ranges, weak crops, Cutout, per-image randomness, seeding, PIL ops."""
+"""Tests for clid_tf.data.augment: ranges, weak crops, Cutout, per-image randomness, seeding,
+and every op against the PIL code of FixMatch's RandAugmentMC and USB's RandAugment."""
 
 from __future__ import annotations
 
@@ -151,22 +152,128 @@ def test_every_op_level_and_sign_matches_fixmatch_pil(shape):
     x = np.where(np.arange(len(combos))[:, None, None, None] % 2 == 0, noise, smooth)
     x = x.astype(np.uint8)
     op, level, sign = (np.array(c) for c in zip(*combos))
-    out = augment._apply_op(tf.constant(x, tf.float32), tf.constant(op, tf.int32),
-                            tf.constant(level, tf.int32), tf.constant(sign, tf.float32)).numpy()
+    op = tf.constant(op, tf.int32)
+    value = augment.fixmatch_value(op, tf.constant(level, tf.int32),
+                                   tf.constant(sign, tf.float32), shape[:2])
+    out = augment.apply_op(tf.constant(x, tf.float32), op, value).numpy()
     for got, image, (k, lv, sg) in zip(out, x, combos):
         pil = image_mod.fromarray(image[..., 0] if shape[-1] == 1 else image)
         want = np.asarray(fixmatch(pil, augment.OPS[k], lv, sg), np.float32).reshape(shape)
         np.testing.assert_array_equal(got, want, err_msg=f'{augment.OPS[k]} level {lv} sign {sg}')
 
 
-@pytest.mark.parametrize('kind, distinct', (('weak', 10), ('strong', 14)))
+def usb_op(img, name, v):
+    """The authors' USB fork, semilearn/datasets/augmentation/randaugment.py: `op(img, v)`
+    at the value v drawn over the op's range."""
+    affine = image_mod.Transform.AFFINE
+    return {
+            'AutoContrast': lambda: ops_mod.autocontrast(img),
+            'Brightness': lambda: enhance.Brightness(img).enhance(v),
+            'Color': lambda: enhance.Color(img).enhance(v),
+            'Contrast': lambda: enhance.Contrast(img).enhance(v),
+            'Equalize': lambda: ops_mod.equalize(img),
+            'Identity': lambda: img,
+            'Posterize': lambda: ops_mod.posterize(img, max(1, int(v))),
+            'Rotate': lambda: img.rotate(v),
+            'Sharpness': lambda: enhance.Sharpness(img).enhance(v),
+            'ShearX': lambda: img.transform(img.size, affine, (1, v, 0, 0, 1, 0)),
+            'ShearY': lambda: img.transform(img.size, affine, (1, 0, 0, v, 1, 0)),
+            'Solarize': lambda: ops_mod.solarize(img, v),
+            'TranslateX': lambda: img.transform(img.size, affine, (1, 0, v * img.size[0], 0, 1, 0)),
+            'TranslateY': lambda: img.transform(img.size, affine, (1, 0, 0, 0, 1, v * img.size[1])),
+    }[name]()
+
+
+# USB's augment_list(): each op's value range (its RandAugment(3, 5) ignores the magnitude)
+USB_RANGES = {'AutoContrast': (0, 1), 'Brightness': (0.05, 0.95), 'Color': (0.05, 0.95),
+              'Contrast': (0.05, 0.95), 'Equalize': (0, 1), 'Identity': (0, 1),
+              'Posterize': (4, 8), 'Rotate': (-30, 30), 'Sharpness': (0.05, 0.95),
+              'ShearX': (-0.3, 0.3), 'ShearY': (-0.3, 0.3), 'Solarize': (0, 256),
+              'TranslateX': (-0.3, 0.3), 'TranslateY': (-0.3, 0.3)}
+
+
+def _pil_image(image: np.ndarray, shape) -> image_mod.Image:
+    return image_mod.fromarray(image[..., 0] if shape[-1] == 1 else image)
+
+
+def _test_images(n: int, shape, seed: int) -> np.ndarray:
+    """uint8 [n, *shape]: noise and smooth images alternately (edges and flat regions)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (n, *shape))
+    smooth = np.clip(128 + np.cumsum(rng.integers(-24, 25, (n, *shape)), 2), 0, 255)
+    return np.where(np.arange(n)[:, None, None, None] % 2 == 0, noise, smooth).astype(np.uint8)
+
+
+@pytest.mark.parametrize('shape', ((32, 32, 3), (8, 8, 1)))
+def test_every_usb_op_matches_the_usb_pil_code_over_its_range(shape):
+    """Each op at values across its whole USB range (ends included), fractional
+    translations and angles of either sign, against USB's PIL code."""
+    rng = np.random.default_rng(3)
+    combos = []
+    for k, name in enumerate(augment.OPS):
+        low, high = USB_RANGES[name]
+        for value in (low, high - 1e-9, *rng.uniform(low, high, 6)):
+            combos.append((k, float(value)))
+    x = _test_images(len(combos), shape, seed=4)
+    op = tf.constant([k for k, _ in combos], tf.int32)
+    # the value of a translation is in pixels: USB's v * side
+    side = {'TranslateX': shape[1], 'TranslateY': shape[0]}
+    pixels = tf.constant([v * side.get(augment.OPS[k], 1) for k, v in combos], tf.float64)
+    out = augment.apply_op(tf.constant(x, tf.float32), op, pixels).numpy()
+    for got, image, (k, v) in zip(out, x, combos):
+        want = np.asarray(usb_op(_pil_image(image, shape), augment.OPS[k], v), np.float32)
+        np.testing.assert_array_equal(got, want.reshape(shape),
+                                      err_msg=f'{augment.OPS[k]} value {v}')
+
+
+def test_randaugment_draws_three_always_applied_ops_over_their_whole_ranges():
+    """USB's RandAugment(3, 5): 3 rounds, the op uniform over the 14 (Identity at 1/14, no
+    extra 'not applied' draw), the value uniform over the op's range (a translation's
+    fraction times the side)."""
+    ops, values = augment.randaugment_draws(tf.constant([5, 6], tf.int64), 14000, (32, 24))
+    assert len(ops) == len(values) == augment.USB_NUM_OPS == 3
+    for op, value in zip(ops, values):
+        op, value = op.numpy(), value.numpy()
+        counts = np.bincount(op, minlength=len(augment.OPS))
+        assert counts.min() > 850 and counts.max() < 1150, counts  # 1000 +- 4.7 sigma
+        for k, name in enumerate(augment.OPS):
+            low, high = USB_RANGES[name]
+            scale = {'TranslateX': 24, 'TranslateY': 32}.get(name, 1)
+            got = value[op == k] / scale
+            assert low <= got.min() < low + 0.02 * (high - low), name
+            assert high - 0.02 * (high - low) < got.max() < high, name
+    assert not np.array_equal(ops[0].numpy(), ops[1].numpy())
+
+
+@pytest.mark.parametrize('shape', ((32, 32, 3), (8, 8, 1)))
+def test_the_randaugment_view_is_the_weak_view_then_three_usb_ops_and_no_cutout(shape):
+    """The pipeline's strong view, image by image: the weak view (same seed), then the three
+    drawn USB ops in order through USB's PIL code; nothing else (no Cutout square)."""
+    x = _images(12, shape, seed=21)
+    seed = tf.constant([8, 9], tf.int64)
+    strong = augment.build('randaugment', image_shape=shape, seed=0, pad=1)
+    weak = augment.build('weak', image_shape=shape, seed=0, pad=1)
+    got = strong(tf.constant(x), stateless_seed=seed).numpy()
+    first = weak(tf.constant(x), stateless_seed=seed).numpy().astype(np.uint8)
+    _, s_ops, _ = augment._split(seed, 3)
+    ops, values = augment.randaugment_draws(s_ops, len(x), shape[:2])
+    side = {'TranslateX': shape[1], 'TranslateY': shape[0]}
+    for i, image in enumerate(first):
+        pil = _pil_image(image, shape)
+        for op, value in zip(ops, values):
+            name = augment.OPS[int(op[i])]
+            pil = usb_op(pil, name, float(value[i]) / side.get(name, 1))
+        np.testing.assert_array_equal(got[i], np.asarray(pil, np.float32).reshape(shape))
+
+
+@pytest.mark.parametrize('kind, distinct', (('weak', 10), ('strong', 14), ('randaugment', 14)))
 def test_images_in_a_batch_get_different_augmentations(kind, distinct):
     x = np.repeat(_images(1, (32, 32, 3), seed=8), 16, axis=0)
     out = _run(augment.build(kind, image_shape=(32, 32, 3), seed=9), x, batch=16)
     assert len({o.tobytes() for o in out}) >= distinct
 
 
-@pytest.mark.parametrize('kind', ('weak', 'strong'))
+@pytest.mark.parametrize('kind', ('weak', 'strong', 'randaugment'))
 def test_same_seed_gives_the_same_pipeline_outputs(kind):
     x = _images(12, (32, 32, 3), seed=10)
 

@@ -204,3 +204,32 @@ def test_callback_requires_backbone():
     with pytest.raises(ValueError, match="backbone"):
         callback.on_train_begin()
 
+
+def test_epochs_before_eligible_from_are_scored_but_never_selected():
+    """DivideMix's warm-up: epochs before `eligible_from` log their meta-set CLID and test
+    accuracy, but the store (selection, ensembles, kept weights) holds later epochs only,
+    even when an earlier epoch has the lowest CLID."""
+    keras.utils.set_random_seed(0)
+    x, y = _separable(120, seed=0)
+    model = meta_model.MetaReweightModel(_backbone(seed=0))
+    model.compile(keras.optimizers.SGD(0.1))
+    callback = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5,
+                                       eligible_from=3)
+    history = model.fit(helpers.array_stream(x, y, batch_size=8, seed=0), epochs=5,
+                        steps_per_epoch=3, verbose=0, shuffle=False,
+                        callbacks=[callback]).history
+    assert len(history["meta_set_clid"]) == 5 and len(history["selected_accuracy"]) == 3
+    summary = callback.summary()
+    assert sorted(k["epoch"] for k in summary["kept"]) == [3, 4, 5]
+    assert summary["eligible_epochs"] == [3, 5]
+    clid = np.array(summary["meta_clid"])
+    assert summary["selected_epoch"] == 3 + int(np.argmin(clid[2:]))
+    with pytest.raises(ValueError, match="not among the kept"):
+        callback.load_weights(_backbone(seed=1), 1)
+
+
+def test_before_any_eligible_epoch_there_is_no_selection():
+    callback = selection.ClidSelection(np.zeros((4, DIM)), eligible_from=2)
+    callback.epochs = [1]
+    with pytest.raises(ValueError, match="no eligible epoch"):
+        callback.summary()

@@ -13,8 +13,10 @@ DIVIDEMIX = Trainer(
     summary="two networks, GMM co-divide, MixMatch, optionally the VRI rectifier trained "
             "by CLID",
     adapter="clid_tf.trainers.dividemix.cli",
+    # Selection scores the meta sets as the meta batches see them: weak crop + flip
+    # whenever training augments (the authors' meta loader), as they are otherwise.
     defaults={"meta_net": "vri", "virtual_step": "optimizer", "lambda_u": 150.0,
-              "select_augment": lambda f: f.augment},
+              "select_augment": lambda f: "none" if f.augment == "none" else "weak"},
     refusals=(
         Refusal(lambda f: f.method not in METHODS,
                 lambda f: f"--method={f.method}: --trainer=dividemix trains with ce (plain "
@@ -35,6 +37,10 @@ DIVIDEMIX = Trainer(
         Refusal(lambda f: f.jit_compile,
                 "--jit_compile: --trainer=dividemix draws its mixup weight from a Beta "
                 "distribution, whose sampler (StatelessRandomGamma) XLA cannot compile"),
+        Refusal(lambda f: f.epochs <= f.warmup_epochs,
+                lambda f: f"--epochs={f.epochs} ends within DivideMix's warm-up "
+                          f"(--warmup_epochs={f.warmup_epochs}): its label-free selection "
+                          "ranks the epochs after the warm-up, so train for more"),
         Refusal(lambda f: f.audit and f.audit_folds > 0,
                 "--audit with --trainer=dividemix scores in sample only: add "
                 "--audit_folds=0"),

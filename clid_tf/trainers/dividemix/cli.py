@@ -179,8 +179,9 @@ def selections_of(flags, setup: Setup, folder, backbones) -> list:
         pipelines.Part(ds.train.inputs, meta), test=test,
         batch_size=min(flags.meta_batch_size, len(meta)), tau=flags.tau,
         keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
-        augment=parts.augmentation(flags, ds, flags.select_augment),
-        directory=folder.selected_weights, backbone=backbones[k], prefix=f"net{k + 1}_")
+        augment=parts.selection_augmentation(flags, ds),
+        directory=folder.selected_weights, backbone=backbones[k], prefix=f"net{k + 1}_",
+        eligible_from=flags.warmup_epochs + 1)  # the warm-up's CE epochs stay out
         for k, meta in enumerate(setup.meta_sets)]
 
 

@@ -95,13 +95,13 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
 def views(flags, ds):
     """(weak, strong) augmentations of the dataset's images: flip (--augment_flip) and a
     reflect-padded crop of side * (1 - 0.875) pixels (at least 1), strong adding
-    RandAugment and Cutout (`clid_tf.data.augment`)."""
+    --ssl_strong_augment (USB's RandAugment by default, `clid_tf.data.augment`)."""
     from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     shape = ds.train.inputs.element_shape
     pad = max(1, round(min(shape[:2]) * (1 - CROP_RATIO)))
     return tuple(augment.build(kind, image_shape=shape, seed=flags.seed,
                                flip=flags.augment_flip, pad=pad)
-                 for kind in ("weak", "strong"))
+                 for kind in ("weak", flags.ssl_strong_augment))
 
 
 def compiled_model(flags, setup):

@@ -9,10 +9,14 @@ The Python API, for your own Keras model and data:
     model.fit(x, y, epochs=30, callbacks=[clid_tf.WarmUp(5), clid_tf.ClidSelection()])
 
 The names below are imported on first use, so `import clid_tf` (and the command line
-before it has checked its input) does not start TensorFlow.
+before it has checked its input) does not start TensorFlow. The Keras classes are
+registered for `keras.models.load_model` as soon as Keras is imported
+(`clid_tf.serializables`).
 """
 
 import importlib
+
+from clid_tf import serializables as _serializables
 
 __version__ = "0.2.0"
 
@@ -27,7 +31,9 @@ _EXPORTS = {
     "RunState": "clid_tf.runs.callbacks",
     "ClidSelection": "clid_tf.evaluation.selection",
     "find_label_issues": "clid_tf.evaluation.label_issues",
-    "as_classifier": "clid_tf.models.backbones",
+    "rank_label_issues": "clid_tf.evaluation.label_issues",
+    "LabelIssues": "clid_tf.evaluation.label_issues",
+    "as_classifier": "clid_tf.models.user_models",
     "export_saved_model": "clid_tf.runs.export",
 }
 
@@ -44,3 +50,6 @@ def __getattr__(name):
 
 def __dir__():
     return sorted([*globals(), *_EXPORTS])
+
+
+_serializables.register_when_keras_loads()

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, "clid_tf")
 # module may import (at module level or inside a function) from its own unit and from
 # units of lower layers only.
 LAYERS = [
-    {"errors", "names", "atomic_io"},                 # plumbing without package imports
+    {"errors", "names", "atomic_io", "serializables"},  # plumbing without package imports
     {"core"},                                         # math and the step machinery
     {"metanets", "models", "data"},                   # meta-nets, backbones, data
     {"evaluation"},                                   # selection, ensembles, label issues
@@ -30,8 +30,8 @@ RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}
 ABSL = ("cli", "train", "audit")
 # Modules the command line imports before it has checked its input: no TensorFlow at
 # their top level, so bad flags and data are one line within seconds.
-BEFORE_TENSORFLOW = ("__init__", "names", "errors", "atomic_io", "metanets", "trainers",
-                     "trainers.meta", "trainers.dividemix", "trainers.fixmatch",
+BEFORE_TENSORFLOW = ("__init__", "serializables", "names", "errors", "atomic_io", "metanets",
+                     "trainers", "trainers.meta", "trainers.dividemix", "trainers.fixmatch",
                      "data.sources", "data.sources.digits", "data.sources.cifar",
                      "data.sources.npz", "data.sources.files", "data.sources.tfds",
                      "data.datasets", "data.splits", "data.ssl_splits", "data.image_files",

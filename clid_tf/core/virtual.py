@@ -159,11 +159,14 @@ class TrainingLoss(NamedTuple):
     phi: list                     # the meta-net's trainable variables
 
 
-def for_meta_net(meta_net: keras.Model, labels: tf.Tensor) -> TrainingLoss:
-    """`meta_net.weighted_loss(logits, features, labels)` of a batch with int `labels` [B]."""
+def for_meta_net(meta_net: keras.Model, labels: tf.Tensor,
+                 sample_weight: tf.Tensor | None = None) -> TrainingLoss:
+    """`meta_net.weighted_loss(logits, features, labels)` of a batch with int `labels` [B]
+    (and the user's per-sample weights [B], passed only when there are some)."""
+    extra = {} if sample_weight is None else {"sample_weight": sample_weight}
     return TrainingLoss(
         lambda logits, features, regularize=True: meta_net.weighted_loss(
-            logits, features, labels, regularize=regularize),
+            logits, features, labels, regularize=regularize, **extra),
         meta_net.trainable_variables)
 
 

@@ -21,19 +21,20 @@ model normalises), and returns a batch of the same shape, dtype and value range:
   fork's `fixmatch=False`). The magnitude m plays no part there, as in USB.
 
 Each op reproduces the PIL code of FixMatch's `randaugment.py` (kekmodel/FixMatch-pytorch)
-and of USB's (Pillow 13) on uint8-valued images, quirks included: FixMatch's Brightness/Color/Contrast/
-Sharpness factor is 0.05 + 0.09 * level, so always in [0.14, 0.86]; its Solarize threshold
-is 256 - int(25.6 * level); Rotate (angle mod 360, as Image.rotate), Shear and Translate
-(whole pixels in FixMatch, fractional in USB) sample nearest pixels with PIL's 16.16
-fixed-point affine arithmetic and fill with black (0); Equalize and AutoContrast build PIL's
-per-channel lookup tables; Color/Contrast use PIL's integer RGB->L weights (Color is the
-identity on one channel, as on PIL mode 'L'). For every op, level and sign these give the same
-pixels as PIL on the tested 32x32x3, 32x32x1 and 8x8x1 images. Cutout draws PIL's inclusive
-rectangle: x0 = int(max(0, U[0, W) - v/2)), pixels x0..x0+v clipped to the image, so an
-interior square is (v+1)x(v+1) = 17x17 and squares near the right or bottom edge shrink (down
-to 9x9 on 32x32). Differences from FixMatch: none in the ops; the random draws come from TF's
-stateless generators instead of Python's `random`/numpy, and the per-image work is vectorised
-(the batch is partitioned by op, each op runs once on its share, results are stitched back).
+and of USB's (Pillow 13) on uint8-valued images, quirks included: FixMatch's
+Brightness/Color/Contrast/Sharpness factor is 0.05 + 0.09 * level, so always in [0.14,
+0.86]; its Solarize threshold is 256 - int(25.6 * level); Rotate (angle mod 360, as
+Image.rotate), Shear and Translate (whole pixels in FixMatch, fractional in USB) sample
+nearest pixels with PIL's 16.16 fixed-point affine arithmetic and fill with black (0);
+Equalize and AutoContrast build PIL's per-channel lookup tables; Color/Contrast use PIL's
+integer RGB->L weights (Color is the identity on one channel, as on PIL mode 'L'). For
+every op, level and sign these give the same pixels as PIL on the tested 32x32x3, 32x32x1
+and 8x8x1 images. Cutout draws PIL's inclusive rectangle: x0 = int(max(0, U[0, W) - v/2)),
+pixels x0..x0+v clipped to the image, so an interior square is (v+1)x(v+1) = 17x17 and
+squares near the right or bottom edge shrink (down to 9x9 on 32x32). Differences from
+FixMatch: none in the ops; the random draws come from TF's stateless generators instead of
+Python's `random`/numpy, and the per-image work is vectorised (the batch is partitioned by
+op, each op runs once on its share, results are stitched back).
 
 Keras preprocessing layers are not used: `RandomCrop` takes one offset per batch and does not
 reflect-pad, `RandAugment` has a different op pool, magnitudes and interpolation, and the Keras
@@ -80,7 +81,7 @@ _OP = {name: i for i, name in enumerate(OPS)}
 
 
 def build(kind: str, *, image_shape: Sequence[int], seed: int, flip: bool = True,
-          pad: int = CROP_PAD) -> Callable[..., tf.Tensor]:
+          pad: int = CROP_PAD, pixel_scale: float = 1.0) -> Callable[..., tf.Tensor]:
     """Augmentation function for `dataset.map` on batches of raw images.
 
     Args:
@@ -89,10 +90,14 @@ def build(kind: str, *, image_shape: Sequence[int], seed: int, flip: bool = True
       seed: seeds the stream of per-batch random draws.
       flip: random horizontal flips ('weak' and 'strong'); False for digits.
       pad: reflect padding before the random crop; must be < min(H, W).
+      pixel_scale: the images are pixel values / pixel_scale: 1 for 0..255 (the
+        project's convention), 255 for a user's images scaled to [0, 1]; the ops run on
+        images * pixel_scale and the result is scaled back.
 
     Returns:
-      fn(images, stateless_seed=None): images float32 [B, H, W, C] in 0..255 -> float32
-      [B, H, W, C] in 0..255. `stateless_seed` (int [2]) replaces the internal generator.
+      fn(images, stateless_seed=None): images float32 [B, H, W, C] in 0..255 (/
+      pixel_scale) -> float32 [B, H, W, C] in the same range. `stateless_seed` (int [2])
+      replaces the internal generator.
     """
     if kind not in KINDS:
         raise ValueError(f"augmentation kind must be one of {KINDS}, got {kind!r}")
@@ -121,7 +126,11 @@ def build(kind: str, *, image_shape: Sequence[int], seed: int, flip: bool = True
                 images = apply_op(images, op, value)
         return images
 
-    return augment
+    if pixel_scale == 1.0:
+        return augment
+    scale = float(pixel_scale)
+    return lambda images, stateless_seed=None: augment(
+        tf.cast(images, tf.float32) * scale, stateless_seed=stateless_seed) / scale
 
 
 def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:

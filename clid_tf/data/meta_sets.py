@@ -7,6 +7,11 @@ from typing import Callable
 import numpy as np
 
 
+# The seed offset of a second network's meta set (DivideMix's net 2; a prime, so that the
+# two draws differ).
+SECOND_SET_SEED_OFFSET = 7919
+
+
 def random_subset(num_train: int, *, size: int, seed: int) -> np.ndarray:
     """CLID-MU's meta set: `size` indices drawn uniformly without replacement.
 

@@ -20,7 +20,10 @@ flagged as issues. With known true labels (a benchmark) `metrics` also reports p
 recall and ROC AUC of the ranking for the truly flipped samples.
 
 The pure functions take numpy arrays; `cross_fit` takes a `train_fold` function so the CLI
-and a Python user train folds their own way; `find_label_issues` is that for arrays.
+and a Python user train folds their own way; `find_label_issues` is that for arrays and a
+model factory (a CLID-MU model or any compiled Keras classifier); `rank_label_issues`
+ranks labels by out-of-sample probabilities computed elsewhere (cleanlab's
+`find_label_issues(labels, pred_probs)` call shape).
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ import numpy as np
 from clid_tf import atomic_io
 
 SCALARS = ("precision", "recall", "roc_auc", "estimated_noise_rate", "true_noise_rate")
+
+# What each fold trains with unless the fit arguments say otherwise (the command line's
+# defaults): 30 epochs of batches of 64, and for a CLID-MU model 5 warm-up epochs and a
+# meta set of a fifth of the fold (at most 1000).
+DEFAULT_FIT = {"epochs": 30, "batch_size": 64, "verbose": 0}
+DEFAULT_WARMUP_EPOCHS = 5
 
 
 class Scores(NamedTuple):
@@ -271,10 +280,16 @@ def scoring_function(backbones, meta_net=None):
 
 
 def score_part(model, part, *, batch_size: int = 500) -> Scores:
-    """`Scores` of a `data.Part` (inputs and given labels) under a trained model (a
-    MetaReweightModel: its backbone and meta-net), in the part's order."""
-    meta_net = getattr(model, "meta_net", None)
-    return scores_of(scoring_function(model.backbone, meta_net), part,
+    """`Scores` of a `data.Part` (inputs and given labels) under a trained model, in the
+    part's order: a trainer model (its predicting networks and meta-net), or any Keras
+    classifier (`models.user_models.as_classifier`; probabilities = softmax of its
+    logits, no weights)."""
+    if hasattr(model, "predicting"):
+        networks, meta_net = model.predicting(), getattr(model, "meta_net", None)
+    else:
+        from clid_tf.models import user_models  # pylint: disable=import-outside-toplevel
+        networks, meta_net = [user_models.as_classifier(model)], None
+    return scores_of(scoring_function(networks, meta_net), part,
                      with_weights=meta_net is not None, batch_size=batch_size)
 
 
@@ -329,17 +344,20 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
     """Ranks a dataset's labels by suspicion, out of sample (cleanlab-style).
 
     Args:
-      build_model: returns a fresh compiled model for one fold (e.g. a compiled
-        `clid_tf.MetaReweightModel` with a WeightNet and the 'clid' objective).
+      build_model: returns a fresh compiled model for one fold: a
+        `clid_tf.MetaReweightModel` (e.g. with a WeightNet and the 'clid' objective) or
+        any compiled Keras classifier ending in a Dense layer.
       x: inputs [N, ...]; y: int [N] given labels.
       folds: K of the cross-fitting (5 by default).
-      seed: fold assignment seed (and the default `seed` of each fold's fit).
+      seed: fold assignment seed (and the default `seed` of each fold's CLID-MU fit).
       clean_labels: int [N] true labels, if known (benchmarks): adds precision, recall and
         ROC AUC to the metrics. Never used for the ranking.
       eval_batch_size: inference batch size of the scoring passes.
       verbose: print one line per fold.
-      **fit_kwargs: passed to each fold's `model.fit(x_fold, y_fold, ...)`, e.g. epochs,
-        batch_size, meta_size, callbacks=[clid_tf.WarmUp(5)].
+      **fit_kwargs: passed to each fold's `model.fit(x_fold, y_fold, ...)`; unless given,
+        DEFAULT_FIT (30 epochs, batch 64), and for a CLID-MU model with a meta-net 5
+        warm-up epochs of plain CE first (as `clid_tf.WarmUp(5)`, unless callbacks are
+        given) and a meta set of a fifth of the fold (<= 1000).
 
     Returns:
       `LabelIssues`: ranked positions, flagged issues, suspicion, scores and metrics.
@@ -347,13 +365,19 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
     from clid_tf.data.inputs import ArrayInputs
     x = data.as_input_array(x)
-    y = np.asarray(y).astype(np.int64)
-    fit_kwargs.setdefault("seed", seed)
-    fit_kwargs.setdefault("verbose", 0)
+    y = _int_labels(y, len(x))
+    fit_kwargs = {**DEFAULT_FIT, **fit_kwargs}
 
     def train_fold(train_positions):
         model = build_model()
-        model.fit(x[train_positions], y[train_positions], **fit_kwargs)
+        kwargs = _fit_arguments(model, fit_kwargs, len(train_positions), seed)
+        warmup = kwargs.pop("warmup_epochs", 0)
+        if warmup:  # plain CE first, then meta steps: what clid_tf.WarmUp does
+            model.set_meta_active(False)
+            model.fit(x[train_positions], y[train_positions], **{**kwargs, "epochs": warmup})
+            model.set_meta_active(True)
+            kwargs["initial_epoch"] = warmup
+        model.fit(x[train_positions], y[train_positions], **kwargs)
         return lambda held: score_part(
             model, data.Part(ArrayInputs(x[held]), None, y[held]),
             batch_size=eval_batch_size)
@@ -361,3 +385,56 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
     report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None
     scores = cross_fit(y, train_fold, folds=folds, seed=seed, on_fold=report)
     return issues_of(scores, y, clean_labels)
+
+
+def rank_label_issues(labels, pred_probs, *,
+                      clean_labels: np.ndarray | None = None) -> LabelIssues:
+    """Ranks labels by suspicion from out-of-sample probabilities computed elsewhere
+    (cleanlab's `find_label_issues(labels, pred_probs)` call shape): suspicion 1 -
+    pred_probs[i, y_i], the estimated noise rate's worth of the most suspicious flagged.
+
+    Args:
+      labels: int [N] given labels.
+      pred_probs: float [N, K] out-of-sample probabilities (rows summing to 1).
+      clean_labels: int [N] true labels, if known (metrics only).
+    """
+    probs = np.asarray(pred_probs, np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"pred_probs must be [N, K] probabilities, got shape {probs.shape}")
+    given = _int_labels(labels, len(probs))
+    if given.size and given.max() >= probs.shape[1]:
+        raise ValueError(f"labels reach {given.max()} but pred_probs has {probs.shape[1]} "
+                         "classes")
+    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min(initial=0.0) < 0:
+        raise ValueError("pred_probs rows must be probabilities (non-negative, summing to 1)")
+    return issues_of(Scores(probs, None), given, clean_labels)
+
+
+def _int_labels(labels, n: int) -> np.ndarray:
+    """int64 [n] class ids; ValueError (one line) for other labels."""
+    given = np.asarray(labels)
+    if given.ndim == 2 and given.shape[1] == 1:
+        given = given[:, 0]
+    if given.ndim != 1 or len(given) != n:
+        raise ValueError(f"labels must be int class ids [{n}], got shape {given.shape}")
+    if not np.issubdtype(given.dtype, np.integer):
+        if not np.all(given == np.round(given)):
+            raise ValueError("labels must be integer class ids")
+    if given.size and given.min() < 0:
+        raise ValueError("labels must be class ids >= 0")
+    return given.astype(np.int64)
+
+
+def _fit_arguments(model, fit_kwargs: dict, num_train: int, seed: int) -> dict:
+    """The fold's fit arguments: CLID-MU's own ones only for a CLID-MU model."""
+    kwargs = dict(fit_kwargs)
+    if not hasattr(model, "predicting"):  # a plain Keras model takes Keras' arguments
+        return {k: v for k, v in kwargs.items()
+                if k not in ("seed", "meta_size", "meta_batch_size", "meta_data")}
+    kwargs.setdefault("seed", seed)
+    if getattr(model, "meta_net", None) is not None:
+        kwargs.setdefault("meta_size", max(1, min(1000, num_train // 5)))
+        if "callbacks" not in kwargs and hasattr(model, "set_meta_active"):
+            kwargs["warmup_epochs"] = min(DEFAULT_WARMUP_EPOCHS,
+                                          max(0, int(kwargs["epochs"]) - 1))
+    return kwargs

@@ -31,6 +31,9 @@ class MetaNet(Protocol):
         audit reports beside its suspicion.
 
     Optional:
+      weighted_loss(..., sample_weight=float [B]): user sample weights s_i scaling each
+        sample's term (passed only when a user gives some; a net without the argument
+        is refused by fit with one message).
       build_for(*, feature_dim, num_classes): sizes the net for the backbone and data it
         will be used with (called by the trainers before the first step).
       weight_of_loss(losses [n]) -> weights [n]: for a net that weights by the loss alone

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from clid_tf.core import distribute
 from clid_tf.core import objectives
+from clid_tf.metanets.precision import metanet_dtype
 
 
 def kl_divergence(mu_q: tf.Tensor, log_var_q: tf.Tensor, mu_p: tf.Tensor,
@@ -49,12 +50,12 @@ def _offset(seed: int | None, i: int) -> int | None:
 
 
 def _xavier_dense(units: int, activation: str | None, seed: int | None,
-                  name: str) -> keras.layers.Dense:
+                  name: str, dtype="float32") -> keras.layers.Dense:
     """Dense with torch.nn.init.xavier_normal_ (untruncated N(0, 2/(in+out))), zero bias."""
     init = keras.initializers.VarianceScaling(
         scale=1.0, mode="fan_avg", distribution="untruncated_normal", seed=seed)
     return keras.layers.Dense(units, activation=activation, kernel_initializer=init,
-                              bias_initializer="zeros", name=name)
+                              bias_initializer="zeros", name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="clid_tf")
@@ -76,7 +77,9 @@ class VRINet(keras.Model):
                  embed_dim: int = 64, hidden: Sequence[int] = (1024, 512, 512),
                  kl_weight: float = 0.01, seed: int | None = None, **kwargs):
         """num_classes and feature_dim may be left None: `MetaReweightModel` sizes the
-        net for its backbone (`build_for`)."""
+        net for its backbone (`build_for`). Under a mixed global dtype policy it computes
+        in float32 (`precision.metanet_dtype`)."""
+        kwargs.setdefault("dtype", metanet_dtype())
         super().__init__(**kwargs)
         self.embed_dim = int(embed_dim)
         self.hidden = tuple(int(h) for h in hidden)
@@ -98,18 +101,32 @@ class VRINet(keras.Model):
         seed = self.seed
         self.num_classes = int(num_classes)
         self.feature_dim = int(feature_dim)
+        policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(
-            self.num_classes, self.embed_dim, name="embedding",
+            self.num_classes, self.embed_dim, name="embedding", dtype=policy,
             embeddings_initializer=keras.initializers.RandomNormal(
                 0.0, 1.0, seed=_offset(seed, 1)))
         self.hidden_layers = [_xavier_dense(units, "tanh", _offset(seed, 2 + i),
-                                            f"hidden{i + 1}")
+                                            f"hidden{i + 1}", policy)
                               for i, units in enumerate(self.hidden)]
         self.mean_head = _xavier_dense(self.num_classes, None,
-                                       _offset(seed, 2 + len(self.hidden)), "mean")
+                                       _offset(seed, 2 + len(self.hidden)), "mean", policy)
         self.log_var_head = _xavier_dense(self.num_classes, None,
-                                          _offset(seed, 3 + len(self.hidden)), "log_var")
+                                          _offset(seed, 3 + len(self.hidden)), "log_var",
+                                          policy)
         self._build_layers()
+
+    def save_own_variables(self, store):
+        """Keras' own variables and the noise generator's state (Keras saves no
+        SeedGenerator state), so a saved and restored VRINet (`model.save`,
+        keras.callbacks.BackupAndRestore) draws the eps it would have drawn."""
+        super().save_own_variables(store)
+        store["noise_state"] = self.noise.state
+
+    def load_own_variables(self, store):
+        if "noise_state" in store.keys():
+            self.noise.state.assign(store["noise_state"])
+        super().load_own_variables({k: store[k] for k in store.keys() if k != "noise_state"})
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
@@ -170,13 +187,15 @@ class VRINet(keras.Model):
         return tf.gather(tf.sigmoid(mu), tf.cast(labels, tf.int32), axis=1, batch_dims=1)
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
-                      regularize: bool = True) -> objectives.WeightedLoss:
+                      regularize: bool = True,
+                      sample_weight: tf.Tensor | None = None) -> objectives.WeightedLoss:
         """Rectified training loss of a batch, differentiable in theta and phi.
 
-        loss = mean_i CE(softmax(w_i * logits_i), y~_i): theta gets gradient through the
-        logits, phi through w. eps is resampled on every call (virtual and actual step).
+        loss = mean_i s_i CE(softmax(w_i * logits_i), y~_i) (s = 1 without sample weights):
+        theta gets gradient through the logits, phi through w. eps is resampled on every
+        call (virtual and actual step).
 
-        The KL regulariser: the reference adds lam * KL to the virtual loss, where it is a
+        The KL regulariser: the authors add lam * KL to the virtual loss, where it is a
         no-op: the meta-net input is detached, so the KL has no theta
         gradient, leaves theta' unchanged and never reaches phi. It also calls its
         `kl_loss(mu1, lv1, mu2, lv2)` with std = exp(0.5 * log_var) in the log-var slots.
@@ -184,13 +203,14 @@ class VRINet(keras.Model):
         (`kl_divergence`), returned as `regularizer` = kl_weight * KL and NOT added to
         `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
         (posterior and prior, which share the network) as VRI's ELBO intends. Hence
-        kl_weight = 0.01 is not the reference's lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
-        the reference-equivalent setting (docs/benchmarks.md compares the two on digits).
+        kl_weight = 0.01 is not the authors' lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
+        the authors-equivalent setting (docs/benchmarks.md compares the two on digits).
 
         Args:
           logits: float [B, K] classifier outputs.
           features: float [B, d] penultimate backbone features (detached here).
           labels: int [B] noisy training labels.
+          sample_weight: optional float [B] user weights s_i that scale each term.
 
         Returns:
           WeightedLoss(scalar loss, weights w float [B, K] in (0, 1), scalar regularizer).
@@ -199,7 +219,10 @@ class VRINet(keras.Model):
         weights = self.sample_weights(mu, log_var)
         rectified = tf.cast(weights, logits.dtype) * logits
         # Shares of global-batch means, so replicas' gradients sum to the 1-device ones.
-        loss = distribute.global_mean(objectives.per_sample_ce(rectified, labels))
+        per_sample = objectives.per_sample_ce(rectified, labels)
+        if sample_weight is not None:
+            per_sample = per_sample * tf.cast(sample_weight, per_sample.dtype)
+        loss = distribute.global_mean(per_sample)
         if not regularize:  # the actual step: the KL would be discarded, skip the prior net
             return objectives.WeightedLoss(loss, weights, tf.zeros([], loss.dtype))
         mu_p, log_var_p = self.prior(features)

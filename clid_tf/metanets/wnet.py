@@ -10,14 +10,15 @@ import tensorflow as tf
 from clid_tf.core import distribute
 from clid_tf.core import objectives
 from clid_tf.core.objectives import WeightedLoss
+from clid_tf.metanets.precision import metanet_dtype
 
 
 def _torch_linear(units: int, fan_in: int, activation: str | None, seed: int | None,
-                  name: str) -> keras.layers.Dense:
+                  name: str, dtype="float32") -> keras.layers.Dense:
     """Dense layer with PyTorch nn.Linear's default init: U(+-1/sqrt(fan_in)) for both."""
     bound = 1.0 / math.sqrt(fan_in)
     return keras.layers.Dense(
-        units, activation=activation, name=name,
+        units, activation=activation, name=name, dtype=dtype,
         kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
         bias_initializer=keras.initializers.RandomUniform(
             -bound, bound, seed=None if seed is None else seed + 1))
@@ -31,15 +32,18 @@ class WeightNet(keras.Model):
     `weighted_loss` normalises the weights to sum to one over the (global) batch
     (Meta-Weight-Net), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
     loss-net of the semi-supervised trainers (as in the authors' USB fork).
+
+    Under a mixed global dtype policy it computes in float32 (`metanet_dtype`).
     """
 
     def __init__(self, hidden: int = 100, seed: int | None = None, normalize: bool = True,
                  **kwargs):
+        kwargs.setdefault("dtype", metanet_dtype())
         super().__init__(**kwargs)
         self.units, self.seed, self.normalize = int(hidden), seed, bool(normalize)
-        self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden")
+        self.hidden = _torch_linear(hidden, 1, "relu", seed, "hidden", self.dtype_policy)
         self.out = _torch_linear(1, hidden, "sigmoid", None if seed is None else seed + 2,
-                                 "out")
+                                 "out", self.dtype_policy)
         self.hidden.build((None, 1))
         self.out.build((None, self.units))
         self.built = True
@@ -49,29 +53,32 @@ class WeightNet(keras.Model):
                 "normalize": self.normalize}
 
     def call(self, losses):
-        losses = tf.stop_gradient(losses)
+        losses = tf.cast(tf.stop_gradient(losses), self.compute_dtype)
         return tf.squeeze(self.out(self.hidden(losses[:, None])), axis=-1)
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
-                      regularize: bool = True):
+                      regularize: bool = True, sample_weight: tf.Tensor | None = None):
         """Meta-weighted training loss of a batch, differentiable in phi and theta.
 
         Args:
           logits: float [B, K] classifier outputs.
           features: float [B, d] (unused by WNet; part of the meta-net interface).
           labels: int [B] noisy training labels.
+          sample_weight: optional float [B] user weights s_i that scale each term.
 
         Returns:
-          WeightedLoss(sum_i w~_i * CE_i with w~ normalised to sum to one, or with
-          normalize=False mean_i w_i * CE_i (over the global batch); raw weights [B],
-          regularizer 0).
+          WeightedLoss(sum_i s_i w~_i CE_i with w~ normalised to sum to one over the global
+          batch, or with normalize=False mean_i s_i w_i CE_i; raw weights [B], regularizer
+          0). s = 1 without sample weights.
         """
         del features, regularize  # WNet has no regulariser
         losses = objectives.per_sample_ce(logits, labels)
-        weights = self(losses)
-        loss = (objectives.weighted_mean(losses, weights) if self.normalize
-                else distribute.global_mean(weights * losses))
-        return WeightedLoss(loss, weights, tf.zeros([], losses.dtype))
+        weights = tf.cast(self(losses), losses.dtype)
+        scaled = losses if sample_weight is None else losses * tf.cast(sample_weight,
+                                                                     losses.dtype)
+        loss = (objectives.weighted_mean(scaled, weights) if self.normalize
+                else distribute.global_mean(weights * scaled))
+        return WeightedLoss(loss, weights, tf.zeros([], loss.dtype))
 
     def label_weights(self, logits: tf.Tensor, features: tf.Tensor,
                       labels: tf.Tensor) -> tf.Tensor:

@@ -10,11 +10,18 @@ how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
          `class_ids`      int64 [batch]: argmax of `probabilities`
          `class_names`    string [batch]: the name of each predicted class
 
-`serving_bytes` (only for uint8 images with 1, 3 or 4 channels)
+`serving_bytes` (only for images with 1, 3 or 4 channels)
     in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
                           images, each decoded to [H, W, C] uint8 (and resized as the
-                          training images were, for a model trained with --image_size)
+                          training images were, for a model trained with --image_size),
+                          then brought to the training inputs' range (divided by 255 for
+                          a model trained on images in [0, 1])
     out: the same three outputs as `serving_default`
+
+A trained `MetaReweightModel`, `DivideMixModel` or `FixMatchModel` can be passed as it is:
+its predicting networks are exported, with the input shape, dtype and range of the data
+its `fit` saw (a model trained on float images in [0, 1] takes float32 images in [0, 1],
+and its `serving_bytes` divides decoded pixels by 255).
 
 Standardisation lives inside the backbone, so clients send raw pixels and do no
 preprocessing. Several networks (a top-k CLID checkpoint ensemble, DivideMix's two networks)
@@ -44,6 +51,9 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from clid_tf.models import backbones
+from clid_tf.models import user_models
+
 SIGNATURE_KEY = "serving_default"
 BYTES_SIGNATURE_KEY = "serving_bytes"
 INPUT_NAME = "images"
@@ -54,17 +64,20 @@ CLASS_NAMES = "class_names"
 SERVE_TAG = "serve"
 
 
-def export_saved_model(networks: keras.Model | Sequence[keras.Model],
-                       path: str | os.PathLike, *, input_shape: Sequence[int],
-                       input_dtype: tf.DType | str = tf.uint8,
+def export_saved_model(networks, path: str | os.PathLike, *,
+                       input_shape: Sequence[int] | None = None,
+                       input_dtype: tf.DType | str | None = None,
                        class_names: Sequence[str] | None = None,
                        decode: Callable[[tf.Tensor], tf.Tensor] | None = None,
                        overwrite: bool = False) -> None:
     """Writes a SavedModel with the signatures described in the module docstring.
 
-    `networks` is one backbone, or several whose logits are averaged; each maps raw
-    inputs [batch, *input_shape] (as float32) to (logits, features). `input_dtype` (a
-    tf.DType or its name, e.g. "uint8" or "float32") is the dtype clients send.
+    `networks` is a trained trainer model (its predicting networks, input shape, dtype and
+    range from what its `fit` saw), one backbone, or several whose logits are averaged;
+    each backbone maps raw inputs [batch, *input_shape] (as float32) to (logits,
+    features). `input_dtype` (a tf.DType or its name, e.g. "uint8" or "float32") is the
+    dtype clients send: for backbones it must be given unless they were built by
+    `models.backbones.build` (uint8 pixels for images; float32 feature vectors).
     `class_names` (K strings, default '0'..'K-1') feed the `class_names` output. `decode`
     (one encoded image -> uint8 [*input_shape]) is how `serving_bytes` turns a client's file
     into an input, e.g. `FileInputs.decode` (which resizes as training did); by default it
@@ -80,19 +93,15 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
     path = os.path.normpath(os.fspath(path))
     if not overwrite:
         _check_target(path)
-    input_shape = tuple(int(d) for d in input_shape)
-    input_dtype = tf.as_dtype(input_dtype)
-    networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
-    num_classes = int(networks[0].outputs[0].shape[-1])
+    networks, input_shape, input_dtype, pixel_scale = _what_to_export(
+        networks, input_shape, input_dtype)
+    num_classes = user_models.num_classes_of(networks[0])
     names = [str(c) for c in (class_names or range(num_classes))]
     if len(names) != num_classes:
         raise ValueError(f"the model has {num_classes} classes but {len(names)} class names")
     names = tf.constant(names)
 
-    def serve(images):
-        # The signature does not enforce the shape of a fed tensor; this does.
-        images = tf.ensure_shape(images, [None, *input_shape], name="check_images_shape")
-        x = tf.cast(images, tf.float32)
+    def outputs_of(x):
         logits = tf.add_n([tf.cast(net(x, training=False)[0], tf.float32)
                            for net in networks]) / len(networks)
         probabilities = tf.nn.softmax(logits, axis=-1)
@@ -100,13 +109,18 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
         return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
                 CLASS_NAMES: tf.gather(names, class_ids)}
 
+    def serve(images):
+        # The signature does not enforce the shape of a fed tensor; this does.
+        images = tf.ensure_shape(images, [None, *input_shape], name="check_images_shape")
+        return outputs_of(tf.cast(images, tf.float32))
+
     archive = keras.export.ExportArchive()
     for net in networks:
         archive.track(net)
     archive.add_endpoint(
         SIGNATURE_KEY, serve,
         input_signature=[tf.TensorSpec([None, *input_shape], input_dtype, name=INPUT_NAME)])
-    if input_dtype == tf.uint8 and len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
+    if len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
 
         def serve_bytes(image_bytes):
             def decode_one(encoded):
@@ -118,7 +132,7 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
 
             images = tf.map_fn(decode_one, image_bytes,
                                fn_output_signature=tf.TensorSpec(input_shape, tf.uint8))
-            return serve(images)
+            return outputs_of(tf.cast(images, tf.float32) / pixel_scale)
 
         archive.add_endpoint(
             BYTES_SIGNATURE_KEY, serve_bytes,
@@ -143,6 +157,39 @@ def export_saved_model(networks: keras.Model | Sequence[keras.Model],
         raise
     if os.path.lexists(old):
         _remove(old)
+
+
+def _what_to_export(networks, input_shape, input_dtype):
+    """(backbones, input shape, input dtype, pixel scale of decoded images) of what
+    `export_saved_model` was given (its docstring)."""
+    if hasattr(networks, "predicting") and hasattr(networks, "input_shape_of"):
+        model = networks
+        profile = model.input_profile
+        shape = input_shape or model.input_shape_of()
+        dtype = input_dtype or model.input_dtype_of()
+        scale = 1.0 if profile is None else profile.pixel_scale
+        return list(model.predicting()), tuple(int(d) for d in shape), tf.as_dtype(dtype), scale
+    networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
+    if input_shape is None:
+        inputs = getattr(networks[0], "inputs", None)
+        if not inputs:
+            raise ValueError("give input_shape: the network has no Input to read it from")
+        input_shape = inputs[0].shape[1:]
+    input_shape = tuple(int(d) for d in input_shape)
+    if input_dtype is None:
+        if not _built_here(networks[0]):
+            raise ValueError("give input_dtype, the dtype clients will send ('uint8' for "
+                             "0..255 pixels, 'float32' for floats), or pass the trained "
+                             "model itself, which knows what it was trained on")
+        input_dtype = tf.uint8 if len(input_shape) == 3 else tf.float32
+    return networks, input_shape, tf.as_dtype(input_dtype), 1.0
+
+
+def _built_here(network: keras.Model) -> bool:
+    """Whether `network` comes from `models.backbones.build` (it standardises raw 0..255
+    pixels itself)."""
+    return any(isinstance(layer, backbones.Standardize)
+               for layer in network._flatten_layers())  # pylint: disable=protected-access
 
 
 def describe_signature(path: str | os.PathLike) -> str:

@@ -10,6 +10,9 @@ own `train_step`.
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
 from typing import Callable, Sequence
 
 import keras
@@ -18,7 +21,8 @@ import tensorflow as tf
 from clid_tf.core import lookahead
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.models import backbones
+from clid_tf.data import user_data
+from clid_tf.models import user_models
 
 
 def meta_objective_of(meta_objective: str | Callable[..., tf.Tensor], *, tau: float,
@@ -43,7 +47,63 @@ def size_meta_net(meta_net, backbone: keras.Model) -> None:
     `backbone`; a meta-net without `build_for` is left as it is."""
     if meta_net is not None and hasattr(meta_net, "build_for"):
         meta_net.build_for(feature_dim=backbone.feature_dim,
-                           num_classes=int(backbone.outputs[0].shape[-1]))
+                           num_classes=user_models.num_classes_of(backbone))
+
+
+def check_meta_net(meta_net, what: str = "meta_net") -> None:
+    """ValueError (one line) unless `meta_net` is None or a meta-net instance."""
+    if meta_net is None:
+        return
+    if isinstance(meta_net, type):
+        raise ValueError(f"{what} must be a meta-net instance, e.g. {meta_net.__name__}(), "
+                         f"not the class {meta_net.__name__}")
+    if not callable(getattr(meta_net, "weighted_loss", None)):
+        raise ValueError(f"{what} must be a meta-net (clid_tf.WeightNet(), clid_tf.VRINet() "
+                         f"or one with weighted_loss), got {type(meta_net).__name__}")
+
+
+def check_takes_sample_weights(meta_net, stream) -> None:
+    """ValueError (one line) when the training `stream` carries sample weights but the
+    meta-net's `weighted_loss` has no `sample_weight` argument (a user's own meta-net)."""
+    spec = stream.element_spec
+    batch = spec.get("train", spec.get("labeled", {})) if isinstance(spec, dict) else {}
+    if meta_net is None or "sample_weight" not in batch:
+        return
+    parameters = inspect.signature(meta_net.weighted_loss).parameters
+    if "sample_weight" not in parameters and not any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(f"{type(meta_net).__name__}.weighted_loss takes no sample_weight "
+                         "argument, so it cannot use sample or class weights: drop them or "
+                         "add the argument")
+
+
+def optimizer_of(value, what: str):
+    """An optimizer from what Keras' compile accepts: an instance, a name ('adam') or a
+    config dict; None stays None. ValueError (one line) otherwise."""
+    if value is None or isinstance(value, keras.optimizers.Optimizer):
+        return value
+    try:
+        return keras.optimizers.get(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{what}: {str(error).splitlines()[0]}") from None
+
+
+def uses_float16(model: keras.Model) -> bool:
+    """Whether any layer of `model` computes in float16 (needs loss scaling)."""
+    return any(layer.dtype_policy.name == "mixed_float16"
+               for layer in model._flatten_layers())  # pylint: disable=protected-access
+
+
+def backup_epoch(callbacks) -> int | None:
+    """The epoch a keras.callbacks.BackupAndRestore among `callbacks` will resume at (its
+    metadata file, read as it reads it), or None: the stream must start there too."""
+    for callback in callbacks or ():
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            path = callback._training_metadata_path  # pylint: disable=protected-access
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    return int(json.load(f)["epoch"])
+    return None
 
 
 class TrainerModel(keras.Model):
@@ -56,6 +116,15 @@ class TrainerModel(keras.Model):
     """
 
     virtual_step = "sgd"
+
+    @property
+    def input_profile(self) -> user_data.InputProfile | None:
+        """The shape, dtype and range of the inputs `fit` saw (export, augmentation)."""
+        return getattr(self, "_input_profile", None)
+
+    @input_profile.setter
+    def input_profile(self, profile: user_data.InputProfile | None) -> None:
+        object.__setattr__(self, "_input_profile", profile)  # not a tracked Keras attribute
 
     # ------------------------------------------------------------ what is trained
     def networks(self) -> list[tuple[keras.Model, keras.Model | None]]:
@@ -77,14 +146,22 @@ class TrainerModel(keras.Model):
 
     # ------------------------------------------------------------ compile
     def _compile_optimizers(self, optimizers: Sequence, meta_optimizers: Sequence | None,
+                            *, loss=None, metrics=None, weighted_metrics=None,
                             **kwargs) -> None:
         """One optimizer per network and one per meta-net (None entries for none), each
-        built on its variables; a copy of the real step must be possible where the virtual
-        step is the optimizer's ('optimizer')."""
+        given as Keras' compile takes one (instance, name or config) and built on its
+        variables; a copy of the real step must be possible where the virtual step is the
+        optimizer's ('optimizer'). `metrics` are Keras' (`evaluate`, validation, and the
+        training batches against their given labels), ["accuracy"] when not given (pass
+        [] for none); `loss` is refused: the method defines the training loss."""
+        if loss is not None:
+            raise ValueError(f"{type(self).__name__} defines its own training loss (the "
+                             "meta-net's weighted cross-entropy), so compile(loss=...) is not "
+                             "supported: leave loss out")
         pairs = self.networks()
-        optimizers = list(optimizers)
-        meta_optimizers = [None] * len(pairs) if meta_optimizers is None else list(
-            meta_optimizers)
+        optimizers = [optimizer_of(o, "optimizer") for o in optimizers]
+        meta_optimizers = [None] * len(pairs) if meta_optimizers is None else [
+            optimizer_of(o, "meta_optimizer") for o in meta_optimizers]
         if len(optimizers) != len(pairs) or len(meta_optimizers) != len(pairs):
             raise ValueError(f"{len(pairs)} networks need {len(pairs)} optimizers and meta "
                              f"optimizers; got {len(optimizers)} and {len(meta_optimizers)}")
@@ -92,7 +169,19 @@ class TrainerModel(keras.Model):
                for (_, meta_net), meta_optimizer in zip(pairs, meta_optimizers)):
             raise ValueError("a meta-net needs a meta optimizer: compile(optimizer, "
                              "meta_optimizer)")
-        super().compile(optimizer=optimizers[0], **kwargs)
+        if any(o is None for o in optimizers):
+            raise ValueError("compile needs an optimizer for every network")
+        if uses_float16(pairs[0][0]):  # dynamic loss scaling, as keras.Model does
+            wrap = keras.optimizers.LossScaleOptimizer
+            optimizers = [o if isinstance(o, wrap) else wrap(o) for o in optimizers]
+            meta_optimizers = [o if o is None or isinstance(o, wrap) else wrap(o)
+                               for o in meta_optimizers]
+        super().compile(optimizer=optimizers[0],
+                        metrics=["accuracy"] if metrics is None else metrics,
+                        weighted_metrics=weighted_metrics, **kwargs)
+        if self.user_metrics:  # int labels [B] against outputs [B, K]
+            self._compile_metrics.build(tf.zeros([1], tf.int32),
+                                        tf.zeros([1, self.num_classes], tf.float32))
         self._net_optimizers, self._meta_optimizers = optimizers, meta_optimizers
         for (net, meta_net), optimizer, meta_optimizer in zip(pairs, optimizers,
                                                               meta_optimizers):
@@ -101,6 +190,36 @@ class TrainerModel(keras.Model):
                 meta_optimizer.build(meta_net.trainable_variables)
                 if self.virtual_step == "optimizer":
                     lookahead.inner_optimizer(optimizer)  # refuses what it cannot copy
+
+    @property
+    def user_metrics(self) -> list:
+        """The compiled metrics (Keras' CompileMetrics), or [] for none."""
+        compiled = getattr(self, "_compile_metrics", None)
+        # pylint: disable-next=protected-access
+        given = None if compiled is None else compiled._user_metrics
+        return [compiled] if given else []
+
+    def get_compile_config(self):
+        """Both kinds of optimizers and the metrics, so `keras.models.load_model`
+        recompiles the model as it was (optimizer states are restored with the weights)."""
+        config = {"optimizers": [keras.saving.serialize_keras_object(o)
+                                 for o in self.net_optimizers],
+                  "meta_optimizers": [None if o is None else
+                                      keras.saving.serialize_keras_object(o)
+                                      for o in self.meta_optimizers]}
+        compiled = getattr(self, "_compile_config", None)
+        if compiled is not None:
+            config["metrics"] = compiled.config.get("metrics")
+            config["weighted_metrics"] = compiled.config.get("weighted_metrics")
+        return config
+
+    def compile_from_config(self, config):
+        optimizers = [keras.saving.deserialize_keras_object(o) for o in config["optimizers"]]
+        meta = [None if o is None else keras.saving.deserialize_keras_object(o)
+                for o in config["meta_optimizers"]]
+        metrics = {k: keras.saving.deserialize_keras_object(config[k])
+                   for k in ("metrics", "weighted_metrics") if config.get(k) is not None}
+        self._compile_optimizers(optimizers, meta, **metrics)
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_parts(self) -> dict:
@@ -120,23 +239,93 @@ class TrainerModel(keras.Model):
         return parts
 
     # ------------------------------------------------------------ inference
+    @property
+    def num_classes(self) -> int:
+        return user_models.num_classes_of(self.predicting()[0])
+
+    @property
+    def output_activation(self) -> str:
+        """The activation the user's model applies to its logits ('softmax', 'linear',
+        ...): `call` and `predict` apply it too."""
+        return getattr(self.predicting()[0], "output_activation", "linear")
+
     def predict_logits(self, images, training: bool = False) -> tf.Tensor:
         """Raw inputs [B, ...] -> the mean logits [B, K] of the predicting networks."""
         nets = self.predicting()
-        return tf.add_n([net(images, training=training)[0] for net in nets]) / len(nets)
+        return tf.add_n([_at_least_float32(net(images, training=training)[0])
+                         for net in nets]) / len(nets)
 
-    def _init_test_metrics(self) -> None:
-        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.test_loss = keras.metrics.Mean(name="loss")
+    def call(self, images, training=False):
+        """Raw inputs [B, ...] -> what the user's model returns: its output activation
+        applied to the mean logits of the predicting networks (probabilities for a
+        softmax head, logits for a linear one). Inference mode always."""
+        del training
+        return keras.activations.get(self.output_activation)(self.predict_logits(images))
+
+    def _init_test_metrics(self, loss_tracker: keras.metrics.Mean) -> None:
+        """`test_step` reports its mean CE through the training loss tracker (as Keras'
+        own models share one 'loss' metric, reset by `evaluate`)."""
+        self.test_loss = loss_tracker
+
+    def evaluation_metrics(self) -> list:
+        """The compiled metrics: besides the loss, what `test_step` reports."""
+        return list(self.user_metrics)
 
     def test_step(self, data):
-        """`evaluate` on (raw inputs [B, ...], int labels [B]): accuracy and mean CE of
-        the prediction (`predict_logits`, inference mode)."""
-        images, labels = data
+        """`evaluate` (and validation) on (inputs, labels[, sample_weights]) or {'image',
+        'label'[, 'sample_weight']} batches: the weighted mean CE of the prediction
+        (`predict_logits`, inference mode) and the compiled metrics of what `call`
+        returns. Labels may be [B], [B, 1] or one-hot [B, K]."""
+        images, labels, weights = _unpack(data)
+        labels = user_data.labels_in_graph(labels, self.num_classes)
         logits = self.predict_logits(images)
-        self.test_accuracy.update_state(labels, logits)
-        self.test_loss.update_state(objectives.per_sample_ce(logits, labels))
-        return {"accuracy": self.test_accuracy.result(), "loss": self.test_loss.result()}
+        self.test_loss.update_state(objectives.per_sample_ce(logits, labels),
+                                    sample_weight=weights)
+        return {"loss": self.test_loss.result(),
+                **self.update_user_metrics(labels, logits, weights)}
+
+    def update_user_metrics(self, labels, logits, sample_weight=None) -> dict:
+        """Updates the compiled metrics on a training batch (against its given labels) and
+        returns their results ({} without compiled metrics)."""
+        if not self.user_metrics:
+            return {}
+        outputs = keras.activations.get(self.output_activation)(logits)
+        self._compile_metrics.update_state(labels, outputs, sample_weight)
+        return dict(self._compile_metrics.result())
+
+    # ------------------------------------------------------------ export
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """keras.Model.export, serving `call` (what the user's model returns). Without an
+        `input_signature` it is the input shape and dtype `fit` saw (or the backbone's
+        input shape, float32)."""
+        if input_signature is None:
+            input_signature = [tf.TensorSpec([None, *self.input_shape_of()],
+                                             self.input_dtype_of(), name="inputs")]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
+
+    def input_shape_of(self) -> tuple[int, ...]:
+        """One input's shape: what `fit` saw, else the backbone's Input; ValueError when
+        neither is known."""
+        if self.input_profile is not None:
+            return self.input_profile.shape
+        net = self.predicting()[0]
+        inputs = getattr(net, "inputs", None)
+        if inputs:
+            return tuple(int(d) for d in inputs[0].shape[1:])
+        raise ValueError("the model's input shape is not known yet: fit it first, or pass "
+                         "input_signature")
+
+    def input_dtype_of(self) -> tf.DType:
+        """The dtype of the inputs `fit` saw (uint8 or float32); float32 before any fit."""
+        return tf.uint8 if (self.input_profile is not None
+                            and self.input_profile.dtype == "uint8") else tf.float32
+
+    def profile_config(self) -> dict:
+        """The `get_config` entry that keeps the input profile across save and load."""
+        return {"input_profile": None if self.input_profile is None
+                else self.input_profile.to_config()}
 
     # ------------------------------------------------------------ monitoring
     @staticmethod
@@ -159,8 +348,25 @@ class TrainerModel(keras.Model):
 
 
 def checked_classifier(backbone: keras.Model, meta_scope: str) -> keras.Model:
-    """A user's classifier as (logits, features) (`models.backbones.as_classifier`), with
+    """A user's classifier as (logits, features) (`models.user_models.as_classifier`), with
     the meta scope checked against it (top:N needs N residual blocks)."""
-    classifier = backbones.as_classifier(backbone)
+    classifier = user_models.as_classifier(backbone)
     virtual.check_scope(classifier, meta_scope)
     return classifier
+
+
+def _unpack(data):
+    """(inputs, labels, sample weights or None) of an evaluation batch."""
+    if isinstance(data, dict):
+        return (tf.cast(data["image"], tf.float32), data["label"],
+                data.get("sample_weight"))
+    if len(data) == 3:
+        images, labels, weights = data
+        return tf.cast(images, tf.float32), labels, weights
+    images, labels = data
+    return tf.cast(images, tf.float32), labels, None
+
+
+def _at_least_float32(x: tf.Tensor) -> tf.Tensor:
+    """float16 / bfloat16 logits as float32; float32 and float64 as they are."""
+    return x if x.dtype in (tf.float32, tf.float64) else tf.cast(x, tf.float32)

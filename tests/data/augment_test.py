@@ -311,3 +311,17 @@ def test_runs_in_graph_mode_inside_tf_data_and_parallel_map_with_explicit_seeds(
 
     np.testing.assert_array_equal(outputs(), outputs())
     assert eager_at_trace and not any(eager_at_trace)
+
+
+@pytest.mark.parametrize('kind', ('weak', 'strong', 'randaugment'))
+def test_images_in_zero_one_augment_as_their_pixels_do(kind):
+    """pixel_scale=255: images scaled to [0, 1] go through the same ops as their 0..255
+    pixels (the ops run on images * 255) and come back in [0, 1]."""
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.float32)
+    seed = tf.constant([1, 2], tf.int64)
+    want = augment.build(kind, image_shape=(8, 8, 3), seed=0, pad=2)(
+        tf.constant(pixels), stateless_seed=seed).numpy()
+    got = augment.build(kind, image_shape=(8, 8, 3), seed=0, pad=2, pixel_scale=255.0)(
+        tf.constant(pixels / 255.0, tf.float32), stateless_seed=seed).numpy()
+    assert got.min() >= 0.0 and got.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(got * 255.0, want, atol=1e-3)

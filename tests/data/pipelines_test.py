@@ -8,7 +8,6 @@ from absl.testing import flagsaver
 
 from clid_tf import cli
 from clid_tf.data import pipelines as data
-from clid_tf.data.sources.digits import load_digits
 from clid_tf.trainers.meta import model as meta_model
 from clid_tf.data.inputs import ArrayInputs
 
@@ -77,20 +76,6 @@ def test_ordered_batches_keep_order_and_end_with_a_smaller_batch():
     images = np.concatenate([x for _, x in batches])
     assert images.dtype == np.float32
     np.testing.assert_array_equal(images[:, 0], order)
-
-
-def test_user_stream_refuses_unaligned_labels():
-    with pytest.raises(ValueError, match="y must be int labels"):
-        data.user_stream(np.zeros((10, 3)), np.zeros(9), batch_size=5, meta_size=5,
-                         meta_batch_size=5, seed=0)
-    digits = load_digits()
-    stream, steps, meta = data.user_stream(digits.train.inputs.array[:100],
-                                           digits.train.labels[:100], batch_size=20,
-                                           meta_size=30, meta_batch_size=10, seed=0)
-    element = next(iter(stream))
-    assert steps == 5 and len(meta) == 30
-    assert set(element["train"]) == {"image", "label"} and set(element["meta"]) == {"image"}
-    assert element["meta"]["image"].shape == (10, 8, 8, 1)
 
 
 def test_epoch_batches_of_a_set_redrawn_every_epoch():

@@ -7,6 +7,7 @@
   images        image files written the way users have them
   replicas      a strategy over logical CPUs and scripts run in a subprocess
   flagfiles     the flagfiles of flags/ and mock CIFAR data for them
+  keras_users   a Keras user's data and plain functional, Sequential, subclassed models
 """
 
 import os

@@ -19,8 +19,6 @@ from clid_tf.trainers import parts
 # Class-dependent noise: DivideMix adds its confidence penalty to the warm-up.
 ASYMMETRIC = ("pair", "flip", "flip2", "asym_cifar10", "asym_cifar100",
               "asym_cifar100_superclass")
-# The seed offset of network 2's meta set (a prime, so that the two draws differ).
-SECOND_META_SET = 7919
 
 
 class Setup(NamedTuple):
@@ -43,7 +41,7 @@ def prepare_setup(flags) -> Setup:
     base = parts.noisy_setup(flags)
     pool = base.train_indices
     second = pool[meta_sets.random_subset(len(pool), size=len(base.selection_indices),
-                                          seed=flags.seed + SECOND_META_SET)]
+                                          seed=flags.seed + meta_sets.SECOND_SET_SEED_OFFSET)]
     return Setup(base.dataset, base.noisy_labels, pool, (base.selection_indices, second),
                  base.val_indices, parts.default_noise(flags, base.dataset))
 

@@ -33,8 +33,9 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.trainers import base_model
+from clid_tf.data import user_data
 from clid_tf.metanets import vri
+from clid_tf.trainers import base_model
 
 GUESS_BN_MODES = ("train", "inference")
 _TERMS = ("l_x", "l_u", "penalty", "lambda_u", "vri_kl")
@@ -48,6 +49,7 @@ class MixedBatch(NamedTuple):
     rows: tf.Tensor         # int32 [n] their positions in the global mixed batch
 
 
+@keras.saving.register_keras_serializable(package="clid_tf")
 class DivideMixModel(base_model.TrainerModel):
     """Two classifiers trained by DivideMix (+ VRI + CLID when `meta_nets` are given).
 
@@ -69,6 +71,14 @@ class DivideMixModel(base_model.TrainerModel):
       guess_bn_mode: N's co-guessing forwards in 'train' mode (DivideMix: they update N's
         BN statistics) or 'inference'.
       seed: seed of the mixup draws (stateless in (seed, net, iteration)).
+
+    The defaults are the command line's. As a Keras model: `compile(optimizer,
+    meta_optimizer)` takes one optimizer (copied for each network) or a list of two,
+    as instances, names or configs; `fit(x, y)` builds DivideMix's streams itself;
+    `predict` returns the user's output activation of the two networks' mean logits;
+    `save` / `keras.models.load_model` and `export` work. What differs: no
+    sample_weight / class_weight (the co-divide weighs the samples), and an epoch's length
+    follows that epoch's division, so `steps_per_epoch` is not an argument.
     """
 
     def __init__(self, backbones: Sequence[keras.Model],
@@ -76,7 +86,7 @@ class DivideMixModel(base_model.TrainerModel):
                  meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
                  meta_grad: str = "recompute", meta_scope: str = "full",
                  virtual_step: str = "optimizer", weight_decay: float = 5e-4,
-                 meta_weight_decay: float = 5e-4, warmup_epochs: int = 10,
+                 meta_weight_decay: float = 5e-4, warmup_epochs: int = 5,
                  warmup_penalty: bool = False, p_threshold: float = 0.5, alpha: float = 4.0,
                  temperature: float = 0.5, lambda_u: float = 150.0, rampup_epochs: int = 16,
                  clip_norm: float = 0.8, guess_bn_mode: str = "train", seed: int = 0,
@@ -87,12 +97,14 @@ class DivideMixModel(base_model.TrainerModel):
         if guess_bn_mode not in GUESS_BN_MODES:
             raise ValueError(f"guess_bn_mode must be one of {GUESS_BN_MODES}")
         base_model.check_virtual_step(virtual_step)
+        for meta_net in meta_nets or ():
+            base_model.check_meta_net(meta_net, "each of meta_nets")
         self.backbones = [base_model.checked_classifier(net, meta_scope) for net in backbones]
         self.meta_nets = None if meta_nets is None else list(meta_nets)
         for net, meta_net in zip(self.backbones, self.meta_nets or ()):
             base_model.size_meta_net(meta_net, net)
         self.meta_objective, name = base_model.meta_objective_of(meta_objective, tau=tau)
-        self.meta_objective_name = name
+        self.meta_objective_name, self.tau = name, float(tau)
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
         self.warmup_epochs, self.warmup_penalty = int(warmup_epochs), bool(warmup_penalty)
@@ -111,14 +123,14 @@ class DivideMixModel(base_model.TrainerModel):
         self.meta_tracker = mean(name=f"meta_{name}")
         self.net_trackers = [{t: mean(name=f"net{k + 1}_{t}") for t in
                               ("loss", "lr", *_TERMS, f"meta_{name}")} for k in (0, 1)]
-        self._init_test_metrics()
+        self._init_test_metrics(self.loss_tracker)
         self.built = True
 
     @property
     def metrics(self):
         return [self.loss_tracker, self.meta_tracker,
                 *[t for trackers in self.net_trackers for t in trackers.values()],
-                self.test_accuracy, self.test_loss]
+                *self.evaluation_metrics()]
 
     def networks(self):
         return list(zip(self.backbones, self.meta_nets or [None] * len(self.backbones)))
@@ -126,11 +138,48 @@ class DivideMixModel(base_model.TrainerModel):
     def predicting(self):
         return list(self.backbones)  # DivideMix predicts with the sum of both logits
 
-    def compile(self, optimizers: Sequence[keras.optimizers.Optimizer],
-                meta_optimizers: Sequence[keras.optimizers.Optimizer] | None = None,
-                **kwargs):
-        """One optimizer per backbone (and per meta-net)."""
-        self._compile_optimizers(optimizers, meta_optimizers, **kwargs)
+    def compile(self, optimizer="sgd", meta_optimizer=None, **kwargs):
+        """One optimizer per backbone (and per meta-net): a list of two, or one (an
+        instance, name or config) that each network gets its own copy of."""
+        if base_model.uses_float16(self.backbones[0]):
+            raise ValueError("DivideMixModel has no loss scaling in its step, so it cannot train a "
+                             "float16 (mixed_float16) backbone; use mixed_bfloat16 or float32")
+        self._compile_optimizers(
+            _two(optimizer), None if meta_optimizer is None else _two(meta_optimizer),
+            **kwargs)
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {"backbones": [serialize(net) for net in self.backbones],
+                "meta_nets": (None if self.meta_nets is None
+                              else [serialize(net) for net in self.meta_nets]),
+                "meta_objective": self.meta_objective_name, "tau": self.tau,
+                "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
+                "virtual_step": self.virtual_step, "weight_decay": self.weight_decay,
+                "meta_weight_decay": self.meta_weight_decay,
+                "warmup_epochs": self.warmup_epochs, "warmup_penalty": self.warmup_penalty,
+                "p_threshold": self.p_threshold, "alpha": self.alpha,
+                "temperature": self.temperature, "lambda_u": self.lambda_u,
+                "rampup_epochs": self.rampup_epochs, "clip_norm": self.clip_norm,
+                "guess_bn_mode": self.guess_bn_mode, "seed": self.seed,
+                "output_activation": self.output_activation, **self.profile_config(),
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        backbones = [deserialize(net) for net in config.pop("backbones")]
+        meta_nets = config.pop("meta_nets")
+        if meta_nets is not None:
+            meta_nets = [deserialize(net) for net in meta_nets]
+        activation = config.pop("output_activation", "linear")
+        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
+        model = cls(backbones, meta_nets, **config)
+        for net in model.backbones:
+            net.output_activation = activation
+        model.input_profile = profile
+        return model
 
     def checkpoint_parts(self) -> dict:
         """The base model's parts and the state of each VRINet's noise generator (a
@@ -140,19 +189,58 @@ class DivideMixModel(base_model.TrainerModel):
             parts[f"meta_noise{k + 1}"] = meta_net.noise.state
         return parts
 
-    def call(self, images, training=False):
-        """Raw images [B, ...] -> the two networks' summed logits [B, K]."""
-        return tf.add_n([net(images, training=training)[0] for net in self.backbones])
-
     # ---------------------------------------------------------------- the epochs
-    def fit(self, streams: dividemix_data.Streams, *, epochs: int, initial_epoch: int = 0,
-            callbacks: Sequence[keras.callbacks.Callback] = (), validation_data=None,
-            verbose: int = 0):
-        """Trains from `initial_epoch` to `epochs`: one keras fit per DivideMix epoch,
-        whose length (the two phases' steps) follows that epoch's division; the phase's
-        train function (one per kind and network, each traced once) is switched in at
-        the phase boundary. `callbacks` see one Keras epoch per DivideMix epoch."""
-        for epoch in range(initial_epoch, epochs):
+    def fit(self, x=None, y=None, *, epochs: int = 1, initial_epoch: int = 0,
+            callbacks: Sequence[keras.callbacks.Callback] | None = None,
+            validation_data=None, validation_split: float = 0.0, verbose="auto",
+            batch_size: int = 64, meta_size: int = 1000, meta_batch_size: int = 100,
+            augment: str = "none", seed: int = 0, sample_weight=None, class_weight=None,
+            **kwargs):
+        """Trains from `initial_epoch` to `epochs` on a user's data or on `Streams`.
+
+        x may be inputs [N, ...] with labels y ([N], [N, 1] or one-hot [N, K]), a batched
+        tf.data.Dataset of (inputs, labels) (read into memory once: the co-divide scores
+        every sample every epoch), or a `streams.Streams` (the command line's). For user
+        data the streams are built here (`streams.from_user_data`): `batch_size` rows per
+        part, each network's own label-free meta set of `meta_size` random samples,
+        `augment` in the inputs' own pixel range. sample_weight and class_weight are
+        refused: DivideMix weighs samples by its own division.
+
+        Each DivideMix epoch is one Keras epoch whose length follows that epoch's
+        division; the phase's train function (one per kind and network, each traced once)
+        is switched in at the phase boundary. `callbacks` see one training run (one
+        on_train_begin / on_train_end) and one Keras epoch per DivideMix epoch, with
+        validation metrics in the epoch logs; keras.callbacks.BackupAndRestore resumes at
+        its epoch. Returns the History of all epochs.
+        """
+        unknown = sorted(set(kwargs) - _PASSED_ON)
+        if unknown:
+            raise ValueError(f"DivideMixModel.fit does not take {unknown[0]} (an epoch's "
+                             "length follows its division)")
+        if sample_weight is not None or class_weight is not None:
+            raise ValueError("DivideMixModel.fit takes no sample_weight or class_weight: "
+                             "DivideMix weighs samples by its own co-divide")
+        if hasattr(x, "dividemix_epoch"):  # a `streams.Streams` (the command line's)
+            streams = x
+            validation = validation_data
+        else:
+            prepared = dividemix_data.from_user_data(
+                x, y, num_classes=self.num_classes, with_meta=self.meta_nets is not None,
+                batch_size=batch_size, meta_size=meta_size, meta_batch_size=meta_batch_size,
+                seed=seed, augment=augment, validation_split=validation_split,
+                validation_data=validation_data)
+            streams, validation = prepared.streams, prepared.validation_data
+            self.input_profile = prepared.profile
+        verbose = 1 if verbose == "auto" else int(verbose)
+        run = keras.callbacks.CallbackList(list(callbacks or []), add_history=True,
+                                           add_progbar=False, model=self, epochs=epochs,
+                                           verbose=verbose)
+        self.stop_training = False
+        run.on_train_begin()
+        start = self._initial_epoch or initial_epoch  # set by BackupAndRestore
+        self._initial_epoch = None
+        logs = {}
+        for epoch in range(start, epochs):
             if epoch < self.warmup_epochs:
                 plan = streams.warmup_epoch(epoch)
             else:
@@ -163,12 +251,16 @@ class DivideMixModel(base_model.TrainerModel):
             phases = _Phases(plan.phases, epoch)
             phases.set_model(self)
             phases.select(0)
-            shown = [_EpochLine(epochs)] if verbose else []
+            relay = _Relay(run, epochs if verbose else 0)
             super().fit(plan.stream, initial_epoch=epoch, epochs=epoch + 1,
-                        steps_per_epoch=plan.steps, callbacks=[phases, *callbacks, *shown],
-                        validation_data=validation_data, verbose=0, shuffle=False)
+                        steps_per_epoch=plan.steps, callbacks=[phases, relay],
+                        validation_data=validation, verbose=0, shuffle=False, **kwargs)
+            logs = relay.logs
             if self.stop_training:
                 break
+        run.on_train_end(logs)
+        self.history = run._history  # pylint: disable=protected-access
+        return self.history
 
     def select_phase(self, phase: dividemix_data.Phase, epoch: int) -> None:
         """Makes `phase` the one `train_function` runs and starts the ramp's clock."""
@@ -332,7 +424,8 @@ class DivideMixModel(base_model.TrainerModel):
 
     def epoch_logs(self) -> dict[str, float]:
         """Every train metric updated this epoch, and the epoch's division statistics."""
-        logs = {m.name: float(m.result()) for m in self.metrics[:-2]
+        trained = self.metrics[:len(self.metrics) - len(self.evaluation_metrics())]
+        logs = {m.name: float(m.result()) for m in trained
                 if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
         return {**logs, **self.epoch_stats}
 
@@ -354,25 +447,58 @@ class _Phases(keras.callbacks.Callback):
         if batch > 0 and batch in self.starts:
             self.select(self.starts[batch])
 
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == sum(p.steps for p in self.phases) - 1:  # before validation resets them
+            self.training_logs = self.model.epoch_logs()
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs.update(self.model.epoch_logs())
+            logs.update(getattr(self, "training_logs", None) or self.model.epoch_logs())
 
 
-class _EpochLine(keras.callbacks.Callback):
-    """One line per epoch (the last callback, so the evaluations are in the logs)."""
+class _Relay(keras.callbacks.Callback):
+    """Passes one inner Keras fit's epoch, batch and validation events on to the user's
+    callbacks of the whole run (`run`, a CallbackList that saw on_train_begin once), and
+    prints one line per epoch when `epochs` > 0."""
 
     SHOWN = ("loss", "meta_clid", "net1_labeled", "net2_labeled", "test_accuracy",
              "val_accuracy")
 
-    def __init__(self, epochs: int):
+    def __init__(self, run: keras.callbacks.CallbackList, epochs: int):
         super().__init__()
-        self.epochs = epochs
+        self.run, self.epochs, self.logs = run, epochs, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.run.on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        shown = {k: logs[k] for k in self.SHOWN if k in (logs or {})}
-        print(f"epoch {epoch + 1}/{self.epochs}: "
-              + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
+        self.run.on_epoch_end(epoch, logs)
+        self.logs = dict(logs or {})
+        if self.epochs:
+            shown = {k: logs[k] for k in self.SHOWN if k in (logs or {})}
+            print(f"epoch {epoch + 1}/{self.epochs}: "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.run.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.run.on_train_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None):
+        self.run.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        self.run.on_test_end(logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.run.on_test_batch_begin(batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.run.on_test_batch_end(batch, logs)
+
+
+_PASSED_ON = {"validation_steps", "validation_batch_size", "validation_freq"}
 
 
 class EpochLearningRate(keras.callbacks.Callback):
@@ -388,3 +514,13 @@ class EpochLearningRate(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for optimizer in self.optimizers:
             optimizer.learning_rate = float(self.schedule(epoch))
+
+
+def _two(spec) -> list:
+    """Two optimizers from a list of two, or from one spec: a name or config gives two
+    new ones, an instance itself and a fresh copy of it."""
+    if isinstance(spec, (list, tuple)):
+        return list(spec)
+    if isinstance(spec, keras.optimizers.Optimizer):
+        return [spec, spec.__class__.from_config(spec.get_config())]
+    return [spec, spec]  # resolved one by one: two distinct optimizers

@@ -24,7 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clid_tf.data import augment as augment_lib
+from clid_tf.data import meta_sets as meta_sets_lib
 from clid_tf.data import pipelines as data
+from clid_tf.data import user_data
+from clid_tf.data.inputs import ArrayInputs
 from clid_tf.trainers.dividemix import mixmatch as dividemix
 from clid_tf.evaluation import selection as selection_lib
 from clid_tf.core import gmm
@@ -190,6 +194,67 @@ class Streams:
             return batch
 
         return batches.enumerate().map(augmented)
+
+
+class UserStreams(NamedTuple):
+    """A user's fit arguments as DivideMix's input."""
+    streams: "Streams"
+    validation_data: object
+    profile: user_data.InputProfile
+
+
+def from_user_data(x, y=None, *, num_classes: int, with_meta: bool, batch_size: int,
+                   meta_size: int, meta_batch_size: int, seed: int, augment: str,
+                   validation_split: float = 0.0, validation_data=None) -> UserStreams:
+    """`Streams` from arrays (x [N, ...], labels y) or a batched Dataset (read into
+    memory: the co-divide scores every training sample every epoch).
+
+    Labels as `user_data.check_labels` takes them. With meta-nets, each network gets its
+    own label-free meta set: `meta_size` random training samples (seeds `seed` and `seed +
+    meta_sets.SECOND_SET_SEED_OFFSET`). `augment` ('none', 'weak', 'strong', 'randaugment') is the
+    training augmentation, in the inputs' own pixel range ([0, 1] or 0..255); the meta
+    batches take the weak view whenever training augments.
+    """
+    validation = user_data.checked_validation_data(validation_data, num_classes)
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("give the labels inside the Dataset; y must be None")
+        x, labels = user_data.arrays_of(x, num_classes)
+    else:
+        if y is None:
+            raise ValueError("fit(x, y) needs labels y for array inputs")
+        x = data.as_input_array(x)
+        labels = user_data.check_labels(y, num_classes)
+        if len(labels) != len(x):
+            raise ValueError(f"x has {len(x)} samples but y has {len(labels)} labels")
+    if validation_split:
+        if validation is not None:
+            raise ValueError("give validation_split or validation_data, not both")
+        (x, labels, _), validation = user_data.split_validation(x, labels, None,
+                                                                validation_split)
+    profile = user_data.profile_of_array(x)
+    if augment != "none" and not profile.is_image:
+        raise ValueError(f"augment={augment!r} needs images [N, H, W, C]; these inputs are "
+                         f"{profile.shape}: use augment='none'")
+
+    def augmentation(kind: str):
+        if kind == "none":
+            return None
+        return augment_lib.build(kind, image_shape=profile.shape, seed=seed,
+                                 pixel_scale=profile.pixel_scale,
+                                 pad=min(augment_lib.CROP_PAD, min(profile.shape[:2]) - 1))
+
+    source = ArrayInputs(x)
+    meta = None
+    if with_meta:
+        size = min(meta_size, len(x))
+        meta = [data.Part(source, meta_sets_lib.random_subset(len(x), size=size, seed=s))
+                for s in (seed, seed + meta_sets_lib.SECOND_SET_SEED_OFFSET)]
+    streams = Streams(data.Part(source, None, labels), meta_sets=meta, batch_size=batch_size,
+                      meta_batch_size=meta_batch_size, seed=seed,
+                      augment=augmentation(augment),
+                      meta_augment=augmentation("none" if augment == "none" else "weak"))
+    return UserStreams(streams, validation, profile)
 
 
 def _at_least(positions: np.ndarray, size: int, total: int) -> np.ndarray:

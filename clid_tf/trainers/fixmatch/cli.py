@@ -11,9 +11,6 @@ from __future__ import annotations
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
-# USB's crop_ratio: the weak view's reflect padding is side * (1 - 0.875), 4 px on 32x32.
-CROP_RATIO = 0.875
-
 
 def prepare_setup(flags):
     """The run's `ssl_splits.SslSetup` (numpy only); bad input raises RunError."""
@@ -93,15 +90,12 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
 
 
 def views(flags, ds):
-    """(weak, strong) augmentations of the dataset's images: flip (--augment_flip) and a
-    reflect-padded crop of side * (1 - 0.875) pixels (at least 1), strong adding
-    --ssl_strong_augment (USB's RandAugment by default, `clid_tf.data.augment`)."""
-    from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
-    shape = ds.train.inputs.element_shape
-    pad = max(1, round(min(shape[:2]) * (1 - CROP_RATIO)))
-    return tuple(augment.build(kind, image_shape=shape, seed=flags.seed,
-                               flip=flags.augment_flip, pad=pad)
-                 for kind in ("weak", flags.ssl_strong_augment))
+    """(weak, strong) augmentations of the dataset's images (`streams.views`): flip
+    (--augment_flip), a reflect-padded crop, strong adding --ssl_strong_augment (USB's
+    RandAugment by default)."""
+    from clid_tf.trainers.fixmatch import streams  # pylint: disable=import-outside-toplevel
+    return streams.views(ds.train.inputs.element_shape, seed=flags.seed,
+                         flip=flags.augment_flip, strong=flags.ssl_strong_augment)
 
 
 def compiled_model(flags, setup):

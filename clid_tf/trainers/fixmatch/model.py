@@ -39,7 +39,9 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
+from clid_tf.data import user_data
 from clid_tf.trainers import base_model
+from clid_tf.trainers.fixmatch import streams as ssl_streams
 
 ALGORITHMS = ("fixmatch", "flexmatch")
 NOT_SELECTED = -1  # FlexMatch table entry of an unlabeled sample never confidently predicted
@@ -134,6 +136,7 @@ def batch_stats(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 # ---------------------------------------------------------------- the model
+@keras.saving.register_keras_serializable(package="clid_tf")
 class FixMatchModel(base_model.TrainerModel):
     """FixMatch or FlexMatch, plain or with a loss-net trained by CLID (module docstring).
 
@@ -154,7 +157,7 @@ class FixMatchModel(base_model.TrainerModel):
                  no_decay: Sequence[keras.Variable] = (), **kwargs):
         """
         Args:
-          backbone: images -> (logits [B, K], features [B, d]) (`backbones.as_classifier`).
+          backbone: images -> (logits [B, K], features [B, d]) (`user_models.as_classifier`).
           loss_net: `meta_nets.WeightNet(normalize=False)`, or None (plain FixMatch).
           algorithm: 'fixmatch' or 'flexmatch'.
           num_unlabeled: U, the size of FlexMatch's table (its 'position' range).
@@ -172,16 +175,22 @@ class FixMatchModel(base_model.TrainerModel):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
         base_model.check_virtual_step(virtual_step)
+        base_model.check_meta_net(loss_net, "loss_net")
         if algorithm == "flexmatch" and num_unlabeled < 1:
-            raise ValueError("flexmatch needs num_unlabeled, the size of its table")
+            raise ValueError("flexmatch needs num_unlabeled, the size of its table (the "
+                             "number of unlabeled images fit will get)")
         self.backbone = base_model.checked_classifier(backbone, meta_scope)
         self.ema_backbone = keras.models.clone_model(self.backbone)
         self.ema_backbone.set_weights(self.backbone.get_weights())
         self.ema_backbone.trainable = False
+        self.ema_backbone.output_activation = self.backbone.output_activation
         self.meta_net = loss_net  # the name MetaViews and WarmUp look for
         self.algorithm = algorithm
         self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
         self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
+        self.meta_objective_name = (meta_objective if isinstance(meta_objective, str)
+                                    else None)
+        self.tau = float(tau)
         if loss_net is not None:  # plain FixMatch (no loss-net) has no meta objective
             meta_objective, _ = base_model.meta_objective_of(meta_objective, tau=tau)
         self.meta_objective = meta_objective
@@ -189,7 +198,6 @@ class FixMatchModel(base_model.TrainerModel):
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
         self.no_decay = list(no_decay)
         self.meta_active = loss_net is not None
-        self.num_classes = int(self.backbone.outputs[0].shape[-1])
         self.selected_label = None
         if algorithm == "flexmatch":
             self.selected_label = keras.Variable(
@@ -202,12 +210,12 @@ class FixMatchModel(base_model.TrainerModel):
         if algorithm == "flexmatch":
             names += ["threshold_min", "threshold_mean", "threshold_max"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self._init_test_metrics()
+        self._init_test_metrics(self.trackers["loss"])
         self.built = True
 
     @property
     def metrics(self):
-        return [*self.trackers.values(), self.test_accuracy, self.test_loss]
+        return [*self.trackers.values(), *self.evaluation_metrics()]
 
     def networks(self):
         return [(self.backbone, self.meta_net)]
@@ -220,7 +228,12 @@ class FixMatchModel(base_model.TrainerModel):
         """The loss-net's optimizer (None without a loss-net)."""
         return self.meta_optimizers[0]
 
-    def compile(self, optimizer, meta_optimizer=None, **kwargs):
+    def compile(self, optimizer="sgd", meta_optimizer=None, **kwargs):
+        """optimizer (theta) and meta_optimizer (the loss-net's): instances, names or
+        configs, as keras.Model.compile takes them."""
+        if base_model.uses_float16(self.backbone):
+            raise ValueError("FixMatchModel has no loss scaling in its step, so it cannot train a "
+                             "float16 (mixed_float16) backbone; use mixed_bfloat16 or float32")
         self._compile_optimizers([optimizer], [meta_optimizer], **kwargs)
 
     def set_meta_active(self, active: bool) -> None:
@@ -236,20 +249,107 @@ class FixMatchModel(base_model.TrainerModel):
             parts["selected_label"] = self.selected_label
         return parts
 
-    def call(self, images, training=False):
-        """Raw images [B, ...] -> logits [B, K] of the EMA network (inference)."""
-        del training
-        return self.ema_backbone(images, training=False)[0]
+    def fit(self, x=None, y=None, *, unlabeled=None, epochs: int = 1,
+            steps_per_epoch: int | None = None, batch_size: int = 64, uratio: int = 7,
+            meta_size: int = 1000, meta_batch_size: int = 100,
+            meta_source: str = "unlabeled", include_labeled_in_unlabeled: bool = False,
+            strong_augment: str = "randaugment", flip: bool = True, seed: int = 0,
+            sample_weight=None, class_weight=None, validation_split: float = 0.0,
+            validation_data=None, initial_epoch: int = 0, callbacks=None, **kwargs):
+        """keras.Model.fit on a few labeled images plus unlabeled ones, or on a ready stream.
+
+        x may be labeled images [N, H, W, C] with labels y ([N], [N, 1] or one-hot), or a
+        batched Dataset of (images, labels); `unlabeled` images as an array or a Dataset
+        (both read into memory), or x may be the stream `streams.ssl_stream` makes (the
+        command line's). For user data: `batch_size` labeled and `uratio * batch_size`
+        unlabeled images per step, weak and strong views in the images' own pixel range
+        (`strong_augment`: 'randaugment', USB's RandAugment(3, 5), or 'strong', FixMatch's
+        RandAugmentMC + Cutout; `flip=False` for images that must not be mirrored), an
+        epoch of `steps_per_epoch` steps (default: one pass over the unlabeled images), the
+        loss-net's label-free meta set of `meta_size` random unlabeled images in both
+        views (`meta_source='labeled'`: labeled ones, weak view). sample_weight and
+        class_weight scale the supervised term; initial_epoch and
+        keras.callbacks.BackupAndRestore continue exactly. Every other argument is
+        keras.Model.fit's.
+        """
+        callbacks = list(callbacks or [])
+        if not _is_ssl_stream(x):
+            if meta_source not in ("unlabeled", "labeled"):
+                raise ValueError(f"meta_source must be 'unlabeled' or 'labeled', got "
+                                 f"{meta_source!r}")
+            first = base_model.backup_epoch(callbacks)
+            prepared = ssl_streams.from_user_data(
+                x, y, unlabeled, num_classes=self.num_classes,
+                with_meta=self.meta_net is not None, batch_size=batch_size, uratio=uratio,
+                meta_size=meta_size, meta_batch_size=meta_batch_size, meta_source=meta_source,
+                include_labeled=include_labeled_in_unlabeled, seed=seed,
+                steps_per_epoch=steps_per_epoch,
+                first_epoch=initial_epoch if first is None else first,
+                strong=strong_augment, flip=flip,
+                with_positions=self.selected_label is not None, sample_weight=sample_weight,
+                class_weight=class_weight, validation_split=validation_split,
+                validation_data=validation_data)
+            if (self.selected_label is not None
+                    and int(self.selected_label.shape[0]) != prepared.num_unlabeled):
+                raise ValueError(f"this FlexMatch model was built for num_unlabeled="
+                                 f"{int(self.selected_label.shape[0])} but fit got "
+                                 f"{prepared.num_unlabeled} unlabeled images: build it with "
+                                 f"num_unlabeled={prepared.num_unlabeled}")
+            base_model.check_takes_sample_weights(self.meta_net, prepared.stream)
+            x, y = prepared.stream, None
+            validation_data, self.input_profile = prepared.validation_data, prepared.profile
+            steps_per_epoch = prepared.steps
+        elif sample_weight is not None or class_weight is not None or validation_split:
+            raise ValueError("a ready training stream carries its own weights; "
+                             "sample_weight, class_weight and validation_split are for user "
+                             "data")
+        kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
+        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                           validation_data=validation_data, initial_epoch=initial_epoch,
+                           callbacks=callbacks, **kwargs)
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
+                "loss_net": (None if self.meta_net is None
+                             else keras.saving.serialize_keras_object(self.meta_net)),
+                "algorithm": self.algorithm,
+                "num_unlabeled": (0 if self.selected_label is None
+                                  else int(self.selected_label.shape[0])),
+                "lambda_u": self.lambda_u, "p_cutoff": self.p_cutoff,
+                "thresh_warmup": self.thresh_warmup, "ema_decay": self.ema_decay,
+                "meta_objective": self.meta_objective_name, "tau": self.tau,
+                "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
+                "virtual_step": self.virtual_step, "weight_decay": self.weight_decay,
+                "meta_weight_decay": self.meta_weight_decay,
+                "output_activation": self.output_activation, **self.profile_config(),
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        loss_net = config.pop("loss_net")
+        if loss_net is not None:
+            loss_net = keras.saving.deserialize_keras_object(loss_net)
+        activation = config.pop("output_activation", "linear")
+        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
+        model = cls(backbone, loss_net, **config)
+        for net in (model.backbone, model.ema_backbone):
+            net.output_activation = activation
+        model.input_profile = profile
+        return model
 
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):
         labeled, unlabeled = data["labeled"], data["unlabeled"]
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
         meta_loss = self._meta_step(labeled, data["meta"]) if self.meta_active else None
-        weights, terms, thresholds = self._actual_step(labeled, unlabeled)
+        weights, terms, thresholds, logits = self._actual_step(labeled, unlabeled)
         self._update_ema()
-        return self._log(terms, lr, meta_loss=meta_loss, weights=weights, labeled=labeled,
+        logs = self._log(terms, lr, meta_loss=meta_loss, weights=weights, labeled=labeled,
                          thresholds=thresholds)
+        return {**logs, **self.update_user_metrics(labeled["label"], logits,
+                                                   labeled.get("sample_weight"))}
 
     def _meta_step(self, labeled, meta):
         """Virtual and meta step: the hypergradient, then the loss-net update. Returns this
@@ -266,13 +366,15 @@ class FixMatchModel(base_model.TrainerModel):
         step = lookahead.build(self.virtual_step, self.optimizer,
                                weight_decay=self.weight_decay, no_decay=self.no_decay)
         return virtual.hypergradient(
-            self.backbone, virtual.for_meta_net(self.meta_net, labeled["label"]),
+            self.backbone, virtual.for_meta_net(self.meta_net, labeled["label"],
+                                                labeled.get("sample_weight")),
             labeled["image"], {"image": meta_images(meta)}, step=step,
             meta_objective=self.meta_objective, meta_grad=self.meta_grad,
             scope=self.meta_scope)
 
     def _actual_step(self, labeled, unlabeled):
-        """Actual step: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update."""
+        """Actual step: one forward of cat(x_lb, x_w, x_s), L_s + lambda_u L_u, update.
+        Returns (weights [B], the loss terms, the thresholds, the labeled logits [B, K])."""
         sizes = [tf.shape(labeled["image"])[0], tf.shape(unlabeled["weak"])[0]]
         images = tf.concat([labeled["image"], unlabeled["weak"], unlabeled["strong"]], axis=0)
         thresholds = self._thresholds()
@@ -282,7 +384,9 @@ class FixMatchModel(base_model.TrainerModel):
             logits_lb, logits_w, logits_s = tf.split(logits, [sizes[0], sizes[1], sizes[1]])
             losses = objectives.per_sample_ce(logits_lb, labeled["label"])
             weights = self._weights(losses)
-            supervised = distribute.global_mean(weights * losses)
+            scaled = losses if "sample_weight" not in labeled else (
+                losses * tf.cast(labeled["sample_weight"], losses.dtype))
+            supervised = distribute.global_mean(weights * scaled)
             unsup = unsupervised_loss(logits_w, logits_s, thresholds=thresholds)
             loss = supervised + self.lambda_u * unsup.loss
         loss_scaling.apply(self.optimizer, tape.gradient(loss, theta), theta,
@@ -294,7 +398,7 @@ class FixMatchModel(base_model.TrainerModel):
             self.selected_label.assign(flexmatch_select(
                 self.selected_label.value, positions, confidence, pseudo,
                 p_cutoff=self.p_cutoff))
-        return weights, (loss, supervised, unsup), thresholds
+        return weights, (loss, supervised, unsup), thresholds, logits_lb
 
     def _weights(self, losses):
         """The supervised term's per-sample weights: the (updated) loss-net's, not trained
@@ -343,3 +447,9 @@ class FixMatchModel(base_model.TrainerModel):
                 {"clean": self.trackers["weight_clean"], "noisy": self.trackers["weight_noisy"]},
                 weights, labeled)]
         return {name: self.trackers[name].result() for name in logged}
+
+
+def _is_ssl_stream(x) -> bool:
+    """Whether x is a ready {'labeled', 'unlabeled', ...} stream rather than user data."""
+    return (isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, dict)
+            and "labeled" in x.element_spec)

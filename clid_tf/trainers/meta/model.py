@@ -29,7 +29,7 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.data import pipelines as data
+from clid_tf.data import user_data
 from clid_tf.trainers import base_model
 
 
@@ -37,9 +37,20 @@ from clid_tf.trainers import base_model
 class MetaReweightModel(base_model.TrainerModel):
     """Classifier trained with a meta-net that weights (or rectifies) its per-sample losses.
 
-    Data per step: {'train': {'image', 'label', optional 'is_noisy'}, 'meta': {'image',
-    optional 'label'}}. 'is_noisy' is ground truth used for monitoring only; 'label' in the
-    meta batch exists only for labelled meta objectives (ce_clean, ce_noisy, ...).
+    Data per step: {'train': {'image', 'label', optional 'sample_weight', optional
+    'is_noisy'}, 'meta': {'image', optional 'label'}}. 'is_noisy' is ground truth used for
+    monitoring only; 'label' in the meta batch exists only for labelled meta objectives
+    (ce_clean, ce_noisy, ...). `fit` makes these from arrays or Datasets
+    (`clid_tf.data.user_data`).
+
+    As a Keras model: `compile(optimizer, meta_optimizer, metrics=...)` takes optimizer
+    instances, names or configs (loss= is refused: the meta-net defines the training
+    loss); `fit` takes Keras' arguments (sample_weight, class_weight, validation_split,
+    validation_data, initial_epoch, callbacks); sample weights s_i scale each sample's
+    term together with its meta weight (`clid_tf.data.user_data`); `predict` returns what
+    the backbone returns (its output activation applied to the logits); `save`,
+    `keras.models.load_model` (after `import clid_tf`), `export` and
+    keras.callbacks.BackupAndRestore work as for any Keras model.
 
     `meta_active` is a Python switch read when the train function is traced: set it, then
     reset `train_function` (see `set_meta_active`), e.g. after the warm-up epochs.
@@ -66,7 +77,7 @@ class MetaReweightModel(base_model.TrainerModel):
         Args:
           backbone: any Keras classifier: one that returns (logits, features), or a
             functional/Sequential model whose last layer is Dense (its penultimate
-            activations are tapped as features, `backbones.as_classifier`).
+            activations are tapped as features, `user_models.as_classifier`).
           meta_net: `meta_nets.WeightNet`, `vri.VRINet`, or None (plain cross-entropy).
           meta_objective: a name of `objectives.META_OBJECTIVE_LABELS` ('clid': label-free)
             or fn(features [n, d], logits [n, K], labels [n] or None) -> scalar.
@@ -81,6 +92,7 @@ class MetaReweightModel(base_model.TrainerModel):
         """
         super().__init__(**kwargs)
         base_model.check_virtual_step(virtual_step)
+        base_model.check_meta_net(meta_net)
         if int(meta_every) != meta_every or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
         self.backbone = base_model.checked_classifier(backbone, meta_scope)
@@ -105,7 +117,7 @@ class MetaReweightModel(base_model.TrainerModel):
             "meta_lr": mean(name="meta_lr"),
             **self.weight_trackers(),
         }
-        self._init_test_metrics()
+        self._init_test_metrics(self.loss_tracker)
         self.trace_count = 0  # Python side effect: counts how often train_step is traced
         self.meta_set = None  # the meta set `fit` drew from array or dataset inputs
         self.built = True  # backbone and meta-net arrive built; fit need not trace `call`
@@ -113,7 +125,7 @@ class MetaReweightModel(base_model.TrainerModel):
     @property
     def metrics(self):
         return [self.loss_tracker, self.lr_tracker, *self.meta_trackers.values(),
-                self.test_accuracy, self.test_loss]
+                *self.evaluation_metrics()]
 
     def networks(self):
         return [(self.backbone, self.meta_net)]
@@ -126,12 +138,9 @@ class MetaReweightModel(base_model.TrainerModel):
         """The meta-net's optimizer (None without a meta-net)."""
         return self.meta_optimizers[0]
 
-    def compile(self, optimizer, meta_optimizer=None, **kwargs):
-        if self.backbone.dtype_policy.name == "mixed_float16":  # as keras.Model does
-            wrap = keras.optimizers.LossScaleOptimizer
-            optimizer = optimizer if isinstance(optimizer, wrap) else wrap(optimizer)
-            if meta_optimizer is not None and not isinstance(meta_optimizer, wrap):
-                meta_optimizer = wrap(meta_optimizer)
+    def compile(self, optimizer="sgd", meta_optimizer=None, **kwargs):
+        """optimizer (theta) and meta_optimizer (phi): instances, names or configs; a
+        float16 backbone gets both wrapped in keras.optimizers.LossScaleOptimizer."""
         self._compile_optimizers([optimizer], [meta_optimizer], **kwargs)
 
     def set_meta_active(self, active: bool) -> None:
@@ -139,46 +148,50 @@ class MetaReweightModel(base_model.TrainerModel):
         self.meta_active = bool(active) and self.meta_net is not None
         self.train_function = None
 
-    def fit(self, x=None, y=None, *, batch_size: int | None = None, meta_data=None,
+    def fit(self, x=None, y=None, *, batch_size: int | None = None, epochs: int = 1,
+            sample_weight=None, class_weight=None, validation_split: float = 0.0,
+            validation_data=None, initial_epoch: int = 0, callbacks=None, meta_data=None,
             meta_size: int = 1000, meta_batch_size: int = 100, seed: int = 0, **kwargs):
         """keras.Model.fit on a user's data, or on a ready stream.
 
-        x may be inputs [N, ...] with int labels y [N], a tf.data.Dataset of (inputs,
-        labels) batches, or the stream `clid_tf.data.pipelines.training_stream` makes ({'train': ...,
-        'meta': ...} elements, as the CLI passes). For the first two a label-free meta set
-        is drawn from the training inputs when `meta_data` is not given: a random
-        `meta_size` subset (seeded), or for a Dataset `meta_size` samples of a seeded
-        shuffle of one pass; labelled meta objectives (ce_noisy, mae, ...) get those
-        samples' labels, 'ce_clean' needs `meta_data=(inputs, clean labels)`. It is kept as
+        x may be inputs [N, ...] with labels y ([N] or [N, 1] int, or one-hot [N, K]), a
+        tf.data.Dataset of (inputs, labels[, sample_weights]) batches or of {'image',
+        'label'[, 'sample_weight']} dicts, or the stream the command line makes ({'train':
+        ..., 'meta': ...} elements). For user data a label-free meta set is drawn from the
+        training inputs when `meta_data` is not given: a random `meta_size` subset
+        (seeded), or for a Dataset `meta_size` samples of a seeded shuffle of one pass;
+        labelled meta objectives (ce_noisy, mae, ...) get those samples' labels,
+        'ce_clean' needs `meta_data=(inputs, clean labels)`. It is kept as
         `self.meta_set`, where `ClidSelection` finds it. Array streams are seeded by epoch,
-        so `initial_epoch` continues exactly. Every other argument is keras.Model.fit's.
+        so `initial_epoch` (or a keras.callbacks.BackupAndRestore) continues exactly.
+        sample_weight, class_weight, validation_split and validation_data are Keras'
+        (`clid_tf.data.user_data`); every other argument is keras.Model.fit's. Bad
+        arguments raise ValueError before the first step.
         """
+        callbacks = list(callbacks or [])
         if not _is_training_stream(x):
-            x, steps, self.meta_set = data.user_stream(
-                x, y, batch_size=batch_size or 32, meta_size=meta_size,
-                meta_batch_size=meta_batch_size, seed=seed,
+            first = base_model.backup_epoch(callbacks)
+            prepared = user_data.prepare(
+                x, y, num_classes=self.num_classes, batch_size=batch_size or 32,
+                meta_size=meta_size, meta_batch_size=meta_batch_size, seed=seed,
                 with_meta=self.meta_net is not None, meta_data=meta_data,
                 meta_labels=objectives.META_OBJECTIVE_LABELS.get(self.meta_objective_name,
                                                                  "none"),
-                first_epoch=kwargs.get("initial_epoch", 0))
-            y = None
-            if steps is not None:
-                kwargs.setdefault("steps_per_epoch", steps)
+                first_epoch=initial_epoch if first is None else first,
+                sample_weight=sample_weight, class_weight=class_weight,
+                validation_split=validation_split, validation_data=validation_data)
+            base_model.check_takes_sample_weights(self.meta_net, prepared.stream)
+            x, y, self.meta_set = prepared.stream, None, prepared.meta_set
+            validation_data, self.input_profile = prepared.validation_data, prepared.profile
+            if prepared.steps is not None:
+                kwargs.setdefault("steps_per_epoch", prepared.steps)
+        elif sample_weight is not None or class_weight is not None or validation_split:
+            raise ValueError("a ready training stream carries its own weights; "
+                             "sample_weight, class_weight and validation_split are for user "
+                             "data")
         kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
-        return super().fit(x, y, **kwargs)
-
-    def get_compile_config(self):
-        config = super().get_compile_config() or {}
-        if self.meta_optimizer is not None:
-            config["meta_optimizer"] = keras.saving.serialize_keras_object(self.meta_optimizer)
-        return config
-
-    def compile_from_config(self, config):
-        """`keras.models.load_model` recompiles with both optimizers (their states are
-        restored afterwards with the weights)."""
-        config = {key: keras.saving.deserialize_keras_object(value)
-                  for key, value in config.items()}
-        self.compile(**config)
+        return super().fit(x, y, epochs=epochs, validation_data=validation_data,
+                           initial_epoch=initial_epoch, callbacks=callbacks, **kwargs)
 
     def get_config(self):
         return {
@@ -189,6 +202,7 @@ class MetaReweightModel(base_model.TrainerModel):
             "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
             "virtual_step": self.virtual_step, "meta_every": self.meta_every,
             "weight_decay": self.weight_decay, "meta_weight_decay": self.meta_weight_decay,
+            "output_activation": self.output_activation, **self.profile_config(),
             "name": self.name,
         }
 
@@ -199,11 +213,12 @@ class MetaReweightModel(base_model.TrainerModel):
         meta_net = config.pop("meta_net")
         if meta_net is not None:
             meta_net = keras.saving.deserialize_keras_object(meta_net)
-        return cls(backbone, meta_net, **config)
-
-    def call(self, images, training=False):
-        """Raw images [B, ...] -> logits [B, K]."""
-        return self.backbone(images, training=training)[0]
+        activation = config.pop("output_activation", "linear")
+        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
+        model = cls(backbone, meta_net, **config)
+        model.backbone.output_activation = activation
+        model.input_profile = profile
+        return model
 
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):
@@ -212,13 +227,13 @@ class MetaReweightModel(base_model.TrainerModel):
         lr = self.optimizer.learning_rate  # the current scheduled lr, before this update
         scaling = loss_scaling.LossScaling.of(self.optimizer, self.meta_optimizer)  # float16
         if not self.meta_active:
-            loss = self._plain_step(batch, scaling)
-            return self._log(loss, lr)
+            loss, logits = self._plain_step(batch, scaling)
+            return self._log(loss, lr, batch=batch, logits=logits)
         fwd = virtual.train_forward(self.backbone, batch["image"])
         meta_loss, meta_taken = self._meta_update(batch, data["meta"], fwd, scaling)
         loss, weights = self._actual_step(batch, fwd, scaling)
         return self._log(loss, lr, meta_loss=meta_loss, meta_taken=meta_taken, weights=weights,
-                         batch=batch)
+                         batch=batch, logits=fwd.logits)
 
     def _meta_update(self, batch, meta_batch, fwd, scaling):
         """Steps 1 and 2 on the steps whose classifier iteration counter is a multiple of
@@ -266,8 +281,8 @@ class MetaReweightModel(base_model.TrainerModel):
     def _actual_step(self, batch, fwd, scaling):
         """Step 3: the updated meta-net weights the recorded forward; update theta and BN."""
         dz, weighted = virtual.logit_gradient(
-            virtual.for_meta_net(self.meta_net, batch["label"]), fwd.logits, fwd.features,
-            regularize=False)
+            virtual.for_meta_net(self.meta_net, batch["label"], batch.get("sample_weight")),
+            fwd.logits, fwd.features, regularize=False)
         loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
                            self.backbone.trainable_variables, weight_decay=self.weight_decay,
                            decayed=self._decayed())
@@ -276,23 +291,29 @@ class MetaReweightModel(base_model.TrainerModel):
         return weighted.loss, weighted.per_sample_weights()
 
     def _plain_step(self, batch, scaling):
+        """Cross-entropy (times the sample weights) of the batch; returns (loss, logits)."""
         theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
             logits, _ = self.backbone(batch["image"], training=True)
-            loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
+            losses = objectives.per_sample_ce(logits, batch["label"])
+            if "sample_weight" in batch:
+                losses = losses * tf.cast(batch["sample_weight"], losses.dtype)
+            loss = distribute.global_mean(losses)
             scaled_loss = scaling.scale_train(loss)
         loss_scaling.apply(self.optimizer, tape.gradient(scaled_loss, theta), theta,
                            weight_decay=self.weight_decay, decayed=self._decayed())
-        return loss
+        return loss, logits
 
     def _decayed(self) -> list[bool]:
         """Per backbone trainable variable: whether the weight decay applies to it."""
         return lookahead.decay_mask(self.backbone.trainable_variables, self.no_decay)
 
     # ---------------------------------------------------------------- monitoring
-    def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None):
+    def _log(self, loss, lr, *, meta_loss=None, meta_taken=None, weights=None, batch=None,
+             logits=None):
         """Metrics of one step; `weights` [B] are the per-sample meta weights; a step
-        without a meta update (`meta_taken` False) leaves the meta loss out."""
+        without a meta update (`meta_taken` False) leaves the meta loss out; the compiled
+        metrics see the batch's logits against its given labels."""
         loss = distribute.global_sum(loss)  # replica shares -> the global value
         self.loss_tracker.update_state(loss)
         self.lr_tracker.update_state(lr)
@@ -311,7 +332,8 @@ class MetaReweightModel(base_model.TrainerModel):
             self.meta_trackers["meta"].update_state(meta_loss, sample_weight=counted)
             updated.append(self.meta_trackers["meta"])
             updated += self.log_weights(self.meta_trackers, weights, batch)
-        return {**{m.name: m.result() for m in updated}, **scales}
+        compiled = self.update_user_metrics(batch["label"], logits, batch.get("sample_weight"))
+        return {**{m.name: m.result() for m in updated}, **scales, **compiled}
 
 
 def _is_training_stream(x) -> bool:

@@ -1,0 +1,402 @@
+"""What a Keras user passes to `fit`, checked and turned into the trainers' streams.
+
+`fit(x, y)` takes what keras.Model.fit takes: arrays with labels, or a tf.data.Dataset of
+batches `(inputs, labels)`, `(inputs, labels, sample_weights)` or dicts
+`{'image', 'label'[, 'sample_weight']}`; `sample_weight` / `class_weight`;
+`validation_split` / `validation_data`. Labels are int [N] or [N, 1], or one-hot [N, K];
+anything else is a ValueError with one line that says what to give instead, raised before
+the first step (values inside a Dataset are checked on its first batch here, and on every
+batch by an assertion in the pipeline).
+
+Sample weights s_i (with class weights, s_i = class_weight[y_i] * sample_weight_i) scale
+each sample's term of the training loss together with its meta weight: the loss is
+sum_i s_i w~_i CE_i for WNet (w~ the batch-normalised meta weights), mean_i s_i CE(omega_i
+z_i) for VRI and mean_i s_i CE_i without a meta-net; with uniform meta weights this is
+Keras' own mean of s_i CE_i. The meta objective (CLID) never reads labels nor weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from clid_tf.data import pipelines
+from clid_tf.data.inputs import ArrayInputs
+from clid_tf.data.pipelines import Part
+
+KEYS = ("image", "label", "sample_weight")  # the keys of a dict Dataset's elements
+
+
+class InputProfile(NamedTuple):
+    """What the training inputs looked like: what export and augmentation need.
+
+    shape: one sample's shape (H, W, C) or (D,).
+    dtype: 'uint8' or 'float32' (what the inputs arrived as).
+    max_value: the largest input value seen (1.0 for images scaled to [0, 1], 255 for
+      pixel values).
+    """
+    shape: tuple[int, ...]
+    dtype: str
+    max_value: float
+
+    @property
+    def pixel_scale(self) -> float:
+        """The factor that brings these inputs to 0..255 pixel values: 255 for images in
+        [0, 1], else 1."""
+        return 255.0 if self.dtype != "uint8" and self.max_value <= 1.0 else 1.0
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def to_config(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "max_value": self.max_value}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> "InputProfile | None":
+        if config is None:
+            return None
+        return cls(tuple(int(d) for d in config["shape"]), str(config["dtype"]),
+                   float(config["max_value"]))
+
+
+class UserData(NamedTuple):
+    """A user's training data, checked."""
+    stream: tf.data.Dataset           # {'train': {'image', 'label'[, 'sample_weight']},
+                                      #  'meta': {'image'[, 'label']}} (no 'meta' if none)
+    steps: int | None                 # steps per epoch (None: the Dataset's own length)
+    meta_set: Part | None             # the meta set drawn (or given)
+    validation_data: Any              # what keras.Model.fit gets as validation_data
+    profile: InputProfile             # the training inputs' shape, dtype and range
+
+
+# ---------------------------------------------------------------- labels and weights
+def check_labels(y, num_classes: int, *, name: str = "y") -> np.ndarray:
+    """int32 [N] class ids from int labels [N] or [N, 1] (integral floats accepted) or
+    one-hot rows [N, K]. ValueError (one line) for anything else."""
+    labels = np.asarray(y)
+    if labels.dtype == object or not (np.issubdtype(labels.dtype, np.integer)
+                                      or np.issubdtype(labels.dtype, np.floating)
+                                      or labels.dtype == bool):
+        raise ValueError(f"{name} must be integer class ids, got dtype {labels.dtype}")
+    if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
+        if not (np.all((labels == 0) | (labels == 1)) and np.all(labels.sum(axis=1) == 1)):
+            raise ValueError(f"{name} has shape {labels.shape} but its rows are not one-hot; "
+                             "give int class ids [N] (soft labels are not supported)")
+        return labels.argmax(axis=1).astype(np.int32)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be int class ids [N] or [N, 1] (or one-hot [N, "
+                         f"{num_classes}]), got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError(f"{name} holds fractional or non-finite values; give integer "
+                             "class ids (soft labels are not supported)")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(f"{name} holds the label {bad:g}, outside the model's classes "
+                         f"0..{num_classes - 1}")
+    return labels.astype(np.int32)
+
+
+def check_sample_weights(sample_weight, class_weight, labels: np.ndarray
+                         ) -> np.ndarray | None:
+    """float32 [N] weights s_i = class_weight[y_i] * sample_weight_i, or None for none.
+    ValueError for a wrong length, negative or non-finite weights, or a class_weight that
+    misses a class present in the labels."""
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, np.float64)
+        if weights.ndim == 2 and weights.shape[1] == 1:
+            weights = weights[:, 0]
+        if weights.shape != labels.shape:
+            raise ValueError(f"sample_weight must be one weight per sample [{len(labels)}], "
+                             f"got shape {weights.shape}")
+    if class_weight is not None:
+        table = class_weight_table(class_weight, int(labels.max(initial=0)) + 1)
+        by_class = table[labels]
+        weights = by_class if weights is None else weights * by_class
+    if weights is not None and (not np.all(np.isfinite(weights)) or np.any(weights < 0)):
+        raise ValueError("sample weights must be finite and >= 0")
+    return None if weights is None else weights.astype(np.float32)
+
+
+def class_weight_table(class_weight: dict, num_classes: int) -> np.ndarray:
+    """float64 [K] weight per class from Keras' {class id: weight} dict (missing classes
+    are an error, as in Keras)."""
+    if not isinstance(class_weight, dict):
+        raise ValueError("class_weight must be a dict {class id: weight}")
+    missing = [c for c in range(num_classes) if c not in class_weight]
+    if missing:
+        raise ValueError(f"class_weight has no weight for class {missing[0]}; give one for "
+                         f"every class 0..{num_classes - 1}")
+    return np.array([float(class_weight[c]) for c in range(num_classes)])
+
+
+def labels_in_graph(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """A batch's labels [b], [b, 1] or one-hot [b, K] as int32 [b], asserted to be in
+    0..K-1 (the Dataset path's check of every batch)."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        labels = tf.argmax(labels, axis=-1)
+    elif labels.shape.rank == 2 and labels.shape[-1] == 1:
+        labels = labels[:, 0]
+    ids = tf.cast(labels, tf.int32)
+    check = tf.debugging.Assert(
+        tf.reduce_all((ids >= 0) & (ids < num_classes)
+                      & tf.equal(tf.cast(ids, labels.dtype), labels)),
+        [f"labels must be integer class ids in 0..{num_classes - 1}; got", labels],
+        summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
+# ---------------------------------------------------------------- Datasets
+def dataset_elements(dataset: tf.data.Dataset, num_classes: int,
+                     class_weight: dict | None = None) -> tf.data.Dataset:
+    """A user's batched Dataset as {'image' float32, 'label' int32 [b][, 'sample_weight']}.
+
+    Elements may be (inputs, labels), (inputs, labels, sample_weights) or dicts with the
+    keys of KEYS. ValueError (one line) for other structures and unbatched datasets; the
+    first batch's labels and weights are checked here, every batch's labels in the graph.
+    """
+    spec = dataset.element_spec
+    if isinstance(spec, dict):
+        missing = [k for k in ("image", "label") if k not in spec]
+        extra = sorted(set(spec) - set(KEYS))
+        if missing or extra:
+            raise ValueError(f"a Dataset of dicts needs the keys 'image' and 'label' (and "
+                             f"optionally 'sample_weight'); its elements have "
+                             f"{sorted(spec)}: map it to those keys or to (inputs, labels) "
+                             "tuples")
+        to_tuple = lambda e: tuple(e[k] for k in KEYS if k in e)  # noqa: E731
+        dataset = dataset.map(to_tuple)
+        spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError("fit needs a Dataset of (inputs, labels) or (inputs, labels, "
+                         "sample_weights) batches, or of dicts with 'image' and 'label'; got "
+                         f"elements {spec}")
+    if any(not isinstance(s, tf.TensorSpec) for s in spec):
+        raise ValueError("the Dataset's inputs, labels and weights must each be one tensor "
+                         f"(one input per sample); got {spec}")
+    if spec[1].shape.rank == 0:
+        raise ValueError("the Dataset yields single samples: batch it first, e.g. "
+                         "dataset.batch(32)")
+    first = next(iter(dataset.take(1)), None)
+    if first is None:
+        raise ValueError("the Dataset is empty")
+    check_labels(first[1].numpy(), num_classes, name="the Dataset's labels")
+    if len(first) == 3:
+        check_sample_weights(first[2].numpy(), None,
+                             np.zeros(len(first[1].numpy()), np.int32))
+    table = (None if class_weight is None else tf.constant(
+        class_weight_table(class_weight, num_classes), tf.float32))
+
+    def element(inputs, labels, weights=None):
+        batch = {"image": tf.cast(inputs, tf.float32),
+                 "label": labels_in_graph(labels, num_classes)}
+        if weights is not None:
+            weights = tf.cast(weights, tf.float32)
+            batch["sample_weight"] = tf.reshape(weights, [-1])
+        if table is not None:
+            by_class = tf.gather(table, batch["label"])
+            batch["sample_weight"] = (by_class if weights is None
+                                      else batch["sample_weight"] * by_class)
+        return batch
+
+    return dataset.map(element)
+
+
+def arrays_of(dataset: tf.data.Dataset, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs [N, ...], int32 labels [N]) of a user's whole Dataset, read once into memory
+    (the trainers that divide or index the training set every epoch need random access)."""
+    spec = dataset.element_spec
+    given = spec["image"] if isinstance(spec, dict) else spec[0]
+    batches = list(dataset_elements(dataset, num_classes).as_numpy_iterator())
+    if any("sample_weight" in b for b in batches[:1]):
+        raise ValueError("this trainer takes no sample weights: give (inputs, labels) batches")
+    inputs = np.concatenate([b["image"] for b in batches])
+    if getattr(given, "dtype", None) == tf.uint8:
+        inputs = inputs.astype(np.uint8)  # exact: the float32 copies of uint8 values
+    return inputs, np.concatenate([b["label"] for b in batches]).astype(np.int32)
+
+
+def profile_of_array(x: np.ndarray) -> InputProfile:
+    return InputProfile(tuple(int(d) for d in x.shape[1:]),
+                        "uint8" if x.dtype == np.uint8 else "float32",
+                        float(np.max(x)) if x.size else 0.0)
+
+
+def profile_of_dataset(dataset: tf.data.Dataset) -> InputProfile:
+    """The profile of the first batch of {'image': ...} elements."""
+    first = next(iter(dataset.take(1)))["image"].numpy()
+    spec = dataset.element_spec["image"]
+    return InputProfile(tuple(int(d) for d in first.shape[1:]),
+                        "uint8" if spec.dtype == tf.uint8 else "float32",
+                        float(first.max()))
+
+
+# ---------------------------------------------------------------- validation
+def split_validation(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
+                     fraction: float):
+    """Keras' validation_split: the last `fraction` of the samples (before any shuffle)
+    is held out. Returns ((x, y, w) to train on, (x, y[, w]) to validate on)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), got {fraction}")
+    n = len(x)
+    held = int(round(n * fraction))
+    if held == 0 or held == n:
+        raise ValueError(f"validation_split={fraction} of {n} samples leaves an empty part")
+    keep = n - held
+    validation = (x[keep:], y[keep:]) if weights is None else (x[keep:], y[keep:],
+                                                                weights[keep:])
+    return (x[:keep], y[:keep], None if weights is None else weights[:keep]), validation
+
+
+def checked_validation_data(validation_data, num_classes: int):
+    """validation_data as Keras' fit takes it, with labels checked: (x, y), (x, y,
+    sample_weight) arrays, or a Dataset (normalised like the training Dataset)."""
+    if validation_data is None:
+        return None
+    if isinstance(validation_data, tf.data.Dataset):
+        return dataset_elements(validation_data, num_classes).map(
+            lambda b: tuple(b[k] for k in KEYS if k in b))
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise ValueError("validation_data must be (x, y), (x, y, sample_weight) or a "
+                         "tf.data.Dataset")
+    x, y = pipelines.as_input_array(validation_data[0]), validation_data[1]
+    labels = check_labels(y, num_classes, name="validation_data's labels")
+    if len(labels) != len(x):
+        raise ValueError(f"validation_data has {len(x)} inputs but {len(labels)} labels")
+    if len(validation_data) == 2:
+        return x, labels
+    return x, labels, check_sample_weights(validation_data[2], None, labels)
+
+
+# ---------------------------------------------------------------- the training stream
+def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
+            meta_batch_size: int, seed: int, with_meta: bool = True,
+            meta_labels: str = "none", meta_data=None, first_epoch: int = 0,
+            sample_weight=None, class_weight=None, validation_split: float = 0.0,
+            validation_data=None) -> UserData:
+    """A user's fit arguments as the `MetaReweightModel` stream.
+
+    Args:
+      x: inputs as an array [N, ...] (with labels `y`), or a batched tf.data.Dataset
+        (then `y` is None; module docstring for its elements).
+      num_classes: K, for the label checks.
+      batch_size: training batch size for array inputs.
+      meta_size: size of the meta set drawn from the training samples when `meta_data` is
+        None: a seeded random subset for arrays; for a Dataset, `meta_size` samples of a
+        seeded shuffle (buffer 10 x meta_size) of one pass over it, held in memory.
+      meta_batch_size: meta batch size (at most the meta-set size).
+      seed: seed of the shuffles and of the meta-set draw.
+      with_meta: False for a model without a meta-net (no meta batches).
+      meta_labels: what the meta objective reads (objectives.META_OBJECTIVE_LABELS): 'none'
+        (label-free: the meta batches carry no labels), 'noisy' (the training labels of the
+        meta samples), 'clean' (only with `meta_data=(inputs, clean labels)`).
+      meta_data: inputs [M, ...] of a meta set to use instead, or (inputs, labels).
+      first_epoch: the epoch the array stream starts at (fit's initial_epoch): epoch e's
+        batches are a function of (seed, e), so a resumed fit continues exactly.
+      sample_weight, class_weight, validation_split, validation_data: as keras.Model.fit.
+    """
+    given = meta_data is not None
+    meta_x, meta_y = (meta_data if isinstance(meta_data, tuple) else (meta_data, None))
+    if meta_labels == "clean" and meta_y is None:
+        raise ValueError("a meta objective on clean labels needs them: pass "
+                         "meta_data=(inputs, clean labels)")
+    if meta_y is not None:
+        meta_y = check_labels(meta_y, num_classes, name="meta_data's labels")
+    validation = checked_validation_data(validation_data, num_classes)
+    if isinstance(x, tf.data.Dataset):
+        return _from_dataset(x, y, num_classes=num_classes, meta_size=meta_size,
+                             meta_batch_size=meta_batch_size, seed=seed, with_meta=with_meta,
+                             meta_labels=meta_labels, meta_x=meta_x if given else None,
+                             meta_y=meta_y, sample_weight=sample_weight,
+                             class_weight=class_weight, validation_split=validation_split,
+                             validation=validation)
+    if y is None:
+        raise ValueError("fit(x, y) needs labels y for array inputs")
+    inputs = pipelines.as_input_array(x)
+    labels = check_labels(y, num_classes)
+    if len(labels) != len(inputs):
+        raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
+    weights = check_sample_weights(sample_weight, class_weight, labels)
+    if validation_split:
+        if validation is not None:
+            raise ValueError("give validation_split or validation_data, not both")
+        (inputs, labels, weights), validation = split_validation(inputs, labels, weights,
+                                                                 validation_split)
+    if len(inputs) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
+                         "training samples")
+    source = ArrayInputs(inputs)
+    steps = len(source) // batch_size
+    fields = {"label": labels}
+    if weights is not None:
+        fields["sample_weight"] = weights
+    train = pipelines.epoch_batches(source, np.arange(len(source)), batch_size=batch_size,
+                                    seed=seed, steps_per_epoch=steps, first_epoch=first_epoch,
+                                    fields=fields)
+    profile = profile_of_array(inputs)
+    if not with_meta:
+        return UserData(pipelines.training_stream(train), steps, None, validation, profile)
+    if not given:
+        rng = np.random.default_rng(seed)
+        ids = np.sort(rng.choice(len(source), min(meta_size, len(source)), replace=False))
+        meta = Part(source, ids, labels[ids] if meta_labels == "noisy" else None)
+    else:
+        meta = Part(ArrayInputs(pipelines.as_input_array(meta_x)), None, meta_y)
+    meta_fields = {}
+    if meta_labels != "none":
+        if meta.labels is None:
+            raise ValueError(f"the meta objective reads {meta_labels} labels: pass "
+                             "meta_data=(inputs, labels)")
+        table = np.zeros(len(meta.inputs), np.int32)
+        table[meta.ids()] = meta.labels
+        meta_fields["label"] = table
+    meta_stream = pipelines.epoch_batches(
+        meta.inputs, meta.ids(), batch_size=min(meta_batch_size, len(meta)), seed=seed + 1,
+        steps_per_epoch=steps, first_epoch=first_epoch, fields=meta_fields)
+    return UserData(pipelines.training_stream(train, meta_stream), steps, meta, validation,
+                    profile)
+
+
+def _from_dataset(x: tf.data.Dataset, y, *, num_classes, meta_size, meta_batch_size, seed,
+                  with_meta, meta_labels, meta_x, meta_y, sample_weight, class_weight,
+                  validation_split, validation) -> UserData:
+    if y is not None:
+        raise ValueError("give the labels inside the Dataset, as (inputs, labels) batches; "
+                         "y must be None")
+    if sample_weight is not None:
+        raise ValueError("give sample weights inside the Dataset, as (inputs, labels, "
+                         "sample_weights) batches")
+    if validation_split:
+        raise ValueError("validation_split needs array inputs; for a Dataset, pass "
+                         "validation_data")
+    train = dataset_elements(x, num_classes, class_weight)
+    profile = profile_of_dataset(train)
+    if not with_meta:
+        return UserData(pipelines.training_stream(train), None, None, validation, profile)
+    if meta_x is None:
+        drawn = list(train.unbatch().shuffle(10 * meta_size, seed=seed).take(meta_size)
+                     .batch(1024).as_numpy_iterator())
+        meta_x = np.concatenate([b["image"] for b in drawn])
+        meta_y = np.concatenate([b["label"] for b in drawn]) if meta_labels == "noisy" else None
+    meta = Part(ArrayInputs(pipelines.as_input_array(meta_x)), None, meta_y)
+    size = min(meta_batch_size, len(meta))
+    slices = {"image": meta.inputs.array}
+    if meta_labels != "none":
+        if meta.labels is None:
+            raise ValueError(f"the meta objective reads {meta_labels} labels: pass "
+                             "meta_data=(inputs, labels)")
+        slices["label"] = meta.labels.astype(np.int32)
+    meta_stream = (tf.data.Dataset.from_tensor_slices(slices)
+                   .shuffle(len(meta), seed=seed, reshuffle_each_iteration=True).repeat()
+                   .batch(size, drop_remainder=True)
+                   .map(lambda m: {**m, "image": tf.cast(m["image"], tf.float32)}))
+    return UserData(pipelines.training_stream(train, meta_stream), None, meta, validation,
+                    profile)

@@ -1,0 +1,84 @@
+"""Tests for clid_tf.evaluation.label_issues: the ranking from probabilities computed
+elsewhere against numpy, the folds' fit arguments, and a plain compiled Keras model."""
+
+import keras
+import numpy as np
+import pytest
+
+import clid_tf
+from tests.helpers import keras_users as users
+
+
+def test_rank_label_issues_matches_its_numpy_definition():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=200)
+    labels = rng.integers(0, 5, 200)
+    clean = np.where(rng.random(200) < 0.7, labels, (labels + 1) % 5)
+    issues = clid_tf.rank_label_issues(labels, probs, clean_labels=clean)
+    suspicion = 1.0 - probs[np.arange(200), labels]
+    np.testing.assert_allclose(issues.suspicion, suspicion)
+    np.testing.assert_array_equal(issues.ranked, np.argsort(-suspicion, kind="stable"))
+    rate = np.mean(probs.argmax(axis=1) != labels)
+    flagged = int(round(rate * 200))
+    np.testing.assert_array_equal(issues.issues, np.sort(issues.ranked[:flagged]))
+    assert issues.metrics["estimated_noise_rate"] == pytest.approx(rate)
+    hits = np.sum((clean != labels)[issues.ranked[:flagged]])
+    assert issues.metrics["precision"] == pytest.approx(hits / flagged)
+    assert issues.scores.weights is None
+
+
+@pytest.mark.parametrize("labels, probs, match", [
+    (np.zeros(3, int), np.full((3, 2), 0.7), "summing to 1"),
+    (np.array([0, 2, 1]), np.full((3, 2), 0.5), "labels reach 2"),
+    (np.zeros(2, int), np.full((3, 2), 0.5), r"class ids \[3\]"),
+    (np.array([0.5, 1, 0]), np.full((3, 2), 0.5), "integer class ids"),
+])
+def test_rank_label_issues_refuses_bad_inputs(labels, probs, match):
+    with pytest.raises(ValueError, match=match):
+        clid_tf.rank_label_issues(labels, probs)
+
+
+class _Recorded(clid_tf.MetaReweightModel):
+    """A CLID-MU model that records its fit calls instead of training (the fold's
+    arguments are what is tested)."""
+    calls = []
+
+    def fit(self, x=None, y=None, **kwargs):
+        _Recorded.calls.append({**kwargs, "meta_active": self.meta_active, "n": len(x)})
+
+
+def test_a_clid_mu_fold_trains_the_command_lines_defaults():
+    """Without fit arguments: 30 epochs of batch 64, the first 5 of plain CE (then the
+    meta steps from epoch 5 on), a meta set of a fifth of the fold, the fold's seed."""
+    _Recorded.calls = []
+    x, y, _ = users.digits(200)
+
+    def build():
+        model = _Recorded(users.functional(), clid_tf.WeightNet())
+        model.compile("sgd", "adam")
+        return model
+
+    clid_tf.find_label_issues(build, x, y, folds=2, seed=3, verbose=False)
+    warmup, meta = _Recorded.calls[:2]
+    assert len(_Recorded.calls) == 4  # two fits per fold
+    assert warmup["epochs"] == 5 and not warmup["meta_active"]
+    assert meta["epochs"] == 30 and meta["initial_epoch"] == 5 and meta["meta_active"]
+    assert meta["batch_size"] == 64 and meta["seed"] == 3
+    assert meta["meta_size"] == meta["n"] // 5
+
+
+def test_a_plain_compiled_keras_model_cross_fits():
+    """Any compiled Keras classifier: fit gets Keras' arguments only, its softmax gives
+    the probabilities, there are no meta weights; flipped labels rank first."""
+    x, y, clean = users.digits(600)
+
+    def build():
+        model = users.functional()
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+        return model
+
+    issues = clid_tf.find_label_issues(build, x, y, folds=2, epochs=8, verbose=False,
+                                       clean_labels=clean)
+    assert issues.scores.weights is None
+    np.testing.assert_allclose(issues.scores.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert issues.metrics["roc_auc"] > 0.8

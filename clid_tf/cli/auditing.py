@@ -7,15 +7,16 @@ checked against RUN/split.npz) and ranks the training labels by suspicion
 trained with the run's own settings, each scoring the fold it did not see; with
 --audit_folds=0 in sample, with the run's last checkpoints (up to 3, averaged). It writes
 RUN/audit.csv (one row per training sample, most suspicious first, named by file path for
-file data and by index for arrays, labels by class name), results.json["audit"], and
-TensorBoard scalars under RUN/tensorboard/audit. `--audit` on a training run does the same
-after training.
+file data and by index for arrays, labels by class name), RUN/audit.json (the summary) and
+TensorBoard scalars under RUN/tensorboard/audit, and on a finished run adds the summary to
+results.json["audit"]. It holds the folder's lock while it writes, so it never runs beside
+the run's training; an unfinished run's results.json is left to the training (a --resume
+afterwards finishes normally). `--audit` on a training run does the same after training.
 """
 
 from __future__ import annotations
 
 import os
-
 from clid_tf.cli import checks
 from clid_tf.cli.flags import AUDIT_GROUPS, AUDIT_HELP, FLAGS
 from clid_tf.cli.parsing import fail, parse_flags
@@ -48,13 +49,16 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     folder = run_folder.RunFolder(FLAGS.workdir)
     try:
+        folder.lock()
         flags = checks.resolved(FLAGS)
         checks.check(flags)
         trainer = flags.trainer_spec.module()
         setup = trainer.prepare_setup(flags)
-        folder.check_split(trainer.split_arrays(flags, setup))
+        folder.check_split({**trainer.split_arrays(flags, setup),
+                            **run_folder.input_fingerprints(setup.dataset)}, action="audit")
         audit(flags, folder, setup, folds=FLAGS.audit_folds)
     except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
+        folder.release()  # a folder that holds no run is left as it was found
         fail(str(error))
 
 
@@ -83,8 +87,14 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
                               clean=clean)
     label_issues.write_csv(folder.audit_csv, rows)
     found = {**label_issues.metrics(scores.probs, given, clean), "folds": folds,
-             "has_meta_net": scores.weights is not None, "csv": folder.audit_csv}
-    folder.merge_results("audit", found)
+             "has_meta_net": scores.weights is not None, "csv": folder.audit_csv,
+             "run_finished": folder.is_complete()}
+    if not folds:
+        found["epochs"] = [run_folder.checkpoint_epoch(p) for p in
+                           folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:]]
+    folder.write_audit(found)
+    if found["run_finished"]:
+        folder.merge_results("audit", found)
     write_scalars(os.path.join(folder.tensorboard, "audit"), found)
     print(summary(found))
     return found
@@ -113,7 +123,11 @@ def summary(found: dict) -> str:
         text += (f" Against the true labels (noise rate {found['true_noise_rate']:.4f}): "
                  f"precision {_fmt(found['precision'])}, recall {_fmt(found['recall'])}, "
                  f"ROC AUC {_fmt(found['roc_auc'])}.")
-    return text + f" Ranked samples: {found['csv']}"
+    text += f" Ranked samples: {found['csv']}"
+    if not found["run_finished"]:
+        text += (" The run has not finished: this audit is in audit.json, and results.json "
+                 "is left to the training (--resume continues it).")
+    return text
 
 
 def _fmt(value: float | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shlex
 import sys
 import time
 
@@ -18,6 +19,7 @@ from absl import logging
 from clid_tf import errors
 from clid_tf.cli import auditing
 from clid_tf.cli import checks
+from clid_tf.cli import failures
 from clid_tf.cli.flags import FLAGS, PAPER_SETTINGS, training_flag_names
 from clid_tf.cli.parsing import fail
 from clid_tf.data import sources
@@ -31,46 +33,54 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # TensorFlow logs every save at INFO: hide that
         logging.set_verbosity(logging.WARNING)
+    state = {}
     try:
-        run()
+        run(state)
     except (errors.RunError, errors.DataError, run_folder.FolderError) as error:
         fail(str(error))
     except errors.NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)
     except Exception as error:  # pylint: disable=broad-except
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel  # loaded by now
-        if not isinstance(error, tf.errors.InvalidArgumentError) or \
-                "decode" not in str(error).lower():
+        message = failures.one_line(error, state.get("folder"), state.get("setup"))
+        if message is None:
             raise
-        # An image file corrupted inside (the header check reads headers and file ends).
-        first = " ".join(str(error).split())[:300]
-        fail(f"an image file could not be decoded during training ({first}); the last "
-             "complete epoch's checkpoint is kept: fix or remove the file, then rerun with "
-             "--resume")
+        fail(message)
 
 
 # ---------------------------------------------------------------- the training run
-def run() -> dict:
-    """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict."""
+def run(state: dict | None = None) -> dict:
+    """Builds everything from FLAGS, trains, evaluates, exports; returns the results dict.
+
+    `state` receives the run's folder and data as soon as they exist (what `main` needs to
+    describe a failure). The folder is locked before anything is read or written; a
+    --resume of a started run (its flags.cfg exists) checks the flags and the inputs
+    whether or not an epoch was saved, and continues the newest intact checkpoint.
+    """
+    state = {} if state is None else state
     flags = checks.resolved(FLAGS)
     checks.check(flags)
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
     folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
-    resuming = FLAGS.resume and folder.has_checkpoint()
+    resuming = FLAGS.resume and folder.is_started()
     if resuming:
+        folder.lock()
         lines, at_default = _flag_record()
         folder.check_resumable(lines, at_default=at_default)
     else:
         folder.create(allow_partial=FLAGS.resume)
+    state["folder"] = folder
     trainer = flags.trainer_spec.module()
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
             setup = trainer.prepare_setup(flags)
-        split = trainer.split_arrays(flags, setup)
-        if resuming:
-            folder.check_split(split)
+        state["setup"] = setup
+        split = {**trainer.split_arrays(flags, setup),
+                 **run_folder.input_fingerprints(setup.dataset)}
+        if resuming and folder.has_split():
+            for note in folder.check_split(split):
+                print(note)
         else:
             folder.write_flags(FLAGS.flags_into_string())
             folder.save_split(split)
@@ -137,11 +147,15 @@ def paper_setting_note() -> str | None:
 
 
 def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = True) -> str:
-    """One line after the run: the commands that show its results."""
-    line = f"look at it: tensorboard --logdir {folder.tensorboard} ; cat {folder.results_path}"
+    """One line after the run: the commands that show its results (paths quoted for the
+    shell)."""
+    quote = shlex.quote
+    line = (f"look at it: tensorboard --logdir {quote(folder.tensorboard)} ; "
+            f"cat {quote(folder.results_path)}")
     if audited:
-        return f"{line} ; head {folder.audit_csv}"
-    return line + (f" ; python -m clid_tf.audit --workdir={folder.path}" if auditable else "")
+        return f"{line} ; head {quote(folder.audit_csv)}"
+    return line + (f" ; python -m clid_tf.audit --workdir={quote(folder.path)}"
+                   if auditable else "")
 
 
 def _flagfile_given() -> bool:

@@ -398,9 +398,10 @@ AUDIT_GROUPS = (("audit", AUDIT_OWN), *(
     (f"{title} (override RUN/flags.cfg)",
      tuple(n for n in group if n not in (*AUDIT_OWN, "resume", "audit", "export")))
     for title, group in HELP_GROUPS))
-AUDIT_HELP = {"workdir": "The folder of a finished training run (required): its flags.cfg, "
-                         "split.npz and checkpoints are read; audit.csv, results.json['audit'] "
-                         "and tensorboard/audit are written."}
+AUDIT_HELP = {"workdir": "The folder of a training run (required): its flags.cfg, split.npz "
+                         "and checkpoints are read; audit.csv, audit.json (and "
+                         "results.json['audit'] of a finished run) and tensorboard/audit are "
+                         "written."}
 
 
 def training_flag_names() -> list[str]:

@@ -197,7 +197,8 @@ def read_list(file: str | os.PathLike, *, root: str | os.PathLike,
     Raises:
       DataError naming the file (and line): no such file/root, a line without a label,
         labels mixing integers and names, a label out of range or unknown, fewer than 2
-        distinct labels, or listed files that are missing (counted, with examples).
+        distinct labels, a file listed with two labels, or listed files that are missing
+        (counted, with examples). A file listed twice with one label is a warning line.
     """
     file = os.path.abspath(os.fspath(file))
     root = os.path.abspath(os.fspath(root))
@@ -207,6 +208,7 @@ def read_list(file: str | os.PathLike, *, root: str | os.PathLike,
     line_numbers, rel_paths, tokens = _parse_list(file)
     labels, names = _list_labels(file, line_numbers, tokens, class_names)
     paths = np.array([os.path.normpath(os.path.join(root, p)) for p in rel_paths], dtype=str)
+    _check_repeats(file, line_numbers, paths, labels, names)
     exists = _parallel_map(os.path.isfile, paths.tolist())
     missing = np.flatnonzero(~np.array(exists, bool))
     if missing.size:
@@ -214,6 +216,26 @@ def read_list(file: str | os.PathLike, *, root: str | os.PathLike,
         raise _list_error(file, f'{missing.size} of {len(paths)} listed files are missing '
                                 f'under {root}, e.g. {examples}')
     return FileList(paths=paths, labels=labels, class_names=names, root=root)
+
+
+def _check_repeats(file: str, line_numbers: list[int], paths: np.ndarray,
+                   labels: np.ndarray, names: Sequence[str]) -> None:
+    """DataError for a file listed twice with two labels (which one is meant?); one
+    warning line for a file listed twice with one label (it counts twice)."""
+    first: dict[str, int] = {}
+    repeated = []
+    for i, path in enumerate(paths.tolist()):
+        j = first.setdefault(path, i)
+        if j == i:
+            continue
+        if labels[i] != labels[j]:
+            raise _list_error(file, f'{path} is listed with two labels, {names[labels[j]]!r} '
+                                    f'(line {line_numbers[j]}) and {names[labels[i]]!r}; give '
+                                    'each file one label', line_numbers[i])
+        repeated.append(f'line {line_numbers[i]} repeats line {line_numbers[j]}')
+    if repeated:
+        print(f'warning: list file {file}: {len(repeated)} line(s) repeat a file with the '
+              f'same label, which then counts twice ({_listing(repeated, 3)})')
 
 
 def read_class_names(file: str | os.PathLike) -> tuple[str, ...]:
@@ -534,3 +556,24 @@ def _listing(names: Sequence[str], limit: int = 10) -> str:
 
 def _one_line(text: str) -> str:
     return ' '.join(text.split())
+
+
+def first_undecodable(paths: Sequence[str]) -> tuple[int, str] | None:
+    """(position, reason) of the first file of `paths` that Pillow cannot fully decode, or
+    None: what training hit when tf.data's decode failed (its message names no file)."""
+    def problem(path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                with Image.open(path) as image:
+                    image.load()
+            return None
+        except Exception as error:  # pylint: disable=broad-except  # any decode failure
+            return _one_line(f'{type(error).__name__}: {error}')[:160]
+
+    paths = list(paths)
+    for start in range(0, len(paths), 8 * _CHUNK):  # stops at the first bad chunk
+        for i, reason in enumerate(_parallel_map(problem, paths[start:start + 8 * _CHUNK])):
+            if reason is not None:
+                return start + i, reason
+    return None

@@ -16,7 +16,9 @@ Labels are not part of the inputs: they are small int arrays kept beside it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+import hashlib
+import os
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -41,6 +43,10 @@ class Inputs(Protocol):
 
     def names(self) -> np.ndarray | None:
         """str [N] identifiers of the inputs (file paths), or None for arrays."""
+
+    def fingerprint(self) -> str:
+        """A short hex digest that changes when the inputs change (content for arrays;
+        names, sizes and modification times for files): a resume compares it."""
 
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
         """Maps a tf.data.Dataset of int64 scalar indices to batches (ids, inputs).
@@ -73,6 +79,9 @@ class ArrayInputs:
 
     def names(self) -> None:
         return None
+
+    def fingerprint(self) -> str:
+        return array_fingerprint(self.array)
 
     def table(self):
         """The inputs as one host tf.constant [N, *element_shape] (made once)."""
@@ -144,6 +153,27 @@ class FileInputs:
     def names(self) -> np.ndarray:
         """str [N] file paths relative to the data root."""
         return self.files.names()
+
+    def fingerprint(self) -> str:
+        """Of the file names and how they are read (not their contents: `file_stats`
+        tells which files changed, so a corrupt file can be replaced and the run
+        resumed)."""
+        digest = hashlib.sha256(repr((self.element_shape, self.image_size,
+                                      self.resize_shorter)).encode())
+        for name in self.names().tolist():
+            digest.update(f"{name}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def file_stats(self) -> np.ndarray:
+        """int64 [N, 2]: each file's size and modification time (ns); -1 when missing."""
+        stats = np.full((len(self), 2), -1, np.int64)
+        for i, path in enumerate(self.files.paths.tolist()):
+            try:
+                stat = os.stat(path)
+                stats[i] = stat.st_size, stat.st_mtime_ns
+            except OSError:
+                pass
+        return stats
 
     def decode(self, encoded):
         """One encoded image (string tensor) -> uint8 [*element_shape], as training reads
@@ -220,3 +250,26 @@ def _resize_shorter_then_crop(image, shorter: int, crop: int):
 def _to_uint8(resized):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+# ---------------------------------------------------------------- fingerprints
+def array_fingerprint(array: np.ndarray) -> str:
+    """sha256 (16 hex digits) of an array's dtype, shape and bytes."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+def files_fingerprint(paths: Iterable[str], names: Iterable[str], *, extra=()) -> str:
+    """sha256 (16 hex digits) of each file's name, size and modification time (ns), and
+    `extra` (how the files are read): a replaced or touched file changes it, without
+    reading the contents."""
+    digest = hashlib.sha256(repr(tuple(extra)).encode())
+    for path, name in zip(paths, names):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\0missing\n".encode())
+    return digest.hexdigest()[:16]

@@ -3,6 +3,7 @@ and a NaN guard. They combine with any of Keras' own."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -47,18 +48,22 @@ def restorer(parts: dict):
 
 
 class RunState(keras.callbacks.Callback):
-    """Checkpoints everything a resumed run needs, after every epoch.
+    """Checkpoints everything a resumed run needs, after every epoch, and resumes from the
+    newest intact one.
 
-    `checkpoints/ckpt-E` (tf.train.CheckpointManager, `checkpoint_of`) holds the backbone,
-    the meta-net (VRI's noise-generator state included), both optimizers (iterations, hence the
-    learning-rate schedule position) and the epoch; `checkpoints/state-E.npz` holds the
-    per-epoch history and the label-free selection state. The npz is written first (to a
-    temporary name, then renamed), and CheckpointManager writes the checkpoint files before
-    updating its index, so a crash at any moment leaves the last complete epoch intact.
-    Data order needs no state: every epoch's shuffles and augmentations are seeded by the
-    epoch number (clid_tf.data.pipelines). (The small-loss meta set of ce_sloss/mae_sloss is exact for
-    in-memory data; streamed from files, a few meta batches after each re-selection may
-    still come from the previous one, so those runs resume close to, not bit-for-bit as.)
+    Epoch E is saved in two steps: `checkpoints/ckpt-E` (tf.train.CheckpointManager,
+    `checkpoint_of`: the backbone, the meta-net with VRI's noise state, both optimizers with
+    their iterations, hence the lr schedule's position, and the epoch), then
+    `checkpoints/state-E.npz` (the per-epoch history, the label-free selection state and
+    the sha256 of every ckpt-E file), written to a temporary name and renamed. The state
+    file is the mark of a complete epoch: a crash at any moment leaves the epochs before
+    complete. `restore` takes the newest epoch whose state file reads and whose checkpoint
+    files match their checksums and restore; a damaged newer one is named in one line and
+    skipped. Data order needs no state: every epoch's shuffles and augmentations are seeded
+    by the epoch number (clid_tf.data.pipelines). (The small-loss meta set of
+    ce_sloss/mae_sloss is exact for in-memory data; streamed from files, a few meta batches
+    after each re-selection may still come from the previous one, so those runs resume
+    close to, not bit-for-bit as.)
     """
 
     def __init__(self, directory: str, model: keras.Model, selection=(), max_to_keep: int = 3):
@@ -71,6 +76,7 @@ class RunState(keras.callbacks.Callback):
         """
         super().__init__()
         self.directory = directory
+        self.max_to_keep = max_to_keep
         self.selections = (list(selection) if isinstance(selection, (list, tuple))
                            else [] if selection is None else [selection])
         for kept in self.selections:
@@ -82,38 +88,106 @@ class RunState(keras.callbacks.Callback):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.checkpoint = checkpoint_of(model.checkpoint_parts(), epoch=self.epoch)
         os.makedirs(directory, exist_ok=True)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
-                                                  max_to_keep=max_to_keep)
+        self.manager = self._manager()
 
+    def _manager(self) -> tf.train.CheckpointManager:
+        try:
+            return tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                              max_to_keep=self.max_to_keep)
+        except (tf.errors.OpError, ValueError):  # an unreadable index: rebuilt on restore
+            os.remove(os.path.join(self.directory, "checkpoint"))
+            return tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                              max_to_keep=self.max_to_keep)
+
+    # ------------------------------------------------------------ resume
     def restore(self) -> int:
-        """Restores the latest complete epoch; returns it (0 when there is none)."""
-        path = self.manager.latest_checkpoint
-        if path is None:
-            return 0
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        epoch = int(self.epoch.numpy())
-        with np.load(self._state_path(epoch)) as state:
-            self.history = json.loads(str(state["history"]))
-            for selection in self.selections:
-                selection.set_state(dict(state))
-                selection.prune()  # a crash may have come between a save and its prune
-        return epoch
+        """Restores the newest intact epoch and returns it (0 when no epoch was saved).
 
+        Raises:
+          RunError: checkpoints exist but none is intact (one line per reason).
+        """
+        epochs = sorted(saved_epochs(self.directory), reverse=True)
+        damaged = []
+        for epoch in epochs:
+            reason = self._damage(epoch)
+            if reason is None:
+                self._use(epoch)
+                if damaged:
+                    print(f"note: skipped the damaged checkpoint of "
+                          f"{_epochs_text([e for e, _ in damaged])} ({damaged[0][1]}); "
+                          f"resuming after epoch {epoch}", flush=True)
+                return epoch
+            damaged.append((epoch, reason))
+        if damaged:
+            details = "; ".join(f"epoch {e}: {r}" for e, r in damaged)
+            raise RunError(f"no intact checkpoint in {self.directory} ({details}); start a "
+                           "new run in another --workdir")
+        return 0
+
+    def _damage(self, epoch: int) -> str | None:
+        """Why epoch `epoch` cannot be resumed from, or None when it can (its state
+        reads, its files match their checksums and TensorFlow restores it)."""
+        try:
+            with np.load(self._state_path(epoch)) as state:
+                state = {key: state[key] for key in state.files}  # reads every member
+        except FileNotFoundError:
+            return "its state file is missing"
+        except Exception as error:  # pylint: disable=broad-except  # zip/npy errors
+            return f"its state file is unreadable: {type(error).__name__}"
+        checksums = json.loads(str(state.get("checksums", "{}")))
+        for name, digest in checksums.items():
+            path = os.path.join(self.directory, name)
+            if not os.path.isfile(path):
+                return f"{name} is missing"
+            if atomic_io.file_sha256(path) != digest:
+                return f"{name} does not match its checksum"
+        try:
+            self.checkpoint.restore(self._prefix(epoch)).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            return f"TensorFlow cannot restore it: {str(error).splitlines()[0][:120]}"
+        if int(self.epoch.numpy()) != epoch:
+            return f"it holds epoch {int(self.epoch.numpy())}"
+        self._state = state
+        return None
+
+    def _use(self, epoch: int) -> None:
+        """Takes epoch `epoch`'s state (restored by `_damage`); drops the newer, damaged
+        epochs and points the checkpoint index at the intact ones."""
+        self.history = json.loads(str(self._state["history"]))
+        for selection in self.selections:
+            selection.set_state(dict(self._state))
+            selection.prune()  # a crash may have come between a save and its prune
+        for newer in [e for e in saved_epochs(self.directory) if e > epoch]:
+            for path in glob.glob(self._prefix(newer) + ".*") + [self._state_path(newer)]:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        kept = [self._prefix(e) for e in sorted(saved_epochs(self.directory))]
+        tf.compat.v1.train.update_checkpoint_state(self.directory, self._prefix(epoch),
+                                                   all_model_checkpoint_paths=kept)
+        self.manager = self._manager()
+
+    # ------------------------------------------------------------ save
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             column = self.history.setdefault(key, [None] * epoch)
             column.extend([None] * (epoch - len(column)))
             column.append(float(value))
-        state = {"history": np.asarray(json.dumps(self.history))}
+        self.epoch.assign(epoch + 1)
+        prefix = self.manager.save(checkpoint_number=epoch + 1)
+        files = sorted(glob.glob(glob.escape(prefix) + ".*"))
+        checksums = {os.path.basename(f): atomic_io.file_sha256(f) for f in files}
+        state = {"history": np.asarray(json.dumps(self.history)),
+                 "checksums": np.asarray(json.dumps(checksums))}
         for selection in self.selections:
             state.update(selection.get_state())
         with atomic_io.open_atomic(self._state_path(epoch + 1), "wb") as f:
             np.savez(f, **state)
-        self.epoch.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
         self._drop_old_states()
         for selection in self.selections:
             selection.prune()
+
+    def _prefix(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"ckpt-{epoch}")
 
     def _state_path(self, epoch: int) -> str:
         return os.path.join(self.directory, f"state-{epoch}.npz")
@@ -124,6 +198,20 @@ class RunState(keras.callbacks.Callback):
             number = int(re.search(r"state-(\d+)\.npz$", path).group(1))
             if number not in kept:
                 os.remove(path)
+
+
+def saved_epochs(directory: str) -> list[int]:
+    """The epochs with a checkpoint (a ckpt-E.index file) in `directory`, any state."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index")):
+        match = re.search(r"ckpt-(\d+)\.index$", path)
+        if match:
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(map(str, epochs))
 
 
 class WarmUp(keras.callbacks.Callback):

@@ -3,7 +3,8 @@
 The exported SavedModel (tag set `serve`) has this stable interface; docs/serving.md shows
 how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
 
-`serving_default` (the signature TensorFlow Serving uses when a request names none)
+`serving_default` (the signature TensorFlow Serving uses when a request names none; an
+empty batch gets empty outputs on both signatures)
     in:  `images`         `input_dtype` [batch, *input_shape]: raw inputs, uint8 0..255
                           images [batch, H, W, C] or float32 feature vectors [batch, D]
     out: `probabilities`  float32 [batch, K]: softmax over the K classes
@@ -102,8 +103,13 @@ def export_saved_model(networks, path: str | os.PathLike, *,
     names = tf.constant(names)
 
     def outputs_of(x):
-        logits = tf.add_n([tf.cast(net(x, training=False)[0], tf.float32)
-                           for net in networks]) / len(networks)
+        def mean_logits():
+            return tf.add_n([tf.cast(net(x, training=False)[0], tf.float32)
+                             for net in networks]) / len(networks)
+
+        # An empty batch gets empty outputs (the networks' layers may not take zero rows).
+        logits = tf.cond(tf.shape(x)[0] > 0, mean_logits,
+                         lambda: tf.zeros([0, num_classes], tf.float32))
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,

@@ -7,9 +7,11 @@
   RUN/checkpoints/selected/  weights of the lowest-CLID epochs (clid_tf.evaluation.selection)
   RUN/tensorboard/       event files
   RUN/saved_model/       the exported SavedModel
-  RUN/audit.csv          the label audit
+  RUN/audit.csv          the label audit, ranked; RUN/audit.json its summary
+  RUN/.lock              the writer's lock (`clid_tf.runs.lock`)
 
-The training CLI, resume and the audit read and write runs only through `RunFolder`.
+The training CLI, resume and the audit read and write runs only through `RunFolder`, and
+only while they hold the folder's lock (`lock`, or `create` for a new run).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from clid_tf import atomic_io
+from clid_tf.runs import lock as run_lock
 
 # What a run writes into its folder (a --resume start may find these, and only these).
 RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboard",
-             "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv"}
+             "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv", "audit.json",
+             run_lock.LOCK_NAME}
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
                    "audit_folds")
@@ -43,6 +47,8 @@ class RunFolder:
     def __init__(self, path: str):
         self.path = os.path.normpath(os.path.expanduser(path))  # no shell expands '--workdir=~/x'
         self._created = None  # the outermost folder `create` made, removed on a failed start
+        self._before: set[str] = set()  # what the folder held before this process wrote
+        self._lock = run_lock.RunLock(self.path)
 
     def join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -75,9 +81,36 @@ class RunFolder:
     def audit_csv(self) -> str:
         return self.join("audit.csv")
 
+    @property
+    def audit_json(self) -> str:
+        return self.join("audit.json")
+
     # ------------------------------------------------------------ state of the folder
     def has_checkpoint(self) -> bool:
-        return os.path.exists(self.join("checkpoints", "checkpoint"))
+        """Whether any epoch checkpoint was written (intact or not)."""
+        return any(re.fullmatch(r"ckpt-\d+\.index", name) for name in _listing(self.checkpoints))
+
+    def last_epoch(self) -> int | None:
+        """The newest epoch whose state file (written last) exists, or None."""
+        found = [int(m.group(1)) for m in (re.fullmatch(r"state-(\d+)\.npz", name)
+                                            for name in _listing(self.checkpoints)) if m]
+        return max(found) if found else None
+
+    def remove_temporary_files(self) -> list[str]:
+        """Deletes what an interrupted write leaves ('*.tmp' files and folders,
+        TensorFlow's '*_temp' checkpoint folders); returns their paths."""
+        removed = []
+        for folder, names, files in os.walk(self.path):
+            for name in [*names, *files]:
+                if name.endswith(".tmp") or re.search(r"_temp(_\w+)?$", name):
+                    target = os.path.join(folder, name)
+                    if os.path.isdir(target):
+                        shutil.rmtree(target, ignore_errors=True)
+                    elif os.path.exists(target):
+                        with contextlib.suppress(OSError):
+                            os.remove(target)
+                    removed.append(target)
+        return removed
 
     def checkpoint_paths(self) -> list[str]:
         """The epoch checkpoints' prefixes ('.../ckpt-E'), by epoch; FolderError if none."""
@@ -90,26 +123,51 @@ class RunFolder:
     def is_complete(self) -> bool:
         return os.path.exists(self.results_path)
 
+    def is_started(self) -> bool:
+        """Whether a run was started here (its flags.cfg is written before anything else
+        of the run's)."""
+        return os.path.isfile(self.flags_path)
+
+    def lock(self) -> None:
+        """Takes the folder's writer lock (FolderError naming the holder when another
+        process has it); the folder must exist."""
+        if not os.path.isdir(self.path):
+            raise FolderError(f"{self.path} is not a folder")
+        try:
+            self._lock.acquire()
+        except run_lock.LockedError as error:
+            raise FolderError(str(error)) from None
+        except OSError as error:
+            raise FolderError(f"workdir {self.path} cannot be written: "
+                              f"{error.strerror}") from error
+        self._before = set(os.listdir(self.path))
+
     def create(self, *, allow_partial: bool = False) -> None:
-        """Makes the folder for a new run; refuses one that holds files (an earlier run)
-        unless `allow_partial` (--resume of a run that died before its first checkpoint).
-        Proves it can be written."""
+        """Makes and locks the folder for a new run; refuses one that holds files (an
+        earlier run) unless `allow_partial` (--resume of a run that died before it wrote
+        its flags). Proves it can be written."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise FolderError(f"workdir {self.path} exists and is not a folder")
-        held = os.listdir(self.path) if os.path.isdir(self.path) else []
-        if held and not allow_partial:
-            raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
-                              "choose a new --workdir, or pass --resume to continue it")
-        if held and not set(held) <= RUN_FILES:
-            # --resume continues a run that died before its first checkpoint; a folder
-            # with anything else in it is not such a run and is left alone.
-            raise FolderError(f"workdir {self.path} holds files that are not a training "
-                              f"run's ({', '.join(sorted(set(held) - RUN_FILES)[:3])}); "
-                              "choose a new --workdir")
-        self._before = set(held)
         self._created = _outermost_missing(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
+        except OSError as error:
+            raise FolderError(f"workdir {self.path} cannot be written: "
+                              f"{error.strerror}") from error
+        self.lock()  # before anything is read or written: one writer at a time
+        held = set(os.listdir(self.path)) - {run_lock.LOCK_NAME}
+        if held and not held <= RUN_FILES:
+            # --resume continues a run that died before it wrote its flags; a folder
+            # with anything else in it is not such a run and is left alone.
+            self.release()
+            raise FolderError(f"workdir {self.path} holds files that are not a training "
+                              f"run's ({', '.join(sorted(held - RUN_FILES)[:3])}); "
+                              "choose a new --workdir")
+        if held and not allow_partial:
+            self.release()
+            raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
+                              "choose a new --workdir, or pass --resume to continue it")
+        try:
             probe = self.join(".write_test")
             with open(probe, "w") as f:
                 f.write("ok")
@@ -117,6 +175,11 @@ class RunFolder:
         except OSError as error:
             raise FolderError(f"workdir {self.path} cannot be written: "
                               f"{error.strerror}") from error
+
+    def release(self) -> None:
+        """Releases the folder's lock; a lock file this process made in a folder that
+        holds no run (a refused folder) is removed with it."""
+        self._lock.release(remove=not self.is_started())
 
     @contextlib.contextmanager
     def removed_on_failure(self) -> Iterator[None]:
@@ -179,17 +242,47 @@ class RunFolder:
         with atomic_io.open_atomic(self.join("split.npz"), "wb") as f:
             np.savez(f, **arrays)
 
-    def check_split(self, arrays: dict[str, np.ndarray]) -> None:
-        """The saved split equals `arrays` (same data, noise and seed as the saved run)."""
-        if not os.path.isfile(self.join("split.npz")):
+    def has_split(self) -> bool:
+        return os.path.isfile(self.join("split.npz"))
+
+    def check_split(self, arrays: dict[str, np.ndarray], *,
+                    action: str = "resume") -> list[str]:
+        """The saved split equals `arrays`: the same inputs (their fingerprints), labels,
+        noise and samples as the saved run; FolderError naming the first difference. A
+        fingerprint the saved split lacks (a run from before fingerprints) is not
+        compared. Image files whose size or time changed (a corrupt file replaced) do not
+        stop the resume: the returned note lines name them."""
+        if not self.has_split():
             raise FolderError(f"{self.path} has no split.npz: the run never started training")
-        with np.load(self.join("split.npz")) as saved:
-            for key, value in arrays.items():
-                if key not in saved or not np.array_equal(saved[key], value):
-                    raise FolderError(f"cannot resume: the {key.replace('_', ' ')} differ "
-                                      "from the checkpointed run (data or code changed)")
+        try:
+            with np.load(self.join("split.npz")) as saved:
+                saved = dict(saved)
+        except (OSError, ValueError, EOFError) as error:
+            raise FolderError(f"cannot {action} {self.path}: its split.npz is unreadable "
+                              f"({error}); start a new run") from error
+        gone = [k for k in saved if k.startswith("fingerprint_") and k not in arrays]
+        notes = []
+        for key in [*arrays, *gone]:
+            if key.startswith("filestats_"):
+                split = key.split("_", 1)[1]
+                notes += _changed_files(split, saved.get(key), arrays[key],
+                                        arrays.get(f"filenames_{split}"))
+                continue
+            if key.startswith("filenames_"):  # names for the note; fingerprinted anyway
+                continue
+            if key not in saved and key.startswith("fingerprint_"):
+                continue
+            if key not in saved or key not in arrays or not np.array_equal(saved[key],
+                                                                           arrays[key]):
+                raise FolderError(f"cannot {action} {self.path}: {_CHANGED.get(key, key)} "
+                                  "since the run started; start a new run (or restore "
+                                  "the data)")
+        return notes
 
     # ------------------------------------------------------------ results
+    def write_audit(self, summary: dict) -> None:
+        atomic_io.write_json(self.audit_json, summary)
+
     def write_results(self, results: dict) -> None:
         atomic_io.write_json(self.results_path, results)
 
@@ -198,8 +291,13 @@ class RunFolder:
             return json.load(f)
 
     def merge_results(self, key: str, value) -> None:
-        """results.json[key] = value, keeping the rest (a missing file starts empty)."""
-        results = self.read_results() if self.is_complete() else {}
+        """results.json[key] = value of a finished run, keeping the rest (atomic; the
+        caller holds the lock). FolderError for an unfinished run: its results.json is the
+        training's to write."""
+        if not self.is_complete():
+            raise FolderError(f"the run in {self.path} has not finished: results.json is "
+                              "written when it does")
+        results = self.read_results()
         results[key] = value
         self.write_results(results)
 
@@ -243,6 +341,52 @@ def flag_lines(text: str, *, names: set[str]) -> dict[str, str]:
         if name in names:
             found[name] = line
     return found
+
+
+# What differs when a split.npz entry does (resume's refusal says it).
+_CHANGED = {
+    "noisy_labels": "the noisy training labels differ (the labels, --noise or --seed changed)",
+    "train_indices": "the training samples differ (another split or --val_split)",
+    "meta_indices": "the meta set differs",
+    "meta_indices_net2": "the second network's meta set differs",
+    "val_indices": "the held-out samples differ",
+    **{f"fingerprint_{split}_{part}": f"the {name} {what} changed"
+       for split, name in (("train", "training"), ("val", "validation"), ("test", "test"))
+       for part, what in (("inputs", "inputs"), ("labels", "labels"))},
+}
+
+
+def input_fingerprints(dataset) -> dict[str, np.ndarray]:
+    """What split.npz keeps of each split of a `datasets.Dataset` so that a resume on
+    changed data is refused by name: fingerprint_<split>_inputs (array contents; file
+    names and decoding) and fingerprint_<split>_labels, and for image files
+    filestats_<split> (each file's size and time, int64 [N, 2])."""
+    from clid_tf.data import inputs as inputs_lib  # pylint: disable=import-outside-toplevel
+    found = {}
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        if split is None:
+            continue
+        found[f"fingerprint_{name}_inputs"] = np.array(split.inputs.fingerprint())
+        found[f"fingerprint_{name}_labels"] = np.array(
+            inputs_lib.array_fingerprint(np.asarray(split.labels)))
+        if hasattr(split.inputs, "file_stats"):
+            found[f"filestats_{name}"] = split.inputs.file_stats()
+            found[f"filenames_{name}"] = split.inputs.names()
+    return found
+
+
+def _changed_files(split: str, saved, now: np.ndarray, names) -> list[str]:
+    """The note naming the image files of one split whose size or time changed."""
+    if saved is None or saved.shape != now.shape:
+        return []
+    changed = np.flatnonzero(np.any(saved != now, axis=1))
+    if not changed.size:
+        return []
+    shown = [str(names[i]) if names is not None else f"#{i}" for i in changed[:3]]
+    more = ", ..." if changed.size > 3 else ""
+    return [f"note: {changed.size} {split} image file(s) changed since the run started "
+            f"({', '.join(shown)}{more}): resuming with the files as they are now"]
 
 
 def split_arrays(noisy_labels: np.ndarray, train_indices: np.ndarray,

@@ -262,6 +262,7 @@ def test_a_workdir_without_flags_or_checkpoints_is_one_error_line(audited_runs, 
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert "Traceback" not in err and out == ""
+    assert os.listdir(no_flags) == []  # the refused audit left no lock file behind
 
 
 def test_out_of_sample_audit_of_a_clid_run(audited_runs, tmp_path):

@@ -182,7 +182,7 @@ def test_audit_and_benchmark_help_exit_0():
     assert audit.returncode == 0, audit.stderr[-2000:]
     entries = _entries(audit.stdout)
     assert list(entries)[:2] == ["workdir", "audit_folds"]
-    assert "finished training run (required)" in entries["workdir"]
+    assert "The folder of a training run (required)" in entries["workdir"]
     assert "method" in entries and "resume" not in entries
     bench = subprocess.run([sys.executable, "tools/bench_accuracy.py", "--help"], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)

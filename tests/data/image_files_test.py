@@ -178,6 +178,20 @@ def test_list_errors_name_the_file_and_line(tmp_path):
     checks.assert_one_line(err, 'not UTF-8')
 
 
+def test_a_file_listed_twice_needs_one_label(tmp_path, capsys):
+    for name in ('a.png', 'b.png'):
+        images.write_image(tmp_path / name, images.pixels(0))
+    checks.assert_one_line(_list_error(tmp_path, 'a.png 0\nb.png 1\n./a.png 1\n'), 'line 3',
+                           "a.png is listed with two labels, '0' (line 1) and '1'")
+    files = image_files.read_list(_list(tmp_path, 'a.png 0\nb.png 1\na.png 0\n'),
+                                  root=tmp_path)
+    assert len(files.paths) == 3  # counted twice, as listed
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith('warning: list file') and \
+        '1 line(s) repeat a file with the same label' in out[0] and \
+        'line 3 repeats line 1' in out[0], out
+
+
 def test_missing_listed_files_are_counted(tmp_path):
     images.write_image(tmp_path / 'a.png', images.pixels(0))
     text = 'a.png 0\n' + ''.join(f'gone/{i}.png 1\n' for i in range(5))

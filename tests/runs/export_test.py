@@ -269,3 +269,14 @@ def test_flat_feature_model(tmp_path):
     np.testing.assert_array_equal(out["class_ids"].numpy(), want.argmax(axis=1))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected shape \[\?,5\]"):
         signatures["serving_default"](images=tf.zeros((2, 4)))
+
+
+def test_an_empty_batch_gets_empty_outputs_on_both_signatures(loaded):
+    """Zero rows in, zero rows out with the outputs' dtypes and widths (the small CNN's
+    BatchNorm would fail on zero rows)."""
+    for key, inputs in (("serving_default", {"images": tf.zeros([0, *SHAPE], tf.uint8)}),
+                        ("serving_bytes", {"image_bytes": tf.zeros([0], tf.string)})):
+        out = loaded.signatures[key](**inputs)
+        assert out["probabilities"].shape == (0, 10) and out["probabilities"].dtype == tf.float32
+        assert out["class_ids"].shape == (0,) and out["class_ids"].dtype == tf.int64
+        assert out["class_names"].shape == (0,) and out["class_names"].dtype == tf.string

@@ -58,6 +58,14 @@ def load(path: str | os.PathLike) -> datasets.Dataset:
                                    f'y_train has {labels["train"].shape}')
     for split in splits:
         _check_npz_split(path, split, arrays[f'x_{split}'], labels[split])
+    if 'class_names' not in arrays:
+        top = int(labels['train'].max())
+        for split in splits[1:]:
+            if labels[split].max() > top:
+                raise _npz_error(path, f'y_{split} has label {labels[split].max()}, above every '
+                                       f'training label (y_train uses 0..{top}): a class with '
+                                       f'no training sample cannot be learnt; fix y_{split}, '
+                                       'or give class_names')
     xs = _npz_features(path, {split: arrays[f'x_{split}'] for split in splits})
     class_names = _npz_class_names(
         path, arrays.get('class_names'),
@@ -184,6 +192,13 @@ def _to_uint8_images(path: str, xs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     low = min(x.min() for x in xs.values())
     high = max(x.max() for x in xs.values())
     is_float = any(x.dtype.kind == 'f' for x in xs.values())
+    scales = {split: 'in [0, 1]' if x.dtype.kind == 'f' and x.max() <= 1.0 else 'in [0, 255]'
+              for split, x in xs.items()}
+    if len(set(scales.values())) > 1:
+        unit = next(s for s, v in scales.items() if v == 'in [0, 1]')
+        pixel = next(s for s, v in scales.items() if v == 'in [0, 255]')
+        raise _npz_error(path, f'x_{unit} is {scales[unit]} but x_{pixel} {scales[pixel]}: '
+                               'save every split on one pixel scale')
     scale = 255.0 if is_float and high <= 1.0 else 1.0
     if low < 0 or high > 255:
         raise _npz_error(path, f'image pixels must lie in [0, 1] or [0, 255], '

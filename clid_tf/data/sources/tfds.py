@@ -34,6 +34,7 @@ import numpy as np
 
 from clid_tf.data import datasets
 from clid_tf.errors import DataError
+from clid_tf.data import inputs as inputs_lib
 from clid_tf.data.inputs import ArrayInputs, Inputs, decode_image
 
 # TFDS split name -> ours.
@@ -105,7 +106,8 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
             records = builder.as_data_source(
                     split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
             source = TfdsInputs(records, info.features, image_key=image_key,
-                                element_shape=shape, image_size=image_size)
+                                element_shape=shape, image_size=image_size,
+                                files=_shard_files(info, split))
             labels = source.read_labels(label_key)
         else:
             source, labels = _read_into_memory(builder, name, split, image_key, label_key,
@@ -135,8 +137,10 @@ class TfdsInputs:
     """
 
     def __init__(self, records: Any, features: Any, *, image_key: str,
-                 element_shape: Sequence[int], image_size: int | None):
+                 element_shape: Sequence[int], image_size: int | None,
+                 files: Sequence[str] = ()):
         self.records = records
+        self.files = list(files)  # the split's shard files (the fingerprint)
         self.features = features
         self.image_key = image_key
         self.element_shape = tuple(int(d) for d in element_shape)
@@ -148,6 +152,11 @@ class TfdsInputs:
 
     def names(self) -> None:
         return None
+
+    def fingerprint(self) -> str:
+        return inputs_lib.files_fingerprint(
+            self.files, [os.path.basename(f) for f in self.files],
+            extra=(len(self), self.element_shape, self.image_size))
 
     def _fetch(self, ids: np.ndarray) -> np.ndarray:
         """object [b] serialized examples at the int64 [b] indices."""
@@ -360,3 +369,11 @@ class TfdsSource:
 
 
 SOURCES = (TfdsSource(),)
+
+
+def _shard_files(info, split: str) -> list[str]:
+    """The split's data files (for the inputs' fingerprint); [] when TFDS does not say."""
+    try:
+        return [os.fspath(p) for p in info.splits[split].filepaths]
+    except Exception:  # pylint: disable=broad-except  # older TFDS: no filepaths
+        return []

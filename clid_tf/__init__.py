@@ -33,6 +33,7 @@ _EXPORTS = {
     "find_label_issues": "clid_tf.evaluation.label_issues",
     "rank_label_issues": "clid_tf.evaluation.label_issues",
     "LabelIssues": "clid_tf.evaluation.label_issues",
+    "plot_label_issues": "clid_tf.evaluation.audit_sheet",
     "as_classifier": "clid_tf.models.user_models",
     "export_saved_model": "clid_tf.runs.export",
 }

@@ -17,6 +17,10 @@ afterwards finishes normally). `--audit` on a training run does the same after t
 from __future__ import annotations
 
 import os
+import time
+
+import numpy as np
+
 from clid_tf.cli import checks
 from clid_tf.cli.flags import AUDIT_GROUPS, AUDIT_HELP, FLAGS
 from clid_tf.cli.parsing import fail, parse_flags
@@ -86,9 +90,11 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     rows = label_issues.table(names, scores, given, class_names=setup.dataset.class_names,
                               clean=clean)
     label_issues.write_csv(folder.audit_csv, rows)
+    order = label_issues.rank_by_suspicion(label_issues.suspicion_scores(scores.probs, given))
+    pictures = write_pictures(folder, setup, rows, idx[order], show=flags.audit_show)
     found = {**label_issues.metrics(scores.probs, given, clean), "folds": folds,
              "has_meta_net": scores.weights is not None, "csv": folder.audit_csv,
-             "run_finished": folder.is_complete()}
+             "run_finished": folder.is_complete(), **pictures}
     if not folds:
         found["epochs"] = [run_folder.checkpoint_epoch(p) for p in
                            folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:]]
@@ -98,6 +104,49 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     write_scalars(os.path.join(folder.tensorboard, "audit"), found)
     print(summary(found))
     return found
+
+
+def write_pictures(folder: run_folder.RunFolder, setup, rows: list[dict],
+                   ranked: np.ndarray, *, show: int) -> dict:
+    """audit.png (the `show` most suspicious samples; a table for feature vectors),
+    audit_classes.png and audit_confusion.png, and the same under tensorboard/audit. Reads
+    only the images it shows. Returns {'pictures': [paths], 'pictures_seconds': s}."""
+    if not show or not rows:
+        return {"pictures": []}
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from clid_tf.data.inputs import read_numpy
+    from clid_tf.evaluation import audit_sheet
+    from clid_tf.runs import tb_views
+    started = time.time()
+    inputs = setup.dataset.train.inputs
+    paths = folder.audit_pictures
+
+    def images_of(picked):  # source indices of audit rows: rank r is ranked[r - 1]
+        return read_numpy(inputs, [int(ranked[row["rank"] - 1]) for row in picked])
+
+    shown = rows[:show]
+    title = f"the {len(shown)} most suspicious of {len(rows)} training labels"
+    figures = {}
+    if len(inputs.element_shape) == 3:
+        figures["sheet"] = audit_sheet.contact_sheet(images_of(shown), shown, title=title)
+        figures["classes"] = audit_sheet.class_sheet(images_of, rows)
+    else:
+        figures["sheet"] = audit_sheet.table_sheet(shown, title=title)
+    figures["confusion"] = audit_sheet.confusion_figure(rows, setup.dataset.class_names)
+    written = []
+    writer = tf.summary.create_file_writer(os.path.join(folder.tensorboard, "audit"))
+    with writer.as_default():
+        for name, figure in figures.items():
+            if figure is None:  # nothing flagged: no class sheet (nor a stale one)
+                if os.path.exists(paths[name]):
+                    os.remove(paths[name])
+                continue
+            audit_sheet.save(figure, paths[name])
+            written.append(paths[name])
+            tf.summary.image(f"audit/{name}", tb_views.figure_to_image(figure)[None], step=0)
+    writer.close()
+    return {"pictures": written, "pictures_seconds": round(time.time() - started, 2)}
 
 
 def write_scalars(logdir: str, found: dict) -> None:
@@ -124,6 +173,8 @@ def summary(found: dict) -> str:
                  f"precision {_fmt(found['precision'])}, recall {_fmt(found['recall'])}, "
                  f"ROC AUC {_fmt(found['roc_auc'])}.")
     text += f" Ranked samples: {found['csv']}"
+    if found.get("pictures"):
+        text += f"; the most suspicious as pictures: {found['pictures'][0]}"
     if not found["run_finished"]:
         text += (" The run has not finished: this audit is in audit.json, and results.json "
                  "is left to the training (--resume continues it).")

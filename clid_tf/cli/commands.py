@@ -153,7 +153,12 @@ def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = 
     line = (f"look at it: tensorboard --logdir {quote(folder.tensorboard)} ; "
             f"cat {quote(folder.results_path)}")
     if audited:
-        return f"{line} ; head {quote(folder.audit_csv)}"
+        line = f"{line} ; head {quote(folder.audit_csv)}"
+        sheet = folder.audit_pictures["sheet"]
+        if os.path.exists(sheet):
+            viewer = "open" if sys.platform == "darwin" else "xdg-open"
+            line = f"{line} ; {viewer} {quote(sheet)}"
+        return line
     return line + (f" ; python -m clid_tf.audit --workdir={quote(folder.path)}"
                    if auditable else "")
 

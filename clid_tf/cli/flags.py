@@ -53,8 +53,8 @@ def define_flags() -> None:
                       "checkpoint (start it if the folder is new or empty). Rerun the same "
                       "command after a crash or kill.")
     flags.DEFINE_bool("audit", False, "After training, rank the training labels by "
-                      "suspicion (clid_tf.audit): audit.csv, results.json['audit'] and "
-                      "tensorboard/audit.")
+                      "suspicion (clid_tf.audit): audit.csv, audit.png, results.json['audit'] "
+                      "and tensorboard/audit.")
     flags.DEFINE_integer("audit_folds", 5, "Label audit: K-fold cross-fitting, each fold "
                          "trained with this run's settings and scored out of sample; 0 "
                          "scores in sample with the run's own last checkpoints.",
@@ -62,6 +62,8 @@ def define_flags() -> None:
     flags.register_validator("audit_folds", lambda k: k != 1, message="--audit_folds=1 "
                              "cannot cross-fit (each fold is scored by a model trained on the "
                              "others): use 0 (in sample) or 2 or more")
+    flags.DEFINE_integer("audit_show", 64, "Label audit: the most suspicious samples shown on "
+                         "audit.png (and the other pictures); 0 draws none.", lower_bound=0)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
                       "gives identical weights and results (slower on GPU).")
     # ---- data and noise
@@ -367,7 +369,7 @@ def _registered(flag: str, known, *, allow_none: bool = False):
 # (cli_test fails when a flag defined above is in none).
 HELP_GROUPS = (
     ("run and output", ("workdir", "seed", "verbose", "export", "resume", "audit",
-                        "audit_folds", "deterministic")),
+                        "audit_folds", "audit_show", "deterministic")),
     ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
                         "class_names_file", "image_size", "resize_shorter", "standardize",
                         "noise", "noise_rate", "val_split", "augment", "augment_flip",
@@ -391,7 +393,7 @@ HELP_GROUPS = (
     ("distribution and speed", ("strategy", "jit_compile", "mixed_precision",
                                 "eval_batch_size")),
 )
-AUDIT_OWN = ("workdir", "audit_folds")
+AUDIT_OWN = ("workdir", "audit_folds", "audit_show")
 # `python -m clid_tf.audit --help`: its own flags, then the run's that matter to it (they
 # override RUN/flags.cfg; --resume, --audit and --export are accepted and ignored).
 AUDIT_GROUPS = (("audit", AUDIT_OWN), *(
@@ -399,7 +401,7 @@ AUDIT_GROUPS = (("audit", AUDIT_OWN), *(
      tuple(n for n in group if n not in (*AUDIT_OWN, "resume", "audit", "export")))
     for title, group in HELP_GROUPS))
 AUDIT_HELP = {"workdir": "The folder of a training run (required): its flags.cfg, split.npz "
-                         "and checkpoints are read; audit.csv, audit.json (and "
+                         "and checkpoints are read; audit.csv, audit.json, audit.png (and "
                          "results.json['audit'] of a finished run) and tensorboard/audit are "
                          "written."}
 

@@ -8,6 +8,7 @@
   RUN/tensorboard/       event files
   RUN/saved_model/       the exported SavedModel
   RUN/audit.csv          the label audit, ranked; RUN/audit.json its summary
+  RUN/audit.png          the most suspicious samples (audit_classes.png, audit_confusion.png)
   RUN/.lock              the writer's lock (`clid_tf.runs.lock`)
 
 The training CLI, resume and the audit read and write runs only through `RunFolder`, and
@@ -31,10 +32,10 @@ from clid_tf.runs import lock as run_lock
 # What a run writes into its folder (a --resume start may find these, and only these).
 RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboard",
              "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv", "audit.json",
-             run_lock.LOCK_NAME}
+             "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME}
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
-                   "audit_folds")
+                   "audit_folds", "audit_show")
 
 
 class FolderError(Exception):
@@ -84,6 +85,13 @@ class RunFolder:
     @property
     def audit_json(self) -> str:
         return self.join("audit.json")
+
+    @property
+    def audit_pictures(self) -> dict[str, str]:
+        """The audit's pictures: sheet (the most suspicious samples), classes (the most
+        confused class pairs beside their least suspicious samples), confusion."""
+        return {"sheet": self.join("audit.png"), "classes": self.join("audit_classes.png"),
+                "confusion": self.join("audit_confusion.png")}
 
     # ------------------------------------------------------------ state of the folder
     def has_checkpoint(self) -> bool:

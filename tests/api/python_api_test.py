@@ -8,6 +8,7 @@ import sys
 
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -157,6 +158,8 @@ def test_every_readme_python_block_runs_in_order(tmp_path, monkeypatch):
     assert summary["selected_epoch"] > 5  # an epoch with meta steps, after WarmUp(5)
     assert isinstance(namespace["reloaded"], clid_tf.MetaReweightModel)
     assert len(namespace["issues"].ranked) == len(namespace["y_train"])
+    with Image.open(tmp_path / "suspects.png") as sheet:
+        assert sheet.size[0] == 8 * (96 + 8)  # 8 columns of 8x8 digits upscaled 12x
     assert namespace["out"]["probabilities"].shape == (4, 10)
 
 

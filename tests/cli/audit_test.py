@@ -15,6 +15,7 @@ import pytest
 from clid_tf.evaluation import label_issues as audit
 from clid_tf.runs import folder as run_folder
 from tests.helpers import ROOT
+from tests.helpers import cli as cli_helpers
 
 NUM_DIGITS_TRAIN = 1437
 
@@ -198,7 +199,8 @@ def _scalar_tags(event_dir):
     for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
     return tags
 
 
@@ -235,6 +237,11 @@ def test_audit_of_a_clid_run(audited_runs):
     for name in ("precision", "recall", "roc_auc", "estimated_noise_rate"):
         step, value = tags[f"audit/{name}"]
         assert step == 0 and value == pytest.approx(metrics[name], rel=1e-6)
+    # digits are 8x8 images: the pictures are drawn, in the folder and in TensorBoard
+    assert metrics["pictures"] == [os.path.join(workdir, name) for name in
+                                   ("audit.png", "audit_classes.png", "audit_confusion.png")]
+    pictures = cli_helpers.images(os.path.join(workdir, "tensorboard", "audit"))
+    assert sorted(pictures) == ["audit/classes", "audit/confusion", "audit/sheet"]
 
 
 def test_audit_of_a_ce_run_has_no_meta_weights(audited_runs):

@@ -14,6 +14,9 @@ from PIL import Image
 
 from clid_tf.data import sources
 from clid_tf.data.sources.digits import load_digits
+from clid_tf.evaluation import audit_sheet
+from clid_tf.runs.folder import RunFolder
+from tests.helpers import cli as cli_helpers
 from tests.helpers.cli import run_cli
 
 FAST = ["--epochs=3", "--warmup_epochs=1", "--meta_size=60", "--meta_batch_size=30",
@@ -75,6 +78,43 @@ def test_audit_csv_names_files_and_classes(folder_run):
     assert rows[0]["rank"] == "1" and float(rows[0]["suspicion"]) >= float(rows[-1]["suspicion"])
     audit = json.load(open(os.path.join(workdir, "results.json")))["audit"]
     assert audit["folds"] == 2 and audit["true_noise_rate"] is None  # no truth known
+
+
+def test_audit_pictures_show_the_ranked_files(folder, folder_run):
+    """audit.png: the 64 most suspicious PNGs in rank order (8x8 upscaled 12x), in the
+    run folder, in TensorBoard under audit/ and named by the look-at-it line."""
+    workdir, proc = folder_run
+    sheet = os.path.join(workdir, "audit.png")
+    with Image.open(sheet) as image:
+        image.verify()
+    with Image.open(sheet) as image:
+        width, height = image.size
+    tile = 8 * 12
+    assert width == 8 * (tile + 8)
+    assert height == 8 * (tile + audit_sheet.CAPTION) + 24  # 8 lines of 8 tiles, a title
+    audit = json.load(open(os.path.join(workdir, "results.json")))["audit"]
+    drawn = ["sheet", "confusion"] + (["classes"] if audit["num_flagged"] else [])
+    assert sorted(audit["pictures"]) == sorted(
+        RunFolder(workdir).audit_pictures[name] for name in drawn)
+    for path in audit["pictures"]:
+        with Image.open(path) as image:
+            image.verify()
+    assert audit["pictures"][0] == sheet and audit["pictures_seconds"] > 0
+    shown = cli_helpers.images(os.path.join(workdir, "tensorboard", "audit"))
+    assert set(shown) == {f"audit/{name}" for name in drawn}
+    assert shown["audit/sheet"][0].shape[:2] == (height, width)
+    look = [line for line in proc.stdout.splitlines() if line.startswith("look at it:")]
+    assert look and look[0].endswith(f"open {sheet}"), look
+    # The tiles' pixels are the CSV's first 64 files, read back from disk in rank order.
+    rows = audit_sheet.read_rows(os.path.join(workdir, "audit.csv"))[:64]
+    pixels = np.stack([np.asarray(Image.open(os.path.join(folder, r["sample"])))
+                       for r in rows])
+    drawn = np.asarray(Image.open(sheet).convert("L"), np.float32)
+    for k in (0, 9, 63):
+        line, column = divmod(k, 8)
+        top, left = 24 + line * (tile + audit_sheet.CAPTION), column * (tile + 8) + 4
+        block = drawn[top:top + tile, left:left + tile][6::12, 6::12]  # tile centres
+        np.testing.assert_allclose(block, pixels[k], atol=2)
 
 
 def test_ensemble_export_serves_the_kept_epochs_with_class_names(folder, folder_run):

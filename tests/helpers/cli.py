@@ -48,3 +48,18 @@ def scalars(event_dir):
                           else value.simple_value)
                 values.setdefault(value.tag, []).append((event.step, float(number)))
     return {tag: [v for _, v in sorted(pairs)] for tag, pairs in values.items()}
+
+
+def images(event_dir):
+    """tag -> decoded image summaries (uint8 [H, W, C]) in step order, over every event file."""
+    found = {}
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "images":
+                    continue
+                encoded = tf.make_ndarray(value.tensor)[2]  # [width, height, png]
+                found.setdefault(value.tag, []).append(
+                    (event.step, tf.io.decode_png(encoded).numpy()))
+    return {tag: [image for _, image in sorted(pairs, key=lambda p: p[0])]
+            for tag, pairs in found.items()}

@@ -356,11 +356,12 @@ CASES = {"two_writers": case_two_writers, "audit_then_resume": case_audit_then_r
          "empty_serving_batch": case_empty_serving_batch}
 
 
-def table(rows: list[tuple[str, Outcome]]) -> str:
+def table(rows: list[tuple[str, Outcome]], scratch: str) -> str:
+    """The rows as a markdown table, the scratch folder's path written as SCRATCH."""
     lines = ["| case | exit | s | last line | left in the run folder |",
              "|---|---:|---:|---|---|"]
     for name, outcome in rows:
-        text = outcome.message.replace("|", "\\|")
+        text = outcome.message.replace(scratch, "SCRATCH").replace("|", "\\|")
         lines.append(f"| {name} | {outcome.exit_code} | {outcome.seconds} | {text} | "
                      f"{outcome.left} |")
     return "\n".join(lines)
@@ -380,7 +381,7 @@ def main(argv):
         for row in found:
             print(f"{row[0]}: exit {row[1].exit_code}: {row[1].message}", flush=True)
         rows.extend(found)
-    print(table(rows))
+    print(table(rows, scratch))
     with open(os.path.join(scratch, "faults.json"), "w") as f:
         json.dump([[name, *outcome] for name, outcome in rows], f, indent=1)
 

@@ -70,9 +70,11 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     """Audits the training labels of the run in `folder`; writes CSV, JSON and scalars.
 
     Returns:
-      The metrics dict also stored as results.json["audit"]: `label_issues.metrics` keys
-      plus folds, has_meta_net and csv.
+      The metrics dict also stored in audit.json (and results.json["audit"] of a finished
+      run): `label_issues.metrics` keys plus folds, has_meta_net, csv, run_finished,
+      pictures, pictures_seconds and seconds (the whole audit, pictures included).
     """
+    started = time.time()
     spec = flags.trainer_spec
     mode = "out_of_sample" if folds else "in_sample"
     if mode not in spec.audits:
@@ -98,6 +100,7 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     if not folds:
         found["epochs"] = [run_folder.checkpoint_epoch(p) for p in
                            folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:]]
+    found["seconds"] = round(time.time() - started, 2)
     folder.write_audit(found)
     if found["run_finished"]:
         folder.merge_results("audit", found)

@@ -88,7 +88,7 @@ def _tile_side(height: int, width: int) -> tuple[int, int]:
 def _caption(row: dict[str, Any]) -> str:
     name = os.path.basename(str(row["sample"])) or str(row["sample"])
     return (f"#{row['rank']} {_short(name, 18)}\ngiven {_short(row['given_label'])}\n"
-            f"pred {_short(row['predicted_label'])}  s={row['suspicion']:.2f}")
+            f"pred {_short(row['predicted_label'])}  s={row['suspicion']:.3f}")
 
 
 def _short(text: str, limit: int = 14) -> str:

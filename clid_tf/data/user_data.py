@@ -12,11 +12,12 @@ Sample weights s_i (with class weights, s_i = class_weight[y_i] * sample_weight_
 each sample's term of the training loss together with its meta weight: the loss is
 sum_i s_i w~_i CE_i for WNet (w~ the batch-normalised meta weights), mean_i s_i CE(omega_i
 z_i) for VRI and mean_i s_i CE_i without a meta-net; with uniform meta weights this is
-Keras' own mean of s_i CE_i. The meta objective (CLID) never reads labels nor weights.
+Keras' own mean of s_i CE_i. CLID, the meta objective, reads neither labels nor weights.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -105,8 +106,8 @@ def check_labels(y, num_classes: int, *, name: str = "y") -> np.ndarray:
 def check_sample_weights(sample_weight, class_weight, labels: np.ndarray
                          ) -> np.ndarray | None:
     """float32 [N] weights s_i = class_weight[y_i] * sample_weight_i, or None for none.
-    ValueError for a wrong length, negative or non-finite weights, or a class_weight that
-    misses a class present in the labels."""
+    ValueError for a wrong length, negative or non-finite weights, or a class_weight
+    with a key that is no class id."""
     weights = None
     if sample_weight is not None:
         weights = np.asarray(sample_weight, np.float64)
@@ -125,15 +126,15 @@ def check_sample_weights(sample_weight, class_weight, labels: np.ndarray
 
 
 def class_weight_table(class_weight: dict, num_classes: int) -> np.ndarray:
-    """float64 [K] weight per class from Keras' {class id: weight} dict (missing classes
-    are an error, as in Keras)."""
+    """float64 [K] weight per class from Keras' {class id: weight} dict; a class it does
+    not name weighs 1, as in Keras. ValueError for a key that is no class id."""
     if not isinstance(class_weight, dict):
         raise ValueError("class_weight must be a dict {class id: weight}")
-    missing = [c for c in range(num_classes) if c not in class_weight]
-    if missing:
-        raise ValueError(f"class_weight has no weight for class {missing[0]}; give one for "
-                         f"every class 0..{num_classes - 1}")
-    return np.array([float(class_weight[c]) for c in range(num_classes)])
+    wrong = [k for k in class_weight
+             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0]
+    if wrong:
+        raise ValueError(f"class_weight keys must be class ids 0..K-1, got {wrong[0]!r}")
+    return np.array([float(class_weight.get(c, 1.0)) for c in range(num_classes)])
 
 
 def labels_in_graph(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
@@ -210,18 +211,24 @@ def dataset_elements(dataset: tf.data.Dataset, num_classes: int,
     return dataset.map(element)
 
 
-def arrays_of(dataset: tf.data.Dataset, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def arrays_of(dataset: tf.data.Dataset, num_classes: int, *, with_weights: bool = False):
     """(inputs [N, ...], int32 labels [N]) of a user's whole Dataset, read once into memory
-    (the trainers that divide or index the training set every epoch need random access)."""
-    spec = dataset.element_spec
-    given = spec["image"] if isinstance(spec, dict) else spec[0]
+    (the trainers that divide or index the training set every epoch need random access);
+    `with_weights`: (inputs, labels, float32 sample weights [N] or None), else a Dataset
+    of (inputs, labels, weights) is refused."""
     batches = list(dataset_elements(dataset, num_classes).as_numpy_iterator())
-    if any("sample_weight" in b for b in batches[:1]):
+    weighted = any("sample_weight" in b for b in batches[:1])
+    if weighted and not with_weights:
         raise ValueError("this trainer takes no sample weights: give (inputs, labels) batches")
     inputs = np.concatenate([b["image"] for b in batches])
-    if getattr(given, "dtype", None) == tf.uint8:
+    if image_dtype_of(dataset) == tf.uint8:
         inputs = inputs.astype(np.uint8)  # exact: the float32 copies of uint8 values
-    return inputs, np.concatenate([b["label"] for b in batches]).astype(np.int32)
+    labels = np.concatenate([b["label"] for b in batches]).astype(np.int32)
+    if not with_weights:
+        return inputs, labels
+    weights = (np.concatenate([b["sample_weight"] for b in batches]).astype(np.float32)
+               if weighted else None)
+    return inputs, labels, weights
 
 
 def profile_of_array(x: np.ndarray) -> InputProfile:
@@ -230,13 +237,19 @@ def profile_of_array(x: np.ndarray) -> InputProfile:
                         float(np.max(x)) if x.size else 0.0)
 
 
-def profile_of_dataset(dataset: tf.data.Dataset) -> InputProfile:
-    """The profile of the first batch of {'image': ...} elements."""
+def profile_of_dataset(dataset: tf.data.Dataset, dtype: tf.DType) -> InputProfile:
+    """The profile of the first batch of {'image': ...} elements; `dtype` is the dtype of
+    the user's own images (before `dataset_elements` casts them)."""
     first = next(iter(dataset.take(1)))["image"].numpy()
-    spec = dataset.element_spec["image"]
     return InputProfile(tuple(int(d) for d in first.shape[1:]),
-                        "uint8" if spec.dtype == tf.uint8 else "float32",
-                        float(first.max()))
+                        "uint8" if dtype == tf.uint8 else "float32", float(first.max()))
+
+
+def image_dtype_of(dataset: tf.data.Dataset) -> tf.DType:
+    """The dtype of a user Dataset's images: (x, y[, w]) tuples or {'image': ...} dicts."""
+    spec = dataset.element_spec
+    spec = spec.get("image") if isinstance(spec, dict) else spec[0]
+    return getattr(spec, "dtype", tf.float32)
 
 
 # ---------------------------------------------------------------- validation
@@ -247,10 +260,9 @@ def split_validation(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {fraction}")
     n = len(x)
-    held = int(round(n * fraction))
-    if held == 0 or held == n:
+    keep = int(math.floor(n * (1.0 - fraction)))  # Keras' train_validation_split
+    if keep == 0 or keep == n:
         raise ValueError(f"validation_split={fraction} of {n} samples leaves an empty part")
-    keep = n - held
     validation = (x[keep:], y[keep:]) if weights is None else (x[keep:], y[keep:],
                                                                 weights[keep:])
     return (x[:keep], y[:keep], None if weights is None else weights[:keep]), validation
@@ -378,7 +390,7 @@ def _from_dataset(x: tf.data.Dataset, y, *, num_classes, meta_size, meta_batch_s
         raise ValueError("validation_split needs array inputs; for a Dataset, pass "
                          "validation_data")
     train = dataset_elements(x, num_classes, class_weight)
-    profile = profile_of_dataset(train)
+    profile = profile_of_dataset(train, image_dtype_of(x))
     if not with_meta:
         return UserData(pipelines.training_stream(train), None, None, validation, profile)
     if meta_x is None:

@@ -11,7 +11,7 @@ empty batch gets empty outputs on both signatures)
          `class_ids`      int64 [batch]: argmax of `probabilities`
          `class_names`    string [batch]: the name of each predicted class
 
-`serving_bytes` (only for images with 1, 3 or 4 channels)
+`serving_bytes` (images with 1, 3 or 4 channels, of a trained model or a uint8 backbone)
     in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
                           images, each decoded to [H, W, C] uint8 (and resized as the
                           training images were, for a model trained with --image_size),
@@ -126,7 +126,7 @@ def export_saved_model(networks, path: str | os.PathLike, *,
     archive.add_endpoint(
         SIGNATURE_KEY, serve,
         input_signature=[tf.TensorSpec([None, *input_shape], input_dtype, name=INPUT_NAME)])
-    if len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
+    if pixel_scale is not None and len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
 
         def serve_bytes(image_bytes):
             def decode_one(encoded):
@@ -188,7 +188,10 @@ def _what_to_export(networks, input_shape, input_dtype):
                              "0..255 pixels, 'float32' for floats), or pass the trained "
                              "model itself, which knows what it was trained on")
         input_dtype = tf.uint8 if len(input_shape) == 3 else tf.float32
-    return networks, input_shape, tf.as_dtype(input_dtype), 1.0
+    input_dtype = tf.as_dtype(input_dtype)
+    # Decoded PNG/JPEG pixels are 0..255: a bare backbone served float32 inputs may expect
+    # another range, which only a trained model knows, so it gets no bytes endpoint.
+    return networks, input_shape, input_dtype, (1.0 if input_dtype == tf.uint8 else None)
 
 
 def _built_here(network: keras.Model) -> bool:

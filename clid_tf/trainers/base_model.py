@@ -29,10 +29,29 @@ def meta_objective_of(meta_objective: str | Callable[..., tf.Tensor], *, tau: fl
                       name: str | None = None) -> tuple[Callable[..., tf.Tensor], str]:
     """(fn(features [n, d], logits [n, K], labels [n] or None) -> scalar, the name logged
     as `meta_<name>`): a named objective of `objectives.meta_objective` or a function."""
+    if isinstance(meta_objective, dict):  # a saved function (objective_config)
+        meta_objective = keras.saving.deserialize_keras_object(meta_objective)
     if isinstance(meta_objective, str):
         return objectives.meta_objective(meta_objective, tau=tau), name or meta_objective
     given = getattr(meta_objective, "__name__", "objective")
     return meta_objective, name or ("objective" if given == "<lambda>" else given)
+
+
+def objective_config(meta_objective) -> str | dict | None:
+    """What get_config saves of the `meta_objective` argument: its name, or a function
+    serialized by Keras (it loads if the function is registered with
+    `keras.saving.register_keras_serializable`)."""
+    if meta_objective is None or isinstance(meta_objective, (str, dict)):
+        return meta_objective
+    return keras.saving.serialize_keras_object(meta_objective)
+
+
+def objective_labels(meta_objective) -> str:
+    """What the named objective reads of the meta batch ('none', 'noisy' or 'clean';
+    `objectives.META_OBJECTIVE_LABELS`); a user's function gets no labels."""
+    if isinstance(meta_objective, str):
+        return objectives.META_OBJECTIVE_LABELS.get(meta_objective, "none")
+    return "none"
 
 
 def check_virtual_step(virtual_step: str) -> None:
@@ -196,12 +215,16 @@ class TrainerModel(keras.Model):
         """The compiled metrics (Keras' CompileMetrics), or [] for none."""
         compiled = getattr(self, "_compile_metrics", None)
         # pylint: disable-next=protected-access
-        given = None if compiled is None else compiled._user_metrics
+        given = None if compiled is None else (compiled._user_metrics
+                                                or compiled._user_weighted_metrics)
         return [compiled] if given else []
 
     def get_compile_config(self):
         """Both kinds of optimizers and the metrics, so `keras.models.load_model`
-        recompiles the model as it was (optimizer states are restored with the weights)."""
+        recompiles the model as it was (optimizer states are restored with the weights);
+        None before `compile` (the loaded model is then uncompiled too)."""
+        if not self.net_optimizers:
+            return None
         config = {"optimizers": [keras.saving.serialize_keras_object(o)
                                  for o in self.net_optimizers],
                   "meta_optimizers": [None if o is None else

@@ -102,6 +102,22 @@ def test_classes_are_registered_whichever_is_imported_first():
     assert done.stdout.strip().endswith("True"), done.stderr[-2000:]
 
 
+def test_an_uncompiled_model_and_a_renamed_objective_round_trip(tmp_path):
+    """An uncompiled model saves and loads uncompiled; a labelled objective under another
+    logged name keeps both its objective and its name, and trains (its meta batches carry
+    the labels it reads)."""
+    plain = clid_tf.MetaReweightModel(users.functional(0), clid_tf.WeightNet(seed=0))
+    plain.save(tmp_path / "plain.keras")
+    assert not keras.models.load_model(tmp_path / "plain.keras").compiled
+    model = _meta_model(meta_objective="ce_noisy", meta_objective_name="noisyce")
+    history = model.fit(X[:200], Y[:200], epochs=1, batch_size=50, meta_size=50, verbose=0)
+    assert "meta_noisyce" in history.history
+    model.save(tmp_path / "named.keras")
+    again = keras.models.load_model(tmp_path / "named.keras")
+    assert again.meta_objective_name == "noisyce"
+    assert again.get_config()["meta_objective"] == "ce_noisy"
+
+
 # ---------------------------------------------------------------- 2. mixed precision
 @pytest.fixture
 def mixed_float16():
@@ -261,7 +277,7 @@ REFUSED = [
     ("short labels", dict(y=Y[:-1]), "600 samples but y has 599"),
     ("short weights", dict(y=Y, sample_weight=np.ones(10)), "one weight per sample"),
     ("negative weights", dict(y=Y, sample_weight=-np.ones(len(X))), ">= 0"),
-    ("class weights missing a class", dict(y=Y, class_weight={0: 1.0}), "no weight for class 1"),
+    ("class weights keyed by name", dict(y=Y, class_weight={"cat": 1.0}), "class ids 0..K-1"),
     ("a split beside validation data", dict(y=Y, validation_split=0.1,
                                             validation_data=(X_TEST, Y[:64])), "not both"),
 ]

@@ -49,6 +49,26 @@ def test_sample_and_class_weights_multiply():
                                np.ones(4))
 
 
+def test_class_weights_and_validation_split_follow_keras_own_helpers():
+    """Against Keras 3's own code: a class the dict does not name weighs 1
+    (`class_weight_to_sample_weights`); the split point is Keras' floor rule
+    (`train_validation_split`), including where rounding would differ."""
+    # pylint: disable-next=import-outside-toplevel
+    from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    given = {0: 2.0, 3: 0.5}
+    np.testing.assert_allclose(user_data.check_sample_weights(None, given, labels),
+                               data_adapter_utils.class_weight_to_sample_weights(labels, given))
+    with pytest.raises(ValueError, match="class ids"):
+        user_data.check_sample_weights(None, {"cat": 1.0}, labels)
+    for n, fraction in ((10, 0.25), (7, 0.3), (600, 0.1), (5, 0.5), (9, 0.35)):
+        x = np.arange(n)[:, None]
+        (mine, *_), (held, *_) = user_data.split_validation(x, np.arange(n) % K, None, fraction)
+        (train,), (validation,) = array_slicing.train_validation_split((x,), fraction)
+        np.testing.assert_array_equal(mine, train)
+        np.testing.assert_array_equal(held, validation)
+
+
 def test_labels_in_graph_checks_every_batch():
     np.testing.assert_array_equal(user_data.labels_in_graph(tf.constant([[2], [0]]), K), [2, 0])
     np.testing.assert_array_equal(user_data.labels_in_graph(tf.eye(K)[1:3], K), [1, 2])
@@ -66,7 +86,7 @@ def test_validation_split_takes_the_last_part_before_any_shuffle():
     np.testing.assert_array_equal(vy, [3, 0, 1])
     np.testing.assert_allclose(vw, w[7:])
     with pytest.raises(ValueError, match="empty part"):
-        user_data.split_validation(x, y, None, 0.01)
+        user_data.split_validation(x, y, None, 0.99)  # keeps floor(10 * 0.01) = 0
 
 
 def test_a_dataset_becomes_named_batches_with_class_weights():
@@ -78,10 +98,14 @@ def test_a_dataset_becomes_named_batches_with_class_weights():
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), y)
     np.testing.assert_allclose(np.concatenate([b["sample_weight"] for b in batches]),
                                [2.0, 1.0, 1.0, 0.5, 2.0, 1.0])
-    inputs, labels = user_data.arrays_of(tf.data.Dataset.from_tensor_slices(
-        (x.astype(np.uint8), y)).batch(4), K)
+    pixels = tf.data.Dataset.from_tensor_slices((x.astype(np.uint8), y)).batch(4)
+    inputs, labels = user_data.arrays_of(pixels, K)
     assert inputs.dtype == np.uint8
     np.testing.assert_array_equal(labels, y)
+    # the profile keeps the user's uint8 (the elements are cast to float32 for training)
+    profile = user_data.profile_of_dataset(user_data.dataset_elements(pixels, K, None),
+                                           user_data.image_dtype_of(pixels))
+    assert profile.dtype == "uint8" and profile.pixel_scale == 1.0
 
 
 def test_the_input_profile_tells_the_pixel_range():

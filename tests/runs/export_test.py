@@ -280,3 +280,13 @@ def test_an_empty_batch_gets_empty_outputs_on_both_signatures(loaded):
         assert out["probabilities"].shape == (0, 10) and out["probabilities"].dtype == tf.float32
         assert out["class_ids"].shape == (0,) and out["class_ids"].dtype == tf.int64
         assert out["class_names"].shape == (0,) and out["class_names"].dtype == tf.string
+
+
+def test_a_float_image_backbone_gets_no_bytes_endpoint(tmp_path):
+    """Decoded image bytes are 0..255; a bare backbone served float32 inputs may expect
+    another range, so only serving_default is exported (a trained model knows its range)."""
+    net = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.0,),
+                          std=(1.0,), seed=0)
+    path = str(tmp_path / "float")
+    export.export_saved_model(net, path, input_shape=(8, 8, 1), input_dtype="float32")
+    assert set(tf.saved_model.load(path).signatures) == {"serving_default"}

@@ -103,6 +103,7 @@ class DivideMixModel(base_model.TrainerModel):
         self.meta_nets = None if meta_nets is None else list(meta_nets)
         for net, meta_net in zip(self.backbones, self.meta_nets or ()):
             base_model.size_meta_net(meta_net, net)
+        self.objective_given = base_model.objective_config(meta_objective)
         self.meta_objective, name = base_model.meta_objective_of(meta_objective, tau=tau)
         self.meta_objective_name, self.tau = name, float(tau)
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
@@ -153,7 +154,7 @@ class DivideMixModel(base_model.TrainerModel):
         return {"backbones": [serialize(net) for net in self.backbones],
                 "meta_nets": (None if self.meta_nets is None
                               else [serialize(net) for net in self.meta_nets]),
-                "meta_objective": self.meta_objective_name, "tau": self.tau,
+                "meta_objective": self.objective_given, "tau": self.tau,
                 "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
                 "virtual_step": self.virtual_step, "weight_decay": self.weight_decay,
                 "meta_weight_decay": self.meta_weight_decay,

@@ -188,11 +188,12 @@ class FixMatchModel(base_model.TrainerModel):
         self.algorithm = algorithm
         self.lambda_u, self.p_cutoff = float(lambda_u), float(p_cutoff)
         self.thresh_warmup, self.ema_decay = bool(thresh_warmup), float(ema_decay)
-        self.meta_objective_name = (meta_objective if isinstance(meta_objective, str)
-                                    else None)
+        self.objective_given = base_model.objective_config(meta_objective)
+        self.meta_objective_name = None
         self.tau = float(tau)
         if loss_net is not None:  # plain FixMatch (no loss-net) has no meta objective
-            meta_objective, _ = base_model.meta_objective_of(meta_objective, tau=tau)
+            meta_objective, self.meta_objective_name = base_model.meta_objective_of(
+                meta_objective, tau=tau)
         self.meta_objective = meta_objective
         self.meta_grad, self.meta_scope, self.virtual_step = meta_grad, meta_scope, virtual_step
         self.weight_decay, self.meta_weight_decay = float(weight_decay), float(meta_weight_decay)
@@ -317,7 +318,7 @@ class FixMatchModel(base_model.TrainerModel):
                                   else int(self.selected_label.shape[0])),
                 "lambda_u": self.lambda_u, "p_cutoff": self.p_cutoff,
                 "thresh_warmup": self.thresh_warmup, "ema_decay": self.ema_decay,
-                "meta_objective": self.meta_objective_name, "tau": self.tau,
+                "meta_objective": self.objective_given, "tau": self.tau,
                 "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
                 "virtual_step": self.virtual_step, "weight_decay": self.weight_decay,
                 "meta_weight_decay": self.meta_weight_decay,

@@ -139,8 +139,11 @@ def from_user_data(x, y, unlabeled, *, num_classes: int, with_meta: bool, batch_
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("give the labels inside the Dataset; y must be None")
-        x, labels = user_data.arrays_of(x, num_classes)
-        weights = user_data.check_sample_weights(None, class_weight, labels)
+        if sample_weight is not None:
+            raise ValueError("give sample weights inside the Dataset, as (inputs, labels, "
+                             "sample_weights) batches")
+        x, labels, given = user_data.arrays_of(x, num_classes, with_weights=True)
+        weights = user_data.check_sample_weights(given, class_weight, labels)
     else:
         if y is None:
             raise ValueError("fit(x, y, unlabeled=...) needs labels y for array inputs")
@@ -159,6 +162,10 @@ def from_user_data(x, y, unlabeled, *, num_classes: int, with_meta: bool, batch_
                          "fit(x, y, unlabeled=images)")
     pool = _images_of(unlabeled)
     profile = user_data.profile_of_array(x)
+    pool_scale = user_data.profile_of_array(pool).pixel_scale
+    if len(pool) and len(x) and pool_scale != profile.pixel_scale:
+        raise ValueError("the labeled and the unlabeled images are on different pixel "
+                         "scales (one in [0, 1], the other in [0, 255]): give both on one")
     if not profile.is_image:
         raise ValueError(f"FixMatch / FlexMatch need images [N, H, W, C] for their weak and "
                          f"strong views; these inputs are {profile.shape}")

@@ -97,6 +97,7 @@ class MetaReweightModel(base_model.TrainerModel):
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
         self.backbone = base_model.checked_classifier(backbone, meta_scope)
         self.meta_net = meta_net
+        self.objective_given = base_model.objective_config(meta_objective)
         self.meta_objective, self.meta_objective_name = base_model.meta_objective_of(
             meta_objective, tau=tau, name=meta_objective_name)
         self.tau = float(tau)
@@ -175,8 +176,7 @@ class MetaReweightModel(base_model.TrainerModel):
                 x, y, num_classes=self.num_classes, batch_size=batch_size or 32,
                 meta_size=meta_size, meta_batch_size=meta_batch_size, seed=seed,
                 with_meta=self.meta_net is not None, meta_data=meta_data,
-                meta_labels=objectives.META_OBJECTIVE_LABELS.get(self.meta_objective_name,
-                                                                 "none"),
+                meta_labels=base_model.objective_labels(self.objective_given),
                 first_epoch=initial_epoch if first is None else first,
                 sample_weight=sample_weight, class_weight=class_weight,
                 validation_split=validation_split, validation_data=validation_data)
@@ -198,7 +198,8 @@ class MetaReweightModel(base_model.TrainerModel):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "meta_net": (None if self.meta_net is None
                          else keras.saving.serialize_keras_object(self.meta_net)),
-            "meta_objective": self.meta_objective_name, "tau": self.tau,
+            "meta_objective": self.objective_given,
+            "meta_objective_name": self.meta_objective_name, "tau": self.tau,
             "meta_grad": self.meta_grad, "meta_scope": self.meta_scope,
             "virtual_step": self.virtual_step, "meta_every": self.meta_every,
             "weight_decay": self.weight_decay, "meta_weight_decay": self.meta_weight_decay,

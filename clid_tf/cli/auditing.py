@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from clid_tf.cli import checks
+from clid_tf.cli import checks, failures
 from clid_tf.cli.flags import AUDIT_GROUPS, AUDIT_HELP, FLAGS
 from clid_tf.cli.parsing import fail, parse_flags
 from clid_tf.errors import RunError
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     folder = run_folder.RunFolder(FLAGS.workdir)
+    setup = None
     try:
         folder.lock()
         flags = checks.resolved(FLAGS)
@@ -64,6 +65,12 @@ def main(argv: list[str]) -> None:
     except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
         folder.release()  # a folder that holds no run is left as it was found
         fail(str(error))
+    except Exception as error:  # pylint: disable=broad-except
+        # a full disk, an image found corrupt: one line; anything else is a bug
+        message = failures.one_line(error, folder, setup, auditing=True)
+        if message is None:
+            raise
+        fail(message)
 
 
 def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
@@ -115,6 +122,9 @@ def write_pictures(folder: run_folder.RunFolder, setup, rows: list[dict],
     audit_classes.png and audit_confusion.png, and the same under tensorboard/audit. Reads
     only the images it shows. Returns {'pictures': [paths], 'pictures_seconds': s}."""
     if not show or not rows:
+        for stale in folder.audit_pictures.values():  # no earlier audit's pictures remain
+            if os.path.exists(stale):
+                os.remove(stale)
         return {"pictures": []}
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf

@@ -66,6 +66,7 @@ def run(state: dict | None = None) -> dict:
     resuming = FLAGS.resume and folder.is_started()
     if resuming:
         folder.lock()
+        folder.remove_temporary_files()  # what a kill mid-write left
         lines, at_default = _flag_record()
         folder.check_resumable(lines, at_default=at_default)
     else:

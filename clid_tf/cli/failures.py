@@ -20,9 +20,10 @@ WRITE_TEXTS = ("No space left on device", "Disk quota exceeded", "Permission den
 
 
 def one_line(error: BaseException, folder: run_folder.RunFolder | None,
-             setup=None) -> str | None:
+             setup=None, *, auditing: bool = False) -> str | None:
     """The one line for `error`, or None when it is not a failure this module knows (then
-    it is a bug, and its traceback is what a report needs)."""
+    it is a bug, and its traceback is what a report needs). `auditing`: the error came
+    from `python -m clid_tf.audit`, which is what to rerun."""
     if folder is None:
         return None
     text = " ".join(str(error).split())
@@ -30,22 +31,33 @@ def one_line(error: BaseException, folder: run_folder.RunFolder | None,
         return _corrupt_file(text, folder, setup)
     missing = _missing_path(error, text)
     if missing is not None and not _inside(missing, folder.path):
-        return (f"the file {missing} was not found during training (moved or deleted?); "
-                f"{_kept(folder)}: put it back and rerun the same command with --resume")
-    reason = _write_reason(error, text)
+        return (f"the file {missing} was not found; {_kept(folder)}: put it back and "
+                f"{_rerun(folder, auditing)}")
+    reason = _write_reason(error, text, folder)
     if reason is None:
         return None
     folder.remove_temporary_files()
     return (f"could not write to {folder.path} ({reason}); {_kept(folder)}: fix that, then "
-            "rerun the same command with --resume")
+            f"{_rerun(folder, auditing)}")
+
+
+def _rerun(folder: run_folder.RunFolder, auditing: bool) -> str:
+    """How to continue: resume the training, or (the run finished, its audit failed)
+    audit again."""
+    if auditing or folder.is_complete():
+        return f"run python -m clid_tf.audit --workdir={folder.path} again"
+    return "rerun the same command with --resume"
 
 
 def _kept(folder: run_folder.RunFolder) -> str:
     """What of the run is on disk now (a run that fails before its first epoch is saved
     removes what it wrote, `RunFolder.removed_on_failure`)."""
+    if folder.cleared_unfinished:
+        return "no epoch had finished, so nothing of the run was kept"
     if not os.path.isdir(folder.path):
-        return ("no epoch had finished, so nothing of the run was kept"
-                if folder.last_epoch() is None else "nothing of the run is left on disk")
+        return "the run folder is gone, so nothing of the run is left"
+    if folder.is_complete():
+        return "the run finished and its results are kept"
     epoch = folder.last_epoch()
     if epoch is None:
         return "no epoch had finished, so nothing of the run was kept"
@@ -109,18 +121,22 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _write_reason(error: BaseException, text: str) -> str | None:
-    """Why a write failed ('No space left on device', ...), or None for another error."""
+def _write_reason(error: BaseException, text: str,
+                  folder: run_folder.RunFolder) -> str | None:
+    """Why a write into the run folder failed ('No space left on device', ...), or None
+    for another error (an unreadable input, a GPU out of memory: their tracebacks show)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        if error.filename and not _inside(str(error.filename), folder.path):
+            return None  # a file outside the run folder: not a write of the run's
         if error.errno == errno.ENOENT:
             return "its folder was removed while the run wrote to it"
         return error.strerror or str(error)
     if isinstance(error, tf.errors.OpError):
         for reason in WRITE_TEXTS:
-            if reason.lower() in text.lower():
+            if reason.lower() in text.lower() and (
+                    reason == "No space left on device" or folder.path in text):
                 return reason
-        if isinstance(error, (tf.errors.NotFoundError, tf.errors.ResourceExhaustedError)):
-            return "a file or folder of the run could not be written" if isinstance(
-                error, tf.errors.NotFoundError) else "out of disk space or memory"
+        if isinstance(error, tf.errors.NotFoundError) and folder.path in text:
+            return "a file or folder of the run could not be written"
     return None

@@ -148,11 +148,12 @@ def table_sheet(rows: Sequence[dict[str, Any]], *, title: str = "") -> Figure:
 
 
 def confused_pairs(rows: Sequence[dict[str, Any]], limit: int = PAIRS) -> list[tuple]:
-    """The most frequent (given, predicted) label pairs among the flagged rows, with
-    their counts: [(given, predicted, count)], most frequent first (ties: first seen)."""
+    """The most frequent (given, predicted) label pairs among the flagged rows whose
+    prediction disagrees with the label, with their counts: [(given, predicted, count)],
+    most frequent first (ties: first seen)."""
     counts: dict[tuple[str, str], int] = {}
     for row in rows:
-        if row["flagged"]:
+        if row["flagged"] and row["given_label"] != row["predicted_label"]:
             pair = (row["given_label"], row["predicted_label"])
             counts[pair] = counts.get(pair, 0) + 1
     return [(*pair, count) for pair, count in
@@ -186,9 +187,11 @@ def class_sheet(images_of, rows: Sequence[dict[str, Any]], *, pairs: int = PAIRS
     lines = class_sheet_rows(rows, pairs=pairs, per_group=per_group)
     if not lines:
         return None
-    first = next(group for _, groups in lines for group in groups if group)
-    sample = display_images(images_of(first[:1]))
-    width, height = _tile_side(sample.shape[1], sample.shape[2])
+    shown = list({row["rank"]: row for _, groups in lines for group in groups
+                  for row in group}.values())  # each image read once
+    pixels = display_images(images_of(shown))
+    image_of = {row["rank"]: pixels[k] for k, row in enumerate(shown)}
+    width, height = _tile_side(pixels.shape[1], pixels.shape[2])
     gap = 20  # between the three groups of a line
     fig_w = 3 * per_group * (width + 8) + 2 * gap + 8
     line_h = height + CAPTION + 16
@@ -198,14 +201,12 @@ def class_sheet(images_of, rows: Sequence[dict[str, Any]], *, pairs: int = PAIRS
         top = line * line_h + 4
         figure.text(4 / fig_w, 1 - (top + 2) / fig_h, title, fontsize=7, va="top")
         for g, group in enumerate(groups):
-            if not group:
-                continue
-            images = display_images(images_of(group))
             for k, row in enumerate(group):
                 left = (4 + (g * per_group + k) * (width + 8) + g * gap) / fig_w
                 bottom = 1 - (top + 14 + height) / fig_h
                 axes = figure.add_axes((left, bottom, width / fig_w, height / fig_h))
-                axes.imshow(images[k], cmap="gray" if images[k].ndim == 2 else None,
+                image = image_of[row["rank"]]
+                axes.imshow(image, cmap="gray" if image.ndim == 2 else None,
                             vmin=0, vmax=1, interpolation="nearest")
                 axes.set_xticks([])
                 axes.set_yticks([])
@@ -278,9 +279,7 @@ def plot_label_issues(images, labels=None, issues=None, *, csv_path: str | None 
     if images is None:
         if root is None:
             raise ValueError("give images, or root= for an audit.csv of image files")
-        from PIL import Image  # pylint: disable=import-outside-toplevel
-        shown = np.stack([np.asarray(Image.open(os.path.join(root, str(r["sample"]))))
-                          for r in rows])
+        shown = _read_files([os.path.join(root, str(r["sample"])) for r in rows])
     else:
         images = np.asarray(images)
         positions = [int(r["sample"]) for r in rows]
@@ -290,3 +289,20 @@ def plot_label_issues(images, labels=None, issues=None, *, csv_path: str | None 
     if shown.ndim == 3:
         shown = shown[..., None]
     return contact_sheet(shown, rows, title=f"the {len(rows)} most suspicious labels")
+
+
+def _read_files(paths: Sequence[str]) -> np.ndarray:
+    """uint8 [n, H, W, C] of image files (grey stays one channel, anything else RGB);
+    ValueError when they differ in size (give the images as an array then)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            grey = image.mode in ("1", "L", "I", "I;16")
+            images.append(np.asarray(image.convert("L" if grey else "RGB")))
+    sizes = {image.shape for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"the image files have different sizes {sorted(sizes)[:2]}: pass "
+                         "them as one array, resized as the model saw them, in images=")
+    return np.stack(images)
+

@@ -32,7 +32,9 @@ from clid_tf.runs import lock as run_lock
 # What a run writes into its folder (a --resume start may find these, and only these).
 RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboard",
              "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv", "audit.json",
-             "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME}
+             "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME,
+             ".write_test"}
+WRITE_TEST = ".write_test"  # the probe `create` writes and removes
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
                    "audit_folds", "audit_show")
@@ -50,6 +52,7 @@ class RunFolder:
         self._created = None  # the outermost folder `create` made, removed on a failed start
         self._before: set[str] = set()  # what the folder held before this process wrote
         self._lock = run_lock.RunLock(self.path)
+        self.cleared_unfinished = False  # removed_on_failure removed what this run wrote
 
     def join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -121,9 +124,14 @@ class RunFolder:
         return removed
 
     def checkpoint_paths(self) -> list[str]:
-        """The epoch checkpoints' prefixes ('.../ckpt-E'), by epoch; FolderError if none."""
-        found = sorted({name.rsplit(".", 1)[0] for name in _listing(self.checkpoints)
-                        if re.fullmatch(r"ckpt-\d+\.index", name)}, key=checkpoint_epoch)
+        """The prefixes ('.../ckpt-E') of the epoch checkpoints whose state file was
+        written (it is written last, so a kill mid-write leaves none), by epoch;
+        FolderError if none."""
+        names = _listing(self.checkpoints)
+        found = sorted({name.rsplit(".", 1)[0] for name in names
+                        if re.fullmatch(r"ckpt-\d+\.index", name)
+                        and f"state-{checkpoint_epoch(name.rsplit('.', 1)[0])}.npz" in names},
+                       key=checkpoint_epoch)
         if not found:
             raise FolderError(f"no checkpoints in {self.checkpoints}")
         return [self.join("checkpoints", name) for name in found]
@@ -148,7 +156,9 @@ class RunFolder:
         except OSError as error:
             raise FolderError(f"workdir {self.path} cannot be written: "
                               f"{error.strerror}") from error
-        self._before = set(os.listdir(self.path))
+        # what this process did not write (a lock file it made is its own)
+        self._before = set(os.listdir(self.path)) - (
+            {run_lock.LOCK_NAME} if self._lock.created else set())
 
     def create(self, *, allow_partial: bool = False) -> None:
         """Makes and locks the folder for a new run; refuses one that holds files (an
@@ -163,6 +173,8 @@ class RunFolder:
             raise FolderError(f"workdir {self.path} cannot be written: "
                               f"{error.strerror}") from error
         self.lock()  # before anything is read or written: one writer at a time
+        if allow_partial:
+            self.remove_temporary_files()  # what a kill mid-write left
         held = set(os.listdir(self.path)) - {run_lock.LOCK_NAME}
         if held and not held <= RUN_FILES:
             # --resume continues a run that died before it wrote its flags; a folder
@@ -175,14 +187,17 @@ class RunFolder:
             self.release()
             raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
                               "choose a new --workdir, or pass --resume to continue it")
+        probe = self.join(WRITE_TEST)
         try:
-            probe = self.join(".write_test")
             with open(probe, "w") as f:
                 f.write("ok")
-            os.remove(probe)
         except OSError as error:
+            self.release()
             raise FolderError(f"workdir {self.path} cannot be written: "
                               f"{error.strerror}") from error
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(probe)
 
     def release(self) -> None:
         """Releases the folder's lock; a lock file this process made in a folder that
@@ -199,6 +214,7 @@ class RunFolder:
             yield
         except BaseException:
             if not self.has_checkpoint() and os.path.isdir(self.path):
+                self.cleared_unfinished = True
                 if self._created:
                     shutil.rmtree(self.path, ignore_errors=True)
                     _remove_empty_parents(self.path, up_to=self._created)

@@ -34,11 +34,14 @@ def folder(tmp_path):
      "its folder was removed"),
     (tf.errors.ResourceExhaustedError(None, None, "write failed: No space left on device"),
      "No space left on device"),
-    (tf.errors.UnknownError(None, None, "Read-only file system"), "Read-only file system"),
+    (tf.errors.UnknownError(None, None, "RUN/checkpoints/ckpt-3_temp; Read-only file system"),
+     "Read-only file system"),
 ])
 def test_write_failures_say_what_was_kept_and_leave_no_temporary_file(folder, error, reason):
     if isinstance(error, OSError) and error.filename:
         error = OSError(error.errno, error.strerror, os.path.join(folder.path, "x"))
+    if isinstance(error, tf.errors.OpError):
+        error = type(error)(None, None, error.message.replace("RUN", folder.path))
     line = failures.one_line(error, folder)
     assert line.startswith(f"could not write to {folder.path} ({reason}"), line
     assert "the checkpoint of epoch 2 is kept" in line and "--resume" in line
@@ -49,12 +52,33 @@ def test_a_data_file_that_vanished_is_named(folder, tmp_path):
     gone = str(tmp_path / "data" / "cat" / "7.png")
     error = tf.errors.NotFoundError(None, None, f"{gone}; No such file or directory")
     line = failures.one_line(error, folder)
-    assert line.startswith(f"the file {gone} was not found during training"), line
+    assert line.startswith(f"the file {gone} was not found;"), line
+    assert line.endswith("put it back and rerun the same command with --resume"), line
 
 
-def test_a_bug_keeps_its_traceback(folder):
+def test_a_bug_keeps_its_traceback(folder, tmp_path):
     assert failures.one_line(ValueError("a bug"), folder) is None
     assert failures.one_line(OSError(errno.ENOSPC, "full"), None) is None
+    # not a write of the run's: memory, or an input that cannot be read
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    assert failures.one_line(oom, folder) is None
+    unreadable = str(tmp_path / "data" / "cat" / "1.png")
+    assert failures.one_line(tf.errors.PermissionDeniedError(
+        None, None, f"{unreadable}; Permission denied"), folder) is None
+    assert failures.one_line(OSError(errno.EACCES, "Permission denied", unreadable),
+                             folder) is None
+
+
+def test_the_advice_fits_what_is_left(folder):
+    full = OSError(errno.ENOSPC, "No space left on device")
+    open(folder.results_path, "w").close()  # the run finished; its --audit failed
+    line = failures.one_line(full, folder)
+    assert "the run finished and its results are kept" in line, line
+    assert line.endswith(f"run python -m clid_tf.audit --workdir={folder.path} again"), line
+    gone = run_folder.RunFolder(folder.path + "-removed")
+    line = failures.one_line(OSError(errno.ENOENT, "No such file or directory",
+                                     os.path.join(gone.path, "x")), gone)
+    assert "the run folder is gone, so nothing of the run is left" in line, line
 
 
 def _corrupt_setup(tmp_path):

@@ -98,6 +98,7 @@ def test_the_class_sheet_pairs_the_most_frequent_confusions():
             for k, (g, p) in enumerate([("cat", "dog"), ("cat", "dog"), ("emu", "dog"),
                                         ("cat", "dog"), ("emu", "cat"), ("dog", "dog"),
                                         ("cat", "cat"), ("dog", "dog"), ("cat", "cat")])]
+    rows[3]["flagged"] = rows[5]["flagged"] = 1  # a flagged dog predicted dog: no pair
     assert audit_sheet.confused_pairs(rows) == [("cat", "dog", 3), ("emu", "dog", 1),
                                                 ("emu", "cat", 1)]
     title, (flagged, given, predicted) = audit_sheet.class_sheet_rows(rows, per_group=2)[0]
@@ -106,7 +107,17 @@ def test_the_class_sheet_pairs_the_most_frequent_confusions():
     assert [r["rank"] for r in given] == [9, 7]  # the least suspicious cats
     assert [r["rank"] for r in predicted] == [8, 6]
     counts = audit_sheet.confusion_figure(rows, NAMES).axes[0].images[0].get_array()
-    np.testing.assert_array_equal(counts, [[0, 3, 0], [0, 0, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(counts, [[0, 3, 0], [0, 1, 0], [1, 1, 0]])
+    read = []
+
+    def images_of(picked):  # counts what the class sheet reads
+        read.extend(r["rank"] for r in picked)
+        return np.zeros((len(picked), 4, 4, 1), np.uint8)
+
+    figure = audit_sheet.class_sheet(images_of, rows, per_group=2)
+    assert sorted(read) == sorted(set(read))  # each image read once
+    assert set(read) == {1, 2, 9, 7, 8, 6, 3, 5}  # only what the lines show
+    assert len([a for a in figure.axes if a.images]) == 6 + 5 + 5  # 3 lines of 3 groups
 
 
 def test_plot_label_issues_from_a_result_and_from_an_audit_csv(tmp_path):

@@ -165,5 +165,29 @@ def test_temporary_files_of_an_interrupted_write_are_removed(tmp_path):
     assert folder.last_epoch() == 2
 
 
-def test_the_lock_file_is_a_run_file():
-    assert run_lock.LOCK_NAME in run_folder.RUN_FILES
+def test_a_failed_start_leaves_an_existing_empty_folder_empty(tmp_path):
+    folder = run_folder.RunFolder(str(tmp_path))
+    folder.create()
+    assert os.listdir(tmp_path) == [run_lock.LOCK_NAME]  # held while the run starts
+    with pytest.raises(RuntimeError):
+        with folder.removed_on_failure():
+            (tmp_path / "flags.cfg").write_text("--epochs=3\n")
+            raise RuntimeError("the data could not be read")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_resumed_start_removes_what_a_kill_mid_write_left(tmp_path):
+    (tmp_path / "flags.cfg.tmp").write_text("--epo")  # killed while writing its flags
+    folder = run_folder.RunFolder(str(tmp_path))
+    folder.create(allow_partial=True)
+    assert sorted(os.listdir(tmp_path)) == [run_lock.LOCK_NAME]
+
+
+def test_the_audit_scores_only_epochs_whose_state_was_written(tmp_path):
+    folder = run_folder.RunFolder(str(tmp_path))
+    os.makedirs(folder.checkpoints)
+    for epoch in (1, 2, 3):
+        (tmp_path / "checkpoints" / f"ckpt-{epoch}.index").write_text("x")
+    for epoch in (1, 2):  # epoch 3 was killed before its state file
+        (tmp_path / "checkpoints" / f"state-{epoch}.npz").write_text("x")
+    assert [run_folder.checkpoint_epoch(p) for p in folder.checkpoint_paths()] == [1, 2]

@@ -293,7 +293,7 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
             meta_batch_size: int, seed: int, with_meta: bool = True,
             meta_labels: str = "none", meta_data=None, first_epoch: int = 0,
             sample_weight=None, class_weight=None, validation_split: float = 0.0,
-            validation_data=None) -> UserData:
+            validation_data=None, steps_per_epoch: int | None = None) -> UserData:
     """A user's fit arguments as the `MetaReweightModel` stream.
 
     Args:
@@ -314,6 +314,8 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
       first_epoch: the epoch the array stream starts at (fit's initial_epoch): epoch e's
         batches are a function of (seed, e), so a resumed fit continues exactly.
       sample_weight, class_weight, validation_split, validation_data: as keras.Model.fit.
+      steps_per_epoch: fit's, when given: the stream's epochs end where Keras' do (default
+        one pass of the array, N // batch_size steps).
     """
     given = meta_data is not None
     meta_x, meta_y = (meta_data if isinstance(meta_data, tuple) else (meta_data, None))
@@ -346,7 +348,7 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
         raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
                          "training samples")
     source = ArrayInputs(inputs)
-    steps = len(source) // batch_size
+    steps = steps_per_epoch or len(source) // batch_size  # the stream's epochs are Keras'
     fields = {"label": labels}
     if weights is not None:
         fields["sample_weight"] = weights

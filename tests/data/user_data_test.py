@@ -123,6 +123,9 @@ def test_prepare_gives_steps_meta_set_and_weights():
                                  meta_batch_size=10, seed=0, sample_weight=np.ones(100))
     element = next(iter(prepared.stream))
     assert prepared.steps == 5 and len(prepared.meta_set) == 30
+    longer = user_data.prepare(x, y, num_classes=K, batch_size=20, meta_size=30,
+                               meta_batch_size=10, seed=0, steps_per_epoch=7)
+    assert longer.steps == 7  # the stream's epochs follow fit's steps_per_epoch
     assert set(element["train"]) == {"image", "label", "sample_weight"}
     assert set(element["meta"]) == {"image"}  # label-free
     assert element["meta"]["image"].shape == (10, 8, 8, 1)

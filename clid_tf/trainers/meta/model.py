@@ -179,7 +179,8 @@ class MetaReweightModel(base_model.TrainerModel):
                 meta_labels=base_model.objective_labels(self.objective_given),
                 first_epoch=initial_epoch if first is None else first,
                 sample_weight=sample_weight, class_weight=class_weight,
-                validation_split=validation_split, validation_data=validation_data)
+                validation_split=validation_split, validation_data=validation_data,
+                steps_per_epoch=kwargs.get("steps_per_epoch"))
             base_model.check_takes_sample_weights(self.meta_net, prepared.stream)
             x, y, self.meta_set = prepared.stream, None, prepared.meta_set
             validation_data, self.input_profile = prepared.validation_data, prepared.profile

@@ -134,10 +134,8 @@ def table(results: list[dict], *, seeds: str, rate: float, folds: int) -> str:
     for row in ROWS:
         cells = []
         for column in COLUMNS:
-            values = np.array([r[row][column] for r in results])
-            digits = 1 if column == "seconds" else 3
-            cells.append(f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f}"
-                         if len(values) > 1 else f"{values.mean():.{digits}f}")
+            cells.append(toolbox.mean_std([r[row][column] for r in results],
+                                          1 if column == "seconds" else 3))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

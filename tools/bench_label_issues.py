@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 from absl import app, flags
 
 import toolbox
@@ -90,9 +89,7 @@ def table(results: dict) -> str:
         for audit in AUDITS:
             cells = []
             for metric in METRICS:
-                values = np.array([run[audit][metric] for run in audits], np.float64)
-                cells.append(f"{values.mean():.3f} +- {values.std(ddof=1):.3f}"
-                             if len(values) > 1 else f"{values.mean():.3f}")
+                cells.append(toolbox.mean_std([run[audit][metric] for run in audits]))
             lines.append(f"| {setting} | {audit} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

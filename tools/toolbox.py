@@ -9,6 +9,7 @@ checkout in editable mode), so no tool changes sys.path.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 from typing import Sequence
@@ -44,6 +45,15 @@ def last_line(text: str) -> str:
     """The last non-blank line of a process's output."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """'0.912 +- 0.011' (mean and sample std) of several values, '0.912' of one."""
+    values = [float(v) for v in values]
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} +- {statistics.stdev(values):.{digits}f}"
 
 
 def fail(message: str) -> None:

@@ -92,6 +92,16 @@ def array_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(v) for v in channels.mean(axis=0)), tuple(float(v) for v in std)
 
 
+def of_user_splits(train: Split, val: Split | None, test: Split | None,
+                   class_names: Sequence[str]) -> "Dataset":
+    """A `Dataset` of a user's own splits (labels used as given): the training labels
+    checked against the classes, the input statistics from the training inputs."""
+    check_labels(train.labels, len(class_names), what="training labels")
+    mean, std = source_stats(train.inputs)
+    return Dataset(train=train, val=val, test=test, num_classes=len(class_names),
+                   class_names=class_names, mean=mean, std=std, labels_given=True)
+
+
 def source_stats(source: Inputs, *, sample: int = STATS_SAMPLE,
                  seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """`array_stats` of the whole split, or of a seeded sample of `sample` streamed inputs

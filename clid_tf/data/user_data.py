@@ -289,6 +289,43 @@ def checked_validation_data(validation_data, num_classes: int):
 
 
 # ---------------------------------------------------------------- the training stream
+def in_memory(x, y, *, num_classes: int, validation, sample_weight=None, class_weight=None,
+              validation_split: float = 0.0, with_weights: bool = True):
+    """A user's training data read into memory and checked, for the trainers that index
+    it: (inputs [N, ...], int32 labels [N], float32 weights [N] or None, validation data).
+
+    x: inputs with labels y (and `sample_weight`), or a batched Dataset of (inputs,
+    labels[, weights]) or dicts (y and sample_weight None). `validation`: the checked
+    validation_data, replaced by the held-out part when `validation_split` is given.
+    `with_weights=False`: weights are refused (the result's weights are None).
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("give the labels inside the Dataset; y must be None")
+        if sample_weight is not None:
+            raise ValueError("give sample weights inside the Dataset, as (inputs, labels, "
+                             "sample_weights) batches")
+        if with_weights:
+            inputs, labels, given = arrays_of(x, num_classes, with_weights=True)
+        else:
+            (inputs, labels), given = arrays_of(x, num_classes), None
+    else:
+        if y is None:
+            raise ValueError("fit(x, y) needs labels y for array inputs")
+        inputs = pipelines.as_input_array(x)
+        labels = check_labels(y, num_classes)
+        if len(labels) != len(inputs):
+            raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
+        given = sample_weight
+    weights = check_sample_weights(given, class_weight, labels)
+    if validation_split:
+        if validation is not None:
+            raise ValueError("give validation_split or validation_data, not both")
+        (inputs, labels, weights), validation = split_validation(inputs, labels, weights,
+                                                                 validation_split)
+    return inputs, labels, weights, validation
+
+
 def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
             meta_batch_size: int, seed: int, with_meta: bool = True,
             meta_labels: str = "none", meta_data=None, first_epoch: int = 0,
@@ -332,18 +369,9 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
                              meta_y=meta_y, sample_weight=sample_weight,
                              class_weight=class_weight, validation_split=validation_split,
                              validation=validation)
-    if y is None:
-        raise ValueError("fit(x, y) needs labels y for array inputs")
-    inputs = pipelines.as_input_array(x)
-    labels = check_labels(y, num_classes)
-    if len(labels) != len(inputs):
-        raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
-    weights = check_sample_weights(sample_weight, class_weight, labels)
-    if validation_split:
-        if validation is not None:
-            raise ValueError("give validation_split or validation_data, not both")
-        (inputs, labels, weights), validation = split_validation(inputs, labels, weights,
-                                                                 validation_split)
+    inputs, labels, weights, validation = in_memory(
+        x, y, num_classes=num_classes, validation=validation, sample_weight=sample_weight,
+        class_weight=class_weight, validation_split=validation_split)
     if len(inputs) < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
                          "training samples")

@@ -350,6 +350,21 @@ class TrainerModel(keras.Model):
         return {"input_profile": None if self.input_profile is None
                 else self.input_profile.to_config()}
 
+    @staticmethod
+    def pop_user_extras(config: dict) -> dict:
+        """Takes what `get_config` saves beside the constructor's arguments (the user's
+        output activation, the input profile) out of `config`, for `restore_user_extras`."""
+        return {"activation": config.pop("output_activation", "linear"),
+                "profile": user_data.InputProfile.from_config(config.pop("input_profile", None))}
+
+    def restore_user_extras(self, extras: dict) -> "TrainerModel":
+        """Puts `pop_user_extras`' values back on a model built by `from_config`."""
+        trained = [net for net, _ in self.networks()]
+        for net in trained + [n for n in self.predicting() if all(n is not t for t in trained)]:
+            net.output_activation = extras["activation"]
+        self.input_profile = extras["profile"]
+        return self
+
     # ------------------------------------------------------------ monitoring
     @staticmethod
     def weight_trackers() -> dict[str, keras.metrics.Mean]:

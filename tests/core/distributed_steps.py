@@ -10,7 +10,6 @@ multi-worker results.
       --virtual_step=optimizer --optimizer=adam --dropout   (vri_single's configuration)
 """
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -21,10 +20,8 @@ STEPS = 3
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("--strategy", default="default")
-    parser.add_argument("--replicas", type=int, default=1)
+    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
+    parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--meta_grad", default="recompute")
     parser.add_argument("--meta_scope", default="full")
     parser.add_argument("--meta_net", default="wnet", choices=("wnet", "vri"))
@@ -36,8 +33,7 @@ def main():
                         help="a replica-consistent dropout layer after the features")
     args = parser.parse_args()
 
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
-    strategy = replica_steps.strategy(args.strategy, args.replicas)
+    strategy = replica_steps.float64_strategy(args)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -50,8 +46,6 @@ def main():
     from clid_tf.metanets import vri
     from tests.helpers import small_models as helpers  # pylint: disable=import-outside-toplevel
 
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
     with strategy.scope():
         backbone = helpers.tiny_classifier(hidden=5)
         backbone.head = backbone.get_layer("dense2")
@@ -66,9 +60,7 @@ def main():
                 features))
             backbone = keras.Model(inputs, (logits, features))
             backbone.feature_dim, backbone.head = 5, None
-        for layer in backbone.layers:  # batch statistics over the global batch
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True
+        replica_steps.synchronize_batch_norm(backbone)
         meta_net = (helpers.weight_net() if args.meta_net == "wnet" else
                     vri.VRINet(3, backbone.feature_dim, embed_dim=4, hidden=(16, 8), seed=0))
         model = meta_model.MetaReweightModel(

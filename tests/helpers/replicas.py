@@ -38,3 +38,33 @@ def strategy(kind: str, replicas: int):
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     from clid_tf.core import distribute  # pylint: disable=import-outside-toplevel
     return distribute.make_strategy(kind)
+
+
+def script_arguments(description: str):
+    """The arguments every distributed_steps script takes (OUT.npz, --strategy,
+    --replicas): a parser the script adds its own to."""
+    import argparse  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("out")
+    parser.add_argument("--strategy", default="default")
+    parser.add_argument("--replicas", type=int, default=1)
+    return parser
+
+
+def float64_strategy(args):
+    """The script's strategy over its logical CPUs, with Keras in float64 (what the
+    comparisons to 1e-9 need)."""
+    chosen = strategy(args.strategy, args.replicas)
+    import keras  # pylint: disable=import-outside-toplevel
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    return chosen
+
+
+def synchronize_batch_norm(model) -> None:
+    """Batch statistics over the global batch (equal to one device's)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+

@@ -36,12 +36,7 @@ def load(lists: dict[str, image_files.FileList], *, image_size: int | None = Non
         return Split(FileInputs(checked[name], shape, image_size=image_size,
                                 resize_shorter=resize_shorter), checked[name].labels)
 
-    train = split("train")
-    datasets.check_labels(train.labels, len(class_names), what="training labels")
-    mean, std = datasets.source_stats(train.inputs)
-    return Dataset(train=train, val=split("val"), test=split("test"),
-                   num_classes=len(class_names), class_names=class_names, mean=mean,
-                   std=std, labels_given=True)
+    return datasets.of_user_splits(split("train"), split("val"), split("test"), class_names)
 
 
 class FolderSource:

@@ -343,11 +343,8 @@ def load(name: str, *, data_dir: str | None = None, image_size: int | None = Non
     class_names = tuple(loaded.class_names)
     splits = {key: datasets.Split(part.inputs, part.labels)
               for key, part in loaded.splits.items()}
-    datasets.check_labels(splits['train'].labels, len(class_names), what='training labels')
-    mean, std = datasets.source_stats(splits['train'].inputs)
-    return datasets.Dataset(train=splits['train'], val=splits.get('val'),
-                            test=splits.get('test'), num_classes=len(class_names),
-                            class_names=class_names, mean=mean, std=std, labels_given=True)
+    return datasets.of_user_splits(splits['train'], splits.get('val'), splits.get('test'),
+                                   class_names)
 
 
 class TfdsSource:

@@ -33,7 +33,6 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.data import user_data
 from clid_tf.metanets import vri
 from clid_tf.trainers import base_model
 
@@ -174,13 +173,8 @@ class DivideMixModel(base_model.TrainerModel):
         meta_nets = config.pop("meta_nets")
         if meta_nets is not None:
             meta_nets = [deserialize(net) for net in meta_nets]
-        activation = config.pop("output_activation", "linear")
-        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
-        model = cls(backbones, meta_nets, **config)
-        for net in model.backbones:
-            net.output_activation = activation
-        model.input_profile = profile
-        return model
+        extras = cls.pop_user_extras(config)
+        return cls(backbones, meta_nets, **config).restore_user_extras(extras)
 
     def checkpoint_parts(self) -> dict:
         """The base model's parts and the state of each VRINet's noise generator (a

@@ -215,23 +215,10 @@ def from_user_data(x, y=None, *, num_classes: int, with_meta: bool, batch_size: 
     training augmentation, in the inputs' own pixel range ([0, 1] or 0..255); the meta
     batches take the weak view whenever training augments.
     """
-    validation = user_data.checked_validation_data(validation_data, num_classes)
-    if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise ValueError("give the labels inside the Dataset; y must be None")
-        x, labels = user_data.arrays_of(x, num_classes)
-    else:
-        if y is None:
-            raise ValueError("fit(x, y) needs labels y for array inputs")
-        x = data.as_input_array(x)
-        labels = user_data.check_labels(y, num_classes)
-        if len(labels) != len(x):
-            raise ValueError(f"x has {len(x)} samples but y has {len(labels)} labels")
-    if validation_split:
-        if validation is not None:
-            raise ValueError("give validation_split or validation_data, not both")
-        (x, labels, _), validation = user_data.split_validation(x, labels, None,
-                                                                validation_split)
+    x, labels, _, validation = user_data.in_memory(
+        x, y, num_classes=num_classes,
+        validation=user_data.checked_validation_data(validation_data, num_classes),
+        validation_split=validation_split, with_weights=False)
     profile = user_data.profile_of_array(x)
     if augment != "none" and not profile.is_image:
         raise ValueError(f"augment={augment!r} needs images [N, H, W, C]; these inputs are "

@@ -39,7 +39,6 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.data import user_data
 from clid_tf.trainers import base_model
 from clid_tf.trainers.fixmatch import streams as ssl_streams
 
@@ -332,13 +331,8 @@ class FixMatchModel(base_model.TrainerModel):
         loss_net = config.pop("loss_net")
         if loss_net is not None:
             loss_net = keras.saving.deserialize_keras_object(loss_net)
-        activation = config.pop("output_activation", "linear")
-        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
-        model = cls(backbone, loss_net, **config)
-        for net in (model.backbone, model.ema_backbone):
-            net.output_activation = activation
-        model.input_profile = profile
-        return model
+        extras = cls.pop_user_extras(config)
+        return cls(backbone, loss_net, **config).restore_user_extras(extras)
 
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):

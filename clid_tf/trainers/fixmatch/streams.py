@@ -135,28 +135,11 @@ def from_user_data(x, y, unlabeled, *, num_classes: int, with_meta: bool, batch_
     into memory. The views take the inputs' own pixel range; an epoch is one pass over the
     unlabeled images unless `steps_per_epoch` says otherwise; the meta set is `meta_size`
     random unlabeled images (weak and strong views) or labeled ones (`meta_source`)."""
-    validation = user_data.checked_validation_data(validation_data, num_classes)
-    if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise ValueError("give the labels inside the Dataset; y must be None")
-        if sample_weight is not None:
-            raise ValueError("give sample weights inside the Dataset, as (inputs, labels, "
-                             "sample_weights) batches")
-        x, labels, given = user_data.arrays_of(x, num_classes, with_weights=True)
-        weights = user_data.check_sample_weights(given, class_weight, labels)
-    else:
-        if y is None:
-            raise ValueError("fit(x, y, unlabeled=...) needs labels y for array inputs")
-        x = data.as_input_array(x)
-        labels = user_data.check_labels(y, num_classes)
-        if len(labels) != len(x):
-            raise ValueError(f"x has {len(x)} samples but y has {len(labels)} labels")
-        weights = user_data.check_sample_weights(sample_weight, class_weight, labels)
-    if validation_split:
-        if validation is not None:
-            raise ValueError("give validation_split or validation_data, not both")
-        (x, labels, weights), validation = user_data.split_validation(x, labels, weights,
-                                                                      validation_split)
+    x, labels, weights, validation = user_data.in_memory(
+        x, y, num_classes=num_classes,
+        validation=user_data.checked_validation_data(validation_data, num_classes),
+        sample_weight=sample_weight, class_weight=class_weight,
+        validation_split=validation_split)
     if unlabeled is None:
         raise ValueError("FixMatch / FlexMatch train on unlabeled images too: pass "
                          "fit(x, y, unlabeled=images)")

@@ -215,12 +215,8 @@ class MetaReweightModel(base_model.TrainerModel):
         meta_net = config.pop("meta_net")
         if meta_net is not None:
             meta_net = keras.saving.deserialize_keras_object(meta_net)
-        activation = config.pop("output_activation", "linear")
-        profile = user_data.InputProfile.from_config(config.pop("input_profile", None))
-        model = cls(backbone, meta_net, **config)
-        model.backbone.output_activation = activation
-        model.input_profile = profile
-        return model
+        extras = cls.pop_user_extras(config)
+        return cls(backbone, meta_net, **config).restore_user_extras(extras)
 
     # ---------------------------------------------------------------- the algorithm
     def train_step(self, data):

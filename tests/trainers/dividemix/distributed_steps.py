@@ -5,7 +5,6 @@ in subprocesses (a process fixes its logical devices before TensorFlow starts).
   python tests/trainers/dividemix/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2
 """
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -16,15 +15,12 @@ STEPS = 3
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("--strategy", default="default")
-    parser.add_argument("--replicas", type=int, default=1)
+    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
+    parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--meta_grad", default="recompute")
     args = parser.parse_args()
 
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
-    strategy = replica_steps.strategy(args.strategy, args.replicas)
+    strategy = replica_steps.float64_strategy(args)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -35,14 +31,10 @@ def main():
     from clid_tf.metanets import vri
     from tests.helpers import small_models as helpers  # pylint: disable=import-outside-toplevel
 
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
     with strategy.scope():
         nets = [helpers.tiny_classifier(hidden=5, num_classes=K, seed=s) for s in (0, 1)]
-        for net in nets:  # batch statistics over the global batch
-            for layer in net.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.synchronized = True
+        for net in nets:
+            replica_steps.synchronize_batch_norm(net)
         metas = [vri.VRINet(K, 5, embed_dim=4, hidden=(16, 8), seed=s) for s in (0, 1)]
         model = dividemix_model.DivideMixModel(
             nets, metas, warmup_epochs=1, lambda_u=5.0, rampup_epochs=2, clip_norm=0.5,

@@ -5,7 +5,6 @@ fixes its logical devices before TensorFlow starts) and compares one device with
   python tests/trainers/fixmatch/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2
 """
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -15,15 +14,12 @@ LABELED, UNLABELED, META, STEPS = 8, 8, 6, 3
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("--strategy", default="default")
-    parser.add_argument("--replicas", type=int, default=1)
+    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
+    parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="fixmatch")
     args = parser.parse_args()
 
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
-    strategy = replica_steps.strategy(args.strategy, args.replicas)
+    strategy = replica_steps.float64_strategy(args)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -34,14 +30,10 @@ def main():
     from clid_tf.metanets import wnet
     from tests.helpers import small_models as helpers  # pylint: disable=import-outside-toplevel
 
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
     with strategy.scope():
         backbone = helpers.tiny_classifier(hidden=5)
         backbone.head = backbone.get_layer("dense2")
-        for layer in backbone.layers:  # batch statistics over the global batch
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True
+        replica_steps.synchronize_batch_norm(backbone)
         loss_net = wnet.WeightNet(hidden=8, seed=0, normalize=False)
         loss_net(np.zeros([1]))
         model = fixmatch.FixMatchModel(

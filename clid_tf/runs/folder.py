@@ -22,7 +22,7 @@ import json
 import os
 import re
 import shutil
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -421,11 +421,6 @@ def split_arrays(noisy_labels: np.ndarray, train_indices: np.ndarray,
     return {"noisy_labels": noisy_labels, "train_indices": train_indices,
             "meta_indices": none if meta_indices is None else meta_indices,
             "val_indices": none if val_indices is None else val_indices}
-
-
-def ranked_paths(paths: Iterable[str]) -> list[str]:
-    """Checkpoint prefixes '.../ckpt-E' sorted by epoch E."""
-    return sorted(paths, key=checkpoint_epoch)
 
 
 def checkpoint_epoch(path: str) -> int:

@@ -71,26 +71,6 @@ def select_small_loss(losses: np.ndarray, noisy_labels: np.ndarray, *, size: int
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def initial_indices(noisy_labels: np.ndarray, *, size: int, num_classes: int,
-                    seed: int) -> np.ndarray:
-    """Meta set before the first selection: size // K random samples per noisy class.
-
-    Like `clid_tf.data.meta_sets.balanced_split`, but the samples stay in training and a class
-    with fewer samples gives all it has.
-
-    Returns:
-      int64 [<= size // K * K] sorted indices into `noisy_labels`.
-    """
-    labels = np.asarray(noisy_labels).reshape(-1)
-    per_class = per_class_size(size, num_classes)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
 def precision(indices: np.ndarray, noisy_labels: np.ndarray,
               clean_labels: np.ndarray) -> float:
     """Fraction of the selected samples whose noisy label equals the clean one."""

@@ -7,10 +7,10 @@ them: `clid_tf.metanets`, `clid_tf.data.sources`, `clid_tf.trainers`.
 """
 
 # Backbones of `clid_tf.models.backbones.build`, in --help's order.
-BACKBONES = ("small_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34", "wrn28_10",
-             "wrn28_2", "wrn28_2_fork", "vgg19_bn", "resnet50")
-# Backbones without residual blocks: no --meta_scope=top:N.
-WITHOUT_RESIDUAL_BLOCKS = ("small_cnn", "mlp", "vgg19_bn")
+BACKBONES = ("small_cnn", "pooled_cnn", "mlp", "resnet32", "preact_resnet18", "resnet34",
+             "wrn28_10", "wrn28_2", "wrn28_2_fork", "vgg19_bn", "resnet50")
+# Backbones without named blocks (residual or conv): no --meta_scope=top:N.
+WITHOUT_BLOCKS = ("mlp", "vgg19_bn")
 # Image augmentations of the command line ('flip' is 'weak' without its crop).
 AUGMENTS = ("none", "flip", "weak", "strong")
 # Reflect padding of the weak augmentation's random crop (pixels): images need more.

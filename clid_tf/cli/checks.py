@@ -21,7 +21,7 @@ from clid_tf.data import sources
 from clid_tf.errors import RunError
 from clid_tf.trainers import Refusal
 
-RESIDUAL_BACKBONES = tuple(b for b in names.BACKBONES if b not in names.WITHOUT_RESIDUAL_BLOCKS)
+BLOCK_BACKBONES = tuple(b for b in names.BACKBONES if b not in names.WITHOUT_BLOCKS)
 # Defaults that follow another flag, for every trainer.
 DEFAULTS = {
     "meta_augment": lambda f: f.augment,  # meta images augmented as training images
@@ -119,9 +119,9 @@ REFUSALS = (
             "with it any lr schedule, every epoch (the reference loses its decay the same "
             "way): use --lr_schedule=constant"),
     Refusal(lambda f: f.meta_scope.startswith("top:")
-            and f.backbone in names.WITHOUT_RESIDUAL_BLOCKS,
-            lambda f: f"--meta_scope={f.meta_scope} needs a backbone with residual blocks "
-                      f"({', '.join(RESIDUAL_BACKBONES)}); --backbone={f.backbone} has none"),
+            and f.backbone in names.WITHOUT_BLOCKS,
+            lambda f: f"--meta_scope={f.meta_scope} needs a backbone with blocks "
+                      f"({', '.join(BLOCK_BACKBONES)}); --backbone={f.backbone} has none"),
     Refusal(lambda f: f.meta_scope == "last_layer" and f.backbone == "vgg19_bn",
             "--meta_scope=last_layer steps a Dense head on the features; vgg19_bn's "
             "features feed an MLP (its CLID feature is the pooled conv feature): use "

@@ -147,8 +147,8 @@ def define_flags() -> None:
                       "gradient.")
     flags.DEFINE_string("meta_scope", "full", "Parameters of the virtual step: full (all, "
                         "exact), last_layer (classifier head only, features reused; cheap) "
-                        "or top:N (head and the last N residual blocks, exact for that step; "
-                        "residual backbones only).")
+                        "or top:N (head and the last N blocks, residual or conv, exact for that "
+                        "step; not mlp or vgg19_bn).")
 
     def check_meta_scope(text):
         try:

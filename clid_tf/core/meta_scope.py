@@ -3,14 +3,15 @@
   full        every parameter (exact)
   last_layer  the classifier head only, with the features of theta reused (fast
               meta-reweighting)
-  top:N       the head, any layers after the last residual block and the last N residual
-              blocks; the parameters below them stay at theta in the virtual step, so the
-              hypergradient is exact for that restricted step and its backward stops at
-              the cut. Needs a backbone with residual blocks; top:L (L blocks) is full.
+  top:N       the head, any layers after the last block and the last N blocks (residual
+              blocks, or a plain CNN's conv blocks); the parameters below them stay at
+              theta in the virtual step, so the hypergradient is exact for that restricted
+              step and its backward stops at the cut. Needs a backbone with named blocks;
+              top:L (L blocks) is full.
 
 `parse` is the one place that reads a scope string (the CLI's flag validator and the
-model both call it); `block_variables` partitions a backbone's parameters by its residual
-blocks, as top:N cuts them.
+model both call it); `block_variables` partitions a backbone's parameters by its blocks,
+as top:N cuts them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 KINDS = ("full", "last_layer", "top")
-HELP = "full, last_layer or top:N (N >= 1 residual blocks)"
+HELP = "full, last_layer or top:N (N >= 1 blocks)"
 
 
 class MetaScope(NamedTuple):
@@ -40,7 +41,7 @@ def parse(text: str) -> MetaScope:
 
 
 def block_variables(model) -> list[list]:
-    """The trainable variables of each residual block, input to output, of a model with
+    """The trainable variables of each block, input to output, of a model with
     `block_names` whose layers (at any depth) are named `<block>_...` and `stem_...` (or
     the model's `stem_prefixes`, e.g. keras.applications' 'conv1_').
 

@@ -22,7 +22,7 @@ measured 1-3% slower than 'tape' with 18% less peak memory on ResNet-32
 (tools/bench_speed.py) and is the default.
 
 The meta scope (`clid_tf.core.meta_scope`) restricts the virtual step to some parameters:
-'top:N' steps the head and the last N residual blocks and holds the rest at theta, so
+'top:N' steps the head and the last N blocks (residual or conv) and holds the rest at theta, so
 that the virtual backward stops at the cut and the meta forward below it is recorded on no
 tape; each route is exact for that restricted step. 'last_layer' steps the head alone with
 the features of theta reused (`hypergradient_last_layer`).
@@ -129,19 +129,17 @@ def check_scope(backbone: keras.Model, scope: str) -> None:
 
 def stepped_indices(backbone: keras.Model, scope: meta_scope.MetaScope) -> list[int]:
     """Indices into backbone.trainable_variables of the parameters that take the virtual
-    step under scope 'full' (all) or 'top:N' (all but those of the residual blocks below
+    step under scope 'full' (all) or 'top:N' (all but those of the blocks below
     the last N, `meta_scope.block_variables`); ValueError if the backbone has no N blocks."""
     variables = backbone.trainable_variables
     if scope.kind == "full":
         return list(range(len(variables)))
     names = getattr(backbone, "block_names", ())
     if not names:
-        raise ValueError(f"meta scope {scope} needs a backbone with residual blocks "
-                         f"(resnet32, preact_resnet18, resnet34, wrn28_10, wrn28_2, resnet50); "
-                         f"{backbone.name} has none")
+        raise ValueError(f"meta scope {scope} needs a backbone with named blocks (residual "
+                         f"or conv, `block_names`); {backbone.name} has none")
     if scope.blocks > len(names):
-        raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} residual "
-                         "blocks")
+        raise ValueError(f"meta scope {scope}: the backbone has only {len(names)} blocks")
     below = {id(v) for block in meta_scope.block_variables(backbone)[:len(names) - scope.blocks]
              for v in block}
     return [i for i, v in enumerate(variables) if id(v) not in below]

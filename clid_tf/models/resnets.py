@@ -179,18 +179,23 @@ def _head(inputs, x, num_classes: int, feature_dim: int, *, kernel_init: str,
 
 
 _BLOCK_NAME = re.compile(r"^((?:stage|group)(\d+)_block(\d+))_")
+_CONV_BLOCK_NAME = re.compile(r"^(block(\d+))_")  # the plain CNNs' conv blocks
 
 
 def block_names_of(model: keras.Model) -> tuple[str, ...]:
-    """The residual block names of a model built here, read from its layers' names
-    (`stage<s>_block<b>_...`, `group<g>_block<b>_...`), input to output: what
-    `model.block_names` holds, for a model that lost the attribute (e.g. reloaded from a
-    .keras file). Empty for a model without such layers."""
+    """The block names of a model built here, read from its layers' names (residual
+    `stage<s>_block<b>_...`, `group<g>_block<b>_...`, or the plain CNNs' conv
+    `block<b>_...`), input to output: what `model.block_names` holds, for a model that
+    lost the attribute (e.g. reloaded from a .keras file). Empty for a model without
+    such layers."""
     found = {}
     for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
         match = _BLOCK_NAME.match(layer.name)
+        conv = _CONV_BLOCK_NAME.match(layer.name)
         if match:
             found[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+        elif conv:
+            found[conv.group(1)] = (0, int(conv.group(2)))
     return tuple(sorted(found, key=found.get))
 
 

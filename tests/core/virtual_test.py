@@ -265,18 +265,17 @@ def test_residual_backbones_list_their_blocks_input_to_output(name, blocks):
     assert "stem_conv/kernel" in [v.path for v in groups[0]]
 
 
-def test_scopes_are_parsed_in_one_place_and_top_n_needs_residual_blocks():
+def test_scopes_are_parsed_in_one_place_and_top_n_needs_named_blocks():
     assert meta_scope.parse("top:2") == meta_scope.MetaScope("top", 2)
     assert str(meta_scope.parse("top:2")) == "top:2" and str(meta_scope.parse("full")) == "full"
     for bad in ("top:0", "top:", "top:x", "top:-1", "bottom:1", "top2", ""):
         with pytest.raises(ValueError, match="meta scope must be full, last_layer or top:N"):
             meta_scope.parse(bad)
-    cnn = backbones.build("small_cnn", num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
-                          std=(0.4,))
-    with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
-        virtual.check_scope(cnn, "top:1")
-    with pytest.raises(ValueError, match="has only 3 residual blocks"):
+    flat = backbones.build("mlp", num_classes=3, input_shape=(6,), mean=(0.3,), std=(0.4,))
+    with pytest.raises(ValueError, match="needs a backbone with named blocks"):
+        virtual.check_scope(flat, "top:1")
+    with pytest.raises(ValueError, match="has only 3 blocks"):
         virtual.check_scope(_tiny_residual_classifier(), "top:4")
-    with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
-        meta_model.MetaReweightModel(cnn, helpers.weight_net(), meta_scope="top:1",
+    with pytest.raises(ValueError, match="needs a backbone with named blocks"):
+        meta_model.MetaReweightModel(flat, helpers.weight_net(), meta_scope="top:1",
                                      meta_objective=objectives.meta_objective("clid", tau=0.5))

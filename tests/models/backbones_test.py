@@ -63,7 +63,7 @@ def test_vgg19_bn_refuses_the_scopes_it_cannot_have_and_small_images(vgg):
     vri = metanets.build("vri", num_classes=10, feature_dim=512, seed=0)
     with pytest.raises(ValueError, match="last_layer needs logits = features @ head"):
         meta_model.MetaReweightModel(vgg, vri, meta_scope="last_layer")
-    with pytest.raises(ValueError, match="needs a backbone with residual blocks"):
+    with pytest.raises(ValueError, match="needs a backbone with named blocks"):
         meta_model.MetaReweightModel(vgg, vri, meta_scope="top:2")
     meta_model.MetaReweightModel(vgg, vri, meta_scope="full")
     with pytest.raises(ValueError, match="at least 32x32"):
@@ -142,3 +142,58 @@ def test_resnet50_pretrained_weights_take_rgb_as_keras_takes_caffe_bgr(tmp_path)
     with pytest.raises(ValueError, match="resnet50 only"):
         backbones.build("vgg19_bn", num_classes=3, input_shape=(32, 32, 3), pretrained=path,
                         **STATS)
+
+
+def _conv_shapes(net) -> list[tuple]:
+    """(output height, width, channels) of every conv layer of a built backbone, in order."""
+    body = [layer for layer in net.layers if isinstance(layer, keras.Model)][0]
+    return [tuple(layer.output.shape[1:]) for layer in body.layers
+            if isinstance(layer, keras.layers.Conv2D)]
+
+
+def test_pooled_cnn_convolves_28x28_images_at_a_quarter_and_a_sixteenth_of_their_pixels():
+    """pooled_cnn is small_cnn's three blocks with a pool after each of the first two: the
+    64- and 128-channel convolutions run at 14x14 and 7x7 on 28x28 inputs (small_cnn: 28x28
+    and 14x14), the same parameters, a quarter of the multiply-adds."""
+    shape = dict(num_classes=10, input_shape=(28, 28, 1), mean=(0.3,), std=(0.3,), seed=0)
+    pooled, small = backbones.build("pooled_cnn", **shape), backbones.build("small_cnn", **shape)
+    assert _conv_shapes(pooled) == [(28, 28, 32), (14, 14, 64), (7, 7, 128)]
+    assert _conv_shapes(small) == [(28, 28, 32), (28, 28, 64), (14, 14, 128)]
+    assert _count(pooled.trainable_variables) == _count(small.trainable_variables) == (
+        9 * 32 + 2 * 32 + 9 * 32 * 64 + 2 * 64 + 9 * 64 * 128 + 2 * 128 + 128 * 10 + 10)
+
+    def macs(shapes, channels_in=1):
+        total = 0
+        for h, w, c in shapes:
+            total, channels_in = total + h * w * 9 * channels_in * c, c
+        return total
+    assert macs(_conv_shapes(pooled)) == 7_451_136
+    assert macs(_conv_shapes(small)) == 29_127_168
+    x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.float32)
+    logits, features = pooled(x, training=False)
+    assert logits.shape == (2, 10) and features.shape == (2, 128) == (2, pooled.feature_dim)
+    assert pooled.head is pooled.get_layer("pooled_cnn").get_layer("logits")
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "pooled_cnn"])
+def test_conv_blocks_are_named_for_top_n_and_found_again_after_a_reload(name, tmp_path):
+    """The plain CNNs' conv-BN-ReLU blocks are their `block_names` (top:N steps the head and
+    the last N), also on a model reloaded from a .keras file (which loses the attribute)."""
+    net = backbones.build(name, num_classes=3, input_shape=(8, 8, 1), mean=(0.3,),
+                          std=(0.4,), seed=0)
+    assert net.block_names == ("block1", "block2", "block3")
+    groups = meta_scope.block_variables(net)
+    assert [[v.path for v in g] for g in groups] == [
+        [f"block{i}_conv/kernel", f"block{i}_bn/gamma", f"block{i}_bn/beta"] for i in (1, 2, 3)]
+    stepped = virtual.stepped_indices(net, meta_scope.parse("top:1"))
+    assert [net.trainable_variables[i].path for i in stepped] == [
+        "block3_conv/kernel", "block3_bn/gamma", "block3_bn/beta", "logits/kernel",
+        "logits/bias"]
+    with pytest.raises(ValueError, match="has only 3 blocks"):
+        virtual.check_scope(net, "top:4")
+    net.save(tmp_path / "net.keras")
+    reloaded = meta_model.MetaReweightModel(keras.models.load_model(tmp_path / "net.keras"),
+                                            metanets.build("wnet", num_classes=3,
+                                                           feature_dim=128, seed=0),
+                                            meta_scope="top:2")
+    assert reloaded.backbone.block_names == ("block1", "block2", "block3")

@@ -3,7 +3,9 @@
 Every function is deterministic given its `seed` and never touches global RNG state.
 Class-conditional kinds ('sym', 'pair', 'flip', ...) build a K x K transition matrix C
 (row y is the distribution of the noisy label given clean label y) and sample each label
-from its row; 'instance' builds one such row per sample from the image (Xia et al. 2020).
+from its row; 'instance' builds one such row per sample from the image (Xia et al. 2020);
+'confusion' builds it from a classifier's out-of-sample doubt about each image, the
+structure of human labels such as CIFAR-N's (`confusion_probabilities`).
 
 Conventions that differ between the reference code paths:
 'sym' is the reference `unif` noise, C = rate/K * ones + (1 - rate) * I, so a label is kept
@@ -26,7 +28,9 @@ import numpy as np
 
 KINDS: tuple[str, ...] = (
         'none', 'sym', 'sym_exact', 'pair', 'flip', 'flip2', 'asym_cifar10',
-        'asym_cifar100', 'asym_cifar100_superclass', 'instance', 'hierarchical')
+        'asym_cifar100', 'asym_cifar100_superclass', 'instance', 'hierarchical', 'confusion')
+# Kinds drawn from the images themselves (they need the training images in memory).
+IMAGE_KINDS: tuple[str, ...] = ('instance', 'confusion')
 
 # Standard CIFAR-100 fine label -> coarse (superclass) label, 20 superclasses of 5 classes.
 CIFAR100_COARSE: tuple[int, ...] = (
@@ -43,6 +47,8 @@ FLIP_MATRIX_SEED = 1  # the reference's fixed seed of flip_labels_C / flip_label
 ASYM_CIFAR100_BLOCK = 5  # classes per consecutive index block of 'asym_cifar100'
 INSTANCE_NORM_STD = 0.1  # sd of the per-sample flip rate (reference `norm_std`)
 _INSTANCE_CHUNK = 1024  # rows of flattened images multiplied at once
+CONFUSION_FOLDS = 5  # out-of-sample folds of the classifier that 'confusion' asks
+CONFUSION_DIMS = 64  # principal components of the pixels that classifier reads
 
 _REQUIRED_CLASSES = {'asym_cifar10': 10, 'asym_cifar100': 100,
                      'asym_cifar100_superclass': 100, 'hierarchical': 100}
@@ -189,10 +195,11 @@ def noise_matrix(*, kind: str, rate: float, num_classes: int) -> np.ndarray:
     """The designed transition matrix that `corrupt` samples from for a class-level kind.
 
     No matrix depends on a seed: 'flip'/'flip2' are the reference's fixed-seed matrices
-    whatever the seed of `corrupt`. 'instance' has no class-level matrix (ValueError).
+    whatever the seed of `corrupt`. 'instance' and 'confusion' have no class-level matrix
+    (ValueError).
 
     Args:
-        kind: a name from KINDS other than 'instance'.
+        kind: a name from KINDS other than 'instance' and 'confusion'.
         rate: noise rate in [0, 1].
         num_classes: K.
 
@@ -295,15 +302,105 @@ def instance_probabilities(labels: np.ndarray, images: np.ndarray, *, rate: floa
     return probs
 
 
-def _check_images(images: np.ndarray | None, n: int) -> np.ndarray:
+def _check_images(images: np.ndarray | None, n: int, kind: str = 'instance') -> np.ndarray:
     if images is None:
-        raise ValueError("noise kind 'instance' needs images")
+        raise ValueError(f"noise kind '{kind}' needs images")
     images = np.asarray(images)
     if images.ndim < 2 or len(images) != n:
         raise ValueError(f'images must have shape [N={n}, ...], got {images.shape}')
     if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_):
         raise ValueError(f'images must be numeric, got dtype {images.dtype}')
     return images
+
+
+def confusion_probabilities(labels: np.ndarray, scores: np.ndarray, *, rate: float,
+                            num_classes: int) -> np.ndarray:
+    """Per-sample noisy-label distributions of human-like confusion noise.
+
+    People mislabel the images they find ambiguous, and they pick the classes those images
+    resemble (CIFAR-10N: cat <-> dog, truck <-> automobile, rarely cat -> truck). Given a
+    classifier's out-of-sample probabilities s_i [K] for each image, sample i flips with
+    probability q_i = min(1, c * d_i), d_i = 1 - s_i[y_i] its doubt about the given label,
+    with c chosen so that the mean of q_i is `rate`; a flip goes to class j != y_i with
+    probability s_ij / sum_{k != y_i} s_ik (the classes confused with it; uniform where
+    the classifier gives the others no mass).
+
+    Args:
+        labels: int [N] clean labels in [0, K).
+        scores: float [N, K] a classifier's out-of-sample class probabilities.
+        rate: mean flip rate in [0, 1].
+        num_classes: K.
+
+    Returns:
+        float64 [N, K]; row i sums to 1 and P[i, labels[i]] = 1 - q_i.
+
+    Raises:
+        ValueError: bad inputs, or a rate above what the doubts allow (every sample with
+            any doubt flipped: the fraction of samples with d_i > 0).
+    """
+    num_classes = _check_num_classes(num_classes)
+    labels = _check_labels(labels, num_classes)
+    rate = _check_rate(rate)
+    scores = np.asarray(scores, np.float64)
+    if scores.shape != (len(labels), num_classes) or not np.all(np.isfinite(scores)):
+        raise ValueError(f'scores must be finite floats of shape {(len(labels), num_classes)}, '
+                         f'got {scores.shape}')
+    rows = np.arange(len(labels))
+    scores = np.clip(scores, 0.0, None)
+    doubt = 1.0 - np.clip(scores[rows, labels], 0.0, 1.0)
+    q = np.minimum(1.0, _doubt_scale(doubt, rate) * doubt)
+    others = scores.copy()
+    others[rows, labels] = 0.0
+    mass = others.sum(axis=1, keepdims=True)
+    uniform = np.full_like(others, 1.0 / (num_classes - 1))
+    uniform[rows, labels] = 0.0
+    others = np.where(mass > 0, others / np.where(mass > 0, mass, 1.0), uniform)
+    probs = q[:, None] * others
+    probs[rows, labels] += 1.0 - q
+    return probs
+
+
+def _doubt_scale(doubt: np.ndarray, rate: float) -> float:
+    """c >= 0 with mean(min(1, c * doubt)) = rate (bisection; the mean grows with c)."""
+    if rate == 0.0 or not doubt.size:
+        return 0.0
+    reachable = float(np.mean(doubt > 0))
+    if rate > reachable:
+        raise ValueError(f'confusion noise can flip at most {reachable:.3f} of these labels '
+                         f'(the samples the classifier has any doubt about), not {rate}')
+    low, high = 0.0, 1.0
+    while np.mean(np.minimum(1.0, high * doubt)) < rate:
+        high *= 2.0
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if np.mean(np.minimum(1.0, mid * doubt)) < rate else (low, mid)
+    return high
+
+
+def confusion_scores(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                     seed: int) -> np.ndarray:
+    """Out-of-sample class probabilities float64 [N, K] of a linear classifier of the
+    pixels: standardised, projected on their first CONFUSION_DIMS principal components,
+    multinomial logistic regression, each sample scored by the model of the
+    CONFUSION_FOLDS folds that did not train on it (scikit-learn; seeded, deterministic).
+    What 'confusion' noise reads as a person's doubt; labels must be the clean ones."""
+    # pylint: disable=import-outside-toplevel
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    flat = images.reshape(len(labels), -1).astype(np.float32)
+    dims = min(CONFUSION_DIMS, flat.shape[1], len(labels) // CONFUSION_FOLDS)
+    folds = StratifiedKFold(min(CONFUSION_FOLDS, int(np.bincount(labels).min())), shuffle=True,
+                            random_state=seed)
+    scores = np.zeros((len(labels), num_classes))
+    for fit_rows, held in folds.split(flat, labels):
+        model = make_pipeline(StandardScaler(), PCA(dims, random_state=seed),
+                              LogisticRegression(max_iter=500))
+        model.fit(flat[fit_rows], labels[fit_rows])
+        scores[np.ix_(held, model.classes_)] = model.predict_proba(flat[held])
+    return scores
 
 
 # ------------------------------------------------------------------------------ public API
@@ -323,7 +420,8 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
     over the other 4 classes of the superclass, K=100);
     'instance' (Xia et al. 2020, see `instance_probabilities`; needs `images`; note that
     rate 0 still flips about 8% because q_i ~ TruncNormal(0, 0.1, [0, 1]), as in the
-    reference).
+    reference); 'confusion' (human-like: the doubtful images flip to the classes they
+    resemble, `confusion_probabilities` of `confusion_scores`; needs `images`).
 
     Args:
         labels: int [N] clean labels in [0, num_classes).
@@ -332,14 +430,14 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
         num_classes: K >= 2.
         seed: seed of the sampling (and of 'instance''s flip rates and W); no
             class-level matrix depends on it.
-        images: [N, ...] raw images (0..255), needed by 'instance' only.
+        images: [N, ...] raw images (0..255), needed by 'instance' and 'confusion' only.
 
     Returns:
         int64 [N] noisy labels (a new array).
 
     Raises:
-        ValueError: unknown kind, rate outside [0, 1], labels out of range, 'instance'
-            without images, or a kind used with the wrong num_classes.
+        ValueError: unknown kind, rate outside [0, 1], labels out of range, 'instance' or
+            'confusion' without images, or a kind used with the wrong num_classes.
     """
     num_classes = _check_num_classes(num_classes)
     _check_kind(kind, num_classes)
@@ -350,6 +448,11 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
     if kind == 'instance':
         probs = instance_probabilities(labels, images, rate=rate, num_classes=num_classes,
                                        seed=seed)
+    elif kind == 'confusion':
+        scores = confusion_scores(_check_images(images, len(labels), kind), labels,
+                                  num_classes=num_classes, seed=seed)
+        probs = confusion_probabilities(labels, scores, rate=rate, num_classes=num_classes)
+    if kind in IMAGE_KINDS:
         # Sampling uses its own stream, independent of those drawing q and W.
         sample_seq = np.random.SeedSequence([int(seed), 1])
         return _sample_rows(probs, np.random.default_rng(sample_seq))

@@ -136,8 +136,8 @@ def noisy_training_labels(dataset: datasets.Dataset, *, noise: str, noise_rate: 
     if noise == "none" or sources.is_human_label(noise):
         return train.labels.astype(np.int64)
     images = getattr(train.inputs, "array", None)
-    if noise == "instance" and images is None:
-        raise ValueError("instance noise needs the training images in memory (arrays); "
+    if noise in noise_lib.IMAGE_KINDS and images is None:
+        raise ValueError(f"{noise} noise needs the training images in memory (arrays); "
                          "file data cannot use it")
     return noise_lib.corrupt(train.labels, kind=noise, rate=noise_rate,
                              num_classes=dataset.num_classes, seed=seed, images=images)

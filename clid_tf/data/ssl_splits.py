@@ -162,10 +162,10 @@ def _noisy(dataset: datasets.Dataset, labeled: np.ndarray, *, noise: str,
     if noise == "none" or sources.is_human_label(noise):
         return given.astype(np.int64)
     images = None
-    if noise == "instance":
+    if noise in noise_lib.IMAGE_KINDS:
         array = getattr(dataset.train.inputs, "array", None)
         if array is None:
-            raise ValueError("instance noise needs the training images in memory (arrays); "
+            raise ValueError(f"{noise} noise needs the training images in memory (arrays); "
                              "file data cannot use it")
         images = array[labeled]
     return noise_lib.corrupt(given, kind=noise, rate=noise_rate,

@@ -63,7 +63,8 @@ def _superclass_of() -> dict[int, list[int]]:
 def test_kinds_are_the_public_names():
     assert noise.KINDS == ('none', 'sym', 'sym_exact', 'pair', 'flip', 'flip2',
                            'asym_cifar10', 'asym_cifar100', 'asym_cifar100_superclass',
-                           'instance', 'hierarchical')
+                           'instance', 'hierarchical', 'confusion')
+    assert noise.IMAGE_KINDS == ('instance', 'confusion')
 
 
 def test_cifar100_table_has_20_superclasses_of_5():
@@ -328,7 +329,7 @@ def test_rate_zero_changes_nothing(kind):
 
 def _corrupt_small(kind: str, seed: int, clean: np.ndarray, images: np.ndarray) -> np.ndarray:
     return noise.corrupt(clean, kind=kind, rate=0.4, num_classes=_k(kind), seed=seed,
-                         images=images if kind == 'instance' else None)
+                         images=images if kind in noise.IMAGE_KINDS else None)
 
 
 @pytest.mark.parametrize('kind', [k for k in noise.KINDS if k != 'none'])
@@ -495,6 +496,63 @@ def test_instance_chunking_does_not_change_the_result(monkeypatch):
     np.testing.assert_allclose(chunked, full, rtol=1e-12, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- confusion
+
+
+def _digits():
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    return digits.target.astype(np.int64), digits.images.astype(np.uint8)
+
+
+def test_confusion_probabilities_flip_the_doubtful_to_what_they_resemble():
+    """q_i = min(1, c (1 - s_i[y_i])) with mean rate; the flip goes to the other classes in
+    proportion to the scores (uniform where they have none); a certain sample never flips."""
+    labels = np.array([0, 0, 1, 2], np.int64)
+    scores = np.array([[1.0, 0.0, 0.0],     # certain: never flips
+                       [0.6, 0.3, 0.1],     # doubt 0.4, mostly towards class 1
+                       [0.0, 0.2, 0.8],     # doubt 0.8, all towards class 2
+                       [0.0, 0.0, 0.8]])    # doubt 0.2, no mass elsewhere: uniform
+    p = noise.confusion_probabilities(labels, scores, rate=0.35, num_classes=3)
+    q = 1.0 - p[np.arange(4), labels]
+    c = 0.35 * 4 / (0.4 + 0.8 + 0.2)  # no q is capped at 1 at this rate
+    np.testing.assert_allclose(q, c * np.array([0.0, 0.4, 0.8, 0.2]), atol=1e-9)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(p[1], [1 - q[1], q[1] * 0.75, q[1] * 0.25], atol=1e-9)
+    np.testing.assert_allclose(p[2], [0.0, 1 - q[2], q[2]], atol=1e-9)
+    np.testing.assert_allclose(p[3], [q[3] / 2, q[3] / 2, 1 - q[3]], atol=1e-9)
+    capped = noise.confusion_probabilities(labels, scores, rate=0.6, num_classes=3)
+    q = 1.0 - capped[np.arange(4), labels]
+    assert q.mean() == pytest.approx(0.6) and q[2] == pytest.approx(1.0) and q[0] == 0.0
+    with pytest.raises(ValueError, match='at most 0.750 of these labels'):
+        noise.confusion_probabilities(labels, scores, rate=0.8, num_classes=3)
+    with pytest.raises(ValueError, match='shape'):
+        noise.confusion_probabilities(labels, scores[:, :2], rate=0.2, num_classes=3)
+
+
+def test_confusion_noise_on_digits_is_human_like_and_seeded():
+    """On real images the realised rate is the rate; the flips concentrate on a few
+    confusable pairs (far from symmetric noise's spread), the flipped images are those a
+    classifier doubts, and the labels are a function of the seed."""
+    clean, images = _digits()
+    noisy = noise.corrupt(clean, kind='confusion', rate=0.3, num_classes=10, seed=0,
+                          images=images)
+    assert noise.flip_rate(clean, noisy) == pytest.approx(0.3, abs=0.03)
+    np.testing.assert_array_equal(noisy, noise.corrupt(
+        clean, kind='confusion', rate=0.3, num_classes=10, seed=0, images=images))
+    assert not np.array_equal(noisy, noise.corrupt(
+        clean, kind='confusion', rate=0.3, num_classes=10, seed=1, images=images))
+    t = noise.transition_matrix(clean, noisy, num_classes=10)
+    np.fill_diagonal(t, 0.0)
+    top_two = np.sort(t, axis=1)[:, -2:].sum(axis=1) / t.sum(axis=1)
+    assert top_two.mean() > 0.5  # symmetric noise: 2 of 9 targets, 0.22
+    scores = noise.confusion_scores(images, clean, num_classes=10, seed=0)
+    doubt = 1.0 - scores[np.arange(len(clean)), clean]
+    flipped = noisy != clean
+    assert doubt[flipped].mean() > 3 * doubt[~flipped].mean()
+    assert np.mean(scores.argmax(axis=1) == clean) > 0.85  # out of sample, still a classifier
+
+
 # ----------------------------------------------------------------------------- imbalance
 
 
@@ -554,6 +612,7 @@ def _good(**overrides):
         (np.zeros((2, 5), np.int64), {}, '1-D'),
         (np.array([0.0, 1.0]), {}, 'integers'),
         (np.arange(10), dict(kind='instance'), 'needs images'),
+        (np.arange(10), dict(kind='confusion'), "'confusion' needs images"),
         (np.arange(10), dict(kind='instance', images=np.zeros((9, 4))), 'shape'),
         (np.arange(10), dict(kind='asym_cifar10', num_classes=100), 'num_classes=10'),
         (np.arange(10), dict(kind='asym_cifar100'), 'num_classes=100'),
@@ -579,3 +638,5 @@ def test_other_value_errors():
         noise.flip_rate(np.arange(3), np.arange(4))
     with pytest.raises(ValueError):
         noise.noise_matrix(kind='instance', rate=0.2, num_classes=10)
+    with pytest.raises(ValueError):
+        noise.noise_matrix(kind='confusion', rate=0.2, num_classes=10)

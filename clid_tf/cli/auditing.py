@@ -1,7 +1,7 @@
 """The audit command: which training labels of a run does a CLID-MU model doubt?
 
-`python -m clid_tf.audit --workdir=RUN` reads RUN/flags.cfg (flags given on the command
-line override it), rebuilds the run's data (the same noisy labels and training samples,
+`python -m clid_tf.audit --workdir=RUN` reads the training flags of RUN/flags.cfg as data
+(flags given on the command line override them; nothing of absl's own is read from it), rebuilds the run's data (the same noisy labels and training samples,
 checked against RUN/split.npz) and ranks the training labels by suspicion
 (`clid_tf.evaluation.label_issues`): with --audit_folds=K (5 by default) out of sample, K models
 trained with the run's own settings, each scoring the fold it did not see; with
@@ -23,25 +23,27 @@ import numpy as np
 
 from clid_tf.cli import checks, failures
 from clid_tf.cli.flags import AUDIT_GROUPS, AUDIT_HELP, FLAGS
-from clid_tf.cli.parsing import fail, parse_flags
+from clid_tf.cli.parsing import fail, parse_flags, run_flag_arguments
 from clid_tf.errors import RunError
 from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
 
 
 def flags_parser(argv: list[str]) -> list[str]:
-    """Parses the command line, then re-reads it on top of RUN/flags.cfg; --help, or one
-    error line (a bad line of flags.cfg named by its number)."""
+    """Parses the command line, then again on top of the training flags RUN/flags.cfg
+    sets, read as data (`parsing.run_flag_arguments`: never as a flagfile, nothing of
+    absl's own); --help, or one error line (a bad line of flags.cfg named by its number)."""
     parse_flags(argv, groups=AUDIT_GROUPS, help_overrides=AUDIT_HELP)
     if not FLAGS.workdir:
         fail("--workdir=RUN is required: the folder of a training run")
     folder = run_folder.RunFolder(FLAGS.workdir)
     try:
-        folder.read_flags()  # a readable flags.cfg, or one line
-    except run_folder.FolderError as error:
+        folder.check_is_run("audit")
+        saved = run_flag_arguments(folder.read_flags(), folder.flags_path)
+    except (run_folder.FolderError, ValueError) as error:
         fail(str(error))
     FLAGS.unparse_flags()
-    return parse_flags([argv[0], f"--flagfile={folder.flags_path}", *argv[1:]])
+    return parse_flags(argv, saved=saved)
 
 
 def main(argv: list[str]) -> None:
@@ -107,6 +109,9 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     if not folds:
         found["epochs"] = [run_folder.checkpoint_epoch(p) for p in
                            folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:]]
+    files = getattr(setup.dataset.train.inputs, "files", None)
+    if files is not None:  # a list file may name files outside its data root
+        found["files_outside_root"] = int(files.outside_root()[idx].sum())
     found["seconds"] = round(time.time() - started, 2)
     folder.write_audit(found)
     if found["run_finished"]:
@@ -185,6 +190,9 @@ def summary(found: dict) -> str:
         text += (f" Against the true labels (noise rate {found['true_noise_rate']:.4f}): "
                  f"precision {_fmt(found['precision'])}, recall {_fmt(found['recall'])}, "
                  f"ROC AUC {_fmt(found['roc_auc'])}.")
+    if found.get("files_outside_root"):
+        text += (f" {found['files_outside_root']} of the audited files lie outside the data "
+                 "root (the list file names them so; they were read as listed).")
     text += f" Ranked samples: {found['csv']}"
     if found.get("pictures"):
         text += f"; the most suspicious as pictures: {found['pictures'][0]}"

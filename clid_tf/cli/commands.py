@@ -62,13 +62,20 @@ def run(state: dict | None = None) -> dict:
     checks.check(flags)
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
-    folder = run_folder.RunFolder(FLAGS.workdir or _default_workdir())
+    path = FLAGS.workdir or _default_workdir()
+    if flags.strategy == "multi_worker":  # one writer per folder: the chief writes RUN
+        if not FLAGS.workdir:
+            raise errors.RunError("--strategy=multi_worker needs --workdir=RUN, the same on "
+                                  "every worker: the chief writes RUN, worker i RUN.worker<i>")
+        path = run_folder.for_this_worker(path, os.environ.get("TF_CONFIG"))
+    folder = run_folder.RunFolder(path)
     resuming = FLAGS.resume and folder.is_started()
     if resuming:
+        folder.check_is_run()  # before anything is written or removed
         folder.lock()
-        folder.remove_temporary_files()  # what a kill mid-write left
         lines, at_default = _flag_record()
         folder.check_resumable(lines, at_default=at_default)
+        folder.remove_temporary_files()  # what a kill mid-write left, by its own names
     else:
         folder.create(allow_partial=FLAGS.resume)
     state["folder"] = folder

@@ -26,6 +26,16 @@ from clid_tf.cli.flags import FLAGS, HELP_GROUPS, REPO, training_flag_names
 _HELP_FLAGS = {"help": "short", "helpshort": "short", "?": "short", "helpfull": "full",
                "helpxml": "xml"}
 _MAX_WIDTH = 100
+# The flags absl itself defines (app.run's help, debugging and logging flags): absl writes
+# them into every flags.cfg; a run's flags.cfg is read without them.
+ABSL_OWN_FLAGS = frozenset({
+    "help", "helpfull", "helpshort", "helpxml", "?", "only_check_args", "only_check_flags",
+    "pdb", "pdb_post_mortem", "run_with_pdb", "run_with_profiling", "profile_file",
+    "use_cprofile_for_profiling", "logtostderr", "alsologtostderr", "log_dir", "verbosity",
+    "v", "logger_levels", "stderrthreshold", "showprefixforinfo", "undefok"})
+# Lines all flagfiles of one command may expand to: a file that includes another twice,
+# nested, doubles at every level; past this the command is refused before absl reads it.
+MAX_FLAGFILE_LINES = 20_000
 
 
 def help_text(groups, *, usage: str, full: bool = False,
@@ -88,13 +98,15 @@ class _Arg(NamedTuple):
     where: str | None  # 'FILE line N' (with the files that included it); None: the command line
 
 
-def parse_flags(argv: list[str], *, groups=None, help_overrides=None) -> list[str]:
+def parse_flags(argv: list[str], *, groups=None, help_overrides=None,
+                saved: list[_Arg] = ()) -> list[str]:
     """The absl flags parser of the entry points (app.run's flags_parser).
 
     --help/-?/--helpshort print `groups` (default: the training flags, or a tool's own flags
     when they are not defined) after __main__'s docstring, --helpfull adds absl's flags,
     --helpxml is absl's XML; each exits 0. A bad flag, value, flagfile or flagfile line is
     one `error:` line naming it (with the flagfile's path and line) and exit code 2.
+    `saved`: flags read as data (`run_flag_arguments`), parsed before the command line's.
 
     Returns:
       argv[0] and the positional arguments from the command line.
@@ -113,30 +125,59 @@ def parse_flags(argv: list[str], *, groups=None, help_overrides=None) -> list[st
         sys.exit(0)
     args = None
     try:
-        args = _expanded(argv[1:])
+        args = [*saved, *_expanded(argv[1:])]
         _check_values_given(args)
-        rest = FLAGS(argv)
+        rest = FLAGS([argv[0], *(a.text for a in saved), *argv[1:]])
     except (flags.Error, ValueError) as error:
         fail(_located(error, argv[0], args))
     _check_flagfile_positionals(args, rest[1:])
     return rest
 
 
+def run_flag_arguments(text: str, path: str) -> list[_Arg]:
+    """A run's flags.cfg read as data: the training flags it sets, as arguments that
+    remember their line; absl's own flags are not read from it (a flags.cfg names them
+    only because absl writes every flag), so a line such as --profile_file=PATH or
+    --run_with_pdb has no effect. ValueError (one line, with the line number) for a
+    --flagfile line, a line that is not --name[=value], or an unknown flag."""
+    training = set(training_flag_names())
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "//")):
+            continue
+        where = f"{path} line {number}"
+        name = line[2:].split("=", 1)[0] if line.startswith("--") else None
+        if name is None or not name:
+            raise ValueError(f"{where}: {line[:80]!r} is not a --name=value line")
+        if name == "flagfile":
+            raise ValueError(f"{where}: a run's flags.cfg holds its training flags, not "
+                             "--flagfile (it is read as data, never as a flagfile)")
+        boolean_name = name[2:] if name.startswith("no") and "=" not in line else None
+        if name in training or boolean_name in training:
+            found.append(_Arg(line, where))
+        elif not {name, boolean_name} & (set(FLAGS) | ABSL_OWN_FLAGS):
+            raise ValueError(f"{where}: unknown flag --{name}")
+    return found
+
+
 def _expanded(args: list[str]) -> list[_Arg]:
     """`args` with every --flagfile replaced by its lines, as absl's
     FlagValues.read_flags_from_files does it, each line remembering its file and number.
-    A flagfile that cannot be read raises flags.Error naming it and where it was named."""
+    A flagfile that cannot be read, or flagfiles that expand to more than
+    MAX_FLAGFILE_LINES lines, raise flags.Error naming it and where it was named."""
     out, rest = [], list(args)
+    budget = _Budget()
     while rest:
         arg = rest.pop(0)
         if arg in ("--flagfile", "-flagfile"):
             if not rest:
                 raise flags.IllegalFlagValueError("--flagfile with no argument")
-            out.extend(_flagfile_lines(os.path.expanduser(rest.pop(0)), None, []))
+            out.extend(_flagfile_lines(os.path.expanduser(rest.pop(0)), None, [], budget))
             continue
         path = flagfile_path(arg)
         if path is not None:
-            out.extend(_flagfile_lines(path, None, []))
+            out.extend(_flagfile_lines(path, None, [], budget))
             continue
         out.append(_Arg(arg, None))
         if arg == "--":
@@ -160,34 +201,52 @@ def flagfile_path(text: str) -> str | None:
     return None
 
 
-def _flagfile_lines(path: str, named_at: str | None, stack: list[str]) -> list[_Arg]:
+class _Budget:
+    """The lines the flagfiles of one command have expanded to so far, and each file's
+    text read once."""
+
+    def __init__(self):
+        self.lines = 0
+        self.texts: dict[str, list[str]] = {}
+
+
+def _flagfile_lines(path: str, named_at: str | None, stack: list[str],
+                    budget: _Budget) -> list[_Arg]:
     """The argument lines of one flagfile, nested flagfiles expanded in place (absl's
     FlagValues._get_flag_file_lines: blank lines and lines starting with # or // skipped;
     a flagfile already being read is skipped, absl warns)."""
     if not path or path in stack:
         return []
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as error:
-        raise flags.Error(_unreadable_flagfile(path, named_at, error)) from error
+    if path not in budget.texts:
+        try:
+            with open(path) as f:
+                budget.texts[path] = f.readlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise flags.Error(_unreadable_flagfile(path, named_at, error)) from error
     out = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(budget.texts[path], 1):
+        budget.lines += 1
+        if budget.lines > MAX_FLAGFILE_LINES:
+            raise flags.Error(f"the flagfiles expand to more than {MAX_FLAGFILE_LINES} lines "
+                              f"({path} is read again and again: a file that includes "
+                              "another more than once, nested); include each file once")
         where = f"{path} line {number}" + (f" (included from {named_at})" if named_at else "")
         if line.isspace() or line.startswith(("#", "//")):
             continue
         nested = flagfile_path(line)
         if nested is not None:
-            out.extend(_flagfile_lines(nested, where, [*stack, path]))
+            out.extend(_flagfile_lines(nested, where, [*stack, path], budget))
         else:
             out.append(_Arg(line.strip(), where))
     return out
 
 
-def _unreadable_flagfile(path: str, named_at: str | None, error: OSError) -> str:
+def _unreadable_flagfile(path: str, named_at: str | None, error: Exception) -> str:
     """'flagfile P (named on F line N) not found relative to CWD ...; run from / did you
     mean ...': the path, where it was named, and where it exists when it does."""
     text = f"flagfile {path}" + (f" (named on {named_at})" if named_at else "")
+    if isinstance(error, UnicodeDecodeError):
+        return f"{text} cannot be read: it is not text"
     if not isinstance(error, FileNotFoundError):
         return f"{text} cannot be read: {error.strerror}"
     if os.path.isabs(path):
@@ -246,22 +305,32 @@ class _LocatedError(flags.Error):
 
 def _located(error: Exception, program: str, args: list[_Arg] | None) -> str:
     """The one-line message of a parse error, prefixed by the flagfile line it came from:
-    the first argument whose prefix of the command line fails with the same error."""
+    the shortest prefix of the arguments that fails with the same error (a bisection: a
+    prefix that holds the bad argument fails as the whole does, so a few parses find it
+    among thousands of lines)."""
     message = _message(error)
     if isinstance(error, _LocatedError):
         arg = error.arg
     elif args is None:
         return message
     else:
-        arg, wanted = None, str(error)
-        for k in range(1, len(args) + 1):
+        wanted = str(error)
+
+        def fails_alike(k: int) -> bool:
             FLAGS.unparse_flags()
             try:
                 FLAGS([program, *(a.text for a in args[:k])])
             except (flags.Error, ValueError) as again:
-                if str(again) == wanted:
-                    arg = args[k - 1]
-                    break
+                return str(again) == wanted
+            return False
+
+        low, high = 0, len(args)  # fails_alike(high) holds, unless no prefix fails alike
+        arg = None
+        if fails_alike(high):
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (low, middle) if fails_alike(middle) else (middle, high)
+            arg = args[high - 1]
         FLAGS.unparse_flags()
     return message if arg is None or arg.where is None else f"{arg.where}: {message}"
 

@@ -25,6 +25,8 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from clid_tf import atomic_io
+from clid_tf.data.inputs import MAX_IMAGE_PIXELS
 from clid_tf.errors import DataError
 
 # keras.utils.image_dataset_from_directory's extensions (matched case-insensitively).
@@ -70,6 +72,12 @@ class FileList(NamedTuple):
         return np.array([p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, self.root)
                          for p in self.paths.tolist()], dtype=str)
 
+    def outside_root(self) -> np.ndarray:
+        """bool [N]: the files that do not lie under `root` (a list file may name them:
+        absolute paths, '..'); they are read as listed."""
+        prefix = self.root.rstrip(os.sep) + os.sep
+        return np.array([not p.startswith(prefix) for p in self.paths.tolist()], bool)
+
     def select(self, keep: np.ndarray) -> FileList:
         """The files where the bool [N] mask `keep` is True."""
         return self._replace(paths=self.paths[keep], labels=self.labels[keep])
@@ -84,9 +92,11 @@ def folder_splits(path: str | os.PathLike) -> dict[str, FileList]:
     optional) are the splits, and PATH may hold no other folders. Otherwise PATH itself is
     the train split. In each split, every non-hidden subfolder is a class (sorted names, as
     keras.utils.image_dataset_from_directory orders them) holding image files with a Keras
-    extension (.bmp .gif .jpeg .jpg .png, any case), found recursively without following
-    folder links, sorted by folder then name (Keras' order with shuffle=False). The classes
-    are those of train; a val/test class folder must be one of them.
+    extension (.bmp .gif .jpeg .jpg .png, any case), found recursively, sorted by folder
+    then name (Keras' order with shuffle=False). Symbolic links are not followed: a linked
+    class folder is refused, a linked subfolder is not entered, a linked image file is
+    skipped as unusable (`read_header`). The classes are those of train; a val/test class
+    folder must be one of them.
 
     Returns:
       {'train': FileList, and 'val' / 'test' where present}; every FileList has the train
@@ -122,12 +132,20 @@ def _folder_error(folder: str, problem: str) -> DataError:
 
 
 def _class_folders(folder: str) -> list[str]:
-    """Sorted non-hidden subfolder names (keras' class folders)."""
+    """Sorted non-hidden subfolder names (keras' class folders); a symbolic link to a
+    folder is refused (links are not followed: its images would silently be missing)."""
     try:
         entries = sorted(os.listdir(folder))
     except OSError as err:
         raise _folder_error(folder, f'cannot list it ({err.strerror or err})') from err
-    return [e for e in entries if not e.startswith('.') and os.path.isdir(os.path.join(folder, e))]
+    entries = [e for e in entries if not e.startswith('.')]
+    linked = [e for e in entries if os.path.islink(os.path.join(folder, e))
+              and os.path.isdir(os.path.join(folder, e))]
+    if linked:
+        raise _folder_error(folder, f'{_listing(linked)} is a symbolic link to a folder; links '
+                                    'are not followed: put the images (or a copy) in a real '
+                                    'folder there')
+    return [e for e in entries if os.path.isdir(os.path.join(folder, e))]
 
 
 def _class_tree(folder: str, root: str, known: tuple[str, ...] | None) -> FileList:
@@ -182,7 +200,9 @@ def read_list(file: str | os.PathLike, *, root: str | os.PathLike,
     Format: one sample per line, the path, whitespace, then the label, which is the last
     whitespace-separated token (so paths may contain spaces; labels may not). Leading and
     trailing whitespace is ignored; blank lines and lines starting with '#' are skipped.
-    Paths are relative to `root` (an absolute path is used as it is). Labels are either all
+    Paths are relative to `root`; an absolute path (or one with '..') is used as it is, and
+    a note line counts the files that lie outside `root`. A listed symbolic link is not
+    followed: the header scan skips it as unusable. Labels are either all
     integers or all class names:
       * integers: class indices; without `class_names` they must be 0..K-1 with K = max + 1
         and the class names are '0' .. 'K-1'; with `class_names` they index it.
@@ -215,7 +235,14 @@ def read_list(file: str | os.PathLike, *, root: str | os.PathLike,
         examples = ', '.join(f'line {line_numbers[i]}: {rel_paths[i]}' for i in missing[:_EXAMPLES])
         raise _list_error(file, f'{missing.size} of {len(paths)} listed files are missing '
                                 f'under {root}, e.g. {examples}')
-    return FileList(paths=paths, labels=labels, class_names=names, root=root)
+    found = FileList(paths=paths, labels=labels, class_names=names, root=root)
+    outside = np.flatnonzero(found.outside_root())
+    if outside.size:
+        examples = ', '.join(f'line {line_numbers[i]}: {rel_paths[i]}'
+                             for i in outside[:_EXAMPLES])
+        print(f'note: list file {file}: {outside.size} of {len(paths)} listed files lie '
+              f'outside the data root {root} (e.g. {examples}); they are read as listed')
+    return found
 
 
 def _check_repeats(file: str, line_numbers: list[int], paths: np.ndarray,
@@ -261,8 +288,8 @@ def _text_lines(file: str) -> Iterable[tuple[int, str]]:
     if not os.path.isfile(file):
         raise _list_error(file, 'no such file' if not os.path.exists(file) else 'not a file')
     try:
-        with open(file, encoding='utf-8') as f:
-            lines = f.read().splitlines()
+        with atomic_io.open_regular(file, 'rb') as f:
+            lines = f.read().decode('utf-8').splitlines()
     except UnicodeDecodeError as err:
         raise _list_error(file, f'not UTF-8 text ({err.reason} at byte {err.start})') from err
     except OSError as err:
@@ -299,15 +326,22 @@ def _list_labels(file: str, line_numbers: list[int], tokens: list[str],
                                 f'{line_numbers[first_name]}: {tokens[first_name]!r}); '
                                 'use one kind')
     if is_int.all():
-        labels = np.array([int(t) for t in tokens], np.int64)
-        num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if bad.size:
+        values = [int(t) for t in tokens]  # Python ints: no int64 overflow
+        if class_names is None:
+            big = next((i for i, v in enumerate(values) if v >= len(values)), None)
+            if big is not None:  # K = max + 1 classes would outnumber the files
+                raise _list_error(file, f'label {values[big]} would make {values[big] + 1} '
+                                        f'classes of {len(values)} files: labels are class ids '
+                                        '0..K-1 and every class needs a file', line_numbers[big])
+        num_classes = len(class_names) if class_names is not None else max(values) + 1
+        bad = [i for i, v in enumerate(values) if not 0 <= v < num_classes]
+        if bad:
             i = bad[0]
             limit = f' ({num_classes} class names)' if class_names is not None else ''
-            raise _list_error(file, f'label {labels[i]} is out of range 0..{num_classes - 1}'
-                                    f'{limit}; {bad.size} of {len(labels)} labels are',
+            raise _list_error(file, f'label {values[i]} is out of range 0..{num_classes - 1}'
+                                    f'{limit}; {len(bad)} of {len(values)} labels are',
                               line_numbers[i])
+        labels = np.array(values, np.int64)
         names = (tuple(class_names) if class_names is not None
                  else tuple(str(k) for k in range(num_classes)))
     else:
@@ -434,9 +468,11 @@ def scan_headers(paths: Sequence[str]) -> HeaderScan:
 
 def read_header(path: str) -> tuple[int, int, bool, str | None]:
     """(height, width, grey, problem) of one image file, from its header and last bytes;
-    problem is None for a usable file, else the reason."""
+    problem is None for a usable file, else the reason. Only regular files are read: a
+    symbolic link is not followed and a FIFO or device is never opened for reading (so
+    the scan cannot block); an image declaring more than MAX_IMAGE_PIXELS is unusable."""
     try:
-        with open(path, 'rb') as f, Image.open(f) as image:
+        with atomic_io.open_regular(path, 'rb') as f, Image.open(f) as image:
             fmt = _FORMATS.get(image.format)
             if fmt is None:
                 return _problem(f'{image.format} format, not PNG, JPEG, BMP, GIF or WebP')
@@ -445,9 +481,14 @@ def read_header(path: str) -> tuple[int, int, bool, str | None]:
             width, height = image.size
             if width < 1 or height < 1:
                 return _problem(f'empty image ({width}x{height})')
+            if width * height > MAX_IMAGE_PIXELS:
+                return _problem(f'{width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} '
+                                'an image may decode to')
             if not _complete(fmt, f, image.tile[0] if image.tile else None):
                 return _problem('truncated (the end of the image is missing)')
             return height, width, image.mode in _GREY_MODES and fmt in _GREY_FORMATS, None
+    except atomic_io.NotRegularFileError as err:
+        return _problem(f'{err.strerror} (only regular files are read; links are not followed)')
     except Image.UnidentifiedImageError:
         return _problem('unreadable (not an image file Pillow knows)')
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:

@@ -62,6 +62,34 @@ class Inputs(Protocol):
         """
 
 
+# Float images: at most this is the [0, 1] scale (round-off above 1 is clipped); at least
+# UNIT_SCALE_TOP * 2 the [0, 255] scale; in between the scale cannot be told: refused.
+UNIT_SCALE_TOP = 1.01
+
+
+def float_pixel_scale(low: float, high: float, what: str) -> float:
+    """The factor that brings float pixels in [low, high] to 0..255: 255 for the [0, 1]
+    scale (high <= UNIT_SCALE_TOP, round-off such as 1.0000001 included), 1 for the
+    [0, 255] scale (high >= 2). ValueError (one line) for a maximum in between, where one
+    stray value would decide between two readings of every pixel, and for values outside
+    both scales."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{what} holds NaN or Inf")
+    if high <= UNIT_SCALE_TOP:
+        if low < -(UNIT_SCALE_TOP - 1.0):
+            raise ValueError(f"{what}: image pixels must lie in [0, 1] or [0, 255], got "
+                             f"[{low:g}, {high:g}]")
+        return 255.0
+    if high < 2 * UNIT_SCALE_TOP:
+        raise ValueError(f"{what}: float pixels reach {high:g}, so it is neither clearly the "
+                         "[0, 1] scale nor the [0, 255] one; clip them to [0, 1] or scale "
+                         "them to [0, 255] before training")
+    if low < -0.5 or high > 255.5:
+        raise ValueError(f"{what}: image pixels must lie in [0, 1] or [0, 255], got "
+                         f"[{low:g}, {high:g}]")
+    return 1.0
+
+
 class ArrayInputs:
     """Inputs held in one numpy array [N, *element_shape] (uint8 images or float32 vectors)."""
 
@@ -208,9 +236,74 @@ def check_resize(image_size: int | None, resize_shorter: int | None) -> None:
                          f"image_size={image_size}")
 
 
+# The most pixels an image file may decode to (5000 x 5000): a small PNG can declare
+# 20000 x 20000 pixels (a decompression bomb, over a GiB decoded). Training's header scan
+# skips larger files (`image_files.read_header`) and every decode checks it first.
+MAX_IMAGE_PIXELS = 25_000_000
+
+
+def encoded_size(encoded):
+    """int64 [2] (height, width) an encoded PNG, GIF, BMP, JPEG or WebP string tensor
+    declares, read from its header without decoding; (0, 0) for another format (which
+    tf.io.decode_image does not read either)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    padded = encoded + b"\0" * 32  # short files read as zeros
+
+    def number(offset: int, size: int, big_endian: bool, signed: bool = False):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, size), tf.uint8),
+                      tf.int64)
+        places = range(size - 1, -1, -1) if big_endian else range(size)
+        value = tf.add_n([raw[i] * 256 ** p for i, p in enumerate(places)])
+        if signed:
+            value = tf.where(value >= 2 ** (8 * size - 1), value - 2 ** (8 * size), value)
+        return tf.abs(value)
+
+    def webp():  # RIFF....WEBP, then a VP8 (lossy), VP8L (lossless) or VP8X chunk
+        chunk = tf.strings.substr(padded, 12, 4)
+        lossless = number(21, 4, False)  # 14 bits width - 1, then 14 bits height - 1
+        return tf.case([
+            (tf.equal(chunk, b"VP8 "), lambda: tf.stack([number(28, 2, False) % 16384,
+                                                         number(26, 2, False) % 16384])),
+            (tf.equal(chunk, b"VP8L"), lambda: tf.stack([(lossless // 16384) % 16384 + 1,
+                                                         lossless % 16384 + 1])),
+            (tf.equal(chunk, b"VP8X"), lambda: tf.stack([number(27, 3, False) + 1,
+                                                         number(24, 3, False) + 1])),
+        ], default=lambda: tf.zeros([2], tf.int64))
+
+    magic = tf.strings.substr(padded, 0, 4)
+    return tf.case([
+        (tf.logical_and(tf.equal(magic, b"RIFF"),
+                        tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP")), webp),
+        (tf.equal(magic, b"\x89PNG"), lambda: tf.stack([number(20, 4, True),
+                                                        number(16, 4, True)])),
+        (tf.equal(magic, b"GIF8"), lambda: tf.stack([number(8, 2, False),
+                                                     number(6, 2, False)])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"),
+         lambda: tf.stack([number(22, 4, False, True), number(18, 4, False, True)])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"),
+         lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)),
+    ], default=lambda: tf.zeros([2], tf.int64))
+
+
+def decode_checked(encoded, channels: int):
+    """uint8 [h, w, channels] of one encoded image, after checking from its header that it
+    decodes to at most MAX_IMAGE_PIXELS pixels (InvalidArgumentError naming its size
+    otherwise, before any pixel is decoded)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    size = encoded_size(encoded)
+    check = tf.debugging.assert_less_equal(
+        size[0] * size[1], tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f"the image declares more than {MAX_IMAGE_PIXELS} pixels (height, width "
+                "follow); it is not decoded")
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8,
+                                  expand_animations=False)
+
+
 def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | None,
                  resize_shorter: int | None = None):
-    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor.
+    """uint8 [H, W, C] from an encoded PNG/JPEG/BMP/GIF/WebP string tensor (at most
+    MAX_IMAGE_PIXELS pixels, `decode_checked`).
 
     Shared by FileInputs and the TFDS sources, so both decode and resize alike. With
     `image_size` S alone: a bilinear antialiased tf.image.resize to (S, S) (the aspect
@@ -221,8 +314,7 @@ def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | Non
     pixels are rounded and clipped to uint8.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    image = tf.io.decode_image(encoded, channels=element_shape[-1], dtype=tf.uint8,
-                               expand_animations=False)
+    image = decode_checked(encoded, element_shape[-1])
     if resize_shorter is not None:
         image = _resize_shorter_then_crop(image, resize_shorter, image_size)
     elif image_size is not None:

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf.data import pipelines
-from clid_tf.data.inputs import ArrayInputs
+from clid_tf.data.inputs import UNIT_SCALE_TOP, ArrayInputs, float_pixel_scale
 from clid_tf.data.pipelines import Part
 
 KEYS = ("image", "label", "sample_weight")  # the keys of a dict Dataset's elements
@@ -45,8 +45,8 @@ class InputProfile(NamedTuple):
     @property
     def pixel_scale(self) -> float:
         """The factor that brings these inputs to 0..255 pixel values: 255 for images in
-        [0, 1], else 1."""
-        return 255.0 if self.dtype != "uint8" and self.max_value <= 1.0 else 1.0
+        [0, 1] (round-off above 1 included, `inputs.float_pixel_scale`), else 1."""
+        return 255.0 if self.dtype != "uint8" and self.max_value <= UNIT_SCALE_TOP else 1.0
 
     @property
     def is_image(self) -> bool:
@@ -231,10 +231,25 @@ def arrays_of(dataset: tf.data.Dataset, num_classes: int, *, with_weights: bool 
     return inputs, labels, weights
 
 
-def profile_of_array(x: np.ndarray) -> InputProfile:
-    return InputProfile(tuple(int(d) for d in x.shape[1:]),
-                        "uint8" if x.dtype == np.uint8 else "float32",
-                        float(np.max(x)) if x.size else 0.0)
+def profile_of_array(x: np.ndarray, what: str = "x") -> InputProfile:
+    """The profile of inputs [N, ...]; float images must be on one clear pixel scale
+    (`inputs.float_pixel_scale`, ValueError otherwise)."""
+    profile = InputProfile(tuple(int(d) for d in x.shape[1:]),
+                           "uint8" if x.dtype == np.uint8 else "float32",
+                           float(np.max(x)) if x.size else 0.0)
+    if profile.is_image and profile.dtype == "float32" and x.size:
+        float_pixel_scale(float(np.min(x)), profile.max_value, what)
+    return profile
+
+
+def check_finite(x: np.ndarray, what: str = "x") -> None:
+    """ValueError (one line) when float inputs hold NaN or Inf: one such value makes every
+    weight NaN after its first step."""
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{what} holds NaN or Inf in {int(bad.sum())} of {len(x)} samples "
+                             f"(the first is sample {int(np.argmax(bad))}); fix or drop them")
 
 
 def profile_of_dataset(dataset: tf.data.Dataset, dtype: tf.DType) -> InputProfile:
@@ -313,6 +328,7 @@ def in_memory(x, y, *, num_classes: int, validation, sample_weight=None, class_w
         if y is None:
             raise ValueError("fit(x, y) needs labels y for array inputs")
         inputs = pipelines.as_input_array(x)
+        check_finite(inputs)
         labels = check_labels(y, num_classes)
         if len(labels) != len(inputs):
             raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
@@ -372,11 +388,7 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
     inputs, labels, weights, validation = in_memory(
         x, y, num_classes=num_classes, validation=validation, sample_weight=sample_weight,
         class_weight=class_weight, validation_split=validation_split)
-    if len(inputs) < batch_size:
-        raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
-                         "training samples")
     source = ArrayInputs(inputs)
-    steps = steps_per_epoch or len(source) // batch_size  # the stream's epochs are Keras'
     fields = {"label": labels}
     if weights is not None:
         fields["sample_weight"] = weights

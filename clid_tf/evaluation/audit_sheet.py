@@ -42,8 +42,10 @@ PER_GROUP = 4  # images per group in a class-sheet row
 # ---------------------------------------------------------------- the rows
 def read_rows(path: str) -> list[dict[str, Any]]:
     """The rows of an audit.csv, in rank order, with numbers as numbers."""
+    from clid_tf.evaluation import label_issues  # pylint: disable=import-outside-toplevel
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [{k: label_issues.read_csv_text(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
     for row in rows:
         row["rank"] = int(row["rank"])
         for key in ("suspicion", "given_label_prob", "predicted_prob"):

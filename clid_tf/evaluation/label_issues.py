@@ -186,13 +186,32 @@ def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
     return rows
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (CSV injection):
+# such a text cell (a file or class name) is written with a leading apostrophe, the
+# spreadsheets' mark of literal text; `read_csv_text` takes it off again.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: Any) -> Any:
+    """A text cell as written to audit.csv: literal text in any spreadsheet."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):
+        return "'" + value
+    return value
+
+
+def read_csv_text(cell: str) -> str:
+    """The text that `csv_text` wrote as `cell`."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    """The rows as CSV, written to a temporary file and renamed over `path`."""
+    """The rows as CSV, written to a temporary file and renamed over `path`; text cells
+    through `csv_text`, so no file or class name becomes a spreadsheet formula."""
     columns = list(rows[0]) if rows else ["rank", "sample"]
     with atomic_io.open_atomic(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_text(v) for k, v in row.items()} for row in rows)
 
 
 # ---------------------------------------------------------------- cross-fitting

@@ -90,14 +90,21 @@ class RunState(keras.callbacks.Callback):
         os.makedirs(directory, exist_ok=True)
         self.manager = self._manager()
 
-    def _manager(self) -> tf.train.CheckpointManager:
-        try:
-            return tf.train.CheckpointManager(self.checkpoint, self.directory,
-                                              max_to_keep=self.max_to_keep)
-        except (tf.errors.OpError, ValueError):  # an unreadable index: rebuilt on restore
-            os.remove(os.path.join(self.directory, "checkpoint"))
-            return tf.train.CheckpointManager(self.checkpoint, self.directory,
-                                              max_to_keep=self.max_to_keep)
+    def _manager(self, latest: int | None = None) -> tf.train.CheckpointManager:
+        """A CheckpointManager that knows the folder's own ckpt-E files only: its index
+        file (`checkpoint`, which TensorFlow trusts and whose listed paths it deletes as
+        checkpoints age) is rewritten from them first, never read (`latest`: the epoch it
+        points at, default the newest)."""
+        epochs = saved_epochs(self.directory)
+        index = os.path.join(self.directory, "checkpoint")
+        atomic_io.remove_entry(index)
+        if epochs:
+            latest = epochs[-1] if latest is None else latest
+            tf.compat.v1.train.update_checkpoint_state(
+                self.directory, f"ckpt-{latest}",
+                all_model_checkpoint_paths=[f"ckpt-{e}" for e in epochs])
+        return tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                          max_to_keep=self.max_to_keep)
 
     # ------------------------------------------------------------ resume
     def restore(self) -> int:
@@ -128,7 +135,8 @@ class RunState(keras.callbacks.Callback):
         """Why epoch `epoch` cannot be resumed from, or None when it can (its state
         reads, its files match their checksums and TensorFlow restores it)."""
         try:
-            with np.load(self._state_path(epoch)) as state:
+            with atomic_io.open_regular(self._state_path(epoch), "rb") as f, \
+                    np.load(f, allow_pickle=False) as state:
                 state = {key: state[key] for key in state.files}  # reads every member
         except FileNotFoundError:
             return "its state file is missing"
@@ -137,8 +145,10 @@ class RunState(keras.callbacks.Callback):
         checksums = json.loads(str(state.get("checksums", "{}")))
         for name, digest in checksums.items():
             path = os.path.join(self.directory, name)
-            if not os.path.isfile(path):
-                return f"{name} is missing"
+            if os.path.basename(name) != name or not re.fullmatch(r"ckpt-\d+\.[\w-]+", name):
+                return f"its state file names {name!r}, not one of its checkpoint files"
+            if not atomic_io.is_regular_file(path):
+                return f"{name} is missing (or not a regular file)"
             if atomic_io.file_sha256(path) != digest:
                 return f"{name} does not match its checksum"
         try:
@@ -161,10 +171,7 @@ class RunState(keras.callbacks.Callback):
             for path in glob.glob(self._prefix(newer) + ".*") + [self._state_path(newer)]:
                 with contextlib.suppress(OSError):
                     os.remove(path)
-        kept = [self._prefix(e) for e in sorted(saved_epochs(self.directory))]
-        tf.compat.v1.train.update_checkpoint_state(self.directory, self._prefix(epoch),
-                                                   all_model_checkpoint_paths=kept)
-        self.manager = self._manager()
+        self.manager = self._manager(latest=epoch)
 
     # ------------------------------------------------------------ save
     def on_epoch_end(self, epoch, logs=None):

@@ -12,12 +12,18 @@ empty batch gets empty outputs on both signatures)
          `class_names`    string [batch]: the name of each predicted class
 
 `serving_bytes` (images with 1, 3 or 4 channels, of a trained model or a uint8 backbone)
-    in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, first GIF frame)
-                          images, each decoded to [H, W, C] uint8 (and resized as the
-                          training images were, for a model trained with --image_size),
-                          then brought to the training inputs' range (divided by 255 for
-                          a model trained on images in [0, 1])
-    out: the same three outputs as `serving_default`
+    in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, WebP, first GIF
+                          frame) images, each decoded to [H, W, C] uint8 (and resized as
+                          the training images were, for a model trained with
+                          --image_size), then brought to the training inputs' range
+                          (divided by 255 for a model trained on images in [0, 1])
+    out: the same three outputs as `serving_default`, and
+         `valid`          bool [batch]: whether the image could be decoded; an image that
+                          cannot (corrupt, not an image, of another size, or declaring
+                          more than MAX_IMAGE_PIXELS pixels in its header, checked before
+                          any pixel is decoded) gets probabilities 0, class id -1 and an
+                          empty class name, and the other images of the request are
+                          answered as usual
 
 A trained `MetaReweightModel`, `DivideMixModel` or `FixMatchModel` can be passed as it is:
 its predicting networks are exported, with the input shape, dtype and range of the data
@@ -52,6 +58,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from clid_tf.data import inputs as inputs_lib
 from clid_tf.models import backbones
 from clid_tf.models import user_models
 
@@ -62,7 +69,9 @@ BYTES_INPUT_NAME = "image_bytes"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 CLASS_NAMES = "class_names"
+VALID = "valid"
 SERVE_TAG = "serve"
+_DECODE_BATCH = 64  # decoded images gathered per step of the bytes endpoint
 
 
 def export_saved_model(networks, path: str | os.PathLike, *,
@@ -132,13 +141,26 @@ def export_saved_model(networks, path: str | os.PathLike, *,
             def decode_one(encoded):
                 if decode is not None:
                     return decode(encoded)
-                image = tf.io.decode_image(encoded, channels=input_shape[-1], dtype=tf.uint8,
-                                           expand_animations=False)
+                image = inputs_lib.decode_checked(encoded, input_shape[-1])
                 return tf.ensure_shape(image, input_shape, name="check_decoded_shape")
 
-            images = tf.map_fn(decode_one, image_bytes,
-                               fn_output_signature=tf.TensorSpec(input_shape, tf.uint8))
-            return outputs_of(tf.cast(images, tf.float32) / pixel_scale)
+            # Each image on its own: one that cannot be decoded (corrupt, too large, of
+            # another size) is left out of the batch and answered as not valid.
+            n = tf.shape(image_bytes)[0]
+            decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes)).map(
+                lambda i, encoded: (i, decode_one(encoded))).ignore_errors()
+            ids, images = decoded.batch(_DECODE_BATCH).reduce(
+                (tf.zeros([0], tf.int32), tf.zeros([0, *input_shape], tf.uint8)),
+                lambda kept, more: (tf.concat([kept[0], more[0]], 0),
+                                    tf.concat([kept[1], more[1]], 0)))
+            found = outputs_of(tf.cast(images, tf.float32) / pixel_scale)
+            rows = ids[:, None]
+            valid = tf.scatter_nd(rows, tf.ones_like(ids, tf.bool), [n])
+            return {PROBABILITIES: tf.scatter_nd(rows, found[PROBABILITIES], [n, num_classes]),
+                    CLASS_IDS: tf.tensor_scatter_nd_update(
+                        tf.fill([n], tf.constant(-1, tf.int64)), rows, found[CLASS_IDS]),
+                    CLASS_NAMES: tf.scatter_nd(rows, found[CLASS_NAMES], [n]),
+                    VALID: valid}
 
         archive.add_endpoint(
             BYTES_SIGNATURE_KEY, serve_bytes,

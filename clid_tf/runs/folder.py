@@ -12,7 +12,12 @@
   RUN/.lock              the writer's lock (`clid_tf.runs.lock`)
 
 The training CLI, resume and the audit read and write runs only through `RunFolder`, and
-only while they hold the folder's lock (`lock`, or `create` for a new run).
+only while they hold the folder's lock (`lock`, or `create` for a new run). A folder is a
+run's only when it holds nothing but these names (and the temporary names of their
+atomic writes, `TEMPORARY`); anything else is refused before a byte is written or removed.
+Its files are data: they are read as regular files only (never through a link, never a
+FIFO), and what an interrupted write left is removed only by its own names, in the places
+the run writes them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboa
              "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME,
              ".write_test"}
 WRITE_TEST = ".write_test"  # the probe `create` writes and removes
+# The temporary names of the run's own interrupted writes, by the folder they are in
+# (relative to the run folder): atomic_io's '<file>.tmp', the export's 'saved_model.tmp' /
+# '.old', TensorFlow's checkpoint writes ('ckpt-E_temp...' shards, 'checkpoint.tmp<hex>').
+TEMPORARY = {
+    ".": re.compile(r"(flags\.cfg|split\.npz|results\.json|audit\.(csv|json|png)|"
+                    r"audit_(classes|confusion)\.png)\.tmp|saved_model\.(tmp|old)"),
+    "checkpoints": re.compile(r"state-\d+\.npz\.tmp|ckpt-\d+_temp(_\w+)?|"
+                              r"checkpoint\.tmp[0-9a-f]*"),
+    os.path.join("checkpoints", "selected"): re.compile(r"(net\d+_)?epoch-\d+\.npz\.tmp"),
+}
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
                    "audit_folds", "audit_show")
@@ -108,20 +123,42 @@ class RunFolder:
         return max(found) if found else None
 
     def remove_temporary_files(self) -> list[str]:
-        """Deletes what an interrupted write leaves ('*.tmp' files and folders,
-        TensorFlow's '*_temp' checkpoint folders); returns their paths."""
+        """Deletes what an interrupted write of this run left: the `TEMPORARY` names in
+        the folders the run writes them, nothing else; a link is unlinked, never followed.
+        Returns their paths."""
         removed = []
-        for folder, names, files in os.walk(self.path):
-            for name in [*names, *files]:
-                if name.endswith(".tmp") or re.search(r"_temp(_\w+)?$", name):
+        for where, pattern in TEMPORARY.items():
+            folder = os.path.normpath(self.join(where))
+            if os.path.islink(folder):
+                continue
+            for name in _listing(folder):
+                if pattern.fullmatch(name):
                     target = os.path.join(folder, name)
-                    if os.path.isdir(target):
-                        shutil.rmtree(target, ignore_errors=True)
-                    elif os.path.exists(target):
-                        with contextlib.suppress(OSError):
-                            os.remove(target)
+                    with contextlib.suppress(OSError):
+                        atomic_io.remove_entry(target)
                     removed.append(target)
         return removed
+
+    def foreign_entries(self) -> list[str]:
+        """The entries of the folder that no run writes (sorted): a folder with any is not
+        a run's, and nothing in it is touched."""
+        return sorted(name for name in _listing(self.path)
+                      if name not in RUN_FILES and not TEMPORARY["."].fullmatch(name))
+
+    def check_is_run(self, action: str = "resume") -> None:
+        """FolderError (one line) unless the folder holds a started run and nothing else:
+        a regular flags.cfg and only the names a run writes. Reads, never writes: called
+        before the lock file is made."""
+        if not os.path.isdir(self.path) or os.path.islink(self.path):
+            raise FolderError(f"cannot {action} {self.path}: it is not a folder")
+        foreign = self.foreign_entries()
+        if foreign:
+            raise FolderError(f"cannot {action} {self.path}: it holds files that are not a "
+                              f"training run's ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); nothing was changed")
+        if os.path.lexists(self.flags_path) and not atomic_io.is_regular_file(self.flags_path):
+            raise FolderError(f"cannot {action} {self.path}: its flags.cfg is not a regular "
+                              "file (a link, a folder or a FIFO); nothing was changed")
 
     def checkpoint_paths(self) -> list[str]:
         """The prefixes ('.../ckpt-E') of the epoch checkpoints whose state file was
@@ -140,9 +177,9 @@ class RunFolder:
         return os.path.exists(self.results_path)
 
     def is_started(self) -> bool:
-        """Whether a run was started here (its flags.cfg is written before anything else
-        of the run's)."""
-        return os.path.isfile(self.flags_path)
+        """Whether a run was started here (its flags.cfg, a regular file, is written before
+        anything else of the run's)."""
+        return atomic_io.is_regular_file(self.flags_path)
 
     def lock(self) -> None:
         """Takes the folder's writer lock (FolderError naming the holder when another
@@ -172,24 +209,22 @@ class RunFolder:
         except OSError as error:
             raise FolderError(f"workdir {self.path} cannot be written: "
                               f"{error.strerror}") from error
-        self.lock()  # before anything is read or written: one writer at a time
-        if allow_partial:
-            self.remove_temporary_files()  # what a kill mid-write left
-        held = set(os.listdir(self.path)) - {run_lock.LOCK_NAME}
-        if held and not held <= RUN_FILES:
-            # --resume continues a run that died before it wrote its flags; a folder
-            # with anything else in it is not such a run and is left alone.
-            self.release()
+        foreign = self.foreign_entries()
+        if foreign:  # not a run's folder: nothing in it is touched, no lock file made
             raise FolderError(f"workdir {self.path} holds files that are not a training "
-                              f"run's ({', '.join(sorted(held - RUN_FILES)[:3])}); "
-                              "choose a new --workdir")
+                              f"run's ({', '.join(foreign[:3])}); choose a new --workdir")
+        self.lock()  # before anything is read or written: one writer at a time
+        held = set(os.listdir(self.path)) - {run_lock.LOCK_NAME}
         if held and not allow_partial:
             self.release()
             raise FolderError(f"workdir {self.path} is not empty (it holds an earlier run); "
                               "choose a new --workdir, or pass --resume to continue it")
+        if allow_partial:
+            self.remove_temporary_files()  # what a kill mid-write left
         probe = self.join(WRITE_TEST)
         try:
-            with open(probe, "w") as f:
+            atomic_io.remove_entry(probe)  # a stale probe (or anything planted there)
+            with atomic_io.create_new(probe, "w") as f:
                 f.write("ok")
         except OSError as error:
             self.release()
@@ -197,7 +232,7 @@ class RunFolder:
                               f"{error.strerror}") from error
         finally:
             with contextlib.suppress(OSError):
-                os.remove(probe)
+                os.unlink(probe)
 
     def release(self) -> None:
         """Releases the folder's lock; a lock file this process made in a folder that
@@ -233,7 +268,7 @@ class RunFolder:
 
     def read_flags(self) -> str:
         try:
-            with open(self.flags_path) as f:
+            with atomic_io.open_regular(self.flags_path) as f:
                 return f.read()
         except OSError as error:
             raise FolderError(f"{self.flags_path} is unreadable ({error.strerror}): "
@@ -267,7 +302,7 @@ class RunFolder:
             np.savez(f, **arrays)
 
     def has_split(self) -> bool:
-        return os.path.isfile(self.join("split.npz"))
+        return atomic_io.is_regular_file(self.join("split.npz"))
 
     def check_split(self, arrays: dict[str, np.ndarray], *,
                     action: str = "resume") -> list[str]:
@@ -279,7 +314,8 @@ class RunFolder:
         if not self.has_split():
             raise FolderError(f"{self.path} has no split.npz: the run never started training")
         try:
-            with np.load(self.join("split.npz")) as saved:
+            with atomic_io.open_regular(self.join("split.npz"), "rb") as f, \
+                    np.load(f, allow_pickle=False) as saved:
                 saved = dict(saved)
         except (OSError, ValueError, EOFError) as error:
             raise FolderError(f"cannot {action} {self.path}: its split.npz is unreadable "
@@ -311,7 +347,7 @@ class RunFolder:
         atomic_io.write_json(self.results_path, results)
 
     def read_results(self) -> dict:
-        with open(self.results_path) as f:
+        with atomic_io.open_regular(self.results_path) as f:
             return json.load(f)
 
     def merge_results(self, key: str, value) -> None:
@@ -324,6 +360,32 @@ class RunFolder:
         results = self.read_results()
         results[key] = value
         self.write_results(results)
+
+
+def for_this_worker(path: str, tf_config: str | None) -> str:
+    """The run folder this process writes in a multi-worker run configured by TF_CONFIG
+    (its JSON text): the chief's is `path` (the task of type 'chief', or worker 0 when the
+    cluster has no chief); every other worker writes its own copy beside it,
+    `path.worker<i>`, never into the chief's folder. Every worker computes the same
+    weights and checkpoints them (TensorFlow's collective saves need all of them), so each
+    can resume from its own folder; the non-chief folders can be deleted after the run.
+    FolderError (one line) for a TF_CONFIG that names no task of this process."""
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        config = json.loads(tf_config or "")
+        task = config["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        has_chief = bool(config.get("cluster", {}).get("chief"))
+    except (ValueError, KeyError, TypeError) as error:
+        raise FolderError("--strategy=multi_worker reads TF_CONFIG, a JSON object with "
+                          "'cluster' and 'task' {'type', 'index'}; it is missing or malformed "
+                          f"({type(error).__name__})") from None
+    if kind == "chief" or (kind == "worker" and index == 0 and not has_chief):
+        return path
+    if kind != "worker":
+        raise FolderError(f"TF_CONFIG task type {kind!r}: a multi-worker run has workers and "
+                          "an optional chief only")
+    return f"{os.path.normpath(os.path.expanduser(path))}.worker{index}"
 
 
 def _listing(folder: str) -> list[str]:

@@ -3,14 +3,18 @@
 `flock` locks belong to the open file, so the operating system releases them when the
 process ends in any way (kill -9 included): a dead run leaves no stale lock. The lock file
 holds the holder's pid, command and start time, so a refused second writer can say who
-holds the folder. Readers (TensorBoard, a look at results.json) take no lock.
+holds the folder. Readers (TensorBoard, a look at results.json) take no lock. The lock file
+is opened without following a symbolic link and must be a regular file, so a `.lock`
+planted as a link (or a FIFO) is refused before anything is written through it.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import os
+import stat
 import sys
 
 LOCK_NAME = ".lock"
@@ -33,11 +37,12 @@ class RunLock:
         return self._file is not None
 
     def acquire(self) -> None:
-        """Takes the lock without waiting; LockedError when another process has it."""
+        """Takes the lock without waiting; LockedError when another process has it or the
+        lock file is not a regular file of its own (a link, a FIFO, a folder)."""
         if self.held:
             return
-        existed = os.path.exists(self.path)
-        handle = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+        existed = os.path.lexists(self.path)
+        handle = os.fdopen(self._open(), "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,6 +59,25 @@ class RunLock:
         handle.flush()
         self._file = handle
         self.created = not existed
+
+    def _open(self) -> int:
+        """A file descriptor of the lock file, opened read-write (created if missing)
+        without following a link; LockedError unless it is a regular file."""
+        flags = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | getattr(os, "O_CLOEXEC", 0))
+        refused = (f"{self.path} is not a regular file (a symbolic link, a folder or a "
+                   "FIFO): a run folder's lock is its own file; remove it and retry")
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise LockedError(refused) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LockedError(refused)
+        os.set_blocking(fd, True)
+        return fd
 
     def release(self, *, remove: bool = False) -> None:
         """Releases the lock; `remove` also deletes the lock file if `acquire` made it (a

@@ -415,3 +415,57 @@ def test_file_checks_run_before_tensorflow_is_imported():
     proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- hostile files
+
+def test_huge_integer_labels_are_refused_by_line_without_overflow(tmp_path):
+    """A label of 10**12 would make 10**12 class names; 10**30 overflows int64."""
+    images.write_tree(tmp_path, {'a': 2})
+    for label in (10**12, 10**30):
+        err = _list_error(tmp_path, f'a/00.png 0\na/01.png {label}\n')
+        checks.assert_one_line(err, f'line 2: label {label} would make', 'classes of 2 files')
+
+
+def test_links_are_not_followed_and_fifos_never_block(tmp_path):
+    """A class folder that is a link is refused; a linked image file and a FIFO named like
+    an image are skipped as unusable (the scan never opens the FIFO for reading, so it
+    cannot block), each named in the counted warning."""
+    outside = tmp_path / 'outside'
+    images.write_tree(outside, {'c': 2})
+    root = tmp_path / 'data'
+    images.write_tree(root, {'a': 30, 'b': 30})
+    os.symlink(outside / 'c', root / 'c')
+    err = _folder_error(root)
+    checks.assert_one_line(err, 'data: c is a symbolic link to a folder; links are not followed')
+    (root / 'c').unlink()
+    os.symlink(outside / 'c' / '00.png', root / 'a' / 'linked.png')
+    os.mkfifo(root / 'b' / 'fifo.png')
+    splits = image_files.folder_splits(root)
+    kept, _, notes = image_files.check_splits(splits, max_bad_files=5, max_bad_fraction=0.1)
+    assert len(kept['train'].paths) == 60
+    assert 'linked.png: is a symbolic link' in notes[0] and 'fifo.png: is not a regular file' in notes[0]
+
+
+def test_a_decompression_bomb_is_skipped_by_its_header(tmp_path):
+    """A small PNG that declares 9500 x 9500 pixels is never decoded: the header scan
+    skips it as larger than MAX_IMAGE_PIXELS."""
+    root = tmp_path / 'data'
+    images.write_tree(root, {'a': 30, 'b': 30})
+    bomb = root / 'a' / 'bomb.png'
+    Image.new('L', (9500, 9500)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 200_000
+    kept, _, notes = image_files.check_splits(image_files.folder_splits(root),
+                                              max_bad_files=5, max_bad_fraction=0.1)
+    assert len(kept['train'].paths) == 60
+    assert f'bomb.png: 9500x9500 pixels, more than the {image_files.MAX_IMAGE_PIXELS}' in notes[0]
+
+
+def test_listed_files_outside_the_data_root_are_said(tmp_path, capsys):
+    images.write_tree(tmp_path / 'root', {'a': 1, 'b': 1})
+    elsewhere = images.write_image(tmp_path / 'elsewhere' / 'x.png', images.pixels(3))
+    listed = image_files.read_list(_list(tmp_path, f'a/00.png 0\nb/00.png 1\n{elsewhere} 1\n'),
+                                   root=tmp_path / 'root')
+    assert listed.outside_root().tolist() == [False, False, True]
+    out = capsys.readouterr().out
+    assert '1 of 3 listed files lie outside the data root' in out and 'line 3' in out

@@ -9,6 +9,7 @@ from PIL import Image
 
 from clid_tf.data import image_files
 from clid_tf.data.inputs import FileInputs, read_numpy
+from tests.helpers import images
 from tests.helpers.images import pixels, write_image, write_tree
 
 
@@ -167,3 +168,22 @@ def test_resize_shorter_needs_a_crop_it_can_take(tmp_path):
         FileInputs(files, (6, 6, 3), resize_shorter=8)
     with pytest.raises(ValueError, match='smaller than the centre crop'):
         FileInputs(files, (8, 8, 3), image_size=8, resize_shorter=6)
+
+
+def test_headers_give_the_size_before_decoding_and_bombs_are_never_decoded():
+    """encoded_size reads height and width from each format's header; decode_checked
+    refuses an image whose header declares more than MAX_IMAGE_PIXELS before decoding it
+    (a 20000 x 20000 PNG header would decode to 400 MB)."""
+    import struct  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import inputs as inputs_lib  # pylint: disable=import-outside-toplevel
+    for fmt, options in (("PNG", {}), ("JPEG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),
+                         ("WEBP", {"lossless": True})):
+        data = images.encoded(images.pixels(0, (7, 13, 3)), fmt, **options)
+        assert inputs_lib.encoded_size(tf.constant(data)).numpy().tolist() == [7, 13], fmt
+        assert inputs_lib.decode_checked(tf.constant(data), 3).shape == (7, 13, 3)
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="declares more than 25000000"):
+        inputs_lib.decode_checked(tf.constant(bomb), 1)

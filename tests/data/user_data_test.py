@@ -129,3 +129,19 @@ def test_prepare_gives_steps_meta_set_and_weights():
     assert set(element["train"]) == {"image", "label", "sample_weight"}
     assert set(element["meta"]) == {"image"}  # label-free
     assert element["meta"]["image"].shape == (10, 8, 8, 1)
+
+
+def test_float_images_on_no_clear_scale_and_non_finite_inputs_are_refused():
+    """Round-off above 1 is still the [0, 1] scale; a maximum of 1.5 is neither scale; one
+    NaN would make every weight NaN after the first step."""
+    x = np.full((6, 4, 4, 1), 0.5, np.float32)
+    x[0, 0, 0, 0] = 1.0000001
+    assert user_data.profile_of_array(x).pixel_scale == 255.0
+    x[0, 0, 0, 0] = 1.5
+    with pytest.raises(ValueError, match="float pixels reach 1.5"):
+        user_data.profile_of_array(x)
+    x[0, 0, 0, 0] = np.nan
+    x[4, 1, 1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"x holds NaN or Inf in 2 of 6 samples \(the first "
+                                         r"is sample 0\)"):
+        user_data.in_memory(x, np.arange(6) % K, num_classes=K, validation=None)

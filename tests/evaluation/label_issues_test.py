@@ -82,3 +82,24 @@ def test_a_plain_compiled_keras_model_cross_fits():
     assert issues.scores.weights is None
     np.testing.assert_allclose(issues.scores.probs.sum(axis=1), 1.0, atol=1e-5)
     assert issues.metrics["roc_auc"] > 0.8
+
+
+def test_audit_csv_cells_never_become_spreadsheet_formulas(tmp_path):
+    """A file or class name that starts like a formula is written as literal text (a
+    leading apostrophe) and read back as it was."""
+    from clid_tf.evaluation import audit_sheet  # pylint: disable=import-outside-toplevel
+    from clid_tf.evaluation import label_issues  # pylint: disable=import-outside-toplevel
+    names = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "'quoted", "plain.png"]
+    rows = [{"rank": k + 1, "sample": name, "given_label": "=cmd|' /C calc'!A0",
+             "predicted_label": "cat", "given_label_prob": 0.5, "predicted_prob": 0.5,
+             "meta_weight": "", "suspicion": -0.5, "flagged": 1}
+            for k, name in enumerate(names)]
+    path = str(tmp_path / "audit.csv")
+    label_issues.write_csv(path, rows)
+    text = open(path).read()
+    for name in names[:5]:
+        assert f"\n{names.index(name) + 1},'{name[0]}" in text.replace('"', "")
+    assert ",-0.5," in text  # numbers are numbers, not text
+    read = audit_sheet.read_rows(path)
+    assert [r["sample"] for r in read] == names
+    assert {r["given_label"] for r in read} == {"=cmd|' /C calc'!A0"}

@@ -55,7 +55,7 @@ def test_export_writes_no_leftovers(exported):
 def test_describe_signature(exported):
     assert export.describe_signature(exported[1]).splitlines() == [
         "serving_bytes: image_bytes string [batch] -> class_ids int64 [batch], "
-        "class_names string [batch], probabilities float32 [batch, 10]",
+        "class_names string [batch], probabilities float32 [batch, 10], valid bool [batch]",
         "serving_default: images uint8 [batch, 8, 8, 1] -> class_ids int64 [batch], "
         "class_names string [batch], probabilities float32 [batch, 10]"]
 
@@ -190,10 +190,40 @@ def test_bytes_signature_matches_images_signature(loaded):
     want = loaded.signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_array_equal(got["probabilities"].numpy(), want["probabilities"].numpy())
     np.testing.assert_array_equal(got["class_ids"].numpy(), want["class_ids"].numpy())
-    wrong_size = tf.constant([tf.io.encode_png(np.zeros((9, 9, 1), np.uint8)).numpy()])
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"\[9,9,1\] is not compatible with expected shape \[8,8,1\]"):
-        loaded.signatures["serving_bytes"](image_bytes=wrong_size)
+    assert got["valid"].numpy().tolist() == [True] * 3
+
+
+def _png_declaring(height: int, width: int) -> bytes:
+    """A tiny valid PNG header whose IHDR declares height x width (a decompression bomb's
+    header: the pixels it declares are never sent)."""
+    import struct  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
+
+
+def test_bytes_signature_answers_each_image_and_never_decodes_a_bomb(loaded):
+    """A request with a corrupt file, an image of another size and a header declaring
+    20000 x 20000 pixels answers those three as not valid (probabilities 0, class -1, no
+    name) and the good ones exactly as the images signature does; the bomb's pixels are
+    never decoded (the call returns at once, without the GiB they would take)."""
+    images = _images(2, seed=4)
+    good = [tf.io.encode_png(image).numpy() for image in images]
+    wrong_size = tf.io.encode_png(np.zeros((9, 9, 1), np.uint8)).numpy()
+    request = tf.constant([good[0], b"not an image", wrong_size, _png_declaring(20000, 20000),
+                           good[1]])
+    got = loaded.signatures["serving_bytes"](image_bytes=request)
+    want = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert got["valid"].numpy().tolist() == [True, False, False, False, True]
+    np.testing.assert_array_equal(got["probabilities"].numpy()[[0, 4]],
+                                  want["probabilities"].numpy())
+    np.testing.assert_array_equal(got["probabilities"].numpy()[1:4], 0.0)
+    assert got["class_ids"].numpy()[1:4].tolist() == [-1, -1, -1]
+    assert got["class_names"].numpy()[1:4].tolist() == [b"", b"", b""]
+    none = loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"x"]))
+    assert none["valid"].numpy().tolist() == [False] and none["probabilities"].shape == (1, 10)
 
 
 def test_export_refuses_existing_non_empty_target(exported, tmp_path):

@@ -150,7 +150,9 @@ def _read_tfds_split(name: str, split: str, data_dir: str | None) -> dict[str, n
         DataError: the dataset could not be downloaded, prepared or read.
     """
     import tensorflow_datasets as tfds
+    from clid_tf.data.sources import tfds as tfds_source
 
+    tfds_source.check_feature_types(name, data_dir)  # before TFDS reads the folder
     _check_prepared(name, data_dir)
     try:
         ds = tfds.load(name, split=split, batch_size=_TFDS_BATCH, as_supervised=False,

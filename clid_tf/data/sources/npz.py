@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from clid_tf.data import datasets
-from clid_tf.data.inputs import ArrayInputs
+from clid_tf.data.inputs import ArrayInputs, float_pixel_scale
 from clid_tf.errors import DataError
 
 _NPZ_REQUIRED = ('x_train', 'y_train')
@@ -60,6 +60,10 @@ def load(path: str | os.PathLike) -> datasets.Dataset:
         _check_npz_split(path, split, arrays[f'x_{split}'], labels[split])
     if 'class_names' not in arrays:
         top = int(labels['train'].max())
+        if top >= len(labels['train']):
+            raise _npz_error(path, f'y_train has the label {top}, so {top + 1} classes, but '
+                                   f'only {len(labels["train"])} training samples: every class '
+                                   'needs a training sample (labels run 0..K-1)')
         for split in splits[1:]:
             if labels[split].max() > top:
                 raise _npz_error(path, f'y_{split} has label {labels[split].max()}, above every '
@@ -127,6 +131,7 @@ def _npz_arrays(path: str, npz: Any) -> dict[str, np.ndarray]:
     for key in _NPZ_REQUIRED + _NPZ_OPTIONAL:
         if key not in npz.files:
             continue
+        _check_declared_size(path, npz, key)
         try:
             arrays[key] = np.asarray(npz[key])
         except ValueError as err:  # object arrays need pickle, refused by allow_pickle=False
@@ -135,16 +140,40 @@ def _npz_arrays(path: str, npz: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _check_declared_size(path: str, npz: Any, key: str) -> None:
+    """DataError when the header of array `key` declares more bytes than its archive
+    member holds: numpy would allocate what the header says before reading (a 1 KB file
+    can declare terabytes), so the header is checked first."""
+    member = f'{key}.npy'
+    try:
+        info = npz.zip.getinfo(member)
+        with npz.zip.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise _npz_error(path, f'{key} has an unreadable array header '
+                               f'({type(err).__name__}: {err})') from err
+    declared = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 1)
+    if declared > info.file_size:
+        raise _npz_error(path, f'{key} declares shape {shape} ({declared} bytes) but holds '
+                               f'only {info.file_size} bytes: the file is damaged')
+
+
 def _npz_labels(path: str, key: str, y: np.ndarray) -> np.ndarray:
     """int64 [N] labels from an integer (or integral float) 1-D array, all >= 0."""
     if y.ndim != 1:
         raise _npz_error(path, f'{key} must be 1-D [N] labels, got shape {y.shape}')
-    if y.dtype.kind in 'iu':
-        labels = y.astype(np.int64)
-    elif y.dtype.kind == 'f' and np.isfinite(y).all() and np.all(y == np.round(y)):
-        labels = y.astype(np.int64)
-    else:
+    if y.dtype.kind == 'f' and not (np.isfinite(y).all() and np.all(y == np.round(y))):
         raise _npz_error(path, f'{key} has non-integer labels (dtype {y.dtype})')
+    if y.dtype.kind not in 'iuf':
+        raise _npz_error(path, f'{key} has non-integer labels (dtype {y.dtype})')
+    if y.size and y.max() >= 2 ** 62:  # no int64 overflow (load() bounds K by the samples)
+        top = int(y.max()) if y.dtype.kind in 'iu' else f'{y.max():g}'
+        raise _npz_error(path, f'{key} has the label {top}: labels are class ids 0..K-1 and '
+                               'every class needs a training sample')
+    labels = y.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise _npz_error(path, f'{key} has negative labels (min {labels.min()})')
     return labels
@@ -184,26 +213,32 @@ def _npz_features(path: str, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def _to_uint8_images(path: str, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """uint8 0..255 images from uint8, integer 0..255 or float [0, 1] / [0, 255] pixels."""
+    """uint8 0..255 images from uint8, integer 0..255 or float [0, 1] / [0, 255] pixels
+    (`inputs.float_pixel_scale`: round-off above 1 stays the [0, 1] scale, an ambiguous
+    maximum is refused)."""
     if all(x.dtype == np.uint8 for x in xs.values()):
         return xs
     if any(x.dtype.kind == 'b' for x in xs.values()):
         raise _npz_error(path, 'images must be integer or float pixels, not bool')
-    low = min(x.min() for x in xs.values())
-    high = max(x.max() for x in xs.values())
-    is_float = any(x.dtype.kind == 'f' for x in xs.values())
-    scales = {split: 'in [0, 1]' if x.dtype.kind == 'f' and x.max() <= 1.0 else 'in [0, 255]'
-              for split, x in xs.items()}
+    scales = {}
+    for split, x in xs.items():
+        if x.dtype.kind != 'f':
+            if x.min() < 0 or x.max() > 255:
+                raise _npz_error(path, f'x_{split}: image pixels must lie in [0, 255] '
+                                       f'(integers), got [{x.min()}, {x.max()}]')
+            scales[split] = 1.0
+            continue
+        try:
+            scales[split] = float_pixel_scale(float(x.min()), float(x.max()), f'x_{split}')
+        except ValueError as error:
+            raise _npz_error(path, str(error)) from None
     if len(set(scales.values())) > 1:
-        unit = next(s for s, v in scales.items() if v == 'in [0, 1]')
-        pixel = next(s for s, v in scales.items() if v == 'in [0, 255]')
-        raise _npz_error(path, f'x_{unit} is {scales[unit]} but x_{pixel} {scales[pixel]}: '
+        unit = next(s for s, v in scales.items() if v == 255.0)
+        pixel = next(s for s, v in scales.items() if v == 1.0)
+        raise _npz_error(path, f'x_{unit} is in [0, 1] but x_{pixel} in [0, 255]: '
                                'save every split on one pixel scale')
-    scale = 255.0 if is_float and high <= 1.0 else 1.0
-    if low < 0 or high > 255:
-        raise _npz_error(path, f'image pixels must lie in [0, 1] or [0, 255], '
-                               f'got [{low}, {high}]')
-    return {split: np.rint(x * scale).astype(np.uint8) for split, x in xs.items()}
+    return {split: np.rint(np.clip(x * scales[split], 0, 255)).astype(np.uint8)
+            for split, x in xs.items()}
 
 
 def _npz_class_names(path: str, names: np.ndarray | None,

@@ -23,6 +23,12 @@ one-channel Image feature, else 3; with image_size they are resized to (S, S).
 A dataset that is not prepared in the data directory fails at once with one line (no
 download attempt): prepare it on a machine with internet and copy it over. TensorFlow and
 tensorflow_datasets are imported inside the functions.
+
+What a data folder is trusted with: its files are read as data. TFDS itself would import
+the Python module that a feature type in a prepared folder's features.json or
+dataset_info.json names (its way of finding custom feature classes), so a folder prepared
+by someone else could run code; before TFDS opens the folder, every feature type it names
+is checked against TFDS's own feature classes, and any other is refused in one line.
 """
 
 from __future__ import annotations
@@ -203,10 +209,67 @@ class TfdsInputs:
 
 # --------------------------------------------------------------------------- helpers
 
+# The keys under which TFDS's metadata files name feature classes (features.json: 'type';
+# dataset_info.json, a proto in JSON: 'pythonClassName').
+_FEATURE_TYPE_KEYS = {'features.json': ('type',),
+                      'dataset_info.json': ('pythonClassName', 'python_class_name')}
+_METADATA_DEPTH = 4  # <data_dir>/<name>/<config>/<version>/<file>
+
+
+def check_feature_types(name: str, data_dir: str | None) -> None:
+    """DataError (one line) when a metadata file of the dataset's folder in the data
+    directory names a feature type that is not one of TFDS's own classes: TFDS would import
+    the module it names, and so run code the folder chose. Links are not followed."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    trusted = {n for n in tfds.features.FeatureConnector._registered_features  # pylint: disable=protected-access
+               if n.startswith('tensorflow_datasets.')}
+    base = name.split(':', 1)[0].split('/', 1)[0]
+    root = os.path.join(datasets.tfds_location(data_dir), base)
+    for folder, names, files in os.walk(root):
+        if folder[len(root):].count(os.sep) >= _METADATA_DEPTH:
+            names[:] = []
+        for file in files:
+            keys = _FEATURE_TYPE_KEYS.get(file)
+            path = os.path.join(folder, file)
+            if keys is None or os.path.islink(path):
+                continue
+            for found in _values_of(_read_json(path), keys):
+                if found not in trusted:
+                    raise DataError(
+                            f'TFDS data folder {folder} names the feature type {found!r} in '
+                            f'{file}, which is not one of tensorflow_datasets\' own; TFDS would '
+                            'import its module (run its code), so the folder is refused: '
+                            'prepare the dataset with TFDS\'s feature types, or use it '
+                            'from a folder you trust with its code')
+
+
+def _read_json(path: str):
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f'TFDS metadata file {path} is unreadable ({type(err).__name__})') from err
+
+
+def _values_of(tree, keys: tuple[str, ...]):
+    """Every value under one of `keys` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key in keys:
+                yield value
+            yield from _values_of(value, keys)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _values_of(value, keys)
+
+
 def _prepared_builder(name: str, data_dir: str | None):
-    """tfds.builder(name) when it is prepared in data_dir; else a DataError (no download)."""
+    """tfds.builder(name) when it is prepared in data_dir; else a DataError (no download).
+    The folder's feature types are checked first (`check_feature_types`)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     where = datasets.tfds_location(data_dir)
+    check_feature_types(name, data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:

@@ -197,3 +197,47 @@ def test_npz_val_test_and_class_names_are_optional(tmp_path: Any) -> None:
     data = npz_data.load(_save(tmp_path, arrays))
     np.testing.assert_array_equal(data.val.inputs.array, arrays['x_val'])
     assert data.class_names == ('cat', 'dog', 'emu')
+
+
+def test_float_images_with_round_off_above_one_stay_on_the_unit_scale(tmp_path: Any) -> None:
+    """[0, 1] images where one pixel is 1.0000001 (float round-off) are still read on the
+    [0, 1] scale (0.5 -> 128, the pixel -> 255); a maximum that no scale explains (1.5) is
+    refused in one line instead of guessed."""
+    arrays = _valid_arrays()
+    x = np.full((6, 4, 4, 3), 0.5, np.float32)
+    x[0, 0, 0, 0] = 1.0000001
+    arrays.update(x_train=x, x_test=np.full((3, 4, 4, 3), 0.25, np.float32))
+    data = sources.load('npz:' + _save(tmp_path, arrays))
+    assert data.train.inputs.array[1, 0, 0, 0] == 128 and data.train.inputs.array[0, 0, 0, 0] == 255
+    assert data.test.inputs.array[0, 0, 0, 0] == 64
+    x[0, 0, 0, 0] = 1.5
+    arrays.update(x_train=x)
+    with pytest.raises(DataError) as err:
+        sources.load('npz:' + _save(tmp_path, arrays))
+    checks.assert_one_line(err, 'x_train: float pixels reach 1.5', 'clip them to [0, 1]')
+
+
+def test_huge_labels_and_declared_shapes_are_one_line_not_memory(tmp_path: Any) -> None:
+    """A label of 10**12 would make 10**12 classes; one beyond int64 would overflow; an array
+    header declaring terabytes would be allocated before reading. Each is refused at once."""
+    for label in (10**12, 2**63 + 5):
+        arrays = _valid_arrays()
+        arrays['y_train'] = np.array([0, 1, 2, 0, 1, label], np.uint64)
+        with pytest.raises(DataError) as err:
+            sources.load('npz:' + _save(tmp_path, arrays))
+        checks.assert_one_line(err, f'has the label {label}')
+    path = _save(tmp_path, _valid_arrays())
+    import io, zipfile  # pylint: disable=import-outside-toplevel,multiple-imports
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {'descr': '|u1', 'fortran_order': False, 'shape': (10**9, 10**6)})
+    members['x_train.npy'] = header.getvalue() + members['x_train.npy'][128:]
+    with zipfile.ZipFile(path, 'w') as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    with pytest.raises(DataError) as err:
+        sources.load('npz:' + path)
+    checks.assert_one_line(err, 'x_train declares shape (1000000000, 1000000)',
+                           'the file is damaged')

@@ -90,7 +90,7 @@ def run(state: dict | None = None) -> dict:
             for note in folder.check_split(split):
                 print(note)
         else:
-            folder.write_flags(FLAGS.flags_into_string())
+            folder.write_flags(training_flags_text())
             folder.save_split(split)
         print(plan_line(flags, setup, folder))
         started = time.time()
@@ -103,6 +103,14 @@ def run(state: dict | None = None) -> dict:
         results["audit"] = auditing.audit(flags, folder, setup, folds=FLAGS.audit_folds)
     print(look_line(folder, audited=FLAGS.audit, auditable=auditable(flags)))
     return results
+
+
+def training_flags_text() -> str:
+    """The run's flags.cfg: every training flag as --name=value, one per line (absl's own
+    flags, such as --profile_file, are never written: a flags.cfg reused with --flagfile
+    sets training flags only)."""
+    lines = [FLAGS[name].serialize() for name in sorted(training_flag_names())]
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 def _flag_record() -> tuple[dict[str, str], set[str]]:

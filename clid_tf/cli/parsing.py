@@ -33,6 +33,11 @@ ABSL_OWN_FLAGS = frozenset({
     "pdb", "pdb_post_mortem", "run_with_pdb", "run_with_profiling", "profile_file",
     "use_cprofile_for_profiling", "logtostderr", "alsologtostderr", "log_dir", "verbosity",
     "v", "logger_levels", "stderrthreshold", "showprefixforinfo", "undefok"})
+# absl's flags that act (profile, debug, write logs, stop early): from the command line
+# only; a flagfile that sets one (to anything but its off value) is refused.
+ABSL_ACTING_FLAGS = frozenset({"profile_file", "run_with_profiling", "run_with_pdb", "pdb",
+                               "pdb_post_mortem", "use_cprofile_for_profiling",
+                               "only_check_args", "only_check_flags", "log_dir"})
 # Lines all flagfiles of one command may expand to: a file that includes another twice,
 # nested, doubles at every level; past this the command is refused before absl reads it.
 MAX_FLAGFILE_LINES = 20_000
@@ -237,8 +242,20 @@ def _flagfile_lines(path: str, named_at: str | None, stack: list[str],
         if nested is not None:
             out.extend(_flagfile_lines(nested, where, [*stack, path], budget))
         else:
+            _check_not_acting(line.strip(), where)
             out.append(_Arg(line.strip(), where))
     return out
+
+
+def _check_not_acting(line: str, where: str) -> None:
+    """flags.Error when a flagfile line turns on one of ABSL_ACTING_FLAGS (a profile
+    written to any path, a debugger, log files): a flagfile holds settings, and a run's
+    flags.cfg may come from someone else."""
+    name, _, value = line.lstrip("-").partition("=")
+    if name in ABSL_ACTING_FLAGS and value.strip().lower() not in ("", "false", "0"):
+        raise _LocatedError(_Arg(line, where), f"--{name} acts (it writes files or stops "
+                                               "the run) and is taken from the command line "
+                                               "only, not from a flagfile")
 
 
 def _unreadable_flagfile(path: str, named_at: str | None, error: Exception) -> str:

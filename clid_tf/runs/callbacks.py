@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf import atomic_io
+from clid_tf.runs import folder as run_folder
 from clid_tf.errors import NonFiniteError, RunError
 
 
@@ -100,9 +101,14 @@ class RunState(keras.callbacks.Callback):
         atomic_io.remove_entry(index)
         if epochs:
             latest = epochs[-1] if latest is None else latest
+            # each file's own time, all after the preserved mark: the manager prunes them
+            # as it prunes the checkpoints it wrote itself
+            times = [os.lstat(self._prefix(e) + ".index").st_mtime for e in epochs]
             tf.compat.v1.train.update_checkpoint_state(
                 self.directory, f"ckpt-{latest}",
-                all_model_checkpoint_paths=[f"ckpt-{e}" for e in epochs])
+                all_model_checkpoint_paths=[f"ckpt-{e}" for e in epochs],
+                all_model_checkpoint_timestamps=times,
+                last_preserved_timestamp=min(times) - 1.0)
         return tf.train.CheckpointManager(self.checkpoint, self.directory,
                                           max_to_keep=self.max_to_keep)
 
@@ -133,24 +139,11 @@ class RunState(keras.callbacks.Callback):
 
     def _damage(self, epoch: int) -> str | None:
         """Why epoch `epoch` cannot be resumed from, or None when it can (its state
-        reads, its files match their checksums and TensorFlow restores it)."""
-        try:
-            with atomic_io.open_regular(self._state_path(epoch), "rb") as f, \
-                    np.load(f, allow_pickle=False) as state:
-                state = {key: state[key] for key in state.files}  # reads every member
-        except FileNotFoundError:
-            return "its state file is missing"
-        except Exception as error:  # pylint: disable=broad-except  # zip/npy errors
-            return f"its state file is unreadable: {type(error).__name__}"
-        checksums = json.loads(str(state.get("checksums", "{}")))
-        for name, digest in checksums.items():
-            path = os.path.join(self.directory, name)
-            if os.path.basename(name) != name or not re.fullmatch(r"ckpt-\d+\.[\w-]+", name):
-                return f"its state file names {name!r}, not one of its checkpoint files"
-            if not atomic_io.is_regular_file(path):
-                return f"{name} is missing (or not a regular file)"
-            if atomic_io.file_sha256(path) != digest:
-                return f"{name} does not match its checksum"
+        reads, its files are regular files that match their checksums,
+        `runs.folder.read_state`, and TensorFlow restores it)."""
+        state, reason = run_folder.read_state(self.directory, epoch)
+        if reason is not None:
+            return reason
         try:
             self.checkpoint.restore(self._prefix(epoch)).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from typing import Iterator
 
 import numpy as np
@@ -40,6 +41,10 @@ RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboa
              "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME,
              ".write_test"}
 WRITE_TEST = ".write_test"  # the probe `create` writes and removes
+# The folders a run makes; every other entry of RUN_FILES is a regular file.
+RUN_FOLDERS = ("checkpoints", os.path.join("checkpoints", "selected"), "tensorboard",
+               "saved_model")
+MAX_FLAGS_BYTES = 1 << 20  # a flags.cfg is a few KB
 # The temporary names of the run's own interrupted writes, by the folder they are in
 # (relative to the run folder): atomic_io's '<file>.tmp', the export's 'saved_model.tmp' /
 # '.old', TensorFlow's checkpoint writes ('ckpt-E_temp...' shards, 'checkpoint.tmp<hex>').
@@ -139,6 +144,39 @@ class RunFolder:
                     removed.append(target)
         return removed
 
+    def unsafe_entries(self) -> list[str]:
+        """What in the folder's tree a run never makes (sorted, relative paths): a symbolic
+        link anywhere, a FIFO, socket or device, a hard-linked file, a run folder
+        (`RUN_FOLDERS`) that is not a folder or a run file that is one. Writing into such
+        a tree could reach outside it; nothing in it is touched."""
+        found = []
+        for folder, names, files in os.walk(self.path):
+            for name in [*names, *files]:
+                path = os.path.join(folder, name)
+                info = os.lstat(path)
+                relative = os.path.relpath(path, self.path)
+                if stat.S_ISLNK(info.st_mode):
+                    found.append(f"{relative} (a symbolic link)")
+                elif not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                    found.append(f"{relative} (not a file or folder)")
+                elif stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                    found.append(f"{relative} (a hard link)")
+        for name in RUN_FOLDERS:
+            path = self.join(name)
+            if os.path.lexists(path) and not os.path.isdir(path):
+                found.append(f"{name} (not a folder)")
+        for name in RUN_FILES - set(RUN_FOLDERS) - {"saved_model.tmp", "saved_model.old"}:
+            if os.path.isdir(self.join(name)) and not os.path.islink(self.join(name)):
+                found.append(f"{name} (a folder)")
+        return sorted(set(found))
+
+    def _refuse_unsafe(self, action: str) -> None:
+        unsafe = self.unsafe_entries()
+        if unsafe:
+            raise FolderError(f"cannot {action} {self.path}: it holds what a run never makes "
+                              f"({', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''}); "
+                              "nothing was changed")
+
     def foreign_entries(self) -> list[str]:
         """The entries of the folder that no run writes (sorted): a folder with any is not
         a run's, and nothing in it is touched."""
@@ -156,30 +194,27 @@ class RunFolder:
             raise FolderError(f"cannot {action} {self.path}: it holds files that are not a "
                               f"training run's ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}); nothing was changed")
-        if os.path.lexists(self.flags_path) and not atomic_io.is_regular_file(self.flags_path):
-            raise FolderError(f"cannot {action} {self.path}: its flags.cfg is not a regular "
-                              "file (a link, a folder or a FIFO); nothing was changed")
+        self._refuse_unsafe(action)
 
     def checkpoint_paths(self) -> list[str]:
-        """The prefixes ('.../ckpt-E') of the epoch checkpoints whose state file was
-        written (it is written last, so a kill mid-write leaves none), by epoch;
-        FolderError if none."""
+        """The prefixes ('.../ckpt-E') of the intact epoch checkpoints (`read_state`: the
+        state file, written last, reads, and the files its checksums name are regular files
+        that match them), by epoch; FolderError if none."""
         names = _listing(self.checkpoints)
-        found = sorted({name.rsplit(".", 1)[0] for name in names
-                        if re.fullmatch(r"ckpt-\d+\.index", name)
-                        and f"state-{checkpoint_epoch(name.rsplit('.', 1)[0])}.npz" in names},
-                       key=checkpoint_epoch)
+        epochs = sorted(checkpoint_epoch(name.rsplit(".", 1)[0]) for name in names
+                        if re.fullmatch(r"ckpt-\d+\.index", name))
+        found = [e for e in epochs if read_state(self.checkpoints, e)[1] is None]
         if not found:
-            raise FolderError(f"no checkpoints in {self.checkpoints}")
-        return [self.join("checkpoints", name) for name in found]
+            raise FolderError(f"no intact checkpoints in {self.checkpoints}")
+        return [self.join("checkpoints", f"ckpt-{e}") for e in found]
 
     def is_complete(self) -> bool:
         return os.path.exists(self.results_path)
 
     def is_started(self) -> bool:
-        """Whether a run was started here (its flags.cfg, a regular file, is written before
-        anything else of the run's)."""
-        return atomic_io.is_regular_file(self.flags_path)
+        """Whether a run was started here (its flags.cfg is written before anything else
+        of the run's; whatever is at that name counts, and `check_is_run` checks it)."""
+        return os.path.lexists(self.flags_path)
 
     def lock(self) -> None:
         """Takes the folder's writer lock (FolderError naming the holder when another
@@ -213,6 +248,7 @@ class RunFolder:
         if foreign:  # not a run's folder: nothing in it is touched, no lock file made
             raise FolderError(f"workdir {self.path} holds files that are not a training "
                               f"run's ({', '.join(foreign[:3])}); choose a new --workdir")
+        self._refuse_unsafe("use")
         self.lock()  # before anything is read or written: one writer at a time
         held = set(os.listdir(self.path)) - {run_lock.LOCK_NAME}
         if held and not allow_partial:
@@ -267,11 +303,19 @@ class RunFolder:
         atomic_io.write_text(self.flags_path, text)
 
     def read_flags(self) -> str:
+        """flags.cfg's text; FolderError (one line) for one that is not a regular file,
+        larger than MAX_FLAGS_BYTES, or not UTF-8 text."""
         try:
-            with atomic_io.open_regular(self.flags_path) as f:
-                return f.read()
+            with atomic_io.open_regular(self.flags_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > MAX_FLAGS_BYTES:
+                    raise FolderError(f"{self.flags_path} is larger than {MAX_FLAGS_BYTES} "
+                                      f"bytes: {self.path} is not a training run's folder")
+                return f.read().decode("utf-8")
         except OSError as error:
             raise FolderError(f"{self.flags_path} is unreadable ({error.strerror}): "
+                              f"{self.path} is not a training run's folder") from error
+        except UnicodeDecodeError as error:
+            raise FolderError(f"{self.flags_path} is not UTF-8 text (byte {error.start}): "
                               f"{self.path} is not a training run's folder") from error
 
     def check_resumable(self, flags: dict[str, str], *, at_default: set[str]) -> None:
@@ -314,10 +358,8 @@ class RunFolder:
         if not self.has_split():
             raise FolderError(f"{self.path} has no split.npz: the run never started training")
         try:
-            with atomic_io.open_regular(self.join("split.npz"), "rb") as f, \
-                    np.load(f, allow_pickle=False) as saved:
-                saved = dict(saved)
-        except (OSError, ValueError, EOFError) as error:
+            saved = atomic_io.read_npz(self.join("split.npz"))
+        except (OSError, ValueError, EOFError, KeyError) as error:
             raise FolderError(f"cannot {action} {self.path}: its split.npz is unreadable "
                               f"({error}); start a new run") from error
         gone = [k for k in saved if k.startswith("fingerprint_") and k not in arrays]
@@ -347,8 +389,18 @@ class RunFolder:
         atomic_io.write_json(self.results_path, results)
 
     def read_results(self) -> dict:
-        with atomic_io.open_regular(self.results_path) as f:
-            return json.load(f)
+        """results.json as a dict; FolderError (one line) when it is not a regular file of
+        a JSON object."""
+        try:
+            with atomic_io.open_regular(self.results_path) as f:
+                results = json.load(f)
+        except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
+            raise FolderError(f"{self.results_path} is unreadable ({error}); restore it or "
+                              "start a new run") from None
+        if not isinstance(results, dict):
+            raise FolderError(f"{self.results_path} does not hold a results object; restore "
+                              "it or start a new run")
+        return results
 
     def merge_results(self, key: str, value) -> None:
         """results.json[key] = value of a finished run, keeping the rest (atomic; the
@@ -483,6 +535,33 @@ def split_arrays(noisy_labels: np.ndarray, train_indices: np.ndarray,
     return {"noisy_labels": noisy_labels, "train_indices": train_indices,
             "meta_indices": none if meta_indices is None else meta_indices,
             "val_indices": none if val_indices is None else val_indices}
+
+
+def read_state(directory: str, epoch: int) -> tuple[dict | None, str | None]:
+    """(the arrays of epoch `epoch`'s state file, None) when it reads and every checkpoint
+    file its checksums name is a regular file of this folder matching them; else (None,
+    why). TensorFlow's own restore comes after (`runs.callbacks.RunState`)."""
+    try:
+        state = atomic_io.read_npz(os.path.join(directory, f"state-{epoch}.npz"))
+    except FileNotFoundError:
+        return None, "its state file is missing"
+    except Exception as error:  # pylint: disable=broad-except  # zip/npy/header errors
+        return None, f"its state file is unreadable: {type(error).__name__}"
+    try:
+        checksums = json.loads(str(state.get("checksums", "{}")))
+    except ValueError:
+        return None, "its state file's checksums are unreadable"
+    if not isinstance(checksums, dict):
+        return None, "its state file's checksums are unreadable"
+    for name, digest in checksums.items():
+        if not re.fullmatch(rf"ckpt-{epoch}\.[\w-]+", str(name)):
+            return None, f"its state file names {name!r}, not one of its checkpoint files"
+        path = os.path.join(directory, name)
+        if not atomic_io.is_regular_file(path):
+            return None, f"{name} is missing (or not a regular file)"
+        if atomic_io.file_sha256(path) != digest:
+            return None, f"{name} does not match its checksum"
+    return state, None
 
 
 def checkpoint_epoch(path: str) -> int:

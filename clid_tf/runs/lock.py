@@ -65,15 +65,17 @@ class RunLock:
         without following a link; LockedError unless it is a regular file."""
         flags = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                  | getattr(os, "O_CLOEXEC", 0))
-        refused = (f"{self.path} is not a regular file (a symbolic link, a folder or a "
-                   "FIFO): a run folder's lock is its own file; remove it and retry")
+        refused = (f"{self.path} is not a regular file of its own (a symbolic or hard link, "
+                   "a folder or a FIFO): a run folder's lock is its own file; remove it and "
+                   "retry")
         try:
             fd = os.open(self.path, flags, 0o644)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise LockedError(refused) from None
             raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # written in place below
             os.close(fd)
             raise LockedError(refused)
         os.set_blocking(fd, True)

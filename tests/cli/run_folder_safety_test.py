@@ -83,28 +83,145 @@ def test_a_lock_file_linked_elsewhere_is_refused_and_its_target_kept(tmp_path):
     victim = _victim(tmp_path)
     os.symlink(victim, workdir / ".lock")
     proc = run_cli(f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}", "--resume")
-    assert_one_line_error(proc, ".lock is not a regular file")
+    assert_one_line_error(proc, ".lock (a symbolic link)")
     assert victim.read_text() == "a user's own file\n"
     assert os.path.islink(workdir / ".lock")  # refused, not removed: the user sees it
 
 
-def test_the_audit_reads_flags_cfg_as_data_and_writes_through_no_link(tmp_path):
+def test_the_audit_reads_flags_cfg_as_data(tmp_path):
     """A flags.cfg line --profile_file=PATH (absl would write profiler output there) or
-    --run_with_pdb has no effect; an audit.json.tmp link to a file outside is removed, not
-    written through; the audit itself runs (in sample, on the run's checkpoints)."""
+    --run_with_pdb has no effect on the audit, which runs (in sample, on the run's
+    checkpoints); the same lines refuse a resume that reuses flags.cfg with --flagfile."""
     workdir = _killed_run(tmp_path)
     profile = tmp_path / "outside" / "profile.out"
-    victim = _victim(tmp_path)
     with open(workdir / "flags.cfg", "a") as f:
         f.write(f"--profile_file={profile}\n--run_with_pdb\n--run_with_profiling\n")
-    os.symlink(victim, workdir / "audit.json.tmp")
     proc = run_cli(f"--workdir={workdir}", "--audit_folds=0", "--audit_show=0",
                    module="clid_tf.audit")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not profile.exists()
-    assert victim.read_text() == "a user's own file\n"
     assert json.loads((workdir / "audit.json").read_text())["folds"] == 0
-    assert not os.path.lexists(workdir / "audit.json.tmp")
+    proc = run_cli(f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}", "--resume")
+    assert_one_line_error(proc, "--profile_file acts (it writes files or stops the run) and "
+                                "is taken from the command line only")
+    assert not profile.exists()
+
+
+def _plant(kind: str, workdir, tmp_path):
+    """One thing a run never makes, planted in a killed run's folder; returns the files
+    outside that it points at (their text must stay)."""
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    victim = outside / "victim.txt"
+    victim.write_text("a user's own file\n")
+    checkpoints = workdir / "checkpoints"
+    if kind == "checkpoints_link":
+        shutil.move(checkpoints, outside / "checkpoints")
+        (outside / "checkpoints" / "state-7.npz").write_text("a user's own file\n")
+        os.symlink(outside / "checkpoints", checkpoints)
+        return [outside / "checkpoints" / "state-7.npz"]
+    if kind in ("selected_link", "tensorboard_link"):
+        target = checkpoints / "selected" if kind == "selected_link" else workdir / "tensorboard"
+        if target.exists():
+            shutil.rmtree(target)
+        (outside / "epoch-5.npz").write_text("a user's own file\n")
+        os.symlink(outside, target)
+        return [outside / "epoch-5.npz", victim]
+    if kind == "tmp_link":
+        os.symlink(victim, workdir / "audit.json.tmp")
+    elif kind == "lock_hard_link":
+        if (workdir / ".lock").exists():
+            (workdir / ".lock").unlink()
+        os.link(victim, workdir / ".lock")
+    elif kind == "flags_link":
+        shutil.copy(workdir / "flags.cfg", outside / "flags.cfg")
+        (workdir / "flags.cfg").unlink()
+        os.symlink(outside / "flags.cfg", workdir / "flags.cfg")
+        return [victim]
+    elif kind == "split_fifo":
+        (workdir / "split.npz").unlink()
+        os.mkfifo(workdir / "split.npz")
+    elif kind == "checkpoint_fifo":
+        data = next(checkpoints.glob("ckpt-2.data-*"))
+        data.unlink()
+        os.mkfifo(data)
+    elif kind == "checkpoints_file":
+        shutil.rmtree(checkpoints)
+        checkpoints.write_text("x")
+    elif kind == "results_folder":
+        (workdir / "results.json").mkdir()
+    return [victim]
+
+
+PLANTED = ("checkpoints_link", "selected_link", "tensorboard_link", "tmp_link",
+           "lock_hard_link", "flags_link", "split_fifo", "checkpoint_fifo", "checkpoints_file",
+           "results_folder")
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_a_folder_holding_what_a_run_never_makes_is_refused_untouched(tmp_path, kind):
+    """Links (symbolic or hard), FIFOs, a run folder that is a file or a run file that is a
+    folder: `check_is_run` (what --resume and the audit do first) refuses them in one line
+    before anything is written, removed or read through them."""
+    from clid_tf.runs import folder as run_folder  # pylint: disable=import-outside-toplevel
+    workdir = _killed_run(tmp_path)
+    victims = {path: path.read_text() for path in _plant(kind, workdir, tmp_path)}
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+    with pytest.raises(run_folder.FolderError, match="holds what a run never makes") as err:
+        run_folder.RunFolder(str(workdir)).check_is_run()
+    assert "\n" not in str(err.value)
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
+    assert {path: path.read_text() for path in victims} == victims
+
+
+@pytest.mark.parametrize("kind,module", [("checkpoints_link", "clid_tf.train"),
+                                         ("lock_hard_link", "clid_tf.audit"),
+                                         ("checkpoint_fifo", "clid_tf.audit")])
+def test_resume_and_audit_refuse_them_in_one_line(tmp_path, kind, module):
+    workdir = _killed_run(tmp_path)
+    victims = {path: path.read_text() for path in _plant(kind, workdir, tmp_path)}
+    args = ([f"--flagfile={workdir / 'flags.cfg'}", "--resume"] if module == "clid_tf.train"
+            else ["--audit_folds=0"])
+    proc = run_cli(*args, f"--workdir={workdir}", module=module, timeout=120)
+    assert_one_line_error(proc, "holds what a run never makes")
+    assert {path: path.read_text() for path in victims} == victims
+
+
+def test_unreadable_run_files_are_one_line(tmp_path):
+    """A flags.cfg that is not UTF-8 or is huge, a results.json that is not a JSON object:
+    one FolderError line each, never a traceback."""
+    from clid_tf.runs import folder as run_folder  # pylint: disable=import-outside-toplevel
+    workdir = _killed_run(tmp_path)
+    folder = run_folder.RunFolder(str(workdir))
+    with open(workdir / "flags.cfg", "ab") as f:
+        f.write(b"--note=\xff\xfe\n")
+    with pytest.raises(run_folder.FolderError, match="is not UTF-8 text"):
+        folder.read_flags()
+    with open(workdir / "flags.cfg", "r+b") as f:
+        f.truncate(run_folder.MAX_FLAGS_BYTES + 1)
+    with pytest.raises(run_folder.FolderError, match="is larger than"):
+        folder.read_flags()
+    (workdir / "results.json").write_text("[]")
+    with pytest.raises(run_folder.FolderError, match="does not hold a results object"):
+        folder.read_results()
+    (workdir / "results.json").write_text("{not json")
+    with pytest.raises(run_folder.FolderError, match="is unreadable"):
+        folder.read_results()
+
+
+def test_a_resumed_run_prunes_the_checkpoints_it_found(tmp_path):
+    """The rebuilt checkpoint index gives the folder's own checkpoints their times, so the
+    manager prunes them as its own (3 kept), and no epoch keeps a checkpoint without its
+    state file or a state file without its checkpoint."""
+    workdir = _killed_run(tmp_path)
+    proc = run_cli(f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}", "--resume",
+                   "--epochs=5")
+    del proc  # --epochs differs from the killed run's: refused; resume with its own flags
+    proc = run_cli(f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(os.listdir(workdir / "checkpoints"))
+    indexed = sorted(n[:-len(".index")] for n in names if n.endswith(".index"))
+    states = sorted(n[len("state-"):-len(".npz")] for n in names if n.startswith("state-"))
+    assert [i.split("-")[1] for i in indexed] == states == ["2", "3"]
 
 
 def test_a_flagfile_line_in_flags_cfg_is_refused(tmp_path):
@@ -173,13 +290,13 @@ def test_atomic_writes_remove_a_planted_temporary_link_and_write_a_new_file(tmp_
 
 def test_resume_removes_only_the_runs_own_temporary_names(tmp_path):
     """After the checks, a resume removes what its own interrupted writes leave, where it
-    writes them: a leftover results.json.tmp, state-3.npz.tmp, ckpt-3_temp/; a link there
-    is unlinked, its target kept."""
+    writes them: a leftover results.json.tmp, state-3.npz.tmp, ckpt-3_temp/ (a link there
+    would have been refused by the checks)."""
     from clid_tf.runs import folder as run_folder  # pylint: disable=import-outside-toplevel
     workdir = _killed_run(tmp_path)
     victim = _victim(tmp_path)
     (workdir / "results.json.tmp").write_text("half")
-    os.symlink(victim, workdir / "checkpoints" / "state-3.npz.tmp")
+    (workdir / "checkpoints" / "state-3.npz.tmp").write_text("half")
     (workdir / "checkpoints" / "ckpt-3_temp").mkdir()
     (workdir / "checkpoints" / "ckpt-3_temp" / "part").write_text("half")
     folder = run_folder.RunFolder(str(workdir))
@@ -215,3 +332,19 @@ def test_dependency_floors_exclude_releases_with_known_vulnerabilities():
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
     assert as_tuple(floors["pillow"]) >= (10, 3, 0) and as_tuple(floors["keras"]) >= (3, 12, 0)
     assert np.all([as_tuple(v) > (0,) for v in floors.values()])
+
+
+def test_the_lock_itself_refuses_a_link_or_fifo_and_writes_nothing_through_it(tmp_path):
+    """Defence in depth under the folder checks: RunLock opens .lock without following a
+    link and only as a regular file with no other name."""
+    from clid_tf.runs import lock as run_lock  # pylint: disable=import-outside-toplevel
+    victim = _victim(tmp_path)
+    for kind in ("symlink", "hardlink", "fifo"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        path = folder / run_lock.LOCK_NAME
+        {"symlink": lambda: os.symlink(victim, path), "hardlink": lambda: os.link(victim, path),
+         "fifo": lambda: os.mkfifo(path)}[kind]()
+        with pytest.raises(run_lock.LockedError, match="is not a regular file of its own"):
+            run_lock.RunLock(str(folder)).acquire()
+    assert victim.read_text() == "a user's own file\n"

@@ -186,8 +186,12 @@ def test_a_resumed_start_removes_what_a_kill_mid_write_left(tmp_path):
 def test_the_audit_scores_only_epochs_whose_state_was_written(tmp_path):
     folder = run_folder.RunFolder(str(tmp_path))
     os.makedirs(folder.checkpoints)
-    for epoch in (1, 2, 3):
-        (tmp_path / "checkpoints" / f"ckpt-{epoch}.index").write_text("x")
-    for epoch in (1, 2):  # epoch 3 was killed before its state file
-        (tmp_path / "checkpoints" / f"state-{epoch}.npz").write_text("x")
+    import hashlib, json  # pylint: disable=import-outside-toplevel,multiple-imports
+    for epoch in (1, 2, 3, 4):
+        (tmp_path / "checkpoints" / f"ckpt-{epoch}.index").write_text(f"epoch {epoch}")
+    for epoch in (1, 2, 4):  # epoch 3 was killed before its state file
+        digest = hashlib.sha256(f"epoch {epoch}".encode()).hexdigest()
+        np.savez(tmp_path / "checkpoints" / f"state-{epoch}.npz",
+                 checksums=np.asarray(json.dumps({f"ckpt-{epoch}.index": digest})))
+    (tmp_path / "checkpoints" / "ckpt-4.index").write_text("damaged")  # no longer its checksum
     assert [run_folder.checkpoint_epoch(p) for p in folder.checkpoint_paths()] == [1, 2]

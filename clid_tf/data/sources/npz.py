@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from clid_tf import atomic_io
 from clid_tf.data import datasets
 from clid_tf.data.inputs import ArrayInputs, float_pixel_scale
 from clid_tf.errors import DataError
@@ -102,7 +103,8 @@ def _npz_error(path: str, problem: str) -> DataError:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """The required and optional arrays of the npz file, fully read into memory."""
+    """The required and optional arrays of the npz file, fully read into memory (each
+    array's declared size checked first, `atomic_io.read_npz`)."""
     if not os.path.isfile(path):
         raise _npz_error(path, 'no such file' if not os.path.exists(path) else 'not a file')
     try:
@@ -113,52 +115,16 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     if magic != _ZIP_MAGIC:
         raise _npz_error(path, 'not an npz archive (write it with np.savez / np.savez_compressed)')
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return _npz_arrays(path, npz)
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        arrays = atomic_io.read_npz(path, _NPZ_REQUIRED + _NPZ_OPTIONAL)
+    except ValueError as err:  # a pickled array, a declared size the file does not hold
+        raise _npz_error(path, str(err)) from err
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise _npz_error(path, f'unreadable npz archive ({type(err).__name__}: {err})') from err
-
-
-def _npz_arrays(path: str, npz: Any) -> dict[str, np.ndarray]:
-    """Reads the known keys of an open `np.load` NpzFile; checks the required ones exist."""
-    missing = [key for key in _NPZ_REQUIRED if key not in npz.files]
+    missing = [key for key in _NPZ_REQUIRED if key not in arrays]
     if missing:
-        found = ', '.join(npz.files) or 'nothing'
+        found = ', '.join(arrays) or 'nothing'
         raise _npz_error(path, f"missing arrays {', '.join(missing)} (found: {found})")
-    arrays = {}
-    for key in _NPZ_REQUIRED + _NPZ_OPTIONAL:
-        if key not in npz.files:
-            continue
-        _check_declared_size(path, npz, key)
-        try:
-            arrays[key] = np.asarray(npz[key])
-        except ValueError as err:  # object arrays need pickle, refused by allow_pickle=False
-            raise _npz_error(path, f'{key} is a pickled object array; save plain numeric '
-                                   'arrays instead') from err
     return arrays
-
-
-def _check_declared_size(path: str, npz: Any, key: str) -> None:
-    """DataError when the header of array `key` declares more bytes than its archive
-    member holds: numpy would allocate what the header says before reading (a 1 KB file
-    can declare terabytes), so the header is checked first."""
-    member = f'{key}.npy'
-    try:
-        info = npz.zip.getinfo(member)
-        with npz.zip.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read(f)
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise _npz_error(path, f'{key} has an unreadable array header '
-                               f'({type(err).__name__}: {err})') from err
-    declared = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 1)
-    if declared > info.file_size:
-        raise _npz_error(path, f'{key} declares shape {shape} ({declared} bytes) but holds '
-                               f'only {info.file_size} bytes: the file is damaged')
 
 
 def _npz_labels(path: str, key: str, y: np.ndarray) -> np.ndarray:

@@ -75,6 +75,22 @@ class TrainForward(NamedTuple):
     logits: tf.Tensor             # [B, K]
     features: tf.Tensor           # [B, d]
     non_trainable: list[tf.Tensor]  # BN statistics updated by this batch
+    regularization: tf.Tensor | None = None  # the backbone's own losses (`model.losses`:
+                                  # weight and activity regularizers, add_loss), summed
+    regularization_grads: list[tf.Tensor] | None = None  # its gradient w.r.t. theta
+
+
+def regularization_loss(model: keras.Model) -> tf.Tensor | None:
+    """This replica's share (1/R) of a model's own losses after a call (`model.losses`:
+    kernel, bias and activity regularizers, `add_loss`), float32; None when it has none.
+
+    They belong to the loss the classifier descends, as in Keras' own train_step: the
+    trainers add them to every step of theta, the virtual step included (it is a look-ahead
+    of that step), and never to a meta objective."""
+    losses = model.losses
+    if not losses:
+        return None
+    return tf.add_n([tf.cast(loss, tf.float32) for loss in losses]) / distribute.num_replicas()
 
 
 def forward(model: keras.Model, trainable: Sequence[tf.Tensor],
@@ -89,13 +105,26 @@ def forward(model: keras.Model, trainable: Sequence[tf.Tensor],
 
 
 def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
-    """Forward of the training batch [B, ...] at the current weights, on a persistent tape."""
+    """Forward of the training batch [B, ...] at the current weights, on a persistent tape,
+    with the backbone's own losses (`regularization_loss`) and their gradient."""
     theta = [v.value for v in backbone.trainable_variables]
     frozen = [v.value for v in backbone.non_trainable_variables]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(theta)
-        logits, features, updated = forward(backbone, theta, frozen, images)
-    return TrainForward(tape, theta, frozen, logits, features, updated)
+        (logits, features), updated, losses = backbone.stateless_call(
+            theta, frozen, images, training=True, return_losses=True)
+        regularization = (tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
+                          if losses else None)
+    grads = None if regularization is None else [_dense(g) for g in tape.gradient(
+        regularization, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+    return TrainForward(tape, theta, frozen, logits, features, updated, regularization,
+                        grads)
+
+
+def _dense(gradient):
+    """A gradient as a dense tensor (an Embedding's lookup gives IndexedSlices, which the
+    arithmetic of the virtual step and the second-order pass need dense)."""
+    return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
 def backprop(fwd: TrainForward, dz: tf.Tensor,
@@ -103,17 +132,37 @@ def backprop(fwd: TrainForward, dz: tf.Tensor,
     """J_z^T dz: this replica's gradients w.r.t. theta (only theta[i] for i in `stepped`,
     if given) of a loss with logit gradient dz."""
     theta = fwd.theta if stepped is None else [fwd.theta[i] for i in stepped]
-    return fwd.tape.gradient(fwd.logits, theta, output_gradients=dz,
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [_dense(g) for g in fwd.tape.gradient(
+        fwd.logits, theta, output_gradients=dz,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+
+
+def training_gradient(fwd: TrainForward, dz: tf.Tensor,
+                      scaling: loss_scaling.LossScaling = loss_scaling.LossScaling()
+                      ) -> list[tf.Tensor]:
+    """This replica's gradient of the actual step's loss w.r.t. theta, times the loss scale
+    S_t: J_z^T (S_t dz) plus its 1/R share of the regularization's gradient times S_t."""
+    grads = backprop(fwd, scaling.scale_train(dz))
+    if fwd.regularization_grads is None:
+        return grads
+    share = 1.0 / distribute.num_replicas()
+    return [g + tf.cast(scaling.scale_train(r * share), g.dtype)
+            for g, r in zip(grads, fwd.regularization_grads)]
 
 
 def virtual_gradient(fwd: TrainForward, dz: tf.Tensor,
                      scaling: loss_scaling.LossScaling = loss_scaling.LossScaling(),
                      stepped: Sequence[int] | None = None) -> list[tf.Tensor]:
     """grad_theta L_f of the global batch (of theta[i], i in `stepped`, if given): replica
-    gradients summed (differentiable), unscaled under loss scaling."""
-    return scaling.unscaled_backward(
+    gradients summed (differentiable), unscaled under loss scaling, plus the gradient of
+    the backbone's regularization (the same on every replica; it does not depend on phi)."""
+    grads = scaling.unscaled_backward(
         lambda dz: distribute.global_sum(backprop(fwd, dz, stepped)), dz)
+    if fwd.regularization_grads is None:
+        return grads
+    regularization = (fwd.regularization_grads if stepped is None
+                      else [fwd.regularization_grads[i] for i in stepped])
+    return [g + tf.cast(r, g.dtype) for g, r in zip(grads, regularization)]
 
 
 def check_scope(backbone: keras.Model, scope: str) -> None:
@@ -322,6 +371,7 @@ def hypergradient_last_layer(backbone: keras.Model, loss: TrainingLoss,
             inner.watch([kernel, bias])
             weighted = loss.fn(features @ kernel + bias, features)
         head_grads = distribute.global_sum(inner.gradient(weighted.loss, [kernel, bias]))
+        head_grads = _with_head_regularization(backbone, fwd, head_grads)
         new_kernel, new_bias = step([head.kernel, head.bias], [kernel, bias],
                                     head_grads).params
         meta_logits = meta_features @ new_kernel + new_bias
@@ -330,6 +380,18 @@ def hypergradient_last_layer(backbone: keras.Model, loss: TrainingLoss,
         meta_loss += tf.cast(weighted.regularizer, meta_loss.dtype)
     grads = scaling.scale_meta(outer.gradient(meta_loss, phi))
     return MetaResult(meta_loss, grads, scaling.finite(head_grads))
+
+
+def _with_head_regularization(backbone: keras.Model, fwd: TrainForward,
+                              head_grads: list[tf.Tensor]) -> list[tf.Tensor]:
+    """The head's gradients plus those of the backbone's regularization on the head's
+    kernel and bias (the last_layer virtual step's part of it)."""
+    if fwd.regularization_grads is None:
+        return head_grads
+    variables = backbone.trainable_variables
+    found = [next(g for v, g in zip(variables, fwd.regularization_grads) if v is part)
+             for part in (backbone.head.kernel, backbone.head.bias)]
+    return [g + tf.cast(r, g.dtype) for g, r in zip(head_grads, found)]
 
 
 def meta_gradients(backbone: keras.Model, meta_net: keras.Model, batch: dict,

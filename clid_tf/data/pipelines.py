@@ -17,6 +17,28 @@ import tensorflow as tf
 
 from clid_tf.data.inputs import ArrayInputs, Inputs
 
+def one_pass_batches(source: ArrayInputs, indices: np.ndarray, *, batch_size: int,
+                     seed: int, first_epoch: int = 0,
+                     fields: Mapping[str, np.ndarray] | None = None) -> tf.data.Dataset:
+    """Endless batches {'image', **fields} of in-memory inputs in epochs that are one pass
+    each, as Keras' fit(x, y) makes them: epoch e is a stateless shuffle of `indices`
+    seeded by (seed, e), cut into ceil(n / b) batches, the last one smaller when b does not
+    divide n (one batch of all n when b > n). The batch dimension is not static."""
+    indices = np.asarray(indices, np.int64)
+    order_of, n = tf.constant(indices), len(indices)
+    inputs = source.table()  # made here, eagerly, not inside the traced epoch function
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(tf.gather(order_of, order)).batch(
+            min(batch_size, n))
+
+    batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).map(
+        lambda ids: (ids, tf.gather(inputs, ids)))
+    return batches.map(_with_fields(fields))
+
+
 def epoch_batches(source: Inputs, indices: np.ndarray, *, batch_size: int,
                   seed: int, steps_per_epoch: int, first_epoch: int = 0,
                   fields: Mapping[str, np.ndarray] | None = None,

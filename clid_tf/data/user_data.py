@@ -367,8 +367,9 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
       first_epoch: the epoch the array stream starts at (fit's initial_epoch): epoch e's
         batches are a function of (seed, e), so a resumed fit continues exactly.
       sample_weight, class_weight, validation_split, validation_data: as keras.Model.fit.
-      steps_per_epoch: fit's, when given: the stream's epochs end where Keras' do (default
-        one pass of the array, N // batch_size steps).
+      steps_per_epoch: fit's, when given: epochs of that many whole batches; by default
+        an epoch is one pass of the array as Keras makes it, ceil(N / batch_size) steps,
+        the last batch smaller (`pipelines.one_pass_batches`).
     """
     given = meta_data is not None
     meta_x, meta_y = (meta_data if isinstance(meta_data, tuple) else (meta_data, None))
@@ -392,9 +393,20 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
     fields = {"label": labels}
     if weights is not None:
         fields["sample_weight"] = weights
-    train = pipelines.epoch_batches(source, np.arange(len(source)), batch_size=batch_size,
-                                    seed=seed, steps_per_epoch=steps, first_epoch=first_epoch,
-                                    fields=fields)
+    if steps_per_epoch:  # Keras' steps: whole batches, epochs of that many
+        if len(inputs) < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
+                             "training samples, so there is no whole batch for "
+                             "steps_per_epoch: give a smaller batch_size")
+        steps = steps_per_epoch
+        train = pipelines.epoch_batches(source, np.arange(len(source)), batch_size=batch_size,
+                                        seed=seed, steps_per_epoch=steps,
+                                        first_epoch=first_epoch, fields=fields)
+    else:  # Keras' epochs: one pass, the last batch smaller (one batch when b > N)
+        steps = -(-len(source) // batch_size)
+        train = pipelines.one_pass_batches(source, np.arange(len(source)),
+                                           batch_size=batch_size, seed=seed,
+                                           first_epoch=first_epoch, fields=fields)
     profile = profile_of_array(inputs)
     if not with_meta:
         return UserData(pipelines.training_stream(train), steps, None, validation, profile)

@@ -171,7 +171,8 @@ class RunState(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             column = self.history.setdefault(key, [None] * epoch)
             column.extend([None] * (epoch - len(column)))
-            column.append(float(value))
+            value = float(value)  # NaN: not computed this epoch (its phase did not run)
+            column.append(value if math.isfinite(value) else None)
         self.epoch.assign(epoch + 1)
         prefix = self.manager.save(checkpoint_number=epoch + 1)
         files = sorted(glob.glob(glob.escape(prefix) + ".*"))

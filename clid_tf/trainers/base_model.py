@@ -385,6 +385,22 @@ class TrainerModel(keras.Model):
         return [trackers["clean"], trackers["noisy"]]
 
 
+class EveryEpochMetric(keras.callbacks.Callback):
+    """Gives every named training metric a value in every epoch's logs: NaN for an epoch
+    whose phase did not compute it (the meta loss in a warm-up epoch), so Keras' History
+    lists keep one length, CSVLogger keeps its columns and pandas reads them. Put it first
+    in the callback list: the logs dict it fills is the one every later callback reads."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = list(names)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            for name in self.names:
+                logs.setdefault(name, float("nan"))
+
+
 def checked_classifier(backbone: keras.Model, meta_scope: str) -> keras.Model:
     """A user's classifier as (logits, features) (`models.user_models.as_classifier`), with
     the meta scope checked against it (top:N needs N residual blocks)."""

@@ -45,7 +45,8 @@ def test_fit_on_arrays_trains_the_users_own_model_with_a_label_free_meta_set():
     model = _compiled(user_model, clid_tf.WeightNet())
     history = model.fit(X, Y, batch_size=100, epochs=2, meta_size=300, meta_batch_size=100,
                         callbacks=[clid_tf.WarmUp(1)], verbose=0).history
-    assert len(history["loss"]) == 2 and len(history["meta_clid"]) == 1  # after the warm-up
+    assert len(history["loss"]) == len(history["meta_clid"]) == 2
+    assert np.isnan(history["meta_clid"][0]) and np.isfinite(history["meta_clid"][1])  # warm-up
     meta = model.meta_set
     assert len(meta) == 300 and meta.labels is None  # drawn from the inputs, no labels
     assert len(np.unique(meta.ids())) == 300 and meta.ids().max() < len(X)
@@ -63,7 +64,7 @@ def test_fit_on_a_dataset_sizes_vri_for_the_backbone():
                         verbose=0).history
     assert model.meta_net.feature_dim == 32 and model.meta_net.num_classes == 10
     assert model.meta_set.inputs.array.shape == (256, 8, 8, 1)
-    assert np.isfinite(history["meta_clid"]).all()
+    assert np.isnan(history["meta_clid"][0]) and np.isfinite(history["meta_clid"][1:]).all()
 
 
 def test_a_model_without_a_dense_head_is_refused_in_one_line():

@@ -48,6 +48,30 @@ class MixedBatch(NamedTuple):
     rows: tf.Tensor         # int32 [n] their positions in the global mixed batch
 
 
+def _check_rectifier(meta_net) -> None:
+    """ValueError (one line) unless `meta_net` rectifies logits as DivideMix uses it: a
+    posterior (mu, log_var) per sample and class from (features, labels), `sample_weights`
+    drawn from it and a `prior` (VRI's contract); a loss re-weighting net (WeightNet) has
+    none of them."""
+    missing = [name for name in ("sample_weights", "prior")
+               if not callable(getattr(meta_net, name, None))]
+    if missing:
+        raise ValueError(f"DivideMixModel rectifies each network's logits with its meta-net "
+                         f"(per-sample, per-class weights from a posterior and a prior); "
+                         f"{type(meta_net).__name__} has no {' or '.join(missing)}: use "
+                         "clid_tf.VRINet() (or None for plain DivideMix)")
+
+
+def _check_two(parts: list, what: str, example: str) -> None:
+    """ValueError (one line) when the two networks (or meta-nets) share variables: one
+    model passed twice would train as one."""
+    first = {id(v) for v in parts[0].weights}
+    if parts[0] is parts[1] or any(id(v) in first for v in parts[1].weights):
+        raise ValueError(f"DivideMix trains two separate {what}, but the two given share "
+                         f"their variables (one model passed twice?); give two, e.g. "
+                         f"{example}")
+
+
 @keras.saving.register_keras_serializable(package="clid_tf")
 class DivideMixModel(base_model.TrainerModel):
     """Two classifiers trained by DivideMix (+ VRI + CLID when `meta_nets` are given).
@@ -98,7 +122,12 @@ class DivideMixModel(base_model.TrainerModel):
         base_model.check_virtual_step(virtual_step)
         for meta_net in meta_nets or ():
             base_model.check_meta_net(meta_net, "each of meta_nets")
+            _check_rectifier(meta_net)
         self.backbones = [base_model.checked_classifier(net, meta_scope) for net in backbones]
+        _check_two(self.backbones, "networks", "[keras.models.clone_model(net) for _ in "
+                   "range(2)], each built")
+        if meta_nets is not None:
+            _check_two(list(meta_nets), "meta-nets", "[clid_tf.VRINet(), clid_tf.VRINet()]")
         self.meta_nets = None if meta_nets is None else list(meta_nets)
         for net, meta_net in zip(self.backbones, self.meta_nets or ()):
             base_model.size_meta_net(meta_net, net)
@@ -147,6 +176,13 @@ class DivideMixModel(base_model.TrainerModel):
         self._compile_optimizers(
             _two(optimizer), None if meta_optimizer is None else _two(meta_optimizer),
             **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        """Refused in one line (why, and what to use instead)."""
+        del args, kwargs
+        raise ValueError("DivideMixModel trains in epochs, each on a co-divide of "
+                         "every training sample that the other network scored: it has no "
+                         "step of one batch; use fit")
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
@@ -295,6 +331,9 @@ class DivideMixModel(base_model.TrainerModel):
             loss = distribute.global_mean(objectives.per_sample_ce(logits, batch["label"]))
             if self.warmup_penalty:
                 loss += dividemix.negative_entropy(logits)
+            regularization = virtual.regularization_loss(net)
+            if regularization is not None:
+                loss += tf.cast(regularization, loss.dtype)
         loss_scaling.apply(self.net_optimizers[k], tape.gradient(loss, net.trainable_variables),
                            net.trainable_variables, weight_decay=self.weight_decay)
         return loss
@@ -381,7 +420,11 @@ class DivideMixModel(base_model.TrainerModel):
             tape.watch(fwd.logits)
             terms, _, posterior = self.loss_terms(k, fwd.logits, fwd.features, mixed, lam)
         dz = tape.gradient(terms.total, fwd.logits)
-        grads, _ = dividemix.clip_by_global_norm(virtual.backprop(fwd, dz), self.clip_norm)
+        grads, _ = dividemix.clip_by_global_norm(virtual.training_gradient(fwd, dz),
+                                                 self.clip_norm)
+        if fwd.regularization is not None:  # reported in the loss, as Keras does
+            terms = terms._replace(total=terms.total + tf.cast(
+                fwd.regularization, terms.total.dtype) / distribute.num_replicas())
         net = self.backbones[k]
         loss_scaling.apply(self.net_optimizers[k], grads, net.trainable_variables,
                            weight_decay=self.weight_decay)
@@ -422,6 +465,15 @@ class DivideMixModel(base_model.TrainerModel):
         trained = self.metrics[:len(self.metrics) - len(self.evaluation_metrics())]
         logs = {m.name: float(m.result()) for m in trained
                 if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
+        # every metric some phase reports, NaN in the epochs whose phases did not (the
+        # DivideMix terms in a warm-up epoch): History and CSVLogger keep their columns
+        reported = {"vri_kl", f"meta_{self.meta_objective_name}"} if self.meta_nets else set()
+        reported |= {"l_x", "l_u", "penalty", "lambda_u"}
+        for k, trackers in enumerate(self.net_trackers):
+            for term in reported:
+                logs.setdefault(trackers[term].name, float("nan"))
+        if self.meta_nets:
+            logs.setdefault(self.meta_tracker.name, float("nan"))
         return {**logs, **self.epoch_stats}
 
 

@@ -141,7 +141,11 @@ class Streams:
         phases = [Phase("warmup", k, steps) for k in (0, 1)]
         streams = [self._batches(self.ids, _WARMUP + k, epoch, steps, views=1).map(
             lambda b: {"train": b}) for k in (0, 1)]
-        return EpochPlan(phases, streams[0].concatenate(streams[1]), {})
+        # no division yet: its statistics are NaN (every epoch's logs have every column)
+        empty = dividemix.PartOf(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+        stats = {f"net{k + 1}_{name}": float("nan") for k in (0, 1)
+                 for name in dividemix.division_stats(empty, self.is_clean)}
+        return EpochPlan(phases, streams[0].concatenate(streams[1]), stats)
 
     def dividemix_epoch(self, epoch: int, parts: Sequence[dividemix.PartOf]) -> EpochPlan:
         """Net k trains on parts[k] (made by the other network), net 1 first."""

@@ -304,9 +304,21 @@ class FixMatchModel(base_model.TrainerModel):
                              "sample_weight, class_weight and validation_split are for user "
                              "data")
         kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
+        if self.meta_net is not None:  # epochs without the meta step report NaN for these
+            phase = ["meta_clid", "meta_lr", "weight_mean", "weight_std"]
+            if "is_noisy" in x.element_spec["labeled"]:
+                phase += ["weight_clean", "weight_noisy"]
+            callbacks = [base_model.EveryEpochMetric(phase), *callbacks]
         return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
                            validation_data=validation_data, initial_epoch=initial_epoch,
                            callbacks=callbacks, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        """Refused in one line (why, and what to use instead)."""
+        del args, kwargs
+        raise ValueError("FixMatchModel's step needs labeled, unlabeled (weak "
+                         "and strong views) and meta batches that fit builds from your data: "
+                         "use fit (steps_per_epoch=1 for a single step)")
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),
@@ -384,6 +396,9 @@ class FixMatchModel(base_model.TrainerModel):
             supervised = distribute.global_mean(weights * scaled)
             unsup = unsupervised_loss(logits_w, logits_s, thresholds=thresholds)
             loss = supervised + self.lambda_u * unsup.loss
+            regularization = virtual.regularization_loss(self.backbone)
+            if regularization is not None:
+                loss += tf.cast(regularization, loss.dtype)
         loss_scaling.apply(self.optimizer, tape.gradient(loss, theta), theta,
                            weight_decay=self.weight_decay, decayed=lookahead.decay_mask(
                                theta, self.no_decay))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from clid_tf.core import distribute
@@ -29,7 +30,9 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
+from clid_tf.data import pipelines
 from clid_tf.data import user_data
+from clid_tf.data.inputs import read_numpy
 from clid_tf.trainers import base_model
 
 
@@ -191,8 +194,66 @@ class MetaReweightModel(base_model.TrainerModel):
                              "sample_weight, class_weight and validation_split are for user "
                              "data")
         kwargs["shuffle"] = False  # streams shuffle themselves (seeded per epoch)
+        callbacks = [base_model.EveryEpochMetric(self._phase_metrics(x)), *callbacks]
         return super().fit(x, y, epochs=epochs, validation_data=validation_data,
                            initial_epoch=initial_epoch, callbacks=callbacks, **kwargs)
+
+    def _phase_metrics(self, stream) -> list[str]:
+        """The metrics only meta epochs report (the warm-up's epochs get NaN for them):
+        the meta loss and lr, and with ground-truth noise flags the clean/noisy weights."""
+        if self.meta_net is None:
+            return []
+        names = [self.meta_trackers["meta"].name, "meta_lr"]
+        if "is_noisy" in stream.element_spec["train"]:
+            names += ["weight_clean", "weight_noisy"]
+        return names
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False, *, meta_x=None):
+        """One training step on the batch (x, y), as keras.Model.train_on_batch: with the
+        meta step when the meta-net is active, on the meta batch `meta_x` (inputs, no
+        labels), else on the first meta batch of the meta set the last fit drew, else on x
+        itself (CLID reads no labels). Labelled meta objectives need `fit`'s meta set."""
+        if not self.compiled:
+            raise ValueError("train_on_batch needs a compiled model: compile(optimizer, "
+                             "meta_optimizer) first")
+        inputs = pipelines.as_input_array(x)
+        user_data.check_finite(inputs)
+        labels = user_data.check_labels(y, self.num_classes)
+        if len(labels) != len(inputs):
+            raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
+        batch = {"image": tf.cast(inputs, tf.float32), "label": tf.constant(labels)}
+        weights = user_data.check_sample_weights(sample_weight, class_weight, labels)
+        if weights is not None:
+            batch["sample_weight"] = tf.constant(weights)
+        data = {"train": batch}
+        if self.meta_net is not None:
+            data["meta"] = self._meta_batch_of(inputs, meta_x)
+        self.make_train_function()
+        self.reset_metrics()
+        logs = {name: float(value) for name, value in self.train_function(iter([data])).items()}
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
+
+    def _meta_batch_of(self, inputs, meta_x) -> dict:
+        """{'image' float32 [n, ...]} for `train_on_batch`, with labels where the meta
+        objective reads them."""
+        labelled = base_model.objective_labels(self.objective_given) != "none"
+        if meta_x is None and self.meta_set is not None:
+            part = self.meta_set
+            ids = part.ids()[:100]
+            images = read_numpy(part.inputs, ids)
+            meta = {"image": tf.cast(images, tf.float32)}
+            if labelled:
+                if part.labels is None:
+                    raise ValueError("the meta objective reads labels, but the meta set "
+                                     "has none")
+                meta["label"] = tf.constant(np.asarray(part.labels)[:100].astype(np.int32))
+            return meta
+        if labelled:
+            raise ValueError(f"the meta objective {self.meta_objective_name!r} reads meta "
+                             "labels: fit with meta_data=(inputs, labels) first")
+        images = inputs if meta_x is None else pipelines.as_input_array(meta_x)
+        return {"image": tf.cast(images, tf.float32)}
 
     def get_config(self):
         return {
@@ -281,12 +342,15 @@ class MetaReweightModel(base_model.TrainerModel):
         dz, weighted = virtual.logit_gradient(
             virtual.for_meta_net(self.meta_net, batch["label"], batch.get("sample_weight")),
             fwd.logits, fwd.features, regularize=False)
-        loss_scaling.apply(self.optimizer, virtual.backprop(fwd, scaling.scale_train(dz)),
+        loss_scaling.apply(self.optimizer, virtual.training_gradient(fwd, dz, scaling),
                            self.backbone.trainable_variables, weight_decay=self.weight_decay,
                            decayed=self._decayed())
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
-        return weighted.loss, weighted.per_sample_weights()
+        loss = weighted.loss
+        if fwd.regularization is not None:  # reported as Keras reports it: in the loss
+            loss += tf.cast(fwd.regularization, loss.dtype) / distribute.num_replicas()
+        return loss, weighted.per_sample_weights()
 
     def _plain_step(self, batch, scaling):
         """Cross-entropy (times the sample weights) of the batch; returns (loss, logits)."""
@@ -297,6 +361,9 @@ class MetaReweightModel(base_model.TrainerModel):
             if "sample_weight" in batch:
                 losses = losses * tf.cast(batch["sample_weight"], losses.dtype)
             loss = distribute.global_mean(losses)
+            regularization = virtual.regularization_loss(self.backbone)
+            if regularization is not None:
+                loss += tf.cast(regularization, loss.dtype)
             scaled_loss = scaling.scale_train(loss)
         loss_scaling.apply(self.optimizer, tape.gradient(scaled_loss, theta), theta,
                            weight_decay=self.weight_decay, decayed=self._decayed())

@@ -5,13 +5,19 @@ For every seed, 30% (`--rate`) of the 1797 digits labels are flipped to another 
 (`sym_exact`), and each row ranks the labels by suspicion:
 
   clid_tf CLID-MU          find_label_issues with a CLID-MU model (WNet, CLID) of the
-                           README's small CNN, its defaults (5 folds, 30 epochs, 5 warm-up)
+                           README's small CNN, its defaults (5 folds, 30 epochs, 5 warm-up,
+                           the confident-learning filter)
+  ..., predicted != given  the same probabilities with the argmax-disagreement filter
   clid_tf plain Keras      the same call with the same CNN compiled as a plain Keras model
                            (cross-entropy, Adam): the API's plain-Keras path
-  cleanlab + LR            cleanlab.filter.find_label_issues(labels, pred_probs), pred_probs
-                           from scikit-learn's logistic regression, 5-fold cross_val_predict
+  cleanlab + LR            cleanlab.filter.find_label_issues(labels, pred_probs) (its default
+                           filter, prune_by_noise_rate), pred_probs from scikit-learn's
+                           logistic regression, 5-fold cross_val_predict
   clid_tf rank + LR        clid_tf.rank_label_issues on those same pred_probs
-  cleanlab + CLID-MU probs cleanlab's filter on the CLID-MU row's out-of-sample probabilities
+  cleanlab + CLID-MU probs cleanlab's default filter on the CLID-MU row's probabilities
+  cleanlab confident_learning + CLID-MU probs
+                           cleanlab's confident_learning filter on them: the same flags as
+                           the first row's, if clid_tf's filter is cleanlab's
 
 Columns: ROC AUC of the suspicion for the flipped labels (cleanlab: 1 - its label quality
 score), precision and recall of the flagged set (as many as each method estimates), the
@@ -33,8 +39,9 @@ from absl import app, flags
 import toolbox
 
 FLAGS = flags.FLAGS
-ROWS = ("clid_tf CLID-MU", "clid_tf plain Keras", "cleanlab + LR", "clid_tf rank + LR",
-        "cleanlab + CLID-MU probs")
+ROWS = ("clid_tf CLID-MU", "clid_tf CLID-MU, predicted != given", "clid_tf plain Keras",
+        "cleanlab + LR", "clid_tf rank + LR", "cleanlab + CLID-MU probs",
+        "cleanlab confident_learning + CLID-MU probs")
 COLUMNS = ("roc_auc", "precision", "recall", "estimated_noise_rate", "seconds")
 
 
@@ -98,11 +105,12 @@ def one_seed(seed: int) -> dict[str, dict]:
         issues = clid_tf.find_label_issues(build, x, y, folds=FLAGS.folds, seed=seed,
                                            verbose=False, **fit)
         seconds = time.perf_counter() - started
-        flagged = np.zeros(len(y), bool)
-        flagged[issues.issues] = True
-        rows[name] = {**_scores(issues.suspicion, flagged, flipped), "seconds": seconds}
+        rows[name] = {**_scores(issues.suspicion, issues.flagged, flipped), "seconds": seconds}
         if clid_probs is None:
             clid_probs = issues.scores.probs
+            other = clid_tf.rank_label_issues(y, clid_probs, filter_by="predicted_neq_given")
+            rows[f"{name}, predicted != given"] = {
+                **_scores(other.suspicion, other.flagged, flipped), "seconds": seconds}
 
     started = time.perf_counter()
     lr = linear_model.LogisticRegression(max_iter=2000)
@@ -110,17 +118,18 @@ def one_seed(seed: int) -> dict[str, dict]:
         lr, x.reshape(len(x), -1), y, method="predict_proba",
         cv=model_selection.StratifiedKFold(FLAGS.folds, shuffle=True, random_state=seed))
     lr_seconds = time.perf_counter() - started
-    for name, p in (("cleanlab + LR", probs), ("cleanlab + CLID-MU probs", clid_probs)):
+    for name, p, filter_by in (
+            ("cleanlab + LR", probs, "prune_by_noise_rate"),
+            ("cleanlab + CLID-MU probs", clid_probs, "prune_by_noise_rate"),
+            ("cleanlab confident_learning + CLID-MU probs", clid_probs, "confident_learning")):
         started = time.perf_counter()
-        flagged = cl_filter.find_label_issues(y, p)
+        flagged = cl_filter.find_label_issues(y, p, filter_by=filter_by)
         quality = cl_rank.get_label_quality_scores(y, p)
         seconds = time.perf_counter() - started + (lr_seconds if "LR" in name else 0.0)
         rows[name] = {**_scores(1.0 - quality, flagged, flipped), "seconds": seconds}
     started = time.perf_counter()
     issues = clid_tf.rank_label_issues(y, probs)
-    flagged = np.zeros(len(y), bool)
-    flagged[issues.issues] = True
-    rows["clid_tf rank + LR"] = {**_scores(issues.suspicion, flagged, flipped),
+    rows["clid_tf rank + LR"] = {**_scores(issues.suspicion, issues.flagged, flipped),
                                  "seconds": time.perf_counter() - started + lr_seconds}
     return rows
 

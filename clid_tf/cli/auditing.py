@@ -98,12 +98,14 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
               else trainer.in_sample_scores(flags, folder, setup))
     names = setup.dataset.train.inputs.names()
     names = idx if names is None else names[idx]
+    flagged = label_issues.flag_issues(scores.probs, given, filter_by=flags.audit_filter)
     rows = label_issues.table(names, scores, given, class_names=setup.dataset.class_names,
-                              clean=clean)
+                              clean=clean, flagged=flagged)
     label_issues.write_csv(folder.audit_csv, rows)
     order = label_issues.rank_by_suspicion(label_issues.suspicion_scores(scores.probs, given))
     pictures = write_pictures(folder, setup, rows, idx[order], show=flags.audit_show)
-    found = {**label_issues.metrics(scores.probs, given, clean), "folds": folds,
+    found = {**label_issues.metrics(scores.probs, given, clean, flagged=flagged),
+             "filter_by": flags.audit_filter, "folds": folds,
              "has_meta_net": scores.weights is not None, "csv": folder.audit_csv,
              "run_finished": folder.is_complete(), **pictures}
     if not folds:
@@ -184,8 +186,8 @@ def summary(found: dict) -> str:
            else "in sample (the run's last checkpoints)")
     text = (f"Audited {found['num_train']} training labels {how}"
             f"{' with the meta-net weights' if found['has_meta_net'] else ''}. Estimated "
-            f"noise rate {found['estimated_noise_rate']:.4f} (predicted label != given "
-            f"label); the {found['num_flagged']} most suspicious samples are flagged.")
+            f"noise rate {found['estimated_noise_rate']:.4f} ({found['num_flagged']} "
+            f"samples flagged by {found['filter_by'].replace('_', ' ')}).")
     if found["true_noise_rate"] is not None:
         text += (f" Against the true labels (noise rate {found['true_noise_rate']:.4f}): "
                  f"precision {_fmt(found['precision'])}, recall {_fmt(found['recall'])}, "

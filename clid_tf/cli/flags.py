@@ -64,6 +64,11 @@ def define_flags() -> None:
                              "others): use 0 (in sample) or 2 or more")
     flags.DEFINE_integer("audit_show", 64, "Label audit: the most suspicious samples shown on "
                          "audit.png (and the other pictures); 0 draws none.", lower_bound=0)
+    flags.DEFINE_enum("audit_filter", "confident_learning",
+                      ("confident_learning", "predicted_neq_given"),
+                      "Label audit: which samples are flagged: confident_learning "
+                      "(cleanlab's: a class whose probability passes its class threshold, "
+                      "not the given one) or predicted_neq_given (argmax != given label).")
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
                       "gives identical weights and results (slower on GPU).")
     # ---- data and noise
@@ -369,7 +374,7 @@ def _registered(flag: str, known, *, allow_none: bool = False):
 # (cli_test fails when a flag defined above is in none).
 HELP_GROUPS = (
     ("run and output", ("workdir", "seed", "verbose", "export", "resume", "audit",
-                        "audit_folds", "audit_show", "deterministic")),
+                        "audit_folds", "audit_show", "audit_filter", "deterministic")),
     ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
                         "class_names_file", "image_size", "resize_shorter", "standardize",
                         "noise", "noise_rate", "val_split", "augment", "augment_flip",
@@ -393,7 +398,7 @@ HELP_GROUPS = (
     ("distribution and speed", ("strategy", "jit_compile", "mixed_precision",
                                 "eval_batch_size")),
 )
-AUDIT_OWN = ("workdir", "audit_folds", "audit_show")
+AUDIT_OWN = ("workdir", "audit_folds", "audit_show", "audit_filter")
 # `python -m clid_tf.audit --help`: its own flags, then the run's that matter to it (they
 # override RUN/flags.cfg; --resume, --audit and --export are accepted and ignored).
 AUDIT_GROUPS = (("audit", AUDIT_OWN), *(

@@ -58,11 +58,13 @@ def rows_of(issues, labels: np.ndarray, *, class_names: Sequence[str] | None = N
             names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Audit rows (the columns the sheets show) of a `label_issues.LabelIssues`."""
     from clid_tf.evaluation import label_issues  # pylint: disable=import-outside-toplevel
-    labels = np.asarray(labels)
     num_classes = issues.scores.probs.shape[1]
-    class_names = list(class_names or [str(k) for k in range(num_classes)])
+    known = tuple(getattr(issues, "class_names", ()) or ())
+    labels, _ = label_issues.class_ids(labels, class_names=known or None)
+    class_names = list(class_names or [str(k) for k in (known or range(num_classes))])
     names = list(names) if names is not None else [str(i) for i in range(len(labels))]
-    return label_issues.table(names, issues.scores, labels, class_names=class_names)
+    return label_issues.table(names, issues.scores, labels, class_names=class_names,
+                              flagged=getattr(issues, "flagged", None))
 
 
 def display_images(images: np.ndarray) -> np.ndarray:

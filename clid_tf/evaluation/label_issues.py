@@ -14,10 +14,20 @@ label. Per sample:
   suspicion  1 - probs[i, y~_i] (cleanlab's self-confidence, out of sample); in [0, 1],
              higher = more suspicious.
 
-The estimated noise rate is the fraction of samples whose predicted label (argmax of the
-probabilities) differs from the given one; that many of the most suspicious samples are
-flagged as issues. With known true labels (a benchmark) `metrics` also reports precision,
-recall and ROC AUC of the ranking for the truly flipped samples.
+Which samples are flagged as issues is a filter, cleanlab's two main ones:
+
+  'confident_learning' (default, cleanlab's `filter_by='confident_learning'`): per class k a
+                  threshold t_k, the mean probability of k over the samples labelled k; a
+                  sample is confidently of class j when p_ij >= t_j (of the argmax when
+                  several classes pass); it is flagged when that class is not its given
+                  label and its argmax is not the given label either.
+  'predicted_neq_given': the samples whose argmax differs from the given label.
+
+The estimated noise rate is the flagged fraction. Issues are listed most suspicious first.
+With known true labels (a benchmark) `metrics` also reports precision and recall of the
+flagged set and the ROC AUC of the suspicion for the truly flipped samples. Labels may be of
+any type (ints, strings): they become class ids in the order of their sorted unique values
+(or of the `class_names` given), which `LabelIssues.class_names` keeps.
 
 The pure functions take numpy arrays; `cross_fit` takes a `train_fold` function so the CLI
 and a Python user train folds their own way; `find_label_issues` is that for arrays and a
@@ -36,6 +46,8 @@ import numpy as np
 from clid_tf import atomic_io
 
 SCALARS = ("precision", "recall", "roc_auc", "estimated_noise_rate", "true_noise_rate")
+FILTERS = ("confident_learning", "predicted_neq_given")
+DEFAULT_FILTER = "confident_learning"
 
 # What each fold trains with unless the fit arguments say otherwise (the command line's
 # defaults): 30 epochs of batches of 64, and for a CLID-MU model 5 warm-up epochs and a
@@ -60,16 +72,20 @@ class LabelIssues(NamedTuple):
 
     Attributes:
       ranked: int64 [N] sample positions, most suspicious first.
-      issues: int64 [n_flagged] the flagged positions (the first of `ranked`).
+      issues: int64 [n_flagged] the flagged positions, most suspicious first.
       suspicion: float64 [N] 1 - out-of-sample probability of the given label.
       scores: the out-of-sample `Scores`.
       metrics: `metrics(...)` of the ranking.
+      class_names: the K classes in class-id order (the labels as given: ints, strings).
+      flagged: bool [N] whether each sample is flagged (`filter_by`).
     """
     ranked: np.ndarray
     issues: np.ndarray
     suspicion: np.ndarray
     scores: Scores
     metrics: dict
+    class_names: tuple = ()
+    flagged: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- pure scoring
@@ -88,28 +104,31 @@ def rank_by_suspicion(suspicion: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(suspicion, np.float64), kind="stable")
 
 
-def estimated_noise_rate(predicted: np.ndarray, given: np.ndarray) -> float:
-    """Fraction of samples whose predicted label differs from the given one (0 if N = 0)."""
-    predicted, given = np.asarray(predicted), np.asarray(given)
-    return float(np.mean(predicted != given)) if len(given) else 0.0
-
-
-def num_flagged(rate: float, num_samples: int) -> int:
-    """round(rate * N): how many of the most suspicious samples are flagged."""
-    return int(round(rate * num_samples))
-
-
-def precision_recall_at_k(order: np.ndarray, is_flipped: np.ndarray,
-                          k: int) -> tuple[float | None, float | None]:
-    """Precision and recall of the first k samples of `order` for the flipped ones.
-
-    Returns:
-      (hits / k, hits / number flipped); each None when its denominator is 0.
-    """
-    is_flipped = np.asarray(is_flipped, bool)
-    hits = int(np.sum(is_flipped[np.asarray(order)[:k]]))
-    total = int(np.sum(is_flipped))
-    return (hits / k if k else None), (hits / total if total else None)
+def flag_issues(probs: np.ndarray, given: np.ndarray, *,
+                filter_by: str = DEFAULT_FILTER) -> np.ndarray:
+    """bool [N]: the flagged samples of probabilities [N, K] and given labels [N] under one
+    of FILTERS (module docstring; 'confident_learning' as cleanlab 2.9 computes it)."""
+    if filter_by not in FILTERS:
+        raise ValueError(f"filter_by must be one of {FILTERS}, got {filter_by!r}")
+    probs, given = np.asarray(probs, np.float64), np.asarray(given)
+    predicted = probs.argmax(axis=1)
+    wrong_argmax = predicted != given
+    if filter_by == "predicted_neq_given" or not len(given):
+        return wrong_argmax
+    num_classes = probs.shape[1]
+    self_confidence = given_label_probs(probs, given)
+    counts = np.bincount(given, minlength=num_classes)
+    thresholds = np.bincount(given, weights=self_confidence, minlength=num_classes) / \
+        np.maximum(counts, 1)
+    confident = probs >= thresholds - 1e-6
+    several = confident.sum(axis=1) > 1
+    guess = np.where(several, predicted, confident.argmax(axis=1))
+    off_diagonal = confident.any(axis=1) & (guess != given)
+    # cleanlab's _reduce_issues: a sample whose argmax (ties to the given label) is its
+    # given label is not an issue
+    tied = probs.copy()
+    tied[np.arange(len(given)), given] += 1e-6
+    return off_diagonal & (tied.argmax(axis=1) != given)
 
 
 def roc_auc(suspicion: np.ndarray, is_flipped: np.ndarray) -> float | None:
@@ -121,37 +140,44 @@ def roc_auc(suspicion: np.ndarray, is_flipped: np.ndarray) -> float | None:
     return float(sk_metrics.roc_auc_score(is_flipped, suspicion))
 
 
-def metrics(probs: np.ndarray, given: np.ndarray,
-            clean: np.ndarray | None = None) -> dict[str, Any]:
-    """Noise-rate estimate and, with true labels, detection quality of the suspicion.
+def metrics(probs: np.ndarray, given: np.ndarray, clean: np.ndarray | None = None, *,
+            flagged: np.ndarray | None = None) -> dict[str, Any]:
+    """Noise-rate estimate and, with true labels, detection quality of the flagged set and
+    of the suspicion.
 
     Args:
       probs: float [N, K] predicted probabilities of the training samples.
       given: int [N] given (noisy) labels.
       clean: int [N] true labels, or None when unknown.
+      flagged: bool [N] the flagged samples (default: `flag_issues` with DEFAULT_FILTER).
 
     Returns:
-      {num_train, estimated_noise_rate, num_flagged, true_noise_rate, precision, recall,
-      roc_auc}; the last four None without true labels (or when undefined).
+      {num_train, estimated_noise_rate (the flagged fraction), num_flagged,
+      true_noise_rate, precision, recall, roc_auc}; the last four None without true labels
+      (or when undefined).
     """
     given = np.asarray(given)
-    suspicion = suspicion_scores(probs, given)
-    rate = estimated_noise_rate(np.argmax(probs, axis=1), given)
-    k = num_flagged(rate, len(given))
-    result: dict[str, Any] = {"num_train": int(len(given)), "estimated_noise_rate": rate,
+    if flagged is None:
+        flagged = flag_issues(probs, given)
+    flagged = np.asarray(flagged, bool)
+    k = int(flagged.sum())
+    result: dict[str, Any] = {"num_train": int(len(given)),
+                              "estimated_noise_rate": float(flagged.mean()) if len(given) else 0.0,
                               "num_flagged": k, "true_noise_rate": None, "precision": None,
                               "recall": None, "roc_auc": None}
     if clean is not None:
         is_flipped = np.asarray(clean) != given
-        precision, recall = precision_recall_at_k(rank_by_suspicion(suspicion), is_flipped, k)
+        hits, total = int(np.sum(is_flipped & flagged)), int(np.sum(is_flipped))
         result.update(true_noise_rate=float(np.mean(is_flipped)) if len(given) else None,
-                      precision=precision, recall=recall,
-                      roc_auc=roc_auc(suspicion, is_flipped))
+                      precision=hits / k if k else None,
+                      recall=hits / total if total else None,
+                      roc_auc=roc_auc(suspicion_scores(probs, given), is_flipped))
     return result
 
 
 def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
-          class_names: Sequence[str], clean: np.ndarray | None = None) -> list[dict[str, Any]]:
+          class_names: Sequence[str], clean: np.ndarray | None = None,
+          flagged: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One row per sample, most suspicious first.
 
     Args:
@@ -160,6 +186,7 @@ def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
       given: int [N] given labels.
       class_names: K names; labels appear by name.
       clean: int [N] true labels, or None (no true_label / is_flipped columns).
+      flagged: bool [N] the flagged samples (default: `flag_issues` with DEFAULT_FILTER).
 
     Returns:
       Rows {rank, sample, given_label, predicted_label, given_label_prob, predicted_prob,
@@ -169,7 +196,8 @@ def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
     probs = scores.probs
     predicted = np.argmax(probs, axis=1)
     given_prob = given_label_probs(probs, given)
-    flagged = num_flagged(estimated_noise_rate(predicted, given), len(given))
+    if flagged is None:
+        flagged = flag_issues(probs, given)
     rows = []
     for rank, i in enumerate(rank_by_suspicion(1.0 - given_prob)):
         row = {"rank": rank + 1, "sample": str(names[i]),
@@ -179,7 +207,7 @@ def table(names: Sequence[str], scores: Scores, given: np.ndarray, *,
                "predicted_prob": round(float(probs[i, predicted[i]]), 6),
                "meta_weight": "" if scores.weights is None else round(float(scores.weights[i]), 6),
                "suspicion": round(float(1.0 - given_prob[i]), 6),
-               "flagged": int(rank < flagged)}
+               "flagged": int(flagged[i])}
         if clean is not None:
             row.update(true_label=class_names[clean[i]], is_flipped=int(clean[i] != given[i]))
         rows.append(row)
@@ -261,15 +289,51 @@ def cross_fit(labels: np.ndarray, train_fold: TrainFold, *, folds: int = 5, seed
     return Scores(probs, weights)
 
 
-def issues_of(scores: Scores, given: np.ndarray,
-              clean: np.ndarray | None = None) -> LabelIssues:
-    """Ranking, flagged issues and metrics of the samples' (out-of-sample) scores."""
+def issues_of(scores: Scores, given: np.ndarray, clean: np.ndarray | None = None, *,
+              filter_by: str = DEFAULT_FILTER, class_names: Sequence = ()) -> LabelIssues:
+    """Ranking, flagged issues (most suspicious first) and metrics of the samples'
+    (out-of-sample) scores."""
     given = np.asarray(given)
     suspicion = suspicion_scores(scores.probs, given)
     ranked = rank_by_suspicion(suspicion)
-    found = metrics(scores.probs, given, clean)
-    return LabelIssues(ranked, np.sort(ranked[:found["num_flagged"]]), suspicion, scores,
-                       found)
+    flagged = flag_issues(scores.probs, given, filter_by=filter_by)
+    found = {**metrics(scores.probs, given, clean, flagged=flagged), "filter_by": filter_by}
+    return LabelIssues(ranked, ranked[flagged[ranked]], suspicion, scores, found,
+                       tuple(class_names), flagged)
+
+
+def class_ids(labels, *, class_names: Sequence | None = None, n: int | None = None
+              ) -> tuple[np.ndarray, tuple]:
+    """(int64 class ids [N], the classes in id order) of labels of any type: ints,
+    strings, ... With `class_names`, a label's id is its position there (ValueError, one
+    line, for a label it does not name); without, ids follow the sorted unique labels,
+    except that integer labels are their own ids (0..max). [N, 1] labels are flattened."""
+    given = np.asarray(labels)
+    if given.ndim == 2 and given.shape[1] == 1:
+        given = given[:, 0]
+    if given.ndim != 1 or (n is not None and len(given) != n):
+        raise ValueError(f"labels must be [{n if n is not None else 'N'}], got shape "
+                         f"{given.shape}")
+    if class_names is not None:
+        index = {name: k for k, name in enumerate(class_names)}
+        unknown = [v for v in given.tolist() if v not in index]
+        if unknown:
+            raise ValueError(f"label {unknown[0]!r} is not one of class_names")
+        return np.array([index[v] for v in given.tolist()], np.int64), tuple(class_names)
+    integral = np.issubdtype(given.dtype, np.integer) or (
+        np.issubdtype(given.dtype, np.floating) and np.all(np.isfinite(given))
+        and np.all(given == np.round(given)))
+    if integral:
+        ids = given.astype(np.int64)
+        if ids.size and ids.min() < 0:
+            raise ValueError("integer labels must be class ids >= 0")
+        top = int(ids.max()) + 1 if ids.size else 0
+        if top > max(len(ids), 2):
+            raise ValueError(f"label {top - 1} would make {top} classes of {len(ids)} "
+                             "samples; give class_names to say which classes there are")
+        return ids, tuple(range(top))
+    names, ids = np.unique(given, return_inverse=True)
+    return ids.astype(np.int64), tuple(names.tolist())
 
 
 # ---------------------------------------------------------------- with Keras models
@@ -357,20 +421,23 @@ def checkpoint_scores(paths: Sequence[str], restore: Callable[[str], None], back
 
 
 def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
-                      seed: int = 0, clean_labels: np.ndarray | None = None,
-                      eval_batch_size: int = 500, verbose: bool = True,
-                      **fit_kwargs) -> LabelIssues:
+                      seed: int = 0, clean_labels=None, class_names: Sequence | None = None,
+                      filter_by: str = DEFAULT_FILTER, eval_batch_size: int = 500,
+                      verbose: bool = True, **fit_kwargs) -> LabelIssues:
     """Ranks a dataset's labels by suspicion, out of sample (cleanlab-style).
 
     Args:
       build_model: returns a fresh compiled model for one fold: a
         `clid_tf.MetaReweightModel` (e.g. with a WeightNet and the 'clid' objective) or
-        any compiled Keras classifier ending in a Dense layer.
-      x: inputs [N, ...]; y: int [N] given labels.
+        any compiled Keras classifier ending in a Dense layer (K outputs).
+      x: inputs [N, ...]; y: [N] given labels of any type (ints, strings; `class_ids`).
       folds: K of the cross-fitting (5 by default).
       seed: fold assignment seed (and the default `seed` of each fold's CLID-MU fit).
-      clean_labels: int [N] true labels, if known (benchmarks): adds precision, recall and
-        ROC AUC to the metrics. Never used for the ranking.
+      clean_labels: [N] true labels in y's terms, if known (benchmarks): adds precision,
+        recall and ROC AUC to the metrics. Never used for the ranking.
+      class_names: the classes in the model's output order, when y's sorted unique values
+        are not that order (or do not name every class).
+      filter_by: which samples are flagged (FILTERS; module docstring).
       eval_batch_size: inference batch size of the scoring passes.
       verbose: print one line per fold.
       **fit_kwargs: passed to each fold's `model.fit(x_fold, y_fold, ...)`; unless given,
@@ -379,12 +446,14 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
         given) and a meta set of a fifth of the fold (<= 1000).
 
     Returns:
-      `LabelIssues`: ranked positions, flagged issues, suspicion, scores and metrics.
+      `LabelIssues`: ranked positions, flagged issues, suspicion, scores, metrics and the
+      class names in class-id order.
     """
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
     from clid_tf.data.inputs import ArrayInputs
     x = data.as_input_array(x)
-    y = _int_labels(y, len(x))
+    y, names = class_ids(y, class_names=class_names, n=len(x))
+    clean = None if clean_labels is None else class_ids(clean_labels, class_names=names)[0]
     fit_kwargs = {**DEFAULT_FIT, **fit_kwargs}
 
     def train_fold(train_positions):
@@ -403,45 +472,45 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
 
     report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None
     scores = cross_fit(y, train_fold, folds=folds, seed=seed, on_fold=report)
-    return issues_of(scores, y, clean_labels)
+    if scores.probs.shape[1] < len(names):
+        raise ValueError(f"the labels name {len(names)} classes but the model has "
+                         f"{scores.probs.shape[1]} outputs")
+    return issues_of(scores, y, clean, filter_by=filter_by, class_names=names)
 
 
-def rank_label_issues(labels, pred_probs, *,
-                      clean_labels: np.ndarray | None = None) -> LabelIssues:
+def rank_label_issues(labels, pred_probs, *, clean_labels=None,
+                      class_names: Sequence | None = None,
+                      filter_by: str = DEFAULT_FILTER) -> LabelIssues:
     """Ranks labels by suspicion from out-of-sample probabilities computed elsewhere
     (cleanlab's `find_label_issues(labels, pred_probs)` call shape): suspicion 1 -
-    pred_probs[i, y_i], the estimated noise rate's worth of the most suspicious flagged.
+    pred_probs[i, y_i]; the flagged samples by `filter_by`.
 
     Args:
-      labels: int [N] given labels.
+      labels: [N] given labels of any type; integers index the columns of pred_probs,
+        other labels are mapped by `class_names` (the column order) or, without it, by
+        their sorted unique values, which must then name every column.
       pred_probs: float [N, K] out-of-sample probabilities (rows summing to 1).
-      clean_labels: int [N] true labels, if known (metrics only).
+      clean_labels: [N] true labels in the same terms, if known (metrics only).
+      class_names: the K classes in column order.
+      filter_by: which samples are flagged (FILTERS; module docstring).
     """
     probs = np.asarray(pred_probs, np.float64)
     if probs.ndim != 2:
         raise ValueError(f"pred_probs must be [N, K] probabilities, got shape {probs.shape}")
-    given = _int_labels(labels, len(probs))
+    given, names = class_ids(labels, class_names=class_names, n=len(probs))
+    if len(names) != probs.shape[1] and not all(isinstance(n, int) for n in names):
+        raise ValueError(f"the labels name {len(names)} classes but pred_probs has "
+                         f"{probs.shape[1]} columns: give class_names in column order")
     if given.size and given.max() >= probs.shape[1]:
-        raise ValueError(f"labels reach {given.max()} but pred_probs has {probs.shape[1]} "
-                         "classes")
+        raise ValueError(f"labels reach class {given.max()} but pred_probs has "
+                         f"{probs.shape[1]} columns")
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min(initial=0.0) < 0:
         raise ValueError("pred_probs rows must be probabilities (non-negative, summing to 1)")
-    return issues_of(Scores(probs, None), given, clean_labels)
-
-
-def _int_labels(labels, n: int) -> np.ndarray:
-    """int64 [n] class ids; ValueError (one line) for other labels."""
-    given = np.asarray(labels)
-    if given.ndim == 2 and given.shape[1] == 1:
-        given = given[:, 0]
-    if given.ndim != 1 or len(given) != n:
-        raise ValueError(f"labels must be int class ids [{n}], got shape {given.shape}")
-    if not np.issubdtype(given.dtype, np.integer):
-        if not np.all(given == np.round(given)):
-            raise ValueError("labels must be integer class ids")
-    if given.size and given.min() < 0:
-        raise ValueError("labels must be class ids >= 0")
-    return given.astype(np.int64)
+    if all(isinstance(n, int) for n in names):
+        names = tuple(range(probs.shape[1]))
+    clean = None if clean_labels is None else class_ids(clean_labels, class_names=names)[0]
+    return issues_of(Scores(probs, None), given, clean, filter_by=filter_by,
+                     class_names=names)
 
 
 def _fit_arguments(model, fit_kwargs: dict, num_train: int, seed: int) -> dict:

@@ -57,7 +57,7 @@ TEMPORARY = {
 }
 # Flags whose change does not stop a run from resuming.
 NOT_SIGNIFICANT = ("resume", "verbose", "verbosity", "workdir", "export", "audit",
-                   "audit_folds", "audit_show")
+                   "audit_folds", "audit_show", "audit_filter")
 
 
 class FolderError(Exception):

@@ -47,24 +47,33 @@ def test_rank_by_suspicion_is_descending_and_stable_on_ties():
     np.testing.assert_array_equal(audit.rank_by_suspicion(np.zeros(3)), [0, 1, 2])
 
 
-def test_estimated_noise_rate_and_number_flagged():
-    assert audit.estimated_noise_rate(np.array([0, 1, 2, 3]), np.array([0, 1, 0, 0])) == 0.5
-    assert audit.estimated_noise_rate(np.array([], int), np.array([], int)) == 0.0
-    assert audit.num_flagged(0.5, 4) == 2
-    assert audit.num_flagged(517 / 1437, 1437) == 517  # exact despite float round-off
-    assert audit.num_flagged(0.0, 10) == 0
+def test_the_two_filters_by_hand():
+    """predicted_neq_given: the argmax disagrees (samples 1, 3). confident_learning:
+    thresholds = mean p of each class over its given samples (t0 = (0.7 + 0.1) / 2 = 0.4,
+    t1 = 0.05, t2 = 0.4); sample 1's confident classes {1} (0.8 >= 0.05) differ from its
+    label 0 and its argmax too: flagged; sample 3 (given 1) passes t1 (0.05) and t2 (0.9):
+    several, so the argmax 2: flagged; sample 2 passes t2 only, its own label: not."""
+    np.testing.assert_array_equal(
+        audit.flag_issues(PROBS, GIVEN, filter_by="predicted_neq_given"), [0, 1, 0, 1])
+    np.testing.assert_array_equal(
+        audit.flag_issues(PROBS, GIVEN, filter_by="confident_learning"), [0, 1, 0, 1])
+    # a sample whose argmax is wrong but below that class's threshold is not confident
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.45, 0.55], [0.1, 0.9], [0.3, 0.7]])
+    given = np.array([0, 0, 0, 1, 1])  # t0 = (0.9 + 0.9 + 0.45) / 3 = 0.75, t1 = 0.8
+    np.testing.assert_array_equal(
+        audit.flag_issues(probs, given, filter_by="predicted_neq_given"), [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(
+        audit.flag_issues(probs, given, filter_by="confident_learning"), [0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="filter_by must be one of"):
+        audit.flag_issues(probs, given, filter_by="both")
 
 
-def test_precision_recall_at_k():
-    order = np.array([3, 1, 0, 2])
-    flipped = np.array([False, True, False, True])
-    assert audit.precision_recall_at_k(order, flipped, 2) == (1.0, 1.0)
-    assert audit.precision_recall_at_k(order, flipped, 1) == (1.0, 0.5)
-    precision, recall = audit.precision_recall_at_k(order, flipped, 3)
-    assert precision == pytest.approx(2 / 3) and recall == 1.0
-    assert audit.precision_recall_at_k(np.array([0, 2, 1, 3]), flipped, 2) == (0.0, 0.0)
-    assert audit.precision_recall_at_k(order, flipped, 0) == (None, 0.0)
-    assert audit.precision_recall_at_k(order, np.zeros(4, bool), 2) == (0.0, None)
+def test_metrics_count_the_flagged_set():
+    found = audit.metrics(PROBS, GIVEN, CLEAN, flagged=np.array([0, 1, 0, 1], bool))
+    assert found["estimated_noise_rate"] == 0.5 and found["num_flagged"] == 2
+    assert found["precision"] == 0.5 and found["recall"] == 0.5  # sample 1 of {1, 2}
+    found = audit.metrics(PROBS, GIVEN, CLEAN, flagged=np.zeros(4, bool))
+    assert found["precision"] is None and found["recall"] == 0.0
 
 
 def test_roc_auc_against_a_hand_count():

@@ -9,29 +9,66 @@ import clid_tf
 from tests.helpers import keras_users as users
 
 
-def test_rank_label_issues_matches_its_numpy_definition():
+@pytest.mark.parametrize("filter_by", ["confident_learning", "predicted_neq_given"])
+def test_rank_label_issues_matches_its_numpy_definition(filter_by):
+    """Suspicion, ranking and the flagged issues, most suspicious first (README's
+    issues[:10] are the ten most suspicious), against numpy."""
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(5), size=200)
     labels = rng.integers(0, 5, 200)
     clean = np.where(rng.random(200) < 0.7, labels, (labels + 1) % 5)
-    issues = clid_tf.rank_label_issues(labels, probs, clean_labels=clean)
+    issues = clid_tf.rank_label_issues(labels, probs, clean_labels=clean, filter_by=filter_by)
     suspicion = 1.0 - probs[np.arange(200), labels]
     np.testing.assert_allclose(issues.suspicion, suspicion)
     np.testing.assert_array_equal(issues.ranked, np.argsort(-suspicion, kind="stable"))
-    rate = np.mean(probs.argmax(axis=1) != labels)
-    flagged = int(round(rate * 200))
-    np.testing.assert_array_equal(issues.issues, np.sort(issues.ranked[:flagged]))
-    assert issues.metrics["estimated_noise_rate"] == pytest.approx(rate)
-    hits = np.sum((clean != labels)[issues.ranked[:flagged]])
-    assert issues.metrics["precision"] == pytest.approx(hits / flagged)
-    assert issues.scores.weights is None
+    flagged = audit_filter(probs, labels, filter_by)
+    np.testing.assert_array_equal(issues.flagged, flagged)
+    np.testing.assert_array_equal(issues.issues, [i for i in issues.ranked if flagged[i]])
+    assert np.all(np.diff(suspicion[issues.issues]) <= 0)  # most suspicious first
+    assert issues.metrics["estimated_noise_rate"] == pytest.approx(flagged.mean())
+    hits = np.sum((clean != labels) & flagged)
+    assert issues.metrics["precision"] == pytest.approx(hits / flagged.sum())
+    assert issues.scores.weights is None and issues.class_names == tuple(range(5))
+
+
+def audit_filter(probs, labels, filter_by):
+    """The filters written out again in numpy (cleanlab 2.9's confident learning)."""
+    predicted = probs.argmax(axis=1)
+    if filter_by == "predicted_neq_given":
+        return predicted != labels
+    k = probs.shape[1]
+    thresholds = np.array([probs[labels == c, c].mean() for c in range(k)])
+    flags = np.zeros(len(labels), bool)
+    for i, row in enumerate(probs):
+        confident = np.flatnonzero(row >= thresholds - 1e-6)
+        if not len(confident):
+            continue
+        guess = confident[0] if len(confident) == 1 else int(np.argmax(row))
+        flags[i] = guess != labels[i] and predicted[i] != labels[i]
+    return flags
+
+
+def test_labels_of_any_type_come_back_with_their_class_names():
+    """String labels: ids in sorted order (or class_names' order, the columns'), the names
+    kept; a label outside class_names or a class count that does not fit is one line."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    labels = np.array(["cat", "dog", "dog", "cat"])
+    issues = clid_tf.rank_label_issues(labels, probs, filter_by="predicted_neq_given")
+    assert issues.class_names == ("cat", "dog") and list(issues.issues) == [2]
+    swapped = clid_tf.rank_label_issues(labels, probs[:, ::-1], class_names=["dog", "cat"])
+    np.testing.assert_allclose(swapped.suspicion, issues.suspicion)
+    with pytest.raises(ValueError, match="'emu' is not one of class_names"):
+        clid_tf.rank_label_issues(np.array(["cat", "emu", "dog", "cat"]), probs,
+                                  class_names=["cat", "dog"])
+    with pytest.raises(ValueError, match="name 3 classes but pred_probs has 2 columns"):
+        clid_tf.rank_label_issues(np.array(["cat", "emu", "dog", "cat"]), probs)
 
 
 @pytest.mark.parametrize("labels, probs, match", [
     (np.zeros(3, int), np.full((3, 2), 0.7), "summing to 1"),
-    (np.array([0, 2, 1]), np.full((3, 2), 0.5), "labels reach 2"),
-    (np.zeros(2, int), np.full((3, 2), 0.5), r"class ids \[3\]"),
-    (np.array([0.5, 1, 0]), np.full((3, 2), 0.5), "integer class ids"),
+    (np.array([0, 2, 1]), np.full((3, 2), 0.5), "labels reach class 2"),
+    (np.zeros(2, int), np.full((3, 2), 0.5), r"labels must be \[3\]"),
+    (np.array([0, -1, 0]), np.full((3, 2), 0.5), "class ids >= 0"),
 ])
 def test_rank_label_issues_refuses_bad_inputs(labels, probs, match):
     with pytest.raises(ValueError, match=match):

@@ -26,8 +26,12 @@ import numpy as np
 from PIL import Image
 
 from clid_tf import atomic_io
-from clid_tf.data.inputs import MAX_IMAGE_PIXELS
 from clid_tf.errors import DataError
+
+# The most pixels an image file may decode to (5000 x 5000): a small PNG can declare
+# 20000 x 20000 pixels (a decompression bomb, over a GiB decoded). The header scan skips
+# larger files (`read_header`) and every decode checks it first (`inputs.decode_checked`).
+MAX_IMAGE_PIXELS = 25_000_000
 
 # keras.utils.image_dataset_from_directory's extensions (matched case-insensitively).
 IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png')

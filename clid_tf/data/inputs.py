@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from clid_tf.data.image_files import FileList
+from clid_tf.data.image_files import MAX_IMAGE_PIXELS, FileList
 
 
 class Inputs(Protocol):
@@ -90,16 +89,49 @@ def float_pixel_scale(low: float, high: float, what: str) -> float:
     return 1.0
 
 
+def input_array(x, what: str = "x") -> np.ndarray:
+    """One input array as the pipelines hold it: uint8 kept (pixels), floats and booleans
+    as float32, integers kept (token ids, categories: int32 or int64, other integer types
+    as int64), text as an object array of str or bytes (tf.string; what Keras' own fit
+    takes, where numpy's fixed-width str arrays fail). ValueError (one line) otherwise."""
+    array = np.asarray(x)
+    if array.dtype == np.uint8 or array.dtype.kind in "iu":
+        return array if array.dtype in (np.uint8, np.int32, np.int64) else array.astype(
+            np.int64)
+    if array.dtype.kind in "fb":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind in "US":
+        return array.astype(object)
+    if array.dtype == object:
+        flat = array.reshape(-1)
+        if all(isinstance(v, str) for v in flat) or all(isinstance(v, bytes) for v in flat):
+            return array
+    raise ValueError(f"{what} must hold numbers or text, got dtype {array.dtype}")
+
+
+def dtype_name(array: np.ndarray) -> str:
+    """The name of an `input_array`'s dtype as TensorFlow calls it ('string' for text)."""
+    return "string" if array.dtype.kind in "USO" else array.dtype.name
+
+
+def to_model(inputs):
+    """A batch of inputs (one tensor or a dict/list of them) as a model takes it: pixels
+    (uint8) as float32; every other dtype as it is (float32, token ids, text), which a
+    Keras functional model casts to its Inputs' dtypes itself."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.nest.map_structure(
+        lambda t: tf.cast(t, tf.float32) if t.dtype == tf.uint8 else t, inputs)
+
+
 class ArrayInputs:
-    """Inputs held in one numpy array [N, *element_shape] (uint8 images or float32 vectors)."""
+    """Inputs held in one numpy array [N, *element_shape]: uint8 images, float32 vectors
+    or images, integer token ids, text (`input_array`)."""
 
     def __init__(self, array: np.ndarray):
-        array = np.asarray(array)
-        if array.dtype not in (np.uint8, np.float32):
-            raise ValueError(f"an ArrayInputs holds uint8 or float32 inputs, got {array.dtype}")
+        array = input_array(array)
         self.array = array
         self.element_shape = tuple(int(d) for d in array.shape[1:])
-        self.dtype = array.dtype.name
+        self.dtype = dtype_name(array)
         self._table = None  # tf.constant, made on first read (TensorFlow imported late)
 
     def __len__(self) -> int:
@@ -123,16 +155,89 @@ class ArrayInputs:
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         table = self.table()
         return indices.batch(batch_size, drop_remainder=drop_remainder).map(
-            lambda ids: (ids, tf.gather(table, ids)))
+            lambda ids: (ids, tf.nest.map_structure(lambda t: tf.gather(t, ids), table)))
+
+
+class StructInputs(ArrayInputs):
+    """The inputs of a model with several inputs: a dict (or list) of arrays, one per
+    input, each [N, ...] of its own dtype; reads give the same structure of tensors (a
+    list as a tuple: tf.data's structures have no lists, and Keras calls a model of list
+    inputs with a tuple alike). `array` is that structure, `element_shape` and `dtype`
+    are structures too."""
+
+    def __init__(self, arrays):  # pylint: disable=super-init-not-called
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        arrays = tuple(arrays) if isinstance(arrays, list) else arrays
+        arrays = tf.nest.map_structure(input_array, arrays)
+        leaves = tf.nest.flatten(arrays)
+        if not leaves:
+            raise ValueError("x is an empty dict or list: give one array per model input")
+        sizes = {len(a) for a in leaves}
+        if len(sizes) != 1:
+            raise ValueError(f"the inputs of x have different numbers of samples "
+                             f"({sorted(sizes)}); give every input one row per sample")
+        self.array = arrays
+        self.element_shape = each_input(lambda a: tuple(int(d) for d in a.shape[1:]), arrays)
+        self.dtype = each_input(dtype_name, arrays)
+        self._table = None
+
+    def __len__(self) -> int:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        return len(tf.nest.flatten(self.array)[0])
+
+    def fingerprint(self) -> str:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        return hashlib.sha256("".join(array_fingerprint(a) for a in tf.nest.flatten(
+            self.array)).encode()).hexdigest()[:16]
+
+    def table(self):
+        """The inputs as host tf.constants, in their structure (made once)."""
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        if self._table is None:
+            with tf.device("/CPU:0"):
+                self._table = tf.nest.map_structure(tf.constant, self.array)
+        return self._table
+
+
+def each_input(fn, *structures):
+    """fn applied to each input of one input or of a dict / list / tuple of them (one level:
+    a model's inputs), keeping that structure; for shapes, which are tuples themselves."""
+    first = structures[0]
+    if isinstance(first, dict):
+        return {key: fn(*(s[key] for s in structures)) for key in first}
+    if isinstance(first, (list, tuple)) and not isinstance(first[0] if first else 0, int):
+        return type(first)(fn(*parts) for parts in zip(*structures))
+    return fn(*structures)
+
+
+def as_inputs(x) -> ArrayInputs:
+    """A user's inputs as `Inputs`: one array (ArrayInputs) or a dict / list / tuple of
+    arrays, one per model input (StructInputs)."""
+    if isinstance(x, (dict, list, tuple)):
+        return StructInputs(x)
+    return ArrayInputs(x)
+
+
+def take(x, index):
+    """x[index] of one array or of every array of a dict / list of them."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.nest.map_structure(lambda a: a[index], x)
+
+
+def num_samples(x) -> int:
+    """N of one array [N, ...] or of a dict / list of them."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return len(tf.nest.flatten(x)[0])
 
 
 def read_numpy(source: Inputs, indices: Sequence[int], *, batch_size: int = 500) -> np.ndarray:
-    """The inputs at `indices` as one numpy array [len(indices), *element_shape].
+    """The inputs at `indices` as one numpy array [len(indices), *element_shape] (a
+    structure of them for StructInputs).
 
     For small subsets only (a TensorBoard sample, a test fixture): it holds them all.
     """
     if isinstance(source, ArrayInputs):
-        return source.array[np.asarray(indices, np.int64)]
+        return take(source.array, np.asarray(indices, np.int64))
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     ids = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
     parts = [x for _, x in source.read(ids, batch_size=batch_size).as_numpy_iterator()]
@@ -234,12 +339,6 @@ def check_resize(image_size: int | None, resize_shorter: int | None) -> None:
     if resize_shorter < image_size:
         raise ValueError(f"resize_shorter={resize_shorter} is smaller than the centre crop "
                          f"image_size={image_size}")
-
-
-# The most pixels an image file may decode to (5000 x 5000): a small PNG can declare
-# 20000 x 20000 pixels (a decompression bomb, over a GiB decoded). Training's header scan
-# skips larger files (`image_files.read_header`) and every decode checks it first.
-MAX_IMAGE_PIXELS = 25_000_000
 
 
 def encoded_size(encoded):

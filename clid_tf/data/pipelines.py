@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from clid_tf.data.inputs import ArrayInputs, Inputs
+from clid_tf.data.inputs import ArrayInputs, Inputs, as_inputs, input_array, to_model
 
 def one_pass_batches(source: ArrayInputs, indices: np.ndarray, *, batch_size: int,
                      seed: int, first_epoch: int = 0,
@@ -35,7 +35,7 @@ def one_pass_batches(source: ArrayInputs, indices: np.ndarray, *, batch_size: in
             min(batch_size, n))
 
     batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).map(
-        lambda ids: (ids, tf.gather(inputs, ids)))
+        lambda ids: (ids, tf.nest.map_structure(lambda t: tf.gather(t, ids), inputs)))
     return batches.map(_with_fields(fields))
 
 
@@ -154,13 +154,14 @@ def training_stream(train: tf.data.Dataset, meta: tf.data.Dataset | None = None,
 
 def ordered_batches(source: Inputs, indices: np.ndarray | None = None, *,
                     batch_size: int) -> tf.data.Dataset:
-    """(source indices int64 [b], float32 inputs [b, ...]) in the order of `indices` (all
-    samples when None); the last batch may be smaller. For inference passes."""
+    """(source indices int64 [b], inputs [b, ...] as the model takes them, `to_model`) in
+    the order of `indices` (all samples when None); the last batch may be smaller. For
+    inference passes."""
     indices = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(
         indices, np.int64)
     ids = tf.data.Dataset.from_tensor_slices(indices)
     return (source.read(ids, batch_size=batch_size)
-            .map(lambda i, x: (i, tf.cast(x, tf.float32)))
+            .map(lambda i, x: (i, to_model(x)))
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -169,7 +170,7 @@ def _with_fields(fields: Mapping[str, np.ndarray] | None):
     tables = {key: tf.constant(np.asarray(value)) for key, value in (fields or {}).items()}
 
     def to_batch(ids, inputs):
-        batch = {"image": tf.cast(inputs, tf.float32)}
+        batch = {"image": to_model(inputs)}
         batch.update({key: tf.gather(table, ids) for key, table in tables.items()})
         return batch
 
@@ -207,10 +208,31 @@ def as_part(value) -> Part:
         return dataclasses.replace(as_part(inputs), labels=np.asarray(labels))
     if hasattr(value, "read") and hasattr(value, "element_shape"):
         return Part(value)
-    return Part(ArrayInputs(as_input_array(value)))
+    return Part(as_inputs(value))
 
 
-def as_input_array(x) -> np.ndarray:
-    """A user's inputs as an ArrayInputs-ready array: uint8 kept, anything else float32."""
+def as_input_array(x):
+    """A user's inputs as the pipelines hold them (`inputs.input_array`: uint8 pixels,
+    float32, integer ids, text), one array or a dict / tuple of arrays, one per input (a
+    list of them as a tuple, which Keras passes to a model of list inputs alike)."""
+    if isinstance(x, dict):
+        return {key: input_array(value, f"x[{key!r}]") for key, value in x.items()}
+    if isinstance(x, (list, tuple)):  # a tuple: tf.data's structures have no lists
+        return tuple(input_array(value, f"x[{i}]") for i, value in enumerate(x))
+    return input_array(x)
+
+
+def image_array(x, trainer: str) -> np.ndarray:
+    """Images for the trainers that augment or mix them (DivideMix, FixMatch): one numeric
+    array, uint8 kept, anything else float32; ValueError (one line) for text, several
+    inputs or another structure."""
+    if isinstance(x, (dict, list, tuple)):
+        raise ValueError(f"{trainer} augments and mixes its inputs, so it takes one image "
+                         "array (uint8 or float); a model with several inputs trains with "
+                         "MetaReweightModel")
     x = np.asarray(x)
+    if x.dtype.kind not in "uifb":
+        what = "text" if x.dtype.kind in "OSU" else f"{x.dtype} data"
+        raise ValueError(f"{trainer} augments and mixes its inputs, so it takes numeric "
+                         f"images, not {what} (text trains with MetaReweightModel)")
     return x if x.dtype == np.uint8 else x.astype(np.float32)

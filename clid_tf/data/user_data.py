@@ -17,6 +17,8 @@ Keras' own mean of s_i CE_i. CLID, the meta objective, reads neither labels nor 
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
 import math
 from typing import Any, NamedTuple
 
@@ -24,7 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf.data import pipelines
-from clid_tf.data.inputs import UNIT_SCALE_TOP, ArrayInputs, float_pixel_scale
+from clid_tf.data.inputs import (UNIT_SCALE_TOP, ArrayInputs, as_inputs, dtype_name,
+                                 each_input, float_pixel_scale, input_array, num_samples,
+                                 take, to_model)
 from clid_tf.data.pipelines import Part
 
 KEYS = ("image", "label", "sample_weight")  # the keys of a dict Dataset's elements
@@ -33,34 +37,57 @@ KEYS = ("image", "label", "sample_weight")  # the keys of a dict Dataset's eleme
 class InputProfile(NamedTuple):
     """What the training inputs looked like: what export and augmentation need.
 
-    shape: one sample's shape (H, W, C) or (D,).
-    dtype: 'uint8' or 'float32' (what the inputs arrived as).
-    max_value: the largest input value seen (1.0 for images scaled to [0, 1], 255 for
-      pixel values).
+    shape: one sample's shape (H, W, C), (D,), (T,) or () (one text); for a model with
+      several inputs a dict (or list) of them.
+    dtype: what the inputs arrived as: 'uint8', 'float32', 'int32', 'int64', 'string'; a
+      dict (or list) of them for several inputs.
+    max_value: the largest value of numeric inputs (1.0 for images scaled to [0, 1], 255
+      for pixel values); 0 otherwise.
     """
-    shape: tuple[int, ...]
-    dtype: str
+    shape: Any
+    dtype: Any
     max_value: float
+
+    @property
+    def several(self) -> bool:
+        """Whether the model takes several inputs (a dict or tuple of them)."""
+        return not isinstance(self.dtype, str)
 
     @property
     def pixel_scale(self) -> float:
         """The factor that brings these inputs to 0..255 pixel values: 255 for images in
         [0, 1] (round-off above 1 included, `inputs.float_pixel_scale`), else 1."""
-        return 255.0 if self.dtype != "uint8" and self.max_value <= UNIT_SCALE_TOP else 1.0
+        return 255.0 if self.dtype == "float32" and self.max_value <= UNIT_SCALE_TOP else 1.0
 
     @property
     def is_image(self) -> bool:
-        return len(self.shape) == 3
+        return (not self.several and len(self.shape) == 3
+                and self.dtype in ("uint8", "float32"))
+
+    def specs(self):
+        """tf.TensorSpec [None, *shape] of the inputs, in their structure."""
+        return each_input(lambda shape, dtype: tf.TensorSpec([None, *shape], dtype),
+                          self.shape, self.dtype)
 
     def to_config(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "max_value": self.max_value}
+        """JSON-ready: shapes as lists, several inputs as a dict or list of them."""
+        shape = each_input(list, self.shape)
+        dtype = list(self.dtype) if isinstance(self.dtype, tuple) else self.dtype
+        return {"shape": list(shape) if isinstance(shape, tuple) else shape, "dtype": dtype,
+                "max_value": self.max_value}
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> "InputProfile | None":
         if config is None:
             return None
-        return cls(tuple(int(d) for d in config["shape"]), str(config["dtype"]),
-                   float(config["max_value"]))
+        shape, dtype = config["shape"], config["dtype"]
+        if isinstance(dtype, dict):
+            shape = {key: tuple(int(d) for d in value) for key, value in shape.items()}
+        elif isinstance(dtype, list):  # several inputs in order
+            shape, dtype = tuple(tuple(int(d) for d in value) for value in shape), tuple(dtype)
+        else:
+            shape = tuple(int(d) for d in shape)
+        return cls(shape, dtype, float(config["max_value"]))
 
 
 class UserData(NamedTuple):
@@ -156,14 +183,78 @@ def labels_in_graph(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------- Datasets
+def is_batches(x) -> bool:
+    """Whether x is a source of batches rather than arrays: a tf.data.Dataset, a
+    keras.utils.PyDataset, or a Python generator / iterator."""
+    import keras  # pylint: disable=import-outside-toplevel
+    return (isinstance(x, (tf.data.Dataset, keras.utils.PyDataset))
+            or inspect.isgenerator(x) or (isinstance(x, collections.abc.Iterator)
+                                           and not isinstance(x, np.ndarray)))
+
+
+def as_dataset(x) -> tf.data.Dataset:
+    """A user's batches as a tf.data.Dataset: a Dataset as it is; a keras.utils.PyDataset
+    read batch by batch in its order, one pass per iteration; a generator (or iterator)
+    of batches (inputs, labels[, sample_weights]) read as it yields them, once (as Keras
+    reads one, its epochs continue where the last one stopped)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    if isinstance(x, tf.data.Dataset):
+        return x
+    if isinstance(x, keras.utils.PyDataset):
+        count = x.num_batches
+        if count is None:
+            raise ValueError("this PyDataset has no length (num_batches is None): give it "
+                             "__len__, or pass a generator with steps_per_epoch")
+        first = _batch_tuple(x[0])
+        return tf.data.Dataset.from_generator(  # its length known: Keras' epochs
+            lambda: (_batch_tuple(x[i]) for i in range(count)),
+            output_signature=_signature(first)).apply(
+                tf.data.experimental.assert_cardinality(count))
+    iterator = iter(x)
+    try:
+        first = [_batch_tuple(next(iterator))]  # read for its signature, yielded once
+    except StopIteration:
+        raise ValueError("the generator yields no batches") from None
+    signature = _signature(first[0])
+
+    def batches():
+        if first:
+            yield first.pop()
+        for batch in iterator:
+            yield _batch_tuple(batch)
+
+    return tf.data.Dataset.from_generator(batches, output_signature=signature)
+
+
+def _batch_tuple(batch):
+    """A batch a PyDataset or generator yields, as a tuple (inputs, labels[, weights])."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError("a PyDataset or generator for fit must yield (inputs, labels) or "
+                         "(inputs, labels, sample_weights) batches")
+    inputs = batch[0]
+    inputs = pipelines.as_input_array(inputs)
+    return (inputs, *(np.asarray(b) for b in batch[1:]))
+
+
+def _signature(batch):
+    """tf.TensorSpec of every array of a batch tuple, the batch dimension unknown."""
+    return tf.nest.map_structure(
+        lambda a: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(
+            tf.string if a.dtype.kind in "USO" else a.dtype)), batch)
+
+
 def dataset_elements(dataset: tf.data.Dataset, num_classes: int,
-                     class_weight: dict | None = None) -> tf.data.Dataset:
-    """A user's batched Dataset as {'image' float32, 'label' int32 [b][, 'sample_weight']}.
+                     class_weight: dict | None = None, *, cast: bool = True
+                     ) -> tf.data.Dataset:
+    """A user's batched Dataset as {'image', 'label' int32 [b][, 'sample_weight']}, the
+    inputs as the model takes them (`inputs.to_model`; as given with cast=False): one
+    tensor, or a dict / list of them for a model with several inputs.
 
     Elements may be (inputs, labels), (inputs, labels, sample_weights) or dicts with the
     keys of KEYS. ValueError (one line) for other structures and unbatched datasets; the
     first batch's labels and weights are checked here, every batch's labels in the graph.
     """
+    dataset = as_dataset(dataset)
     spec = dataset.element_spec
     if isinstance(spec, dict):
         missing = [k for k in ("image", "label") if k not in spec]
@@ -180,9 +271,10 @@ def dataset_elements(dataset: tf.data.Dataset, num_classes: int,
         raise ValueError("fit needs a Dataset of (inputs, labels) or (inputs, labels, "
                          "sample_weights) batches, or of dicts with 'image' and 'label'; got "
                          f"elements {spec}")
-    if any(not isinstance(s, tf.TensorSpec) for s in spec):
-        raise ValueError("the Dataset's inputs, labels and weights must each be one tensor "
-                         f"(one input per sample); got {spec}")
+    if (any(not isinstance(s, tf.TensorSpec) for s in spec[1:])
+            or any(not isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(spec[0]))):
+        raise ValueError("the Dataset's labels and weights must each be one tensor, its "
+                         f"inputs one tensor or a dict / tuple of them; got {spec}")
     if spec[1].shape.rank == 0:
         raise ValueError("the Dataset yields single samples: batch it first, e.g. "
                          "dataset.batch(32)")
@@ -197,7 +289,7 @@ def dataset_elements(dataset: tf.data.Dataset, num_classes: int,
         class_weight_table(class_weight, num_classes), tf.float32))
 
     def element(inputs, labels, weights=None):
-        batch = {"image": tf.cast(inputs, tf.float32),
+        batch = {"image": to_model(inputs) if cast else inputs,
                  "label": labels_in_graph(labels, num_classes)}
         if weights is not None:
             weights = tf.cast(weights, tf.float32)
@@ -216,13 +308,12 @@ def arrays_of(dataset: tf.data.Dataset, num_classes: int, *, with_weights: bool 
     (the trainers that divide or index the training set every epoch need random access);
     `with_weights`: (inputs, labels, float32 sample weights [N] or None), else a Dataset
     of (inputs, labels, weights) is refused."""
-    batches = list(dataset_elements(dataset, num_classes).as_numpy_iterator())
+    batches = list(dataset_elements(dataset, num_classes, cast=False).as_numpy_iterator())
     weighted = any("sample_weight" in b for b in batches[:1])
     if weighted and not with_weights:
         raise ValueError("this trainer takes no sample weights: give (inputs, labels) batches")
-    inputs = np.concatenate([b["image"] for b in batches])
-    if image_dtype_of(dataset) == tf.uint8:
-        inputs = inputs.astype(np.uint8)  # exact: the float32 copies of uint8 values
+    inputs = tf.nest.map_structure(lambda *parts: np.concatenate(parts),
+                                   *[b["image"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches]).astype(np.int32)
     if not with_weights:
         return inputs, labels
@@ -231,40 +322,40 @@ def arrays_of(dataset: tf.data.Dataset, num_classes: int, *, with_weights: bool 
     return inputs, labels, weights
 
 
-def profile_of_array(x: np.ndarray, what: str = "x") -> InputProfile:
-    """The profile of inputs [N, ...]; float images must be on one clear pixel scale
-    (`inputs.float_pixel_scale`, ValueError otherwise)."""
-    profile = InputProfile(tuple(int(d) for d in x.shape[1:]),
-                           "uint8" if x.dtype == np.uint8 else "float32",
-                           float(np.max(x)) if x.size else 0.0)
+def profile_of_array(x, what: str = "x") -> InputProfile:
+    """The profile of inputs [N, ...] (one array, or a dict / list of them); float images
+    must be on one clear pixel scale (`inputs.float_pixel_scale`, ValueError otherwise)."""
+    if isinstance(x, (dict, list, tuple)):
+        x = tuple(x) if isinstance(x, list) else x
+        return InputProfile(each_input(lambda a: tuple(int(d) for d in a.shape[1:]), x),
+                            each_input(dtype_name, x), 0.0)
+    x = input_array(x, what)
+    numeric = x.dtype.kind in "uifb"
+    profile = InputProfile(tuple(int(d) for d in x.shape[1:]), dtype_name(x),
+                           float(np.max(x)) if numeric and x.size else 0.0)
     if profile.is_image and profile.dtype == "float32" and x.size:
         float_pixel_scale(float(np.min(x)), profile.max_value, what)
     return profile
 
 
-def check_finite(x: np.ndarray, what: str = "x") -> None:
-    """ValueError (one line) when float inputs hold NaN or Inf: one such value makes every
-    weight NaN after its first step."""
-    if x.dtype.kind == "f":
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise ValueError(f"{what} holds NaN or Inf in {int(bad.sum())} of {len(x)} samples "
-                             f"(the first is sample {int(np.argmax(bad))}); fix or drop them")
+def check_finite(x, what: str = "x") -> None:
+    """ValueError (one line) when float inputs (of any input of a structure) hold NaN or
+    Inf: one such value makes every weight NaN after its first step."""
+    for array in tf.nest.flatten(x):
+        if array.dtype.kind == "f":
+            bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{what} holds NaN or Inf in {int(bad.sum())} of "
+                                 f"{len(array)} samples (the first is sample "
+                                 f"{int(np.argmax(bad))}); fix or drop them")
 
 
-def profile_of_dataset(dataset: tf.data.Dataset, dtype: tf.DType) -> InputProfile:
-    """The profile of the first batch of {'image': ...} elements; `dtype` is the dtype of
-    the user's own images (before `dataset_elements` casts them)."""
-    first = next(iter(dataset.take(1)))["image"].numpy()
-    return InputProfile(tuple(int(d) for d in first.shape[1:]),
-                        "uint8" if dtype == tf.uint8 else "float32", float(first.max()))
-
-
-def image_dtype_of(dataset: tf.data.Dataset) -> tf.DType:
-    """The dtype of a user Dataset's images: (x, y[, w]) tuples or {'image': ...} dicts."""
-    spec = dataset.element_spec
-    spec = spec.get("image") if isinstance(spec, dict) else spec[0]
-    return getattr(spec, "dtype", tf.float32)
+def profile_of_dataset(dataset: tf.data.Dataset) -> InputProfile:
+    """The profile of the first batch of a user's Dataset, as it gives its inputs
+    (`dataset_elements(..., cast=False)`)."""
+    first = next(iter(dataset.take(1)))["image"]
+    return profile_of_array(tf.nest.map_structure(lambda t: t.numpy(), first),
+                            "the Dataset's inputs")
 
 
 # ---------------------------------------------------------------- validation
@@ -274,13 +365,14 @@ def split_validation(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
     is held out. Returns ((x, y, w) to train on, (x, y[, w]) to validate on)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {fraction}")
-    n = len(x)
+    n = num_samples(x)
     keep = int(math.floor(n * (1.0 - fraction)))  # Keras' train_validation_split
     if keep == 0 or keep == n:
         raise ValueError(f"validation_split={fraction} of {n} samples leaves an empty part")
-    validation = (x[keep:], y[keep:]) if weights is None else (x[keep:], y[keep:],
-                                                                weights[keep:])
-    return (x[:keep], y[:keep], None if weights is None else weights[:keep]), validation
+    head, tail = slice(None, keep), slice(keep, None)
+    validation = ((take(x, tail), y[tail]) if weights is None
+                  else (take(x, tail), y[tail], weights[tail]))
+    return (take(x, head), y[head], None if weights is None else weights[head]), validation
 
 
 def checked_validation_data(validation_data, num_classes: int):
@@ -296,8 +388,9 @@ def checked_validation_data(validation_data, num_classes: int):
                          "tf.data.Dataset")
     x, y = pipelines.as_input_array(validation_data[0]), validation_data[1]
     labels = check_labels(y, num_classes, name="validation_data's labels")
-    if len(labels) != len(x):
-        raise ValueError(f"validation_data has {len(x)} inputs but {len(labels)} labels")
+    if len(labels) != num_samples(x):
+        raise ValueError(f"validation_data has {num_samples(x)} inputs but {len(labels)} "
+                         "labels")
     if len(validation_data) == 2:
         return x, labels
     return x, labels, check_sample_weights(validation_data[2], None, labels)
@@ -314,6 +407,8 @@ def in_memory(x, y, *, num_classes: int, validation, sample_weight=None, class_w
     validation_data, replaced by the held-out part when `validation_split` is given.
     `with_weights=False`: weights are refused (the result's weights are None).
     """
+    if is_batches(x):
+        x = as_dataset(x)
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("give the labels inside the Dataset; y must be None")
@@ -330,8 +425,9 @@ def in_memory(x, y, *, num_classes: int, validation, sample_weight=None, class_w
         inputs = pipelines.as_input_array(x)
         check_finite(inputs)
         labels = check_labels(y, num_classes)
-        if len(labels) != len(inputs):
-            raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
+        if len(labels) != num_samples(inputs):
+            raise ValueError(f"x has {num_samples(inputs)} samples but y has {len(labels)} "
+                             "labels")
         given = sample_weight
     weights = check_sample_weights(given, class_weight, labels)
     if validation_split:
@@ -379,6 +475,8 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
     if meta_y is not None:
         meta_y = check_labels(meta_y, num_classes, name="meta_data's labels")
     validation = checked_validation_data(validation_data, num_classes)
+    if is_batches(x):
+        x = as_dataset(x)
     if isinstance(x, tf.data.Dataset):
         return _from_dataset(x, y, num_classes=num_classes, meta_size=meta_size,
                              meta_batch_size=meta_batch_size, seed=seed, with_meta=with_meta,
@@ -389,13 +487,13 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
     inputs, labels, weights, validation = in_memory(
         x, y, num_classes=num_classes, validation=validation, sample_weight=sample_weight,
         class_weight=class_weight, validation_split=validation_split)
-    source = ArrayInputs(inputs)
+    source = as_inputs(inputs)
     fields = {"label": labels}
     if weights is not None:
         fields["sample_weight"] = weights
     if steps_per_epoch:  # Keras' steps: whole batches, epochs of that many
-        if len(inputs) < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than the {len(inputs)} "
+        if len(source) < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {len(source)} "
                              "training samples, so there is no whole batch for "
                              "steps_per_epoch: give a smaller batch_size")
         steps = steps_per_epoch
@@ -415,7 +513,7 @@ def prepare(x, y=None, *, num_classes: int, batch_size: int, meta_size: int,
         ids = np.sort(rng.choice(len(source), min(meta_size, len(source)), replace=False))
         meta = Part(source, ids, labels[ids] if meta_labels == "noisy" else None)
     else:
-        meta = Part(ArrayInputs(pipelines.as_input_array(meta_x)), None, meta_y)
+        meta = Part(as_inputs(pipelines.as_input_array(meta_x)), None, meta_y)
     meta_fields = {}
     if meta_labels != "none":
         if meta.labels is None:
@@ -443,16 +541,18 @@ def _from_dataset(x: tf.data.Dataset, y, *, num_classes, meta_size, meta_batch_s
     if validation_split:
         raise ValueError("validation_split needs array inputs; for a Dataset, pass "
                          "validation_data")
-    train = dataset_elements(x, num_classes, class_weight)
-    profile = profile_of_dataset(train, image_dtype_of(x))
+    raw = dataset_elements(x, num_classes, class_weight, cast=False)
+    train = raw.map(lambda b: {**b, "image": to_model(b["image"])})
+    profile = profile_of_dataset(raw)
     if not with_meta:
         return UserData(pipelines.training_stream(train), None, None, validation, profile)
     if meta_x is None:
-        drawn = list(train.unbatch().shuffle(10 * meta_size, seed=seed).take(meta_size)
+        drawn = list(raw.unbatch().shuffle(10 * meta_size, seed=seed).take(meta_size)
                      .batch(1024).as_numpy_iterator())
-        meta_x = np.concatenate([b["image"] for b in drawn])
+        meta_x = tf.nest.map_structure(lambda *parts: np.concatenate(parts),
+                                       *[b["image"] for b in drawn])
         meta_y = np.concatenate([b["label"] for b in drawn]) if meta_labels == "noisy" else None
-    meta = Part(ArrayInputs(pipelines.as_input_array(meta_x)), None, meta_y)
+    meta = Part(as_inputs(pipelines.as_input_array(meta_x)), None, meta_y)
     size = min(meta_batch_size, len(meta))
     slices = {"image": meta.inputs.array}
     if meta_labels != "none":
@@ -463,6 +563,6 @@ def _from_dataset(x: tf.data.Dataset, y, *, num_classes, meta_size, meta_batch_s
     meta_stream = (tf.data.Dataset.from_tensor_slices(slices)
                    .shuffle(len(meta), seed=seed, reshuffle_each_iteration=True).repeat()
                    .batch(size, drop_remainder=True)
-                   .map(lambda m: {**m, "image": tf.cast(m["image"], tf.float32)}))
+                   .map(lambda m: {**m, "image": to_model(m["image"])}))
     return UserData(pipelines.training_stream(train, meta_stream), None, meta, validation,
                     profile)

@@ -382,8 +382,9 @@ def scores_of(score, part, *, with_weights: bool, batch_size: int = 500) -> Scor
     from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
     labels = np.asarray(part.labels, np.int32)
     probs, weights, start = [], [], 0
-    for _, images in pipelines.ordered_batches(part.inputs, part.ids(), batch_size=batch_size):
-        stop = start + int(images.shape[0])
+    for ids, images in pipelines.ordered_batches(part.inputs, part.ids(),
+                                                 batch_size=batch_size):
+        stop = start + int(ids.shape[0])
         p, w = score(images, labels[start:stop])
         probs.append(np.asarray(p, np.float64))
         weights.append(np.asarray(w, np.float64))
@@ -450,9 +451,9 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
       class names in class-id order.
     """
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
-    from clid_tf.data.inputs import ArrayInputs
-    x = data.as_input_array(x)
-    y, names = class_ids(y, class_names=class_names, n=len(x))
+    from clid_tf.data.inputs import as_inputs, num_samples, take
+    x = data.as_input_array(x)  # one array, or a dict / list of them (several inputs)
+    y, names = class_ids(y, class_names=class_names, n=num_samples(x))
     clean = None if clean_labels is None else class_ids(clean_labels, class_names=names)[0]
     fit_kwargs = {**DEFAULT_FIT, **fit_kwargs}
 
@@ -462,12 +463,13 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
         warmup = kwargs.pop("warmup_epochs", 0)
         if warmup:  # plain CE first, then meta steps: what clid_tf.WarmUp does
             model.set_meta_active(False)
-            model.fit(x[train_positions], y[train_positions], **{**kwargs, "epochs": warmup})
+            model.fit(take(x, train_positions), y[train_positions],
+                      **{**kwargs, "epochs": warmup})
             model.set_meta_active(True)
             kwargs["initial_epoch"] = warmup
-        model.fit(x[train_positions], y[train_positions], **kwargs)
+        model.fit(take(x, train_positions), y[train_positions], **kwargs)
         return lambda held: score_part(
-            model, data.Part(ArrayInputs(x[held]), None, y[held]),
+            model, data.Part(as_inputs(take(x, held)), None, y[held]),
             batch_size=eval_batch_size)
 
     report = (lambda k, n: print(f"label issues: training fold {k} of {n}")) if verbose else None

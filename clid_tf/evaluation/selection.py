@@ -96,7 +96,7 @@ def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: f
             images = augment(images, stateless_seed=tf.constant([seed, b], tf.int64))
         logits, features = backbone(images, training=False)
         values.append(float(clid_lib.clid_xla(features, logits, tau=tau)))
-        sizes.append(int(images.shape[0]))
+        sizes.append(int(logits.shape[0]))
     return weighted_mean(values, sizes)
 
 
@@ -114,12 +114,24 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
 
 
+def _fed_spec(tensor) -> tf.TensorSpec:
+    """The spec of the batches the pipelines feed to an Input: pixels and floats arrive as
+    float32 (`inputs.to_model`), token ids and text as they are."""
+    dtype = tf.as_dtype(tensor.dtype)
+    return tf.TensorSpec([None, *tensor.shape[1:]],
+                         tf.float32 if dtype.is_floating or dtype == tf.uint8 else dtype)
+
+
 def inference_function(backbone: keras.Model) -> Forward:
     """`backbone(images, training=False)` as a tf.function (graph speed; same result),
     traced once for every batch size when the backbone declares its input shape."""
-    inputs = getattr(backbone, "inputs", None)
-    signature = None if not inputs else [tf.TensorSpec([None, *inputs[0].shape[1:]],
-                                                       tf.float32)]
+    try:
+        structure = backbone.input if getattr(backbone, "inputs", None) else None
+    except AttributeError:  # a Sequential model never called: its one Input
+        structure = backbone.inputs[0]
+    if isinstance(structure, list):  # the pipelines hold several inputs as a tuple
+        structure = tuple(structure)
+    signature = None if structure is None else [tf.nest.map_structure(_fed_spec, structure)]
     compiled = tf.function(lambda images: backbone(images, training=False),
                            input_signature=signature, reduce_retracing=True)
 
@@ -250,7 +262,9 @@ class ClidSelection(keras.callbacks.Callback):
       prefix: prepended to every logged name (e.g. 'net1_' for one of two networks).
       eligible_from: the first (1-based) epoch the store may keep: earlier epochs are
         scored and logged but never selected (DivideMix keeps its warm-up out, as the
-        authors' pools start after it). 1: every epoch.
+        authors' pools start after it). 1: every epoch. With `WarmUp(w)`, eligible_from=w+1
+        keeps the plain cross-entropy epochs out: a network early in training can score a
+        low CLID while it still predicts nearly one class for everything.
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,

@@ -19,6 +19,8 @@ model returns.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -197,12 +199,14 @@ def _tapped(model: keras.Model) -> keras.Model:
     if not model.built or shape is None:
         raise ValueError(f"model {model.name!r} is a subclassed model that was never called: "
                          "call it once on a batch so that it is built, then pass it")
-    probe = tf.random.stateless_uniform([2, *shape[1:]], seed=[0, 0], dtype=tf.float32)
-    output = model(probe)
+    probe, output = _probe(model, shape)
     if isinstance(output, (tuple, list)) and len(output) == 2:  # (logits, features)
-        return TappedClassifier(model, returns_pair=True, feature_dim=int(output[1].shape[-1]),
-                                num_classes=int(output[0].shape[-1]),
-                                name=f"{model.name}_clid")
+        wrapped = TappedClassifier(model, returns_pair=True,
+                                   feature_dim=int(output[1].shape[-1]),
+                                   num_classes=int(output[0].shape[-1]),
+                                   name=f"{model.name}_clid")
+        wrapped(probe)  # built, as the trainers' stateless calls need
+        return wrapped
     wrapped = TappedClassifier(model, name=f"{model.name}_clid")
     logits, _ = wrapped(probe)
     got = keras.ops.convert_to_numpy(output)
@@ -212,6 +216,21 @@ def _tapped(model: keras.Model) -> keras.Model:
                          f"({wrapped.head.name}) applied to that layer's input, so logits and "
                          "features cannot be tapped; make its call return (logits, features)")
     return wrapped
+
+
+def _probe(model: keras.Model, shape) -> tuple[tf.Tensor, Any]:
+    """(a batch of 2 the subclassed model takes, its output): uniform floats, else zeros
+    as token ids, else empty strings, the first it accepts."""
+    probes = (tf.random.stateless_uniform([2, *shape[1:]], seed=[0, 0], dtype=tf.float32),
+              tf.zeros([2, *shape[1:]], tf.int32), tf.fill([2, *shape[1:]], ""))
+    for probe in probes:
+        try:
+            return probe, model(probe)
+        except Exception:  # pylint: disable=broad-except  # the next dtype may fit
+            continue
+    raise ValueError(f"model {model.name!r}: calling it on a batch of floats, token ids or "
+                     "strings of its built shape fails, so its logits and features cannot be "
+                     "found; make it a functional model, or its call return (logits, features)")
 
 
 def _last_dense(model: keras.Model) -> keras.layers.Dense | None:
@@ -265,5 +284,10 @@ def _head_of(logits, features) -> keras.layers.Dense | None:
 
 
 def _inputs(model: keras.Model):
-    """The model's input tensor, or its list when it has several."""
-    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    """The model's inputs in the structure it was built with: one tensor, or a list or a
+    dict of them (so that the wrapper takes what the model takes). A Sequential model
+    that was never called has only its list of Inputs."""
+    try:
+        return model.input
+    except AttributeError:
+        return model.inputs[0] if len(model.inputs) == 1 else model.inputs

@@ -6,12 +6,16 @@ how to inspect it with `saved_model_cli` and serve it with TensorFlow Serving.
 `serving_default` (the signature TensorFlow Serving uses when a request names none; an
 empty batch gets empty outputs on both signatures)
     in:  `images`         `input_dtype` [batch, *input_shape]: raw inputs, uint8 0..255
-                          images [batch, H, W, C] or float32 feature vectors [batch, D]
+                          images [batch, H, W, C], float32 feature vectors [batch, D],
+                          int token ids [batch, T] or text (string [batch]); a model of
+                          several inputs takes one tensor per input, named by its dict
+                          key (or `input_0`, `input_1`, ... for a list of inputs)
     out: `probabilities`  float32 [batch, K]: softmax over the K classes
          `class_ids`      int64 [batch]: argmax of `probabilities`
          `class_names`    string [batch]: the name of each predicted class
 
-`serving_bytes` (images with 1, 3 or 4 channels, of a trained model or a uint8 backbone)
+`serving_bytes` (images with 1, 3 or 4 channels, of a trained model or a uint8 backbone;
+a model of text or several inputs has none, and its export warns so in one line)
     in:  `image_bytes`    string [batch]: encoded PNG (or JPEG, BMP, WebP, first GIF
                           frame) images, each decoded to [H, W, C] uint8 (and resized as
                           the training images were, for a model trained with
@@ -53,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from typing import Callable, Sequence
 
 import keras
@@ -103,8 +108,10 @@ def export_saved_model(networks, path: str | os.PathLike, *,
     path = os.path.normpath(os.fspath(path))
     if not overwrite:
         _check_target(path)
-    networks, input_shape, input_dtype, pixel_scale = _what_to_export(
-        networks, input_shape, input_dtype)
+    networks, specs, pixel_scale = _what_to_export(networks, input_shape, input_dtype)
+    flat_specs = tf.nest.flatten(specs)
+    one_image = (len(flat_specs) == 1 and flat_specs[0].shape.rank == 4
+                 and flat_specs[0].dtype in (tf.uint8, tf.float32))
     num_classes = user_models.num_classes_of(networks[0])
     names = [str(c) for c in (class_names or range(num_classes))]
     if len(names) != num_classes:
@@ -117,25 +124,29 @@ def export_saved_model(networks, path: str | os.PathLike, *,
                              for net in networks]) / len(networks)
 
         # An empty batch gets empty outputs (the networks' layers may not take zero rows).
-        logits = tf.cond(tf.shape(x)[0] > 0, mean_logits,
+        logits = tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, mean_logits,
                          lambda: tf.zeros([0, num_classes], tf.float32))
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
                 CLASS_NAMES: tf.gather(names, class_ids)}
 
-    def serve(images):
+    def serve(*tensors):
         # The signature does not enforce the shape of a fed tensor; this does.
-        images = tf.ensure_shape(images, [None, *input_shape], name="check_images_shape")
-        return outputs_of(tf.cast(images, tf.float32))
+        checked = [tf.ensure_shape(t, spec.shape, name=f"check_{spec.name}_shape")
+                   for t, spec in zip(tensors, named)]
+        return outputs_of(inputs_lib.to_model(tf.nest.pack_sequence_as(specs, checked)))
 
+    named = _named_specs(specs)
     archive = keras.export.ExportArchive()
     for net in networks:
         archive.track(net)
-    archive.add_endpoint(
-        SIGNATURE_KEY, serve,
-        input_signature=[tf.TensorSpec([None, *input_shape], input_dtype, name=INPUT_NAME)])
-    if pixel_scale is not None and len(input_shape) == 3 and input_shape[-1] in (1, 3, 4):
+    archive.add_endpoint(SIGNATURE_KEY, serve, input_signature=named)
+    input_shape = tuple(flat_specs[0].shape[1:]) if one_image else None
+    if not one_image and _described(specs) != "feature vectors":
+        warnings.warn(f"{path}: no {BYTES_SIGNATURE_KEY} endpoint, as the model takes "
+                      f"{_described(specs)}, not one image", stacklevel=2)
+    elif pixel_scale is not None and input_shape[-1] in (1, 3, 4):
 
         def serve_bytes(image_bytes):
             def decode_one(encoded):
@@ -188,15 +199,20 @@ def export_saved_model(networks, path: str | os.PathLike, *,
 
 
 def _what_to_export(networks, input_shape, input_dtype):
-    """(backbones, input shape, input dtype, pixel scale of decoded images) of what
-    `export_saved_model` was given (its docstring)."""
-    if hasattr(networks, "predicting") and hasattr(networks, "input_shape_of"):
+    """(backbones, tf.TensorSpec [None, ...] of the inputs clients send (one, or a dict /
+    tuple of them), pixel scale of decoded images or None) of what `export_saved_model`
+    was given (its docstring)."""
+    if hasattr(networks, "predicting") and hasattr(networks, "input_specs"):
         model = networks
         profile = model.input_profile
-        shape = input_shape or model.input_shape_of()
-        dtype = input_dtype or model.input_dtype_of()
+        specs = model.input_specs()
+        if input_shape is not None or input_dtype is not None:
+            spec = tf.nest.flatten(specs)[0]
+            specs = tf.TensorSpec([None, *(spec.shape[1:] if input_shape is None
+                                           else input_shape)],
+                                  spec.dtype if input_dtype is None else input_dtype)
         scale = 1.0 if profile is None else profile.pixel_scale
-        return list(model.predicting()), tuple(int(d) for d in shape), tf.as_dtype(dtype), scale
+        return list(model.predicting()), specs, scale
     networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
     if input_shape is None:
         inputs = getattr(networks[0], "inputs", None)
@@ -213,7 +229,32 @@ def _what_to_export(networks, input_shape, input_dtype):
     input_dtype = tf.as_dtype(input_dtype)
     # Decoded PNG/JPEG pixels are 0..255: a bare backbone served float32 inputs may expect
     # another range, which only a trained model knows, so it gets no bytes endpoint.
-    return networks, input_shape, input_dtype, (1.0 if input_dtype == tf.uint8 else None)
+    return (networks, tf.TensorSpec([None, *input_shape], input_dtype),
+            1.0 if input_dtype == tf.uint8 else None)
+
+
+def _named_specs(specs) -> list[tf.TensorSpec]:
+    """The flat signature inputs: `images` for one input, else each input by its dict key
+    (or `input_<i>` for a tuple of inputs), in tf.nest's order."""
+    if isinstance(specs, tf.TensorSpec):
+        return [tf.TensorSpec(specs.shape, specs.dtype, name=INPUT_NAME)]
+    names = (sorted(specs) if isinstance(specs, dict)
+             else [f"input_{i}" for i in range(len(specs))])
+    return [tf.TensorSpec(spec.shape, spec.dtype, name=name)
+            for name, spec in zip(names, tf.nest.flatten(specs))]
+
+
+def _described(specs) -> str:
+    """What the inputs are, for one line: 'text', 'integer inputs', 'feature vectors',
+    'several inputs' or their shape."""
+    if not isinstance(specs, tf.TensorSpec):
+        return "several inputs"
+    if specs.dtype == tf.string:
+        return "text"
+    if specs.dtype.is_integer and specs.dtype != tf.uint8:
+        return "integer inputs"
+    return "feature vectors" if specs.shape.rank == 2 else "inputs of shape " + str(
+        tuple(specs.shape[1:]))
 
 
 def _built_here(network: keras.Model) -> bool:

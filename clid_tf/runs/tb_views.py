@@ -302,6 +302,29 @@ class StepTimer(keras.callbacks.Callback):
             logs["step_time"] = float(np.mean(self._times))
 
 
+# ---------------------------------------------------------------- scalars
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard without the NaN placeholders of phases that did not run.
+
+    The trainers give every metric a value in every epoch's logs (NaN for, e.g., the meta
+    step during the warm-up) so History, CSVLogger and pandas line up; a chart draws
+    those NaNs as broken points, so they are left out here and the curve starts at the
+    first epoch that measured it. Same arguments as keras.callbacks.TensorBoard.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        measured = {name: value for name, value in (logs or {}).items()
+                    if not _is_nan(value)}
+        super().on_epoch_end(epoch, measured)
+
+
+def _is_nan(value) -> bool:
+    try:
+        return bool(np.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
 # ---------------------------------------------------------------- HParams, layout
 def hparam_value(value) -> bool | int | float | str:
     """A value the HParams plugin accepts: bool/int/float/str as is, numpy scalars as

@@ -22,6 +22,7 @@ from clid_tf.core import lookahead
 from clid_tf.core import objectives
 from clid_tf.core import virtual
 from clid_tf.data import user_data
+from clid_tf.data.inputs import to_model
 from clid_tf.models import user_models
 
 
@@ -323,27 +324,25 @@ class TrainerModel(keras.Model):
         `input_signature` it is the input shape and dtype `fit` saw (or the backbone's
         input shape, float32)."""
         if input_signature is None:
-            input_signature = [tf.TensorSpec([None, *self.input_shape_of()],
-                                             self.input_dtype_of(), name="inputs")]
+            input_signature = [self.input_specs()]
         return super().export(filepath, format=format, verbose=verbose,
                               input_signature=input_signature, **kwargs)
 
-    def input_shape_of(self) -> tuple[int, ...]:
-        """One input's shape: what `fit` saw, else the backbone's Input; ValueError when
-        neither is known."""
+    def input_specs(self):
+        """tf.TensorSpec [None, ...] of the model's inputs as `fit` saw them (one, or a
+        dict / tuple of them for several inputs), else of the backbone's Inputs; ValueError
+        when neither is known."""
         if self.input_profile is not None:
-            return self.input_profile.shape
-        net = self.predicting()[0]
-        inputs = getattr(net, "inputs", None)
-        if inputs:
-            return tuple(int(d) for d in inputs[0].shape[1:])
-        raise ValueError("the model's input shape is not known yet: fit it first, or pass "
-                         "input_signature")
-
-    def input_dtype_of(self) -> tf.DType:
-        """The dtype of the inputs `fit` saw (uint8 or float32); float32 before any fit."""
-        return tf.uint8 if (self.input_profile is not None
-                            and self.input_profile.dtype == "uint8") else tf.float32
+            return self.input_profile.specs()
+        try:
+            structure = self.predicting()[0].input
+        except (AttributeError, ValueError):  # a subclassed backbone has no Input
+            structure = None
+        if structure is None:
+            raise ValueError("the model's input shape is not known yet: fit it first, or "
+                             "pass input_signature")
+        return tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), structure)
 
     def profile_config(self) -> dict:
         """The `get_config` entry that keeps the input profile across save and load."""
@@ -412,13 +411,12 @@ def checked_classifier(backbone: keras.Model, meta_scope: str) -> keras.Model:
 def _unpack(data):
     """(inputs, labels, sample weights or None) of an evaluation batch."""
     if isinstance(data, dict):
-        return (tf.cast(data["image"], tf.float32), data["label"],
-                data.get("sample_weight"))
+        return to_model(data["image"]), data["label"], data.get("sample_weight")
     if len(data) == 3:
         images, labels, weights = data
-        return tf.cast(images, tf.float32), labels, weights
+        return to_model(images), labels, weights
     images, labels = data
-    return tf.cast(images, tf.float32), labels, None
+    return to_model(images), labels, None
 
 
 def _at_least_float32(x: tf.Tensor) -> tf.Tensor:

@@ -162,6 +162,15 @@ def test_every_readme_python_block_runs_in_order(tmp_path, monkeypatch):
     with Image.open(tmp_path / "suspects.png") as sheet:
         assert sheet.size[0] == 8 * (96 + 8)  # 8 columns of 8x8 digits upscaled 12x
     assert namespace["out"]["probabilities"].shape == (4, 10)
+    # the text and two-input examples: trained models of their own inputs, the table served
+    reviewer, tabular = namespace["reviewer"], namespace["tabular"]
+    assert reviewer.input.dtype == "string" and sorted(tabular.input) == ["category", "numbers"]
+    served = tf.saved_model.load(str(tmp_path / "served_table")).signatures["serving_default"]
+    test = namespace["test"]
+    out = served(category=tf.constant(test["category"][:8]),
+                 numbers=tf.constant(test["numbers"][:8]))
+    np.testing.assert_array_equal(out["class_ids"].numpy(), namespace["model"].predict(
+        {k: v[:8] for k, v in test.items()}, verbose=0).argmax(-1))
 
 
 def test_dividemix_composes_from_a_users_own_keras_models_and_arrays():

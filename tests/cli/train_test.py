@@ -64,7 +64,7 @@ def test_tensorboard_events_hold_the_monitoring_scalars(finished_run):
                 "epoch_meta_set_clid", "epoch_selected_accuracy", "epoch_ensemble5_accuracy"):
         assert len(scalars[tag]) == 2, tag
     for tag in ("epoch_meta_clid", "epoch_weight_clean", "epoch_weight_noisy"):
-        assert len(scalars[tag]) == 1, tag  # epoch 1 is the warm-up: no meta updates
+        assert len(scalars[tag]) == 1, tag  # epoch 1 is the warm-up: NaN, not drawn
     np.testing.assert_allclose(scalars["epoch_test_accuracy"],
                                results["history"]["test_accuracy"], rtol=1e-6)
     assert results["history"]["meta_clid"][0] is None

@@ -103,8 +103,9 @@ def test_a_dataset_becomes_named_batches_with_class_weights():
     assert inputs.dtype == np.uint8
     np.testing.assert_array_equal(labels, y)
     # the profile keeps the user's uint8 (the elements are cast to float32 for training)
-    profile = user_data.profile_of_dataset(user_data.dataset_elements(pixels, K, None),
-                                           user_data.image_dtype_of(pixels))
+    assert next(iter(user_data.dataset_elements(pixels, K)))["image"].dtype == tf.float32
+    profile = user_data.profile_of_dataset(
+        user_data.dataset_elements(pixels, K, None, cast=False))
     assert profile.dtype == "uint8" and profile.pixel_scale == 1.0
 
 

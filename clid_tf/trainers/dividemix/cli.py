@@ -57,7 +57,6 @@ def split_arrays(flags, setup: Setup) -> dict:
 def train(flags, setup: Setup, folder, *, resuming: bool) -> dict:
     """Builds both networks, their streams and callbacks from the flags, fits, exports."""
     # pylint: disable=import-outside-toplevel
-    import keras
     from clid_tf.evaluation import results as results_lib
     from clid_tf.evaluation import two_nets
     from clid_tf.runs import callbacks as run_callbacks
@@ -82,7 +81,7 @@ def train(flags, setup: Setup, folder, *, resuming: bool) -> dict:
               validation_data=parts.validation_batches(flags, setup), callbacks=[
                   dividemix_model.EpochLearningRate(epoch_lr(flags), model.net_optimizers),
                   *selections, evaluation,  # add logs: before the callbacks that record them
-                  tb_views.StepTimer(), keras.callbacks.TensorBoard(folder.tensorboard),
+                  tb_views.StepTimer(), tb_views.TensorBoard(folder.tensorboard),
                   run_callbacks.NonFiniteGuard(), run_state])
     networks = results_lib.exported_members(selections, flags.export, keep=flags.select_keep,
                                             last=model.backbones)

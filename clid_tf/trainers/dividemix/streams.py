@@ -223,6 +223,7 @@ def from_user_data(x, y=None, *, num_classes: int, with_meta: bool, batch_size: 
         x, y, num_classes=num_classes,
         validation=user_data.checked_validation_data(validation_data, num_classes),
         validation_split=validation_split, with_weights=False)
+    x = data.image_array(x, "DivideMixModel")
     profile = user_data.profile_of_array(x)
     if augment != "none" and not profile.is_image:
         raise ValueError(f"augment={augment!r} needs images [N, H, W, C]; these inputs are "

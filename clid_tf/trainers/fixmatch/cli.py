@@ -29,7 +29,6 @@ def split_arrays(flags, setup) -> dict:
 def train(flags, setup, folder, *, resuming: bool) -> dict:
     """Builds the model, streams and callbacks from the flags, fits, exports."""
     # pylint: disable=import-outside-toplevel
-    import keras
     from clid_tf.data import ssl_splits
     from clid_tf.data.inputs import read_numpy
     from clid_tf.evaluation import results as results_lib
@@ -74,7 +73,7 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
                       None if is_noisy is None else is_noisy[labeled],
                       sample_size=len(labeled), seed=flags.seed,
                       eval_batch_size=flags.eval_batch_size),
-                  keras.callbacks.TensorBoard(folder.tensorboard),
+                  tb_views.TensorBoard(folder.tensorboard),
                   run_callbacks.NonFiniteGuard(flags.eval_every),
                   run_state])
     networks, epochs = results_lib.exported_networks(

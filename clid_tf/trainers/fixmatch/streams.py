@@ -143,6 +143,7 @@ def from_user_data(x, y, unlabeled, *, num_classes: int, with_meta: bool, batch_
     if unlabeled is None:
         raise ValueError("FixMatch / FlexMatch train on unlabeled images too: pass "
                          "fit(x, y, unlabeled=images)")
+    x = data.image_array(x, "FixMatchModel")
     pool = _images_of(unlabeled)
     profile = user_data.profile_of_array(x)
     pool_scale = user_data.profile_of_array(pool).pixel_scale
@@ -191,7 +192,7 @@ def from_user_data(x, y, unlabeled, *, num_classes: int, with_meta: bool, batch_
 def _images_of(unlabeled) -> np.ndarray:
     """The unlabeled images as one array, from an array or a Dataset of batches."""
     if not isinstance(unlabeled, tf.data.Dataset):
-        return data.as_input_array(unlabeled)
+        return data.image_array(unlabeled, "FixMatchModel")
     batches = []
     for element in unlabeled.as_numpy_iterator():
         images = element[0] if isinstance(element, tuple) else (
@@ -199,4 +200,4 @@ def _images_of(unlabeled) -> np.ndarray:
         batches.append(images)
     if not batches:
         raise ValueError("the unlabeled Dataset is empty")
-    return data.as_input_array(np.concatenate(batches))
+    return data.image_array(np.concatenate(batches), "FixMatchModel")

@@ -141,7 +141,6 @@ def fit(flags, model, setup, steps: int, *, start: int = 0, callbacks=(), checkp
 def train(flags, setup, folder, *, resuming: bool) -> dict:
     """Builds the model, its callbacks and streams from the flags, fits, exports."""
     # pylint: disable=import-outside-toplevel
-    import keras
     from clid_tf.data.inputs import read_numpy
     from clid_tf.evaluation import results as results_lib
     from clid_tf.runs import callbacks as run_callbacks
@@ -166,7 +165,7 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
             folder.tensorboard, read_numpy(ds.train.inputs, views), setup.noisy_labels[views],
             None if is_noisy is None else is_noisy[views], sample_size=len(views),
             seed=flags.seed, eval_batch_size=flags.eval_batch_size),
-        keras.callbacks.TensorBoard(folder.tensorboard)], checkpoint=run_state)
+        tb_views.TensorBoard(folder.tensorboard)], checkpoint=run_state)
     networks, epochs = results_lib.exported_networks(
         selection, flags.export, keep=flags.select_keep, last=model.backbone,
         last_epoch=flags.epochs)

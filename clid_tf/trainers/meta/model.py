@@ -32,7 +32,7 @@ from clid_tf.core import objectives
 from clid_tf.core import virtual
 from clid_tf.data import pipelines
 from clid_tf.data import user_data
-from clid_tf.data.inputs import read_numpy
+from clid_tf.data.inputs import num_samples, read_numpy, to_model
 from clid_tf.trainers import base_model
 
 
@@ -220,9 +220,10 @@ class MetaReweightModel(base_model.TrainerModel):
         inputs = pipelines.as_input_array(x)
         user_data.check_finite(inputs)
         labels = user_data.check_labels(y, self.num_classes)
-        if len(labels) != len(inputs):
-            raise ValueError(f"x has {len(inputs)} samples but y has {len(labels)} labels")
-        batch = {"image": tf.cast(inputs, tf.float32), "label": tf.constant(labels)}
+        if len(labels) != num_samples(inputs):
+            raise ValueError(f"x has {num_samples(inputs)} samples but y has {len(labels)} "
+                             "labels")
+        batch = {"image": _tensors(inputs), "label": tf.constant(labels)}
         weights = user_data.check_sample_weights(sample_weight, class_weight, labels)
         if weights is not None:
             batch["sample_weight"] = tf.constant(weights)
@@ -241,8 +242,7 @@ class MetaReweightModel(base_model.TrainerModel):
         if meta_x is None and self.meta_set is not None:
             part = self.meta_set
             ids = part.ids()[:100]
-            images = read_numpy(part.inputs, ids)
-            meta = {"image": tf.cast(images, tf.float32)}
+            meta = {"image": _tensors(read_numpy(part.inputs, ids))}
             if labelled:
                 if part.labels is None:
                     raise ValueError("the meta objective reads labels, but the meta set "
@@ -253,7 +253,7 @@ class MetaReweightModel(base_model.TrainerModel):
             raise ValueError(f"the meta objective {self.meta_objective_name!r} reads meta "
                              "labels: fit with meta_data=(inputs, labels) first")
         images = inputs if meta_x is None else pipelines.as_input_array(meta_x)
-        return {"image": tf.cast(images, tf.float32)}
+        return {"image": _tensors(images)}
 
     def get_config(self):
         return {
@@ -399,6 +399,11 @@ class MetaReweightModel(base_model.TrainerModel):
             updated += self.log_weights(self.meta_trackers, weights, batch)
         compiled = self.update_user_metrics(batch["label"], logits, batch.get("sample_weight"))
         return {**{m.name: m.result() for m in updated}, **scales, **compiled}
+
+
+def _tensors(inputs):
+    """Numpy inputs (one array or a structure) as the model's tensors (`to_model`)."""
+    return to_model(tf.nest.map_structure(tf.constant, inputs))
 
 
 def _is_training_stream(x) -> bool:

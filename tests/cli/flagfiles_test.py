@@ -80,12 +80,13 @@ def _step_representatives() -> dict[str, str]:
 
 
 REPRESENTATIVE = _step_representatives()
-# The default run trains one step of these three: between them WNet and VRI, clid and
+# The default run trains one step of these four: between them WNet and VRI, clid and
 # ce_clean, symmetric, instance and human noise, CIFAR-10/100/10N and all three CIFAR
-# backbones. Every other file is wired up by `test_setting_wires_up_on_mock_data` and its
+# backbones, and TFDS's fashion_mnist through the generic `tfds:` source. Every other file is wired up by `test_setting_wires_up_on_mock_data` and its
 # own step runs with `-m slow`; the digits files also run end to end in cli_test.py.
 DEFAULT_STEPS = ("flags/cifar10_sym60_wnet_clid.cfg", "flags/cifar100_instance40_vri_clid.cfg",
-                 "flags/cifar10_n_worst_vri_ce_clean.cfg")
+                 "flags/cifar10_n_worst_vri_ce_clean.cfg",
+                 "flags/fmnist_clid.cfg")  # tfds:fashion_mnist, 28x28x1, pooled_cnn, top:1
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +110,8 @@ def test_the_named_settings_exist() -> None:
                  "cifar10_sym40_wnet_clid", "cifar100_sym40_wnet_clid",
                  "cifar100_sym40_vri_clid", "cifar100_instance40_vri_clid",
                  "cifar10_n_worst_vri_clid", "cifar10_n_aggre_vri_clid",
-                 "cifar10_n_rand1_vri_clid", "digits_sym40"):
+                 "cifar10_n_rand1_vri_clid", "digits_sym40", "fmnist_common", "fmnist_ce",
+                 "fmnist_clid", "fmnist_vri_clid", "fmnist_dividemix"):
         assert f"flags/{name}.cfg" in flagfiles.FLAGFILES, name
     for path in SETTINGS:  # every CIFAR CLID setting has its oracle baseline
         if path.startswith("flags/cifar") and path.endswith("_clid.cfg") and (
@@ -117,7 +119,8 @@ def test_the_named_settings_exist() -> None:
             assert path.replace("_clid.cfg", "_ce_clean.cfg") in flagfiles.FLAGFILES, path
     assert flagfiles.INCLUDES == ["flags/animal10n_common.cfg", "flags/cifar_dividemix_common.cfg",
                         "flags/clothing1m_common.cfg", "flags/common_cifar.cfg",
-                        "flags/common_ssl_cifar10.cfg", "flags/digits_common.cfg"]
+                        "flags/common_ssl_cifar10.cfg", "flags/digits_common.cfg",
+                        "flags/fmnist_common.cfg"]
     for name in ("animal10n_vri_single_clid", "animal10n_ce", "clothing1m_vri_single_clid",
                  "clothing1m_ce"):
         assert f"flags/{name}.cfg" in SETTINGS, name
@@ -295,7 +298,7 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
     monkeypatch.setattr(meta_cli, "train", fake_train)
     monkeypatch.setattr(dividemix_cli, "train", fake_train)
     workdir = tmp_path / "run"
-    with tfds.testing.mock_data(as_dataset_fn=flagfiles.fake_split):
+    with flagfiles.mock_tfds(path, tmp_path / "tfds"):
         _parse(f"--flagfile={path}", *_small_overrides(path, tmp_path),
                f"--workdir={workdir}")
         cli.run()
@@ -322,8 +325,9 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
     tolerance = 1e-6  # relative: the schedules compute in float32 (0.1 -> 0.10000000149)
     floor = eta_min if seen["lr_schedule"].startswith("cosine") else 0.0  # a cosine's floor
     assert (lrs >= floor * (1 - tolerance)).all() and (lrs <= lr * (1 + tolerance)).all()
-    if seen["lr_schedule"].startswith("cosine"):  # it anneals within the run
-        assert lrs.min() < eta_min + 0.01 * (lr - eta_min)
+    if seen["lr_schedule"].startswith("cosine"):  # it anneals within the run (the last
+        # epoch of an 8-epoch run starts 4% of the way above the floor)
+        assert lrs.min() < eta_min + 0.05 * (lr - eta_min)
 
 
 _ONE_STEP = ("--epochs=1", "--steps_per_epoch=1", "--warmup_epochs=0")
@@ -338,7 +342,7 @@ def _step_param(path: str):
 @pytest.mark.parametrize("path", [_step_param(path) for path in SETTINGS])
 def test_setting_runs_one_training_step_on_mock_data(path: str, tmp_path) -> None:
     workdir = tmp_path / "run"
-    with tfds.testing.mock_data(as_dataset_fn=flagfiles.fake_split):
+    with flagfiles.mock_tfds(path, tmp_path / "tfds"):
         _parse(f"--flagfile={path}", *_small_overrides(path, tmp_path), *_ONE_STEP,
                f"--workdir={workdir}")
         file_flags = {k: FLAGS[k].value for k in ("dataset", "method", "meta_net", "noise")}

@@ -15,6 +15,7 @@ from clid_tf.errors import DataError
 from clid_tf.data.inputs import ArrayInputs, read_numpy
 from clid_tf.data.sources.tfds import TfdsInputs
 from tests.helpers.checks import assert_one_line
+from tests.helpers.flagfiles import write_tfds_metadata
 from tests.helpers.images import pixels
 
 _SPLIT_SEED = {'train': 0, 'validation': 1, 'test': 2}
@@ -203,20 +204,6 @@ def test_unprepared_and_unknown_datasets_fail_at_once(tmp_path):
 
 
 # --------------------------------------------------------------------------- mock_data
-
-def write_tfds_metadata(name: str, data_dir: str, split_sizes: dict[str, int]) -> None:
-    """Writes the metadata of a prepared (tfrecord) dataset, without its records, so that
-    tfds.builder(name).is_prepared() holds under tfds.testing.mock_data(data_dir=...)."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    template = tfds.core.ShardedFileTemplate(data_dir=builder.data_path, dataset_name=name,
-                                             split='train', filetype_suffix='tfrecord')
-    builder.info.set_splits(tfds.core.SplitDict([
-            tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
-                                filename_template=template.replace(split=split))
-            for split, n in split_sizes.items()]))
-    builder.data_path.mkdir(parents=True, exist_ok=True)
-    builder.info.write_to_directory(builder.data_path)
-
 
 def test_mocked_registered_datasets(tmp_path):
     data_dir = str(tmp_path)

@@ -3,6 +3,7 @@ or from packages of lower layers, the module graph has no cycle, sibling trainer
 import each other, and only the command line touches absl flags."""
 
 import ast
+import functools
 import os
 
 import pytest
@@ -99,6 +100,7 @@ def package_deps(names, known):
     return deps
 
 
+@functools.lru_cache(maxsize=None)  # parsed once per test process, not once per module
 def import_graph():
     """module -> sorted clid_tf modules it imports (anywhere in its file)."""
     known = set(modules())

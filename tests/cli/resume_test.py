@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.helpers import ROOT
@@ -99,6 +100,7 @@ VRI_SINGLE = ["--trainer=vri_single", "--optimizer=adam", "--lr=1e-3",
               "--warmup_epochs=1"]
 
 
+@pytest.mark.slow  # the same adapter's resume: test_kill_mid_epoch_then_same_command_resumes...
 def test_a_killed_vri_single_run_resumes_to_the_same_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert _run(straight, *VRI_SINGLE).returncode == 0

@@ -32,6 +32,7 @@ def test_bench_speed_reports_time_and_memory_ratios_to_the_plain_step():
     assert float(meta[5].rstrip("x")) >= 1.0  # the meta step holds more in memory
 
 
+@pytest.mark.slow  # the tool's table: test_bench_speed_reports_time_and_memory_ratios...; the step: trainers/fixmatch
 def test_bench_speed_times_fixmatch_with_clid_against_plain_fixmatch():
     rows = _table("bench_speed.py", "--modes=fixmatch,flexmatch_clid", "--uratio=2",
                   "--memory=false")
@@ -71,6 +72,7 @@ def test_bench_frontier_times_a_top_n_meta_every_setting_against_the_plain_step(
         "error: --settings item 'top:0': meta scope must be")
 
 
+@pytest.mark.slow  # the CLI runs: bench_accuracy_test; the timing table: test_bench_frontier_times...
 def test_bench_frontier_trains_each_setting_through_the_cli(tmp_path):
     proc, rows = _run_frontier(
         "--timing=false", "--accuracy_backbone=small_cnn", "--settings=meta_every=2",
@@ -98,6 +100,7 @@ def test_choose_hparams_picks_by_the_held_out_score_never_by_test_accuracy():
         choose_hparams.chosen(means, "final")
 
 
+@pytest.mark.slow  # the tool's table: test_bench_speed_reports_time_and_memory_ratios...; the step: trainers/dividemix
 def test_bench_speed_times_dividemix_with_vri_and_clid_against_plain_dividemix():
     rows = _table("bench_speed.py", "--modes=dividemix,dividemix_vri,dm_targets",
                   "--memory=false")

@@ -231,9 +231,7 @@ def _batch_tuple(batch):
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         raise ValueError("a PyDataset or generator for fit must yield (inputs, labels) or "
                          "(inputs, labels, sample_weights) batches")
-    inputs = batch[0]
-    inputs = pipelines.as_input_array(inputs)
-    return (inputs, *(np.asarray(b) for b in batch[1:]))
+    return (pipelines.as_input_array(batch[0]), *(np.asarray(b) for b in batch[1:]))
 
 
 def _signature(batch):

@@ -324,7 +324,10 @@ class TrainerModel(keras.Model):
         `input_signature` it is the input shape and dtype `fit` saw (or the backbone's
         input shape, float32)."""
         if input_signature is None:
-            input_signature = [self.input_specs()]
+            specs = self.input_specs()
+            if isinstance(specs, tf.TensorSpec):  # one input keeps its signature name
+                specs = tf.TensorSpec(specs.shape, specs.dtype, name="inputs")
+            input_signature = [specs]
         return super().export(filepath, format=format, verbose=verbose,
                               input_signature=input_signature, **kwargs)
 

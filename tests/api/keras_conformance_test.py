@@ -335,6 +335,9 @@ def test_keras_export_serves_what_predict_returns(tmp_path):
     served = loaded.serve(tf.constant(X_TEST))
     np.testing.assert_allclose(served.numpy(), model.predict(X_TEST, verbose=0), rtol=1e-5,
                                atol=1e-6)
+    # TensorFlow Serving clients name the one input `inputs`
+    by_name = loaded.signatures["serving_default"](inputs=tf.constant(X_TEST))
+    np.testing.assert_allclose(list(by_name.values())[0].numpy(), served.numpy(), atol=1e-6)
 
 
 def test_export_saved_model_of_a_float_model_takes_its_range(tmp_path):

@@ -361,7 +361,7 @@ def table(rows: list[tuple[str, Outcome]], scratch: str) -> str:
     lines = ["| case | exit | s | last line | left in the run folder |",
              "|---|---:|---:|---|---|"]
     for name, outcome in rows:
-        text = outcome.message.replace(scratch, "SCRATCH").replace("|", "\\|")
+        text = toolbox.table_cell(outcome.message, scratch)
         lines.append(f"| {name} | {outcome.exit_code} | {outcome.seconds} | {text} | "
                      f"{outcome.left} |")
     return "\n".join(lines)
@@ -369,10 +369,7 @@ def table(rows: list[tuple[str, Outcome]], scratch: str) -> str:
 
 def main(argv):
     del argv
-    chosen = FLAGS.cases or list(CASES)
-    unknown = [c for c in chosen if c not in CASES]
-    if unknown:
-        toolbox.fail(f"unknown case {unknown[0]}; choose from {', '.join(CASES)}")
+    chosen = toolbox.chosen_cases(FLAGS.cases, list(CASES))
     scratch = FLAGS.scratch or tempfile.mkdtemp(prefix="clid_faults_")
     rows = []
     for name in chosen:

@@ -319,17 +319,14 @@ def table(rows: list[Row], scratch: str) -> str:
     lines = ["| case | exit | the line it prints | files outside the run folder |",
              "|---|---:|---|---|"]
     for row in rows:
-        text = row.message.replace(scratch, "SCRATCH").replace("|", "\\|")
+        text = toolbox.table_cell(row.message, scratch)
         lines.append(f"| {row.case} | {row.exit_code} | {text} | {row.outside} |")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    chosen = FLAGS.cases or list(CASES)
-    unknown = [c for c in chosen if c not in CASES]
-    if unknown:
-        toolbox.fail(f"unknown case {unknown[0]}; choose from {', '.join(CASES)}")
+    chosen = toolbox.chosen_cases(FLAGS.cases, list(CASES))
     scratch = FLAGS.scratch or tempfile.mkdtemp(prefix="clid_hostile_")
     rows = []
     for name in chosen:

@@ -60,3 +60,18 @@ def fail(message: str) -> None:
     """A tool's one error line, exit code 2."""
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(2)
+
+
+def chosen_cases(asked: Sequence[str] | None, known: Sequence[str]) -> list[str]:
+    """The cases a probe tool runs: those asked for (all when none), in the order given;
+    an unknown one is the tool's one error line."""
+    chosen = list(asked or known)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        fail(f"unknown case {unknown[0]}; choose from {', '.join(known)}")
+    return chosen
+
+
+def table_cell(message: str, scratch: str) -> str:
+    """A printed line as a markdown table cell: the scratch folder as SCRATCH, '|' escaped."""
+    return message.replace(scratch, "SCRATCH").replace("|", "\\|")

@@ -192,6 +192,7 @@ def test_kill_mid_epoch_then_the_same_command_resumes_to_the_same_run(tmp_path):
     assert len(glob.glob(str(killed / "checkpoints" / "selected" / "net2_epoch-*.npz"))) == 2
 
 
+@pytest.mark.slow  # covered by the shared guard and run state: resume_test.py::test_non_finite_loss_stops_with_step...
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = tmp_path / "nan"
     proc = run_cli(f"--workdir={workdir}", *SMALL, "--meta_net=vri", "--method=clid",

@@ -8,9 +8,12 @@ tests/cli/own_data_test.py, tests/data)."""
 import json
 import os
 
+import pytest
+
 import fault_probe as probe
 
 
+@pytest.mark.slow  # covered by the lock itself: runs/folder_test.py::test_a_second_writer_is_refused_naming_the_holder...
 def test_two_writers_on_one_folder(tmp_path):
     """While a run trains, a second run and a writing audit on its folder each exit 2 with
     one line naming the run's process; the first run finishes with its own files."""

@@ -80,12 +80,13 @@ def _step_representatives() -> dict[str, str]:
 
 
 REPRESENTATIVE = _step_representatives()
-# The default run trains one step of these three: between them WNet and VRI, clid and
-# ce_clean, symmetric and human noise, CIFAR-10/10N, WRN and ResNet-34, and TFDS's
-# fashion_mnist through the generic `tfds:` source (CIFAR-100, instance noise and
-# PreAct-ResNet-18 are wired up by every file's wiring test, their steps run with -m slow). Every other file is wired up by `test_setting_wires_up_on_mock_data` and its
+# The default run trains one step of these two: WNet + CLID on CIFAR-10 (WRN) and on TFDS's
+# fashion_mnist through the generic `tfds:` source. Every other file (VRI, ce_clean,
+# CIFAR-100/10N, instance and human noise, PreAct-ResNet-18, ResNet-34) is wired up by its
+# wiring test and its step runs with -m slow; VRI and ce_clean steps run end to end on
+# digits in tests/cli. Every other file is wired up by `test_setting_wires_up_on_mock_data` and its
 # own step runs with `-m slow`; the digits files also run end to end in cli_test.py.
-DEFAULT_STEPS = ("flags/cifar10_sym60_wnet_clid.cfg", "flags/cifar10_n_worst_vri_ce_clean.cfg",
+DEFAULT_STEPS = ("flags/cifar10_sym60_wnet_clid.cfg",
                  "flags/fmnist_clid.cfg")  # tfds:fashion_mnist, 28x28x1, pooled_cnn, top:1
 
 

@@ -104,6 +104,7 @@ def test_saved_model_in_fresh_process_matches_keras_model(finished_run, tmp_path
     np.testing.assert_allclose(served.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # covered by core/loss_scaling_test.py and keras_conformance float16 tests
 def test_float16_run_logs_and_checkpoints_loss_scales_and_serves(tmp_path):
     """--mixed_precision=mixed_float16 end to end: both loss scales are logged and
     checkpointed (so a resumed run continues with them), and the SavedModel serves."""

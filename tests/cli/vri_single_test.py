@@ -218,6 +218,7 @@ def test_vri_single_trains_on_a_class_folder_tree(tmp_path):
     assert "trainer vri_single, method clid, meta-net vri" in proc.stdout
 
 
+@pytest.mark.slow  # covered by the trainer: test_vri_single_trains_on_a_class_folder_tree; the layout: flagfiles wiring
 def test_vri_single_on_a_clothing1m_list_layout_with_audit_and_export(tmp_path):
     """Clothing1M's layout: images/D/DD/*.jpg of mixed sizes, noisy-train / clean-val /
     clean-test lists and the category names. Resize 20 + centre crop 16, a class-balanced

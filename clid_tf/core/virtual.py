@@ -87,10 +87,13 @@ def regularization_loss(model: keras.Model) -> tf.Tensor | None:
     They belong to the loss the classifier descends, as in Keras' own train_step: the
     trainers add them to every step of theta, the virtual step included (it is a look-ahead
     of that step), and never to a meta objective."""
-    losses = model.losses
-    if not losses:
-        return None
-    return tf.add_n([tf.cast(loss, tf.float32) for loss in losses]) / distribute.num_replicas()
+    total = _summed(model.losses)
+    return None if total is None else total / distribute.num_replicas()
+
+
+def _summed(losses) -> tf.Tensor | None:
+    """The sum of a model's losses in float32, None when there are none."""
+    return tf.add_n([tf.cast(loss, tf.float32) for loss in losses]) if losses else None
 
 
 def forward(model: keras.Model, trainable: Sequence[tf.Tensor],
@@ -113,8 +116,7 @@ def train_forward(backbone: keras.Model, images: tf.Tensor) -> TrainForward:
         tape.watch(theta)
         (logits, features), updated, losses = backbone.stateless_call(
             theta, frozen, images, training=True, return_losses=True)
-        regularization = (tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
-                          if losses else None)
+        regularization = _summed(losses)
     grads = None if regularization is None else [_dense(g) for g in tape.gradient(
         regularization, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
     return TrainForward(tape, theta, frozen, logits, features, updated, regularization,

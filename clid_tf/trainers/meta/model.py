@@ -32,7 +32,7 @@ from clid_tf.core import objectives
 from clid_tf.core import virtual
 from clid_tf.data import pipelines
 from clid_tf.data import user_data
-from clid_tf.data.inputs import num_samples, read_numpy, to_model
+from clid_tf.data.inputs import read_numpy, to_model
 from clid_tf.trainers import base_model
 
 
@@ -217,14 +217,10 @@ class MetaReweightModel(base_model.TrainerModel):
         if not self.compiled:
             raise ValueError("train_on_batch needs a compiled model: compile(optimizer, "
                              "meta_optimizer) first")
-        inputs = pipelines.as_input_array(x)
-        user_data.check_finite(inputs)
-        labels = user_data.check_labels(y, self.num_classes)
-        if len(labels) != num_samples(inputs):
-            raise ValueError(f"x has {num_samples(inputs)} samples but y has {len(labels)} "
-                             "labels")
+        inputs, labels, weights, _ = user_data.in_memory(  # fit's checks of arrays
+            x, y, num_classes=self.num_classes, validation=None, sample_weight=sample_weight,
+            class_weight=class_weight)
         batch = {"image": _tensors(inputs), "label": tf.constant(labels)}
-        weights = user_data.check_sample_weights(sample_weight, class_weight, labels)
         if weights is not None:
             batch["sample_weight"] = tf.constant(weights)
         data = {"train": batch}

@@ -119,6 +119,7 @@ def test_the_in_sample_audit_scores_with_both_networks(smoke_run):
     assert audit["roc_auc"] > 0.9 and os.path.isfile(os.path.join(workdir, "audit.csv"))
 
 
+@pytest.mark.slow  # covered by test_the_ensemble_export_serves_the_merged_top_5 (export) and the Python API plain DivideMix fit
 def test_plain_dividemix_serves_the_two_final_networks(tmp_path):
     workdir = tmp_path / "plain"
     proc = run_cli(f"--workdir={workdir}", *SMALL, "--method=ce", "--epochs=2",

@@ -101,6 +101,7 @@ def test_tensorboard_has_the_ssl_scalars(smoke_run):
         assert f"epoch_{tag}" in tags, tag
 
 
+@pytest.mark.slow  # covered by ssl_flagfiles wiring of --num_labels and the meta trainer runs in train_test
 def test_the_meta_trainer_on_the_same_labeled_part(smoke_run, tmp_path):
     """--trainer=meta --num_labels: the supervised-only baseline sees the smoke run's
     labeled part, noisy labels and meta set."""

@@ -15,26 +15,34 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import os
+import pkgutil
 import sys
 import warnings
 
-# The modules whose import registers a Keras-serializable class (models, meta-nets and
-# the layers the backbones and `as_classifier` use).
+# The modules whose import registers a Keras-serializable class (the meta-nets and the
+# layers the backbones and `as_classifier` use); each trainer package's `model.py` (its
+# Keras model) is found by `modules()`.
 MODULES: tuple[str, ...] = (
     "clid_tf.models.backbones",
     "clid_tf.models.resnets",
     "clid_tf.models.user_models",
     "clid_tf.metanets.wnet",
     "clid_tf.metanets.vri",
-    "clid_tf.trainers.meta.model",
-    "clid_tf.trainers.dividemix.model",
-    "clid_tf.trainers.fixmatch.model",
 )
+_TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers")
+
+
+def modules() -> list[str]:
+    """MODULES and the `model` module of every trainer package that has one."""
+    packages = [p.name for p in pkgutil.iter_modules([_TRAINERS]) if p.ispkg]
+    return [*MODULES, *(f"clid_tf.trainers.{name}.model" for name in sorted(packages)
+                        if os.path.isfile(os.path.join(_TRAINERS, name, "model.py")))]
 
 
 def register() -> None:
-    """Imports every module of MODULES (each registers its classes when it runs)."""
-    for name in MODULES:
+    """Imports every module of `modules()` (each registers its classes when it runs)."""
+    for name in modules():
         importlib.import_module(name)
 
 

@@ -1,6 +1,7 @@
 """The command line (the only user of absl).
 
-  flags      every flag, defined in one place, with its help group
+  flags      the flags every trainer reads and those several share (a trainer's own are
+             defined by its declaration), and --help's groups
   checks     every refusal of a flag combination and every default that depends on other
              flags (the trainers' own come from their `Trainer` declarations)
   parsing    the command line read with one clear line for every mistake, and --help

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from clid_tf.cli import checks, failures
-from clid_tf.cli.flags import AUDIT_GROUPS, AUDIT_HELP, FLAGS
+from clid_tf.cli.flags import AUDIT_HELP, FLAGS, audit_groups
 from clid_tf.cli.parsing import fail, parse_flags, run_flag_arguments
 from clid_tf.errors import RunError
 from clid_tf.evaluation import label_issues
@@ -33,7 +33,7 @@ def flags_parser(argv: list[str]) -> list[str]:
     """Parses the command line, then again on top of the training flags RUN/flags.cfg
     sets, read as data (`parsing.run_flag_arguments`: never as a flagfile, nothing of
     absl's own); --help, or one error line (a bad line of flags.cfg named by its number)."""
-    parse_flags(argv, groups=AUDIT_GROUPS, help_overrides=AUDIT_HELP)
+    parse_flags(argv, groups=audit_groups(), help_overrides=AUDIT_HELP)
     if not FLAGS.workdir:
         fail("--workdir=RUN is required: the folder of a training run")
     folder = run_folder.RunFolder(FLAGS.workdir)

@@ -1,13 +1,14 @@
 """Every refusal of a flag combination and every default that depends on other flags.
 
-`resolved()` gives the parsed flags as a trainer reads them (`TrainerFlags`): a flag left
-unset (None) takes the trainer's default (`clid_tf.trainers.Trainer.defaults`: --meta_net,
---virtual_step, --lambda_u, --select_augment) or one of `DEFAULTS` below. `check(flags)`
-raises RunError with the first refusal that applies: the combinations no trainer can run
-(`REFUSALS`), then the trainer's own (`Trainer.refusals`). Both run right after parsing,
-before any data is read, so a mistake is one line within seconds. A check of one flag's
-value (a range, a known name) sits beside its definition in `clid_tf.cli.flags`; checks
-that need the data (images for an image backbone) are the trainers' `prepare_setup`'s.
+`resolved()` gives the parsed flags as a trainer reads them (`TrainerFlags`): a flag not
+given takes the trainer's default (`clid_tf.trainers.Trainer.defaults`), and one left
+unset (None) one of `DEFAULTS` below. `check(flags)` raises RunError with the first
+refusal that applies: a flag the trainer does not read, then the combinations no trainer
+can run (`REFUSALS`), then the trainer's own (`Trainer.refusals`). They run right after
+parsing, before any data is read, so a mistake is one line within seconds. A check of one
+flag's value (a range, a known name) sits beside its definition in `clid_tf.cli.flags`;
+checks that need the data (images for an image backbone) are the trainers'
+`prepare_setup`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from clid_tf import names
 from clid_tf import trainers
-from clid_tf.cli.flags import FLAGS, training_flag_names
+from clid_tf.cli.flags import FLAGS, readers, reads, training_flag_names
 from clid_tf.data import sources
 from clid_tf.errors import RunError
 from clid_tf.trainers import Refusal
@@ -30,28 +31,39 @@ DEFAULTS = {
 
 class TrainerFlags:
     """The parsed flags with the trainer's defaults filled in: `flags.meta_net` is
-    --meta_net, or the trainer's meta-net when the flag was left unset. Read-only; the
-    values stay in absl's FLAGS (nothing is copied)."""
+    --meta_net as given, else the trainer's default for it, else the flag's own. Read-only;
+    the values stay in absl's FLAGS (nothing is copied)."""
 
     def __init__(self, values, trainer: trainers.Trainer):
         self._values = values
         self.trainer_spec = trainer  # (`trainer` is the flag: the trainer's name)
 
     def __getattr__(self, name: str) -> Any:
-        value = getattr(self._values, name)
-        if value is not None:
-            return value
-        default = self.trainer_spec.defaults.get(name, DEFAULTS.get(name))
+        if name in self.trainer_spec.defaults and not self._values[name].present:
+            default = self.trainer_spec.defaults[name]
+        else:
+            value = getattr(self._values, name)
+            if value is not None:
+                return value
+            default = DEFAULTS.get(name)
         return default(self) if callable(default) else default
 
     def given(self, name: str) -> bool:
         """Whether the flag was given (on the command line or in a flagfile)."""
         return self._values[name].present
 
+    def at_flag_default(self, name: str) -> bool:
+        """Whether the flag's value is the flag's own default (given or not)."""
+        return self._values[name].value == self._values[name].default
+
+    def read(self) -> dict[str, Any]:
+        """Every flag the trainer reads -> its value as the trainer reads it."""
+        return {name: getattr(self, name) for name in reads(self.trainer_spec)}
+
     def hparams(self) -> dict:
-        """Every training flag's value as given (TensorBoard's HParams), but the run's
-        place and verbosity."""
-        return {name: self._values[name].value for name in sorted(training_flag_names())
+        """The values the trainer reads (TensorBoard's HParams), but the run's place and
+        verbosity."""
+        return {name: value for name, value in sorted(self.read().items())
                 if name not in ("workdir", "resume", "verbose")}
 
 
@@ -73,6 +85,21 @@ def _human_noise_fits_dataset(f) -> str | None:
         return (f"--noise={f.noise} is a human label set of {owner} (use --dataset={owner});"
                 f" for synthetic noise on {f.dataset} use e.g. --noise=sym")
     return None
+
+
+def _audit_refused(flags: TrainerFlags) -> str | None:
+    """--audit needs a trainer with that audit: out of sample (--audit_folds=K) or in
+    sample (0)."""
+    spec = flags.trainer_spec
+    mode = "out_of_sample" if flags.audit_folds else "in_sample"
+    if not flags.audit or mode in spec.audits:
+        return None
+    if spec.audits:
+        return (f"--audit with --trainer={spec.name} scores in sample only: add "
+                "--audit_folds=0")
+    auditing = ", ".join(t.name for t in trainers.registered() if t.audits)
+    return (f"--audit: --trainer={spec.name} offers no label audit (the trainers with one: "
+            f"{auditing})")
 
 
 def _pretrained_fits_backbone(f) -> str | None:
@@ -97,6 +124,7 @@ def _found(check):
 
 # Combinations that no trainer can run.
 REFUSALS = (
+    _found(_audit_refused),
     _found(_human_noise_fits_dataset),
     _found(_pretrained_fits_backbone),
     Refusal(lambda f: f.lr_schedule == "multistep" and not f.lr_milestones,
@@ -129,9 +157,27 @@ REFUSALS = (
 )
 
 
+def unread(flags: TrainerFlags) -> list[str]:
+    """One message per flag given that the trainer does not read: it would be ignored. A
+    flag given at its default value changes nothing and passes (a flags.cfg of an older
+    clid-tf, reused with --flagfile, names every flag)."""
+    found = []
+    by_flag = readers()
+    name = flags.trainer_spec.name
+    for flag in training_flag_names():
+        if (flag in by_flag and name not in by_flag[flag] and flags.given(flag)
+                and not flags.at_flag_default(flag)):
+            others = by_flag[flag]
+            found.append(f"--{flag} is read by --trainer={'|'.join(others)} only; "
+                         f"--trainer={name} would ignore it: drop it"
+                         + (" (or choose that trainer)" if len(others) == 1 else ""))
+    return found
+
+
 def refusals(flags: TrainerFlags) -> list[str]:
-    """The messages of every refusal that applies, the trainer's after the global ones."""
-    return ([r.text(flags) for r in REFUSALS if r.applies(flags)]
+    """The messages of every refusal that applies: flags the trainer does not read, then
+    the global refusals, then the trainer's own."""
+    return (unread(flags) + [r.text(flags) for r in REFUSALS if r.applies(flags)]
             + flags.trainer_spec.refused(flags))
 
 

@@ -8,6 +8,7 @@ TensorFlow starts) and train, writes results.json and, with --audit, audits the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import os
 import shlex
@@ -20,7 +21,7 @@ from clid_tf import errors
 from clid_tf.cli import auditing
 from clid_tf.cli import checks
 from clid_tf.cli import failures
-from clid_tf.cli.flags import FLAGS, PAPER_SETTINGS, training_flag_names
+from clid_tf.cli.flags import FLAGS, PAPER_SETTINGS
 from clid_tf.cli.parsing import fail
 from clid_tf.data import sources
 from clid_tf.runs import folder as run_folder
@@ -73,8 +74,7 @@ def run(state: dict | None = None) -> dict:
     if resuming:
         folder.check_is_run()  # before anything is written or removed
         folder.lock()
-        lines, at_default = _flag_record()
-        folder.check_resumable(lines, at_default=at_default)
+        folder.check_resumable(flag_lines(flags), at_default=_at_default(flags))
         folder.remove_temporary_files()  # what a kill mid-write left, by its own names
     else:
         folder.create(allow_partial=FLAGS.resume)
@@ -90,13 +90,13 @@ def run(state: dict | None = None) -> dict:
             for note in folder.check_split(split):
                 print(note)
         else:
-            folder.write_flags(training_flags_text())
+            folder.write_flags(training_flags_text(flags))
             folder.save_split(split)
         print(plan_line(flags, setup, folder))
         started = time.time()
         results = trainer.train(flags, setup, folder, resuming=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
-    results["flags"] = {name: FLAGS[name].value for name in sorted(training_flag_names())}
+    results["flags"] = dict(sorted(flags.read().items()))
     folder.write_results(results)
     print(result_line(results, folder))
     if FLAGS.audit:
@@ -105,20 +105,30 @@ def run(state: dict | None = None) -> dict:
     return results
 
 
-def training_flags_text() -> str:
-    """The run's flags.cfg: every training flag as --name=value, one per line (absl's own
-    flags, such as --profile_file, are never written: a flags.cfg reused with --flagfile
-    sets training flags only)."""
-    lines = [FLAGS[name].serialize() for name in sorted(training_flag_names())]
-    return "\n".join(line for line in lines if line) + "\n"
+def training_flags_text(flags) -> str:
+    """The run's flags.cfg: every flag the trainer reads, as --name=value with the value it
+    reads (its defaults filled in), one per line; absl's own flags, such as --profile_file,
+    are never written. Given back with --flagfile, or read by the audit, it runs the
+    same trainer with the same values."""
+    return "".join(f"{line}\n" for line in flag_lines(flags).values())
 
 
-def _flag_record() -> tuple[dict[str, str], set[str]]:
-    """(training flag name -> its flags.cfg line, the names at their default), what
-    `RunFolder.check_resumable` compares with the saved flags.cfg."""
-    names = training_flag_names()
-    lines = {name: FLAGS[name].serialize() for name in names if FLAGS[name].serialize()}
-    return lines, {n for n in names if FLAGS[n].value == FLAGS[n].default}
+def flag_lines(flags) -> dict[str, str]:
+    """Flag name -> its flags.cfg line ('--lr=0.05', '--noaugment_flip'), for every flag the
+    trainer reads that has a value, in name order."""
+    lines = {}
+    for name, value in sorted(flags.read().items()):
+        flag = copy.deepcopy(FLAGS[name])  # absl's own serialization of the read value
+        flag.value = value
+        if flag.serialize():
+            lines[name] = flag.serialize()
+    return lines
+
+
+def _at_default(flags) -> set[str]:
+    """The flags the trainer reads that are at their flag default, which a saved flags.cfg
+    from an older clid-tf may not name (`RunFolder.check_resumable`)."""
+    return {name for name in flags.read() if flags.at_flag_default(name)}
 
 
 def auditable(flags) -> bool:
@@ -143,11 +153,14 @@ def plan_line(flags, setup, folder: run_folder.RunFolder) -> str:
             sizes.append(f"{len(split.labels)} {name}")
     noise_text = ("labels as given" if noise == "none" else f"human labels {noise}"
                   if sources.is_human_label(noise) else f"{noise} noise {flags.noise_rate:g}")
-    meta_net = "none" if flags.method == "ce" else flags.meta_net
+    trained_by = f"trainer {flags.trainer}"
+    if "method" in flags.trainer_spec.reads:  # a trainer with a meta objective and meta-net
+        meta_net = "none" if flags.method == "ce" else flags.meta_net or "none"
+        trained_by += f", method {flags.method}, meta-net {meta_net}"
     epochs = flags.trainer_spec.describe_length(flags)
     line = (f"plan: {flags.dataset} ({', '.join(sizes)}, {ds.num_classes} classes), "
-            f"{noise_text}; trainer {flags.trainer}, method {flags.method}, "
-            f"meta-net {meta_net}, backbone {flags.backbone}; {epochs}; results in {folder.path}")
+            f"{noise_text}; {trained_by}, backbone {flags.backbone}; {epochs}; "
+            f"results in {folder.path}")
     note = paper_setting_note()
     return line if note is None else f"{line}\n{note}"
 
@@ -175,7 +188,8 @@ def look_line(folder: run_folder.RunFolder, *, audited: bool, auditable: bool = 
             viewer = "open" if sys.platform == "darwin" else "xdg-open"
             line = f"{line} ; {viewer} {quote(sheet)}"
         return line
-    return line + (f" ; python -m clid_tf.audit --workdir={quote(folder.path)}"
+    extensions = f" --extensions={quote(','.join(FLAGS.extensions))}" if FLAGS.extensions else ""
+    return line + (f" ; python -m clid_tf.audit --workdir={quote(folder.path)}{extensions}"
                    if auditable else "")
 
 

@@ -1,7 +1,10 @@
-"""Every absl flag of the project, defined in one place, with its help group.
+"""The training flags: those every trainer reads (in HELP_GROUPS) and those several trainers
+share, defined here; a trainer's own flags are defined by its declaration
+(`clid_tf.trainers.Trainer.define_flags`) and named with the shared ones in its `reads`.
 
 `define_flags()` is called by the entry points (`python -m clid_tf.train`,
-`python -m clid_tf.audit`) and by tools and tests that need the flags, never at import time.
+`python -m clid_tf.audit`) and by tools and tests that need the flags, never at import time;
+it defines the flags of every registered trainer too.
 Checks of one flag's value sit beside its definition; combinations of flags that cannot
 run together are refused in `checks`; `parsing` reads the command line.
 """
@@ -9,7 +12,6 @@ run together are refused in `checks`; `parsing` reads the command line.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
@@ -30,10 +32,52 @@ PAPER_SETTINGS = {"cifar10": "flags/cifar10_*.cfg", "cifar100": "flags/cifar100_
                   "cifar10_n": "flags/cifar10_n_*.cfg"}
 
 
+_DEFINED: dict[str, None] = {}  # the training flags, in the order they were defined
+_BY_DEFINER: dict = {}  # a trainer's define_flags -> the names it defined
+
+
 def define_flags() -> None:
-    """Defines every flag of a training run (idempotent)."""
-    if "method" in FLAGS:
-        return
+    """Defines every flag of a training run: those of this module, then each registered
+    trainer's own (`Trainer.define_flags`). Idempotent; a trainer registered since the
+    last call gets its flags defined now. ValueError when a trainer reads a flag that no
+    one defines (a maintainer's typo)."""
+    if "workdir" not in FLAGS:
+        _defined_by(_define_shared_flags)
+    _registry_helps()
+    for trainer in trainers.registered():
+        definer = trainer.define_flags
+        if definer is not None and not (  # (absl's flagsaver removes flags defined inside it)
+                definer in _BY_DEFINER and all(n in FLAGS for n in _BY_DEFINER[definer])):
+            _BY_DEFINER[definer] = _defined_by(definer)
+        unknown = [name for name in trainer.reads if name not in training_flag_names()]
+        if unknown:
+            raise ValueError(f"trainer {trainer.name!r} reads --{unknown[0]}, which is not a "
+                             "training flag (define it in its define_flags)")
+
+
+def _registry_helps() -> None:
+    """The help of the flags that name a registered thing, from the registries (so that
+    what --extensions registers shows in --help)."""
+    FLAGS["dataset"].help = (f"Dataset: {sources.described()}. A benchmark's labels are "
+                             "clean (see --noise); your own are used as given.")
+    FLAGS["trainer"].help = "Training scheme: " + "; ".join(
+        f"{t.name}: {t.summary}" for t in trainers.registered()) + "."
+    FLAGS["meta_net"].help = (f"Meta-net: {metanets.described()}. Default: the trainer's "
+                              "(see 'defaults each trainer sets').")
+
+
+def _defined_by(definer) -> list[str]:
+    """Calls `definer`; the names of the flags it defined (also added to _DEFINED)."""
+    before = set(FLAGS)
+    definer()
+    names = [name for name in FLAGS if name not in before]
+    _DEFINED.update(dict.fromkeys(names))
+    return names
+
+
+def _define_shared_flags() -> None:
+    """The flags of this module: those every trainer reads (HELP_GROUPS) and those
+    several trainers read (named in their `reads`)."""
     from clid_tf.core import meta_scope  # pylint: disable=import-outside-toplevel
     from clid_tf.data import noise
     # ---- run and output
@@ -69,15 +113,16 @@ def define_flags() -> None:
                       "Label audit: which samples are flagged: confident_learning "
                       "(cleanlab's: a class whose probability passes its class threshold, "
                       "not the given one) or predicted_neq_given (argmax != given label).")
+    flags.DEFINE_list("extensions", [], "Python modules to import before the flags are "
+                      "checked, each registering meta-nets, dataset sources or trainers of "
+                      "its own (docs/extending.md): module names on the Python path, e.g. "
+                      "my_metanet (a my_metanet.py in the current folder). flags.cfg "
+                      "records them; --resume and the audit import them only when named on "
+                      "their own command line.")
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same command "
                       "gives identical weights and results (slower on GPU).")
     # ---- data and noise
-    flags.DEFINE_string("dataset", "digits", "Dataset: 'digits' (offline scikit-learn 8x8 "
-                        "digits), 'cifar10', 'cifar100', 'cifar10_n', 'cifar100_n' (TFDS), "
-                        "or your own: 'npz:PATH' (arrays), 'folder:PATH' (class subfolders, "
-                        "with PATH/train, PATH/val, PATH/test where present), 'list:FILE' "
-                        "('relative/path label' lines, see --data_root), 'tfds:NAME' (any "
-                        "TFDS image classification set).")
+    flags.DEFINE_string("dataset", "digits", "")  # help: _registry_helps()
     flags.register_validator("dataset", _not_a_bare_path)
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS_DATA_DIR).")
     flags.DEFINE_string("data_root", None, "Folder the paths of a list: file are relative "
@@ -116,8 +161,7 @@ def define_flags() -> None:
                       "Classifier network; it returns logits and penultimate features. "
                       "mlp for feature vectors, the others for images.")
     # ---- method and meta-learning
-    flags.DEFINE_string("trainer", "meta", "Training scheme (`clid_tf.trainers`): " + "; ".join(
-        f"{name}: {trainers.get(name).summary}" for name in trainers.names()) + ".")
+    flags.DEFINE_string("trainer", "meta", "")  # help: _registry_helps()
     flags.register_validator("trainer", _registered("trainer", trainers.names))
     flags.DEFINE_enum("method", "clid", METHODS,
                       "ce: plain cross-entropy, no meta-net. Otherwise the meta objective: "
@@ -127,12 +171,7 @@ def define_flags() -> None:
                       "and mae (same split, noisy labels), ce_sloss / mae_sloss (after the "
                       "warm-up, every epoch the meta set is the meta_size/K lowest-loss "
                       "samples per noisy class by a 2-component GMM; noisy labels).")
-    flags.DEFINE_string("meta_net", None, "Meta-net (`clid_tf.metanets`): wnet (Meta-Weight-Net "
-                      "1-100-1 on the per-sample loss, weights normalised over the batch) or "
-                      "vri (Variational Rectification Inference: per-sample per-class "
-                      "weights on the logits from features and the noisy label). Default: "
-                      "the trainer's, wnet for meta, fixmatch and flexmatch (their loss-net), vri "
-                      "for vri_single and dividemix (which train no other).")
+    flags.DEFINE_string("meta_net", None, "")  # help: _registry_helps()
     flags.register_validator("meta_net", _registered("meta_net", metanets.names,
                                                      allow_none=True))
     flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
@@ -193,23 +232,6 @@ def define_flags() -> None:
     flags.DEFINE_float("lambda_u", None, "Weight of the unlabeled loss term: DivideMix's "
                        "lambda_u (default 150, ramped up linearly over 16 epochs after the "
                        "warm-up) or FixMatch/FlexMatch's (default 1).", lower_bound=0.0)
-    # ---- DivideMix (--trainer=dividemix)
-    flags.DEFINE_float("p_threshold", 0.5, "DivideMix: a sample is labeled for one network "
-                       "when the other network's GMM clean probability exceeds this.",
-                       lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float("mixup_alpha", 4.0, "DivideMix: MixMatch's Beta(alpha, alpha) "
-                       "mixing weight (l = max(l, 1 - l)).", lower_bound=1e-6)
-    flags.DEFINE_float("sharpen_temperature", 0.5, "DivideMix: temperature T of the "
-                       "sharpened co-guessed and co-refined targets.", lower_bound=1e-6)
-    flags.DEFINE_integer("rampup_epochs", 16, "DivideMix: lambda_u ramps up linearly over "
-                         "this many epochs after the warm-up (0: at once).", lower_bound=0)
-    flags.DEFINE_float("clip_norm", 0.8, "DivideMix: global-norm clip of the actual step's "
-                       "gradient (the virtual step is never clipped); 0 = no clipping.",
-                       lower_bound=0.0)
-    flags.DEFINE_enum("guess_bn_mode", "train", ("train", "inference"), "DivideMix: the "
-                      "trained network's co-guessing forwards in train mode (batch "
-                      "statistics, BN statistics updated, as DivideMix) or inference mode.")
-    # FixMatch / FlexMatch
     flags.DEFINE_integer("num_labels", 0, "Semi-supervised split: a class-balanced labeled "
                          "subset of this many training samples (num_labels / K per class, by "
                          "true label where known), --noise injected into it only; the rest "
@@ -225,26 +247,6 @@ def define_flags() -> None:
                       "2 x --meta_batch_size CLID rows; the reported runs) or labeled "
                       "(--meta_size / K labeled images per noisy class, weak view; the "
                       "committed configs).")
-    flags.DEFINE_enum("ssl_strong_augment", "randaugment", ("randaugment", "strong"),
-                      "FixMatch/FlexMatch: the strong view of unlabeled (and meta) images: "
-                      "randaugment (USB's RandAugment(3, 5): 3 ops always applied at values "
-                      "over their whole ranges, no Cutout; the authors' semi-supervised "
-                      "code) or strong (FixMatch's RandAugmentMC(2, 10) + Cutout, as "
-                      "--augment=strong).")
-    flags.DEFINE_integer("uratio", 7, "FixMatch/FlexMatch: unlabeled batch = uratio x "
-                         "--batch_size images (each seen weak and strong).", lower_bound=1)
-    flags.DEFINE_float("p_cutoff", 0.95, "FixMatch/FlexMatch: confidence threshold of the "
-                       "pseudo-labels (FlexMatch: of its best-learnt class).",
-                       lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_bool("thresh_warmup", True, "FlexMatch: the class-wise normaliser counts "
-                      "the unlabeled samples not yet confidently predicted too (warm-up of "
-                      "the thresholds).")
-    flags.DEFINE_float("ema_decay", 0.999, "FixMatch/FlexMatch: decay of the exponential "
-                       "moving average of the parameters; the EMA network is what is "
-                       "evaluated, selected and exported.", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_integer("eval_every", 512, "FixMatch/FlexMatch: training iterations per "
-                         "evaluation (one epoch: EMA test accuracy, meta-set CLID, "
-                         "checkpoint); --epochs counts evaluations.", lower_bound=1)
     # ---- optimisation
     flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 100, "Training batch size (--trainer=dividemix: the "
@@ -370,41 +372,69 @@ def _registered(flag: str, known, *, allow_none: bool = False):
 
 
 # ------------------------------------------------------------------------------ help groups
-# Every training flag in exactly one group, in the order --help lists them
-# (cli_test fails when a flag defined above is in none).
+# The flags every trainer reads, each in exactly one group, in the order --help lists them
+# (train_test fails when a flag is in none and no trainer's `reads` names it). The flags
+# only some trainers read follow, grouped by the trainers that read them (`help_groups`).
 HELP_GROUPS = (
     ("run and output", ("workdir", "seed", "verbose", "export", "resume", "audit",
-                        "audit_folds", "audit_show", "audit_filter", "deterministic")),
+                        "audit_folds", "audit_show", "audit_filter", "extensions",
+                        "deterministic")),
     ("data and noise", ("dataset", "data_dir", "data_root", "val_list", "test_list",
                         "class_names_file", "image_size", "resize_shorter", "standardize",
                         "noise", "noise_rate", "val_split", "augment", "augment_flip",
-                        "imbalance_gamma", "train_subset", "resample_subset_each_epoch")),
-    ("method, meta-net and backbone", (
-        "trainer", "method", "meta_net", "backbone", "pretrained", "meta_size",
-        "meta_batch_size", "meta_source", "redraw_meta_each_epoch", "meta_augment",
-        "warmup_epochs", "tau", "vri_kl", "meta_optimizer", "meta_lr", "meta_weight_decay",
-        "meta_grad", "meta_scope", "virtual_step", "meta_every", "select_keep",
+                        "imbalance_gamma")),
+    ("trainer, backbone and label-free selection", (
+        "trainer", "backbone", "pretrained", "warmup_epochs", "select_keep",
         "select_augment")),
-    ("semi-supervised trainers", ("lambda_u", "p_threshold", "mixup_alpha",
-                                  "sharpen_temperature", "rampup_epochs", "clip_norm",
-                                  "guess_bn_mode", "num_labels", "include_lb_to_ulb",
-                                  "ssl_meta_source", "ssl_strong_augment", "uratio",
-                                  "p_cutoff", "thresh_warmup",
-                                  "ema_decay", "eval_every")),
-    ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "optimizer",
-                      "reset_optimizer_each_epoch", "lr", "momentum", "weight_decay",
-                      "lr_schedule", "lr_schedule_start", "lr_tmax", "lr_eta_min",
-                      "lr_milestones", "lr_gamma")),
+    ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
+                      "weight_decay", "lr_schedule", "lr_schedule_start", "lr_tmax",
+                      "lr_eta_min", "lr_milestones", "lr_gamma")),
     ("distribution and speed", ("strategy", "jit_compile", "mixed_precision",
                                 "eval_batch_size")),
 )
+EVERY_TRAINER = frozenset(name for _, group in HELP_GROUPS for name in group)
+
+
+def readers() -> dict[str, tuple[str, ...]]:
+    """flag name -> the trainers that read it, for the flags not every trainer reads."""
+    found: dict[str, list[str]] = {}
+    for trainer in trainers.registered():
+        for name in trainer.reads:
+            found.setdefault(name, []).append(trainer.name)
+    return {name: tuple(names) for name, names in found.items()}
+
+
+def reads(trainer: trainers.Trainer) -> list[str]:
+    """The training flags `trainer` reads, in definition order."""
+    own = set(trainer.reads)
+    return [name for name in training_flag_names() if name in EVERY_TRAINER or name in own]
+
+
+def help_groups(trainer: str | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """HELP_GROUPS, then the flags only some trainers read, grouped by those trainers
+    ('read by --trainer=meta|vri_single'); with `trainer`, only the groups it reads."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    by_flag = readers()
+    for name in training_flag_names():
+        if name in by_flag and (trainer is None or trainer in by_flag[name]):
+            groups.setdefault(by_flag[name], []).append(name)
+    return [*HELP_GROUPS, *((f"read by --trainer={'|'.join(names)}", tuple(flags))
+                            for names, flags in groups.items())]
+
+
 AUDIT_OWN = ("workdir", "audit_folds", "audit_show", "audit_filter")
-# `python -m clid_tf.audit --help`: its own flags, then the run's that matter to it (they
-# override RUN/flags.cfg; --resume, --audit and --export are accepted and ignored).
-AUDIT_GROUPS = (("audit", AUDIT_OWN), *(
-    (f"{title} (override RUN/flags.cfg)",
-     tuple(n for n in group if n not in (*AUDIT_OWN, "resume", "audit", "export")))
-    for title, group in HELP_GROUPS))
+# The audit's own flags; the run's others override RUN/flags.cfg (--resume, --audit and
+# --export are accepted and ignored).
+
+
+def audit_groups() -> list[tuple[str, tuple[str, ...]]]:
+    """`python -m clid_tf.audit --help`: its own flags, then the training flags."""
+    return [("audit", AUDIT_OWN), *(
+        (f"{title} (override RUN/flags.cfg)",
+         tuple(n for n in group if n not in (*AUDIT_OWN, "resume", "audit", "export")))
+        for title, group in help_groups())]
+
+
 AUDIT_HELP = {"workdir": "The folder of a training run (required): its flags.cfg, split.npz "
                          "and checkpoints are read; audit.csv, audit.json, audit.png (and "
                          "results.json['audit'] of a finished run) and tensorboard/audit are "
@@ -412,5 +442,5 @@ AUDIT_HELP = {"workdir": "The folder of a training run (required): its flags.cfg
 
 
 def training_flag_names() -> list[str]:
-    """Names of the training flags (those `define_flags` defines)."""
-    return [f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__])]
+    """Names of the training flags (those `define_flags` defines), in definition order."""
+    return [name for name in _DEFINED if name in FLAGS]

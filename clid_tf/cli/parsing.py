@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import os
 import re
 import shutil
@@ -20,8 +21,9 @@ from typing import NamedTuple
 
 from absl import flags
 
+from clid_tf import trainers
 from clid_tf.cli import flags as flag_definitions
-from clid_tf.cli.flags import FLAGS, HELP_GROUPS, REPO, training_flag_names
+from clid_tf.cli.flags import FLAGS, REPO, help_groups, training_flag_names
 
 _HELP_FLAGS = {"help": "short", "helpshort": "short", "?": "short", "helpfull": "full",
                "helpxml": "xml"}
@@ -38,35 +40,61 @@ ABSL_OWN_FLAGS = frozenset({
 ABSL_ACTING_FLAGS = frozenset({"profile_file", "run_with_profiling", "run_with_pdb", "pdb",
                                "pdb_post_mortem", "use_cprofile_for_profiling",
                                "only_check_args", "only_check_flags", "log_dir"})
+# What --extensions takes: dotted module names, never a path.
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # Lines all flagfiles of one command may expand to: a file that includes another twice,
 # nested, doubles at every level; past this the command is refused before absl reads it.
 MAX_FLAGFILE_LINES = 20_000
 
 
 def help_text(groups, *, usage: str, full: bool = False,
-              overrides: dict[str, str] | None = None, width: int | None = None) -> str:
+              overrides: dict[str, str] | None = None, width: int | None = None,
+              trainer: str | None = None) -> str:
     """`usage`, then each (title, flag names) group: every flag with its default, its range
-    or choices, and its help; with `full`, absl's own flags after."""
+    or choices, and its help; the defaults each trainer sets (only `trainer`'s, shown as
+    its flags' defaults, when one is named); with `full`, absl's own flags after."""
     width = width or max(60, min(_MAX_WIDTH, shutil.get_terminal_size((_MAX_WIDTH, 24)).columns))
     parts = [usage.strip("\n")]
+    shown = set(training_flag_names())
+    spec = trainers.get(trainer) if trainer in trainers.names() else None
     for title, names in groups:
         parts.append(f"\n{title}:")
-        parts.extend(_flag_entry(FLAGS[name], (overrides or {}).get(name), width)
+        parts.extend(_flag_entry(FLAGS[name], (overrides or {}).get(name), width,
+                                 None if spec is None or name not in spec.defaults
+                                 else _shown_default(spec.defaults[name]))
                      for name in names)
+    if spec is None and any(name in shown for _, names in groups for name in names):
+        parts.append("\ndefaults each trainer sets (--trainer=NAME --help shows its flags "
+                     "only):")
+        parts.extend(textwrap.fill(f"--trainer={t.name}: " + ", ".join(
+            f"--{name}={_shown_default(value)}" for name, value in t.defaults.items()),
+            width, initial_indent="  ", subsequent_indent=" " * 6)
+            for t in trainers.registered() if t.defaults)
     if full:  # then absl's (and any library's) flags, as absl lists them
-        for module in sorted(set(FLAGS.flags_by_module_dict()) - {flag_definitions.__name__,
-                                                            sys.argv[0]}):
-            parts.append("\n" + FLAGS.module_help(module))
+        for module, defined in sorted(FLAGS.flags_by_module_dict().items()):
+            if module != sys.argv[0] and not shown & {flag.name for flag in defined}:
+                parts.append("\n" + FLAGS.module_help(module))
     else:
         parts.append("\n--helpfull also lists absl's own flags.")
     return "\n".join(parts) + "\n"
 
 
-def _flag_entry(flag, help_override: str | None, width: int) -> str:
-    """'  --name  default: D; RANGE' then the help text, indented, wrapped to `width`."""
+def _shown_default(value) -> str:
+    """A trainer's default as --help shows it (a rule on other flags by its name)."""
+    if callable(value):
+        return f"({(value.__doc__ or 'follows the other flags').strip()})"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _flag_entry(flag, help_override: str | None, width: int,
+                default: str | None = None) -> str:
+    """'  --name  default: D; RANGE' then the help text, indented, wrapped to `width`
+    (`default`: the chosen trainer's, shown instead of the flag's own)."""
     text = help_override or flag.help
     facts = []
-    if flag.default is not None:
+    if default is not None:
+        facts.append(f"default: {default} (the trainer's)")
+    elif flag.default is not None:
         shown = ",".join(flag.default) if isinstance(flag.default, list) else flag.default_as_str
         facts.append(f"default: {shown.strip(chr(39)) or 'empty'}")
     elif not re.search("default|required", text, re.IGNORECASE):
@@ -96,6 +124,18 @@ def _help_asked(args: list[str]) -> str | None:
     return None
 
 
+def _trainer_named(args: list[str]) -> str | None:
+    """The registered trainer a '--trainer=NAME' on the command line names (the last),
+    for --help; None for none."""
+    named = None
+    for arg in args:
+        if arg == "--":
+            break
+        if arg.startswith(("--trainer=", "-trainer=")):
+            named = arg.split("=", 1)[1]
+    return named if named in trainers.names() else None
+
+
 # ------------------------------------------------------------------------------ parsing
 class _Arg(NamedTuple):
     """One command-line argument after flagfile expansion, and where it was written."""
@@ -116,8 +156,9 @@ def parse_flags(argv: list[str], *, groups=None, help_overrides=None,
     Returns:
       argv[0] and the positional arguments from the command line.
     """
+    trainer = _trainer_named(argv[1:])
     if groups is None:
-        groups = (HELP_GROUPS if training_flag_names() else
+        groups = (help_groups(trainer) if training_flag_names() else
                   (("flags", [f.name for f in FLAGS.get_flags_for_module(sys.argv[0])]),))
     asked = _help_asked(argv[1:])
     if asked == "xml":
@@ -125,18 +166,56 @@ def parse_flags(argv: list[str], *, groups=None, help_overrides=None,
     elif asked:
         usage = sys.modules["__main__"].__doc__ or f"USAGE: {argv[0]} [flags]\n"
         sys.stdout.write(help_text(groups, usage=usage, full=asked == "full",
-                                   overrides=help_overrides))
+                                   overrides=help_overrides, trainer=trainer))
     if asked:
         sys.exit(0)
     args = None
     try:
         args = [*saved, *_expanded(argv[1:])]
+        if training_flag_names():
+            import_extensions(args[len(saved):], saved=args[:len(saved)])
         _check_values_given(args)
         rest = FLAGS([argv[0], *(a.text for a in saved), *argv[1:]])
     except (flags.Error, ValueError) as error:
         fail(_located(error, argv[0], args))
     _check_flagfile_positionals(args, rest[1:])
     return rest
+
+
+def import_extensions(given: list[_Arg], *, saved: list[_Arg] = ()) -> None:
+    """Imports the modules of --extensions (the last one given), which register their
+    meta-nets, sources and trainers, and defines the flags of the trainers they add, before
+    absl checks the values. `saved` (a run's flags.cfg, read as data) never imports: the
+    modules it names must be named on the command line too. flags.Error (one line) for a
+    module that is missing or fails to import."""
+    wanted = _last_list("extensions", given)
+    recorded = _last_list("extensions", saved)
+    missing = [name for name in recorded if name not in wanted]
+    if missing:
+        where = next(a.where for a in saved if a.text.startswith("--extensions"))
+        raise flags.Error(f"{where.rsplit(' line', 1)[0]} names --extensions="
+                          f"{','.join(recorded)}: code is imported only when the command line "
+                          f"names it; add --extensions={','.join(recorded)}")
+    for name in wanted:
+        if not MODULE_NAME.fullmatch(name):
+            raise flags.Error(f"--extensions={name}: --extensions takes module names "
+                              "(my_metanet, mypackage.sources), not paths")
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # pylint: disable=broad-except
+            detail = (str(error).splitlines() or [""])[0]
+            raise flags.Error(f"--extensions={name}: cannot import it "
+                              f"({type(error).__name__}: {detail})") from error
+    flag_definitions.define_flags()  # the flags of trainers the modules registered
+
+
+def _last_list(name: str, args: list[_Arg]) -> list[str]:
+    """The value of the last '--name=a,b' among `args`, split; [] when absent."""
+    values = [a.text.split("=", 1)[1] if "=" in a.text else after.text
+              for a, after in zip(args, [*args[1:], _Arg("", None)])
+              if a.text.startswith((f"--{name}=", f"-{name}=")) or a.text in (f"--{name}",
+                                                                               f"-{name}")]
+    return [v.strip() for v in values[-1].split(",") if v.strip()] if values else []
 
 
 def run_flag_arguments(text: str, path: str) -> list[_Arg]:

@@ -5,7 +5,8 @@ A meta-net turns each training sample's signal into its weight in the training l
 loss; VRI (`vri.py`) rectifies the logits with per-class weights inferred from the
 feature and the noisy label. Trainers, the label audit and the TensorBoard views use a
 meta-net only through `MetaNet`, so a new one is one module with a class that has these
-methods and one `register(name, builder)` call; `--meta_net=NAME` then builds it.
+methods and one `register(name, builder)` call at its import; `--meta_net=NAME` then builds
+it (`--extensions=MODULE` imports a module from outside clid_tf first).
 
 Nothing here imports TensorFlow: the command line checks --meta_net before it starts.
 """
@@ -54,15 +55,22 @@ class MetaNet(Protocol):
 # no use for.
 Builder = Callable[..., MetaNet]
 
-_REGISTRY: dict[str, Builder | str] = {
-    "wnet": "clid_tf.metanets.wnet:build",
-    "vri": "clid_tf.metanets.vri:build",
+# name -> (builder, or "module:function" of a built-in imported when first built; the
+# summary --help shows). The built-ins' modules import TensorFlow, so they are named here
+# rather than registering themselves: --meta_net is checked before TensorFlow starts.
+_REGISTRY: dict[str, tuple[Builder | str, str]] = {
+    "wnet": ("clid_tf.metanets.wnet:build", "Meta-Weight-Net 1-100-1 on the per-sample "
+             "loss, weights normalised over the batch"),
+    "vri": ("clid_tf.metanets.vri:build", "Variational Rectification Inference: per-sample "
+            "per-class weights on the logits from the feature and the noisy label"),
 }
 
 
-def register(name: str, builder: Builder) -> None:
-    """Makes `build(name, ...)` (and `--meta_net=name`) call `builder`."""
-    _REGISTRY[name] = builder
+def register(name: str, builder: Builder, *, summary: str = "") -> None:
+    """Makes `build(name, ...)` (and `--meta_net=name`) call `builder`; `summary` is the
+    few words --help shows. A module that registers at import is loaded on the command
+    line by --extensions=MODULE."""
+    _REGISTRY[name] = (builder, summary)
 
 
 def unregister(name: str) -> None:
@@ -75,6 +83,12 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def described() -> str:
+    """The registered meta-nets for --help: 'wnet (Meta-Weight-Net ...), vri (...)'."""
+    return ", ".join(name + (f" ({summary})" if summary else "")
+                     for name, (_, summary) in _REGISTRY.items())
+
+
 def build(name: str, *, num_classes: int, feature_dim: int, seed: int | None = None,
           **options: Any) -> MetaNet:
     """A new meta-net of kind `name` for K = num_classes classes and d-dim features.
@@ -84,7 +98,7 @@ def build(name: str, *, num_classes: int, feature_dim: int, seed: int | None = N
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown meta-net {name!r}; choose from {', '.join(_REGISTRY)}")
-    builder = _REGISTRY[name]
+    builder = _REGISTRY[name][0]
     if isinstance(builder, str):  # a built-in, imported when first built
         module, _, function = builder.partition(":")
         builder = getattr(importlib.import_module(module), function)

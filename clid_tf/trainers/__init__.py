@@ -14,14 +14,18 @@ combinations it refuses, and where its adapter is. The built-in trainers:
                a few noisy labels plus unlabeled images, a loss-net trained by CLID
 
 The command line, the audit and the run folder use a trainer only through `Trainer` and
-its `Adapter`: a new trainer is one package and one `register(...)` call (new flags, if it
-needs any, go where every flag is defined, `clid_tf.cli.flags`).
+its `Adapter`: a new trainer is one package and one `register(...)` call. A trainer reads
+the flags every trainer reads (`clid_tf.cli.flags.HELP_GROUPS`) and the ones it names in
+`reads`: those several trainers share (`META_NET_FLAGS`, ...) and its own, which its
+`define_flags` defines beside its declaration. A flag the chosen trainer does not read is
+refused, so nothing given is silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 
@@ -41,6 +45,15 @@ class Refusal:
         return self.message(flags) if callable(self.message) else self.message
 
 
+# Flags several trainers read (defined in `clid_tf.cli.flags`); a trainer lists the groups
+# that apply in its `reads`.
+META_NET_FLAGS = ("method", "meta_net", "meta_size", "meta_batch_size", "tau",
+                  "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad", "meta_scope",
+                  "virtual_step")
+# --num_labels: a few labels plus unlabeled data.
+SEMI_SUPERVISED_FLAGS = ("num_labels", "include_lb_to_ulb", "ssl_meta_source")
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     """A training scheme as the command line knows it.
@@ -49,8 +62,12 @@ class Trainer:
       name: the --trainer value.
       summary: one line for --help.
       adapter: the module with the `Adapter` functions, imported when a run starts.
-      defaults: flag name -> the value (or flags -> value) used when the flag is left
-        unset (None); every trainer-dependent default lives here.
+      reads: the flags it reads beyond every trainer's (shared groups such as
+        META_NET_FLAGS, and its own); any other flag given with it is refused.
+      define_flags: defines its own flags (absl DEFINE_* calls, next to the declaration),
+        called once when the command line defines its flags; None for none.
+      defaults: flag name -> the value (or flags -> value) used when the flag is not
+        given; any flag it reads may have one, and --help shows it.
       refusals: the flag combinations this trainer refuses, checked right after parsing.
       audits: the label audits it offers: 'in_sample' (its own checkpoints) and/or
         'out_of_sample' (K models trained by cross-fitting); empty for none.
@@ -60,6 +77,8 @@ class Trainer:
     name: str
     summary: str
     adapter: str
+    reads: tuple[str, ...] = ()
+    define_flags: Callable[[], None] | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     refusals: Sequence[Refusal] = ()
     audits: tuple[str, ...] = ()
@@ -79,14 +98,6 @@ class Trainer:
     def refused(self, flags) -> list[str]:
         """The messages of the refusals that apply to `flags`."""
         return [r.text(flags) for r in self.refusals if r.applies(flags)]
-
-
-def trains_on_all_labels(name: str) -> Refusal:
-    """The refusal of --num_labels (a few labels plus unlabeled data) by a trainer that
-    trains on every label."""
-    return Refusal(lambda f: bool(f.num_labels),
-                   f"--num_labels splits the data for fixmatch, flexmatch and the meta "
-                   f"trainer; --trainer={name} trains on all labels")
 
 
 class Adapter(Protocol):
@@ -111,7 +122,6 @@ class Adapter(Protocol):
         """The same, out of sample by K-fold cross-fitting (only if 'out_of_sample')."""
 
 
-_BUILTIN = ("clid_tf.trainers.meta", "clid_tf.trainers.dividemix", "clid_tf.trainers.fixmatch")
 _REGISTRY: dict[str, Trainer] = {}
 _LOADED = []  # whether the built-in trainers are registered
 
@@ -130,9 +140,23 @@ def unregister(name: str) -> None:
 def _builtins() -> None:
     if not _LOADED:
         _LOADED.append(True)
-        for module in _BUILTIN:  # each declares TRAINERS in its TensorFlow-free __init__
-            for trainer in importlib.import_module(module).TRAINERS:
-                _REGISTRY.setdefault(trainer.name, trainer)
+        # every package here declares TRAINERS in its TensorFlow-free __init__
+        for package in sorted(pkgutil.iter_modules(__path__), key=_builtin_order):
+            if package.ispkg:
+                module = importlib.import_module(f"{__name__}.{package.name}")
+                for trainer in module.TRAINERS:
+                    _REGISTRY.setdefault(trainer.name, trainer)
+
+
+def _builtin_order(package) -> tuple:
+    """The one-network trainer first (the default), then by name."""
+    return (package.name != "meta", package.name)
+
+
+def registered() -> tuple[Trainer, ...]:
+    """Every registered trainer, built-in first."""
+    _builtins()
+    return tuple(_REGISTRY.values())
 
 
 def names() -> tuple[str, ...]:

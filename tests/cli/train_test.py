@@ -139,16 +139,23 @@ def _entries(help_text):
 
 
 def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exits_0():
+    from clid_tf import cli
     from clid_tf.cli import flags as flagdefs
+    cli.define_flags()
     proc = run_cli("--help")
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
     out = proc.stdout
     titles = [title for title, _ in flagdefs.HELP_GROUPS]
     assert titles[:2] == ["run and output", "data and noise"]
+    assert "\nread by --trainer=dividemix:\n  --p_threshold" in out  # then by trainer
+    assert "\nread by --trainer=fixmatch|flexmatch:\n  --ssl_strong_augment" in out
+    titles += [line[:-1] for line in out.splitlines() if line.startswith("read by --trainer=")]
     positions = [out.index(f"\n{title}:\n") for title in titles]
-    assert positions == sorted(positions)
+    assert positions == sorted(positions) and len(titles) > len(flagdefs.HELP_GROUPS) + 3
     entries = _entries(out)
-    assert sorted(entries) == sorted(n for _, names in flagdefs.HELP_GROUPS for n in names)
+    assert sorted(entries) == sorted(cli.training_flag_names())
+    assert ("  --trainer=dividemix: --meta_net=vri, --virtual_step=optimizer, --lambda_u=150.0,"
+            "\n      --select_augment=(weak if --augment is not none, else none)") in out
     assert "logtostderr" not in out and "helpfull:" not in out  # absl's flags only in --helpfull
     assert entries["noise_rate"].startswith(
         "  --noise_rate  default: 0.4; a number in the range [0.0, 1.0]")
@@ -166,14 +173,28 @@ def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exit
     assert "--[no]logtostderr" in full.stdout and "--verbosity" in full.stdout
 
 
-def test_every_training_flag_is_in_exactly_one_help_group():
+def test_every_training_flag_is_read_by_every_trainer_or_named_by_the_trainers_that_read_it():
     from clid_tf import cli
     from clid_tf.cli import flags as flagdefs
     cli.define_flags()
     grouped = [name for _, names in flagdefs.HELP_GROUPS for name in names]
     assert len(grouped) == len(set(grouped)), "a flag is in two help groups"
-    assert set(cli.training_flag_names()) - set(grouped) == set(), "add it to HELP_GROUPS"
-    assert set(grouped) - set(cli.training_flag_names()) == set(), "not a training flag"
+    named = set(flagdefs.readers())
+    assert set(cli.training_flag_names()) - set(grouped) - named == set(), \
+        "add it to HELP_GROUPS (every trainer reads it) or to the reads of its trainers"
+    assert set(grouped) & named == set(), "every trainer reads it: no trainer names it"
+    assert set(grouped) | named == set(cli.training_flag_names())
+
+
+def test_help_of_one_trainer_shows_its_flags_with_its_defaults():
+    proc = run_cli("--trainer=dividemix", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = _entries(proc.stdout)
+    assert "p_threshold" in entries and "lambda_u" in entries and "workdir" in entries
+    assert not {"vri_kl", "meta_every", "uratio", "num_labels", "optimizer"} & set(entries)
+    assert entries["lambda_u"].startswith("  --lambda_u  default: 150.0 (the trainer's)")
+    assert entries["meta_net"].startswith("  --meta_net  default: vri (the trainer's)")
+    assert "defaults each trainer sets" not in proc.stdout
 
 
 def test_audit_and_benchmark_help_exit_0():
@@ -267,6 +288,12 @@ def _list(tmp, name, *lines):
         _folder(tmp / "listed", {"a": [(8, 8)] * 2, "b": [(8, 8)] * 2})
         (tmp / "one_name.txt").write_text("only\nsecond\n")
     path = tmp / "listed" / f"{name}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _text(path, *lines):
+    """A text file of these lines (a flagfile)."""
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -442,8 +469,6 @@ def _bad_inputs(tmp):
                                              "--steps_per_epoch=5"], "--eval_every"),
         ("fixmatch with float16", ["--trainer=fixmatch", "--num_labels=200",
                                    "--mixed_precision=mixed_float16"], "mixed_bfloat16"),
-        ("fixmatch with --audit", ["--trainer=fixmatch", "--num_labels=200", "--audit"],
-         "--audit"),
         ("num_labels not a multiple of the classes", ["--trainer=fixmatch",
                                                       "--num_labels=205"], "multiple"),
         ("more labels than the data", ["--trainer=fixmatch", "--num_labels=2000"],
@@ -457,6 +482,16 @@ def _bad_inputs(tmp):
          "--method=ce_clean"),
         ("num_labels with DivideMix", ["--trainer=dividemix", "--num_labels=200"],
          "--num_labels"),
+        # a flag the chosen trainer does not read (issue 29)
+        ("another trainer's flags", ["--trainer=meta", "--p_threshold=0.3", "--uratio=3"],
+         "--p_threshold is read by --trainer=dividemix only; --trainer=meta would ignore it"),
+        ("another trainer's flag in a flagfile",
+         [f"--flagfile={_text(tmp / 'ssl.cfg', '--uratio=3')}"],
+         "--uratio is read by --trainer=fixmatch|flexmatch only"),
+        ("FlexMatch's flag with fixmatch", ["--trainer=fixmatch", "--num_labels=200",
+                                           "--nothresh_warmup"], "--thresh_warmup"),
+        ("fixmatch without an audit", ["--trainer=fixmatch", "--num_labels=200", "--audit"],
+         "offers no label audit (the trainers with one: meta, vri_single, dividemix)"),
         ("fixmatch on feature vectors",
          [_npz(tmp / "flat_ssl.npz", x_train=np.zeros((40, 5)), x_test=np.zeros((10, 5))),
           "--backbone=mlp", "--trainer=fixmatch", "--num_labels=9"], "images"),

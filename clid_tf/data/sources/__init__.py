@@ -43,6 +43,7 @@ class Source(Protocol):
       human_labels: label sets of human annotators that --noise may choose (CIFAR-N's
         'worst', 'aggre', ...); empty for every other source.
       example: an example of the --dataset value, for messages ('npz:/data/mine.npz').
+      summary: a few words for --help ('arrays'); optional.
     """
 
     name: str
@@ -83,6 +84,14 @@ def unregister(name: str) -> None:
 def registered() -> list[Source]:
     """Every registered source, in registration order."""
     return list(_REGISTRY.values())
+
+
+def described() -> str:
+    """The registered sources for --help: "'digits' (offline ...), 'npz:/data/mine.npz'
+    (arrays), ...": a name, or a prefixed source's example, and its summary."""
+    return ", ".join(f"'{s.example if s.prefixed else s.name}'"
+                     + (f" ({s.summary})" if getattr(s, "summary", "") else "")
+                     for s in _REGISTRY.values())
 
 
 def names() -> list[str]:

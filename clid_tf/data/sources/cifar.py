@@ -211,6 +211,7 @@ class CifarSource:
 
     prefixed = False
     example = 'cifar10'
+    summary = 'TFDS'
 
     def __init__(self, name: str):
         self.name = name

@@ -40,6 +40,7 @@ class DigitsSource:
     options = frozenset()
     human_labels = ()
     example = "digits"
+    summary = "offline scikit-learn 8x8 digits"
 
     def load(self, argument: str, **options) -> Dataset:
         del argument, options

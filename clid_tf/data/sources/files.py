@@ -47,6 +47,7 @@ class FolderSource:
     options = frozenset({"image_size", "resize_shorter"})
     human_labels = ()
     example = "folder:/data/pets"
+    summary = "class subfolders, inside train/, val/ and test/ where present"
 
     def load(self, argument: str, *, image_size: int | None = None,
              resize_shorter: int | None = None) -> Dataset:
@@ -66,6 +67,7 @@ class ListSource:
                          "test_list", "class_names_file"})
     human_labels = ()
     example = "list:/data/train.txt"
+    summary = "'relative/path label' lines, see --data_root"
 
     def load(self, argument: str, *, data_root: str | None = None,
              image_size: int | None = None, resize_shorter: int | None = None,
@@ -83,7 +85,18 @@ class ListSource:
         return load(lists, image_size=image_size, resize_shorter=resize_shorter)
 
     def claims(self, path: str) -> bool:
-        return path.endswith(LIST_SUFFIXES)
+        """A list file's suffix; a .csv only when its first line is 'path label' (a
+        comma-separated table with a header is another source's)."""
+        if not path.endswith(LIST_SUFFIXES):
+            return False
+        if not path.endswith(".csv") or not os.path.isfile(os.path.expanduser(path)):
+            return True  # (a FIFO is never opened)
+        try:
+            with open(os.path.expanduser(path), "rb") as f:
+                first = f.readline(4096)
+        except OSError:
+            return True
+        return b"," not in first
 
 
 SOURCES = (FolderSource(), ListSource())

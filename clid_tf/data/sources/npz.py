@@ -231,6 +231,7 @@ class NpzSource:
     options = frozenset()
     human_labels = ()
     example = 'npz:/data/mine.npz'
+    summary = 'arrays'
 
     def load(self, argument: str, **options) -> datasets.Dataset:
         del options

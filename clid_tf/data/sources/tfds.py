@@ -418,6 +418,7 @@ class TfdsSource:
     options = frozenset({'data_dir', 'image_size'})
     human_labels = ()
     example = 'tfds:oxford_flowers102'
+    summary = 'any TFDS image classification set'
 
     def load(self, argument: str, *, data_dir: str | None = None,
              image_size: int | None = None) -> datasets.Dataset:

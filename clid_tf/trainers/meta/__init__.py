@@ -4,17 +4,24 @@ authors' Clothing1M and Animal-10N scheme). Its Keras model is `model.MetaReweig
 `small_loss` holds the small-loss meta sets of the ce_sloss / mae_sloss baselines; `cli`
 builds and runs them from the flags."""
 
-from clid_tf.trainers import Refusal, Trainer, trains_on_all_labels
+from clid_tf.trainers import META_NET_FLAGS, SEMI_SUPERVISED_FLAGS, Refusal, Trainer
 
 # The meta trainer on the labeled part of --num_labels takes label-free meta objectives
 # (its meta set may be unlabeled images) or none.
 LABELED_PART_METHODS = ("ce", "clid", "entropy")
+# What the one-network trainers read beyond the meta-net's flags: the meta step's period,
+# VRI's KL weight, where the meta set comes from and how it is augmented, the classifier
+# optimizer, the training subset (Clothing1M, Animal-10N).
+ONE_NETWORK_FLAGS = ("meta_every", "vri_kl", "meta_source", "redraw_meta_each_epoch",
+                     "meta_augment", "optimizer", "reset_optimizer_each_epoch",
+                     "train_subset", "resample_subset_each_epoch")
 
 
 META = Trainer(
     name="meta",
     summary="one network, a meta-net trained through the virtual step (or plain ce)",
     adapter="clid_tf.trainers.meta.cli",
+    reads=(*META_NET_FLAGS, *ONE_NETWORK_FLAGS, *SEMI_SUPERVISED_FLAGS),
     defaults={"meta_net": "wnet", "virtual_step": "sgd", "select_augment": "none"},
     refusals=(
         Refusal(lambda f: bool(f.num_labels) and f.method not in LABELED_PART_METHODS,
@@ -32,6 +39,7 @@ VRI_SINGLE = Trainer(
     summary="one network with the VRI rectifier and the real optimizer's virtual step "
             "(the Clothing1M and Animal-10N scripts)",
     adapter="clid_tf.trainers.meta.cli",
+    reads=(*META_NET_FLAGS, *ONE_NETWORK_FLAGS),
     defaults={"meta_net": "vri", "virtual_step": "optimizer", "select_augment": "none"},
     refusals=(
         Refusal(lambda f: f.meta_net != "vri",
@@ -40,7 +48,6 @@ VRI_SINGLE = Trainer(
         Refusal(lambda f: f.method == "ce",
                 "--trainer=vri_single needs a meta objective; plain cross-entropy is "
                 "--trainer=meta --method=ce"),
-        trains_on_all_labels("vri_single"),
     ),
     audits=("in_sample", "out_of_sample"))
 

@@ -1,0 +1,110 @@
+"""docs/extending.md stays true: its example files (a meta-net, a dataset source, a Python
+script) are copied out of the page into a folder outside clid_tf, and the page's own
+commands run there: training with --extensions, a resume, the audit, the Python API."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn import datasets as sk_datasets
+
+from tests.helpers import ROOT
+from tests.helpers.cli import assert_one_line_error
+
+PAGE = os.path.join(ROOT, "docs", "extending.md")
+# Small sizes appended to the page's commands (the page shows the defaults).
+SMALL = ["--epochs=3", "--warmup_epochs=1", "--meta_size=100", "--batch_size=50",
+         "--verbose=0", "--export=none"]
+
+
+def page_files() -> dict[str, str]:
+    """'name.py' -> the code of each python block of the page that starts '# name.py'."""
+    text = open(PAGE).read()
+    return dict(re.findall(r"```python\n# (\w+\.py)\n(.*?)```", text, re.DOTALL))
+
+
+def page_commands() -> list[list[str]]:
+    """The page's `python -m clid_tf...` command lines, split."""
+    text = open(PAGE).read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    return [line.split() for block in blocks for line in block.splitlines()
+            if line.startswith("python -m clid_tf.")]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """The page's files and a noisy-label CSV table (digits features, label names) in a
+    fresh folder: train.csv and test.csv."""
+    where = tmp_path_factory.mktemp("extending")
+    for name, code in page_files().items():
+        (where / name).write_text(code)
+    x, y = sk_datasets.load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])
+    for split, rows in (("train", order[:1400]), ("test", order[1400:])):
+        header = ",".join(["label", *(f"f{i}" for i in range(64))])
+        lines = [",".join([names[y[i]], *(str(int(v)) for v in x[i])]) for i in rows]
+        (where / f"{split}.csv").write_text("\n".join([header, *lines]) + "\n")
+    return where
+
+
+def run(args, cwd):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(cwd)}
+    return subprocess.run([sys.executable, *args[1:]], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_page_has_the_examples_it_promises():
+    assert set(page_files()) == {"margin_metanet.py", "table_source.py", "use_them.py"}
+    assert [c[2] for c in page_commands()] == ["clid_tf.train", "clid_tf.train", "clid_tf.audit"]
+    sizes = re.search(r"the meta-net 1 file of (\d+) lines, the source 1 file of (\d+) lines",
+                      open(PAGE).read())
+    files = page_files()
+    assert sizes and [int(n) for n in sizes.groups()] == [
+        len(files["margin_metanet.py"].splitlines()), len(files["table_source.py"].splitlines())]
+
+
+def test_the_pages_commands_train_resume_and_audit_with_its_extensions(folder):
+    train, resume, audit = page_commands()
+    proc = run([*train, *SMALL], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "meta-net margin" in proc.stdout
+    assert "--extensions=margin_metanet,table_source" in proc.stdout.splitlines()[-1]
+    run_dir = folder / "runs" / "table"
+    first = json.load(open(run_dir / "results.json"))
+    assert first["meta_net"] == "margin" and first["flags"]["dataset"] == "table:train.csv"
+    assert first["class_names"][:2] == ["eight", "five"]  # the label names, sorted
+    assert first["final_test_accuracy"] > 0.5
+    # a run killed after its last checkpoint, before results.json: --resume finishes it
+    os.remove(run_dir / "results.json")
+    proc = run([*resume, *SMALL], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming after epoch 3 of 3" in proc.stdout
+    assert json.load(open(run_dir / "results.json"))["final_test_accuracy"] == pytest.approx(
+        first["final_test_accuracy"])
+    # the audit imports code only when its own command line names it
+    bare = run([a for a in audit if not a.startswith("--extensions")], folder)
+    assert_one_line_error(bare, "names --extensions=margin_metanet,table_source")
+    proc = run([*audit, "--audit_folds=0"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(run_dir / "results.json"))["audit"]["num_train"] == 1400
+
+
+def test_the_pages_python_example_runs(folder):
+    proc = run(["python", "use_them.py"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"margin net: -?\d", proc.stdout)
+
+
+def test_an_extension_that_cannot_be_imported_is_one_line(folder):
+    proc = run(["python", "-m", "clid_tf.train", "--extensions=no_such_module"], folder)
+    assert_one_line_error(proc, "--extensions=no_such_module: cannot import it "
+                                "(ModuleNotFoundError")
+    proc = run(["python", "-m", "clid_tf.train", "--extensions=./margin_metanet.py"], folder)
+    assert_one_line_error(proc, "--extensions takes module names")

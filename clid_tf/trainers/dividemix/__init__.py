@@ -14,7 +14,8 @@ DIVIDEMIX = Trainer(
             "by CLID",
     adapter="clid_tf.trainers.dividemix.cli",
     # Selection scores the meta sets as the meta batches see them: weak crop + flip
-    # whenever training augments (the authors' meta loader), as they are otherwise.
+    # whenever training augments (the authors' meta loader: ruofanhu/CLID-MU@5cd0608,
+    # sota/Train_cifar_vri.py:371-392), as they are otherwise.
     defaults={"meta_net": "vri", "virtual_step": "optimizer", "lambda_u": 150.0,
               "select_augment": lambda f: "none" if f.augment == "none" else "weak"},
     refusals=(
@@ -28,6 +29,7 @@ DIVIDEMIX = Trainer(
                           "per-sample loss to weight)"),
         Refusal(lambda f: f.meta_every != 1,
                 "--meta_every: --trainer=dividemix makes a meta step on every step"),
+        # VRI's KL is inert in ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py: meta_step().
         Refusal(lambda f: f.given("vri_kl"),
                 "--vri_kl: --trainer=dividemix logs VRI's KL but trains nothing with it (it "
                 "is inert in the authors' DivideMix scripts)"),

@@ -96,7 +96,9 @@ def ssl_step_data() -> dict:
 def build_ssl_model(mode: str):
     """A compiled FixMatchModel: mode 'fixmatch' or 'flexmatch', plain, or '..._clid' with
     the loss-net trained by CLID through the Nesterov virtual step (the authors' USB-fork
-    optimizers: SGD-Nesterov 0.03 wd 1e-4 without BN/bias decay; loss-net SGD-Nesterov)."""
+    optimizers: SGD-Nesterov 0.03 wd 1e-4 without BN/bias decay; loss-net SGD-Nesterov;
+    ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/algorithmbase.py:98 and 187, lr and wd
+    in the semi/config/classic_cv_meta/ files)."""
     import keras  # pylint: disable=import-outside-toplevel
 
     from clid_tf.models import backbones

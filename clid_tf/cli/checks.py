@@ -142,6 +142,8 @@ REFUSALS = (
         "for)"),
     Refusal(lambda f: f.resample_subset_each_epoch and not f.train_subset,
             "--resample_subset_each_epoch needs --train_subset=N (the subset to draw)"),
+    # The authors' Clothing1M script re-creates its Adam every epoch and so loses its decay:
+    # ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py:370 and 410-413.
     Refusal(lambda f: f.reset_optimizer_each_epoch and f.lr_schedule != "constant",
             "--reset_optimizer_each_epoch restarts the optimizer's iteration counter, and "
             "with it any lr schedule, every epoch (the reference loses its decay the same "

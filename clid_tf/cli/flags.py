@@ -135,6 +135,7 @@ def _define_shared_flags() -> None:
                         "(line i names label i).")
     flags.DEFINE_integer("image_size", None, "Resize folder:, list: and tfds: images to "
                          "SIZE x SIZE (needed when their sizes differ).", lower_bound=8)
+    # sym's convention: `unif` of ruofanhu/CLID-MU@5cd0608, dataloader.py: uniform_mix_C().
     flags.DEFINE_enum("noise", None, (*noise.KINDS, *sources.human_labels()),
                       "Label noise injected into the training labels: none, a synthetic "
                       "model (sym = reference convention, flip rate rate*(K-1)/K) or a "
@@ -147,6 +148,8 @@ def _define_shared_flags() -> None:
     flags.DEFINE_float("val_split", 0.0, "Hold out this fraction of the (noisy) training "
                        "data; its accuracy against the noisy labels is reported every "
                        "epoch beside the label-free CLID.", lower_bound=0.0, upper_bound=0.9)
+    # strong: the training pipeline of ruofanhu/CLID-MU@5cd0608, main_vri.py: build_dataset()
+    # (RandAugmentMC of rand_aug.py).
     flags.DEFINE_enum("augment", "none", AUGMENTS,
                       "Augmentation of training and meta images: flip (horizontal flips "
                       "only), weak (flip + 4-pixel reflect-padded crop) or strong (weak + "
@@ -214,6 +217,9 @@ def _define_shared_flags() -> None:
                        lower_bound=1e-6)
     flags.DEFINE_integer("warmup_epochs", 5, "Epochs of plain cross-entropy before meta "
                          "updates begin.", lower_bound=0)
+    # ruofanhu/CLID-MU@5cd0608: WNet's SGD in main_wnet.py: build_training(), VRI's Adam in
+    # main_vri.py: build_training(), the SSL loss-net's Nesterov SGD in
+    # semi/semilearn/core/algorithmbase.py:98.
     flags.DEFINE_enum("meta_optimizer", "adam", ("adam", "sgd"), "Meta-net optimiser "
                       "(reference: SGD without momentum for WNet, Adam for VRI; for fixmatch "
                       "and flexmatch sgd has Nesterov momentum 0.9, as the SSL reference).")
@@ -223,6 +229,9 @@ def _define_shared_flags() -> None:
     flags.DEFINE_integer("select_keep", 5, "Label-free checkpoint selection: keep the "
                          "weights (and test logits) of this many lowest meta-set-CLID epochs "
                          "for the selected model and the ensembles.", lower_bound=1)
+    # ruofanhu/CLID-MU@5cd0608: the meta images carry the training augmentation in dataloader.py:
+    # CIFAR10.__getitem__(); the SSL fork scores its meta set of weak-view labeled images
+    # (semi/semilearn/core/utils/build.py: get_dataset(), 'eval').
     flags.DEFINE_enum("select_augment", None, ("none", "weak", "strong"),
                       "Label-free selection: score the meta set as it is (none) or through "
                       "weak or strong augmentation (the reference scores it with its "
@@ -238,6 +247,8 @@ def _define_shared_flags() -> None:
                          "is unlabeled. Needed by fixmatch and flexmatch; with --trainer=meta "
                          "the meta trainer trains on that labeled part only (the "
                          "supervised-only baseline). 0: no split.", lower_bound=0)
+    # USB's default True: microsoft/Semi-supervised-learning@1ef4cbe, train.py; the fork's False:
+    # ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/utils/build.py: get_dataset().
     flags.DEFINE_bool("include_lb_to_ulb", False, "FixMatch/FlexMatch: the unlabeled set "
                       "is the whole training split, labeled samples included (USB's default; "
                       "the reference's is off).")
@@ -299,6 +310,7 @@ def _define_real_world_flags() -> None:
                          "that its shorter side is R (aspect ratio kept), then crop the "
                          "centre --image_size x --image_size (torchvision's Resize(R) + "
                          "CenterCrop(S): Clothing1M's 256 and 224).", lower_bound=8)
+    # imagenet: ruofanhu/CLID-MU@5cd0608, sota/dataloader_animal.py: animal_dataloader.
     flags.DEFINE_enum("standardize", None, ("data", "imagenet"), "Per-channel mean/std the "
                       "backbone standardises its input with: data (estimated from the "
                       "training images) or imagenet (torchvision's (0.485, 0.456, 0.406) / "
@@ -309,10 +321,12 @@ def _define_real_world_flags() -> None:
                         "weights, from the Keras cache ~/.keras/models or downloaded when "
                         "online) or PATH of that weights file "
                         "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5).")
+    # ruofanhu/CLID-MU@5cd0608, sota/dataloader_clothing1M.py: clothing_dataset (64 * 3000 samples).
     flags.DEFINE_integer("train_subset", 0, "Train on a class-balanced subset of the "
                          "training samples: at most N/K per (noisy) class, drawn once, "
                          "seeded (the Clothing1M reference trains on 192000 of its 1M); "
                          "0 = all.", lower_bound=0)
+    # Drawn once: ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py:345.
     flags.DEFINE_bool("resample_subset_each_epoch", False, "Draw the --train_subset anew "
                       "every epoch (the original DivideMix Clothing1M loader) instead of "
                       "once (the CLID-MU reference).")
@@ -321,20 +335,27 @@ def _define_real_world_flags() -> None:
                       "training) or val (--meta_size random images of the validation split, "
                       "e.g. Clothing1M's clean_val list; their labels are never read). "
                       "Label-free selection scores the same images.")
+    # ruofanhu/CLID-MU@5cd0608, sota/Train_animal_vri.py:489.
     flags.DEFINE_bool("redraw_meta_each_epoch", False, "Draw a new random meta set every "
                       "epoch (the Animal-10N reference); label-free selection keeps "
                       "scoring the first one, so that its CLID values compare across epochs.")
+    # No flip for Clothing1M's meta images: ruofanhu/CLID-MU@5cd0608,
+    # sota/Train_clothing1M_vri.py:353-359.
     flags.DEFINE_enum("meta_augment", None, AUGMENTS, "Augmentation of the meta images "
                       "(as --augment); default: --augment's. Clothing1M's reference does "
                       "not flip them.")
+    # adam: ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py:325 (torch.optim.Adam defaults).
     flags.DEFINE_enum("optimizer", "sgd", ("sgd", "adam"), "Classifier optimizer: sgd "
                       "(momentum --momentum) or adam (beta 0.9/0.999, epsilon 1e-8, "
                       "PyTorch's defaults: the Clothing1M reference's).")
+    # ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py:370.
     flags.DEFINE_bool("reset_optimizer_each_epoch", False, "Zero the classifier optimizer's "
                       "state (iteration counter, momentum, Adam's moments) at the start of "
                       "every epoch, as the Clothing1M reference re-creates its Adam "
                       "(parity only); its lr schedule would restart "
                       "every epoch, so it needs --lr_schedule=constant.")
+    # ruofanhu/CLID-MU@5cd0608, sota/Train_animal_vri.py:479-514, with --warmup 10 in
+    # sota/submit_animal.sh.
     flags.DEFINE_integer("lr_schedule_start", 0, "Hold --lr for this many epochs, then run "
                          "--lr_schedule from its first epoch (the Animal-10N reference "
                          "starts its cosine after its 10 warm-up epochs).", lower_bound=0)

@@ -1,4 +1,5 @@
-"""CLID: cross-layer information divergence label-free, as the authors' `clid_loss`.
+"""CLID: cross-layer information divergence label-free, as the authors' `clid_loss`
+(ruofanhu/CLID-MU@5cd0608, utilities.py).
 
 CLID compares two similarity structures of one meta batch: cosine similarities of the
 last hidden layer (features, the detached target S) and of the softmax predictions (Q,
@@ -14,7 +15,7 @@ EPS = 1e-7
 
 def clid(features: tf.Tensor, logits: tf.Tensor, *, tau: float = 0.5,
          eps: float = EPS) -> tf.Tensor:
-    """CLID of one meta batch, exactly as the reference `clid_loss`.
+    """CLID of one meta batch, exactly as `clid_loss` (ruofanhu/CLID-MU@5cd0608, utilities.py).
 
     S = stop_gradient(softmax_rows(relu_mask(cos(h_i, h_j) / tau)))   feature side, target
     W = <p_i/|p_i|, p_j/|p_j|>,  Q = W / stop_gradient(rowsum(W))     prediction side

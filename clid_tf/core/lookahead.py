@@ -8,8 +8,9 @@ gradients g (all lists of one length):
                momentum, no weight decay), at the current scheduled lr.
   'optimizer'  `OptimizerStep(optimizer)`: exactly the update the real classifier optimizer
                would make next from its current state (momentum or Adam slots, iteration
-               counter, scheduled lr), with the project's coupled weight decay
-               g + wd * theta (`with_decay`), as the authors' `higher` step. Keras 3 semantics
+               counter, scheduled lr), with the project's coupled weight decay g + wd * theta
+               (`with_decay`), as the authors' `higher` step (ruofanhu/CLID-MU@5cd0608,
+               sota/Train_cifar_vri.py: meta_step()). Keras 3 semantics
                (keras/src/optimizers/sgd.py and adam.py `update_step`), per element:
         SGD, momentum 0     theta' = theta - lr g                                D = lr
         SGD, heavy ball     m' = mu m - lr g;  theta' = theta + m'               D = lr
@@ -67,7 +68,8 @@ def decay_mask(variables: Sequence[keras.Variable],
 
 def bn_and_bias(model: keras.Model) -> list[keras.Variable]:
     """The BatchNormalization and bias variables of `model`: the variables that the SSL
-    integration of the authors' USB fork exempts from weight decay."""
+    integration of the authors' USB fork exempts from weight decay (ruofanhu/CLID-MU@5cd0608,
+    semi/semilearn/nets/utils.py: param_groups_weight_decay())."""
     exempt = []
     for layer in model._flatten_layers():  # pylint: disable=protected-access
         if isinstance(layer, keras.layers.BatchNormalization):

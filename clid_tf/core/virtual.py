@@ -12,7 +12,8 @@ meta-net's weighted loss, dz(phi) = dL_f/dz [B, K], g = J_z^T dz(phi). Then
 U is element-wise in g and nothing else in it depends on phi, so the hypergradient needs
 D * v and J_z (D * v), one forward-mode pass over the training batch (`meta_grad='jvp'`),
 instead of differentiating through the recorded backward pass and U
-(`meta_grad='tape'`, reverse-over-reverse, the reference). `meta_grad='recompute'` is the
+(`meta_grad='tape'`, reverse-over-reverse, as the authors' create_graph=True step:
+ruofanhu/CLID-MU@5cd0608, main_vri.py: train()). `meta_grad='recompute'` is the
 tape route in two passes: v first, then the virtual backward again, recorded and
 differentiated with cotangent -D * v, so the meta forward's activations and the recorded
 virtual backward are never held together. All are exact, also with BatchNorm in training
@@ -271,7 +272,7 @@ def hypergradient_tape(backbone: keras.Model, loss: TrainingLoss, fwd: TrainForw
                        stepped: Sequence[int], meta_objective: Callable[..., tf.Tensor],
                        scaling: loss_scaling.LossScaling) -> MetaResult:
     """Reverse-over-reverse: differentiate L_meta through the recorded backward pass and the
-    virtual step U (full second order: the reference)."""
+    virtual step U (full second order, as ruofanhu/CLID-MU@5cd0608, main_vri.py: train())."""
     phi = loss.phi
     with tf.GradientTape() as outer:
         dz, weighted = logit_gradient(loss, fwd.logits, fwd.features)

@@ -1,4 +1,4 @@
-"""Batch image augmentation for tf.data (the authors' CIFAR pipeline).
+"""Batch image augmentation for tf.data (the authors' CIFAR pipelines, cited below).
 
 `build(kind, image_shape=..., seed=...)` returns a function for `dataset.map` that takes a
 batch of raw images, float32 [B, H, W, C] with integer values in 0..255 (unnormalised; the
@@ -11,18 +11,24 @@ model normalises), and returns a batch of the same shape, dtype and value range:
 - 'strong': weak, then FixMatch's RandAugmentMC(n=2, m=10): per image, 2 ops drawn with
   replacement from the 14-op pool `OPS`, each applied with probability 0.5 at an integer
   level drawn uniformly from [1, 10); then always CutoutAbs with a grey (127) square of half
-  the image side (16 px on 32x32). The authors' single-network and DivideMix CIFAR-10 scripts
-  apply it to the training (and meta) images.
+  the image side (16 px on 32x32). The authors' single-network and DivideMix CIFAR-10
+  scripts apply it to the training (and meta) images (ruofanhu/CLID-MU@5cd0608, rand_aug.py:
+  RandAugmentMC; main_vri.py and main_wnet.py: build_dataset()).
 - 'randaugment': weak, then USB's RandAugment(3, 5) as the authors' semi-supervised code
-  builds its strong view: per image, 3 ops drawn with replacement from the same pool, each
-  always applied, its value drawn uniformly over the op's whole range (`RANGES`: enhance
-  factors in [0.05, 0.95), Posterize 4..7 bits, Rotate [-30, 30) degrees, Shear and
-  Translate [-0.3, 0.3) of the side, Solarize threshold [0, 256)); no Cutout (the USB
-  fork's `fixmatch=False`). The magnitude m plays no part there, as in USB.
+  builds its strong view (ruofanhu/CLID-MU@5cd0608,
+  semi/semilearn/datasets/cv_datasets/cifar.py: get_cifar()): per image, 3 ops drawn with
+  replacement from the same pool, each always applied, its value drawn uniformly over the
+  op's whole range (`RANGES`: enhance factors in [0.05, 0.95), Posterize 4..7 bits, Rotate
+  [-30, 30) degrees, Shear and Translate [-0.3, 0.3) of the side, Solarize threshold
+  [0, 256)); no Cutout (the USB fork's `fixmatch=False`:
+  semi/semilearn/datasets/augmentation/randaugment.py: RandAugment, same commit). The
+  magnitude m plays no part there, as in USB (microsoft/Semi-supervised-learning@1ef4cbe,
+  semilearn/datasets/augmentation/randaugment.py: RandAugment, which always adds Cutout).
 
 Each op reproduces the PIL code of FixMatch's `randaugment.py` (kekmodel/FixMatch-pytorch)
-and of USB's (Pillow 13) on uint8-valued images, quirks included: FixMatch's
-Brightness/Color/Contrast/Sharpness factor is 0.05 + 0.09 * level, so always in [0.14,
+and of USB's (Pillow 13; microsoft/Semi-supervised-learning@1ef4cbe,
+semilearn/datasets/augmentation/randaugment.py) on uint8-valued images, quirks included:
+FixMatch's Brightness/Color/Contrast/Sharpness factor is 0.05 + 0.09 * level, so always in [0.14,
 0.86]; its Solarize threshold is 256 - int(25.6 * level); Rotate (angle mod 360, as
 Image.rotate), Shear and Translate (whole pixels in FixMatch, fractional in USB) sample
 nearest pixels with PIL's 16.16 fixed-point affine arithmetic and fill with black (0);
@@ -70,8 +76,10 @@ OPS: tuple[str, ...] = (
 NUM_OPS = 2  # RandAugmentMC n
 MAGNITUDE = 10  # RandAugmentMC m: levels are integers in [1, m)
 PARAMETER_MAX = 10  # FixMatch's level scale: a parameter is level * max_v / PARAMETER_MAX
-USB_NUM_OPS = 3  # USB's RandAugment(3, 5): 3 ops, each always applied
-# USB's `augment_list`: the range [min, max) each op's value is drawn from, in OPS order.
+# USB's RandAugment(3, 5) and `augment_list` (microsoft/Semi-supervised-learning@1ef4cbe,
+# semilearn/datasets/augmentation/randaugment.py): 3 ops, each always applied;
+USB_NUM_OPS = 3
+# the range [min, max) each op's value is drawn from, in OPS order.
 RANGES: tuple[tuple[float, float], ...] = (
         (0, 1), (0.05, 0.95), (0.05, 0.95), (0.05, 0.95), (0, 1), (0, 1), (4, 8), (-30, 30),
         (0.05, 0.95), (-0.3, 0.3), (-0.3, 0.3), (0, 256), (-0.3, 0.3), (-0.3, 0.3))
@@ -207,7 +215,9 @@ def randaugment_draws(seed: tf.Tensor, batch, hw: Sequence[int]
     """USB RandAugment(3, 5)'s draws for a batch of images of size hw = (H, W): 3 rounds of
     (op int32 [b], value float64 [b] in the terms of `apply_op`), each op uniform over the
     pool (with replacement) and always applied, its value uniform over the op's `RANGES`
-    entry (a translation's fraction times the side: USB's `v * img.size`, not truncated)."""
+    entry (a translation's fraction times the side: USB's `v * img.size`, not truncated;
+    microsoft/Semi-supervised-learning@1ef4cbe, semilearn/datasets/augmentation/randaugment.py:
+    RandAugment.__call__(), TranslateX())."""
     h, w = hw
     ops, values = [], []
     scale = [w if name == 'TranslateX' else h if name == 'TranslateY' else 1 for name in OPS]
@@ -228,7 +238,9 @@ def apply_op(images: tf.Tensor, op: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     The value is the op's own parameter: the enhance factor of Brightness, Color, Contrast
     and Sharpness; the bits Posterize keeps (int(value)); Solarize's threshold; Rotate's
     angle in degrees (counter-clockwise); ShearX/Y's shear; TranslateX/Y's shift in pixels
-    (whole in FixMatch, fractional in USB); unused by AutoContrast, Equalize and Identity.
+    (whole in FixMatch, fractional in USB: microsoft/Semi-supervised-learning@1ef4cbe,
+    semilearn/datasets/augmentation/randaugment.py: TranslateX()); unused by AutoContrast,
+    Equalize and Identity.
 
     Args:
       images: float32 [B, H, W, C] in 0..255 (integer values).

@@ -261,8 +261,9 @@ class FileInputs:
       image_size: S to resize (or crop) to, or None when every image already has
         element_shape.
       resize_shorter: R >= S: resize each image so that its shorter side is R (aspect ratio
-        kept), then crop its centre S x S (the Clothing1M reference's Resize(256) +
-        CenterCrop(224)); None resizes straight to S x S.
+        kept), then crop its centre S x S (the authors' Clothing1M Resize(256) +
+        CenterCrop(224): ruofanhu/CLID-MU@5cd0608, sota/dataloader_clothing1M.py:
+        clothing_dataloader); None resizes straight to S x S.
     """
 
     def __init__(self, files: FileList, element_shape: Sequence[int], *,

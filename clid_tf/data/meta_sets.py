@@ -28,8 +28,8 @@ def balanced_split(labels: np.ndarray, *, size: int, num_classes: int,
                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Meta-Weight-Net's labelled meta set: size // K samples per class of `labels`.
 
-    As in the reference, classes are balanced by the (noisy) label the data carries, and the
-    meta samples are removed from training.
+    As in ruofanhu/CLID-MU@5cd0608, dataloader.py: split_meta_train(), classes are balanced by the
+    (noisy) label the data carries, and the meta samples are removed from training.
 
     Args:
       labels: int [N] labels used for stratification.

@@ -7,16 +7,19 @@ from its row; 'instance' builds one such row per sample from the image (Xia et a
 'confusion' builds it from a classifier's out-of-sample doubt about each image, the
 structure of human labels such as CIFAR-N's (`confusion_probabilities`).
 
-Conventions that differ between the reference code paths:
-'sym' is the reference `unif` noise, C = rate/K * ones + (1 - rate) * I, so a label is kept
-with probability 1 - rate + rate/K and the expected flip rate is rate*(K-1)/K; 'sym_exact'
-flips with probability exactly `rate` to a uniformly random other class (SSL convention).
+Conventions that differ between the authors' two code paths (ruofanhu/CLID-MU@5cd0608:
+dataloader.py of the noisy-label scripts, semi/semilearn/core/utils/noise.py of the
+semi-supervised ones): 'sym' is dataloader.py's `unif` noise (uniform_mix_C()),
+C = rate/K * ones + (1 - rate) * I, so a label is kept with probability 1 - rate + rate/K and
+the expected flip rate is rate*(K-1)/K; 'sym_exact' flips with probability exactly `rate` to
+a uniformly random other class (SSL convention: build_uniform_P() of
+semi/semilearn/core/utils/noise.py).
 
-Matrices follow the reference code exactly: 'flip'/'flip2' are the one matrix of its
+Matrices follow dataloader.py exactly: 'flip'/'flip2' are the one matrix of its
 `flip_labels_C` / `flip_labels_C_two` (numpy's legacy generator seeded with 1, one
 `choice` per row), whatever `seed` is, so seeds differ only in which samples flip;
-'asym_cifar100' is the loss-correction convention (`noisify_cifar100_asymmetric`): next
-class within consecutive index blocks 5i..5i+4, the block's last class to its first.
+'asym_cifar100' is the loss-correction convention (noise.py: `noisify_cifar100_asymmetric`):
+next class within consecutive index blocks 5i..5i+4, the block's last class to its first.
 'asym_cifar100_superclass' does the same within the true CIFAR-100 superclasses.
 """
 
@@ -43,9 +46,11 @@ CIFAR100_COARSE: tuple[int, ...] = (
 # CIFAR-10 asymmetric noise: truck->automobile, bird->airplane, cat<->dog, deer->horse.
 CIFAR10_ASYM_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
 
-FLIP_MATRIX_SEED = 1  # the reference's fixed seed of flip_labels_C / flip_labels_C_two
+# the fixed seed of flip_labels_C / flip_labels_C_two (ruofanhu/CLID-MU@5cd0608, dataloader.py)
+FLIP_MATRIX_SEED = 1
 ASYM_CIFAR100_BLOCK = 5  # classes per consecutive index block of 'asym_cifar100'
-INSTANCE_NORM_STD = 0.1  # sd of the per-sample flip rate (reference `norm_std`)
+# sd of the per-sample flip rate (`norm_std`: ruofanhu/CLID-MU@5cd0608, dataloader.py: CIFAR10)
+INSTANCE_NORM_STD = 0.1
 _INSTANCE_CHUNK = 1024  # rows of flattened images multiplied at once
 CONFUSION_FOLDS = 5  # out-of-sample folds of the classifier that 'confusion' asks
 CONFUSION_DIMS = 64  # principal components of the pixels that classifier reads
@@ -118,12 +123,12 @@ def _from_targets(rate: float, targets: np.ndarray) -> np.ndarray:
 
 
 def _flip(rate: float, k: int, *, n_targets: int) -> np.ndarray:
-    """Each class spreads `rate` evenly over `n_targets` other classes, the reference's.
+    """Each class spreads `rate` evenly over `n_targets` other classes, the authors'.
 
-    The reference (`flip_labels_C`, `flip_labels_C_two`) seeds numpy's legacy generator
-    with 1 and draws each row's targets in turn: `choice(others)` for one target,
-    `choice(others, 2, replace=False)` for two. A local RandomState(1) gives the same
-    stream without touching numpy's global state.
+    ruofanhu/CLID-MU@5cd0608, dataloader.py (`flip_labels_C`, `flip_labels_C_two`) seeds
+    numpy's legacy generator with 1 and draws each row's targets in turn: `choice(others)`
+    for one target, `choice(others, 2, replace=False)` for two. A local RandomState(1) gives
+    the same stream without touching numpy's global state.
     """
     legacy = np.random.RandomState(FLIP_MATRIX_SEED)
     c = (1.0 - rate) * np.eye(k)
@@ -194,9 +199,9 @@ def _matrix(kind: str, rate: float, k: int) -> np.ndarray:
 def noise_matrix(*, kind: str, rate: float, num_classes: int) -> np.ndarray:
     """The designed transition matrix that `corrupt` samples from for a class-level kind.
 
-    No matrix depends on a seed: 'flip'/'flip2' are the reference's fixed-seed matrices
-    whatever the seed of `corrupt`. 'instance' and 'confusion' have no class-level matrix
-    (ValueError).
+    No matrix depends on a seed: 'flip'/'flip2' are the fixed-seed matrices of
+    ruofanhu/CLID-MU@5cd0608, dataloader.py, whatever the seed of `corrupt`. 'instance' and
+    'confusion' have no class-level matrix (ValueError).
 
     Args:
         kind: a name from KINDS other than 'instance' and 'confusion'.
@@ -410,18 +415,19 @@ def corrupt(labels: np.ndarray, *, kind: str, rate: float, num_classes: int, see
             images: np.ndarray | None = None) -> np.ndarray:
     """Injects synthetic label noise of one kind.
 
-    Kinds: 'none' (copy); 'sym' (reference `unif`: C = rate/K + (1-rate) I, flip rate
-    rate*(K-1)/K); 'sym_exact' (flip w.p. rate to a uniform other class); 'pair'
-    (y -> (y+1) mod K); 'flip' (per class, one other class of the reference's fixed
-    matrix, `flip_labels_C` with seed 1); 'flip2' (two such classes, rate/2 each,
+    Kinds: 'none' (copy); 'sym' (`unif` of ruofanhu/CLID-MU@5cd0608, dataloader.py:
+    C = rate/K + (1-rate) I, flip rate rate*(K-1)/K); 'sym_exact' (flip w.p. rate to a
+    uniform other class); 'pair' (y -> (y+1) mod K); 'flip' (per class, one other class of
+    that file's fixed matrix, `flip_labels_C` with seed 1); 'flip2' (two such classes, rate/2 each,
     `flip_labels_C_two`); 'asym_cifar10' (9->1, 2->0, 3<->5, 4->7, K=10); 'asym_cifar100'
     (next class within index blocks 5i..5i+4, 5i+4 -> 5i, K=100); 'asym_cifar100_superclass'
     (next class of the same CIFAR-100 superclass, cyclic, K=100); 'hierarchical' (uniform
     over the other 4 classes of the superclass, K=100);
     'instance' (Xia et al. 2020, see `instance_probabilities`; needs `images`; note that
     rate 0 still flips about 8% because q_i ~ TruncNormal(0, 0.1, [0, 1]), as in the
-    reference); 'confusion' (human-like: the doubtful images flip to the classes they
-    resemble, `confusion_probabilities` of `confusion_scores`; needs `images`).
+    authors' tools.py: get_instance_noisy_label(), same commit); 'confusion' (human-like:
+    the doubtful images flip to the classes they resemble, `confusion_probabilities` of
+    `confusion_scores`; needs `images`).
 
     Args:
         labels: int [N] clean labels in [0, num_classes).
@@ -499,7 +505,8 @@ def flip_rate(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 
 def imbalance_counts(n_max: int, *, gamma: float, num_classes: int) -> np.ndarray:
-    """Per-class sizes n_c = floor(n_max * (1/gamma)^(c/(K-1))) (reference `--gamma`).
+    """Per-class sizes n_c = floor(n_max * (1/gamma)^(c/(K-1))) (`--gamma` of
+    ruofanhu/CLID-MU@5cd0608, main_vri.py; dataloader.py: make_imb_data()).
 
     Args:
         n_max: size of class 0 (the largest).
@@ -522,9 +529,10 @@ def imbalance_indices(labels: np.ndarray, *, gamma: float, seed: int,
     """Indices of a long-tailed subset: n_c samples of class c, chosen by the labels given.
 
     Pass the *true* labels (selection by true label after noise injection, as the authors'
-    `--gamma` option). n_max is the size of the largest class; a class with fewer
-    than n_c samples keeps all of them, so gamma = 1 keeps everything. Which samples of a
-    class are kept is drawn uniformly from `seed`.
+    `--gamma` option: ruofanhu/CLID-MU@5cd0608, dataloader.py: get_imbalanced_dataset()).
+    n_max is the size of the largest class; a class with fewer than n_c samples keeps all of
+    them, so gamma = 1 keeps everything. Which samples of a class are kept is drawn
+    uniformly from `seed`.
 
     Args:
         labels: int [N] true labels in [0, K).

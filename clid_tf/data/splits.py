@@ -88,10 +88,12 @@ def prepare(dataset: datasets.Dataset, *, noise: str, noise_rate: float, method:
         of the validation split, for label-free methods (Clothing1M's clean_val images;
         the labels are never read) and for 'ce' (its label-free selection set).
       redraw_meta: a new random meta set of the same size every epoch (label-free methods;
-        the Animal-10N reference's), `Setup.meta_of_epoch`.
+        the authors' Animal-10N script's: ruofanhu/CLID-MU@5cd0608, sota/Train_animal_vri.py:489),
+        `Setup.meta_of_epoch`.
       train_subset: > 0 trains on a class-balanced subset of the training samples: at most
-        train_subset // K per noisy class (`balanced_subset`, the Clothing1M reference's
-        192 000); 0 trains on all.
+        train_subset // K per noisy class (`balanced_subset`, the authors' Clothing1M
+        192 000: ruofanhu/CLID-MU@5cd0608, sota/dataloader_clothing1M.py:
+        clothing_dataset); 0 trains on all.
       resample_subset: draw that subset anew every epoch (`Setup.train_of_epoch`) instead
         of once.
 
@@ -154,7 +156,8 @@ def _split(dataset, *, noise, noise_rate, method, meta_size, seed, val_split,
         dataset = dataset._replace(train=dataset.train._replace(
             clean_labels=dataset.train.labels.astype(np.int64)))
     k = dataset.num_classes
-    # Long-tailed subset, selected by true label after noise injection (reference).
+    # Long-tailed subset, selected by true label after noise injection
+    # (ruofanhu/CLID-MU@5cd0608, dataloader.py: get_imbalanced_dataset()).
     clean = dataset.train.clean_labels
     true = clean if clean is not None else dataset.train.labels
     pool = (noise_lib.imbalance_indices(true, gamma=imbalance_gamma, seed=seed, num_classes=k)
@@ -203,8 +206,10 @@ def redrawn_meta(pool: np.ndarray, first: np.ndarray, seed: int) -> EpochIndices
 
 def balanced_subset(labels: np.ndarray, pool: np.ndarray, *, size: int, num_classes: int,
                     seed: int, epoch: int = 0) -> np.ndarray:
-    """A class-balanced subset of `pool` (the authors' Clothing1M loader loop): the pool in a
-    seeded random order, from which every class keeps its first size // K members.
+    """A class-balanced subset of `pool` (the authors' Clothing1M loader loop:
+    ruofanhu/CLID-MU@5cd0608, sota/dataloader_clothing1M.py: clothing_dataset.__init__()):
+    the pool in a seeded random order, from which every class keeps its first size // K
+    members.
 
     A class with fewer members keeps them all, so the subset has
     sum_c min(n_c, size // K) <= size samples, the same number for every seed and epoch.

@@ -86,7 +86,8 @@ def labeled_subset(labels: np.ndarray, *, num_labels: int, num_classes: int,
 def stratified_meta_set(indices: np.ndarray, noisy_labels: np.ndarray, *, size: int,
                         num_classes: int, seed: int) -> np.ndarray:
     """int64 sorted: size / K of `indices` per NOISY label (the committed configs' meta set,
-    as the authors' fork); they stay in training. The size is checked against them."""
+    as the authors' fork: ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/utils/build.py:
+    get_meta_set()); they stay in training. The size is checked against them."""
     per_class = size // num_classes
     if per_class < 1:
         raise ValueError(f"meta_size={size} is smaller than the number of classes "
@@ -119,7 +120,9 @@ def prepare(dataset: datasets.Dataset, *, num_labels: int, noise: str, noise_rat
       meta_source: 'unlabeled' or 'labeled' (module docstring).
       meta_size: meta-set size (a multiple of K is used for 'labeled').
       include_labeled_in_unlabeled: the unlabeled set is the whole training split
-        (USB's include_lb_to_ulb; the reference's default is False).
+        (USB's include_lb_to_ulb, True by default in
+        microsoft/Semi-supervised-learning@1ef4cbe, train.py; the authors' fork passes False:
+        ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/utils/build.py: get_dataset()).
       val_split: fraction of the labeled samples held out.
       batch_size, unlabeled_batch_size, meta_batch_size: batch sizes, checked against the
         parts they draw from (unlabeled_batch_size 0: no unlabeled batches).

@@ -9,8 +9,9 @@ epochs with the lowest meta CLID are kept; from them come
   acc_5  the same for the 5 lowest-CLID epochs.
 
 Test labels are read only to report these accuracies, never to rank epochs. The meta images
-are scored as they are, or through the training augmentation (`augment`; the reference
-scores them strongly augmented, as its loader augments every training image).
+are scored as they are, or through the training augmentation (`augment`; the authors'
+code scores them strongly augmented, as its loader augments every training image:
+ruofanhu/CLID-MU@5cd0608, dataloader.py: CIFAR10.__getitem__()).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def weighted_mean(values: Sequence[float], sizes: Sequence[int]) -> float:
 
 def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: float,
                   seed: int, augment: Callable[..., tf.Tensor] | None = None) -> float:
-    """Meta-set CLID in inference mode: sum_b CLID_b * n_b / N (reference `test_meta`).
+    """Meta-set CLID in inference mode: sum_b CLID_b * n_b / N (`test_meta` in
+    ruofanhu/CLID-MU@5cd0608, utilities.py).
 
     The meta samples are shuffled with `seed` and cut into batches of `batch_size`; the last
     batch may be smaller. A last batch of one sample (degenerate CLID) is skipped, and N is
@@ -79,11 +81,13 @@ def meta_set_clid(backbone: Forward, meta: data.Part, *, batch_size: int, tau: f
       backbone: model (or any callable with its signature) mapping raw inputs
         float32 [b, ...] with training=False to (logits [b, K], features [b, d]).
       meta: the meta set (a source and its indices); its labels are never read.
-      batch_size: meta batch size b (the reference uses 100, like the meta step).
+      batch_size: meta batch size b (the authors use 100, like the meta step: --meta_bsz
+        in main_vri.py).
       tau: CLID temperature.
       seed: shuffle seed; the same seed gives the same batches and so the same value.
-      augment: batch augmentation of the training pipeline (the reference scores its meta
-        images strongly augmented), seeded by (seed, batch); None scores them as they are.
+      augment: batch augmentation of the training pipeline (the authors' code scores its
+        meta images strongly augmented: ruofanhu/CLID-MU@5cd0608, dataloader.py:
+        CIFAR10.__getitem__()), seeded by (seed, batch); None scores them as they are.
 
     Returns:
       The weighted mean CLID, a Python float.
@@ -159,8 +163,9 @@ def _rank_key(entry: Entry) -> tuple[float, int]:
 
 
 class TopKLogits:
-    """The `max_size` epochs with the LOWEST score and their test logits (reference
-    `update_best_results_dict`); only those logits are held in memory."""
+    """The `max_size` epochs with the LOWEST score and their test logits
+    (`update_best_results_dict` in ruofanhu/CLID-MU@5cd0608, utilities.py); only those
+    logits are held in memory."""
 
     def __init__(self, max_size: int = 5):
         if max_size < 1:
@@ -212,9 +217,10 @@ class TopKLogits:
 
 
 def merged_top_k(stores: Sequence[TopKLogits], k: int) -> list[tuple[int, Entry]]:
-    """The k lowest-score entries over several stores (DivideMix's two networks, reference
-    `best_results_dict_double`): (store index, entry) pairs, best first; ties go to the
-    earlier epoch, then to the lower store index. k is capped at the entries stored."""
+    """The k lowest-score entries over several stores (DivideMix's two networks,
+    `best_results_dict_double` in ruofanhu/CLID-MU@5cd0608, sota/utils.py): (store index,
+    entry) pairs, best first; ties go to the earlier epoch, then to the lower store index. k
+    is capped at the entries stored."""
     pool = [(i, entry) for i, store in enumerate(stores) for entry in store.entries]
     return sorted(pool, key=lambda item: (*_rank_key(item[1]), item[0]))[:k]
 
@@ -262,9 +268,11 @@ class ClidSelection(keras.callbacks.Callback):
       prefix: prepended to every logged name (e.g. 'net1_' for one of two networks).
       eligible_from: the first (1-based) epoch the store may keep: earlier epochs are
         scored and logged but never selected (DivideMix keeps its warm-up out, as the
-        authors' pools start after it). 1: every epoch. With `WarmUp(w)`, eligible_from=w+1
-        keeps the plain cross-entropy epochs out: a network early in training can score a
-        low CLID while it still predicts nearly one class for everything.
+        authors' pools start after it: ruofanhu/CLID-MU@5cd0608,
+        sota/Train_cifar_vri_mix.py:472-527). 1: every epoch. With `WarmUp(w)`,
+        eligible_from=w+1 keeps the plain cross-entropy epochs out: a network early in
+        training can score a low CLID while it still predicts nearly one class for
+        everything.
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,

@@ -10,8 +10,9 @@ ensembles. `TwoNetEvaluation` adds, from the logits those two computed:
                              (what --export=selected serves)
   merged_selected_accuracy   the single lowest-CLID (network, epoch) of both pools
   ensemble3/5_accuracy       the 3 / 5 lowest-CLID (network, epoch) entries of both pools,
-                             logits summed (reference `best_results_dict_double`; what
-                             --export=ensemble serves)
+                             logits summed (`best_results_dict_double` in
+                             ruofanhu/CLID-MU@5cd0608, sota/utils.py; what --export=ensemble
+                             serves)
 
 Test labels are read only to report; epochs are ranked by meta-set CLID alone.
 """

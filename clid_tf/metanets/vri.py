@@ -62,11 +62,12 @@ def _xavier_dense(units: int, activation: str | None, seed: int | None,
 class VRINet(keras.Model):
     """VRI meta-net: (detached feature, noisy label) -> per-class logit weights [B, K].
 
-    Architecture (reference `meta_net.py::vri(576, 1024, 512, K)`): concat(stop_gradient(
-    features) [B, d], Embedding(K, embed_dim)(labels) [B, e]) -> Dense 1024 -> tanh ->
-    Dense 512 -> tanh -> Dense 512 -> tanh -> heads `mean` and `log_var` (512 -> K).
-    Dense kernels are Xavier-normal, biases zero; the embedding starts at N(0, 1), the
-    PyTorch nn.Embedding default (the reference only re-initialises its Linear layers).
+    Architecture (ruofanhu/CLID-MU@5cd0608, meta_net.py: vri(576, 1024, 512, K)):
+    concat(stop_gradient(features) [B, d], Embedding(K, embed_dim)(labels) [B, e]) ->
+    Dense 1024 -> tanh -> Dense 512 -> tanh -> Dense 512 -> tanh -> heads `mean` and
+    `log_var` (512 -> K). Dense kernels are Xavier-normal, biases zero; the embedding starts
+    at N(0, 1), the PyTorch nn.Embedding default (the authors' vri.init_weights() only
+    re-initialises its Linear layers).
     The layers are built in the constructor, so the variables exist before `compile`.
 
     `call(features, labels)` gives the posterior (mu, log_var), `prior(features)` the prior
@@ -146,8 +147,9 @@ class VRINet(keras.Model):
     def _encode(self, features: tf.Tensor, embedding: tf.Tensor):
         """MLP on concat(stop_gradient(features) [B, d], embedding [B, e]) -> (mu, log_var).
 
-        The stop-gradient mirrors the reference's `feat.detach()`: the meta-net never sends
-        gradient into the backbone through its input.
+        The stop-gradient mirrors the authors' `feat.detach()` (ruofanhu/CLID-MU@5cd0608,
+        main_vri.py: train()): the meta-net never sends gradient into the backbone through
+        its input.
         """
         features = tf.cast(tf.stop_gradient(features), embedding.dtype)
         x = tf.concat([features, embedding], axis=-1)
@@ -195,16 +197,17 @@ class VRINet(keras.Model):
         theta gets gradient through the logits, phi through w. eps is resampled on every
         call (virtual and actual step).
 
-        The KL regulariser: the authors add lam * KL to the virtual loss, where it is a
-        no-op: the meta-net input is detached, so the KL has no theta
-        gradient, leaves theta' unchanged and never reaches phi. It also calls its
-        `kl_loss(mu1, lv1, mu2, lv2)` with std = exp(0.5 * log_var) in the log-var slots.
-        Here the KL is the correct Gaussian KL(q || p) with log-variances
+        The KL regulariser: the authors add lam * KL to the virtual loss
+        (ruofanhu/CLID-MU@5cd0608, main_vri.py: train()), where it is a no-op: the meta-net
+        input is detached, so the KL has no theta gradient, leaves theta' unchanged and
+        never reaches phi. It also calls its `kl_loss(mu1, lv1, mu2, lv2)` (utilities.py)
+        with std = exp(0.5 * log_var) (the second output of meta_net.py: vri.forward()) in
+        the log-var slots. Here the KL is the correct Gaussian KL(q || p) with log-variances
         (`kl_divergence`), returned as `regularizer` = kl_weight * KL and NOT added to
         `loss`; `virtual.meta_gradients` adds it to the meta loss, so it regularises phi
         (posterior and prior, which share the network) as VRI's ELBO intends. Hence
-        kl_weight = 0.01 is not the authors' lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is
-        the authors-equivalent setting (docs/benchmarks.md compares the two on digits).
+        kl_weight = 0.01 is not the authors' lam = 0.01: kl_weight = 0 (`--vri_kl=0`) is the
+        authors-equivalent setting (docs/benchmarks.md compares the two on digits).
 
         Args:
           logits: float [B, K] classifier outputs.

@@ -31,7 +31,9 @@ class WeightNet(keras.Model):
     Call: losses float [B] (detached per-sample CE) -> raw weights float [B].
     `weighted_loss` normalises the weights to sum to one over the (global) batch
     (Meta-Weight-Net), or with `normalize=False` takes mean_i(w_i * CE_i) as it is: the
-    loss-net of the semi-supervised trainers (as in the authors' USB fork).
+    loss-net of the semi-supervised trainers (as in the authors' USB fork:
+    ruofanhu/CLID-MU@5cd0608, semi/semilearn/algorithms/fixmatch/fixmatch_lossnet.py:
+    train_step()).
 
     Under a mixed global dtype policy it computes in float32 (`metanet_dtype`).
     """

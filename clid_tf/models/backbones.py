@@ -2,11 +2,12 @@
 
 Every classifier takes raw inputs (uint8-valued images [B, H, W, C] as float, or feature
 vectors [B, D]) and standardises them inside the model, so training, evaluation and the
-exported SavedModel share one input convention. The body after standardisation is one of
-the small nets here, a paper backbone from `clid_tf.models.resnets`, or one of the real-world
-sets' backbones of the authors' scripts: VGG-19-BN (Animal-10N; its CLID/VRI feature is
-the pooled conv feature before the two 512-unit layers) and keras.applications' ResNet-50
-(Clothing1M, optionally with its ImageNet weights).
+exported SavedModel share one input convention. The body after standardisation is one of the
+small nets here, a paper backbone from `clid_tf.models.resnets`, or one of the real-world
+sets' backbones of the authors' scripts (ruofanhu/CLID-MU@5cd0608: sota/vgg.py,
+sota/resnet50.py): VGG-19-BN (Animal-10N; its CLID/VRI feature is the pooled conv feature
+before the two 512-unit layers) and keras.applications' ResNet-50 (Clothing1M, optionally
+with its ImageNet weights).
 """
 
 from __future__ import annotations
@@ -169,14 +170,15 @@ def _torch_dense(units: int, fan_in: int, activation: str | None, name: str,
 
 def vgg19_bn(num_classes: int, input_shape: Sequence[int], *, dropout: float = 0.5,
              width: int = 512) -> keras.Model:
-    """VGG-19 with BatchNorm (the authors' Animal-10N sota/vgg.py):
+    """VGG-19 with BatchNorm (the authors' Animal-10N backbone: ruofanhu/CLID-MU@5cd0608,
+    sota/vgg.py: vgg19bn()):
     16 conv-BN-ReLU layers with 5 max pools, features = their global average pool [B, 512],
     then Dropout-Dense(512)-ReLU-Dropout-Dense(512)-ReLU-Dense(K) on them.
 
     The CLID/VRI feature is the pooled conv feature, not the last hidden layer,
     so the logits are not a Dense layer of the features: `head` is None (the last_layer
     meta scope is refused) and no blocks are named (top:N is refused). Conv
-    kernels are He-normal over the fan-out with zero biases (the reference's init), the
+    kernels are He-normal over the fan-out with zero biases (VGG.__init__ in that file), the
     Dense layers PyTorch's default. Images need at least 32 x 32 pixels (5 halvings).
     """
     height, width_px = (int(d) for d in input_shape[:2])
@@ -218,7 +220,8 @@ RESNET50_BLOCKS = tuple(f"conv{stage}_block{block}" for stage, blocks in
 
 def resnet50(num_classes: int, input_shape: Sequence[int], *,
              weights: str | None = None) -> keras.Model:
-    """keras.applications.ResNet50 (bottleneck ResNet-50, the authors' Clothing1M backbone):
+    """keras.applications.ResNet50 (bottleneck ResNet-50, the authors' Clothing1M backbone:
+    ruofanhu/CLID-MU@5cd0608, sota/resnet50.py: resnet50_pre()):
     features = the global average pool [B, 2048] before the Dense(K) head.
 
     `weights`: keras.applications' notop ImageNet weights file
@@ -226,7 +229,7 @@ def resnet50(num_classes: int, input_shape: Sequence[int], *,
     download), or None for a random init. Loaded weights expect 'caffe' inputs (BGR minus
     the channel means): conv1's kernel is flipped over its input channels so that the model
     takes RGB, and `build` standardises with CAFFE_MEAN / CAFFE_STD. BatchNorm uses PyTorch's momentum
-    (0.1, Keras 0.9; the reference fine-tunes torchvision's ResNet-50) and keeps Keras'
+    (0.1, Keras 0.9; resnet50_pre() fine-tunes torchvision's ResNet-50) and keeps Keras'
     epsilon 1.001e-5, with which the weights were trained. Blocks are named for top:N.
     """
     inputs = keras.Input(tuple(input_shape))

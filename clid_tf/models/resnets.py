@@ -15,30 +15,31 @@ layer (the "last hidden layer" that CLID uses) and `model.feature_dim == d`.
 | `wrn28_2`         | WideResNet-28-2                                     | 128 | 1.47M       |
 | `wrn28_2_fork`    | WRN-28-2 of the CLID-MU authors' USB fork          | 128 | 1.47M       |
 
-Architectural choices, following the PyTorch references the method was run with:
+Architectural choices, following the PyTorch code the method was run with:
 
-- PreAct-ResNet-18 (`PreResNet.ResNet18`): stem conv3x3 -> BN -> ReLU; each block computes
-  a = ReLU(BN1(x)), out = conv2(ReLU(BN2(conv1(a)))) + shortcut(a), where the shortcut is
-  the identity on `a` (the pre-activated input) or a bias-free 1x1 conv of `a`. There is no
-  BN/ReLU after the last block, so the pooled features can be negative.
-- ResNet-34 (`PreResNet.ResNet34`): stem conv3x3 -> BN -> ReLU; BasicBlock
-  ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)) with a 1x1 conv + BN projection shortcut
-  where the shape changes. ReLU-terminated.
+- PreAct-ResNet-18 (ruofanhu/CLID-MU@5cd0608, PreResNet.py: ResNet18()): stem conv3x3 ->
+  BN -> ReLU; each block computes a = ReLU(BN1(x)), out = conv2(ReLU(BN2(conv1(a)))) +
+  shortcut(a), where the shortcut is the identity on `a` (the pre-activated input) or a
+  bias-free 1x1 conv of `a`. There is no BN/ReLU after the last block, so the pooled
+  features can be negative.
+- ResNet-34 (ruofanhu/CLID-MU@5cd0608, PreResNet.py: ResNet34()): stem conv3x3 -> BN ->
+  ReLU; BasicBlock ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)) with a 1x1 conv + BN
+  projection shortcut where the shape changes. ReLU-terminated.
 - WRN (Zagoruyko & Komodakis; the Meta-Weight-Net / xternalz implementation, dropout 0):
   stem conv3x3 16; three groups of (depth-4)/6 pre-activation blocks with widths
   16k/32k/64k; the 1x1 projection shortcut (no BN) is applied to the pre-activated input
   when the width changes, the identity shortcut to the raw input otherwise; final BN ->
   ReLU before pooling.
 - WRN-28-2 of the CLID-MU fork of USB (`wrn28_2_fork`, the semi-supervised trainers'
-  backbone): the same widths and block layout, but LeakyReLU(0.1),
-  convolutions with bias (PyTorch's default bias init), BatchNormalization with PyTorch
-  momentum 0.001 (Keras 0.999) and eps 1e-3, dropout 0.3 between the two convolutions of
-  every block, and no activation before the residual in any block: the first block of
-  each group applies conv1 and the 1x1 shortcut to its raw input (its bn1 is never used
-  by the reference, so it is not built here), the other blocks pre-activate as usual.
-  Convs kaiming-normal fan-out, head xavier-normal with zero bias; `features` are the
-  pooled LeakyReLU(BN(x)), slightly negative at times. The reference's unused network
-  level `bn2` is not built either.
+  backbone; ruofanhu/CLID-MU@5cd0608, semi/semilearn/nets/wrn/wrn.py): the same widths and
+  block layout, but LeakyReLU(0.1), convolutions with bias (PyTorch's default bias init),
+  BatchNormalization with PyTorch momentum 0.001 (Keras 0.999) and eps 1e-3, dropout 0.3
+  between the two convolutions of every block, and no activation before the residual in any
+  block: the first block of each group applies conv1 and the 1x1 shortcut to its raw input
+  (its bn1 is never used by that file, so it is not built here), the other blocks
+  pre-activate as usual. Convs kaiming-normal fan-out, head xavier-normal with zero bias;
+  `features` are the pooled LeakyReLU(BN(x)), slightly negative at times. Its unused network
+  level `bn2` (WideResNet.__init__) is not built either.
 - ResNet-32 (He et al. 2016, section 4.2; Meta-Weight-Net / akamaster implementation):
   option-A shortcuts, i.e. x[:, ::2, ::2] zero-padded with out/4 channels on each side,
   so the shortcut has no parameters (464,154 trainable parameters for K=10).
@@ -50,7 +51,7 @@ Common details:
 - Convolutions have no bias (all are followed by BN; `wrn28_2_fork`'s have one). Stride-2 3x3 convs pad 1 pixel on
   every side (ZeroPadding2D + 'valid') to match PyTorch's `padding=1`; Keras' 'same' would
   pad only bottom/right and sample the other pixel of each 2x2 cell.
-- Initialisation mirrors each reference: PyTorch default (kaiming-uniform, a=sqrt(5)) for
+- Initialisation mirrors each original above: PyTorch default (kaiming-uniform, a=sqrt(5)) for
   PreAct-ResNet-18 / ResNet-34 convs and every Dense kernel; kaiming-normal fan-in for
   ResNet-32 convs and Dense kernel; kaiming-normal fan-out for WRN convs and a zero WRN
   Dense bias. BN starts at gamma=1, beta=0.
@@ -354,7 +355,8 @@ def wrn28_2(num_classes: int, **kwargs) -> keras.Model:
     return wide_resnet(28, 2, num_classes, **kwargs)
 
 
-# The CLID-MU USB fork's WRN: PyTorch BN momentum 0.001, eps 1e-3.
+# The CLID-MU USB fork's WRN (ruofanhu/CLID-MU@5cd0608, semi/semilearn/nets/wrn/wrn.py):
+# PyTorch BN momentum 0.001, eps 1e-3.
 FORK_BN = dict(momentum=0.999, epsilon=1e-3)
 FORK_LEAKY_SLOPE = 0.1
 FORK_DROPOUT = 0.3
@@ -398,7 +400,8 @@ def fork_wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
 
 
 def wrn28_2_fork(num_classes: int, **kwargs) -> keras.Model:
-    """WRN-28-2 of the CLID-MU USB fork (semi-supervised trainers); features d = 128."""
+    """WRN-28-2 of the CLID-MU USB fork (semi-supervised trainers; ruofanhu/CLID-MU@5cd0608,
+    semi/semilearn/nets/wrn/wrn.py: wrn_28_2()); features d = 128."""
     return fork_wide_resnet(28, 2, num_classes, **kwargs)
 
 

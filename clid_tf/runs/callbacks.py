@@ -282,11 +282,12 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 class ResetOptimizer(keras.callbacks.Callback):
     """Restarts the classifier optimizer at the start of every epoch, as creating a new one
-    would (the Clothing1M reference re-creates its Adam every epoch, for parity
-    only): its iteration counter and slots (momentum; Adam's moments) are zeroed, so
-    Adam's bias correction starts again at t = 1. Its learning rate is kept; a schedule
-    read from the iteration counter restarts at its first epoch, as the reference's decay
-    is lost, so give a constant one. A LossScaleOptimizer keeps its loss scale.
+    would (the authors' Clothing1M script re-creates its Adam every epoch: ruofanhu/CLID-MU@5cd0608,
+    sota/Train_clothing1M_vri.py:370; for parity only): its iteration counter and slots
+    (momentum; Adam's moments) are zeroed, so Adam's bias correction starts again at t = 1.
+    Its learning rate is kept; a schedule read from the iteration counter restarts at its
+    first epoch, as that script's step decay (l. 410-413) is lost, so give a constant one. A
+    LossScaleOptimizer keeps its loss scale.
     """
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -8,7 +8,8 @@ combinations it refuses, and where its adapter is. The built-in trainers:
 
   meta         one network, a meta-net (WNet or VRI) trained through a virtual step
   vri_single   one network with the VRI rectifier and the real optimizer's virtual step
-               (the authors' Clothing1M and Animal-10N scheme)
+               (the authors' Clothing1M and Animal-10N scheme: ruofanhu/CLID-MU@5cd0608,
+               sota/Train_clothing1M_vri.py and sota/Train_animal_vri.py)
   dividemix    two networks, GMM co-divide, MixMatch, optionally VRI + CLID
   fixmatch, flexmatch
                a few noisy labels plus unlabeled images, a loss-net trained by CLID

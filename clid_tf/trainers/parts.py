@@ -32,7 +32,8 @@ VIEW_SAMPLES = 1000
 # ---------------------------------------------------------------- data (numpy only)
 def default_noise(flags, dataset: datasets.Dataset) -> str:
     """--noise as given, else none for a user's own labels (they are used as given) and the
-    reference's sym for a benchmark with clean labels (digits, CIFAR)."""
+    authors' sym (`unif`: ruofanhu/CLID-MU@5cd0608, dataloader.py: uniform_mix_C()) for a benchmark
+    with clean labels (digits, CIFAR)."""
     if flags.noise is not None:
         return flags.noise
     return "none" if dataset.labels_given else "sym"
@@ -201,8 +202,9 @@ def classifier_optimizer(flags, steps_per_epoch: int, *, nesterov: bool = False)
 
 def meta_optimizer(flags, *, nesterov: bool = False):
     """The meta-net's optimizer: --meta_optimizer at --meta_lr (Adam with PyTorch's epsilon
-    1e-8, the authors' meta optimizers'; SGD with Nesterov momentum 0.9 when `nesterov`,
-    the semi-supervised reference's, plain otherwise)."""
+    1e-8, the authors' meta optimizers': ruofanhu/CLID-MU@5cd0608, main_vri.py: build_training();
+    SGD with Nesterov momentum 0.9 when `nesterov`, the authors' semi-supervised one:
+    semi/semilearn/core/algorithmbase.py:98; plain otherwise)."""
     import keras  # pylint: disable=import-outside-toplevel
     if flags.meta_optimizer == "adam":
         return keras.optimizers.Adam(flags.meta_lr, epsilon=ADAM_EPSILON)

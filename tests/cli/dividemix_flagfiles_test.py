@@ -1,7 +1,8 @@
 """The --trainer=dividemix flagfiles: each setting of DivideMix's grid and CIFAR-N has a
 DivideMix + VRI + CLID file and a plain DivideMix file, and each file holds the values of
-its source (authors' or DivideMix's script), written out again here so that a typo fails. Parsing,
-wiring on mock data and (with -m slow) one training step: tests/flagfiles_test.py."""
+its source (the authors' script in ruofanhu/CLID-MU@5cd0608, sota/, or DivideMix's), written out
+again here so that a typo fails. Parsing, wiring on mock data and (with -m slow) one
+training step: tests/flagfiles_test.py."""
 
 import os
 import re
@@ -25,12 +26,14 @@ SETTINGS = {("cifar10", "sym20"), ("cifar10", "sym50"), ("cifar10", "sym80"),
             ("cifar100", "sym80"), ("cifar100", "asym40"), ("cifar10_n", "worst"),
             ("cifar10_n", "aggre"), ("cifar10_n", "rand1"), ("cifar100_n", "noisy100")}
 # Shared by every file: DivideMix's MixMatch and co-divide, 300 epochs, SGD 0.9 / 5e-4, the
-# label-free selection on 1000-image meta sets (the authors' script defaults).
+# label-free selection on 1000-image meta sets (the authors' script defaults:
+# ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py and sota/Train_cifar_vri_mix.py).
 SHARED = dict(trainer="dividemix", epochs=300, momentum=0.9, weight_decay=5e-4,
               lr_schedule="multistep", lr_gamma=0.1, p_threshold=0.5, mixup_alpha=4.0,
               sharpen_temperature=0.5, rampup_epochs=16, guess_bn_mode="train",
               meta_size=1000, tau=0.5, select_keep=5, steps_per_epoch=0)
-# The authors' DivideMix + VRI + CLID (Train_cifar_vri.py); CIFAR-10N: Train_cifar_vri_mix.py.
+# The authors' DivideMix + VRI + CLID (ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py and
+# sota/submit_cifar.sh); CIFAR-10N: sota/Train_cifar_vri_mix.py and sota/submit_cifar_mix.sh.
 TCV = dict(method="clid", meta_net="vri", batch_size=256, lr=0.02, lr_milestones=["80", "120"],
            lambda_u=150.0, clip_norm=0.8, meta_batch_size=256, meta_optimizer="adam",
            meta_lr=0.01, meta_weight_decay=5e-4, virtual_step="optimizer",

@@ -155,7 +155,8 @@ def test_command_line_overrides_the_file() -> None:
     assert FLAGS.meta_lr == 1e-5  # the rest of the file still holds
 
 
-# The authors' WNet / VRI script values, written out again here so
+# The authors' WNet / VRI script values (ruofanhu/CLID-MU@5cd0608: main_wnet.py, main_vri.py and
+# their submit_{wnet,vri}_{clid,base}.sh), written out again here so
 # that a typo in a flagfile, or a file whose name says something else, fails this test.
 _COMMON = dict(batch_size=100, meta_batch_size=100, meta_size=1000, tau=0.5, momentum=0.9,
                weight_decay=5e-4, lr_eta_min=1e-3, meta_weight_decay=5e-4,
@@ -269,7 +270,7 @@ def _expected_noise_rate() -> float:
     k = 100 if FLAGS.dataset.startswith("cifar100") else 10
     if sources.is_human_label(FLAGS.noise):
         return flagfiles.HUMAN_RESAMPLED * (k - 1) / k
-    if FLAGS.noise == "sym":  # reference convention
+    if FLAGS.noise == "sym":  # `unif` of ruofanhu/CLID-MU@5cd0608, dataloader.py
         return FLAGS.noise_rate * (k - 1) / k
     if FLAGS.noise == "asym_cifar10":  # 5 of the 10 classes have a target class
         return FLAGS.noise_rate / 2

@@ -1,7 +1,9 @@
 """The semi-supervised flagfiles (flags/*_4000_*_{fixmatch,flexmatch}_{clid,ce}.cfg): the
-authors' values (committed config, reported runs), the header figures, the wiring on mock CIFAR data
-(4000 labels replaced by 100 on the 200 mock images) and one training step; and the digits
-setting of the issue-12 benchmark (flags/digits_200_sym40_fixmatch_clid.cfg), wired up.
+authors' values (committed config, reported runs: ruofanhu/CLID-MU@5cd0608,
+semi/config/classic_cv_meta/ and semi/process_performance.ipynb), the header figures, the
+wiring on mock CIFAR data (4000 labels replaced by 100 on the 200 mock images) and one
+training step; and the digits setting of the issue-12 benchmark
+(flags/digits_200_sym40_fixmatch_clid.cfg), wired up.
 
 flagfiles_test.py parses these files with the others; the mock data is its `fake_split`.
 """
@@ -29,7 +31,10 @@ from tests.helpers.flagfiles import SSL_SETTINGS, fake_split, lines
 FLAGS = flags.FLAGS
 _NAME = re.compile(r"flags/(?:cifar10_4000_(?P<sym>sym\d\d)|cifar10_n_(?P<human>worst)_4000)_"
                    r"(?P<algo>fixmatch|flexmatch)_(?P<method>clid|ce)\.cfg")
-# The authors' committed config and the reported runs' meta set, written out again here.
+# The authors' committed config and the reported runs' meta set, written out again here
+# (ruofanhu/CLID-MU@5cd0608: semi/config/classic_cv_meta/*_lossnet/*.yaml; cell 9 of
+# semi/process_performance.ipynb, whose runs draw the meta set from the unlabeled part:
+# semi/semilearn/core/utils/build.py: get_meta_set(), 'feat_expno1N').
 _REFERENCE = dict(num_labels=4000, include_lb_to_ulb=False, backbone="wrn28_2_fork",
                   batch_size=100, uratio=7, p_cutoff=0.95, lambda_u=1.0, thresh_warmup=True,
                   lr=0.03, momentum=0.9, weight_decay=1e-4, ema_decay=0.999, eval_every=512,

@@ -22,7 +22,9 @@ from tests.helpers import small_models as helpers
 from tests.helpers.cli import run_cli
 from tests.helpers.gradients import clid_surrogate, entrywise_check, meta_loss_at
 
-EPS = 1e-8  # PyTorch's Adam epsilon, the Clothing1M reference's
+# PyTorch's Adam epsilon, the authors' Clothing1M one
+# (ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py:325)
+EPS = 1e-8
 
 
 def _dropout_classifier(seed=0):

@@ -43,8 +43,9 @@ def test_mean_entropy():
 
 
 def test_clid_objective_matches_the_float64_numpy_reference():
-    """meta_objective('clid') against the authors' `clid_loss` in numpy (value and logit
-    gradient), for two temperatures; labels, given or not, change nothing."""
+    """meta_objective('clid') against the authors' `clid_loss` (ruofanhu/CLID-MU@5cd0608,
+    utilities.py) in numpy (value and logit gradient), for two temperatures; labels, given
+    or not, change nothing."""
     features = np.random.default_rng(1).normal(size=(7, 5))
     for tau in (0.5, 0.1):
         objective = objectives.meta_objective("clid", tau=tau)

@@ -1,5 +1,6 @@
 """Tests for clid_tf.data.augment: ranges, weak crops, Cutout, per-image randomness, seeding,
-and every op against the PIL code of FixMatch's RandAugmentMC and USB's RandAugment."""
+and every op against the PIL code of FixMatch's RandAugmentMC and USB's RandAugment
+(microsoft/Semi-supervised-learning@1ef4cbe, semilearn/datasets/augmentation/randaugment.py)."""
 
 from __future__ import annotations
 
@@ -163,8 +164,10 @@ def test_every_op_level_and_sign_matches_fixmatch_pil(shape):
 
 
 def usb_op(img, name, v):
-    """The authors' USB fork, semilearn/datasets/augmentation/randaugment.py: `op(img, v)`
-    at the value v drawn over the op's range."""
+    """The authors' USB fork, `op(img, v)` at the value v drawn over the op's range:
+    ruofanhu/CLID-MU@5cd0608, semi/semilearn/datasets/augmentation/randaugment.py
+    (the same ops as microsoft/Semi-supervised-learning@1ef4cbe,
+    semilearn/datasets/augmentation/randaugment.py)."""
     affine = image_mod.Transform.AFFINE
     return {
             'AutoContrast': lambda: ops_mod.autocontrast(img),
@@ -184,7 +187,8 @@ def usb_op(img, name, v):
     }[name]()
 
 
-# USB's augment_list(): each op's value range (its RandAugment(3, 5) ignores the magnitude)
+# USB's augment_list(): each op's value range (its RandAugment(3, 5) ignores the magnitude;
+# microsoft/Semi-supervised-learning@1ef4cbe, semilearn/datasets/augmentation/randaugment.py)
 USB_RANGES = {'AutoContrast': (0, 1), 'Brightness': (0.05, 0.95), 'Color': (0.05, 0.95),
               'Contrast': (0.05, 0.95), 'Equalize': (0, 1), 'Identity': (0, 1),
               'Posterize': (4, 8), 'Rotate': (-30, 30), 'Sharpness': (0.05, 0.95),
@@ -207,7 +211,8 @@ def _test_images(n: int, shape, seed: int) -> np.ndarray:
 @pytest.mark.parametrize('shape', ((32, 32, 3), (8, 8, 1)))
 def test_every_usb_op_matches_the_usb_pil_code_over_its_range(shape):
     """Each op at values across its whole USB range (ends included), fractional
-    translations and angles of either sign, against USB's PIL code."""
+    translations and angles of either sign, against USB's PIL code (`usb_op`:
+    microsoft/Semi-supervised-learning@1ef4cbe, semilearn/datasets/augmentation/randaugment.py)."""
     rng = np.random.default_rng(3)
     combos = []
     for k, name in enumerate(augment.OPS):
@@ -217,6 +222,8 @@ def test_every_usb_op_matches_the_usb_pil_code_over_its_range(shape):
     x = _test_images(len(combos), shape, seed=4)
     op = tf.constant([k for k, _ in combos], tf.int32)
     # the value of a translation is in pixels: USB's v * side
+    # (microsoft/Semi-supervised-learning@1ef4cbe,
+    # semilearn/datasets/augmentation/randaugment.py: TranslateX())
     side = {'TranslateX': shape[1], 'TranslateY': shape[0]}
     pixels = tf.constant([v * side.get(augment.OPS[k], 1) for k, v in combos], tf.float64)
     out = augment.apply_op(tf.constant(x, tf.float32), op, pixels).numpy()
@@ -227,9 +234,10 @@ def test_every_usb_op_matches_the_usb_pil_code_over_its_range(shape):
 
 
 def test_randaugment_draws_three_always_applied_ops_over_their_whole_ranges():
-    """USB's RandAugment(3, 5): 3 rounds, the op uniform over the 14 (Identity at 1/14, no
-    extra 'not applied' draw), the value uniform over the op's range (a translation's
-    fraction times the side)."""
+    """USB's RandAugment(3, 5) (microsoft/Semi-supervised-learning@1ef4cbe,
+    semilearn/datasets/augmentation/randaugment.py: RandAugment.__call__()): 3 rounds, the op
+    uniform over the 14 (Identity at 1/14, no extra 'not applied' draw), the value uniform
+    over the op's range (a translation's fraction times the side)."""
     ops, values = augment.randaugment_draws(tf.constant([5, 6], tf.int64), 14000, (32, 24))
     assert len(ops) == len(values) == augment.USB_NUM_OPS == 3
     for op, value in zip(ops, values):
@@ -248,7 +256,10 @@ def test_randaugment_draws_three_always_applied_ops_over_their_whole_ranges():
 @pytest.mark.parametrize('shape', ((32, 32, 3), (8, 8, 1)))
 def test_the_randaugment_view_is_the_weak_view_then_three_usb_ops_and_no_cutout(shape):
     """The pipeline's strong view, image by image: the weak view (same seed), then the three
-    drawn USB ops in order through USB's PIL code; nothing else (no Cutout square)."""
+    drawn USB ops in order through USB's PIL code (`usb_op`:
+    microsoft/Semi-supervised-learning@1ef4cbe, semilearn/datasets/augmentation/randaugment.py);
+    nothing else (no Cutout square, as the fork's fixmatch=False:
+    ruofanhu/CLID-MU@5cd0608, semi/semilearn/datasets/augmentation/randaugment.py)."""
     x = _images(12, shape, seed=21)
     seed = tf.constant([8, 9], tf.int64)
     strong = augment.build('randaugment', image_shape=shape, seed=0, pad=1)

@@ -112,8 +112,9 @@ def test_pair_rate_one_shifts_every_label():
     np.testing.assert_array_equal(noisy, (clean + 1) % 7)
 
 
-# The reference's flip targets, written out by running its flip_labels_C (one per row) and
-# flip_labels_C_two (two per row) after np.random.seed(1): row y's targets, for K=10, 100.
+# The authors' flip targets, written out by running flip_labels_C (one per row) and
+# flip_labels_C_two (two per row) of ruofanhu/CLID-MU@5cd0608, dataloader.py, after
+# np.random.seed(1): row y's targets, for K=10, 100.
 FLIP_TARGETS = {
         10: (6, 9, 6, 0, 0, 1, 8, 6, 2, 4),
         100: (38, 13, 73, 10, 76, 6, 80, 65, 17, 1, 77, 72, 6, 26, 51, 21, 19, 85, 11, 29,
@@ -138,8 +139,11 @@ FLIP2_TARGETS = {
               (52, 87), (13, 69), (21, 45), (20, 96))}
 
 
-# The reference constructions, line by line (numpy's legacy generator, as the reference's
-# np.random.seed(1) + np.random.choice; RandomState(1) gives the same stream locally).
+# The authors' constructions, line by line (ruofanhu/CLID-MU@5cd0608: dataloader.py's flip_labels_C,
+# flip_labels_C_two and uniform_mix_C; noise.py's build_for_cifar100, noisify_pairflip,
+# noisify_cifar100_asymmetric and noisify_cifar10_asymmetric). numpy's legacy generator, as
+# dataloader.py's np.random.seed(1) + np.random.choice; RandomState(1) gives the same stream
+# locally.
 
 def _reference_flip_labels_C(corruption_prob, num_classes, seed=1):
     rs = np.random.RandomState(seed)
@@ -164,7 +168,7 @@ def _reference_uniform_mix_C(mixing_ratio, num_classes):
         (1 - mixing_ratio) * np.eye(num_classes)
 
 
-def _reference_build_for_cifar100(size, noise_rate):  # also the reference's pair flip
+def _reference_build_for_cifar100(size, noise_rate):  # also noise.py's noisify_pairflip
     P = (1. - noise_rate) * np.eye(size)
     for i in np.arange(size - 1):
         P[i, i + 1] = noise_rate
@@ -222,7 +226,8 @@ def test_flip_matrices_are_the_written_out_reference_ones(k):
                                   _targets_matrix(rate, FLIP_TARGETS[k]))
     np.testing.assert_array_equal(noise.noise_matrix(kind='flip2', rate=rate, num_classes=k),
                                   _targets_matrix(rate, FLIP2_TARGETS[k]))
-    # The literals are what the reference construction gives (guards them against typos).
+    # The literals are what the authors' construction gives (guards them against typos;
+    # ruofanhu/CLID-MU@5cd0608, dataloader.py).
     np.testing.assert_array_equal(_reference_flip_labels_C(rate, k),
                                   _targets_matrix(rate, FLIP_TARGETS[k]))
     np.testing.assert_array_equal(_reference_flip_labels_C_two(rate, k),

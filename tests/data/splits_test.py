@@ -91,8 +91,9 @@ def test_instance_noise_needs_images_in_memory():
 
 
 def _reference_subset(labels, pool, *, size, num_classes, seed, epoch=0):
-    """The Clothing1M reference's loop, over the same seeded order: walk the
-    shuffled list and keep a sample while its class has fewer than size // K."""
+    """The authors' Clothing1M loop (ruofanhu/CLID-MU@5cd0608, sota/dataloader_clothing1M.py:
+    clothing_dataset.__init__()), over the same seeded order: walk the shuffled list and
+    keep a sample while its class has fewer than size // K."""
     order = pool[np.random.default_rng([seed, splits._SUBSET_KEY, epoch]).permutation(
         len(pool))]
     counts, kept = np.zeros(num_classes, int), []

@@ -198,8 +198,9 @@ def test_without_regulariser_same_loss_and_weights_and_no_prior():
 
 
 def test_kl_weight_zero_is_the_reference_equivalent_no_kl():
-    """--vri_kl=0: the KL adds nothing to phi's objective (the reference's KL changes
-    nothing either), so the meta gradients are those of the meta loss alone."""
+    """--vri_kl=0: the KL adds nothing to phi's objective (the authors' KL changes
+    nothing either: ruofanhu/CLID-MU@5cd0608, main_vri.py: train()), so the meta gradients are those
+    of the meta loss alone."""
     backbone = _backbone()
     train, meta = _batches(2)
     objective = objectives.meta_objective("clid", tau=0.5)

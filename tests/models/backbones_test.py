@@ -29,7 +29,8 @@ def vgg():
 def test_vgg19_bn_parameter_count(vgg):
     """torchvision's vgg19_bn feature convolutions hold 20 024 384 parameters (its
     143 667 240 minus the 123 642 856 of its 4096-unit classifier); then BN's gamma and
-    beta for the 5504 channels, and the 512-512-K MLP of the Animal-10N reference."""
+    beta for the 5504 channels, and the 512-512-K MLP of the authors' Animal-10N VGG
+    (ruofanhu/CLID-MU@5cd0608, sota/vgg.py: VGG.__init__())."""
     convs = _count(v for v in vgg.trainable_variables if v.path.split("/")[-2].startswith(
         "conv"))
     assert convs == 20_024_384

@@ -177,9 +177,10 @@ def test_layer_conventions(name):
 
 
 def test_fork_wrn_conventions():
-    """The authors' USB-fork WRN: BN momentum 0.001 (PyTorch) / eps 1e-3, convs with bias, dropout
-    0.3 in every block, LeakyReLU 0.1; the first block of each group feeds its raw input
-    to conv1 and the shortcut (no bn1), the others pre-activate."""
+    """The authors' USB-fork WRN (ruofanhu/CLID-MU@5cd0608, semi/semilearn/nets/wrn/wrn.py):
+    BN momentum 0.001 (PyTorch) / eps 1e-3, convs with bias, dropout 0.3 in every block,
+    LeakyReLU 0.1; the first block of each group feeds its raw input to conv1 and the
+    shortcut (no bn1), the others pre-activate."""
     model = _model("wrn28_2_fork")
     layers = {l.name: l for l in model.layers}
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]

@@ -37,7 +37,9 @@ def test_every_meta_optimizer_is_adam_with_pytorchs_epsilon(trainer):
 @pytest.mark.parametrize("trainer, augment, expected", [
     ("meta", "none", "none"), ("meta", "strong", "none"), ("vri_single", "weak", "none"),
     ("dividemix", "none", "none"), ("dividemix", "weak", "weak"),
-    ("dividemix", "strong", "weak"),  # the authors' meta loader: crop + flip, no RandAugment
+    # the authors' meta loader: crop + flip, no RandAugment
+    # (ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py:371-392)
+    ("dividemix", "strong", "weak"),
     ("fixmatch", "none", "weak")])
 def test_the_selection_augmentation_of_each_trainer(trainer, augment, expected):
     with flagsaver.flagsaver():
@@ -50,7 +52,8 @@ def test_the_selection_augmentation_of_each_trainer(trainer, augment, expected):
 
 
 def test_the_semi_supervised_strong_view_is_usb_randaugment_by_default():
-    """The strong view of fixmatch/flexmatch is USB's RandAugment(3, 5) without Cutout:
+    """The strong view of fixmatch/flexmatch is USB's RandAugment(3, 5) without Cutout
+    (ruofanhu/CLID-MU@5cd0608, semi/semilearn/datasets/augmentation/randaugment.py):
     no grey Cutout square, and it equals `augment.build('randaugment')` image by image;
     --ssl_strong_augment=strong is FixMatch's RandAugmentMC + Cutout."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel

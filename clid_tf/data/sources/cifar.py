@@ -36,7 +36,8 @@ _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 class _TfdsSpec(NamedTuple):
     """What `load` needs to know about one TFDS dataset."""
     num_classes: int
-    stats: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std), the authors' values
+    # (mean, std), the authors' values (ruofanhu/CLID-MU@5cd0608, main_vri.py: build_dataset())
+    stats: tuple[tuple[float, ...], tuple[float, ...]]
     human_labels: tuple[str, ...]  # CLI names in HUMAN_LABELS; non-empty: one is required
 
 
@@ -66,7 +67,8 @@ def load(name: str, *, human_label: str | None = None,
 
     Returns:
         `datasets.Dataset` of uint8 [32, 32, 3] images, int64 labels in [0, K), the authors'
-        per-channel mean/std and TFDS's class names.
+        per-channel mean/std (ruofanhu/CLID-MU@5cd0608, main_vri.py: build_dataset()) and
+        TFDS's class names.
 
     Raises:
         DataError: unknown name, a wrong/missing human_label, or a dataset that is not

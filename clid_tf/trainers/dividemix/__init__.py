@@ -42,11 +42,15 @@ DIVIDEMIX = Trainer(
     summary="two networks, GMM co-divide, MixMatch, optionally the VRI rectifier trained "
             "by CLID",
     adapter="clid_tf.trainers.dividemix.cli",
+    # Not --vri_kl: VRI's KL is logged but trains nothing (it is inert in
+    # ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py: meta_step()); not --meta_every: a
+    # meta step on every step.
     reads=(*META_NET_FLAGS, "train_subset", "resample_subset_each_epoch", "lambda_u",
            *OWN_FLAGS),
     define_flags=define_flags,
     # Selection scores the meta sets as the meta batches see them: weak crop + flip
-    # whenever training augments (the authors' meta loader), as they are otherwise.
+    # whenever training augments (the authors' meta loader: ruofanhu/CLID-MU@5cd0608,
+    # sota/Train_cifar_vri.py:371-392), as they are otherwise.
     defaults={"meta_net": "vri", "virtual_step": "optimizer", "lambda_u": 150.0,
               "select_augment": _weak_when_training_augments},
     refusals=(

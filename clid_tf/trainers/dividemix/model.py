@@ -1,6 +1,6 @@
 """`DivideMixModel`: two networks trained by DivideMix, optionally with a VRI rectifier
 per network meta-learned by CLID through the real optimizer's virtual step
-(the authors' CIFAR script Train_cifar_vri.py).
+(the authors' CIFAR script: ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py).
 
 Per epoch (`fit`): warm-up epochs train each network with CE (+ a confidence penalty for
 asymmetric noise); after them, each network's GMM divides the training samples and the
@@ -394,7 +394,8 @@ class DivideMixModel(base_model.TrainerModel):
 
     def _training_loss(self, k: int, mixed: MixedBatch, lam) -> virtual.TrainingLoss:
         """The rectified MixMatch loss as the hypergradient needs it; the KL is not part
-        of any objective (it is inert in the authors' code too)."""
+        of any objective (it is inert in the authors' code too: ruofanhu/CLID-MU@5cd0608,
+        sota/Train_cifar_vri.py: meta_step())."""
         def fn(logits, features, regularize=True):
             del regularize
             terms, omega, _ = self.loss_terms(k, logits, features, mixed, lam)

@@ -12,6 +12,8 @@ OWN_FLAGS = ("ssl_strong_augment", "uratio", "p_cutoff", "ema_decay", "eval_ever
 
 def define_flags() -> None:
     """The flags only FixMatch and FlexMatch read (--thresh_warmup: FlexMatch only)."""
+    # randaugment: ruofanhu/CLID-MU@5cd0608, semi/semilearn/datasets/cv_datasets/cifar.py:
+    # get_cifar() and semi/semilearn/datasets/augmentation/randaugment.py (no Cutout).
     flags.DEFINE_enum("ssl_strong_augment", "randaugment", ("randaugment", "strong"),
                       "FixMatch/FlexMatch: the strong view of unlabeled (and meta) images: "
                       "randaugment (USB's RandAugment(3, 5): 3 ops always applied at values "

@@ -91,7 +91,8 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
 def views(flags, ds):
     """(weak, strong) augmentations of the dataset's images (`streams.views`): flip
     (--augment_flip), a reflect-padded crop, strong adding --ssl_strong_augment (USB's
-    RandAugment by default)."""
+    RandAugment by default: ruofanhu/CLID-MU@5cd0608,
+    semi/semilearn/datasets/augmentation/randaugment.py)."""
     from clid_tf.trainers.fixmatch import streams  # pylint: disable=import-outside-toplevel
     return streams.views(ds.train.inputs.element_shape, seed=flags.seed,
                          flip=flags.augment_flip, strong=flags.ssl_strong_augment)

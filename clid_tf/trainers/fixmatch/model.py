@@ -1,5 +1,6 @@
 """FixMatch and FlexMatch on a few noisy labels, with a loss-net trained by CLID
-(as in the authors' fork of USB).
+(as in the authors' fork of USB: ruofanhu/CLID-MU@5cd0608,
+semi/semilearn/algorithms/fixmatch/fixmatch_lossnet.py and flexmatch/flexmatch_lossnet.py).
 
 One train_step per (labeled, unlabeled, meta) batch:
   1. virtual step  theta' = U(theta, grad_theta mean_i w_i CE_i)  on the LABELED batch
@@ -20,7 +21,8 @@ the threshold and averages CE(z_strong, pseudo) * mask over ALL uB rows. The thr
 (`flexmatch_thresholds`), from the table of each unlabeled sample's last confident
 prediction (`flexmatch_select`).
 
-The EMA network (`ema_backbone`, the reference's ema_model) holds
+The EMA network (`ema_backbone`, the authors' ema_model: ruofanhu/CLID-MU@5cd0608,
+semi/semilearn/core/hooks/ema.py: EMAHook) holds
 ema <- d * ema + (1 - d) * theta of the parameters (trainable variables only; it starts at
 the initial weights) and a copy of the live BN statistics, both after every step. It is
 what is evaluated, selected and exported; the live network is never swapped.
@@ -83,8 +85,10 @@ def flexmatch_thresholds(selected: tf.Tensor, *, num_classes: int, p_cutoff: flo
     """FlexMatch's per-class thresholds.
 
     b_c = count(table == c) / max over the counts, the count of NOT_SELECTED included
-    (`warmup`, the reference's thresh_warmup) or not; b = 0 while every entry is
-    NOT_SELECTED. Threshold_c = p_cutoff * b_c / (2 - b_c) (the convex mapping).
+    (`warmup`, the authors' thresh_warmup) or not; b = 0 while every entry is
+    NOT_SELECTED. Threshold_c = p_cutoff * b_c / (2 - b_c) (the convex mapping; both in
+    ruofanhu/CLID-MU@5cd0608, semi/semilearn/algorithms/flexmatch/utils.py:
+    FlexMatchThresholdingHook).
 
     Args:
       selected: int [U] the table, NOT_SELECTED or a class per unlabeled sample.
@@ -221,7 +225,8 @@ class FixMatchModel(base_model.TrainerModel):
         return [(self.backbone, self.meta_net)]
 
     def predicting(self):
-        return [self.ema_backbone]  # the reference's ema_model
+        # the authors' ema_model (ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/hooks/ema.py)
+        return [self.ema_backbone]
 
     @property
     def meta_optimizer(self):
@@ -263,7 +268,8 @@ class FixMatchModel(base_model.TrainerModel):
         (both read into memory), or x may be the stream `streams.ssl_stream` makes (the
         command line's). For user data: `batch_size` labeled and `uratio * batch_size`
         unlabeled images per step, weak and strong views in the images' own pixel range
-        (`strong_augment`: 'randaugment', USB's RandAugment(3, 5), or 'strong', FixMatch's
+        (`strong_augment`: 'randaugment', USB's RandAugment(3, 5) as in ruofanhu/CLID-MU@5cd0608,
+        semi/semilearn/datasets/augmentation/randaugment.py, or 'strong', FixMatch's
         RandAugmentMC + Cutout; `flip=False` for images that must not be mirrored), an
         epoch of `steps_per_epoch` steps (default: one pass over the unlabeled images), the
         loss-net's label-free meta set of `meta_size` random unlabeled images in both
@@ -426,7 +432,8 @@ class FixMatchModel(base_model.TrainerModel):
 
     def _update_ema(self):
         """ema <- d ema + (1 - d) theta for the parameters; the buffers (BN statistics)
-        copied, so the EMA network is the reference's ema_model after every step."""
+        copied, so the EMA network is the authors' ema_model after every step
+        (ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/hooks/ema.py: EMAHook)."""
         d = self.ema_decay
         for live, average in zip(self.backbone.weights, self.ema_backbone.weights):
             if live.trainable:

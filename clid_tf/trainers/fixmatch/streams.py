@@ -29,14 +29,16 @@ from clid_tf.data import user_data
 from clid_tf.data.inputs import ArrayInputs, Inputs
 
 Augment = Callable[..., tf.Tensor]  # fn(images float32 [b, ...], stateless_seed) -> same
-CROP_RATIO = 0.875  # the weak view's crop keeps 87.5% of the side (USB's crop_ratio)
+CROP_RATIO = 0.875  # the weak view's crop keeps 87.5% of the side (USB's crop_ratio:
+# microsoft/Semi-supervised-learning@1ef4cbe, train.py: --crop_ratio)
 
 
 def views(image_shape, *, seed: int, flip: bool = True, strong: str = "randaugment",
           pixel_scale: float = 1.0) -> tuple[Augment, Augment]:
     """(weak, strong) views of images [H, W, C]: weak = flip (if `flip`) and a
     reflect-padded crop of side * (1 - CROP_RATIO) pixels (at least 1); strong = weak +
-    `strong` ('randaugment': USB's RandAugment(3, 5), the authors'; 'strong': FixMatch's
+    `strong` ('randaugment': USB's RandAugment(3, 5), the authors' (ruofanhu/CLID-MU@5cd0608,
+    semi/semilearn/datasets/cv_datasets/cifar.py: get_cifar()); 'strong': FixMatch's
     RandAugmentMC + Cutout). `pixel_scale` as `augment.build`."""
     pad = max(1, round(min(image_shape[:2]) * (1 - CROP_RATIO)))
     return tuple(augment_lib.build(kind, image_shape=image_shape, seed=seed, flip=flip,

@@ -1,6 +1,7 @@
 """The single-network meta trainers: `meta` (WNet or VRI through a virtual step, or plain
 cross-entropy) and `vri_single` (the VRI rectifier through the real optimizer's step: the
-authors' Clothing1M and Animal-10N scheme). Its Keras model is `model.MetaReweightModel`;
+authors' Clothing1M and Animal-10N scheme: ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py
+and sota/Train_animal_vri.py). Its Keras model is `model.MetaReweightModel`;
 `small_loss` holds the small-loss meta sets of the ce_sloss / mae_sloss baselines; `cli`
 builds and runs them from the flags."""
 

@@ -60,7 +60,8 @@ class MetaReweightModel(base_model.TrainerModel):
 
     `virtual_step` is 'sgd' (theta - lr g at the current scheduled lr, the paper's) or
     'optimizer' (the classifier optimizer's own next update, SGD with or without
-    momentum/nesterov or Adam, weight decay included: the authors' `higher` step).
+    momentum/nesterov or Adam, weight decay included: the authors' `higher` step in
+    ruofanhu/CLID-MU@5cd0608, sota/Train_clothing1M_vri.py: meta_step()).
     `meta_scope` ('full', 'last_layer', 'top:N') picks the parameters of the virtual step
     (`clid_tf.core.meta_scope`). `meta_every` = k runs steps 1 and 2 only on the steps whose
     classifier iteration counter is a multiple of k (a tf.cond, no retracing); the steps in

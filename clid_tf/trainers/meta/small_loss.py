@@ -8,7 +8,7 @@ noisy class the `size // K` samples with the highest clean probability form this
 meta set, whose meta objective (CE or MAE) reads their NOISY labels. The samples stay in
 training.
 
-Deliberate differences from the reference (utilities.py::eval_train):
+Deliberate differences from the authors' eval_train() (ruofanhu/CLID-MU@5cd0608, utilities.py):
   * the GMM is seeded (`seed + epoch`) so a run is reproducible;
   * ties in clean probability (it saturates at 1.0 for the clearly clean samples) are
     broken by the lower loss, then by the lower index;

@@ -102,7 +102,8 @@ def test_meta_sets_of_both_sources():
     assert set(labeled.meta_indices) <= set(labeled.train_indices)  # stays in training
     np.testing.assert_array_equal(np.bincount(labeled.noisy_labels[labeled.meta_indices],
                                               minlength=K), np.full(K, 20))
-    # checked against the labeled set (the authors' fork checks the unlabeled one)
+    # checked against the labeled set (the authors' fork checks the unlabeled one:
+    # ruofanhu/CLID-MU@5cd0608, semi/semilearn/core/utils/build.py: get_meta_set())
     with pytest.raises(ValueError, match="noisy class"):
         _prepare(ds, meta_source="labeled", num_labels=100, meta_size=500)
 

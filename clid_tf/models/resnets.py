@@ -34,12 +34,13 @@ Architectural choices, following the PyTorch code the method was run with:
   backbone; ruofanhu/CLID-MU@5cd0608, semi/semilearn/nets/wrn/wrn.py): the same widths and
   block layout, but LeakyReLU(0.1), convolutions with bias (PyTorch's default bias init),
   BatchNormalization with PyTorch momentum 0.001 (Keras 0.999) and eps 1e-3, dropout 0.3
-  between the two convolutions of every block, and no activation before the residual in any
-  block: the first block of each group applies conv1 and the 1x1 shortcut to its raw input
-  (its bn1 is never used by that file, so it is not built here), the other blocks
-  pre-activate as usual. Convs kaiming-normal fan-out, head xavier-normal with zero bias;
-  `features` are the pooled LeakyReLU(BN(x)), slightly negative at times. Its unused network
-  level `bn2` (WideResNet.__init__) is not built either.
+  between the two convolutions of every block. Every block pre-activates: the first block
+  of each group (whose width changes) feeds LeakyReLU(BN(x)) to conv1 and to the 1x1
+  shortcut, as its `if not self.equalInOut: x = self.relu1(self.bn1(x))` does (the fork
+  dropped USB's `activate_before_residual` condition there, so no block uses the raw
+  input). Convs kaiming-normal fan-out, head xavier-normal with zero bias; `features` are
+  the pooled LeakyReLU(BN(x)), slightly negative at times. Its unused network level `bn2`
+  (WideResNet.__init__) is not built.
 - ResNet-32 (He et al. 2016, section 4.2; Meta-Weight-Net / akamaster implementation):
   option-A shortcuts, i.e. x[:, ::2, ::2] zero-padded with out/4 channels on each side,
   so the shortcut has no parameters (464,154 trainable parameters for K=10).
@@ -384,13 +385,13 @@ def fork_wide_resnet(depth: int, widen_factor: int, num_classes: int, *,
             p = f"group{g}_block{b}"
             blocks.append(p)
             equal = in_planes == planes
-            a = _fork_bn_act(x, p, 1) if equal else x  # no pre-activation: the raw input
+            a = _fork_bn_act(x, p, 1)  # pre-activation of every block, the first included
             out = _conv(a, planes, 3, stride, init, f"{p}_conv1", bias=True)
             out = _fork_bn_act(out, p, 2)
             if dropout:
                 out = keras.layers.Dropout(dropout, name=f"{p}_dropout")(out)
             out = _conv(out, planes, 3, 1, init, f"{p}_conv2", bias=True)
-            shortcut = x if equal else _conv(x, planes, 1, stride, init,
+            shortcut = x if equal else _conv(a, planes, 1, stride, init,
                                             f"{p}_shortcut_conv", bias=True)
             x = keras.layers.Add(name=f"{p}_add")([out, shortcut])
             in_planes = planes

@@ -14,7 +14,7 @@ EXPECTED = {
     "resnet34": (512, 21_282_122, 17_024, 21.28e6),
     "wrn28_10": (640, 36_479_194, 17_952, 36.48e6),
     "wrn28_2": (128, 1_467_610, 3_616, 1.47e6),
-    "wrn28_2_fork": (128, 1_469_418, 3_416, 1.47e6),
+    "wrn28_2_fork": (128, 1_469_642, 3_640, 1.47e6),
 }
 
 _CACHE = {}
@@ -70,12 +70,12 @@ def _expected_counts(name):
                         bn_channels += planes            # projection BN
                 cin = planes
         d = 512
-    elif name == "wrn28_2_fork":  # convs with bias; no bn1 in the first block of a group
+    elif name == "wrn28_2_fork":  # convs with bias; bn1 and bn2 in every block
         convs, cin = _conv(3, 16) + 16, 16
         for planes in (32, 64, 128):
             for _ in range(4):
                 convs += _conv(cin, planes) + planes + _conv(planes, planes) + planes
-                bn_channels += planes if cin != planes else cin + planes
+                bn_channels += cin + planes
                 if cin != planes:
                     convs += _conv(cin, planes, 1) + planes
                 cin = planes
@@ -179,8 +179,9 @@ def test_layer_conventions(name):
 def test_fork_wrn_conventions():
     """The authors' USB-fork WRN (ruofanhu/CLID-MU@5cd0608, semi/semilearn/nets/wrn/wrn.py):
     BN momentum 0.001 (PyTorch) / eps 1e-3, convs with bias, dropout 0.3 in every block,
-    LeakyReLU 0.1; the first block of each group feeds its raw input to conv1 and the
-    shortcut (no bn1), the others pre-activate."""
+    LeakyReLU 0.1; every block pre-activates, the first of each group feeding
+    LeakyReLU(bn1(x)) to conv1 and to the 1x1 shortcut (`if not self.equalInOut: x =
+    self.relu1(self.bn1(x))`; USB's own file keeps that for group 1 only)."""
     model = _model("wrn28_2_fork")
     layers = {l.name: l for l in model.layers}
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
@@ -192,11 +193,13 @@ def test_fork_wrn_conventions():
     relus = [l for l in model.layers if isinstance(l, keras.layers.LeakyReLU)]
     assert relus and all(abs(l.negative_slope - 0.1) < 1e-7 for l in relus)
     for g in (1, 2, 3):
-        assert f"group{g}_block0_bn1" not in layers and f"group{g}_block1_bn1" in layers
-        conv1, shortcut = layers[f"group{g}_block0_conv1"], layers[f"group{g}_block0_shortcut_conv"]
+        conv1 = layers[f"group{g}_block0_conv1"]
+        shortcut = layers[f"group{g}_block0_shortcut_conv"]
+        activated = layers[f"group{g}_block0_relu1"].output
         source = conv1.input if g == 1 else conv1.input._keras_history.operation.input
-        assert source is shortcut.input  # both read the raw block input
-    assert layers["group1_block0_conv1"].input is layers["stem_conv"].output
+        assert source is activated and shortcut.input is activated  # both pre-activated
+        assert layers[f"group{g}_block0_bn1"].input is layers[
+            "stem_conv" if g == 1 else f"group{g - 1}_block3_add"].output
     # inference is deterministic (dropout off), training is not (dropout on)
     x = _images(2, seed=5)
     np.testing.assert_array_equal(model(x, training=False)[0], model(x, training=False)[0])

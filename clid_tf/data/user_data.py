@@ -22,6 +22,7 @@ import inspect
 import math
 from typing import Any, NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -186,7 +187,6 @@ def labels_in_graph(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
 def is_batches(x) -> bool:
     """Whether x is a source of batches rather than arrays: a tf.data.Dataset, a
     keras.utils.PyDataset, or a Python generator / iterator."""
-    import keras  # pylint: disable=import-outside-toplevel
     return (isinstance(x, (tf.data.Dataset, keras.utils.PyDataset))
             or inspect.isgenerator(x) or (isinstance(x, collections.abc.Iterator)
                                            and not isinstance(x, np.ndarray)))
@@ -197,7 +197,6 @@ def as_dataset(x) -> tf.data.Dataset:
     read batch by batch in its order, one pass per iteration; a generator (or iterator)
     of batches (inputs, labels[, sample_weights]) read as it yields them, once (as Keras
     reads one, its epochs continue where the last one stopped)."""
-    import keras  # pylint: disable=import-outside-toplevel
     if isinstance(x, tf.data.Dataset):
         return x
     if isinstance(x, keras.utils.PyDataset):

@@ -62,6 +62,7 @@ from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from clid_tf.data import inputs as inputs_lib
 from clid_tf.models import backbones
@@ -272,8 +273,6 @@ def describe_signature(path: str | os.PathLike) -> str:
 
     Reads `saved_model.pb` only (no variables are loaded, no graph runs).
     """
-    # pylint: disable=import-outside-toplevel
-    from tensorflow.core.protobuf import saved_model_pb2
 
     model = saved_model_pb2.SavedModel()
     with open(os.path.join(os.fspath(path), "saved_model.pb"), "rb") as f:

@@ -31,10 +31,15 @@ class MetaNet(Protocol):
         weight of each sample's given label, without sampling noise: what the label
         audit reports beside its suspicion.
 
-    Optional:
+    Optional (a trainer that needs one refuses, in one line before training, a net
+    without it):
       weighted_loss(..., sample_weight=float [B]): user sample weights s_i scaling each
         sample's term (passed only when a user gives some; a net without the argument
         is refused by fit with one message).
+      weighted_loss(..., per_sample_loss=fn, rows=int [B]): the terms it weights are
+        fn(logits it weights) [B] instead of CE on `labels` (DivideMix: the rows of its
+        MixMatch loss, `labels` the argmax of the mixed targets); `rows` names the global
+        rows of this replica's samples for a net that draws noise per sample.
       build_for(*, feature_dim, num_classes): sizes the net for the backbone and data it
         will be used with (called by the trainers before the first step).
       weight_of_loss(losses [n]) -> weights [n]: for a net that weights by the loss alone

@@ -189,11 +189,12 @@ class VRINet(keras.Model):
         return tf.gather(tf.sigmoid(mu), tf.cast(labels, tf.int32), axis=1, batch_dims=1)
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
-                      regularize: bool = True,
-                      sample_weight: tf.Tensor | None = None) -> objectives.WeightedLoss:
+                      regularize: bool = True, sample_weight: tf.Tensor | None = None,
+                      per_sample_loss=None, rows=None) -> objectives.WeightedLoss:
         """Rectified training loss of a batch, differentiable in theta and phi.
 
-        loss = mean_i s_i CE(softmax(w_i * logits_i), y~_i) (s = 1 without sample weights):
+        loss = mean_i s_i l_i(w_i * logits_i), l_i = CE(softmax(.), y~_i) by default (s = 1
+        without sample weights):
         theta gets gradient through the logits, phi through w. eps is resampled on every
         call (virtual and actual step).
 
@@ -214,15 +215,21 @@ class VRINet(keras.Model):
           features: float [B, d] penultimate backbone features (detached here).
           labels: int [B] noisy training labels.
           sample_weight: optional float [B] user weights s_i that scale each term.
+          per_sample_loss: rectified logits [B, K] -> float [B], each sample's term
+            (default CE on `labels`; DivideMix's rows of its MixMatch loss, whose mean is
+            L_x + lambda L_u).
+          rows: int [B] the global-batch rows of this replica's samples, when they are not
+            its consecutive block (`sample_weights`).
 
         Returns:
           WeightedLoss(scalar loss, weights w float [B, K] in (0, 1), scalar regularizer).
         """
         mu, log_var = self(features, labels)
-        weights = self.sample_weights(mu, log_var)
+        weights = self.sample_weights(mu, log_var, rows=rows)
         rectified = tf.cast(weights, logits.dtype) * logits
         # Shares of global-batch means, so replicas' gradients sum to the 1-device ones.
-        per_sample = objectives.per_sample_ce(rectified, labels)
+        per_sample = (objectives.per_sample_ce(rectified, labels) if per_sample_loss is None
+                      else per_sample_loss(rectified))
         if sample_weight is not None:
             per_sample = per_sample * tf.cast(sample_weight, per_sample.dtype)
         loss = distribute.global_mean(per_sample)

@@ -59,7 +59,8 @@ class WeightNet(keras.Model):
         return tf.squeeze(self.out(self.hidden(losses[:, None])), axis=-1)
 
     def weighted_loss(self, logits: tf.Tensor, features: tf.Tensor, labels: tf.Tensor, *,
-                      regularize: bool = True, sample_weight: tf.Tensor | None = None):
+                      regularize: bool = True, sample_weight: tf.Tensor | None = None,
+                      per_sample_loss=None, rows=None):
         """Meta-weighted training loss of a batch, differentiable in phi and theta.
 
         Args:
@@ -67,14 +68,18 @@ class WeightNet(keras.Model):
           features: float [B, d] (unused by WNet; part of the meta-net interface).
           labels: int [B] noisy training labels.
           sample_weight: optional float [B] user weights s_i that scale each term.
+          per_sample_loss: logits [B, K] -> float [B], each sample's term l_i (default
+            CE_i on `labels`; DivideMix's rows of its MixMatch loss).
+          rows: unused (WNet draws no noise).
 
         Returns:
-          WeightedLoss(sum_i s_i w~_i CE_i with w~ normalised to sum to one over the global
-          batch, or with normalize=False mean_i s_i w_i CE_i; raw weights [B], regularizer
-          0). s = 1 without sample weights.
+          WeightedLoss(sum_i s_i w~_i l_i with w~ = WNet(l) normalised to sum to one over
+          the global batch, or with normalize=False mean_i s_i w_i l_i; raw weights [B],
+          regularizer 0). s = 1 without sample weights.
         """
-        del features, regularize  # WNet has no regulariser
-        losses = objectives.per_sample_ce(logits, labels)
+        del features, regularize, rows  # WNet has no regulariser and no noise
+        losses = (objectives.per_sample_ce(logits, labels) if per_sample_loss is None
+                  else per_sample_loss(logits))
         weights = tf.cast(self(losses), losses.dtype)
         scaled = losses if sample_weight is None else losses * tf.cast(sample_weight,
                                                                      losses.dtype)

@@ -82,6 +82,15 @@ def check_meta_net(meta_net, what: str = "meta_net") -> None:
                          f"or one with weighted_loss), got {type(meta_net).__name__}")
 
 
+def takes_arguments(meta_net, *names: str) -> list[str]:
+    """The `names` that the meta-net's `weighted_loss` does not take (none when it takes
+    **kwargs)."""
+    parameters = inspect.signature(meta_net.weighted_loss).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    return [name for name in names if name not in parameters]
+
+
 def check_takes_sample_weights(meta_net, stream) -> None:
     """ValueError (one line) when the training `stream` carries sample weights but the
     meta-net's `weighted_loss` has no `sample_weight` argument (a user's own meta-net)."""
@@ -89,9 +98,7 @@ def check_takes_sample_weights(meta_net, stream) -> None:
     batch = spec.get("train", spec.get("labeled", {})) if isinstance(spec, dict) else {}
     if meta_net is None or "sample_weight" not in batch:
         return
-    parameters = inspect.signature(meta_net.weighted_loss).parameters
-    if "sample_weight" not in parameters and not any(
-            p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if takes_arguments(meta_net, "sample_weight"):
         raise ValueError(f"{type(meta_net).__name__}.weighted_loss takes no sample_weight "
                          "argument, so it cannot use sample or class weights: drop them or "
                          "add the argument")

@@ -58,10 +58,6 @@ DIVIDEMIX = Trainer(
                 lambda f: f"--method={f.method}: --trainer=dividemix trains with ce (plain "
                           "DivideMix), clid or entropy (a label-free meta objective of the "
                           "VRI rectifier)"),
-        Refusal(lambda f: f.method != "ce" and f.meta_net != "vri",
-                lambda f: f"--meta_net={f.meta_net}: --trainer=dividemix rectifies the "
-                          "logits with --meta_net=vri (its soft mixed targets give WNet no "
-                          "per-sample loss to weight)"),
         Refusal(lambda f: f.mixed_precision == "mixed_float16",
                 "--mixed_precision=mixed_float16: --trainer=dividemix has no loss scaling; "
                 "use mixed_bfloat16 or none"),

@@ -178,6 +178,20 @@ def mixmatch_loss(rectified: tf.Tensor, logits: tf.Tensor, targets: tf.Tensor, *
     return LossTerms(total, l_x, l_u, penalty)
 
 
+def row_losses(logits: tf.Tensor, targets: tf.Tensor, *, num_labeled: int,
+               lambda_u: tf.Tensor) -> tf.Tensor:
+    """Each row's term of L_x + lambda L_u, scaled so that their global mean is that sum:
+    n / n_x * CE for the labeled rows, lambda * n / n_u * the squared error for the
+    unlabeled ones (n_x, n_u: this replica's rows of each part, the same on every
+    replica). What a meta-net weights in DivideMix. [n, K], [n, K] -> [n]."""
+    rows = tf.cast(tf.shape(logits)[0], logits.dtype)
+    n_x = tf.cast(num_labeled, logits.dtype)
+    labeled = soft_cross_entropy(logits[:num_labeled], targets[:num_labeled]) * rows / n_x
+    unlabeled = (squared_error(logits[num_labeled:], targets[num_labeled:])
+                 * tf.cast(lambda_u, logits.dtype) * rows / (rows - n_x))
+    return tf.concat([labeled, unlabeled], axis=0)
+
+
 def lambda_ramp(t, *, lambda_u: float, warmup: float, rampup: float):
     """lambda_u * clip((t - warmup) / rampup, 0, 1) at training time t = epoch + step
     fraction (a step at t >= warmup for rampup 0). Python floats or tensors."""

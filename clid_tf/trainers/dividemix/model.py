@@ -1,6 +1,7 @@
-"""`DivideMixModel`: two networks trained by DivideMix, optionally with a VRI rectifier
-per network meta-learned by CLID through the real optimizer's virtual step
-(the authors' CIFAR script: ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py).
+"""`DivideMixModel`: two networks trained by DivideMix, optionally with a meta-net per
+network meta-learned by CLID through the real optimizer's virtual step: a VRI rectifier
+(the authors' CIFAR script: ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py) or any
+meta-net whose `weighted_loss` weights given per-row terms (WNet).
 
 Per epoch (`fit`): warm-up epochs train each network with CE (+ a confidence penalty for
 asymmetric noise); after them, each network's GMM divides the training samples and the
@@ -11,12 +12,15 @@ network N with the other network P:
                   and the other net's clean probability w); no gradient
   2. mixup        l = max(l', 1 - l'), l' ~ Beta(alpha, alpha), one permutation of all rows
   3. virtual step theta' = U(theta, grad L(theta, phi)): U the real optimizer's next update
-                  (`lookahead`), L = L_x + lambda(t) L_u + pen on the rectified logits
-                  omega * z of the mixed batch (omega = VRI(feature, argmax Y~)); unclipped
+                  (`lookahead`), L = the meta-net's weighting of the rows of L_x + lambda(t)
+                  L_u (`mixmatch.row_losses`; VRI: on the rectified logits omega * z,
+                  omega = VRI(feature, argmax Y~); WNet: w(row term) * row term,
+                  normalised) + pen on the raw logits; unclipped
   4. meta step    phi <- Adam(grad_phi CLID(theta') on a batch of N's own meta set)
   5. actual step  theta <- SGD(clip(grad L(theta, phi_new), 0.8)), a fresh eps for omega
 
-Without meta-nets (`meta_nets=None`) steps 3-4 are skipped and omega = 1: plain DivideMix.
+Without meta-nets (`meta_nets=None`) steps 3-4 are skipped and L = L_x + lambda L_u + pen:
+plain DivideMix.
 """
 
 from __future__ import annotations
@@ -33,11 +37,10 @@ from clid_tf.core import lookahead
 from clid_tf.core import loss_scaling
 from clid_tf.core import objectives
 from clid_tf.core import virtual
-from clid_tf.metanets import vri
 from clid_tf.trainers import base_model
 
 GUESS_BN_MODES = ("train", "inference")
-_TERMS = ("l_x", "l_u", "penalty", "lambda_u", "vri_kl")
+_TERMS = ("l_x", "l_u", "penalty", "lambda_u", "meta_regularizer")
 
 
 class MixedBatch(NamedTuple):
@@ -48,18 +51,17 @@ class MixedBatch(NamedTuple):
     rows: tf.Tensor         # int32 [n] their positions in the global mixed batch
 
 
-def _check_rectifier(meta_net) -> None:
-    """ValueError (one line) unless `meta_net` rectifies logits as DivideMix uses it: a
-    posterior (mu, log_var) per sample and class from (features, labels), `sample_weights`
-    drawn from it and a `prior` (VRI's contract); a loss re-weighting net (WeightNet) has
-    none of them."""
-    missing = [name for name in ("sample_weights", "prior")
-               if not callable(getattr(meta_net, name, None))]
+def _check_weighs_rows(meta_net) -> None:
+    """ValueError (one line) unless `meta_net.weighted_loss` takes the terms it weights
+    (`per_sample_loss`: the rows of the MixMatch loss) and the rows of this replica's
+    samples (`rows`): the contract's optional arguments DivideMix needs."""
+    missing = base_model.takes_arguments(meta_net, "per_sample_loss", "rows")
     if missing:
-        raise ValueError(f"DivideMixModel rectifies each network's logits with its meta-net "
-                         f"(per-sample, per-class weights from a posterior and a prior); "
-                         f"{type(meta_net).__name__} has no {' or '.join(missing)}: use "
-                         "clid_tf.VRINet() (or None for plain DivideMix)")
+        raise ValueError(f"DivideMixModel weights the rows of its MixMatch loss through "
+                         f"meta_net.weighted_loss(..., per_sample_loss=, rows=); "
+                         f"{type(meta_net).__name__}.weighted_loss has no "
+                         f"{' or '.join(missing)} argument (clid_tf.WeightNet() and "
+                         "clid_tf.VRINet() have both)")
 
 
 def _check_two(parts: list, what: str, example: str) -> None:
@@ -78,7 +80,9 @@ class DivideMixModel(base_model.TrainerModel):
 
     Args:
       backbones: two classifiers images -> (logits [B, K], features [B, d]).
-      meta_nets: two `vri.VRINet` rectifiers, or None (plain DivideMix).
+      meta_nets: two meta-nets whose `weighted_loss` takes `per_sample_loss` and `rows`
+        (`clid_tf.VRINet()` rectifiers, as the authors, or `clid_tf.WeightNet()`
+        re-weighting each row's term), or None (plain DivideMix).
       meta_objective: 'clid', 'entropy' (label-free) or fn(features, logits, None).
       tau: CLID temperature.
       meta_grad, meta_scope: the hypergradient route and scope (`clid_tf.core.virtual`).
@@ -105,7 +109,7 @@ class DivideMixModel(base_model.TrainerModel):
     """
 
     def __init__(self, backbones: Sequence[keras.Model],
-                 meta_nets: Sequence[vri.VRINet] | None = None, *,
+                 meta_nets: Sequence[keras.Model] | None = None, *,
                  meta_objective: str | Callable[..., tf.Tensor] = "clid", tau: float = 0.5,
                  meta_grad: str = "recompute", meta_scope: str = "full",
                  virtual_step: str = "optimizer", weight_decay: float = 5e-4,
@@ -122,7 +126,7 @@ class DivideMixModel(base_model.TrainerModel):
         base_model.check_virtual_step(virtual_step)
         for meta_net in meta_nets or ():
             base_model.check_meta_net(meta_net, "each of meta_nets")
-            _check_rectifier(meta_net)
+            _check_weighs_rows(meta_net)
         self.backbones = [base_model.checked_classifier(net, meta_scope) for net in backbones]
         _check_two(self.backbones, "networks", "[keras.models.clone_model(net) for _ in "
                    "range(2)], each built")
@@ -217,7 +221,9 @@ class DivideMixModel(base_model.TrainerModel):
         SeedGenerator is not tracked by tf.train.Checkpoint)."""
         parts = super().checkpoint_parts()
         for k, meta_net in enumerate(self.meta_nets or ()):
-            parts[f"meta_noise{k + 1}"] = meta_net.noise.state
+            noise = getattr(meta_net, "noise", None)  # a meta-net's noise generator, if any
+            if noise is not None:
+                parts[f"meta_noise{k + 1}"] = noise.state
         return parts
 
     # ---------------------------------------------------------------- the epochs
@@ -320,8 +326,9 @@ class DivideMixModel(base_model.TrainerModel):
         meta_loss = None
         if self.meta_nets is not None:
             meta_loss = self._meta_step(k, mixed, data["meta"], fwd, lam)
-        terms, kl = self._actual_step(k, mixed, fwd, lam)
-        return self._log(k, terms.total, terms=terms, lam=lam, kl=kl, meta_loss=meta_loss)
+        terms, regularizer = self._actual_step(k, mixed, fwd, lam)
+        return self._log(k, terms.total, terms=terms, lam=lam, regularizer=regularizer,
+                         meta_loss=meta_loss)
 
     def _warmup_step(self, k: int, batch: dict) -> tf.Tensor:
         """CE (+ negative entropy for asymmetric noise), no clip, no meta step."""
@@ -377,29 +384,43 @@ class DivideMixModel(base_model.TrainerModel):
         return dividemix.lambda_ramp(t, lambda_u=self.lambda_u, warmup=self.warmup_epochs,
                                      rampup=self.rampup_epochs)
 
-    def loss_terms(self, k: int, logits, features, mixed: MixedBatch, lam):
-        """(LossTerms, omega [n, K] or None, KL (logged only) or None) of the mixed batch
-        under network k's rectifier, a fresh eps per call."""
+    def loss_terms(self, k: int, logits, features, mixed: MixedBatch, lam, *,
+                   regularize: bool = False):
+        """(LossTerms, the meta-net's weights ([n] or [n, K]) or None, its regularizer or
+        None) of the mixed batch: L_x + lambda L_u as network k's meta-net weights its
+        rows (VRI rectifies each row's logits, a fresh eps per call; WNet weights each
+        row's term), plus the penalty on the raw logits. The logged l_x and l_u are those
+        of the logits the meta-net's loss saw (rectified for VRI)."""
         if self.meta_nets is None:
             terms = dividemix.mixmatch_loss(logits, logits, mixed.targets,
                                             num_labeled=mixed.num_labeled, lambda_u=lam)
             return terms, None, None
-        meta_net = self.meta_nets[k]
-        labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # 'vri': embed the argmax
-        mu, log_var = meta_net(features, labels)
-        omega = tf.cast(meta_net.sample_weights(mu, log_var, rows=mixed.rows), logits.dtype)
-        terms = dividemix.mixmatch_loss(omega * logits, logits, mixed.targets,
+        seen = []
+
+        def row_terms(weighed):  # [n, K] -> [n], whose global mean is L_x + lambda L_u
+            seen.append(dividemix.mixmatch_loss(weighed, logits, mixed.targets,
+                                                num_labeled=mixed.num_labeled,
+                                                lambda_u=lam))
+            return dividemix.row_losses(weighed, mixed.targets,
                                         num_labeled=mixed.num_labeled, lambda_u=lam)
-        return terms, omega, (mu, log_var)
+
+        labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # VRI embeds it
+        weighted = self.meta_nets[k].weighted_loss(
+            logits, features, labels, regularize=regularize, per_sample_loss=row_terms,
+            rows=mixed.rows)
+        penalty = seen[0].penalty
+        terms = dividemix.LossTerms(weighted.loss + penalty, seen[0].l_x, seen[0].l_u,
+                                    penalty)
+        return terms, weighted.weights, weighted.regularizer if regularize else None
 
     def _training_loss(self, k: int, mixed: MixedBatch, lam) -> virtual.TrainingLoss:
-        """The rectified MixMatch loss as the hypergradient needs it; the KL is not part
-        of any objective (it is inert in the authors' code too: ruofanhu/CLID-MU@5cd0608,
-        sota/Train_cifar_vri.py: meta_step())."""
+        """The weighted MixMatch loss as the hypergradient needs it; the meta-net's
+        regularizer (VRI's KL) is not part of any objective (it is inert in the authors'
+        code: ruofanhu/CLID-MU@5cd0608, sota/Train_cifar_vri.py: meta_step())."""
         def fn(logits, features, regularize=True):
             del regularize
-            terms, omega, _ = self.loss_terms(k, logits, features, mixed, lam)
-            return objectives.WeightedLoss(terms.total, omega, tf.zeros([], terms.total.dtype))
+            terms, weights, _ = self.loss_terms(k, logits, features, mixed, lam)
+            return objectives.WeightedLoss(terms.total, weights, tf.zeros([], terms.total.dtype))
         return virtual.TrainingLoss(fn, self.meta_nets[k].trainable_variables)
 
     def _meta_step(self, k: int, mixed: MixedBatch, meta_batch: dict, fwd, lam) -> tf.Tensor:
@@ -419,7 +440,8 @@ class DivideMixModel(base_model.TrainerModel):
         """Step 5: the updated rectifier on the recorded forward; clip, update theta, BN."""
         with tf.GradientTape() as tape:
             tape.watch(fwd.logits)
-            terms, _, posterior = self.loss_terms(k, fwd.logits, fwd.features, mixed, lam)
+            terms, _, regularizer = self.loss_terms(k, fwd.logits, fwd.features, mixed, lam,
+                                                    regularize=True)
         dz = tape.gradient(terms.total, fwd.logits)
         grads, _ = dividemix.clip_by_global_norm(virtual.training_gradient(fwd, dz),
                                                  self.clip_norm)
@@ -431,21 +453,19 @@ class DivideMixModel(base_model.TrainerModel):
                            weight_decay=self.weight_decay)
         for variable, value in zip(net.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
-        kl = None
-        if posterior is not None:  # logged only
-            prior = self.meta_nets[k].prior(fwd.features)
-            kl = tf.stop_gradient(distribute.global_mean(vri.kl_per_sample(*posterior, *prior)))
-        return terms, kl
+        if regularizer is not None:  # logged only (this replica's share, as the loss)
+            regularizer = tf.stop_gradient(regularizer)
+        return terms, regularizer
 
     # ---------------------------------------------------------------- monitoring
-    def _log(self, k: int, loss, *, terms=None, lam=None, kl=None, meta_loss=None):
+    def _log(self, k: int, loss, *, terms=None, lam=None, regularizer=None, meta_loss=None):
         """The step's metrics as global values: net k's and the totals over both nets."""
         trackers = self.net_trackers[k]
         shares = {"loss": loss}  # this replica's shares: summed over replicas
         if terms is not None:
             shares.update(l_x=terms.l_x, l_u=terms.l_u, penalty=terms.penalty)
-        if kl is not None:
-            shares["vri_kl"] = kl
+        if regularizer is not None:
+            shares["meta_regularizer"] = regularizer
         values = {name: distribute.global_sum(v) for name, v in shares.items()}
         values["lr"] = self.net_optimizers[k].learning_rate  # the same on every replica
         if lam is not None:
@@ -468,7 +488,8 @@ class DivideMixModel(base_model.TrainerModel):
                 if float(tf.convert_to_tensor(m.count)) > 0}  # SyncOnRead under a strategy
         # every metric some phase reports, NaN in the epochs whose phases did not (the
         # DivideMix terms in a warm-up epoch): History and CSVLogger keep their columns
-        reported = {"vri_kl", f"meta_{self.meta_objective_name}"} if self.meta_nets else set()
+        reported = ({"meta_regularizer", f"meta_{self.meta_objective_name}"} if self.meta_nets
+                    else set())
         reported |= {"l_x", "l_u", "penalty", "lambda_u"}
         for k, trackers in enumerate(self.net_trackers):
             for term in reported:

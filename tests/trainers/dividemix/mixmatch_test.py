@@ -231,6 +231,20 @@ def test_loss_terms_against_numpy():
     assert abs(float(dividemix.uniform_penalty(uniform))) < 1e-12
 
 
+def test_row_losses_average_to_l_x_plus_lambda_l_u():
+    """The rows a meta-net weights: their mean is L_x + lambda L_u (unequal parts)."""
+    rng = np.random.default_rng(9)
+    z, y = rng.normal(size=(10, 4)), _probs(rng, 10)
+    rows = dividemix.row_losses(z, y, num_labeled=4, lambda_u=3.0).numpy()
+    p = _softmax(z)
+    ce = -(y[:4] * np.log(p[:4])).sum(axis=1)
+    se = ((p[4:] - y[4:]) ** 2).mean(axis=1)
+    np.testing.assert_allclose(rows, np.concatenate([ce * 10 / 4, 3.0 * se * 10 / 6]),
+                               rtol=1e-12)
+    terms = dividemix.mixmatch_loss(z, z, y, num_labeled=4, lambda_u=3.0)
+    np.testing.assert_allclose(rows.mean(), float(terms.l_x + 3.0 * terms.l_u), rtol=1e-12)
+
+
 def test_lambda_ramp():
     wu, lam = 10, 150.0
     got = [float(dividemix.lambda_ramp(t, lambda_u=lam, warmup=wu, rampup=16))

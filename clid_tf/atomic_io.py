@@ -16,7 +16,10 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
+
+import numpy as np
 
 # Opening for writing: create, never an existing entry, never through a link.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -50,7 +53,6 @@ def remove_entry(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(info.st_mode):
-        import shutil  # pylint: disable=import-outside-toplevel
         shutil.rmtree(path)  # refuses symbolic links inside as roots; never follows them
     else:
         os.unlink(path)
@@ -103,8 +105,6 @@ def read_npz(path: str, keys=None) -> dict:
     against the bytes its archive member holds before numpy allocates anything (a 1 KB
     file can declare terabytes). ValueError naming the array for a declared size the
     member does not hold; numpy's and zipfile's own errors otherwise."""
-    import zipfile  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
     with open_regular(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
         names = list(npz.files) if keys is None else [k for k in keys if k in npz.files]
         for name in names:
@@ -118,7 +118,6 @@ def read_npz(path: str, keys=None) -> dict:
             if declared > member.file_size:
                 raise ValueError(f"{name} declares shape {shape} ({declared} bytes) but "
                                  f"holds only {member.file_size} bytes: the file is damaged")
-        del zipfile
         arrays = {}
         for name in names:
             try:

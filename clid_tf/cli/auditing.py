@@ -20,10 +20,12 @@ import os
 import time
 
 import numpy as np
+from absl import logging
 
 from clid_tf.cli import checks, failures
 from clid_tf.cli.flags import AUDIT_HELP, FLAGS, audit_groups
 from clid_tf.cli.parsing import fail, parse_flags, run_flag_arguments
+from clid_tf.data.inputs import read_numpy
 from clid_tf.errors import RunError
 from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
@@ -50,7 +52,6 @@ def main(argv: list[str]) -> None:
     """Entry point of `python -m clid_tf.audit` (after `flags_parser`)."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from absl import logging  # pylint: disable=import-outside-toplevel
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     folder = run_folder.RunFolder(FLAGS.workdir)
@@ -133,9 +134,9 @@ def write_pictures(folder: run_folder.RunFolder, setup, rows: list[dict],
             if os.path.exists(stale):
                 os.remove(stale)
         return {"pictures": []}
+    # deferred: keeps TensorFlow and matplotlib out of the command line's checks
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
-    from clid_tf.data.inputs import read_numpy
     from clid_tf.evaluation import audit_sheet
     from clid_tf.runs import tb_views
     started = time.time()
@@ -171,6 +172,7 @@ def write_pictures(folder: run_folder.RunFolder, setup, rows: list[dict],
 
 def write_scalars(logdir: str, found: dict) -> None:
     """TensorBoard scalars audit/<name> for the defined `label_issues.SCALARS`."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():

@@ -9,6 +9,7 @@ import errno
 import os
 import re
 
+from clid_tf.data import image_files
 from clid_tf.runs import folder as run_folder
 
 # errno of writes that fail for a reason outside the program.
@@ -65,6 +66,7 @@ def _kept(folder: run_folder.RunFolder) -> str:
 
 
 def _is_decode_error(error: BaseException, text: str) -> bool:
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  # loaded by now
     return isinstance(error, tf.errors.InvalidArgumentError) and (
         "decode" in text.lower() or "invalid png" in text.lower()
@@ -74,7 +76,6 @@ def _is_decode_error(error: BaseException, text: str) -> bool:
 def _corrupt_file(text: str, folder: run_folder.RunFolder, setup) -> str:
     """The corrupt file named by its path under the data root, found by decoding the run's
     image files (tf.data's error names none)."""
-    from clid_tf.data import image_files  # pylint: disable=import-outside-toplevel
     found = None
     for split in _splits(setup):
         files = getattr(split.inputs, "files", None)
@@ -106,6 +107,7 @@ def _splits(setup):
 
 def _missing_path(error: BaseException, text: str) -> str | None:
     """The path of a file that was not found, from an OSError or TensorFlow's message."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if isinstance(error, FileNotFoundError) and error.filename:
         return str(error.filename)
@@ -125,6 +127,7 @@ def _write_reason(error: BaseException, text: str,
                   folder: run_folder.RunFolder) -> str | None:
     """Why a write into the run folder failed ('No space left on device', ...), or None
     for another error (an unreadable input, a GPU out of memory: their tracebacks show)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
         if error.filename and not _inside(str(error.filename), folder.path):

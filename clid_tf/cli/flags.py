@@ -18,6 +18,8 @@ from absl import flags
 from clid_tf import metanets
 from clid_tf import names
 from clid_tf import trainers
+from clid_tf.core import meta_scope
+from clid_tf.data import noise
 from clid_tf.data import sources
 
 FLAGS = flags.FLAGS
@@ -78,8 +80,6 @@ def _defined_by(definer) -> list[str]:
 def _define_shared_flags() -> None:
     """The flags of this module: those every trainer reads (HELP_GROUPS) and those
     several trainers read (named in their `reads`)."""
-    from clid_tf.core import meta_scope  # pylint: disable=import-outside-toplevel
-    from clid_tf.data import noise
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
                         "the SavedModel and results.json; new or empty (unless --resume). "

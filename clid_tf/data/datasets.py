@@ -8,6 +8,7 @@ statistics in raw units. The sources of `clid_tf.data.sources` load them; label 
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -118,7 +119,6 @@ def source_stats(source: Inputs, *, sample: int = STATS_SAMPLE,
 
 def tfds_location(data_dir: str | None) -> str:
     """The directory TFDS reads from: data_dir, else $TFDS_DATA_DIR, else its default."""
-    import os  # pylint: disable=import-outside-toplevel
     return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
                               or os.path.join('~', 'tensorflow_datasets'))
 

@@ -118,6 +118,7 @@ def to_model(inputs):
     """A batch of inputs (one tensor or a dict/list of them) as a model takes it: pixels
     (uint8) as float32; every other dtype as it is (float32, token ids, text), which a
     Keras functional model casts to its Inputs' dtypes itself."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.nest.map_structure(
         lambda t: tf.cast(t, tf.float32) if t.dtype == tf.uint8 else t, inputs)
@@ -145,6 +146,7 @@ class ArrayInputs:
 
     def table(self):
         """The inputs as one host tf.constant [N, *element_shape] (made once)."""
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         if self._table is None:
             with tf.device("/CPU:0"):  # tf.data runs on the host
@@ -152,6 +154,7 @@ class ArrayInputs:
         return self._table
 
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         table = self.table()
         return indices.batch(batch_size, drop_remainder=drop_remainder).map(
@@ -166,6 +169,7 @@ class StructInputs(ArrayInputs):
     are structures too."""
 
     def __init__(self, arrays):  # pylint: disable=super-init-not-called
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         arrays = tuple(arrays) if isinstance(arrays, list) else arrays
         arrays = tf.nest.map_structure(input_array, arrays)
@@ -182,16 +186,19 @@ class StructInputs(ArrayInputs):
         self._table = None
 
     def __len__(self) -> int:
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         return len(tf.nest.flatten(self.array)[0])
 
     def fingerprint(self) -> str:
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         return hashlib.sha256("".join(array_fingerprint(a) for a in tf.nest.flatten(
             self.array)).encode()).hexdigest()[:16]
 
     def table(self):
         """The inputs as host tf.constants, in their structure (made once)."""
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         if self._table is None:
             with tf.device("/CPU:0"):
@@ -220,12 +227,14 @@ def as_inputs(x) -> ArrayInputs:
 
 def take(x, index):
     """x[index] of one array or of every array of a dict / list of them."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.nest.map_structure(lambda a: a[index], x)
 
 
 def num_samples(x) -> int:
     """N of one array [N, ...] or of a dict / list of them."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return len(tf.nest.flatten(x)[0])
 
@@ -238,6 +247,7 @@ def read_numpy(source: Inputs, indices: Sequence[int], *, batch_size: int = 500)
     """
     if isinstance(source, ArrayInputs):
         return take(source.array, np.asarray(indices, np.int64))
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     ids = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
     parts = [x for _, x in source.read(ids, batch_size=batch_size).as_numpy_iterator()]
@@ -316,6 +326,7 @@ class FileInputs:
                             image_size=self.image_size, resize_shorter=self.resize_shorter)
 
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        # deferred: keeps TensorFlow out of the command line's checks
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         if self._paths is None:
             with tf.device("/CPU:0"):
@@ -346,6 +357,7 @@ def encoded_size(encoded):
     """int64 [2] (height, width) an encoded PNG, GIF, BMP, JPEG or WebP string tensor
     declares, read from its header without decoding; (0, 0) for another format (which
     tf.io.decode_image does not read either)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     padded = encoded + b"\0" * 32  # short files read as zeros
 
@@ -389,6 +401,7 @@ def decode_checked(encoded, channels: int):
     """uint8 [h, w, channels] of one encoded image, after checking from its header that it
     decodes to at most MAX_IMAGE_PIXELS pixels (InvalidArgumentError naming its size
     otherwise, before any pixel is decoded)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     size = encoded_size(encoded)
     check = tf.debugging.assert_less_equal(
@@ -413,6 +426,7 @@ def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | Non
     round((h - S) / 2), round((w - S) / 2) (half to even, as Python's round). Resized
     pixels are rounded and clipped to uint8.
     """
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     image = decode_checked(encoded, element_shape[-1])
     if resize_shorter is not None:
@@ -424,6 +438,7 @@ def decode_image(encoded, *, element_shape: Sequence[int], image_size: int | Non
 
 def _resize_shorter_then_crop(image, shorter: int, crop: int):
     """uint8 [H, W, C] -> its shorter side resized to `shorter` -> the centre crop x crop."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     hw = tf.shape(image)[:2]
     short, long = tf.reduce_min(hw), tf.reduce_max(hw)
@@ -440,6 +455,7 @@ def _resize_shorter_then_crop(image, shorter: int, crop: int):
 
 
 def _to_uint8(resized):
+    # deferred: keeps TensorFlow out of the command line's checks
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 

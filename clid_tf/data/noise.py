@@ -389,6 +389,7 @@ def confusion_scores(images: np.ndarray, labels: np.ndarray, *, num_classes: int
     multinomial logistic regression, each sample scored by the model of the
     CONFUSION_FOLDS folds that did not train on it (scikit-learn; seeded, deterministic).
     What 'confusion' noise reads as a person's doubt; labels must be the clean ones."""
+    # deferred: scikit-learn (heavy) loads only when used, not with the command line
     # pylint: disable=import-outside-toplevel
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression

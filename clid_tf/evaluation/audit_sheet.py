@@ -28,6 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
+
+from clid_tf import atomic_io
+from clid_tf.evaluation import label_issues
 
 SHOW = 64  # tiles on the contact sheet by default (--audit_show)
 COLUMNS = 8  # tiles per row
@@ -42,7 +46,6 @@ PER_GROUP = 4  # images per group in a class-sheet row
 # ---------------------------------------------------------------- the rows
 def read_rows(path: str) -> list[dict[str, Any]]:
     """The rows of an audit.csv, in rank order, with numbers as numbers."""
-    from clid_tf.evaluation import label_issues  # pylint: disable=import-outside-toplevel
     with open(path, newline="", encoding="utf-8") as f:
         rows = [{k: label_issues.read_csv_text(v) for k, v in row.items()}
                 for row in csv.DictReader(f)]
@@ -57,7 +60,6 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 def rows_of(issues, labels: np.ndarray, *, class_names: Sequence[str] | None = None,
             names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Audit rows (the columns the sheets show) of a `label_issues.LabelIssues`."""
-    from clid_tf.evaluation import label_issues  # pylint: disable=import-outside-toplevel
     num_classes = issues.scores.probs.shape[1]
     known = tuple(getattr(issues, "class_names", ()) or ())
     labels, _ = label_issues.class_ids(labels, class_names=known or None)
@@ -245,7 +247,6 @@ def confusion_figure(rows: Sequence[dict[str, Any]], class_names: Sequence[str])
 
 def save(figure: Figure, path: str) -> None:
     """Writes the figure as a PNG, to a temporary name first (no half-written file)."""
-    from clid_tf import atomic_io  # pylint: disable=import-outside-toplevel
     with atomic_io.open_atomic(path, "wb") as f:
         figure.savefig(f, format="png", dpi=_DPI)
 
@@ -298,7 +299,6 @@ def plot_label_issues(images, labels=None, issues=None, *, csv_path: str | None 
 def _read_files(paths: Sequence[str]) -> np.ndarray:
     """uint8 [n, H, W, C] of image files (grey stays one channel, anything else RGB);
     ValueError when they differ in size (give the images as an array then)."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     images = []
     for path in paths:
         with Image.open(path) as image:

@@ -44,6 +44,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from clid_tf import atomic_io
+from clid_tf.data.inputs import as_inputs, num_samples, take
 
 SCALARS = ("precision", "recall", "roc_auc", "estimated_noise_rate", "true_noise_rate")
 FILTERS = ("confident_learning", "predicted_neq_given")
@@ -136,6 +137,7 @@ def roc_auc(suspicion: np.ndarray, is_flipped: np.ndarray) -> float | None:
     is_flipped = np.asarray(is_flipped, bool)
     if is_flipped.all() or not is_flipped.any():
         return None
+    # deferred: scikit-learn (heavy) loads only when used, not with the command line
     from sklearn import metrics as sk_metrics  # pylint: disable=import-outside-toplevel
     return float(sk_metrics.roc_auc_score(is_flipped, suspicion))
 
@@ -245,6 +247,7 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- cross-fitting
 def folds_of(labels: np.ndarray, *, folds: int, seed: int) -> list[np.ndarray]:
     """K stratified folds of the positions 0..N-1 (seeded): int64 arrays, sorted."""
+    # deferred: scikit-learn (heavy) loads only when used, not with the command line
     from sklearn import model_selection  # pylint: disable=import-outside-toplevel
     labels = np.asarray(labels)
     if folds < 2:
@@ -344,8 +347,8 @@ def scoring_function(backbones, meta_net=None):
     together) in inference mode; w as in the module docstring, the meta-net's weight of
     each given label under the first network's features (zeros without a meta-net).
     """
-    # pylint: disable=import-outside-toplevel
-    import tensorflow as tf
+    # deferred: keeps TensorFlow out of the command line's checks
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     backbones = list(backbones) if isinstance(backbones, (list, tuple)) else [backbones]
 
     @tf.function(reduce_retracing=True)
@@ -370,6 +373,7 @@ def score_part(model, part, *, batch_size: int = 500) -> Scores:
     if hasattr(model, "predicting"):
         networks, meta_net = model.predicting(), getattr(model, "meta_net", None)
     else:
+        # deferred: keeps TensorFlow out of the command line's checks
         from clid_tf.models import user_models  # pylint: disable=import-outside-toplevel
         networks, meta_net = [user_models.as_classifier(model)], None
     return scores_of(scoring_function(networks, meta_net), part,
@@ -379,6 +383,7 @@ def score_part(model, part, *, batch_size: int = 500) -> Scores:
 def scores_of(score, part, *, with_weights: bool, batch_size: int = 500) -> Scores:
     """`Scores` of a part under a `scoring_function`, in the part's order (weights None
     unless `with_weights`)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
     labels = np.asarray(part.labels, np.int32)
     probs, weights, start = [], [], 0
@@ -450,8 +455,8 @@ def find_label_issues(build_model: Callable[[], Any], x, y, *, folds: int = 5,
       `LabelIssues`: ranked positions, flagged issues, suspicion, scores, metrics and the
       class names in class-id order.
     """
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.data import pipelines as data  # pylint: disable=import-outside-toplevel
-    from clid_tf.data.inputs import as_inputs, num_samples, take
     x = data.as_input_array(x)  # one array, or a dict / list of them (several inputs)
     y, names = class_ids(y, class_names=class_names, n=num_samples(x))
     clean = None if clean_labels is None else class_ids(clean_labels, class_names=names)[0]

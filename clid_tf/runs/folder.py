@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from clid_tf import atomic_io
+from clid_tf.data import inputs as inputs_lib
 from clid_tf.runs import lock as run_lock
 
 # What a run writes into its folder (a --resume start may find these, and only these).
@@ -422,7 +423,6 @@ def for_this_worker(path: str, tf_config: str | None) -> str:
     weights and checkpoints them (TensorFlow's collective saves need all of them), so each
     can resume from its own folder; the non-chief folders can be deleted after the run.
     FolderError (one line) for a TF_CONFIG that names no task of this process."""
-    import json  # pylint: disable=import-outside-toplevel
     try:
         config = json.loads(tf_config or "")
         task = config["task"]
@@ -499,7 +499,6 @@ def input_fingerprints(dataset) -> dict[str, np.ndarray]:
     changed data is refused by name: fingerprint_<split>_inputs (array contents; file
     names and decoding) and fingerprint_<split>_labels, and for image files
     filestats_<split> (each file's size and time, int64 [N, 2])."""
-    from clid_tf.data import inputs as inputs_lib  # pylint: disable=import-outside-toplevel
     found = {}
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)

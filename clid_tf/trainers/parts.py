@@ -15,6 +15,9 @@ import os
 from clid_tf import names
 from clid_tf.data import datasets
 from clid_tf.data import sources
+from clid_tf.data import splits
+from clid_tf.data import ssl_splits
+from clid_tf.data.sources import cifar
 from clid_tf.errors import RunError
 
 # keras.applications' ResNet-50 ImageNet weights (notop): the file Keras caches under
@@ -79,7 +82,6 @@ def noisy_setup(flags):
     """The run's data as `splits.Setup`: loaded, checked, noise injected, the held-out
     part, the meta set and the training subset split off; RunError (one line) for bad
     input."""
-    from clid_tf.data import splits  # pylint: disable=import-outside-toplevel
     dataset = load_dataset(flags)
     check_data(flags, dataset)
     try:
@@ -99,7 +101,6 @@ def semi_supervised_setup(flags, *, unlabeled_batch_size: int):
     """The run's data as `ssl_splits.SslSetup`: --num_labels class-balanced labeled
     samples with --noise injected into them only, the rest unlabeled, the meta set;
     RunError (one line) for bad input."""
-    from clid_tf.data import ssl_splits  # pylint: disable=import-outside-toplevel
     dataset = load_dataset(flags)
     check_data(flags, dataset)
     if len(dataset.train.inputs.element_shape) != 3:
@@ -131,7 +132,6 @@ def pretrained_weights(flags) -> str | None:
     cached = os.path.join(keras_home, "models", RESNET50_WEIGHTS)
     if os.path.isfile(cached):
         return cached
-    from clid_tf.data.sources import cifar  # pylint: disable=import-outside-toplevel
     if not cifar.online():
         raise RunError(f"--pretrained=imagenet: the ResNet-50 ImageNet weights are not in "
                        f"{os.path.dirname(cached)} and there is no network to download "
@@ -149,6 +149,7 @@ def noise_flags(setup):
 # ---------------------------------------------------------------- models and optimizers
 def start_strategy(flags):
     """--deterministic and --seed applied, the --strategy started (RunError if it cannot)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     import keras
     import tensorflow as tf
@@ -165,6 +166,7 @@ def start_strategy(flags):
 
 def build_backbone(flags, setup, *, sync_batchnorm: bool, seed: int):
     """The flags' backbone for the setup's data, initialised from `seed`."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.models import backbones  # pylint: disable=import-outside-toplevel
     ds = setup.dataset
     mean, std = ((backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)
@@ -182,6 +184,7 @@ def build_backbone(flags, setup, *, sync_batchnorm: bool, seed: int):
 
 def lr_schedule(flags, steps_per_epoch: int):
     """The flags' per-epoch learning-rate schedule of the classifier (step -> lr)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.core import schedules  # pylint: disable=import-outside-toplevel
     return schedules.build(flags.lr_schedule, flags.lr, steps_per_epoch=steps_per_epoch,
                            epochs=flags.epochs, t_max=flags.lr_tmax, eta_min=flags.lr_eta_min,
@@ -192,6 +195,7 @@ def lr_schedule(flags, steps_per_epoch: int):
 def classifier_optimizer(flags, steps_per_epoch: int, *, nesterov: bool = False):
     """--optimizer (SGD with --momentum, heavy ball or `nesterov`, or Adam as PyTorch's:
     beta 0.9/0.999, epsilon 1e-8) on the flags' per-epoch schedule."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import keras  # pylint: disable=import-outside-toplevel
     if flags.optimizer == "adam":
         return keras.optimizers.Adam(lr_schedule(flags, steps_per_epoch), beta_1=0.9,
@@ -205,6 +209,7 @@ def meta_optimizer(flags, *, nesterov: bool = False):
     1e-8, the authors' meta optimizers': ruofanhu/CLID-MU@5cd0608, main_vri.py: build_training();
     SGD with Nesterov momentum 0.9 when `nesterov`, the authors' semi-supervised one:
     semi/semilearn/core/algorithmbase.py:98; plain otherwise)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     import keras  # pylint: disable=import-outside-toplevel
     if flags.meta_optimizer == "adam":
         return keras.optimizers.Adam(flags.meta_lr, epsilon=ADAM_EPSILON)
@@ -219,6 +224,7 @@ def augmentation(flags, ds, kind: str | None = None):
     kind = flags.augment if kind is None else kind
     if kind == "none":
         return None
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.data import augment  # pylint: disable=import-outside-toplevel
     pad = {"flip": 0}.get(kind, augment.CROP_PAD)
     return augment.build("weak" if kind == "flip" else kind,
@@ -229,6 +235,7 @@ def augmentation(flags, ds, kind: str | None = None):
 # ---------------------------------------------------------------- around the fit
 def tensorboard_header(flags, folder, charts=None) -> None:
     """The run's hyper-parameters (HParams tab) and the custom-scalars layout."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.runs import tb_views  # pylint: disable=import-outside-toplevel
     tb_views.write_hparams(folder.tensorboard, flags.hparams())
     if charts is None:
@@ -240,8 +247,10 @@ def tensorboard_header(flags, folder, charts=None) -> None:
 def validation_batches(flags, setup):
     """(inputs, labels) batches of the held-out part or of the val split, for fit's
     validation_data (Keras logs val_accuracy and val_loss); None without either."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
+    # deferred: keeps TensorFlow out of the command line's checks
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from clid_tf.data import pipelines
     ds = setup.dataset
     if setup.val_indices is not None:  # scored against their noisy labels
         inputs, indices, labels = ds.train.inputs, setup.val_indices, setup.noisy_labels
@@ -259,6 +268,7 @@ def export(flags, networks, epochs, ds, folder, *, overwrite: bool) -> list:
     --export=none. Returns the exported epochs (1-based; empty for none)."""
     if flags.export == "none":
         return []
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.runs import export as export_lib  # pylint: disable=import-outside-toplevel
     export_lib.export_saved_model(
         networks, folder.saved_model, input_shape=ds.train.inputs.element_shape,
@@ -273,6 +283,7 @@ def selection_of(flags, setup, folder, *, backbone=None, augment=None):
     (through `augment`, default --select_augment), the lowest --select_keep epochs kept
     (their weights as files in the run folder), test accuracies reported. `backbone`: the
     network to score (default the model's)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
     from clid_tf.evaluation import selection
@@ -298,6 +309,7 @@ def selection_augmentation(flags, ds):
 def single_network_results(flags, setup, selection, history: dict, exported) -> dict:
     """results.json of a one-network run (`evaluation.results.single_network`), with the
     meta-net and virtual step the trainer resolved."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.evaluation import results  # pylint: disable=import-outside-toplevel
     found = results.single_network(setup, selection, history, export=flags.export,
                                    exported=exported)

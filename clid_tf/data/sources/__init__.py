@@ -24,6 +24,7 @@ from typing import Protocol, Sequence
 
 from clid_tf.data import inputs
 from clid_tf.data.datasets import Dataset
+from clid_tf.data.sources import cifar, digits, files, npz, tfds
 from clid_tf.errors import DataError
 
 # Loader options a source may take (the command line's flags of the same names).
@@ -176,8 +177,6 @@ def claiming(path: str) -> list[Source]:
 
 
 def _register_builtins() -> None:
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data.sources import cifar, digits, files, npz, tfds
     for module in (digits, cifar, npz, files, tfds):
         for source in module.SOURCES:
             register(source)

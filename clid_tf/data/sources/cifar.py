@@ -14,6 +14,7 @@ import numpy as np
 
 from clid_tf.data import datasets
 from clid_tf.data.inputs import ArrayInputs
+from clid_tf.data.sources import tfds as tfds_source
 from clid_tf.errors import DataError
 
 # CLI name of a human-noise label set -> its TFDS feature (tensorflow_datasets 4.9.x
@@ -95,6 +96,7 @@ def load(name: str, *, human_label: str | None = None,
 
 def _class_names(name: str, spec: _TfdsSpec, data_dir: str | None) -> tuple[str, ...]:
     """TFDS's names of the 'label' classes (defined in the package: no download)."""
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     try:
         names = tfds.builder(name, data_dir=data_dir).info.features['label'].names
@@ -116,6 +118,7 @@ def online() -> bool:
 def _check_prepared(name: str, data_dir: str | None) -> None:
     """A dataset that is not prepared and cannot be downloaded fails now, in one line,
     instead of after minutes of download retries; online, TFDS downloads it as usual."""
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     try:
         prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
@@ -151,8 +154,8 @@ def _read_tfds_split(name: str, split: str, data_dir: str | None) -> dict[str, n
     Raises:
         DataError: the dataset could not be downloaded, prepared or read.
     """
-    import tensorflow_datasets as tfds
-    from clid_tf.data.sources import tfds as tfds_source
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     tfds_source.check_feature_types(name, data_dir)  # before TFDS reads the folder
     _check_prepared(name, data_dir)

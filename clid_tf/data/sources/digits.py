@@ -15,6 +15,7 @@ def load_digits(*, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
     The 0..16 grey levels are rescaled to 0..255 uint8 so digits look like any other image
     dataset to the pipeline and the exported model. A benchmark: its labels are clean.
     """
+    # deferred: scikit-learn (heavy) loads only when used, not with the command line
     # pylint: disable=import-outside-toplevel
     from sklearn import datasets as sk_datasets
     from sklearn import model_selection

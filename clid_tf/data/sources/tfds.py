@@ -33,6 +33,7 @@ is checked against TFDS's own feature classes, and any other is refused in one l
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -92,6 +93,7 @@ def load_tfds_image_classification(name: str, *, data_dir: str | None = None,
         train split, images of varying size without image_size, labels out of range, or a
         tfrecord split too large for memory.
     """
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     if image_size is not None and image_size < 1:
@@ -170,6 +172,7 @@ class TfdsInputs:
 
     def _serialized(self, ids_dataset):
         """(ids [b], serialized string [b]) batches from a dataset of int64 [b] batches."""
+        # deferred: TensorFlow is imported only for TFDS data
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
         def fetch(ids):
@@ -179,6 +182,7 @@ class TfdsInputs:
         return ids_dataset.map(fetch).prefetch(1)
 
     def read(self, indices, *, batch_size: int, drop_remainder: bool = False):
+        # deferred: TensorFlow and TFDS are imported only for TFDS data
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
         decoders = {self.image_key: tfds.decode.SkipDecoding()}
@@ -197,6 +201,7 @@ class TfdsInputs:
 
     def read_labels(self, label_key: str) -> np.ndarray:
         """int64 [N]: the ClassLabel feature `label_key` of every record (one pass)."""
+        # deferred: TensorFlow is imported only for TFDS data
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         spec = {label_key: tf.io.FixedLenFeature([], tf.int64)}
         ids = tf.data.Dataset.range(len(self)).batch(_READ_BATCH)
@@ -220,6 +225,7 @@ def check_feature_types(name: str, data_dir: str | None) -> None:
     """DataError (one line) when a metadata file of the dataset's folder in the data
     directory names a feature type that is not one of TFDS's own classes: TFDS would import
     the module it names, and so run code the folder chose. Links are not followed."""
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     trusted = {n for n in tfds.features.FeatureConnector._registered_features  # pylint: disable=protected-access
                if n.startswith('tensorflow_datasets.')}
@@ -244,7 +250,6 @@ def check_feature_types(name: str, data_dir: str | None) -> None:
 
 
 def _read_json(path: str):
-    import json  # pylint: disable=import-outside-toplevel
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
@@ -267,6 +272,7 @@ def _values_of(tree, keys: tuple[str, ...]):
 def _prepared_builder(name: str, data_dir: str | None):
     """tfds.builder(name) when it is prepared in data_dir; else a DataError (no download).
     The folder's feature types are checked first (`check_feature_types`)."""
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     where = datasets.tfds_location(data_dir)
     check_feature_types(name, data_dir)
@@ -292,6 +298,7 @@ def _prepared_builder(name: str, data_dir: str | None):
 def _feature_keys(name: str, info: Any) -> tuple[str, str]:
     """(image feature, label feature): the supervised keys when they are an Image and a
     ClassLabel feature, else 'image' and 'label'."""
+    # deferred: TFDS (it loads TensorFlow) is imported only for TFDS data
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     features = dict(info.features.items())
     image_key, label_key = 'image', 'label'
@@ -330,6 +337,7 @@ def _read_into_memory(builder: Any, name: str, split: str, image_key: str, label
                       shape: tuple[int, int, int], image_size: int | None,
                       ) -> tuple[ArrayInputs, np.ndarray]:
     """A split without random access, decoded (and resized) into uint8 [N, H, W, C]."""
+    # deferred: TensorFlow and TFDS are imported only for TFDS data
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     num_examples = builder.info.splits[split].num_examples

@@ -11,8 +11,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from clid_tf import metanets
 from clid_tf.data import datasets
 from clid_tf.data import meta_sets
+from clid_tf.errors import RunError
+from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -56,6 +59,7 @@ def split_arrays(flags, setup: Setup) -> dict:
 
 def train(flags, setup: Setup, folder, *, resuming: bool) -> dict:
     """Builds both networks, their streams and callbacks from the flags, fits, exports."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.evaluation import results as results_lib
     from clid_tf.evaluation import two_nets
@@ -101,7 +105,6 @@ def epoch_lr(flags):
 
 def build_networks(flags, setup: Setup, *, sync_batchnorm: bool) -> tuple[list, list | None]:
     """The two backbones (seeds seed, seed + 1) and, unless --method=ce, two meta-nets."""
-    from clid_tf import metanets  # pylint: disable=import-outside-toplevel
     nets = [parts.build_backbone(flags, setup, sync_batchnorm=sync_batchnorm,
                                  seed=flags.seed + k) for k in (0, 1)]
     if flags.method == "ce":
@@ -113,9 +116,9 @@ def build_networks(flags, setup: Setup, *, sync_batchnorm: bool) -> tuple[list, 
 
 def compiled_model(flags, setup: Setup):
     """`DivideMixModel` of the flags under the flags' strategy, with its four optimizers."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     import keras
-    from clid_tf.errors import RunError
     from clid_tf.trainers.dividemix import model as dividemix_model
     strategy = parts.start_strategy(flags)
     with strategy.scope():
@@ -143,6 +146,7 @@ def compiled_model(flags, setup: Setup):
 
 def streams_of(flags, setup: Setup):
     """The training samples, both meta sets and the augmentations as `Streams`."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
     from clid_tf.trainers.dividemix import streams
@@ -167,6 +171,7 @@ def meta_augmentation(flags, ds):
 
 def selections_of(flags, setup: Setup, folder, backbones) -> list:
     """One `ClidSelection` per network, on its own meta set."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
     from clid_tf.evaluation import selection
@@ -185,9 +190,9 @@ def selections_of(flags, setup: Setup, folder, backbones) -> list:
 def in_sample_scores(flags, folder, setup: Setup):
     """`label_issues.Scores` of the training samples: softmax of the two networks' mean
     logits, averaged over the run's last checkpoints (no meta weights)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
-    from clid_tf.evaluation import label_issues
     from clid_tf.runs import callbacks as run_callbacks
     nets, _ = build_networks(flags, setup, sync_batchnorm=False)
     idx = setup.train_indices

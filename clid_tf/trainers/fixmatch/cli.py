@@ -8,6 +8,9 @@ kept and exported.
 
 from __future__ import annotations
 
+from clid_tf import metanets
+from clid_tf.data import ssl_splits
+from clid_tf.data.inputs import read_numpy
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -28,9 +31,8 @@ def split_arrays(flags, setup) -> dict:
 
 def train(flags, setup, folder, *, resuming: bool) -> dict:
     """Builds the model, streams and callbacks from the flags, fits, exports."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
-    from clid_tf.data import ssl_splits
-    from clid_tf.data.inputs import read_numpy
     from clid_tf.evaluation import results as results_lib
     from clid_tf.runs import callbacks as run_callbacks
     from clid_tf.runs import tb_views
@@ -93,6 +95,7 @@ def views(flags, ds):
     (--augment_flip), a reflect-padded crop, strong adding --ssl_strong_augment (USB's
     RandAugment by default: ruofanhu/CLID-MU@5cd0608,
     semi/semilearn/datasets/augmentation/randaugment.py)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.trainers.fixmatch import streams  # pylint: disable=import-outside-toplevel
     return streams.views(ds.train.inputs.element_shape, seed=flags.seed,
                          flip=flags.augment_flip, strong=flags.ssl_strong_augment)
@@ -100,8 +103,8 @@ def views(flags, ds):
 
 def compiled_model(flags, setup):
     """The flags' FixMatchModel under the flags' strategy, compiled with both optimizers."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
-    from clid_tf import metanets
     from clid_tf.core import lookahead
     from clid_tf.trainers.fixmatch import model as fixmatch_model
     strategy = parts.start_strategy(flags)

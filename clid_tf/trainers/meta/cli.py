@@ -7,12 +7,14 @@ split alone (the supervised-only baseline of the semi-supervised trainers).
 
 from __future__ import annotations
 
-
 import numpy as np
 
+from clid_tf import metanets
 from clid_tf.data import meta_sets
 from clid_tf.data import splits
+from clid_tf.data.inputs import read_numpy
 from clid_tf.errors import RunError
+from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -44,9 +46,8 @@ def steps_per_epoch(flags, setup) -> int:
 # ---------------------------------------------------------------- the model
 def build_model(flags, setup, *, sync_batchnorm: bool):
     """The backbone and meta-net of the flags, wrapped in a MetaReweightModel."""
-    # pylint: disable=import-outside-toplevel
-    from clid_tf import metanets
-    from clid_tf.trainers.meta import model as meta_model
+    # deferred: keeps TensorFlow out of the command line's checks
+    from clid_tf.trainers.meta import model as meta_model  # pylint: disable=import-outside-toplevel
     net = parts.build_backbone(flags, setup, sync_batchnorm=sync_batchnorm, seed=flags.seed)
     if flags.method == "ce":
         return meta_model.MetaReweightModel(net, weight_decay=flags.weight_decay)
@@ -79,6 +80,7 @@ def training_stream(flags, setup, model, steps: int, start: int):
     """(the fit stream from epoch `start` on, [the small-loss reselection callback]):
     training batches through --augment, meta batches through --meta_augment, each set
     re-drawn every epoch where the setup says so."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
     from clid_tf.trainers.meta import small_loss
@@ -127,6 +129,7 @@ def fit(flags, model, setup, steps: int, *, start: int = 0, callbacks=(), checkp
     """Fits from epoch `start` to --epochs with the warm-up switch, the small-loss
     reselection where the method has one, the given callbacks, the NaN guard and last the
     `checkpoint` callback (the guard raises before a bad epoch is checkpointed)."""
+    # deferred: keeps TensorFlow out of the command line's checks
     from clid_tf.runs import callbacks as run_callbacks  # pylint: disable=import-outside-toplevel
     stream, reselect = training_stream(flags, setup, model, steps, start)
     reset = [run_callbacks.ResetOptimizer()] if flags.reset_optimizer_each_epoch else []
@@ -140,8 +143,8 @@ def fit(flags, model, setup, steps: int, *, start: int = 0, callbacks=(), checkp
 
 def train(flags, setup, folder, *, resuming: bool) -> dict:
     """Builds the model, its callbacks and streams from the flags, fits, exports."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
-    from clid_tf.data.inputs import read_numpy
     from clid_tf.evaluation import results as results_lib
     from clid_tf.runs import callbacks as run_callbacks
     from clid_tf.runs import tb_views
@@ -176,9 +179,8 @@ def train(flags, setup, folder, *, resuming: bool) -> dict:
 # ---------------------------------------------------------------- the label audit
 def out_of_sample_scores(flags, setup, *, folds: int):
     """K-fold cross-fitting over the training samples, each fold trained with the flags."""
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines
-    from clid_tf.evaluation import label_issues
+    # deferred: keeps TensorFlow out of the command line's checks
+    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
     idx = setup.train_indices
     inputs = setup.dataset.train.inputs
 
@@ -225,9 +227,9 @@ def fold_of(flags, setup, train_indices: np.ndarray):
 
 def in_sample_scores(flags, folder, setup):
     """Mean scores of the training samples over the run's last checkpoints."""
+    # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
-    from clid_tf.evaluation import label_issues
     from clid_tf.runs import callbacks as run_callbacks
     model = build_model(flags, setup, sync_batchnorm=False)
     networks = {"backbone": model.backbone}

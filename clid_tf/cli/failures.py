@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 
 from clid_tf.data import image_files
 from clid_tf.runs import folder as run_folder
@@ -66,9 +67,10 @@ def _kept(folder: run_folder.RunFolder) -> str:
 
 
 def _is_decode_error(error: BaseException, text: str) -> bool:
-    # deferred: keeps TensorFlow out of the command line's checks
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # loaded by now
-    return isinstance(error, tf.errors.InvalidArgumentError) and (
+    """A TensorFlow image decode error (never one raised before TensorFlow started: it is
+    not imported for this test)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.InvalidArgumentError) and (
         "decode" in text.lower() or "invalid png" in text.lower()
         or "invalid jpeg" in text.lower())
 

@@ -56,7 +56,7 @@ def test_smoke_run_trains_both_networks_and_reports_the_division(smoke_run):
     history = results["history"]
     assert all(np.isfinite(history["loss"])) and len(history["loss"]) == 8
     for k in (1, 2):
-        for term in ("l_x", "l_u", "penalty", "lambda_u", "meta_clid", "vri_kl"):
+        for term in ("l_x", "l_u", "penalty", "lambda_u", "meta_clid", "meta_regularizer"):
             values = history[f"net{k}_{term}"]
             assert values[:3] == [None] * 3, term  # warm-up: CE only
             assert all(np.isfinite(values[3:])), (term, values)
@@ -119,6 +119,27 @@ def test_the_in_sample_audit_scores_with_both_networks(smoke_run):
     assert audit["roc_auc"] > 0.9 and os.path.isfile(os.path.join(workdir, "audit.csv"))
 
 
+def test_dividemix_with_wnet_trains_and_resumes_through_the_command_line(tmp_path):
+    """Any registered meta-net whose weighted_loss takes the MixMatch rows: WNet + CLID
+    weights each row's term; a resume restores it (WNet has no noise state)."""
+    workdir = tmp_path / "wnet"
+    args = [f"--workdir={workdir}", *SMALL, "--meta_net=wnet", "--method=clid",
+            "--epochs=3", "--warmup_epochs=1", "--steps_per_epoch=6", "--export=none"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trainer dividemix, method clid, meta-net wnet" in proc.stdout
+    results = json.load(open(workdir / "results.json"))
+    history = results["history"]
+    assert results["flags"]["meta_net"] == "wnet"  # the value the trainer read
+    for k in (1, 2):
+        assert all(np.isfinite(history[f"net{k}_meta_clid"][1:]))
+        assert history[f"net{k}_meta_regularizer"][1:] == [0.0, 0.0]  # WNet has none
+    os.remove(workdir / "results.json")  # killed after its last checkpoint
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming after epoch 3 of 3" in again.stdout
+
+
 @pytest.mark.slow  # covered by test_the_ensemble_export_serves_the_merged_top_5 (export) and the Python API plain DivideMix fit
 def test_plain_dividemix_serves_the_two_final_networks(tmp_path):
     workdir = tmp_path / "plain"
@@ -128,7 +149,7 @@ def test_plain_dividemix_serves_the_two_final_networks(tmp_path):
     assert "trainer dividemix, method ce, meta-net none" in proc.stdout
     results = json.load(open(workdir / "results.json"))
     history = results["history"]
-    assert "meta_clid" not in history and "net1_vri_kl" not in history
+    assert "meta_clid" not in history and "net1_meta_regularizer" not in history
     assert np.isfinite(history["net2_l_x"][1]) and history["net1_labeled"][0] is None
     assert len(history["net1_meta_set_clid"]) == 2  # selection runs without a meta-net
     data = load_digits()

@@ -55,9 +55,6 @@ def _semi_supervised(name: str) -> Trainer:
                     lambda f: f"--trainer={name} trains its loss-net with --method=clid, or "
                               f"is plain {name} with --method=ce; --method={f.method} is "
                               "not available"),
-            Refusal(lambda f: f.meta_net != "wnet",
-                    lambda f: f"--trainer={name}'s loss-net is wnet (1-100-1 on the "
-                              f"per-sample CE); --meta_net={f.meta_net} is not available"),
             Refusal(lambda f: f.augment != "none",
                     f"--augment does not apply to --trainer={name}: labeled and meta images "
                     "take the weak view, unlabeled images the weak and the strong one"),

@@ -114,7 +114,8 @@ def compiled_model(flags, setup):
                                    seed=flags.seed)
         loss_net = None if flags.method == "ce" else metanets.build(
             flags.meta_net, num_classes=setup.dataset.num_classes,
-            feature_dim=net.feature_dim, seed=flags.seed, normalize=False)
+            feature_dim=net.feature_dim, seed=flags.seed,
+            normalize=False)  # WNet unnormalised, the authors' loss-net; others ignore it
         model = fixmatch_model.FixMatchModel(
             net, loss_net, algorithm=flags.trainer,
             num_unlabeled=len(setup.unlabeled_indices), lambda_u=flags.lambda_u,

@@ -13,7 +13,9 @@ One train_step per (labeled, unlabeled, meta) batch:
                        + lambda_u * L_u,
                    then the EMA of the parameters.
 Without a loss-net (or during a warm-up) w = 1: plain FixMatch / FlexMatch. The unlabeled
-batch never reaches steps 1 and 2.
+batch never reaches steps 1 and 2. The loss-net is used only through the meta-net
+contract (`weighted_loss`): the authors' is WeightNet(normalize=False); any other
+meta-net (VRI rectifying the labeled logits) weights the supervised term its own way.
 
 L_u (`unsupervised_loss`) takes hard pseudo-labels argmax p_weak where max p_weak reaches
 the threshold and averages CE(z_strong, pseudo) * mask over ALL uB rows. The threshold is
@@ -161,7 +163,8 @@ class FixMatchModel(base_model.TrainerModel):
         """
         Args:
           backbone: images -> (logits [B, K], features [B, d]) (`user_models.as_classifier`).
-          loss_net: `meta_nets.WeightNet(normalize=False)`, or None (plain FixMatch).
+          loss_net: a meta-net weighting the supervised term (the authors':
+            `WeightNet(normalize=False)`), or None (plain FixMatch).
           algorithm: 'fixmatch' or 'flexmatch'.
           num_unlabeled: U, the size of FlexMatch's table (its 'position' range).
           lambda_u: weight of the unlabeled term.
@@ -393,13 +396,9 @@ class FixMatchModel(base_model.TrainerModel):
         thresholds = self._thresholds()
         theta = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
-            logits, _ = self.backbone(images, training=True)
+            logits, features = self.backbone(images, training=True)
             logits_lb, logits_w, logits_s = tf.split(logits, [sizes[0], sizes[1], sizes[1]])
-            losses = objectives.per_sample_ce(logits_lb, labeled["label"])
-            weights = self._weights(losses)
-            scaled = losses if "sample_weight" not in labeled else (
-                losses * tf.cast(labeled["sample_weight"], losses.dtype))
-            supervised = distribute.global_mean(weights * scaled)
+            weights, supervised = self._supervised(logits_lb, features[:sizes[0]], labeled)
             unsup = unsupervised_loss(logits_w, logits_s, thresholds=thresholds)
             loss = supervised + self.lambda_u * unsup.loss
             regularization = virtual.regularization_loss(self.backbone)
@@ -416,12 +415,23 @@ class FixMatchModel(base_model.TrainerModel):
                 p_cutoff=self.p_cutoff))
         return weights, (loss, supervised, unsup), thresholds, logits_lb
 
-    def _weights(self, losses):
-        """The supervised term's per-sample weights: the (updated) loss-net's, not trained
-        by this step, or 1 without one or while it is off."""
-        if not self.meta_active:
-            return tf.ones_like(losses)
-        return tf.stop_gradient(tf.cast(self.meta_net(losses), losses.dtype))
+    def _supervised(self, logits, features, labeled):
+        """(per-sample weights [B], the supervised term L_s): the (updated) loss-net's
+        `weighted_loss` of the labeled batch (WNet unnormalised: mean_i w_i CE_i, w from
+        the detached CE; any other meta-net its own weighting), its phi not trained by
+        this step; without one or while it is off, mean_i CE_i (times the user's sample
+        weights)."""
+        sample_weight = labeled.get("sample_weight")
+        if self.meta_active:
+            weighted = self.meta_net.weighted_loss(logits, features, labeled["label"],
+                                                   regularize=False,
+                                                   **({} if sample_weight is None else
+                                                      {"sample_weight": sample_weight}))
+            return tf.stop_gradient(weighted.per_sample_weights()), weighted.loss
+        losses = objectives.per_sample_ce(logits, labeled["label"])
+        if sample_weight is not None:
+            losses = losses * tf.cast(sample_weight, losses.dtype)
+        return tf.ones_like(losses), distribute.global_mean(losses)
 
     def _thresholds(self):
         """FixMatch's p_cutoff, or FlexMatch's [K] thresholds from the table as it is."""

@@ -10,6 +10,7 @@ from scipy import stats
 from clid_tf.data import datasets
 from clid_tf.trainers.fixmatch import model as fixmatch
 from clid_tf.core import lookahead
+from clid_tf.metanets import vri
 from clid_tf.metanets import wnet
 from clid_tf.data import noise as noise_lib
 from clid_tf.core import objectives
@@ -274,9 +275,10 @@ def test_supervised_weights_come_from_the_updated_loss_net_without_gradient():
         frozen = helpers.snapshot(model.backbone.non_trainable_variables)
         phi_before = helpers.snapshot(model.meta_net.trainable_variables)
         logs = model.train_step(data)
-        losses = tf.constant(np.linspace(0.1, 3.0, 6))
         with tf.GradientTape() as tape:
-            weights = model._weights(losses)  # pylint: disable=protected-access
+            logits, features = model.backbone(data["labeled"]["image"], training=False)
+            weights, _ = model._supervised(  # pylint: disable=protected-access
+                logits, features, data["labeled"])
         assert tape.gradient(weights, model.meta_net.trainable_variables)[0] is None
     assert any(not np.allclose(a, b.numpy()) for a, b in
                zip(phi_before, model.meta_net.trainable_variables))
@@ -292,6 +294,42 @@ def test_supervised_weights_come_from_the_updated_loss_net_without_gradient():
     for v, value in zip(before.trainable_variables, phi_before):
         v.assign(value)
     assert not np.isclose(float(logs["loss_sup"]), np.mean(before(ce).numpy() * ce.numpy()))
+
+
+def test_a_vri_loss_net_rectifies_the_supervised_term_through_the_contract():
+    """Any meta-net serves as the loss-net: a VRINet's supervised term is the mean CE of
+    its rectified labeled logits (the same eps as its own weighted_loss), and its phi is
+    trained by the meta step."""
+    with helpers.floatx("float64"):
+        backbone = helpers.tiny_classifier(num_classes=3, seed=0)
+        rectifier = vri.VRINet(3, 4, embed_dim=4, hidden=(8,), seed=0)
+        model = fixmatch.FixMatchModel(backbone, rectifier, num_unlabeled=40, lambda_u=0.7,
+                                       p_cutoff=0.4, tau=0.5, weight_decay=WD)
+        model.compile(keras.optimizers.SGD(LR, momentum=MU, nesterov=True),
+                      keras.optimizers.Adam(0.01))
+        data = _data()
+        theta = helpers.snapshot(backbone.trainable_variables)
+        frozen = helpers.snapshot(backbone.non_trainable_variables)
+        phi_before = helpers.snapshot(rectifier.trainable_variables)
+        model.meta_active = False  # the actual step alone first: phi as it is
+        noise = rectifier.noise.state.numpy()
+        logs = model.train_step(data)
+        images = np.concatenate([data["labeled"]["image"], data["unlabeled"]["weak"],
+                                 data["unlabeled"]["strong"]])
+        (logits, features), _ = backbone.stateless_call(theta, frozen, images, training=True)
+        labels = data["labeled"]["label"]
+        np.testing.assert_allclose(float(logs["loss_sup"]), float(tf.reduce_mean(
+            objectives.per_sample_ce(logits[:6], labels))), rtol=1e-10)  # off: plain CE
+        model.meta_active = True
+        rectifier.noise.state.assign(noise)
+        _, supervised = model._supervised(  # pylint: disable=protected-access
+            logits[:6], features[:6], data["labeled"])
+        rectifier.noise.state.assign(noise)
+        want = rectifier.weighted_loss(logits[:6], features[:6], labels, regularize=False)
+        np.testing.assert_allclose(float(supervised), float(want.loss), rtol=1e-12)
+        model.train_step(data)
+    assert any(not np.allclose(a, b.numpy()) for a, b in
+               zip(phi_before, rectifier.trainable_variables))
 
 
 # ------------------------------------------------------------- the meta step

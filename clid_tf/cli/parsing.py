@@ -156,6 +156,11 @@ def parse_flags(argv: list[str], *, groups=None, help_overrides=None,
     Returns:
       argv[0] and the positional arguments from the command line.
     """
+    if training_flag_names() and _help_asked(argv[1:]):  # --help lists what they register
+        try:
+            import_extensions([_Arg(arg, None) for arg in argv[1:]])
+        except flags.Error as error:
+            fail(str(error))
     trainer = _trainer_named(argv[1:])
     if groups is None:
         groups = (help_groups(trainer) if training_flag_names() else

@@ -102,6 +102,15 @@ def test_the_pages_python_example_runs(folder):
     assert re.search(r"margin net: -?\d", proc.stdout)
 
 
+def test_help_lists_what_the_extensions_register(folder):
+    proc = run(["python", "-m", "clid_tf.train", "--extensions=margin_metanet,table_source",
+                "--help"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = " ".join(proc.stdout.split())
+    assert "margin (a sigmoid of the logit margin, two parameters)" in text
+    assert "'table:/data/train.csv' (a CSV table with a header and a 'label' column)" in text
+
+
 def test_an_extension_that_cannot_be_imported_is_one_line(folder):
     proc = run(["python", "-m", "clid_tf.train", "--extensions=no_such_module"], folder)
     assert_one_line_error(proc, "--extensions=no_such_module: cannot import it "

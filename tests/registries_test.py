@@ -92,6 +92,7 @@ def registered():
     sources.unregister("toy")
 
 
+@pytest.mark.slow  # covered by tests/docs/extending_test.py: a meta-net and a source from outside train, resume and audit through the command line
 def test_a_registered_meta_net_and_source_train_through_the_command_line(registered, tmp_path):
     cli.define_flags()
     workdir = tmp_path / "run"

@@ -188,19 +188,19 @@ def parse_flags(argv: list[str], *, groups=None, help_overrides=None,
 
 
 def import_extensions(given: list[_Arg], *, saved: list[_Arg] = ()) -> None:
-    """Imports the modules of --extensions (the last one given), which register their
-    meta-nets, sources and trainers, and defines the flags of the trainers they add, before
-    absl checks the values. `saved` (a run's flags.cfg, read as data) never imports: the
-    modules it names must be named on the command line too. flags.Error (one line) for a
-    module that is missing or fails to import."""
-    wanted = _last_list("extensions", given)
-    recorded = _last_list("extensions", saved)
-    missing = [name for name in recorded if name not in wanted]
-    if missing:
-        where = next(a.where for a in saved if a.text.startswith("--extensions"))
-        raise flags.Error(f"{where.rsplit(' line', 1)[0]} names --extensions="
-                          f"{','.join(recorded)}: code is imported only when the command line "
-                          f"names it; add --extensions={','.join(recorded)}")
+    """Imports the modules of --extensions, which register their meta-nets, sources and
+    trainers, and defines the flags of the trainers they add, before absl checks the
+    values. Only the command line imports code: the modules a flagfile line names (a run's
+    flags.cfg given back with --flagfile, say) or `saved` (a run's flags.cfg read as data)
+    must be named on the command line too. flags.Error (one line) for a module that is not
+    named there, missing, or fails to import."""
+    wanted = _last_list("extensions", [a for a in given if a.where is None])
+    for arg in [*saved, *given]:
+        recorded = _last_list("extensions", [arg]) if arg.where is not None else []
+        if [name for name in recorded if name not in wanted]:
+            raise flags.Error(f"{arg.where.rsplit(' line', 1)[0]} names --extensions="
+                              f"{','.join(recorded)}: code is imported only when the command "
+                              f"line names it; add --extensions={','.join(recorded)}")
     for name in wanted:
         if not MODULE_NAME.fullmatch(name):
             raise flags.Error(f"--extensions={name}: --extensions takes module names "

@@ -117,3 +117,8 @@ def test_an_extension_that_cannot_be_imported_is_one_line(folder):
                                 "(ModuleNotFoundError")
     proc = run(["python", "-m", "clid_tf.train", "--extensions=./margin_metanet.py"], folder)
     assert_one_line_error(proc, "--extensions takes module names")
+    # a flagfile (a run's flags.cfg given back, say) never imports code by itself
+    (folder / "ext.cfg").write_text("--extensions=margin_metanet\n--meta_net=margin\n")
+    proc = run(["python", "-m", "clid_tf.train", "--flagfile=ext.cfg"], folder)
+    assert_one_line_error(proc, "ext.cfg names --extensions=margin_metanet: code is imported "
+                                "only when the command line names it")

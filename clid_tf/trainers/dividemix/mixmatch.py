@@ -169,27 +169,42 @@ def mixmatch_loss(rectified: tf.Tensor, logits: tf.Tensor, targets: tf.Tensor, *
       num_labeled: rows [0, num_labeled) are the labeled ("x") rows of this replica.
       lambda_u: weight of l_u (the ramp's current value).
     """
-    l_x = distribute.global_mean(soft_cross_entropy(rectified[:num_labeled],
-                                                    targets[:num_labeled]))
-    l_u = distribute.global_mean(squared_error(rectified[num_labeled:],
-                                               targets[num_labeled:]))
+    return loss_of_terms(*row_terms(rectified, targets, num_labeled=num_labeled), logits,
+                         lambda_u=lambda_u)
+
+
+def row_terms(logits: tf.Tensor, targets: tf.Tensor, *,
+              num_labeled: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(soft CE of each labeled row [n_x], squared error of each unlabeled row [n_u]) of
+    the mixed batch's logits [n, K] and targets [n, K]."""
+    return (soft_cross_entropy(logits[:num_labeled], targets[:num_labeled]),
+            squared_error(logits[num_labeled:], targets[num_labeled:]))
+
+
+def loss_of_terms(ce: tf.Tensor, se: tf.Tensor, logits: tf.Tensor, *,
+                  lambda_u: tf.Tensor) -> LossTerms:
+    """LossTerms from `row_terms` (l_x, l_u their global means) and the penalty of the raw
+    `logits`."""
+    l_x, l_u = distribute.global_mean(ce), distribute.global_mean(se)
     penalty = uniform_penalty(logits)
-    total = l_x + tf.cast(lambda_u, l_u.dtype) * l_u + penalty
-    return LossTerms(total, l_x, l_u, penalty)
+    return LossTerms(l_x + tf.cast(lambda_u, l_u.dtype) * l_u + penalty, l_x, l_u, penalty)
+
+
+def scaled_rows(ce: tf.Tensor, se: tf.Tensor, *, lambda_u: tf.Tensor) -> tf.Tensor:
+    """Each row's term of L_x + lambda L_u, scaled so that their global mean is that sum:
+    n / n_x * CE for the labeled rows, lambda * n / n_u * the squared error for the
+    unlabeled ones (n_x, n_u: this replica's rows of each part, the same on every
+    replica). What a meta-net weights in DivideMix. [n_x], [n_u] -> [n]."""
+    n_x, n_u = (tf.cast(tf.shape(t)[0], ce.dtype) for t in (ce, se))
+    return tf.concat([ce * (n_x + n_u) / n_x,
+                      se * tf.cast(lambda_u, se.dtype) * (n_x + n_u) / n_u], axis=0)
 
 
 def row_losses(logits: tf.Tensor, targets: tf.Tensor, *, num_labeled: int,
                lambda_u: tf.Tensor) -> tf.Tensor:
-    """Each row's term of L_x + lambda L_u, scaled so that their global mean is that sum:
-    n / n_x * CE for the labeled rows, lambda * n / n_u * the squared error for the
-    unlabeled ones (n_x, n_u: this replica's rows of each part, the same on every
-    replica). What a meta-net weights in DivideMix. [n, K], [n, K] -> [n]."""
-    rows = tf.cast(tf.shape(logits)[0], logits.dtype)
-    n_x = tf.cast(num_labeled, logits.dtype)
-    labeled = soft_cross_entropy(logits[:num_labeled], targets[:num_labeled]) * rows / n_x
-    unlabeled = (squared_error(logits[num_labeled:], targets[num_labeled:])
-                 * tf.cast(lambda_u, logits.dtype) * rows / (rows - n_x))
-    return tf.concat([labeled, unlabeled], axis=0)
+    """`scaled_rows` of the mixed batch's logits [n, K] and targets [n, K] -> [n]."""
+    return scaled_rows(*row_terms(logits, targets, num_labeled=num_labeled),
+                       lambda_u=lambda_u)
 
 
 def lambda_ramp(t, *, lambda_u: float, warmup: float, rampup: float):

@@ -395,22 +395,19 @@ class DivideMixModel(base_model.TrainerModel):
             terms = dividemix.mixmatch_loss(logits, logits, mixed.targets,
                                             num_labeled=mixed.num_labeled, lambda_u=lam)
             return terms, None, None
-        seen = []
+        seen = []  # the row terms of the logits the meta-net weighs, kept for the logs
 
-        def row_terms(weighed):  # [n, K] -> [n], whose global mean is L_x + lambda L_u
-            seen.append(dividemix.mixmatch_loss(weighed, logits, mixed.targets,
-                                                num_labeled=mixed.num_labeled,
-                                                lambda_u=lam))
-            return dividemix.row_losses(weighed, mixed.targets,
-                                        num_labeled=mixed.num_labeled, lambda_u=lam)
+        def rows_of(weighed):  # [n, K] -> [n], whose global mean is L_x + lambda L_u
+            seen.append(dividemix.row_terms(weighed, mixed.targets,
+                                            num_labeled=mixed.num_labeled))
+            return dividemix.scaled_rows(*seen[-1], lambda_u=lam)
 
         labels = tf.argmax(mixed.targets, axis=-1, output_type=tf.int32)  # VRI embeds it
         weighted = self.meta_nets[k].weighted_loss(
-            logits, features, labels, regularize=regularize, per_sample_loss=row_terms,
+            logits, features, labels, regularize=regularize, per_sample_loss=rows_of,
             rows=mixed.rows)
-        penalty = seen[0].penalty
-        terms = dividemix.LossTerms(weighted.loss + penalty, seen[0].l_x, seen[0].l_u,
-                                    penalty)
+        logged = dividemix.loss_of_terms(*seen[-1], logits, lambda_u=lam)
+        terms = logged._replace(total=weighted.loss + logged.penalty)
         return terms, weighted.weights, weighted.regularizer if regularize else None
 
     def _training_loss(self, k: int, mixed: MixedBatch, lam) -> virtual.TrainingLoss:

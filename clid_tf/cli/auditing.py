@@ -86,10 +86,9 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     """
     started = time.time()
     spec = flags.trainer_spec
-    mode = "out_of_sample" if folds else "in_sample"
-    if mode not in spec.audits:
-        raise RunError(f"--trainer={spec.name} has no {mode.replace('_', '-')} label audit"
-                       + (" (use --audit_folds=0)" if "in_sample" in spec.audits else ""))
+    refusal = checks.audit_refusal(spec, folds)
+    if refusal is not None:
+        raise RunError(refusal)
     trainer = spec.module()
     idx = setup.train_indices
     given = setup.noisy_labels[idx]

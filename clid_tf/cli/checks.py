@@ -88,15 +88,20 @@ def _human_noise_fits_dataset(f) -> str | None:
 
 
 def _audit_refused(flags: TrainerFlags) -> str | None:
-    """--audit needs a trainer with that audit: out of sample (--audit_folds=K) or in
-    sample (0)."""
-    spec = flags.trainer_spec
-    mode = "out_of_sample" if flags.audit_folds else "in_sample"
-    if not flags.audit or mode in spec.audits:
+    """--audit needs a trainer with that audit."""
+    return audit_refusal(flags.trainer_spec, flags.audit_folds) if flags.audit else None
+
+
+def audit_refusal(spec: trainers.Trainer, folds: int) -> str | None:
+    """Why `spec` cannot audit its labels out of sample (folds = K) or in sample (0), or
+    None (the training's --audit and `python -m clid_tf.audit` ask the same)."""
+    mode = "out_of_sample" if folds else "in_sample"
+    if mode in spec.audits:
         return None
     if spec.audits:
-        return (f"--audit with --trainer={spec.name} scores in sample only: add "
-                "--audit_folds=0")
+        return (f"--trainer={spec.name} audits its labels in sample only: add --audit_folds=0"
+                if "in_sample" in spec.audits else f"--trainer={spec.name} audits its labels "
+                "out of sample only: use --audit_folds=K (2 or more)")
     auditing = ", ".join(t.name for t in trainers.registered() if t.audits)
     return (f"--audit: --trainer={spec.name} offers no label audit (the trainers with one: "
             f"{auditing})")

@@ -125,15 +125,24 @@ def _help_asked(args: list[str]) -> str | None:
 
 
 def _trainer_named(args: list[str]) -> str | None:
-    """The registered trainer a '--trainer=NAME' on the command line names (the last),
-    for --help; None for none."""
-    named = None
-    for arg in args:
+    """The registered trainer the command line's --trainer names (the last), for --help;
+    None for none."""
+    named = _last_value("trainer", args)
+    return named if named in trainers.names() else None
+
+
+def _last_value(name: str, args: list[str]) -> str | None:
+    """The value of the last '--name=V' or '--name V' among `args` (before a '--'); None
+    when absent."""
+    found = None
+    for arg, after in zip(args, [*args[1:], ""]):
         if arg == "--":
             break
-        if arg.startswith(("--trainer=", "-trainer=")):
-            named = arg.split("=", 1)[1]
-    return named if named in trainers.names() else None
+        if arg.startswith((f"--{name}=", f"-{name}=")):
+            found = arg.split("=", 1)[1]
+        elif arg in (f"--{name}", f"-{name}"):
+            found = after
+    return found
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -216,11 +225,8 @@ def import_extensions(given: list[_Arg], *, saved: list[_Arg] = ()) -> None:
 
 def _last_list(name: str, args: list[_Arg]) -> list[str]:
     """The value of the last '--name=a,b' among `args`, split; [] when absent."""
-    values = [a.text.split("=", 1)[1] if "=" in a.text else after.text
-              for a, after in zip(args, [*args[1:], _Arg("", None)])
-              if a.text.startswith((f"--{name}=", f"-{name}=")) or a.text in (f"--{name}",
-                                                                               f"-{name}")]
-    return [v.strip() for v in values[-1].split(",") if v.strip()] if values else []
+    value = _last_value(name, [a.text for a in args]) or ""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def run_flag_arguments(text: str, path: str) -> list[_Arg]:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from clid_tf.data import pipelines
-from clid_tf.data.inputs import (UNIT_SCALE_TOP, ArrayInputs, as_inputs, dtype_name,
+from clid_tf.data.inputs import (UNIT_SCALE_TOP, as_inputs, dtype_name,
                                  each_input, float_pixel_scale, input_array, num_samples,
                                  take, to_model)
 from clid_tf.data.pipelines import Part

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from absl import flags
 from absl.testing import flagsaver
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
 
 import numpy as np
 

@@ -1,10 +1,11 @@
 """The audit command: which training labels of a run does a CLID-MU model doubt?
 
 `python -m clid_tf.audit --workdir=RUN` reads the training flags of RUN/flags.cfg as data
-(flags given on the command line override them; nothing of absl's own is read from it), rebuilds the run's data (the same noisy labels and training samples,
-checked against RUN/split.npz) and ranks the training labels by suspicion
-(`clid_tf.evaluation.label_issues`): with --audit_folds=K (5 by default) out of sample, K models
-trained with the run's own settings, each scoring the fold it did not see; with
+(flags given on the command line override them; nothing of absl's own is read from it),
+rebuilds the run's data (the same noisy labels and training samples, checked against
+RUN/split.npz) and ranks the training labels by suspicion
+(`clid_tf.evaluation.label_issues`): with --audit_folds=K (5 by default) out of sample, K
+models trained with the run's own settings, each scoring the fold it did not see; with
 --audit_folds=0 in sample, with the run's last checkpoints (up to 3, averaged). It writes
 RUN/audit.csv (one row per training sample, most suspicious first, named by file path for
 file data and by index for arrays, labels by class name), RUN/audit.json (the summary) and
@@ -29,6 +30,7 @@ from clid_tf.data.inputs import read_numpy
 from clid_tf.errors import RunError
 from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
+from clid_tf.trainers import runner
 
 
 def flags_parser(argv: list[str]) -> list[str]:
@@ -61,8 +63,8 @@ def main(argv: list[str]) -> None:
         flags = checks.resolved(FLAGS)
         checks.check(flags)
         trainer = flags.trainer_spec.module()
-        setup = trainer.prepare_setup(flags)
-        folder.check_split({**trainer.split_arrays(flags, setup),
+        setup = runner.prepare_setup(trainer, flags)
+        folder.check_split({**runner.split_arrays(trainer, flags, setup),
                             **run_folder.input_fingerprints(setup.dataset)}, action="audit")
         audit(flags, folder, setup, folds=FLAGS.audit_folds)
     except (RunError, run_folder.FolderError, ValueError) as error:  # DataError included
@@ -94,8 +96,8 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     given = setup.noisy_labels[idx]
     clean = setup.dataset.train.clean_labels
     clean = None if clean is None else clean[idx]
-    scores = (trainer.out_of_sample_scores(flags, setup, folds=folds) if folds
-              else trainer.in_sample_scores(flags, folder, setup))
+    scores = (runner.out_of_sample_scores(trainer, flags, setup, folds=folds) if folds
+              else runner.in_sample_scores(trainer, flags, folder, setup))
     names = setup.dataset.train.inputs.names()
     names = idx if names is None else names[idx]
     flagged = label_issues.flag_issues(scores.probs, given, filter_by=flags.audit_filter)

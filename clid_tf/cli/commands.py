@@ -26,6 +26,7 @@ from clid_tf.cli.parsing import fail
 from clid_tf.data import sources
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
+from clid_tf.trainers import runner
 
 
 def main(argv: list[str]) -> None:
@@ -63,7 +64,7 @@ def run(state: dict | None = None) -> dict:
     checks.check(flags)
     if FLAGS.resume and not FLAGS.workdir:
         raise errors.RunError("--resume needs --workdir=RUN, the folder of the run to continue")
-    path = FLAGS.workdir or _default_workdir()
+    path = FLAGS.workdir or _default_workdir(flags)
     if flags.strategy == "multi_worker":  # one writer per folder: the chief writes RUN
         if not FLAGS.workdir:
             raise errors.RunError("--strategy=multi_worker needs --workdir=RUN, the same on "
@@ -82,9 +83,9 @@ def run(state: dict | None = None) -> dict:
     trainer = flags.trainer_spec.module()
     with folder.removed_on_failure():
         with _tfds_warnings_hidden():  # numpy only: bad data is one line before TensorFlow starts
-            setup = trainer.prepare_setup(flags)
+            setup = runner.prepare_setup(trainer, flags)
         state["setup"] = setup
-        split = {**trainer.split_arrays(flags, setup),
+        split = {**runner.split_arrays(trainer, flags, setup),
                  **run_folder.input_fingerprints(setup.dataset)}
         if resuming and folder.has_split():
             for note in folder.check_split(split):
@@ -94,7 +95,8 @@ def run(state: dict | None = None) -> dict:
             folder.save_split(split)
         print(plan_line(flags, setup, folder))
         started = time.time()
-        results = trainer.train(flags, setup, folder, resuming=resuming)
+        results = runner.train(flags, setup, folder, trainer.build(flags, setup),
+                               resuming=resuming)
     results["train_seconds"] = round(time.time() - started, 1)
     results["flags"] = dict(sorted(flags.read().items()))
     folder.write_results(results)
@@ -223,7 +225,9 @@ def _tfds_warnings_hidden():
         logging.set_verbosity(level)
 
 
-def _default_workdir() -> str:
+def _default_workdir(flags) -> str:
+    """runs/<dataset>-<method>-<time> (<trainer> for a trainer without a --method)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    what = flags.method if "method" in flags.trainer_spec.reads else flags.trainer
     return os.path.join("runs", f"{FLAGS.dataset.replace(':', '_').replace('/', '_')}"
-                        f"-{FLAGS.method}-{stamp}")
+                        f"-{what}-{stamp}")

@@ -83,8 +83,8 @@ def _define_shared_flags() -> None:
     # ---- run and output
     flags.DEFINE_string("workdir", None, "Output folder for TensorBoard events, checkpoints, "
                         "the SavedModel and results.json; new or empty (unless --resume). "
-                        "Default: runs/<dataset>-<method>-<YYYYmmdd-HHMMSS> under the "
-                        "current folder, with ':' and '/' of --dataset as '_' (e.g. "
+                        "Default: runs/<dataset>-<method or trainer>-<YYYYmmdd-HHMMSS> "
+                        "under the current folder, with ':' and '/' of --dataset as '_' (e.g. "
                         "runs/digits-clid-20250101-093000).")
     flags.DEFINE_integer("seed", 0, "Seed for noise, meta set, shuffling and initialisation.")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bars, 2 one line "
@@ -179,7 +179,8 @@ def _define_shared_flags() -> None:
                                                      allow_none=True))
     flags.DEFINE_float("vri_kl", 0.01, "VRI: weight of KL(posterior || prior) in the "
                        "meta-net's objective.", lower_bound=0.0)
-    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set "
+    flags.DEFINE_integer("meta_size", 200, "Number of training samples in the meta set, "
+                         "the set a meta-net learns from and the label-free selection scores "
                          "(--trainer=dividemix: in each network's own meta set).",
                          lower_bound=1)
     flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (CLID is batch dependent).",
@@ -405,8 +406,8 @@ HELP_GROUPS = (
                         "noise", "noise_rate", "val_split", "augment", "augment_flip",
                         "imbalance_gamma")),
     ("trainer, backbone and label-free selection", (
-        "trainer", "backbone", "pretrained", "warmup_epochs", "select_keep",
-        "select_augment")),
+        "trainer", "backbone", "pretrained", "meta_size", "meta_batch_size", "tau",
+        "select_keep", "select_augment")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
                       "weight_decay", "lr_schedule", "lr_schedule_start", "lr_tmax",
                       "lr_eta_min", "lr_milestones", "lr_gamma")),

@@ -2,9 +2,11 @@
 
 A trainer is a package: its Keras model (a `train_step` that reads like its algorithm),
 its pure math, its input streams, and `cli.py`, the adapter that builds those parts from
-the parsed flags and runs them. The package's `__init__.py` declares its `Trainer` (no
-TensorFlow there): its names, the defaults of the flags it resolves its own way, the flag
-combinations it refuses, and where its adapter is. The built-in trainers:
+the parsed flags into a `runner.Plan`, which the runner runs with the services every
+trainer shares (checkpoints, selection, TensorBoard, export, results). The package's
+`__init__.py` declares its `Trainer` (no TensorFlow there): its names, the defaults of the
+flags it resolves its own way, the flag combinations it refuses, and where its adapter is.
+The built-in trainers:
 
   meta         one network, a meta-net (WNet or VRI) trained through a virtual step
   vri_single   one network with the VRI rectifier and the real optimizer's virtual step
@@ -48,9 +50,10 @@ class Refusal:
 
 # Flags several trainers read (defined in `clid_tf.cli.flags`); a trainer lists the groups
 # that apply in its `reads`.
-META_NET_FLAGS = ("method", "meta_net", "meta_size", "meta_batch_size", "tau",
-                  "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad", "meta_scope",
-                  "virtual_step")
+# (The meta set's size, batch and CLID temperature are every trainer's: the runner's
+# label-free selection scores that set.)
+META_NET_FLAGS = ("method", "meta_net", "warmup_epochs", "meta_optimizer", "meta_lr",
+                  "meta_weight_decay", "meta_grad", "meta_scope", "virtual_step")
 # --num_labels: a few labels plus unlabeled data.
 SEMI_SUPERVISED_FLAGS = ("num_labels", "include_lb_to_ulb", "ssl_meta_source")
 
@@ -103,24 +106,31 @@ class Trainer:
 
 class Adapter(Protocol):
     """What a trainer's `cli.py` provides. `flags` are the parsed flags with the trainer's
-    defaults filled in; `setup` is the trainer's own data object (numpy only)."""
+    defaults filled in; `setup` is the trainer's own data object (numpy only). Only
+    `build` is required: `clid_tf.trainers.runner` has the defaults of the others and runs
+    the plan (checkpoints and resume, selection, TensorBoard, export, results.json)."""
 
     def prepare_setup(self, flags) -> Any:
         """The run's data: loaded, noise injected, split; bad input raises RunError or
-        DataError (one line) before TensorFlow starts."""
+        DataError (one line) before TensorFlow starts. Default: `parts.noisy_setup`."""
 
     def split_arrays(self, flags, setup) -> dict:
-        """What RUN/split.npz holds: labels and indices, checked again on resume."""
+        """What RUN/split.npz holds: labels and indices, checked again on resume. Default:
+        the setup's noisy labels and its training, meta and held-out indices."""
 
-    def train(self, flags, setup, folder, *, resuming: bool) -> dict:
-        """Builds the model, streams and callbacks, fits, exports; returns results.json."""
+    def build(self, flags, setup) -> Any:
+        """The `runner.Plan`: the compiled model, its stream, its own callbacks and what it
+        predicts with."""
 
     def in_sample_scores(self, flags, folder, setup) -> Any:
         """`evaluation.label_issues.Scores` of the training samples under the run's last
-        checkpoints (only if 'in_sample' in the trainer's audits)."""
+        checkpoints (only if 'in_sample' in the trainer's audits). Default: the plan's
+        networks (and a one-network model's meta-net) under each, averaged."""
 
     def out_of_sample_scores(self, flags, setup, *, folds: int) -> Any:
-        """The same, out of sample by K-fold cross-fitting (only if 'out_of_sample')."""
+        """The same, out of sample by K-fold cross-fitting (only if 'out_of_sample').
+        Default: each fold's plan fitted on the setup that `fold_of(flags, setup,
+        train_indices)` returns (default: the setup with those training indices)."""
 
 
 _REGISTRY: dict[str, Trainer] = {}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from clid_tf import names
 from clid_tf.data import datasets
 from clid_tf.data import sources
@@ -232,6 +234,24 @@ def augmentation(flags, ds, kind: str | None = None):
                          flip=flags.augment_flip, pad=pad)
 
 
+def training_batches(flags, setup, steps_per_epoch: int, first_epoch: int = 0):
+    """Endless batches {'image', 'label'[, 'is_noisy']} of the training samples with their
+    noisy labels, through --augment, `steps_per_epoch` per epoch from `first_epoch` on
+    (`pipelines.epoch_batches`: each epoch a function of the seed and its number; a
+    re-sampled training subset drawn anew each epoch)."""
+    # deferred: keeps TensorFlow out of the command line's checks
+    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
+    fields = {"label": setup.noisy_labels.astype(np.int32)}
+    is_noisy = noise_flags(setup)
+    if is_noisy is not None:
+        fields["is_noisy"] = is_noisy
+    return pipelines.epoch_batches(
+        setup.dataset.train.inputs, setup.train_indices, batch_size=flags.batch_size,
+        seed=flags.seed, steps_per_epoch=steps_per_epoch, first_epoch=first_epoch,
+        fields=fields, augment=augmentation(flags, setup.dataset),
+        indices_of_epoch=getattr(setup, "train_of_epoch", None))
+
+
 # ---------------------------------------------------------------- around the fit
 def tensorboard_header(flags, folder, charts=None) -> None:
     """The run's hyper-parameters (HParams tab) and the custom-scalars layout."""
@@ -278,25 +298,6 @@ def export(flags, networks, epochs, ds, folder, *, overwrite: bool) -> list:
     return list(epochs)
 
 
-def selection_of(flags, setup, folder, *, backbone=None, augment=None):
-    """The label-free `ClidSelection` of a one-network run: meta-set CLID every epoch
-    (through `augment`, default --select_augment), the lowest --select_keep epochs kept
-    (their weights as files in the run folder), test accuracies reported. `backbone`: the
-    network to score (default the model's)."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines
-    from clid_tf.evaluation import selection
-    ds = setup.dataset
-    return selection.ClidSelection(
-        pipelines.Part(setup.meta_inputs(), setup.selection_indices),
-        test=None if ds.test is None else pipelines.Part(ds.test.inputs, None, ds.test.labels),
-        batch_size=min(flags.meta_batch_size, len(setup.selection_indices)), tau=flags.tau,
-        keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
-        augment=selection_augmentation(flags, ds) if augment is None else augment,
-        directory=folder.selected_weights, backbone=backbone)
-
-
 def selection_augmentation(flags, ds):
     """The augmentation the label-free selection scores the meta set through:
     --select_augment (or the trainer's default for it), none for feature vectors unless
@@ -306,13 +307,9 @@ def selection_augmentation(flags, ds):
     return augmentation(flags, ds, flags.select_augment)
 
 
-def single_network_results(flags, setup, selection, history: dict, exported) -> dict:
-    """results.json of a one-network run (`evaluation.results.single_network`), with the
-    meta-net and virtual step the trainer resolved."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    from clid_tf.evaluation import results  # pylint: disable=import-outside-toplevel
-    found = results.single_network(setup, selection, history, export=flags.export,
-                                   exported=exported)
-    if flags.method != "ce":  # the trainer's defaults where the flags left them open
-        found.update(meta_net=flags.meta_net, virtual_step=flags.virtual_step)
-    return found
+def meta_net_results(flags) -> dict:
+    """results.json's meta_net and virtual_step: the trainer's defaults where the flags left
+    them open ({} for --method=ce, which trains none)."""
+    if flags.method == "ce":
+        return {}
+    return {"meta_net": flags.meta_net, "virtual_step": flags.virtual_step}

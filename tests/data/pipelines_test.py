@@ -128,9 +128,9 @@ def test_a_val_meta_sets_batches_are_validation_images_without_labels(tmp_path, 
         FLAGS(["clid", "--steps_per_epoch=2", *args])
         flags = checks.resolved()
         setup = meta_cli.prepare_setup(flags)
-        stream, _ = meta_cli.training_stream(flags, setup,
-                                             types.SimpleNamespace(meta_net=object()),
-                                             steps=2, start=0)
+        stream = meta_cli.training_stream(flags, setup,
+                                          types.SimpleNamespace(meta_net=object()),
+                                          steps=2, start=0)
         elements = list(stream.take(4).as_numpy_iterator())
     assert all(set(e["meta"]) == {"image"} for e in elements)
     meta_levels = {int(v) for e in elements for v in np.unique(e["meta"]["image"])}

@@ -6,7 +6,6 @@ from the flags as a Python user would build them.
 
 from __future__ import annotations
 
-import types
 from typing import NamedTuple
 
 import numpy as np
@@ -15,7 +14,6 @@ from clid_tf import metanets
 from clid_tf.data import datasets
 from clid_tf.data import meta_sets
 from clid_tf.errors import RunError
-from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -57,44 +55,24 @@ def split_arrays(flags, setup: Setup) -> dict:
     return {**arrays, "meta_indices_net2": setup.meta_sets[1]}
 
 
-def train(flags, setup: Setup, folder, *, resuming: bool) -> dict:
-    """Builds both networks, their streams and callbacks from the flags, fits, exports."""
+def build(flags, setup: Setup):
+    """The runner's `Plan`: `DivideMixModel` with its per-epoch `Streams` (whose loss
+    history the checkpoints hold), the per-epoch learning rate, one selection per network
+    on its own meta set, the warm-up's epochs out of the selections."""
     # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
-    from clid_tf.evaluation import results as results_lib
-    from clid_tf.evaluation import two_nets
-    from clid_tf.runs import callbacks as run_callbacks
-    from clid_tf.runs import tb_views
+    from clid_tf.data import pipelines
+    from clid_tf.trainers import runner
     from clid_tf.trainers.dividemix import model as dividemix_model
-    if not resuming:
-        parts.tensorboard_header(flags, folder, CHARTS)
     ds = setup.dataset
     model = compiled_model(flags, setup)
-    selections = selections_of(flags, setup, folder, model.backbones)
-    evaluation = two_nets.TwoNetEvaluation(selections,
-                                           None if ds.test is None else ds.test.labels)
     streams = streams_of(flags, setup)
-    checkpointed = {**model.checkpoint_parts(), **streams.checkpoint_parts()}
-    run_state = run_callbacks.RunState(  # the networks and the co-divide's loss history
-        folder.checkpoints, types.SimpleNamespace(checkpoint_parts=lambda: checkpointed),
-        selections)
-    start = run_state.restore() if resuming else 0
-    if start:
-        print(f"resuming after epoch {start} of {flags.epochs}")
-    model.fit(streams, epochs=flags.epochs, initial_epoch=start, verbose=flags.verbose,
-              validation_data=parts.validation_batches(flags, setup), callbacks=[
-                  dividemix_model.EpochLearningRate(epoch_lr(flags), model.net_optimizers),
-                  *selections, evaluation,  # add logs: before the callbacks that record them
-                  tb_views.StepTimer(), tb_views.TensorBoard(folder.tensorboard),
-                  run_callbacks.NonFiniteGuard(), run_state])
-    networks = results_lib.exported_members(selections, flags.export, keep=flags.select_keep,
-                                            last=model.backbones)
-    parts.export(flags, networks, (), ds, folder, overwrite=resuming)
-    results = results_lib.several_networks(setup, selections, evaluation, run_state.history,
-                                           export=flags.export,
-                                           num_meta=[len(m) for m in setup.meta_sets])
-    results["trainer"] = "dividemix"
-    return results
+    return runner.Plan(
+        model, lambda start: streams, state=streams.checkpoint_parts(),
+        callbacks=[dividemix_model.EpochLearningRate(epoch_lr(flags), model.net_optimizers)],
+        meta_sets=[pipelines.Part(ds.train.inputs, meta) for meta in setup.meta_sets],
+        eligible_from=flags.warmup_epochs + 1,  # the warm-up's CE epochs stay out
+        charts=CHARTS)
 
 
 def epoch_lr(flags):
@@ -167,40 +145,6 @@ def streams_of(flags, setup: Setup):
 def meta_augmentation(flags, ds):
     """Weak crop + flip for the meta batches whenever training augments, else none."""
     return None if flags.augment == "none" else parts.augmentation(flags, ds, "weak")
-
-
-def selections_of(flags, setup: Setup, folder, backbones) -> list:
-    """One `ClidSelection` per network, on its own meta set."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines
-    from clid_tf.evaluation import selection
-    ds = setup.dataset
-    test = None if ds.test is None else pipelines.Part(ds.test.inputs, None, ds.test.labels)
-    return [selection.ClidSelection(
-        pipelines.Part(ds.train.inputs, meta), test=test,
-        batch_size=min(flags.meta_batch_size, len(meta)), tau=flags.tau,
-        keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
-        augment=parts.selection_augmentation(flags, ds),
-        directory=folder.selected_weights, backbone=backbones[k], prefix=f"net{k + 1}_",
-        eligible_from=flags.warmup_epochs + 1)  # the warm-up's CE epochs stay out
-        for k, meta in enumerate(setup.meta_sets)]
-
-
-def in_sample_scores(flags, folder, setup: Setup):
-    """`label_issues.Scores` of the training samples: softmax of the two networks' mean
-    logits, averaged over the run's last checkpoints (no meta weights)."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines
-    from clid_tf.runs import callbacks as run_callbacks
-    nets, _ = build_networks(flags, setup, sync_batchnorm=False)
-    idx = setup.train_indices
-    return label_issues.checkpoint_scores(
-        folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:],
-        run_callbacks.restorer({"backbone1": nets[0], "backbone2": nets[1]}), nets,
-        pipelines.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx]),
-        batch_size=flags.eval_batch_size)
 
 
 # TensorBoard custom scalars of a DivideMix run (title, tags).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from clid_tf import metanets
 from clid_tf.data import ssl_splits
-from clid_tf.data.inputs import read_numpy
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -29,65 +28,43 @@ def split_arrays(flags, setup) -> dict:
             "unlabeled_indices": setup.unlabeled_indices}
 
 
-def train(flags, setup, folder, *, resuming: bool) -> dict:
-    """Builds the model, streams and callbacks from the flags, fits, exports."""
+def build(flags, setup):
+    """The runner's `Plan`: `FixMatchModel`, its labeled/unlabeled/meta stream, an epoch
+    of --eval_every iterations, the EMA network scored and selected (through the weak view
+    when --select_augment=weak), meta weights shown on labeled samples."""
     # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
-    from clid_tf.evaluation import results as results_lib
     from clid_tf.runs import callbacks as run_callbacks
     from clid_tf.runs import tb_views
+    from clid_tf.trainers import runner
     from clid_tf.trainers.fixmatch import streams
-    if not resuming:
-        parts.tensorboard_header(flags, folder)
-    ds = setup.dataset
     model = compiled_model(flags, setup)
-    weak, strong = views(flags, ds)
-    selection = parts.selection_of(
-        flags, setup, folder, backbone=model.ema_backbone,
-        augment=weak if flags.select_augment == "weak" else None)
-    run_state = run_callbacks.RunState(folder.checkpoints, model, selection)
-    start = run_state.restore() if resuming else 0
-    if start:
-        print(f"resuming after evaluation {start} of {flags.epochs}")
-    is_noisy = parts.noise_flags(setup)
-    stream = streams.ssl_stream(
-        ds.train.inputs, labeled=setup.train_indices, labels=setup.noisy_labels,
-        unlabeled=setup.unlabeled_indices,
-        meta=None if model.meta_net is None else setup.meta_indices, weak=weak,
-        strong=strong, batch_size=flags.batch_size,
-        unlabeled_batch_size=flags.uratio * flags.batch_size,
-        meta_batch_size=flags.meta_batch_size,
-        meta_views=("weak", "strong") if setup.meta_source == "unlabeled" else ("weak",),
-        seed=flags.seed, steps_per_epoch=flags.eval_every, first_epoch=start,
-        is_noisy=is_noisy, with_positions=flags.trainer == "flexmatch")
-    labeled = setup.train_indices[tb_views.sample_indices(len(setup.train_indices), 2000,
-                                                          flags.seed)]
-    model.fit(stream, initial_epoch=start, epochs=flags.epochs,
-              steps_per_epoch=flags.eval_every, verbose=flags.verbose, shuffle=False,
-              validation_data=parts.validation_batches(flags, setup),
-              callbacks=[
-                  run_callbacks.WarmUp(flags.warmup_epochs),
-                  selection,  # adds logs: before the callbacks that record them
-                  tb_views.StepTimer(),
-                  tb_views.MetaViews(
-                      folder.tensorboard, read_numpy(ds.train.inputs, labeled),
-                      setup.noisy_labels[labeled],
-                      None if is_noisy is None else is_noisy[labeled],
-                      sample_size=len(labeled), seed=flags.seed,
-                      eval_batch_size=flags.eval_batch_size),
-                  tb_views.TensorBoard(folder.tensorboard),
-                  run_callbacks.NonFiniteGuard(flags.eval_every),
-                  run_state])
-    networks, epochs = results_lib.exported_networks(
-        selection, flags.export, keep=flags.select_keep, last=model.ema_backbone,
-        last_epoch=flags.epochs)
-    exported = parts.export(flags, networks, epochs, ds, folder, overwrite=resuming)
-    results = parts.single_network_results(flags, setup, selection, run_state.history,
-                                           exported)
-    results.update(ssl_splits.split_report(setup), eval_every=flags.eval_every,
-                   selected_step=results["selected_epoch"] * flags.eval_every,
-                   algorithm=flags.trainer, weights="ema")
-    return results
+    weak, strong = views(flags, setup.dataset)
+
+    def stream(start):
+        return streams.ssl_stream(
+            setup.dataset.train.inputs, labeled=setup.train_indices,
+            labels=setup.noisy_labels, unlabeled=setup.unlabeled_indices,
+            meta=None if model.meta_net is None else setup.meta_indices, weak=weak,
+            strong=strong, batch_size=flags.batch_size,
+            unlabeled_batch_size=flags.uratio * flags.batch_size,
+            meta_batch_size=flags.meta_batch_size,
+            meta_views=("weak", "strong") if setup.meta_source == "unlabeled" else ("weak",),
+            seed=flags.seed, steps_per_epoch=flags.eval_every, first_epoch=start,
+            is_noisy=parts.noise_flags(setup), with_positions=flags.trainer == "flexmatch")
+
+    def results(found):
+        return {**parts.meta_net_results(flags), **ssl_splits.split_report(setup),
+                "eval_every": flags.eval_every,
+                "selected_step": found["selected_epoch"] * flags.eval_every,
+                "algorithm": flags.trainer, "weights": "ema"}
+
+    labeled = tb_views.sample_indices(len(setup.train_indices), 2000, flags.seed)
+    return runner.Plan(
+        model, stream, steps_per_epoch=flags.eval_every,  # the EMA network predicts
+        callbacks=[run_callbacks.WarmUp(flags.warmup_epochs)],
+        selection_augment=weak if flags.select_augment == "weak" else runner.FROM_FLAGS,
+        views=setup.train_indices[labeled], unit="evaluation", results=results)
 
 
 def views(flags, ds):

@@ -1,8 +1,9 @@
 """The meta trainers' adapter (`--trainer=meta|vri_single`): their data, model, streams
-and callbacks built from the flags, handed to the library as a Python user would hand
-them: `MetaReweightModel(...)`, `compile(...)`, `fit(...)`. The audit trains its folds
-with the same pieces; `--num_labels` trains on the labeled part of a semi-supervised
-split alone (the supervised-only baseline of the semi-supervised trainers).
+and callbacks built from the flags as a Python user would build them
+(`MetaReweightModel(...)`, `compile(...)`), handed to the runner as a `Plan`. The audit
+trains its folds with the same plan on each fold's samples (`fold_of`); `--num_labels`
+trains on the labeled part of a semi-supervised split alone (the supervised-only baseline
+of the semi-supervised trainers).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import numpy as np
 from clid_tf import metanets
 from clid_tf.data import meta_sets
 from clid_tf.data import splits
-from clid_tf.data.inputs import read_numpy
 from clid_tf.errors import RunError
-from clid_tf.evaluation import label_issues
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
 
@@ -75,42 +74,67 @@ def compiled_model(flags, setup, steps: int):
     return model
 
 
-# ---------------------------------------------------------------- streams and fit
-def training_stream(flags, setup, model, steps: int, start: int):
-    """(the fit stream from epoch `start` on, [the small-loss reselection callback]):
-    training batches through --augment, meta batches through --meta_augment, each set
-    re-drawn every epoch where the setup says so."""
+# ---------------------------------------------------------------- the plan
+def build(flags, setup):
+    """The runner's `Plan`: the compiled model, its stream (training batches through
+    --augment, meta batches through --meta_augment, each set re-drawn every epoch where
+    the setup says so) and its callbacks (the warm-up switch, the optimizer reset, the
+    small-loss reselection)."""
+    # deferred: keeps TensorFlow out of the command line's checks
+    # pylint: disable=import-outside-toplevel
+    from clid_tf.runs import callbacks as run_callbacks
+    from clid_tf.runs import tb_views
+    from clid_tf.trainers import runner
+    steps = steps_per_epoch(flags, setup)
+    model = compiled_model(flags, setup, steps)
+    meta_set, reselect = small_loss_meta_set(flags, setup, model)
+    views = tb_views.sample_indices(len(setup.train_indices), parts.VIEW_SAMPLES, flags.seed)
+    return runner.Plan(
+        model, lambda start: training_stream(flags, setup, model, steps, start, meta_set),
+        steps_per_epoch=steps,
+        callbacks=[run_callbacks.WarmUp(flags.warmup_epochs),
+                   *([run_callbacks.ResetOptimizer()] if flags.reset_optimizer_each_epoch
+                     else []), *reselect],
+        views=setup.train_indices[views], results=lambda _: parts.meta_net_results(flags))
+
+
+def small_loss_meta_set(flags, setup, model):
+    """(the meta set chosen anew every epoch by small loss, [its reselection callback]) of
+    the small-loss methods, else (None, [])."""
+    if model.meta_net is None or flags.method not in splits.SMALL_LOSS:
+        return None, []
     # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
     from clid_tf.trainers.meta import small_loss
     ds = setup.dataset
-    augment = parts.augmentation(flags, ds)
-    meta_augment = parts.augmentation(flags, ds, flags.meta_augment)
-    fields = {"label": setup.noisy_labels.astype(np.int32)}
-    is_noisy = parts.noise_flags(setup)
-    if is_noisy is not None:
-        fields["is_noisy"] = is_noisy
-    train = pipelines.epoch_batches(ds.train.inputs, setup.train_indices,
-                                    batch_size=flags.batch_size, seed=flags.seed,
-                                    steps_per_epoch=steps, first_epoch=start, fields=fields,
-                                    augment=augment, indices_of_epoch=setup.train_of_epoch)
+    meta_set = small_loss.DynamicMetaSet(ds.train.inputs, setup.noisy_labels,
+                                         setup.meta_indices, size=len(setup.meta_indices),
+                                         num_classes=ds.num_classes)
+    reselect = small_loss.SmallLossReselection(
+        meta_set, pipelines.Part(ds.train.inputs, setup.train_indices,
+                                 setup.noisy_labels[setup.train_indices]),
+        size=len(setup.meta_indices), num_classes=ds.num_classes, seed=flags.seed,
+        batch_size=flags.eval_batch_size, first_epoch=flags.warmup_epochs,
+        clean_labels=(None if ds.train.clean_labels is None
+                      else ds.train.clean_labels[setup.train_indices]))
+    return meta_set, [reselect]
+
+
+def training_stream(flags, setup, model, steps: int, start: int, meta_set=None):
+    """The fit stream from epoch `start` on: the training batches and, with a meta-net,
+    the meta batches (of `meta_set`, the small-loss one, when given)."""
+    # deferred: keeps TensorFlow out of the command line's checks
+    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
+    ds = setup.dataset
+    train = parts.training_batches(flags, setup, steps, start)
     if model.meta_net is None:
-        return pipelines.training_stream(train), []
-    if flags.method in splits.SMALL_LOSS:  # the meta set changes every epoch
-        meta_set = small_loss.DynamicMetaSet(ds.train.inputs, setup.noisy_labels,
-                                             setup.meta_indices, size=len(setup.meta_indices),
-                                             num_classes=ds.num_classes)
-        reselect = small_loss.SmallLossReselection(
-            meta_set, pipelines.Part(ds.train.inputs, setup.train_indices,
-                                     setup.noisy_labels[setup.train_indices]),
-            size=len(setup.meta_indices), num_classes=ds.num_classes, seed=flags.seed,
-            batch_size=flags.eval_batch_size, first_epoch=flags.warmup_epochs,
-            clean_labels=(None if ds.train.clean_labels is None
-                          else ds.train.clean_labels[setup.train_indices]))
+        return pipelines.training_stream(train)
+    meta_augment = parts.augmentation(flags, ds, flags.meta_augment)
+    if meta_set is not None:  # the meta set changes every epoch
         meta = meta_set.stream(flags.meta_batch_size, flags.seed + 1, augment=meta_augment,
                                first_step=start * steps)
-        return pipelines.training_stream(train, meta, live_meta=True), [reselect]
+        return pipelines.training_stream(train, meta, live_meta=True)
     meta_fields = {}
     if setup.meta_labels is not None:  # labelled objectives only: clid meta batches carry none
         labels = np.full(len(ds.train.inputs), -1, np.int32)
@@ -121,84 +145,10 @@ def training_stream(flags, setup, model, steps: int, start: int):
                                    steps_per_epoch=steps, first_epoch=start,
                                    fields=meta_fields, augment=meta_augment,
                                    indices_of_epoch=setup.meta_of_epoch)
-    return pipelines.training_stream(train, meta), []
-
-
-def fit(flags, model, setup, steps: int, *, start: int = 0, callbacks=(), checkpoint=None,
-        validation: bool = False) -> None:
-    """Fits from epoch `start` to --epochs with the warm-up switch, the small-loss
-    reselection where the method has one, the given callbacks, the NaN guard and last the
-    `checkpoint` callback (the guard raises before a bad epoch is checkpointed)."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    from clid_tf.runs import callbacks as run_callbacks  # pylint: disable=import-outside-toplevel
-    stream, reselect = training_stream(flags, setup, model, steps, start)
-    reset = [run_callbacks.ResetOptimizer()] if flags.reset_optimizer_each_epoch else []
-    model.fit(stream, initial_epoch=start, epochs=flags.epochs, steps_per_epoch=steps,
-              verbose=flags.verbose, shuffle=False,  # the stream shuffles, seeded by epoch
-              callbacks=[run_callbacks.WarmUp(flags.warmup_epochs), *reset, *reselect,
-                         *callbacks, run_callbacks.NonFiniteGuard(steps),
-                         *([] if checkpoint is None else [checkpoint])],
-              validation_data=parts.validation_batches(flags, setup) if validation else None)
-
-
-def train(flags, setup, folder, *, resuming: bool) -> dict:
-    """Builds the model, its callbacks and streams from the flags, fits, exports."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.evaluation import results as results_lib
-    from clid_tf.runs import callbacks as run_callbacks
-    from clid_tf.runs import tb_views
-    if not resuming:  # a resumed run's TensorBoard folder has them already
-        parts.tensorboard_header(flags, folder)
-    ds = setup.dataset
-    steps = steps_per_epoch(flags, setup)
-    model = compiled_model(flags, setup, steps)
-    selection = parts.selection_of(flags, setup, folder)
-    run_state = run_callbacks.RunState(folder.checkpoints, model, selection)
-    start = run_state.restore() if resuming else 0
-    if start:
-        print(f"resuming after epoch {start} of {flags.epochs}")
-    views = tb_views.sample_indices(len(setup.train_indices), parts.VIEW_SAMPLES, flags.seed)
-    views = setup.train_indices[views]
-    is_noisy = parts.noise_flags(setup)
-    fit(flags, model, setup, steps, start=start, validation=True, callbacks=[
-        selection,  # adds logs: before the callbacks that record them
-        tb_views.StepTimer(),
-        tb_views.MetaViews(
-            folder.tensorboard, read_numpy(ds.train.inputs, views), setup.noisy_labels[views],
-            None if is_noisy is None else is_noisy[views], sample_size=len(views),
-            seed=flags.seed, eval_batch_size=flags.eval_batch_size),
-        tb_views.TensorBoard(folder.tensorboard)], checkpoint=run_state)
-    networks, epochs = results_lib.exported_networks(
-        selection, flags.export, keep=flags.select_keep, last=model.backbone,
-        last_epoch=flags.epochs)
-    exported = parts.export(flags, networks, epochs, ds, folder, overwrite=resuming)
-    return parts.single_network_results(flags, setup, selection, run_state.history, exported)
+    return pipelines.training_stream(train, meta)
 
 
 # ---------------------------------------------------------------- the label audit
-def out_of_sample_scores(flags, setup, *, folds: int):
-    """K-fold cross-fitting over the training samples, each fold trained with the flags."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
-    idx = setup.train_indices
-    inputs = setup.dataset.train.inputs
-
-    def train_fold(positions):
-        fold_setup = fold_of(flags, setup, idx[positions])
-        steps = steps_per_epoch(flags, fold_setup)
-        model = compiled_model(flags, fold_setup, steps)
-        fit(flags, model, fold_setup, steps)
-        return lambda held: label_issues.score_part(
-            model, pipelines.Part(inputs, idx[held], setup.noisy_labels[idx[held]]),
-            batch_size=flags.eval_batch_size)
-
-    return label_issues.cross_fit(
-        setup.noisy_labels[idx], train_fold, folds=folds, seed=flags.seed,
-        on_fold=lambda k, n: print(f"audit: training fold {k} of {n} "
-                                   f"({flags.epochs} epochs)"))
-
-
 def fold_of(flags, setup, train_indices: np.ndarray):
     """The run's setup restricted to one fold's training samples: a label-free or
     small-loss meta set is drawn anew from them; a labelled one (already outside
@@ -223,21 +173,3 @@ def fold_of(flags, setup, train_indices: np.ndarray):
     return setup._replace(train_indices=train_indices, selection_indices=meta,
                           meta_indices=None if flags.method == "ce" else meta,
                           meta_of_epoch=redrawn)
-
-
-def in_sample_scores(flags, folder, setup):
-    """Mean scores of the training samples over the run's last checkpoints."""
-    # deferred: keeps TensorFlow out of the command line's checks
-    # pylint: disable=import-outside-toplevel
-    from clid_tf.data import pipelines
-    from clid_tf.runs import callbacks as run_callbacks
-    model = build_model(flags, setup, sync_batchnorm=False)
-    networks = {"backbone": model.backbone}
-    if model.meta_net is not None:
-        networks["meta_net"] = model.meta_net
-    idx = setup.train_indices
-    return label_issues.checkpoint_scores(
-        folder.checkpoint_paths()[-label_issues.IN_SAMPLE_CHECKPOINTS:],
-        run_callbacks.restorer(networks), model.backbone,
-        pipelines.Part(setup.dataset.train.inputs, idx, setup.noisy_labels[idx]),
-        meta_net=model.meta_net, batch_size=flags.eval_batch_size)

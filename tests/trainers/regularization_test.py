@@ -10,7 +10,6 @@ import numpy as np
 import tensorflow as tf
 
 import clid_tf
-from clid_tf.core import lookahead
 from clid_tf.core import virtual
 from tests.helpers import keras_users as users
 

@@ -1,6 +1,7 @@
-"""docs/extending.md stays true: its example files (a meta-net, a dataset source, a Python
-script) are copied out of the page into a folder outside clid_tf, and the page's own
-commands run there: training with --extensions, a resume, the audit, the Python API."""
+"""docs/extending.md stays true: its example files (a meta-net, a dataset source, a
+co-teaching trainer, Python scripts) are copied out of the page into a folder outside
+clid_tf, and the page's own commands run there: training with --extensions, a resume, the
+audits, the Python API."""
 
 import json
 import os
@@ -22,9 +23,9 @@ SMALL = ["--epochs=3", "--warmup_epochs=1", "--meta_size=100", "--batch_size=50"
 
 
 def page_files() -> dict[str, str]:
-    """'name.py' -> the code of each python block of the page that starts '# name.py'."""
+    """'path.py' -> the code of each python block of the page that starts '# path.py'."""
     text = open(PAGE).read()
-    return dict(re.findall(r"```python\n# (\w+\.py)\n(.*?)```", text, re.DOTALL))
+    return dict(re.findall(r"```python\n# ([\w/]+\.py)\n(.*?)```", text, re.DOTALL))
 
 
 def page_commands() -> list[list[str]]:
@@ -41,6 +42,7 @@ def folder(tmp_path_factory):
     fresh folder: train.csv and test.csv."""
     where = tmp_path_factory.mktemp("extending")
     for name, code in page_files().items():
+        (where / name).parent.mkdir(exist_ok=True)
         (where / name).write_text(code)
     x, y = sk_datasets.load_digits(return_X_y=True)
     rng = np.random.default_rng(0)
@@ -60,18 +62,28 @@ def run(args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
+TRAINER_FILES = ("coteaching/__init__.py", "coteaching/model.py", "coteaching/cli.py")
+
+
 def test_the_page_has_the_examples_it_promises():
-    assert set(page_files()) == {"margin_metanet.py", "table_source.py", "use_them.py"}
-    assert [c[2] for c in page_commands()] == ["clid_tf.train", "clid_tf.train", "clid_tf.audit"]
+    assert set(page_files()) == {"margin_metanet.py", "table_source.py", "use_them.py",
+                                 *TRAINER_FILES, "use_coteaching.py"}
+    assert [c[2] for c in page_commands()] == ["clid_tf.train", "clid_tf.train", "clid_tf.audit",
+                                               "clid_tf.train", "clid_tf.train", "clid_tf.audit",
+                                               "clid_tf.audit"]
+    text, files = open(PAGE).read(), page_files()
     sizes = re.search(r"the meta-net 1 file of (\d+) lines, the source 1 file of (\d+) lines",
-                      open(PAGE).read())
-    files = page_files()
+                      text)
     assert sizes and [int(n) for n in sizes.groups()] == [
         len(files["margin_metanet.py"].splitlines()), len(files["table_source.py"].splitlines())]
+    sizes = re.search(r"3 files of (\d+), (\d+) and (\d+) lines \((\d+) in all\)", text)
+    counts = [len(files[name].splitlines()) for name in TRAINER_FILES]
+    assert sizes and [int(n) for n in sizes.groups()] == [*counts, sum(counts)]
+    assert sum(counts) <= 120
 
 
 def test_the_pages_commands_train_resume_and_audit_with_its_extensions(folder):
-    train, resume, audit = page_commands()
+    train, resume, audit = page_commands()[:3]
     proc = run([*train, *SMALL], folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "meta-net margin" in proc.stdout
@@ -122,3 +134,42 @@ def test_an_extension_that_cannot_be_imported_is_one_line(folder):
     proc = run(["python", "-m", "clid_tf.train", "--flagfile=ext.cfg"], folder)
     assert_one_line_error(proc, "ext.cfg names --extensions=margin_metanet: code is imported "
                                 "only when the command line names it")
+
+
+def test_the_pages_trainer_trains_resumes_and_audits_through_the_runner(folder):
+    """The co-teaching package from outside clid_tf: a run with both networks' selections
+    and the summed-logits evaluation, a resume of a run killed before results.json, the
+    in-sample audit of its checkpoints and an out-of-sample one of its folds."""
+    train, resume, in_sample, out_of_sample = page_commands()[3:]
+    small = [*SMALL[:1], "--forget_epochs=2", *SMALL[3:5], "--export=selected"]
+    proc = run([*train, *small], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trainer coteaching" in proc.stdout
+    run_dir = folder / "runs" / "coteaching"
+    first = json.load(open(run_dir / "results.json"))
+    assert first["trainer"] == "coteaching" and first["flags"]["forget_rate"] == 0.3
+    assert set(first["selected"]) == {"net1", "net2"} and first["final_test_accuracy"] > 0.8
+    assert first["history"]["forget_rate"] == pytest.approx([0.0, 0.15, 0.3])
+    assert (run_dir / "saved_model" / "saved_model.pb").exists()
+    os.remove(run_dir / "results.json")
+    proc = run([*resume, *small], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming after epoch 3 of 3" in proc.stdout
+    again = json.load(open(run_dir / "results.json"))
+    assert again["final_test_accuracy"] == pytest.approx(first["final_test_accuracy"])
+    assert again["selected"] == first["selected"]
+    proc = run(in_sample, folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit = json.load(open(run_dir / "results.json"))["audit"]
+    assert audit["folds"] == 0 and audit["roc_auc"] > 0.9
+    proc = run([*out_of_sample, "--audit_folds=2"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "audit: training fold 2 of 2 (3 epochs)" in proc.stdout
+    assert json.load(open(run_dir / "audit.json"))["folds"] == 2
+
+
+def test_the_pages_trainer_from_python(folder):
+    proc = run(["python", "use_coteaching.py"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = float(re.search(r"co-teaching test accuracy: ([\d.]+)", proc.stdout).group(1))
+    assert accuracy > 0.7

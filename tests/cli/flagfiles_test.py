@@ -44,8 +44,6 @@ from absl.testing import flagsaver
 
 from clid_tf import cli
 from clid_tf.data.sources import cifar as tfds_cifar
-from clid_tf.trainers.dividemix import cli as dividemix_cli
-from clid_tf.trainers.meta import cli as meta_cli
 from clid_tf.core import schedules
 from clid_tf.data import sources
 from clid_tf.data import splits
@@ -287,7 +285,7 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
     """The CLI with the file's own epochs and schedule, up to (not into) training."""
     seen = {}
 
-    def fake_train(flags, setup: splits.Setup, folder, **kwargs: Any) -> dict:
+    def fake_train(flags, setup: splits.Setup, folder, *args: Any, **kwargs: Any) -> dict:
         seen.update(setup=setup, lr_schedule=FLAGS.lr_schedule, lr=FLAGS.lr,
                     epochs=FLAGS.epochs, lr_tmax=FLAGS.lr_tmax, lr_eta_min=FLAGS.lr_eta_min,
                     lr_milestones=[int(m) for m in FLAGS.lr_milestones],
@@ -296,8 +294,7 @@ def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch) -> None
             "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
             "ensemble5_accuracy")}}
 
-    monkeypatch.setattr(meta_cli, "train", fake_train)
-    monkeypatch.setattr(dividemix_cli, "train", fake_train)
+    flagfiles.stop_before_training(monkeypatch, fake_train)
     workdir = tmp_path / "run"
     with flagfiles.mock_tfds(path, tmp_path / "tfds"):
         _parse(f"--flagfile={path}", *_small_overrides(path, tmp_path),

@@ -24,8 +24,7 @@ from absl.testing import flagsaver
 from clid_tf import cli
 from clid_tf.data import splits
 from clid_tf.data.sources import cifar as tfds_cifar
-from clid_tf.trainers.fixmatch import cli as fixmatch_cli
-from tests.helpers import ROOT
+from tests.helpers import ROOT, flagfiles
 from tests.helpers.flagfiles import SSL_SETTINGS, fake_split, lines
 
 FLAGS = flags.FLAGS
@@ -91,7 +90,7 @@ def test_setting_matches_its_name_the_reference_and_quotes_the_figure(path: str)
 
 
 def _fake_train(seen: dict):
-    def fake_train(flags, setup, folder, **kwargs: Any) -> dict:
+    def fake_train(flags, setup, folder, *args: Any, **kwargs: Any) -> dict:
         seen["setup"] = setup
         return {"selected_epoch": 1, **{key: 0.0 for key in (
             "final_test_accuracy", "best_test_accuracy", "selected_accuracy",
@@ -101,7 +100,7 @@ def _fake_train(seen: dict):
 
 def test_the_digits_setting_wires_up(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(fixmatch_cli, "train", _fake_train(seen))
+    flagfiles.stop_before_training(monkeypatch, _fake_train(seen))
     _parse(f"--flagfile={DIGITS}", f"--workdir={tmp_path / 'run'}")
     assert (FLAGS.trainer, FLAGS.method, FLAGS.noise) == ("fixmatch", "clid", "sym_exact")
     cli.run()
@@ -114,7 +113,7 @@ def test_the_digits_setting_wires_up(tmp_path, monkeypatch):
 def test_setting_wires_up_on_mock_data(path: str, tmp_path, monkeypatch):
     """The CLI up to (not into) training: the labeled part, its noise, the meta set."""
     seen = {}
-    monkeypatch.setattr(fixmatch_cli, "train", _fake_train(seen))
+    flagfiles.stop_before_training(monkeypatch, _fake_train(seen))
     with tfds.testing.mock_data(as_dataset_fn=fake_split):
         _parse(f"--flagfile={path}", *_SMALL, f"--workdir={tmp_path / 'run'}")
         cli.run()

@@ -97,3 +97,15 @@ def mock_tfds(path: str, data_dir):
         return tfds.testing.mock_data(as_dataset_fn=fake_split)
     write_tfds_metadata(dataset[len("tfds:"):], str(data_dir), {"train": 60000, "test": 10000})
     return tfds.testing.mock_data(as_dataset_fn=fake_split, data_dir=str(data_dir))
+
+
+def stop_before_training(monkeypatch, fake_train) -> None:
+    """The command line up to (not into) training: every trainer's `build` returns no plan
+    and the runner calls `fake_train(flags, setup, folder, plan, resuming=...)` instead of
+    training it."""
+    # pylint: disable=import-outside-toplevel
+    from clid_tf import trainers
+    from clid_tf.trainers import runner
+    for trainer in trainers.registered():
+        monkeypatch.setattr(trainer.module(), "build", lambda flags, setup: None)
+    monkeypatch.setattr(runner, "train", fake_train)

@@ -128,8 +128,8 @@ def train(flags, setup, folder, plan: Plan, *, resuming: bool) -> dict:
         validation=parts.validation_batches(flags, setup))
     if several:
         networks = results_lib.exported_members(selections, flags.export,
-                                                  keep=flags.select_keep,
-                                                  last=plan.predicting())
+                                                keep=flags.select_keep,
+                                                last=plan.predicting())
         parts.export(flags, networks, (), ds, folder, overwrite=resuming)
         results = results_lib.several_networks(
             setup, selections, evaluation, run_state.history, export=flags.export,
@@ -140,7 +140,7 @@ def train(flags, setup, folder, plan: Plan, *, resuming: bool) -> dict:
             last_epoch=flags.epochs)
         exported = parts.export(flags, networks, epochs, ds, folder, overwrite=resuming)
         results = results_lib.single_network(setup, selections[0], run_state.history,
-                                               export=flags.export, exported=exported)
+                                             export=flags.export, exported=exported)
     results["trainer"] = flags.trainer
     if plan.results is not None:
         results.update(plan.results(results))

@@ -162,7 +162,7 @@ def test_help_shows_the_training_flags_grouped_with_defaults_and_ranges_and_exit
     assert entries["method"].startswith("  --method  default: clid; one of ce, clid, entropy")
     assert entries["resume"].startswith("  --[no]resume  default: false")
     assert entries["lr_milestones"].startswith("  --lr_milestones  default: empty")
-    assert "runs/<dataset>-<method>-<YYYYmmdd-HHMMSS>" in entries["workdir"]
+    assert "runs/<dataset>-<method or trainer>-<YYYYmmdd-HHMMSS>" in entries["workdir"]
     assert max(len(line) for line in out.splitlines()) <= 100
     for alias in ("-?", "--helpshort", "-help"):
         again = run_cli(alias)
@@ -216,17 +216,19 @@ def test_audit_and_benchmark_help_exit_0():
 def test_workdir_help_states_the_default_used():
     from absl.testing import flagsaver
     from clid_tf import cli
+    from clid_tf.cli import checks
     from clid_tf.cli import commands
     cli.define_flags()
-    assert "Default: runs/<dataset>-<method>-<YYYYmmdd-HHMMSS> under the current folder, " \
-           "with ':' and '/' of --dataset as '_'" in cli.FLAGS["workdir"].help
+    assert "Default: runs/<dataset>-<method or trainer>-<YYYYmmdd-HHMMSS> under the current " \
+           "folder, with ':' and '/' of --dataset as '_'" in cli.FLAGS["workdir"].help
     with flagsaver.flagsaver():
         cli.FLAGS.unparse_flags()
         cli.FLAGS(["x"])
-        assert re.fullmatch(r"runs/digits-clid-\d{8}-\d{6}", commands._default_workdir())
+        assert re.fullmatch(r"runs/digits-clid-\d{8}-\d{6}",
+                            commands._default_workdir(checks.resolved()))
         cli.FLAGS(["x", "--dataset=npz:data/mine.npz", "--method=ce"])
         assert re.fullmatch(r"runs/npz_data_mine\.npz-ce-\d{8}-\d{6}",
-                            commands._default_workdir())
+                            commands._default_workdir(checks.resolved()))
 
 
 def test_a_paper_benchmark_without_a_flagfile_names_the_paper_settings(tmp_path,

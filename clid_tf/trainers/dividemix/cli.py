@@ -16,6 +16,7 @@ from clid_tf.data import meta_sets
 from clid_tf.errors import RunError
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
+from clid_tf.trainers import runner
 
 # Class-dependent noise: DivideMix adds its confidence penalty to the warm-up.
 ASYMMETRIC = ("pair", "flip", "flip2", "asym_cifar10", "asym_cifar100",
@@ -62,7 +63,6 @@ def build(flags, setup: Setup):
     # deferred: keeps TensorFlow out of the command line's checks
     # pylint: disable=import-outside-toplevel
     from clid_tf.data import pipelines
-    from clid_tf.trainers import runner
     from clid_tf.trainers.dividemix import model as dividemix_model
     ds = setup.dataset
     model = compiled_model(flags, setup)

@@ -12,6 +12,7 @@ from clid_tf import metanets
 from clid_tf.data import ssl_splits
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
+from clid_tf.trainers import runner
 
 
 def prepare_setup(flags):
@@ -36,7 +37,6 @@ def build(flags, setup):
     # pylint: disable=import-outside-toplevel
     from clid_tf.runs import callbacks as run_callbacks
     from clid_tf.runs import tb_views
-    from clid_tf.trainers import runner
     from clid_tf.trainers.fixmatch import streams
     model = compiled_model(flags, setup)
     weak, strong = views(flags, setup.dataset)

@@ -16,6 +16,7 @@ from clid_tf.data import splits
 from clid_tf.errors import RunError
 from clid_tf.runs import folder as run_folder
 from clid_tf.trainers import parts
+from clid_tf.trainers import runner
 
 
 # ---------------------------------------------------------------- data (numpy only)
@@ -84,7 +85,6 @@ def build(flags, setup):
     # pylint: disable=import-outside-toplevel
     from clid_tf.runs import callbacks as run_callbacks
     from clid_tf.runs import tb_views
-    from clid_tf.trainers import runner
     steps = steps_per_epoch(flags, setup)
     model = compiled_model(flags, setup, steps)
     meta_set, reselect = small_loss_meta_set(flags, setup, model)

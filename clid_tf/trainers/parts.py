@@ -1,5 +1,6 @@
 """The parts every trainer's adapter builds from the flags: data, backbone, optimizers,
-augmentations, the strategy, validation batches, the export and results.json.
+augmentations, the strategy, training and validation batches, the export (the runner,
+`trainers/runner.py`, uses them around the fit).
 
 Each function takes the parsed flags (`flags`, with the trainer's defaults filled in by
 `clid_tf.cli.checks.TrainerFlags`) and hands the library what a Python user would: a

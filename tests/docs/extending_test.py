@@ -164,7 +164,9 @@ def test_the_pages_trainer_trains_resumes_and_audits_through_the_runner(folder):
     assert audit["folds"] == 0 and audit["roc_auc"] > 0.9
 
 
-@pytest.mark.slow  # covered by cli/audit_test.py: the meta trainer's out-of-sample audits run the same runner.out_of_sample_scores
+# covered by cli/audit_test.py: the meta trainer's out-of-sample audits run the same
+# runner.out_of_sample_scores
+@pytest.mark.slow
 def test_the_pages_trainer_audits_out_of_sample(folder):
     train, _, _, out_of_sample = page_commands()[3:]
     workdir = "--workdir=runs/coteaching_folds"

@@ -119,6 +119,9 @@ def test_the_in_sample_audit_scores_with_both_networks(smoke_run):
     assert audit["roc_auc"] > 0.9 and os.path.isfile(os.path.join(workdir, "audit.csv"))
 
 
+# covered by trainers/dividemix/model_test.py (WNet weighting each MixMatch row, its
+# hypergradient against central differences) and this file's kill-and-resume run
+@pytest.mark.slow
 def test_dividemix_with_wnet_trains_and_resumes_through_the_command_line(tmp_path):
     """Any registered meta-net whose weighted_loss takes the MixMatch rows: WNet + CLID
     weights each row's term; a resume restores it (WNet has no noise state)."""

@@ -30,13 +30,16 @@ def _assert_same_state(a, b):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-# Slow (deselected by default): the tape route and plain VRI. The default run keeps the
-# default route (recompute), a meta scope, the optimizer-copy step with meta_every, and VRI
-# with Adam's copy and dropout (VRI's global-batch eps draw on two replicas); the tape
-# route's equality with recompute is checked on one device (core/virtual_test.py).
+# Slow (deselected by default): the tape route, the last-layer scope and plain VRI. The
+# default run keeps the default route (recompute), the optimizer-copy step with meta_every,
+# and VRI with Adam's copy and dropout (VRI's global-batch eps draw on two replicas); the
+# tape route's equality with recompute and the last-layer hypergradient are checked on one
+# device (core/virtual_test.py), and a scope changes which variables the same replicated
+# step differentiates, not how replicas combine.
 @pytest.mark.parametrize("mode", [
     pytest.param(["--meta_grad=tape"], marks=pytest.mark.slow), ["--meta_grad=recompute"],
-    ["--meta_scope=last_layer"], pytest.param(["--meta_net=vri"], marks=pytest.mark.slow),
+    pytest.param(["--meta_scope=last_layer"], marks=pytest.mark.slow),
+    pytest.param(["--meta_net=vri"], marks=pytest.mark.slow),
     ["--virtual_step=optimizer", "--meta_every=2"],
     ["--meta_net=vri", "--virtual_step=optimizer", "--optimizer=adam", "--dropout"]])
 def test_mirrored_two_replicas_match_one_device(tmp_path, mode):

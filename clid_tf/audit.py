@@ -4,7 +4,8 @@
   python -m clid_tf.audit --workdir=RUN --audit_folds=0   # in sample: the run's checkpoints
 
 Reads RUN/flags.cfg (any training flag given here overrides it) and RUN/split.npz, and writes
-RUN/audit.csv (most suspicious first), results.json['audit'] and tensorboard/audit. The
+RUN/audit.csv (most suspicious first), RUN/audit.npz (the probabilities and given labels),
+results.json['audit'] and tensorboard/audit. The
 scoring is clid_tf.evaluation.label_issues; the command is clid_tf.cli.auditing.
 """
 

@@ -8,7 +8,8 @@ RUN/split.npz) and ranks the training labels by suspicion
 models trained with the run's own settings, each scoring the fold it did not see; with
 --audit_folds=0 in sample, with the run's last checkpoints (up to 3, averaged). It writes
 RUN/audit.csv (one row per training sample, most suspicious first, named by file path for
-file data and by index for arrays, labels by class name), RUN/audit.json (the summary) and
+file data and by index for arrays, labels by class name), RUN/audit.npz (the probabilities
+[N, K] and given labels, for other tools such as cleanlab), RUN/audit.json (the summary) and
 TensorBoard scalars under RUN/tensorboard/audit, and on a finished run adds the summary to
 results.json["audit"]. It holds the folder's lock while it writes, so it never runs beside
 the run's training; an unfinished run's results.json is left to the training (a --resume
@@ -104,6 +105,7 @@ def audit(flags, folder: run_folder.RunFolder, setup, *, folds: int) -> dict:
     rows = label_issues.table(names, scores, given, class_names=setup.dataset.class_names,
                               clean=clean, flagged=flagged)
     label_issues.write_csv(folder.audit_csv, rows)
+    label_issues.write_arrays(folder.audit_arrays, scores, given, idx)
     order = label_issues.rank_by_suspicion(label_issues.suspicion_scores(scores.probs, given))
     pictures = write_pictures(folder, setup, rows, idx[order], show=flags.audit_show)
     found = {**label_issues.metrics(scores.probs, given, clean, flagged=flagged),

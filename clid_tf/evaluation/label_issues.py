@@ -244,6 +244,19 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows({k: csv_text(v) for k, v in row.items()} for row in rows)
 
 
+def write_arrays(path: str, scores: Scores, given: np.ndarray, samples: np.ndarray) -> None:
+    """The audit's numbers for other tools (cleanlab takes `labels` and `pred_probs`), as
+    an npz written to a temporary file and renamed over `path`: probs float32 [N, K],
+    labels int64 [N] (the given labels), samples int64 [N] (positions in the training
+    source) and, with a meta-net, weights float32 [N]; rows in sample order."""
+    arrays = {"probs": np.asarray(scores.probs, np.float32),
+              "labels": np.asarray(given, np.int64), "samples": np.asarray(samples, np.int64)}
+    if scores.weights is not None:
+        arrays["weights"] = np.asarray(scores.weights, np.float32)
+    with atomic_io.open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 # ---------------------------------------------------------------- cross-fitting
 def folds_of(labels: np.ndarray, *, folds: int, seed: int) -> list[np.ndarray]:
     """K stratified folds of the positions 0..N-1 (seeded): int64 arrays, sorted."""

@@ -8,6 +8,7 @@
   RUN/tensorboard/       event files
   RUN/saved_model/       the exported SavedModel
   RUN/audit.csv          the label audit, ranked; RUN/audit.json its summary
+  RUN/audit.npz          the audit's probabilities [N, K] and given labels (for other tools)
   RUN/audit.png          the most suspicious samples (audit_classes.png, audit_confusion.png)
   RUN/.lock              the writer's lock (`clid_tf.runs.lock`)
 
@@ -39,8 +40,8 @@ from clid_tf.runs import lock as run_lock
 # What a run writes into its folder (a --resume start may find these, and only these).
 RUN_FILES = {"flags.cfg", "split.npz", "results.json", "checkpoints", "tensorboard",
              "saved_model", "saved_model.tmp", "saved_model.old", "audit.csv", "audit.json",
-             "audit.png", "audit_classes.png", "audit_confusion.png", run_lock.LOCK_NAME,
-             ".write_test"}
+             "audit.npz", "audit.png", "audit_classes.png", "audit_confusion.png",
+             run_lock.LOCK_NAME, ".write_test"}
 WRITE_TEST = ".write_test"  # the probe `create` writes and removes
 # The folders a run makes; every other entry of RUN_FILES is a regular file.
 RUN_FOLDERS = ("checkpoints", os.path.join("checkpoints", "selected"), "tensorboard",
@@ -50,7 +51,7 @@ MAX_FLAGS_BYTES = 1 << 20  # a flags.cfg is a few KB
 # (relative to the run folder): atomic_io's '<file>.tmp', the export's 'saved_model.tmp' /
 # '.old', TensorFlow's checkpoint writes ('ckpt-E_temp...' shards, 'checkpoint.tmp<hex>').
 TEMPORARY = {
-    ".": re.compile(r"(flags\.cfg|split\.npz|results\.json|audit\.(csv|json|png)|"
+    ".": re.compile(r"(flags\.cfg|split\.npz|results\.json|audit\.(csv|json|npz|png)|"
                     r"audit_(classes|confusion)\.png)\.tmp|saved_model\.(tmp|old)"),
     "checkpoints": re.compile(r"state-\d+\.npz\.tmp|ckpt-\d+_temp(_\w+)?|"
                               r"checkpoint\.tmp[0-9a-f]*"),
@@ -109,6 +110,10 @@ class RunFolder:
     @property
     def audit_json(self) -> str:
         return self.join("audit.json")
+
+    @property
+    def audit_arrays(self) -> str:
+        return self.join("audit.npz")
 
     @property
     def audit_pictures(self) -> dict[str, str]:

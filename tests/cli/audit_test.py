@@ -202,6 +202,27 @@ def _read_csv(workdir):
         return list(csv.DictReader(f))
 
 
+def _check_arrays(workdir, rows, *, has_weights):
+    """audit.npz holds the csv's numbers, in sample order: probabilities, labels, weights."""
+    with np.load(os.path.join(workdir, "audit.npz")) as arrays:
+        assert sorted(arrays.files) == sorted(["probs", "labels", "samples"]
+                                              + ["weights"] * has_weights)
+        probs, labels, samples = arrays["probs"], arrays["labels"], arrays["samples"]
+        weights = arrays["weights"] if has_weights else None
+    assert probs.shape == (NUM_DIGITS_TRAIN, 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    split = np.load(os.path.join(workdir, "split.npz"))
+    np.testing.assert_array_equal(samples, split["train_indices"])
+    by_sample = {int(r["sample"]): r for r in rows}
+    for i, sample in enumerate(samples):
+        row = by_sample[int(sample)]
+        assert str(labels[i]) == row["given_label"]  # digits' class names are the digits
+        assert probs[i, labels[i]] == pytest.approx(float(row["given_label_prob"]), abs=1e-6)
+        assert str(np.argmax(probs[i])) == row["predicted_label"]
+        if has_weights:
+            assert weights[i] == pytest.approx(float(row["meta_weight"]), abs=1e-6)
+
+
 def _scalar_tags(event_dir):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tags = {}
@@ -241,6 +262,7 @@ def test_audit_of_a_clid_run(audited_runs):
     assert metrics["precision"] > 0.6 and metrics["recall"] > 0.6
     assert abs(metrics["estimated_noise_rate"] - metrics["true_noise_rate"]) < 0.1
     assert metrics["num_flagged"] == round(metrics["estimated_noise_rate"] * len(rows))
+    _check_arrays(workdir, rows, has_weights=True)
 
     tags = _scalar_tags(os.path.join(workdir, "tensorboard", "audit"))
     for name in ("precision", "recall", "roc_auc", "estimated_noise_rate"):
@@ -259,6 +281,7 @@ def test_audit_of_a_ce_run_has_no_meta_weights(audited_runs):
     rows = _read_csv(workdir)
     assert len(rows) == NUM_DIGITS_TRAIN
     assert all(r["meta_weight"] == "" for r in rows)
+    _check_arrays(workdir, rows, has_weights=False)
     metrics = json.load(open(os.path.join(workdir, "results.json")))["audit"]
     assert not metrics["has_meta_net"] and metrics["folds"] == 0
     assert metrics["roc_auc"] > 0.8

@@ -1,0 +1,201 @@
+"""Why does the label-free selection pick the epoch it picks? Trains one run through the
+command line, in this process, keeping every epoch's inference-mode features and logits of
+the selection's meta set, then prints one table: per epoch, the held-out accuracy against
+the noisy labels (`--val_split`), the selection's CLID, variants of it, and diagnostics.
+
+  val (noisy)            accuracy on the held-out part of the noisy training data
+  CLID                   the selection's score (recomputed on the same batches)
+  CLID, centred features the same with each meta batch's mean feature subtracted first
+  CLID excess            CLID minus its value for uniform prediction weights: how much
+                         the predicted classes explain the feature similarities, with the
+                         feature side's flatness taken out
+  mean cosine            mean cosine similarity of the meta set's feature pairs
+  agreement with previous  share of meta samples predicted as in the epoch before
+
+Diagnostics that read the meta set's TRUE labels (benchmark data, whose source labels are
+clean and whose noise the run injected): they explain a ranking, they choose nothing.
+
+  accuracy (true)        the network's accuracy on the meta set
+  class cosine gap       mean feature cosine of same-class pairs minus different-class pairs
+  10-NN accuracy (true)  a sample's true class by a vote of its 10 nearest features
+
+Each variant's pick (its lowest eligible epoch) is printed with its held-out accuracy.
+
+  python tools/selection_study.py --out=/tmp/study -- --flagfile=flags/fmnist_clid.cfg \\
+      --dataset=npz:fashion_mnist.npz --seed=0 --val_split=0.1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+import toolbox
+
+EPS = 1e-7  # CLID's epsilon inside the log
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def clid_terms(features: np.ndarray, logits: np.ndarray, tau: float) -> tuple[float, float]:
+    """CLID of one batch (features [n, d], logits [n, K]) and its value for uniform
+    prediction weights (every row of Q = 1/n): (clid, uniform), numpy float64."""
+    a = unit_rows(features) @ unit_rows(features).T / tau
+    a = a * (a >= 0)  # negative similarities count as 0, as in CLID
+    a = a - a.max(axis=1, keepdims=True)
+    s = np.exp(a)
+    s /= s.sum(axis=1, keepdims=True)
+    cost = -np.log(s + EPS)
+    p = unit_rows(softmax(logits))
+    w = p @ p.T
+    q = w / w.sum(axis=1, keepdims=True)
+    return float(np.mean(np.sum(q * cost, axis=1))), float(np.mean(cost.mean(axis=1)))
+
+
+def batched(features, logits, order_batches, fn) -> float:
+    """Batch-size-weighted mean of fn(features_b, logits_b) over the selection's batches."""
+    values = [fn(features[b], logits[b]) for b in order_batches]
+    sizes = [len(b) for b in order_batches]
+    return float(np.dot(values, sizes) / np.sum(sizes))
+
+
+def true_label_diagnostics(features, logits, labels) -> dict[str, float]:
+    """accuracy, class cosine gap and 10-NN accuracy of a meta set against its true labels."""
+    cos = unit_rows(features) @ unit_rows(features).T
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(labels), dtype=bool)
+    gap = cos[same & off].mean() - cos[~same].mean()
+    np.fill_diagonal(cos, -np.inf)
+    neighbours = np.argsort(-cos, axis=1)[:, :10]
+    votes = np.array([np.bincount(labels[n], minlength=logits.shape[1]).argmax()
+                      for n in neighbours])
+    return {"accuracy (true)": float(np.mean(logits.argmax(1) == labels)),
+            "class cosine gap": float(gap),
+            "10-NN accuracy (true)": float(np.mean(votes == labels))}
+
+
+def study(epochs: list[dict], *, tau: float, batch_size: int, seed: int,
+          true_labels: np.ndarray | None) -> dict[str, list[float]]:
+    """The table's rows, one value per epoch; `epochs` hold each epoch's meta features
+    [n, d] and logits [n, K] (the meta set in its own order)."""
+    from clid_tf.evaluation import selection  # pylint: disable=import-outside-toplevel
+    rows: dict[str, list[float]] = {}
+    previous = None
+    for number, epoch in enumerate(epochs, start=1):
+        h = epoch["features"].astype(np.float64)
+        z = epoch["logits"].astype(np.float64)
+        order = selection.shuffled_batches(len(h), batch_size=batch_size, seed=seed + number)
+        order = [b for b in order if len(b) > 1]  # a batch of one is skipped, as selection does
+        found = {
+            "CLID": batched(h, z, order, lambda f, g: clid_terms(f, g, tau)[0]),
+            "CLID, centred features": batched(
+                h, z, order, lambda f, g: clid_terms(f - f.mean(axis=0), g, tau)[0]),
+            "CLID excess": batched(h, z, order, lambda f, g: np.subtract(*clid_terms(f, g, tau))),
+            "mean cosine": float((lambda c: c[np.triu_indices(len(c), 1)].mean())(
+                unit_rows(h) @ unit_rows(h).T)),
+            "agreement with previous": (np.nan if previous is None
+                                        else float(np.mean(z.argmax(1) == previous))),
+        }
+        if true_labels is not None:
+            found.update(true_label_diagnostics(h, z, true_labels))
+        previous = z.argmax(1)
+        for name, value in found.items():
+            rows.setdefault(name, []).append(value)
+    return rows
+
+
+def table(val: list[float | None], rows: dict[str, list[float]], *,
+          eligible_from: int) -> str:
+    """Markdown: epochs as columns; then each CLID variant's pick."""
+    n = len(next(iter(rows.values())))
+    cell = lambda v: "-" if v is None or not np.isfinite(v) else f"{v:.3f}"  # noqa: E731
+    lines = ["| epoch | " + " | ".join(str(e) for e in range(1, n + 1)) + " |",
+             "|---|" + "---:|" * n,
+             "| val (noisy) | " + " | ".join(cell(v) for v in val[:n]) + " |"]
+    lines += [f"| {name} | " + " | ".join(cell(v) for v in values) + " |"
+              for name, values in rows.items()]
+    lines.append("")
+    last = val[n - 1]
+    for name in ("CLID", "CLID, centred features", "CLID excess"):
+        values = rows[name]
+        pick = min(range(eligible_from - 1, n), key=lambda e: (values[e], e))
+        lines.append(f"- {name} picks epoch {pick + 1}: val (noisy) {cell(val[pick])} "
+                     f"against {cell(last)} at the last epoch")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if "--" not in sys.argv or not any(a.startswith("--out=") for a in sys.argv[:sys.argv.index("--")]):
+        toolbox.fail("usage: selection_study.py --out=DIR -- TRAINING FLAGS")
+    out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--out="))
+    argv = sys.argv[sys.argv.index("--") + 1:]
+    # pylint: disable=import-outside-toplevel
+    from absl import app
+    from clid_tf import cli
+    from clid_tf.cli import commands
+    from clid_tf.cli.parsing import parse_flags
+    from clid_tf.data import pipelines, sources
+    from clid_tf.evaluation import selection
+
+    dumped: list[dict] = []
+    scored = selection.ClidSelection.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):  # the selection's epoch, then its meta set kept
+        scored(self, epoch, logs)
+        features, logits = [], []
+        for _, images in pipelines.ordered_batches(self.meta.inputs, self.meta.ids(),
+                                                   batch_size=500):
+            z, h = self._forward(images)  # pylint: disable=protected-access
+            features.append(np.asarray(h))
+            logits.append(np.asarray(z))
+        if not self.prefix or self.prefix == "net1_":  # one network's (DivideMix: the first)
+            dumped.append({"features": np.concatenate(features),
+                           "logits": np.concatenate(logits), "ids": self.meta.ids(),
+                           "tau": self.tau, "batch_size": self.batch_size,
+                           "seed": self.seed, "eligible_from": self.eligible_from})
+
+    selection.ClidSelection.on_epoch_end = on_epoch_end
+    cli.define_flags()
+    workdir = os.path.join(out, "run")
+
+    def train(_):
+        commands.run()  # its results are in workdir/results.json; app.run exits with 0
+
+    try:
+        app.run(train, argv=["selection_study", *argv, f"--workdir={workdir}", "--export=none"],
+                flags_parser=parse_flags)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+    from clid_tf.cli.flags import FLAGS
+    history = json.load(open(os.path.join(workdir, "results.json")))["history"]
+    first = dumped[0]
+    source_labels = sources.load(FLAGS.dataset).train.labels
+    true_labels = None if source_labels is None else np.asarray(source_labels)[first["ids"]]
+    rows = study(dumped, tau=first["tau"], batch_size=first["batch_size"],
+                 seed=first["seed"], true_labels=true_labels)
+    val = history.get("val_accuracy") or history.get("net1_val_accuracy") or [None] * len(dumped)
+    text = table(val, rows, eligible_from=first["eligible_from"])
+    print(text)
+    with open(os.path.join(out, "study.md"), "w") as f:
+        f.write(text + "\n")
+    np.savez(os.path.join(out, "epochs.npz"),
+             **{f"{k}_{i + 1}": v for i, e in enumerate(dumped) for k, v in e.items()
+                if k in ("features", "logits")})
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ the noisy labels (`--val_split`), the selection's CLID, variants of it, and diag
                          feature side's flatness taken out
   mean cosine            mean cosine similarity of the meta set's feature pairs
   agreement with previous  share of meta samples predicted as in the epoch before
+  training loss, mean meta weight of flipped labels   the run's own history (when logged)
 
 Diagnostics that read the meta set's TRUE labels (benchmark data, whose source labels are
 clean and whose noise the run injected): they explain a ranking, they choose nothing.
@@ -88,11 +89,13 @@ def true_label_diagnostics(features, logits, labels) -> dict[str, float]:
 
 
 def study(epochs: list[dict], *, tau: float, batch_size: int, seed: int,
-          true_labels: np.ndarray | None) -> dict[str, list[float]]:
-    """The table's rows, one value per epoch; `epochs` hold each epoch's meta features
-    [n, d] and logits [n, K] (the meta set in its own order)."""
+          true_labels: np.ndarray | None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The table's rows, one value per epoch: (label-free scores, true-label diagnostics,
+    {} without `true_labels`); `epochs` hold each epoch's meta features [n, d] and logits
+    [n, K] (the meta set in its own order)."""
     from clid_tf.evaluation import selection  # pylint: disable=import-outside-toplevel
     rows: dict[str, list[float]] = {}
+    diagnostics: dict[str, list[float]] = {}
     previous = None
     for number, epoch in enumerate(epochs, start=1):
         h = epoch["features"].astype(np.float64)
@@ -109,12 +112,13 @@ def study(epochs: list[dict], *, tau: float, batch_size: int, seed: int,
             "agreement with previous": (np.nan if previous is None
                                         else float(np.mean(z.argmax(1) == previous))),
         }
-        if true_labels is not None:
-            found.update(true_label_diagnostics(h, z, true_labels))
         previous = z.argmax(1)
         for name, value in found.items():
             rows.setdefault(name, []).append(value)
-    return rows
+        if true_labels is not None:
+            for name, value in true_label_diagnostics(h, z, true_labels).items():
+                diagnostics.setdefault(name, []).append(value)
+    return rows, diagnostics
 
 
 def table(val: list[float | None], rows: dict[str, list[float]], *,
@@ -185,10 +189,13 @@ def main() -> None:
     first = dumped[0]
     source_labels = sources.load(FLAGS.dataset).train.labels
     true_labels = None if source_labels is None else np.asarray(source_labels)[first["ids"]]
-    rows = study(dumped, tau=first["tau"], batch_size=first["batch_size"],
-                 seed=first["seed"], true_labels=true_labels)
+    scores, diagnostics = study(dumped, tau=first["tau"], batch_size=first["batch_size"],
+                                seed=first["seed"], true_labels=true_labels)
     val = history.get("val_accuracy") or history.get("net1_val_accuracy") or [None] * len(dumped)
-    text = table(val, rows, eligible_from=first["eligible_from"])
+    logged = {"training loss": history.get("loss"),
+              "mean meta weight, flipped labels": history.get("weight_noisy")}
+    logged = {k: [np.nan if x is None else x for x in v] for k, v in logged.items() if v}
+    text = table(val, {**scores, **logged, **diagnostics}, eligible_from=first["eligible_from"])
     print(text)
     with open(os.path.join(out, "study.md"), "w") as f:
         f.write(text + "\n")

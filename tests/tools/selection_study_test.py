@@ -49,3 +49,29 @@ def test_table_picks_each_variants_lowest_eligible_epoch():
     assert "- CLID picks epoch 3: val (noisy) 0.300 against 0.400" in text
     assert "- CLID, centred features picks epoch 4: val (noisy) 0.400 against 0.400" in text
     assert "- CLID excess picks epoch 3:" in text
+
+
+def test_the_study_scores_an_epoch_as_the_selection_does():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from clid_tf.data import pipelines  # pylint: disable=import-outside-toplevel
+    from clid_tf.evaluation import selection  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(3)
+    inputs = rng.normal(size=(250, 8)).astype(np.float32)  # batches of 100, 100 and 50
+    to_features = tf.constant(rng.normal(size=(8, 6)), tf.float32)
+    to_logits = tf.constant(rng.normal(size=(6, 4)) * 2, tf.float32)
+
+    def backbone(x, training=False):
+        del training
+        features = tf.nn.relu(tf.matmul(tf.cast(x, tf.float32), to_features))
+        return tf.matmul(features, to_logits), features
+
+    logits, features = (np.asarray(t) for t in backbone(inputs))
+    scores, diagnostics = study.study([{"features": features, "logits": logits}] * 2,
+                                      tau=0.5, batch_size=100, seed=7, true_labels=None)
+    assert diagnostics == {}
+    for epoch in (1, 2):  # the selection scores epoch e with seed + e
+        logged = selection.meta_set_clid(backbone, pipelines.as_part(inputs), batch_size=100,
+                                         tau=0.5, seed=7 + epoch)
+        assert scores["CLID"][epoch - 1] == pytest.approx(logged, rel=1e-5)
+    assert np.isnan(scores["agreement with previous"][0])
+    assert scores["agreement with previous"][1] == 1.0

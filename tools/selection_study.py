@@ -142,10 +142,12 @@ def table(val: list[float | None], rows: dict[str, list[float]], *,
 
 
 def main() -> None:
-    if "--" not in sys.argv or not any(a.startswith("--out=") for a in sys.argv[:sys.argv.index("--")]):
+    own, argv = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]
+                 ) if "--" in sys.argv else (sys.argv[1:], [])
+    outs = [a.split("=", 1)[1] for a in own if a.startswith("--out=")]
+    if len(outs) != 1 or len(own) != 1 or not outs[0]:
         toolbox.fail("usage: selection_study.py --out=DIR -- TRAINING FLAGS")
-    out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--out="))
-    argv = sys.argv[sys.argv.index("--") + 1:]
+    out = outs[0]
     # pylint: disable=import-outside-toplevel
     from absl import app
     from clid_tf import cli

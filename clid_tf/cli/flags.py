@@ -458,9 +458,9 @@ def audit_groups() -> list[tuple[str, tuple[str, ...]]]:
 
 
 AUDIT_HELP = {"workdir": "The folder of a training run (required): its flags.cfg, split.npz "
-                         "and checkpoints are read; audit.csv, audit.npz, audit.json, audit.png (and "
-                         "results.json['audit'] of a finished run) and tensorboard/audit are "
-                         "written."}
+                         "and checkpoints are read; audit.csv, audit.npz, audit.json, "
+                         "audit.png (and results.json['audit'] of a finished run) and "
+                         "tensorboard/audit are written."}
 
 
 def training_flag_names() -> list[str]:

@@ -9,6 +9,7 @@ the noisy labels (`--val_split`), the selection's CLID, variants of it, and diag
   CLID excess            CLID minus its value for uniform prediction weights: how much
                          the predicted classes explain the feature similarities, with the
                          feature side's flatness taken out
+  CLID, logits as features  the head's view: the logits in place of the last hidden layer
   mean cosine            mean cosine similarity of the meta set's feature pairs
   agreement with previous  share of meta samples predicted as in the epoch before
   training loss, mean meta weight of flipped labels   the run's own history (when logged)
@@ -107,6 +108,8 @@ def study(epochs: list[dict], *, tau: float, batch_size: int, seed: int,
             "CLID, centred features": batched(
                 h, z, order, lambda f, g: clid_terms(f - f.mean(axis=0), g, tau)[0]),
             "CLID excess": batched(h, z, order, lambda f, g: np.subtract(*clid_terms(f, g, tau))),
+            "CLID, logits as features": batched(z, z, order,
+                                                lambda f, g: clid_terms(f, g, tau)[0]),
             "mean cosine": float((lambda c: c[np.triu_indices(len(c), 1)].mean())(
                 unit_rows(h) @ unit_rows(h).T)),
             "agreement with previous": (np.nan if previous is None
@@ -125,7 +128,10 @@ def table(val: list[float | None], rows: dict[str, list[float]], *,
           eligible_from: int) -> str:
     """Markdown: epochs as columns; then each CLID variant's pick."""
     n = len(next(iter(rows.values())))
-    cell = lambda v: "-" if v is None or not np.isfinite(v) else f"{v:.3f}"  # noqa: E731
+
+    def cell(value) -> str:
+        return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
     lines = ["| epoch | " + " | ".join(str(e) for e in range(1, n + 1)) + " |",
              "|---|" + "---:|" * n,
              "| val (noisy) | " + " | ".join(cell(v) for v in val[:n]) + " |"]
@@ -133,7 +139,9 @@ def table(val: list[float | None], rows: dict[str, list[float]], *,
               for name, values in rows.items()]
     lines.append("")
     last = val[n - 1]
-    for name in ("CLID", "CLID, centred features", "CLID excess"):
+    for name in ("CLID", "CLID, centred features", "CLID excess", "CLID, logits as features"):
+        if name not in rows:
+            continue
         values = rows[name]
         pick = min(range(eligible_from - 1, n), key=lambda e: (values[e], e))
         lines.append(f"- {name} picks epoch {pick + 1}: val (noisy) {cell(val[pick])} "

@@ -14,11 +14,12 @@ the noisy labels (`--val_split`), the selection's CLID, variants of it, and diag
   agreement with previous  share of meta samples predicted as in the epoch before
   training loss, mean meta weight of flipped labels   the run's own history (when logged)
 
-Diagnostics that read the meta set's TRUE labels (benchmark data, whose source labels are
-clean and whose noise the run injected): they explain a ranking, they choose nothing.
+Diagnostics that read the meta set's TRUE labels, when the run knows them (noise it
+injected into benchmark data, or an npz's y_train_clean): they explain a ranking, they
+choose nothing.
 
   accuracy (true)        the network's accuracy on the meta set
-  class cosine gap       mean feature cosine of same-class pairs minus different-class pairs
+  class cosine gap (true)  mean feature cosine of same-class pairs minus different-class pairs
   10-NN accuracy (true)  a sample's true class by a vote of its 10 nearest features
 
 Each variant's pick (its lowest eligible epoch) is printed with its held-out accuracy.
@@ -85,7 +86,7 @@ def true_label_diagnostics(features, logits, labels) -> dict[str, float]:
     votes = np.array([np.bincount(labels[n], minlength=logits.shape[1]).argmax()
                       for n in neighbours])
     return {"accuracy (true)": float(np.mean(logits.argmax(1) == labels)),
-            "class cosine gap": float(gap),
+            "class cosine gap (true)": float(gap),
             "10-NN accuracy (true)": float(np.mean(votes == labels))}
 
 
@@ -161,27 +162,36 @@ def main() -> None:
     from clid_tf import cli
     from clid_tf.cli import commands
     from clid_tf.cli.parsing import parse_flags
-    from clid_tf.data import pipelines, sources
+    from clid_tf.data import pipelines
     from clid_tf.evaluation import selection
+    from clid_tf.trainers import runner
 
     dumped: list[dict] = []
     scored = selection.ClidSelection.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):  # the selection's epoch, then its meta set kept
         scored(self, epoch, logs)
+        if self.prefix not in ("", "net1_"):  # one network's (DivideMix: the first)
+            return
         features, logits = [], []
         for _, images in pipelines.ordered_batches(self.meta.inputs, self.meta.ids(),
                                                    batch_size=500):
             z, h = self._forward(images)  # pylint: disable=protected-access
             features.append(np.asarray(h))
             logits.append(np.asarray(z))
-        if not self.prefix or self.prefix == "net1_":  # one network's (DivideMix: the first)
-            dumped.append({"features": np.concatenate(features),
-                           "logits": np.concatenate(logits), "ids": self.meta.ids(),
-                           "tau": self.tau, "batch_size": self.batch_size,
-                           "seed": self.seed, "eligible_from": self.eligible_from})
+        dumped.append({"features": np.concatenate(features), "logits": np.concatenate(logits),
+                       "ids": self.meta.ids(), "tau": self.tau, "batch_size": self.batch_size,
+                       "seed": self.seed, "eligible_from": self.eligible_from})
+
+    runs = []
+    train_run = runner.train
+
+    def train_recording(flags, setup, *args, **kwargs):  # keeps the run's data for the truth
+        runs.append(setup)
+        return train_run(flags, setup, *args, **kwargs)
 
     selection.ClidSelection.on_epoch_end = on_epoch_end
+    runner.train = train_recording
     cli.define_flags()
     workdir = os.path.join(out, "run")
 
@@ -194,11 +204,10 @@ def main() -> None:
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
-    from clid_tf.cli.flags import FLAGS
     history = json.load(open(os.path.join(workdir, "results.json")))["history"]
     first = dumped[0]
-    source_labels = sources.load(FLAGS.dataset).train.labels
-    true_labels = None if source_labels is None else np.asarray(source_labels)[first["ids"]]
+    clean = runs[0].dataset.train.clean_labels  # known for injected noise or y_train_clean
+    true_labels = None if clean is None else np.asarray(clean)[first["ids"]]
     scores, diagnostics = study(dumped, tau=first["tau"], batch_size=first["batch_size"],
                                 seed=first["seed"], true_labels=true_labels)
     val = history.get("val_accuracy") or history.get("net1_val_accuracy") or [None] * len(dumped)

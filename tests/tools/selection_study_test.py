@@ -36,7 +36,7 @@ def test_true_label_diagnostics_on_two_orthogonal_classes():
     logits = np.where(labels[:, None] == 0, [3.0, 0.0], [0.0, 3.0])
     logits[0] = [0.0, 3.0]  # one wrong prediction
     found = study.true_label_diagnostics(features, logits, labels)
-    assert found["class cosine gap"] == pytest.approx(1.0)  # cos 1 within, 0 across
+    assert found["class cosine gap (true)"] == pytest.approx(1.0)  # cos 1 within, 0 across
     assert found["10-NN accuracy (true)"] == 1.0
     assert found["accuracy (true)"] == pytest.approx(23 / 24)
 

@@ -61,15 +61,6 @@ def _cnn():
                              keras.layers.Dense(10, activation="softmax")])
 
 
-def _scores(suspicion, flagged, flipped) -> dict:
-    from sklearn import metrics  # pylint: disable=import-outside-toplevel
-    hits = int(np.sum(flipped & flagged))
-    return {"roc_auc": float(metrics.roc_auc_score(flipped, suspicion)),
-            "precision": hits / max(1, int(flagged.sum())),
-            "recall": hits / max(1, int(flipped.sum())),
-            "estimated_noise_rate": float(flagged.mean())}
-
-
 def one_seed(seed: int) -> dict[str, dict]:
     # pylint: disable=import-outside-toplevel
     import keras
@@ -105,12 +96,12 @@ def one_seed(seed: int) -> dict[str, dict]:
         issues = clid_tf.find_label_issues(build, x, y, folds=FLAGS.folds, seed=seed,
                                            verbose=False, **fit)
         seconds = time.perf_counter() - started
-        rows[name] = {**_scores(issues.suspicion, issues.flagged, flipped), "seconds": seconds}
+        rows[name] = {**toolbox.detection_scores(issues.suspicion, issues.flagged, flipped), "seconds": seconds}
         if clid_probs is None:
             clid_probs = issues.scores.probs
             other = clid_tf.rank_label_issues(y, clid_probs, filter_by="predicted_neq_given")
             rows[f"{name}, predicted != given"] = {
-                **_scores(other.suspicion, other.flagged, flipped), "seconds": seconds}
+                **toolbox.detection_scores(other.suspicion, other.flagged, flipped), "seconds": seconds}
 
     started = time.perf_counter()
     lr = linear_model.LogisticRegression(max_iter=2000)
@@ -126,10 +117,10 @@ def one_seed(seed: int) -> dict[str, dict]:
         flagged = cl_filter.find_label_issues(y, p, filter_by=filter_by)
         quality = cl_rank.get_label_quality_scores(y, p)
         seconds = time.perf_counter() - started + (lr_seconds if "LR" in name else 0.0)
-        rows[name] = {**_scores(1.0 - quality, flagged, flipped), "seconds": seconds}
+        rows[name] = {**toolbox.detection_scores(1.0 - quality, flagged, flipped), "seconds": seconds}
     started = time.perf_counter()
     issues = clid_tf.rank_label_issues(y, probs)
-    rows["clid_tf rank + LR"] = {**_scores(issues.suspicion, issues.flagged, flipped),
+    rows["clid_tf rank + LR"] = {**toolbox.detection_scores(issues.suspicion, issues.flagged, flipped),
                                  "seconds": time.perf_counter() - started + lr_seconds}
     return rows
 

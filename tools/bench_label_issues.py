@@ -75,9 +75,8 @@ def flips_of(csv_path: str, samples: np.ndarray) -> np.ndarray:
 def cleanlab_row(workdir: str) -> dict:
     """cleanlab's default filter and label-quality ranking on the probabilities of the
     audit in `workdir` (its audit.npz), scored against the flips its audit.csv records."""
-    # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
     from cleanlab import filter as cl_filter, rank as cl_rank
-    from sklearn import metrics
     with np.load(os.path.join(workdir, "audit.npz")) as arrays:
         probs, labels, samples = arrays["probs"], arrays["labels"], arrays["samples"]
     flipped = flips_of(os.path.join(workdir, "audit.csv"), samples)
@@ -86,11 +85,7 @@ def cleanlab_row(workdir: str) -> dict:
     flagged = cl_filter.find_label_issues(labels, probs)
     quality = cl_rank.get_label_quality_scores(labels, probs)
     seconds = time.perf_counter() - started
-    hits = int(np.sum(flagged & flipped))
-    return {"roc_auc": float(metrics.roc_auc_score(flipped, 1.0 - quality)),
-            "precision": hits / max(1, int(flagged.sum())),
-            "recall": hits / max(1, int(flipped.sum())),
-            "estimated_noise_rate": float(flagged.mean()),
+    return {**toolbox.detection_scores(1.0 - quality, flagged, flipped),
             "true_noise_rate": float(flipped.mean()), "seconds": seconds}
 
 

@@ -1,5 +1,5 @@
-"""What the tools share: the checkout's root, the command line run as a subprocess, and
-the one-line failure of a tool.
+"""What the tools share: the checkout's root, the command line run as a subprocess, the
+one-line failure of a tool, and how a label-issue finder is scored.
 
 Every tool is run as a script (`python tools/NAME.py`), so this module is found beside
 it; `clid_tf` itself is installed (`pip install -r requirements.txt` installs the
@@ -75,3 +75,17 @@ def chosen_cases(asked: Sequence[str] | None, known: Sequence[str]) -> list[str]
 def table_cell(message: str, scratch: str) -> str:
     """A printed line as a markdown table cell: the scratch folder as SCRATCH, '|' escaped."""
     return message.replace(scratch, "SCRATCH").replace("|", "\\|")
+
+
+def detection_scores(suspicion, flagged, flipped) -> dict[str, float]:
+    """How well a label-issue finder finds the flipped labels: ROC AUC of its suspicion
+    [N] for `flipped` (bool [N]), precision and recall of its `flagged` set (bool [N]), and
+    the flagged share (its estimated noise rate)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from sklearn import metrics  # pylint: disable=import-outside-toplevel
+    flagged, flipped = np.asarray(flagged, bool), np.asarray(flipped, bool)
+    hits = int(np.sum(flipped & flagged))
+    return {"roc_auc": float(metrics.roc_auc_score(flipped, suspicion)),
+            "precision": hits / max(1, int(flagged.sum())),
+            "recall": hits / max(1, int(flipped.sum())),
+            "estimated_noise_rate": float(flagged.mean())}

@@ -1,17 +1,19 @@
 """The parts of tools/bench_find_label_issues.py that need no cleanlab (a benchmark-only
-dependency): the detection scores against numpy and the table."""
+dependency): the detection scores (toolbox's, shared with bench_label_issues.py) against
+numpy and the table."""
 
 import numpy as np
 import pytest
 
 import bench_find_label_issues as bench
+import toolbox
 
 
 def test_scores_are_auc_precision_recall_and_the_flagged_share():
     flipped = np.array([True, True, False, False, False])
     suspicion = np.array([0.9, 0.2, 0.8, 0.1, 0.0])
     flagged = np.array([True, False, True, False, False])
-    got = bench._scores(suspicion, flagged, flipped)  # pylint: disable=protected-access
+    got = toolbox.detection_scores(suspicion, flagged, flipped)
     # pairs (flipped, clean) ordered right: (0.9 > all 3), (0.2 > 0.1, 0.0): 5 of 6
     assert got["roc_auc"] == pytest.approx(5 / 6)
     assert (got["precision"], got["recall"]) == (0.5, 0.5)

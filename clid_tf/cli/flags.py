@@ -230,6 +230,13 @@ def _define_shared_flags() -> None:
     flags.DEFINE_integer("select_keep", 5, "Label-free checkpoint selection: keep the "
                          "weights (and test logits) of this many lowest meta-set-CLID epochs "
                          "for the selected model and the ensembles.", lower_bound=1)
+    flags.DEFINE_enum("select_epochs", "lowest_lr", ("lowest_lr", "all"),
+                      "Label-free selection: which epochs compete. lowest_lr: only those "
+                      "trained at the lowest learning rate so far (the last epoch under a "
+                      "single anneal, the last step of a step schedule, the troughs of a "
+                      "periodic cosine), since CLID does not see what a larger learning "
+                      "rate's weight noise costs; all: every epoch after the warm-up (the "
+                      "reference).")
     # ruofanhu/CLID-MU@5cd0608: the meta images carry the training augmentation in dataloader.py:
     # CIFAR10.__getitem__(); the SSL fork scores its meta set of weak-view labeled images
     # (semi/semilearn/core/utils/build.py: get_dataset(), 'eval').
@@ -407,7 +414,7 @@ HELP_GROUPS = (
                         "imbalance_gamma")),
     ("trainer, backbone and label-free selection", (
         "trainer", "backbone", "pretrained", "meta_size", "meta_batch_size", "tau",
-        "select_keep", "select_augment")),
+        "select_keep", "select_epochs", "select_augment")),
     ("optimisation", ("epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
                       "weight_decay", "lr_schedule", "lr_schedule_start", "lr_tmax",
                       "lr_eta_min", "lr_milestones", "lr_gamma")),

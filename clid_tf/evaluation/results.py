@@ -62,6 +62,7 @@ def single_network(setup, selection, history: dict, *, export: str,
     summary = selection.summary()
     results = {"selected_epoch": summary["selected_epoch"], "kept": summary["kept"],
                "eligible_epochs": summary["eligible_epochs"],
+               "eligible_from": summary["eligible_from"],
                "class_names": list(ds.class_names), "export": export,
                "exported_epochs": list(exported)}
     accuracy = summary.get("test_accuracy")
@@ -110,6 +111,7 @@ def several_networks(setup, selections, evaluation: two_nets.TwoNetEvaluation,
     results = {"selected_epoch": best["epoch"], "selected_net": best["net"],
                "selected": merged["selected"], "kept": merged["kept"],
                "eligible_epochs": selections[0].summary()["eligible_epochs"],
+               "eligible_from": selections[0].eligible_from,
                "class_names": list(ds.class_names), "export": export}
     accuracy = history.get("test_accuracy")
     if accuracy:

@@ -8,6 +8,16 @@ epochs with the lowest meta CLID are kept; from them come
   acc_3  argmax of the SUM of raw test logits of the 3 lowest-CLID epochs,
   acc_5  the same for the 5 lowest-CLID epochs.
 
+Only epochs trained at the lowest learning rate of the run so far compete (`match_lr`, the
+default): CLID sees how consistent the features and the predictions are, not the error that
+the weight noise of a larger learning rate adds, so an epoch in the middle of an anneal can
+score a lower CLID than the better, annealed epochs after it. When the learning rate drops
+below every earlier epoch's, the kept epochs are dropped and the competition restarts at the
+new rate; epochs at a higher rate (a warm restart's climb) are scored but never kept. Under a
+single anneal the selection is therefore the last epoch; under a step schedule it chooses
+within the last step, under a periodic cosine among the troughs, under a constant rate among
+all epochs (`match_lr=False` ranks every epoch, as the authors' code does).
+
 Test labels are read only to report these accuracies, never to rank epochs. The meta images
 are scored as they are, or through the training augmentation (`augment`; the authors'
 code scores them strongly augmented, as its loader augments every training image:
@@ -33,6 +43,9 @@ from clid_tf.data import pipelines as data
 Forward = Callable[..., tuple]
 
 ENSEMBLE_SIZES = (1, 3, 5)
+
+# Two epochs' learning rates within this relative tolerance are the same rate (float32 noise).
+LR_RTOL = 1e-4
 
 
 # ---------------------------------------------------------------- meta-set CLID
@@ -231,13 +244,24 @@ def merged_ensemble_logits(stores: Sequence[TopKLogits], k: int) -> np.ndarray:
                   axis=0)
 
 
+def lowest_rate_epochs(rates: Sequence[float], eligible_from: int = 1) -> list[int]:
+    """The 1-based epochs, from `eligible_from` on, trained at the lowest of their learning
+    rates (within `LR_RTOL`): the epochs `ClidSelection(match_lr=True)` has chosen from
+    once the epochs of `rates` (one per epoch, in order) are done."""
+    candidates = [(e, float(r)) for e, r in enumerate(rates, 1) if e >= eligible_from]
+    if not candidates:
+        return []
+    floor = min(r for _, r in candidates)
+    return [e for e, r in candidates if r <= floor * (1.0 + LR_RTOL)]
+
+
 # ---------------------------------------------------------------- the callback
 class ClidSelection(keras.callbacks.Callback):
     """Per-epoch meta-set CLID, label-free model selection and top-k logit ensembles.
 
     At the end of every epoch, with the backbone in inference mode: the meta-set CLID
     (shuffle seed = seed + epoch, epoch 1-based, so the value is reproducible), and, when a
-    test part is given, the test logits and accuracy. The epoch is offered to a
+    test part is given, the test logits and accuracy. An eligible epoch is offered to a
     `TopKLogits(keep)` store ranked by CLID alone; the weights of every kept epoch are kept
     too (in memory, or as files in `directory`), so the selected epoch and the top-k
     ensemble can be exported after training. Logged into the epoch `logs`:
@@ -273,15 +297,21 @@ class ClidSelection(keras.callbacks.Callback):
         eligible_from=w+1 keeps the plain cross-entropy epochs out: a network early in
         training can score a low CLID while it still predicts nearly one class for
         everything.
+      match_lr: compare only epochs at the lowest learning rate so far (module docstring),
+        read from the epoch's logs (`prefix + 'lr'`, else 'lr': every clid_tf trainer logs
+        the mean rate of its steps); False ranks every eligible epoch.
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,
                  keep: int = 5, seed: int = 0, eval_batch_size: int = 500,
                  augment: Callable[..., tf.Tensor] | None = None,
                  directory: str | None = None, backbone: keras.Model | None = None,
-                 prefix: str = "", eligible_from: int = 1):
+                 prefix: str = "", eligible_from: int = 1, match_lr: bool = True):
         super().__init__()
         self.eligible_from = int(eligible_from)
+        self.match_lr = bool(match_lr)
+        self.lr_floor = math.inf  # the learning rate the kept epochs share (match_lr)
+        self.eligible: list[int] = []  # epochs offered to the store since the last restart
         self.meta = None if meta is None else data.as_part(meta)
         self.test = None if test is None else data.as_part(test)
         if self.test is not None and self.test.labels is None:
@@ -335,8 +365,10 @@ class ClidSelection(keras.callbacks.Callback):
             self.last_test_logits = logits
         self.epochs.append(number)
         self.meta_clid.append(score)
-        if number >= self.eligible_from and self.store.update(score, number, logits):
-            self._keep_weights(number)
+        if self._is_eligible(number, logs):
+            self.eligible.append(number)
+            if self.store.update(score, number, logits):
+                self._keep_weights(number)
         if not self.defer_prune:
             self.prune()
         if logs is not None:
@@ -345,6 +377,27 @@ class ClidSelection(keras.callbacks.Callback):
                 logs[self.prefix + "test_accuracy"] = self.test_accuracy[-1]
                 if len(self.store):  # nothing selected yet before the first eligible epoch
                     logs.update({self.prefix + k: v for k, v in self._accuracies().items()})
+
+    def _is_eligible(self, number: int, logs) -> bool:
+        """Whether epoch `number` competes; a new lowest learning rate restarts the store."""
+        if number < self.eligible_from:
+            return False
+        if not self.match_lr:
+            return True
+        lr = self._epoch_lr(logs)
+        if lr < self.lr_floor * (1.0 - LR_RTOL):
+            self.lr_floor = lr
+            self.store = TopKLogits(self.store.max_size)  # prune() deletes their weights
+            self.eligible = []
+        return lr <= self.lr_floor * (1.0 + LR_RTOL)
+
+    def _epoch_lr(self, logs) -> float:
+        for name in (self.prefix + "lr", "lr"):
+            if logs is not None and name in logs:
+                return float(logs[name])
+        raise ValueError("ClidSelection(match_lr=True) compares epochs at the run's lowest "
+                         "learning rate and reads it from the epoch's logs ('lr', which every "
+                         "clid_tf trainer logs); pass match_lr=False to rank every epoch")
 
     # ------------------------------------------------------------ kept weights
     def _weights_path(self, epoch: int) -> str:
@@ -415,6 +468,8 @@ class ClidSelection(keras.callbacks.Callback):
             f"{p}selection_store_epochs": np.asarray([e.epoch for e in entries], np.int64),
             f"{p}selection_store_logits": (np.stack([e.logits for e in entries]) if has_logits
                                            else np.zeros((0,), np.float32)),
+            f"{p}selection_lr_floor": np.asarray(self.lr_floor, np.float64),
+            f"{p}selection_eligible": np.asarray(self.eligible, np.int64),
         }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
@@ -423,6 +478,11 @@ class ClidSelection(keras.callbacks.Callback):
         self.epochs = [int(e) for e in state[f"{p}selection_epochs"]]
         self.meta_clid = [float(v) for v in state[f"{p}selection_meta_clid"]]
         self.test_accuracy = [float(v) for v in state[f"{p}selection_test_accuracy"]]
+        if f"{p}selection_lr_floor" in state:
+            self.lr_floor = float(state[f"{p}selection_lr_floor"])
+            self.eligible = [int(e) for e in state[f"{p}selection_eligible"]]
+        else:  # written before match_lr: its store holds every eligible epoch's best
+            self.eligible = [e for e in self.epochs if e >= self.eligible_from]
         self.store = TopKLogits(self.store.max_size)
         logits = state[f"{p}selection_store_logits"]
         for i, (score, epoch) in enumerate(zip(state[f"{p}selection_store_scores"],
@@ -435,7 +495,9 @@ class ClidSelection(keras.callbacks.Callback):
         Returns:
           selected_epoch: 1-based epoch with the lowest meta CLID (earliest on ties) among
             the eligible ones.
-          eligible_epochs: [first, last] 1-based epochs the selection chose from.
+          eligible_epochs: the 1-based epochs the selection chose from (after the warm-up;
+            with match_lr those at the lowest learning rate).
+          eligible_from: the first epoch the selection could keep.
           kept: [{'epoch', 'meta_clid'}] of the stored epochs, best first.
           epochs, meta_clid: per-epoch lists, in training order.
           With a test part also selected_accuracy, ensemble3_accuracy, ensemble5_accuracy
@@ -449,7 +511,8 @@ class ClidSelection(keras.callbacks.Callback):
             "kept": [{"epoch": e.epoch, "meta_clid": e.score} for e in self.store.entries],
             "epochs": list(self.epochs),
             "meta_clid": list(self.meta_clid),
-            "eligible_epochs": [max(self.eligible_from, self.epochs[0]), self.epochs[-1]],
+            "eligible_epochs": list(self.eligible),
+            "eligible_from": self.eligible_from,
         }
         if self.test is not None:
             summary.update(self._accuracies(), test_accuracy=list(self.test_accuracy))

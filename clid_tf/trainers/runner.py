@@ -183,7 +183,8 @@ def selections_of(flags, setup, folder, plan: Plan) -> list:
         meta, test=test, batch_size=min(flags.meta_batch_size, len(meta)), tau=flags.tau,
         keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
         augment=augment, directory=folder.selected_weights, backbone=net,
-        prefix=f"net{k + 1}_" if len(networks) > 1 else "", eligible_from=plan.eligible_from)
+        prefix=f"net{k + 1}_" if len(networks) > 1 else "", eligible_from=plan.eligible_from,
+        match_lr=flags.select_epochs == "lowest_lr")
         for k, (net, meta) in enumerate(zip(networks, meta_sets))]
 
 

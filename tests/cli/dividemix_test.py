@@ -65,7 +65,9 @@ def test_smoke_run_trains_both_networks_and_reports_the_division(smoke_run):
         assert all(0.5 < p <= 1 for p in history[f"net{k}_labeled_precision"][3:])
         assert all(0 < r <= 1 for r in history[f"net{k}_labeled_recall"][3:])
         assert len(history[f"net{k}_test_accuracy"]) == 8  # each network alone
-        assert results[f"net{k}"]["selected_epoch"] in range(4, 9)  # after the warm-up
+        # the learning rate anneals to the end: each network selects its last epoch
+        assert np.all(np.diff(history[f"net{k}_lr"]) < 0)
+        assert results[f"net{k}"]["selected_epoch"] == 8
     ramp = history["net1_lambda_u"][3:]  # 25 * (t - 3) / 16 at the epochs' mid-points
     np.testing.assert_allclose(ramp, [25 * (e + 0.5) / 16 for e in range(5)], rtol=0.1)
     assert len(history["test_accuracy"]) == 8  # the two networks' summed logits
@@ -75,10 +77,11 @@ def test_smoke_run_trains_both_networks_and_reports_the_division(smoke_run):
     assert results["final_test_accuracy"] == history["test_accuracy"][-1]
     assert results["kept"][0]["net"] == results["selected_net"]
     scores = [entry["meta_clid"] for entry in results["kept"]]
-    assert scores == sorted(scores) and len(scores) == 10  # both pools, 5 kept per net
-    # the warm-up's plain-CE epochs 1-3 are scored but kept out of the selection pools
-    assert results["eligible_epochs"] == [4, 8]
-    assert sorted(entry["epoch"] for entry in results["kept"]) == [4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
+    assert scores == sorted(scores) and len(scores) == 2  # both pools, one epoch each
+    # the warm-up's plain-CE epochs 1-3 are scored but never kept; of the others only the
+    # last, at the lowest learning rate
+    assert results["eligible_epochs"] == [8]
+    assert sorted(entry["epoch"] for entry in results["kept"]) == [8, 8]
     assert "test accuracy: final" in proc.stdout
 
 
@@ -213,8 +216,10 @@ def test_kill_mid_epoch_then_the_same_command_resumes_to_the_same_run(tmp_path):
     assert got_weights.keys() == want_weights.keys()
     for name in want_weights:
         np.testing.assert_array_equal(got_weights[name], want_weights[name], err_msg=name)
-    # epochs 2 and 3 (the warm-up's epoch 1 is never selected) keep their weights
-    assert len(glob.glob(str(killed / "checkpoints" / "selected" / "net2_epoch-*.npz"))) == 2
+    # epoch 3's lower learning rate dropped epoch 2 from the pool, and its weights (the
+    # warm-up's epoch 1 is never selected)
+    assert [os.path.basename(p) for p in glob.glob(
+        str(killed / "checkpoints" / "selected" / "net2_epoch-*.npz"))] == ["net2_epoch-3.npz"]
 
 
 @pytest.mark.slow  # covered by the shared guard and run state: resume_test.py::test_non_finite_loss_stops_with_step...

@@ -46,11 +46,12 @@ def test_fixmatch_clid_smoke_run_on_digits(smoke_run):
     for key in ("final_test_accuracy", "best_test_accuracy", "selected_accuracy"):
         assert 0.1 < results[key] <= 1.0, key  # the EMA network, above chance
     assert results["final_test_accuracy"] == history["test_accuracy"][-1]
-    assert results["selected_epoch"] == 1 + int(np.argmin(history["meta_set_clid"]))
-    assert results["selected_step"] == 50 * results["selected_epoch"]
+    # the cosine anneals every iteration: only the last evaluation is at the lowest rate
+    assert np.all(np.diff(history["lr"]) < 0)
+    assert results["eligible_epochs"] == [3] and results["selected_epoch"] == 3
+    assert results["selected_step"] == 150
     assert (results["num_labeled"], results["num_unlabeled"], results["num_meta"]) == (
         200, 1237, 500)
-    assert results["train_seconds"] < 60
     assert "plan: digits (200 labeled, 1237 unlabeled, 360 test, 10 classes)" in proc.stdout
     assert "clid_tf.audit" not in proc.stdout
     # w changes: the trained loss-net's weighting function is not the initial one.

@@ -49,7 +49,7 @@ def folder(tmp_path_factory):
 def folder_run(folder, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("runs") / "folder")
     proc = run_cli(f"--dataset=folder:{folder}", f"--workdir={workdir}", "--export=ensemble",
-                   "--select_keep=2", "--audit", "--audit_folds=2", *FAST)
+                   "--select_keep=2", "--select_epochs=all", "--audit", "--audit_folds=2", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, proc
 

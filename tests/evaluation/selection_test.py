@@ -221,11 +221,83 @@ def test_epochs_before_eligible_from_are_scored_but_never_selected():
     assert len(history["meta_set_clid"]) == 5 and len(history["selected_accuracy"]) == 3
     summary = callback.summary()
     assert sorted(k["epoch"] for k in summary["kept"]) == [3, 4, 5]
-    assert summary["eligible_epochs"] == [3, 5]
+    assert summary["eligible_epochs"] == [3, 4, 5]
     clid = np.array(summary["meta_clid"])
     assert summary["selected_epoch"] == 3 + int(np.argmin(clid[2:]))
     with pytest.raises(ValueError, match="not among the kept"):
         callback.load_weights(_backbone(seed=1), 1)
+
+
+class _EpochRates(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate per epoch (`rates[step // steps]`), the last one held after."""
+
+    def __init__(self, rates, steps):
+        self.rates, self.steps = list(rates), steps
+
+    def __call__(self, step):
+        epoch = tf.minimum(tf.cast(step, tf.int32) // self.steps, len(self.rates) - 1)
+        return tf.gather(tf.constant(self.rates, tf.float32), epoch)
+
+    def get_config(self):
+        return {"rates": self.rates, "steps": self.steps}
+
+
+@pytest.mark.parametrize("rates, eligible", [
+    ((0.1, 0.1, 0.01, 0.01, 0.01), [3, 4, 5]),  # a step schedule: its last step
+    ((0.1, 0.05, 0.02, 0.01, 0.005), [5]),  # a single anneal: the last epoch
+    ((0.1, 0.01, 0.1, 0.01, 0.1), [2, 4]),  # a periodic cosine's troughs, not its climb
+    ((0.1, 0.1, 0.1, 0.1, 0.1), [1, 2, 3, 4, 5]),  # a constant rate: every epoch
+])
+def test_only_epochs_at_the_lowest_learning_rate_compete(tmp_path, rates, eligible):
+    """match_lr: an epoch at a new lowest rate restarts the store (the earlier epochs'
+    weight files go), an epoch at a higher rate is scored but never kept; the selection is
+    the lowest CLID among the epochs at the lowest rate, and a restart from get_state
+    carries on the same way (a fresh callback given the state after epoch 3)."""
+    keras.utils.set_random_seed(0)
+    x, y = _separable(120, seed=0)
+    model = meta_model.MetaReweightModel(_backbone(seed=0))
+    model.compile(keras.optimizers.SGD(_EpochRates(rates, steps=3)))
+    folder = str(tmp_path / "selected")
+    callback = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5,
+                                       directory=folder)
+    history = model.fit(helpers.array_stream(x, y, batch_size=8, seed=0), epochs=5,
+                        steps_per_epoch=3, verbose=0, shuffle=False,
+                        callbacks=[callback]).history
+    np.testing.assert_allclose(history["lr"], rates, rtol=1e-6)
+    summary = callback.summary()
+    assert summary["eligible_epochs"] == eligible
+    assert sorted(k["epoch"] for k in summary["kept"]) == eligible
+    clid = np.array(summary["meta_clid"])
+    assert summary["selected_epoch"] == eligible[int(np.argmin(clid[np.array(eligible) - 1]))]
+    assert sorted(os.listdir(folder)) == sorted(f"epoch-{e}.npz" for e in eligible)
+    assert selection.lowest_rate_epochs(rates) == eligible
+    assert selection.lowest_rate_epochs(rates, eligible_from=6) == []
+    # one epoch at a time from a saved state, as a resumed run sees them
+    replay = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5)
+    first = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5)
+    first.set_model(model)
+    first.on_train_begin()
+    for epoch in range(5):
+        if epoch == 3:
+            replay.set_state(first.get_state())
+            replay.set_model(model)
+            replay.on_train_begin()
+            first = replay
+        first.on_epoch_end(epoch, {"lr": rates[epoch]})
+    assert first.summary()["eligible_epochs"] == eligible
+
+
+def test_match_lr_needs_the_epochs_learning_rate():
+    callback = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2)
+    callback.set_model(meta_model.MetaReweightModel(_backbone(seed=0)))
+    callback.on_train_begin()
+    with pytest.raises(ValueError, match="match_lr=False"):
+        callback.on_epoch_end(0, {})
+    unmatched = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2, match_lr=False)
+    unmatched.set_model(callback.model)
+    unmatched.on_train_begin()
+    unmatched.on_epoch_end(0, {})
+    assert unmatched.summary()["eligible_epochs"] == [1]
 
 
 def test_before_any_eligible_epoch_there_is_no_selection():

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import keras
 import numpy as np
@@ -297,21 +297,26 @@ class ClidSelection(keras.callbacks.Callback):
         eligible_from=w+1 keeps the plain cross-entropy epochs out: a network early in
         training can score a low CLID while it still predicts nearly one class for
         everything.
-      match_lr: compare only epochs at the lowest learning rate so far (module docstring),
-        read from the epoch's logs (`prefix + 'lr'`, else 'lr': every clid_tf trainer logs
-        the mean rate of its steps); False ranks every eligible epoch.
+      match_lr: compare only epochs at the lowest learning rate so far (module docstring);
+        False ranks every eligible epoch.
+      learning_rate: () -> the network's current learning rate (its optimizer's
+        `learning_rate`), read as each epoch begins, so after any callback before this one
+        has set the epoch's rate; None reads the compiled model's `optimizer`.
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,
                  keep: int = 5, seed: int = 0, eval_batch_size: int = 500,
                  augment: Callable[..., tf.Tensor] | None = None,
                  directory: str | None = None, backbone: keras.Model | None = None,
-                 prefix: str = "", eligible_from: int = 1, match_lr: bool = True):
+                 prefix: str = "", eligible_from: int = 1, match_lr: bool = True,
+                 learning_rate: Callable[[], Any] | None = None):
         super().__init__()
         self.eligible_from = int(eligible_from)
         self.match_lr = bool(match_lr)
+        self.learning_rate = learning_rate
         self.lr_floor = math.inf  # the learning rate the kept epochs share (match_lr)
         self.eligible: list[int] = []  # epochs offered to the store since the last restart
+        self._epoch_rate: float | None = None  # read as the epoch began
         self.meta = None if meta is None else data.as_part(meta)
         self.test = None if test is None else data.as_part(test)
         if self.test is not None and self.test.labels is None:
@@ -353,6 +358,18 @@ class ClidSelection(keras.callbacks.Callback):
             self.meta = data.as_part(meta)
         if self._forward_of is not self.backbone:  # a fit per epoch (DivideMix): no retrace
             self._forward, self._forward_of = inference_function(self.backbone), self.backbone
+        if self.match_lr and self.learning_rate is None:
+            optimizer = getattr(self.model, "optimizer", None)
+            if optimizer is None:
+                raise ValueError("ClidSelection compares epochs trained at the lowest learning "
+                                 "rate and reads it from the model's optimizer: compile the "
+                                 "model, pass learning_rate=, or match_lr=False to rank every "
+                                 "epoch")
+            self.learning_rate = lambda: optimizer.learning_rate
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.match_lr:
+            self._epoch_rate = float(np.asarray(self.learning_rate()))
 
     def on_epoch_end(self, epoch, logs=None):
         number = int(epoch) + 1
@@ -365,7 +382,7 @@ class ClidSelection(keras.callbacks.Callback):
             self.last_test_logits = logits
         self.epochs.append(number)
         self.meta_clid.append(score)
-        if self._is_eligible(number, logs):
+        if self._admit(number):
             self.eligible.append(number)
             if self.store.update(score, number, logits):
                 self._keep_weights(number)
@@ -378,26 +395,19 @@ class ClidSelection(keras.callbacks.Callback):
                 if len(self.store):  # nothing selected yet before the first eligible epoch
                     logs.update({self.prefix + k: v for k, v in self._accuracies().items()})
 
-    def _is_eligible(self, number: int, logs) -> bool:
-        """Whether epoch `number` competes; a new lowest learning rate restarts the store."""
+    def _admit(self, number: int) -> bool:
+        """Whether epoch `number` competes; at a new lowest learning rate the store restarts
+        first (`prune` then deletes the dropped epochs' weights)."""
         if number < self.eligible_from:
             return False
         if not self.match_lr:
             return True
-        lr = self._epoch_lr(logs)
-        if lr < self.lr_floor * (1.0 - LR_RTOL):
-            self.lr_floor = lr
-            self.store = TopKLogits(self.store.max_size)  # prune() deletes their weights
+        rate = self._epoch_rate
+        if rate < self.lr_floor * (1.0 - LR_RTOL):
+            self.lr_floor = rate
+            self.store = TopKLogits(self.store.max_size)
             self.eligible = []
-        return lr <= self.lr_floor * (1.0 + LR_RTOL)
-
-    def _epoch_lr(self, logs) -> float:
-        for name in (self.prefix + "lr", "lr"):
-            if logs is not None and name in logs:
-                return float(logs[name])
-        raise ValueError("ClidSelection(match_lr=True) compares epochs at the run's lowest "
-                         "learning rate and reads it from the epoch's logs ('lr', which every "
-                         "clid_tf trainer logs); pass match_lr=False to rank every epoch")
+        return rate <= self.lr_floor * (1.0 + LR_RTOL)
 
     # ------------------------------------------------------------ kept weights
     def _weights_path(self, epoch: int) -> str:

@@ -179,13 +179,16 @@ def selections_of(flags, setup, folder, plan: Plan) -> list:
     augment = (parts.selection_augmentation(flags, ds)
                if plan.selection_augment is FROM_FLAGS else plan.selection_augment)
     test = None if ds.test is None else pipelines.Part(ds.test.inputs, None, ds.test.labels)
+    optimizers = list(getattr(plan.model, "net_optimizers", None) or [])
+    rates = ([lambda o=o: o.learning_rate for o in optimizers]  # each network's own
+             if len(optimizers) == len(networks) else [None] * len(networks))
     return [selection.ClidSelection(
         meta, test=test, batch_size=min(flags.meta_batch_size, len(meta)), tau=flags.tau,
         keep=flags.select_keep, seed=flags.seed, eval_batch_size=flags.eval_batch_size,
         augment=augment, directory=folder.selected_weights, backbone=net,
         prefix=f"net{k + 1}_" if len(networks) > 1 else "", eligible_from=plan.eligible_from,
-        match_lr=flags.select_epochs == "lowest_lr")
-        for k, (net, meta) in enumerate(zip(networks, meta_sets))]
+        match_lr=flags.select_epochs == "lowest_lr", learning_rate=rate)
+        for k, (net, meta, rate) in enumerate(zip(networks, meta_sets, rates))]
 
 
 def meta_views(flags, setup, folder, plan: Plan) -> list:

@@ -272,32 +272,42 @@ def test_only_epochs_at_the_lowest_learning_rate_compete(tmp_path, rates, eligib
     assert sorted(os.listdir(folder)) == sorted(f"epoch-{e}.npz" for e in eligible)
     assert selection.lowest_rate_epochs(rates) == eligible
     assert selection.lowest_rate_epochs(rates, eligible_from=6) == []
-    # one epoch at a time from a saved state, as a resumed run sees them
-    replay = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5)
-    first = selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5)
-    first.set_model(model)
-    first.on_train_begin()
+    # one epoch at a time, the rate from learning_rate=, and from a saved state after
+    # epoch 3 as a resumed run continues
+    now = {}
+    make = lambda: selection.ClidSelection(  # noqa: E731
+        x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5, learning_rate=lambda: now["lr"])
+    callback = make()
     for epoch in range(5):
-        if epoch == 3:
-            replay.set_state(first.get_state())
-            replay.set_model(model)
-            replay.on_train_begin()
-            first = replay
-        first.on_epoch_end(epoch, {"lr": rates[epoch]})
-    assert first.summary()["eligible_epochs"] == eligible
+        if epoch in (0, 3):
+            state = None if epoch == 0 else callback.get_state()
+            callback = make()
+            if state is not None:
+                callback.set_state(state)
+            callback.set_model(model)
+            callback.on_train_begin()
+        now["lr"] = rates[epoch]
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {})
+    assert callback.summary()["eligible_epochs"] == eligible
 
 
-def test_match_lr_needs_the_epochs_learning_rate():
+def test_the_rate_comes_from_the_compiled_optimizer_or_a_clear_error():
+    model = meta_model.MetaReweightModel(_backbone(seed=0))
     callback = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2)
-    callback.set_model(meta_model.MetaReweightModel(_backbone(seed=0)))
-    callback.on_train_begin()
+    callback.set_model(model)
     with pytest.raises(ValueError, match="match_lr=False"):
-        callback.on_epoch_end(0, {})
+        callback.on_train_begin()  # not compiled: no optimizer to read
     unmatched = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2, match_lr=False)
-    unmatched.set_model(callback.model)
+    unmatched.set_model(model)
     unmatched.on_train_begin()
+    unmatched.on_epoch_begin(0)
     unmatched.on_epoch_end(0, {})
     assert unmatched.summary()["eligible_epochs"] == [1]
+    model.compile(keras.optimizers.SGD(0.125))
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    assert callback._epoch_rate == 0.125  # pylint: disable=protected-access
 
 
 def test_before_any_eligible_epoch_there_is_no_selection():

@@ -42,7 +42,10 @@ def picks(results: dict, prefix: str) -> dict:
     first = results.get("eligible_from") or results["eligible_epochs"][0]
     every = [e for e in range(1, len(clid) + 1) if e >= first]
     lowest = selection.lowest_rate_epochs(rates, first)
-    pick = lambda epochs: min(epochs, key=lambda e: (clid[e - 1], e))  # noqa: E731
+
+    def pick(epochs):  # the lowest CLID, the earlier epoch on ties, as the selection
+        return min(epochs, key=lambda e: (clid[e - 1], e))
+
     return {"last": len(clid), "all": pick(every), "lowest_lr": pick(lowest),
             "eligible": lowest}
 

@@ -275,8 +275,11 @@ def test_only_epochs_at_the_lowest_learning_rate_compete(tmp_path, rates, eligib
     # one epoch at a time, the rate from learning_rate=, and from a saved state after
     # epoch 3 as a resumed run continues
     now = {}
-    make = lambda: selection.ClidSelection(  # noqa: E731
-        x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5, learning_rate=lambda: now["lr"])
+
+    def make():
+        return selection.ClidSelection(x[:40], test=(x[40:], y[40:]), batch_size=20, keep=5,
+                                       learning_rate=lambda: now["lr"])
+
     callback = make()
     for epoch in range(5):
         if epoch in (0, 3):

@@ -102,8 +102,11 @@ def rows_of(folders: Sequence[str]) -> list[tuple[str, dict, dict]]:
         for prefix in networks(results):
             try:
                 chosen, (val, test) = picks(results, prefix), accuracies(results, prefix)
-            except (KeyError, TypeError, IndexError) as error:
-                toolbox.fail(f"{name}: results.json lacks the per-epoch history ({error})")
+                if not test or len(test) != chosen["last"] or not chosen["eligible"]:
+                    raise ValueError("no test accuracy or learning rate for every epoch")
+            except (KeyError, TypeError, IndexError, ValueError) as error:
+                toolbox.fail(f"{name}: results.json lacks a per-epoch history of meta-set "
+                             f"CLID, learning rate and test accuracy ({error})")
             rows.append((name + (f" {prefix[:-1]}" if prefix else ""), chosen,
                          {"val": val, "test": test}))
     return rows

@@ -145,8 +145,9 @@ def table(val: list[float | None], rows: dict[str, list[float]], *,
             continue
         values = rows[name]
         pick = min(range(eligible_from - 1, n), key=lambda e: (values[e], e))
-        lines.append(f"- {name} picks epoch {pick + 1}: val (noisy) {cell(val[pick])} "
-                     f"against {cell(last)} at the last epoch")
+        lines.append(f"- {name}, every epoch ranked (--select_epochs=all), picks epoch "
+                     f"{pick + 1}: val (noisy) {cell(val[pick])} against {cell(last)} at the "
+                     "last epoch")
     return "\n".join(lines)
 
 

@@ -235,8 +235,8 @@ def _define_shared_flags() -> None:
                       "trained at the lowest learning rate so far (the last epoch under a "
                       "single anneal, the last step of a step schedule, the troughs of a "
                       "periodic cosine), since CLID does not see what a larger learning "
-                      "rate's weight noise costs; all: every epoch after the warm-up (the "
-                      "reference).")
+                      "rate's weight noise costs; all: every epoch (after DivideMix's warm-up), "
+                      "as the reference ranks them.")
     # ruofanhu/CLID-MU@5cd0608: the meta images carry the training augmentation in dataloader.py:
     # CIFAR10.__getitem__(); the SSL fork scores its meta set of weak-view labeled images
     # (semi/semilearn/core/utils/build.py: get_dataset(), 'eval').

@@ -244,15 +244,25 @@ def merged_ensemble_logits(stores: Sequence[TopKLogits], k: int) -> np.ndarray:
                   axis=0)
 
 
+def rate_verdict(floor: float, rate: float) -> tuple[float, bool, bool]:
+    """One epoch at learning rate `rate` against the pool's rate `floor` (inf for none):
+    (the pool's rate after it, whether the pool restarts, whether the epoch competes). A rate
+    below the floor by more than `LR_RTOL` restarts the pool at that rate."""
+    restart = rate < floor * (1.0 - LR_RTOL)
+    floor = rate if restart else floor
+    return floor, restart, rate <= floor * (1.0 + LR_RTOL)
+
+
 def lowest_rate_epochs(rates: Sequence[float], eligible_from: int = 1) -> list[int]:
-    """The 1-based epochs, from `eligible_from` on, trained at the lowest of their learning
-    rates (within `LR_RTOL`): the epochs `ClidSelection(match_lr=True)` has chosen from
-    once the epochs of `rates` (one per epoch, in order) are done."""
-    candidates = [(e, float(r)) for e, r in enumerate(rates, 1) if e >= eligible_from]
-    if not candidates:
-        return []
-    floor = min(r for _, r in candidates)
-    return [e for e, r in candidates if r <= floor * (1.0 + LR_RTOL)]
+    """The 1-based epochs, from `eligible_from` on, that `ClidSelection(match_lr=True)` has
+    chosen from once the epochs of `rates` (one learning rate per epoch, in order) are done:
+    those at the lowest rate (`rate_verdict`)."""
+    floor, chosen = math.inf, []
+    for epoch, rate in enumerate(rates, 1):
+        if epoch >= eligible_from:
+            floor, restart, competes = rate_verdict(floor, float(rate))
+            chosen = ([] if restart else chosen) + ([epoch] if competes else [])
+    return chosen
 
 
 # ---------------------------------------------------------------- the callback
@@ -301,7 +311,8 @@ class ClidSelection(keras.callbacks.Callback):
         False ranks every eligible epoch.
       learning_rate: () -> the network's current learning rate (its optimizer's
         `learning_rate`), read as each epoch begins, so after any callback before this one
-        has set the epoch's rate; None reads the compiled model's `optimizer`.
+        has set the epoch's rate (put a LearningRateScheduler before this callback); None
+        reads the compiled model's `optimizer` (a two-network model's first network's).
     """
 
     def __init__(self, meta=None, *, test=None, batch_size: int = 100, tau: float = 0.5,
@@ -313,7 +324,7 @@ class ClidSelection(keras.callbacks.Callback):
         super().__init__()
         self.eligible_from = int(eligible_from)
         self.match_lr = bool(match_lr)
-        self.learning_rate = learning_rate
+        self.learning_rate = learning_rate  # None: the model's optimizer at train begin
         self.lr_floor = math.inf  # the learning rate the kept epochs share (match_lr)
         self.eligible: list[int] = []  # epochs offered to the store since the last restart
         self._epoch_rate: float | None = None  # read as the epoch began
@@ -358,18 +369,22 @@ class ClidSelection(keras.callbacks.Callback):
             self.meta = data.as_part(meta)
         if self._forward_of is not self.backbone:  # a fit per epoch (DivideMix): no retrace
             self._forward, self._forward_of = inference_function(self.backbone), self.backbone
+        self._epoch_rate = None
         if self.match_lr and self.learning_rate is None:
-            optimizer = getattr(self.model, "optimizer", None)
-            if optimizer is None:
+            if getattr(self.model, "optimizer", None) is None:
                 raise ValueError("ClidSelection compares epochs trained at the lowest learning "
                                  "rate and reads it from the model's optimizer: compile the "
                                  "model, pass learning_rate=, or match_lr=False to rank every "
                                  "epoch")
-            self.learning_rate = lambda: optimizer.learning_rate
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.match_lr:
-            self._epoch_rate = float(np.asarray(self.learning_rate()))
+            self._epoch_rate = self._current_rate()
+
+    def _current_rate(self) -> float:
+        rate = (self.model.optimizer.learning_rate if self.learning_rate is None
+                else self.learning_rate())
+        return float(np.asarray(rate))
 
     def on_epoch_end(self, epoch, logs=None):
         number = int(epoch) + 1
@@ -402,12 +417,13 @@ class ClidSelection(keras.callbacks.Callback):
             return False
         if not self.match_lr:
             return True
-        rate = self._epoch_rate
-        if rate < self.lr_floor * (1.0 - LR_RTOL):
-            self.lr_floor = rate
+        rate = self._current_rate() if self._epoch_rate is None else self._epoch_rate
+        self._epoch_rate = None
+        self.lr_floor, restart, competes = rate_verdict(self.lr_floor, rate)
+        if restart:
             self.store = TopKLogits(self.store.max_size)
             self.eligible = []
-        return rate <= self.lr_floor * (1.0 + LR_RTOL)
+        return competes
 
     # ------------------------------------------------------------ kept weights
     def _weights_path(self, epoch: int) -> str:
@@ -491,7 +507,8 @@ class ClidSelection(keras.callbacks.Callback):
         if f"{p}selection_lr_floor" in state:
             self.lr_floor = float(state[f"{p}selection_lr_floor"])
             self.eligible = [int(e) for e in state[f"{p}selection_eligible"]]
-        else:  # written before match_lr: its store holds every eligible epoch's best
+        else:  # written before match_lr existed: the run goes on ranking every epoch
+            self.match_lr = False
             self.eligible = [e for e in self.epochs if e >= self.eligible_from]
         self.store = TopKLogits(self.store.max_size)
         logits = state[f"{p}selection_store_logits"]

@@ -295,6 +295,27 @@ def test_only_epochs_at_the_lowest_learning_rate_compete(tmp_path, rates, eligib
     assert callback.summary()["eligible_epochs"] == eligible
 
 
+def test_lowest_rate_epochs_follows_the_online_rule_within_the_tolerance():
+    """Rates within LR_RTOL are one rate; the pool restarts only below it."""
+    tol = selection.LR_RTOL
+    assert selection.lowest_rate_epochs([1.0, 1.0 - tol / 2, 1.0 - tol * 1.2]) == [3]
+    assert selection.lowest_rate_epochs([1.0, 1.0 - tol / 2]) == [1, 2]
+    assert selection.lowest_rate_epochs([1.0, 0.5, 1.0, 0.5], eligible_from=2) == [2, 4]
+
+
+def test_a_state_saved_before_match_lr_goes_on_ranking_every_epoch():
+    callback = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2, learning_rate=lambda: 0.1)
+    callback.epochs, callback.meta_clid, callback.test_accuracy = [1, 2], [4.0, 3.0], []
+    callback.store.update(3.0, 2)
+    state = {k: v for k, v in callback.get_state().items()
+             if k not in ("selection_lr_floor", "selection_eligible")}
+    resumed = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2,
+                                      learning_rate=lambda: 0.01)
+    resumed.set_state(state)
+    assert not resumed.match_lr and resumed.eligible == [1, 2]
+    assert resumed.store.best_epochs() == [2]
+
+
 def test_the_rate_comes_from_the_compiled_optimizer_or_a_clear_error():
     model = meta_model.MetaReweightModel(_backbone(seed=0))
     callback = selection.ClidSelection(np.zeros((4, DIM)), batch_size=2)

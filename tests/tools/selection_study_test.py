@@ -46,9 +46,10 @@ def test_table_picks_each_variants_lowest_eligible_epoch():
             "CLID excess": [0.0, -1.0, -2.0, -0.5], "mean cosine": [0.9, 0.8, 0.7, 0.6]}
     text = study.table([0.1, 0.2, 0.3, 0.4], rows, eligible_from=2)
     assert "| CLID | 1.000 | 3.000 | 2.000 | 2.500 |" in text
-    assert "- CLID picks epoch 3: val (noisy) 0.300 against 0.400" in text
-    assert "- CLID, centred features picks epoch 4: val (noisy) 0.400 against 0.400" in text
-    assert "- CLID excess picks epoch 3:" in text
+    ranked = "every epoch ranked (--select_epochs=all), picks epoch"
+    assert f"- CLID, {ranked} 3: val (noisy) 0.300 against 0.400" in text
+    assert f"- CLID, centred features, {ranked} 4: val (noisy) 0.400 against 0.400" in text
+    assert f"- CLID excess, {ranked} 3:" in text
 
 
 def test_the_study_scores_an_epoch_as_the_selection_does():

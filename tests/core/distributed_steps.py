@@ -2,7 +2,8 @@
 
 Not a test itself: `distribute_test.py` runs it in subprocesses (a process fixes its
 logical devices before TensorFlow starts) and compares the single-device, mirrored and
-multi-worker results.
+multi-worker results; `--strategy=compare` runs one device and then two mirrored replicas
+in one process.
 
   python tests/core/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_grad=tape
   python tests/core/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2 --meta_net=vri
@@ -15,12 +16,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+from tests.helpers import replicas as replica_steps  # pylint: disable=wrong-import-position
+
 GLOBAL_BATCH, META_BATCH = 8, 6
 STEPS = 3
 
 
 def main():
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
     parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--meta_grad", default="recompute")
     parser.add_argument("--meta_scope", default="full")
@@ -32,8 +34,11 @@ def main():
     parser.add_argument("--dropout", action="store_true",
                         help="a replica-consistent dropout layer after the features")
     args = parser.parse_args()
+    replica_steps.save_states(args, steps)
 
-    strategy = replica_steps.float64_strategy(args)
+
+def steps(strategy, args) -> dict:
+    """The steps under `strategy` (the script's arguments `args`): the state to compare."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -90,7 +95,7 @@ def main():
     state.update({f"bn{i}": v.numpy() for i, v in enumerate(backbone.non_trainable_variables)})
     state.update({f"phi{i}": v.numpy()
                   for i, v in enumerate(model.meta_net.trainable_variables)})
-    np.savez(args.out, meta_losses=np.array(meta_losses), **state)
+    return {"meta_losses": np.array(meta_losses), **state}
 
 
 if __name__ == "__main__":

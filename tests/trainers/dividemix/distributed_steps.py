@@ -3,6 +3,7 @@ strategy and saves the state. Not a test itself: `distribute_test.py` beside it 
 in subprocesses (a process fixes its logical devices before TensorFlow starts).
 
   python tests/trainers/dividemix/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2
+  python tests/trainers/dividemix/distributed_steps.py OUT.npz --strategy=compare --replicas=2
 """
 
 import os
@@ -10,17 +11,21 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+from tests.helpers import replicas as replica_steps  # pylint: disable=wrong-import-position
+
 B, BU, META, K = 8, 6, 6, 3
 STEPS = 3
 
 
 def main():
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
     parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--meta_grad", default="recompute")
     args = parser.parse_args()
+    replica_steps.save_states(args, steps)
 
-    strategy = replica_steps.float64_strategy(args)
+
+def steps(strategy, args) -> dict:
+    """The steps under `strategy` (the script's arguments `args`): the state to compare."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -83,7 +88,7 @@ def main():
         state.update({f"net{n}_v{i}": v.numpy() for i, v in enumerate(net.variables)})
     for n, meta in enumerate(metas):
         state.update({f"meta{n}_v{i}": v.numpy() for i, v in enumerate(meta.variables)})
-    np.savez(args.out, **state)
+    return state
 
 
 if __name__ == "__main__":

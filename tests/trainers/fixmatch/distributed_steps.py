@@ -3,6 +3,7 @@ state. Not a test itself: fixmatch_distribute_test.py runs it in subprocesses (a
 fixes its logical devices before TensorFlow starts) and compares one device with mirrored.
 
   python tests/trainers/fixmatch/distributed_steps.py OUT.npz --strategy=mirrored --replicas=2
+  python tests/trainers/fixmatch/distributed_steps.py OUT.npz --strategy=compare --replicas=2
 """
 
 import os
@@ -10,16 +11,20 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+from tests.helpers import replicas as replica_steps  # pylint: disable=wrong-import-position
+
 LABELED, UNLABELED, META, STEPS = 8, 8, 6, 3
 
 
 def main():
-    from tests.helpers import replicas as replica_steps  # pylint: disable=import-outside-toplevel
     parser = replica_steps.script_arguments(__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="fixmatch")
     args = parser.parse_args()
+    replica_steps.save_states(args, steps)
 
-    strategy = replica_steps.float64_strategy(args)
+
+def steps(strategy, args) -> dict:
+    """The steps under `strategy` (the script's arguments `args`): the state to compare."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import keras  # pylint: disable=import-outside-toplevel
@@ -67,7 +72,7 @@ def main():
     state.update({f"phi{i}": v.numpy() for i, v in enumerate(loss_net.trainable_variables)})
     if model.selected_label is not None:
         state["selected_label"] = model.selected_label.numpy()
-    np.savez(args.out, meta_losses=np.array(meta_losses), **state)
+    return {"meta_losses": np.array(meta_losses), **state}
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ def study(epochs: list[dict], *, tau: float, batch_size: int, seed: int,
 def table(val: list[float | None], rows: dict[str, list[float]], *,
           eligible_from: int) -> str:
     """Markdown: epochs as columns; then each CLID variant's pick."""
+    from clid_tf.evaluation import selection  # pylint: disable=import-outside-toplevel
     n = len(next(iter(rows.values())))
 
     def cell(value) -> str:
@@ -144,9 +145,9 @@ def table(val: list[float | None], rows: dict[str, list[float]], *,
         if name not in rows:
             continue
         values = rows[name]
-        pick = min(range(eligible_from - 1, n), key=lambda e: (values[e], e))
+        pick = selection.lowest_score_epoch(values, range(eligible_from, n + 1))
         lines.append(f"- {name}, every epoch ranked (--select_epochs=all), picks epoch "
-                     f"{pick + 1}: val (noisy) {cell(val[pick])} against {cell(last)} at the "
+                     f"{pick}: val (noisy) {cell(val[pick - 1])} against {cell(last)} at the "
                      "last epoch")
     return "\n".join(lines)
 

@@ -333,7 +333,7 @@ class ClidSelection(keras.callbacks.Callback):
         super().__init__()
         self.eligible_from = int(eligible_from)
         self.match_lr = bool(match_lr)
-        self.learning_rate = learning_rate  # None: the model's optimizer at train begin
+        self.learning_rate = learning_rate  # None: the model's current optimizer's
         self.lr_floor = math.inf  # the learning rate the kept epochs share (match_lr)
         self.eligible: list[int] = []  # epochs offered to the store since the last restart
         self._epoch_rate: float | None = None  # read as the epoch began
